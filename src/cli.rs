@@ -1,0 +1,701 @@
+//! The command line: `snapshot` (create, list, delete, download, upload) and `restore`, on a
+//! local storage directory and the configured snapshot storage.
+
+use std::fmt::Write as _;
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::builder::{PossibleValuesParser, TypedValueParser};
+use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::config::{Config, ConfigError, StorageKind};
+use crate::engine::name;
+use crate::engine::restore::{Limits, Outcome, Priority, RestoreSpec, Selection};
+use crate::ops::{self, OpsError, Progress, SnapshotRequest};
+use crate::source::{self, Context, HttpOptions, Location};
+use crate::storage::local::LocalStorage;
+use crate::storage::{ObjectInfo, Storage, StorageError};
+
+/// Snapshots and restores of a storage directory (Qdrant's layout), locally or from the
+/// Kubernetes operator's mover Jobs.
+#[derive(Debug, Parser)]
+#[command(name = "snapshot-operator", version, about, max_term_width = 100)]
+pub struct Cli {
+    /// Configuration file (YAML with a Qdrant-style `storage` section); environment variables
+    /// SNAPSHOT_OPERATOR__STORAGE__... override it.
+    #[arg(long, global = true, env = "SNAPSHOT_OPERATOR_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Log filter: error, warn, info, debug, trace, or a tracing filter such as
+    /// `snapshot_operator=debug`.
+    #[arg(long, global = true, env = "SNAPSHOT_OPERATOR_LOG", default_value = "info")]
+    pub log: String,
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create, list, delete, download or upload snapshots.
+    #[command(subcommand)]
+    Snapshot(SnapshotCommand),
+    /// Restore a collection or a full storage from a snapshot (Qdrant's --snapshot and
+    /// --storage-snapshot startup flags).
+    Restore(RestoreArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SnapshotCommand {
+    /// Snapshot one collection (--collection) or the whole storage directory.
+    Create(CreateArgs),
+    /// List snapshots in the configured storage.
+    List(ListArgs),
+    /// Delete a snapshot and its checksum file.
+    Delete(NameArgs),
+    /// Download a snapshot, verifying its checksum.
+    Download(DownloadArgs),
+    /// Put an existing archive (and its checksum) into the configured storage.
+    Upload(UploadArgs),
+}
+
+/// Output format of results.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    /// The storage directory (Qdrant's ./storage): collections are in <DIR>/collections/.
+    #[arg(long, value_name = "DIR")]
+    pub storage_path: PathBuf,
+    /// Snapshot this collection only; omit for a full-storage snapshot.
+    #[arg(long)]
+    pub collection: Option<String>,
+    /// Node name in the archive name and manifest (default: the host name).
+    #[arg(long)]
+    pub node: Option<String>,
+    #[arg(long, short, value_enum, default_value_t)]
+    pub output: Output,
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Only snapshots of this collection.
+    #[arg(long)]
+    pub collection: Option<String>,
+    #[arg(long, short, value_enum, default_value_t)]
+    pub output: Output,
+}
+
+#[derive(Debug, Args)]
+pub struct NameArgs {
+    /// Snapshot name (as `snapshot list` shows it), or COLLECTION/NAME.
+    pub name: String,
+    /// The snapshot's collection, when the name alone is ambiguous.
+    #[arg(long)]
+    pub collection: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct DownloadArgs {
+    #[command(flatten)]
+    pub name: NameArgs,
+    /// Write to FILE (`-` for standard output); default: the snapshot's name here.
+    #[arg(long, short, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct UploadArgs {
+    /// The archive to upload.
+    pub file: PathBuf,
+    /// Expected SHA-256; default: FILE.checksum when present. The upload fails on mismatch.
+    #[arg(long)]
+    pub checksum: Option<String>,
+    #[arg(long, short, value_enum, default_value_t)]
+    pub output: Output,
+}
+
+#[derive(Debug, Args)]
+#[command(group(ArgGroup::new("source").required(true).args(["snapshot", "storage_snapshot"])))]
+pub struct RestoreArgs {
+    /// The storage directory to restore into (created if absent).
+    #[arg(long, value_name = "DIR")]
+    pub storage_path: PathBuf,
+    /// Restore a collection: LOCATION:COLLECTION, where LOCATION is a path, a snapshot name in
+    /// the configured storage, file://..., http(s)://... or s3://bucket/key. Repeatable.
+    #[arg(long, value_name = "LOCATION:COLLECTION")]
+    pub snapshot: Vec<String>,
+    /// Restore a full-storage snapshot from LOCATION.
+    #[arg(long, value_name = "LOCATION", conflicts_with = "snapshot")]
+    pub storage_snapshot: Option<String>,
+    /// Take this collection out of a full-storage snapshot (default: COLLECTION).
+    #[arg(long, value_name = "NAME")]
+    pub from_collection: Option<String>,
+    /// What wins when a collection already exists: replica keeps existing data, snapshot
+    /// replaces it atomically, no_sync writes snapshot files over existing ones.
+    #[arg(long, value_parser = PossibleValuesParser::new(Priority::NAMES)
+        .map(|s| s.parse::<Priority>().expect("listed values parse")))]
+    pub priority: Option<Priority>,
+    /// Replace existing collections (Qdrant's --force-snapshot; same as --priority snapshot).
+    #[arg(long, conflicts_with = "priority")]
+    pub force_snapshot: bool,
+    /// Expected SHA-256 of the archive; nothing changes when it differs.
+    #[arg(long, value_name = "SHA256")]
+    pub checksum: Option<String>,
+    /// API key sent as the `api-key` header to http(s) locations.
+    #[arg(long, env = "SNAPSHOT_OPERATOR_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// Fail an http(s) download that receives nothing for this many seconds.
+    #[arg(long, default_value_t = 60, value_name = "SECONDS")]
+    pub http_timeout: u64,
+    /// Refuse archives with more entries than this.
+    #[arg(long, default_value_t = Limits::default().max_entries)]
+    pub max_entries: u64,
+    /// Refuse archives with more bytes of file data than this.
+    #[arg(long, default_value_t = Limits::default().max_bytes)]
+    pub max_bytes: u64,
+    #[arg(long, short, value_enum, default_value_t)]
+    pub output: Output,
+}
+
+/// Why a command failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Ops(#[from] OpsError),
+    #[error("{0}")]
+    Usage(String),
+    #[error("failed to write {path}")]
+    Output {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+impl<E: Into<OpsError>> From<E> for Box<CliError> {
+    fn from(e: E) -> Self {
+        Box::new(CliError::Ops(e.into()))
+    }
+}
+
+type Result<T, E = Box<CliError>> = std::result::Result<T, E>;
+
+/// Renders an error with its chain of causes, one per line.
+pub fn render_error(error: &dyn std::error::Error) -> String {
+    let mut text = format!("error: {error}");
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let _ = write!(text, "\n  caused by: {cause}");
+        source = cause.source();
+    }
+    text
+}
+
+impl Cli {
+    /// Sets up logging to standard error.
+    pub fn init_logging(&self) {
+        let filter = tracing_subscriber::EnvFilter::try_new(&self.log)
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        let builder = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::stderr().is_terminal());
+        match self.log_format {
+            LogFormat::Text => builder.init(),
+            LogFormat::Json => builder.json().init(),
+        }
+    }
+
+    /// Runs the command.
+    pub async fn run(self) -> Result<ExitCode, CliError> {
+        let config = Config::load(self.config.as_deref())?;
+        let result = match self.command {
+            Command::Snapshot(cmd) => run_snapshot(cmd, &config).await,
+            Command::Restore(args) => restore(args, &config).await,
+        };
+        result.map_err(|e| *e)
+    }
+}
+
+/// Opens the configured snapshot storage.
+pub fn open_storage(config: &Config) -> Result<Arc<dyn Storage>> {
+    let storage = &config.storage;
+    match storage.snapshots_config.snapshots_storage {
+        StorageKind::Local => Ok(Arc::new(LocalStorage::open(
+            storage.snapshots_path.clone(),
+            storage.temp_path.clone(),
+        )?)),
+        StorageKind::S3 => Err(Box::new(CliError::Usage(
+            "snapshots_storage: s3 is not supported by this build".into(),
+        ))),
+    }
+}
+
+async fn run_snapshot(cmd: SnapshotCommand, config: &Config) -> Result<ExitCode> {
+    let storage = open_storage(config)?;
+    match cmd {
+        SnapshotCommand::Create(args) => create(args, config, storage.as_ref()).await,
+        SnapshotCommand::List(args) => list(args, storage.as_ref()).await,
+        SnapshotCommand::Delete(args) => {
+            let key = resolve(&args, storage.as_ref()).await?;
+            storage.delete(&key).await?;
+            println!("deleted {}", storage.location(&key));
+            Ok(ExitCode::SUCCESS)
+        }
+        SnapshotCommand::Download(args) => download(args, storage.as_ref()).await,
+        SnapshotCommand::Upload(args) => upload(args, storage.as_ref()).await,
+    }
+}
+
+async fn resolve(args: &NameArgs, storage: &dyn Storage) -> Result<String> {
+    let text = match &args.collection {
+        Some(c) => name::key(Some(c), &args.name),
+        None => args.name.clone(),
+    };
+    Ok(source::resolve_key(storage, &text).await?)
+}
+
+/// The host name, the default node name of the CLI.
+fn host_name() -> String {
+    rustix::system::uname()
+        .nodename()
+        .to_string_lossy()
+        .into_owned()
+}
+
+async fn create(args: CreateArgs, config: &Config, storage: &dyn Storage) -> Result<ExitCode> {
+    let mut exclude = vec![config.storage.snapshots_path.clone()];
+    exclude.extend(config.storage.temp_path.clone());
+    let request = SnapshotRequest {
+        storage_path: args.storage_path,
+        collection: args.collection,
+        node: args.node.unwrap_or_else(host_name),
+        exclude,
+    };
+    let bar = ProgressBar::new(None, "archiving");
+    let created = ops::create_snapshot(storage, request, bar.progress()).await?;
+    bar.finish();
+    match args.output {
+        Output::Json => print_json(&created),
+        Output::Text => {
+            println!("created {}", created.name);
+            println!("  location  {}", created.archive.location);
+            println!("  size      {}", human_bytes(created.archive.size));
+            if let Some(sum) = &created.archive.checksum {
+                println!("  sha256    {sum}");
+            }
+            println!(
+                "  content   {} files, {} directories, {} of data",
+                created.content.files,
+                created.content.directories,
+                human_bytes(created.content.data_bytes)
+            );
+            for s in &created.content.skipped {
+                println!("  skipped   {} ({})", s.path, s.kind);
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Serialize)]
+struct Listed<'a> {
+    collection: Option<&'a str>,
+    name: &'a str,
+    #[serde(flatten)]
+    info: &'a ObjectInfo,
+}
+
+async fn list(args: ListArgs, storage: &dyn Storage) -> Result<ExitCode> {
+    let prefix = match &args.collection {
+        Some(c) => {
+            name::validate("collection", c)?;
+            format!("{c}/")
+        }
+        None => String::new(),
+    };
+    let found = storage.list(&prefix).await?;
+    let rows: Vec<Listed> = found
+        .iter()
+        .map(|info| {
+            let (collection, name) = name::split_key(&info.key);
+            Listed {
+                collection,
+                name,
+                info,
+            }
+        })
+        .collect();
+    if args.output == Output::Json {
+        print_json(&rows);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let table: Vec<[String; 5]> = rows
+        .iter()
+        .map(|r| {
+            [
+                r.collection.unwrap_or("(full)").to_owned(),
+                r.name.to_owned(),
+                human_bytes(r.info.size),
+                r.info
+                    .modified
+                    .map(|t| t.strftime("%Y-%m-%d %H:%M:%S").to_string())
+                    .unwrap_or_default(),
+                r.info.checksum.clone().unwrap_or_else(|| "-".into()),
+            ]
+        })
+        .collect();
+    print_table(["COLLECTION", "NAME", "SIZE", "MODIFIED", "SHA256"], &table);
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn download(args: DownloadArgs, storage: &dyn Storage) -> Result<ExitCode> {
+    let key = resolve(&args.name, storage).await?;
+    let info = storage.head(&key).await?.ok_or_else(|| StorageError::NotFound {
+        location: storage.location(&key),
+    })?;
+    let (mut reader, size) = storage.get(&key).await?;
+    let (_, file_name) = name::split_key(&key);
+    let target = args.output.unwrap_or_else(|| PathBuf::from(file_name));
+    let to_stdout = target == Path::new("-");
+    let partial = partial_path(&target);
+    let out_err = |path: &Path| {
+        let path = path.to_owned();
+        move |source| Box::new(CliError::Output { path, source })
+    };
+    let mut out: Box<dyn tokio::io::AsyncWrite + Unpin + Send> = if to_stdout {
+        Box::new(tokio::io::stdout())
+    } else {
+        Box::new(tokio::fs::File::create(&partial).await.map_err(out_err(&partial))?)
+    };
+    let bar = ProgressBar::new(Some(size), "downloading");
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0; 1 << 20];
+    let mut done = 0u64;
+    let progress = bar.progress();
+    let copied: Result<()> = async {
+        loop {
+            let n = reader
+                .read(&mut buf)
+                .await
+                .map_err(|source| StorageError::Body { source })?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+            out.write_all(&buf[..n]).await.map_err(out_err(&target))?;
+            done += n as u64;
+            progress(done);
+        }
+        out.flush().await.map_err(out_err(&target))?;
+        let actual = name::hex(&hasher.finalize());
+        crate::storage::check_digest(&info.location, info.checksum.as_deref(), &actual)?;
+        if !to_stdout {
+            tokio::fs::File::open(&partial)
+                .await
+                .map_err(out_err(&partial))?
+                .sync_all()
+                .await
+                .map_err(out_err(&partial))?;
+            tokio::fs::rename(&partial, &target)
+                .await
+                .map_err(out_err(&target))?;
+        }
+        Ok(())
+    }
+    .await;
+    bar.finish();
+    if let Err(e) = copied {
+        if !to_stdout {
+            let _ = tokio::fs::remove_file(&partial).await;
+        }
+        return Err(e);
+    }
+    if !to_stdout {
+        eprintln!(
+            "downloaded {} to {} ({}, sha256 verified: {})",
+            info.location,
+            target.display(),
+            human_bytes(done),
+            if info.checksum.is_some() { "yes" } else { "no checksum file" }
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn partial_path(target: &Path) -> PathBuf {
+    let file_name = target.file_name().unwrap_or_default().to_string_lossy();
+    target.with_file_name(format!(".{file_name}.partial"))
+}
+
+async fn upload(args: UploadArgs, storage: &dyn Storage) -> Result<ExitCode> {
+    let manifest = {
+        let file = std::fs::File::open(&args.file).map_err(|source| {
+            OpsError::Source(source::SourceError::Open {
+                path: args.file.clone(),
+                source,
+            })
+        })?;
+        crate::engine::restore::manifest_of(std::io::BufReader::new(file))?
+    };
+    let opened = source::open_file(&args.file, args.checksum.as_deref()).await?;
+    let file_name = args
+        .file
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let key = name::key(manifest.collection.as_deref(), &file_name);
+    crate::storage::validate_key(&key)?;
+    let naming = move |attempt: u32| (attempt == 0).then(|| key.clone());
+    let stored = storage
+        .put(&naming, opened.reader, opened.checksum.as_deref())
+        .await?;
+    match args.output {
+        Output::Json => print_json(&stored),
+        Output::Text => println!(
+            "uploaded {} to {} ({}, sha256 {})",
+            args.file.display(),
+            stored.location,
+            human_bytes(stored.size),
+            stored.checksum.as_deref().unwrap_or("-")
+        ),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `LOCATION:COLLECTION`, split at the last `:` (locations may hold `:`).
+fn split_snapshot_arg(arg: &str) -> Result<(&str, &str)> {
+    arg.rsplit_once(':')
+        .filter(|(loc, coll)| !loc.is_empty() && !coll.is_empty() && !coll.contains('/'))
+        .ok_or_else(|| {
+            Box::new(CliError::Usage(format!(
+                "--snapshot {arg:?}: expected LOCATION:COLLECTION, e.g. ./products.snapshot:products"
+            )))
+        })
+}
+
+async fn restore(args: RestoreArgs, config: &Config) -> Result<ExitCode> {
+    let storage = open_storage(config)?;
+    let priority = if args.force_snapshot {
+        Priority::Snapshot
+    } else {
+        args.priority.unwrap_or_default()
+    };
+    let mut jobs = Vec::new();
+    for arg in &args.snapshot {
+        let (location, collection) = split_snapshot_arg(arg)?;
+        jobs.push((
+            location.to_owned(),
+            Selection::Collection {
+                from: args.from_collection.clone(),
+                into: collection.to_owned(),
+            },
+        ));
+    }
+    if let Some(location) = &args.storage_snapshot {
+        if args.from_collection.is_some() {
+            return Err(Box::new(CliError::Usage(
+                "--from-collection goes with --snapshot LOCATION:COLLECTION".into(),
+            )));
+        }
+        jobs.push((location.clone(), Selection::Full));
+    }
+    if args.checksum.is_some() && jobs.len() > 1 {
+        return Err(Box::new(CliError::Usage(
+            "--checksum applies to one snapshot; restore them one at a time".into(),
+        )));
+    }
+    let ctx = Context {
+        storage,
+        snapshots_path: config.storage.snapshots_path.clone(),
+        http: HttpOptions {
+            api_key: args.api_key.clone(),
+            timeout: Duration::from_secs(args.http_timeout),
+        },
+    };
+    let limits = Limits {
+        max_entries: args.max_entries,
+        max_bytes: args.max_bytes,
+    };
+    let mut results = Vec::new();
+    for (location, selection) in jobs {
+        let opened = source::open(&Location::parse(&location)?, args.checksum.as_deref(), &ctx)
+            .await?;
+        let from = opened.location.clone();
+        let spec = RestoreSpec {
+            storage: args.storage_path.clone(),
+            selection,
+            priority,
+            checksum: None,
+            limits,
+        };
+        let bar = ProgressBar::new(opened.size, "restoring");
+        let restored = ops::restore_snapshot(opened, spec, bar.progress()).await;
+        bar.finish();
+        let restored = restored?;
+        if args.output == Output::Text {
+            for c in &restored.collections {
+                match c.outcome {
+                    Outcome::Restored => println!(
+                        "restored {} into {} from {from} ({}, sha256 {})",
+                        c.collection,
+                        args.storage_path.display(),
+                        human_bytes(restored.archive_bytes),
+                        restored.checksum
+                    ),
+                    Outcome::Skipped => println!(
+                        "skipped {}: {}",
+                        c.collection,
+                        c.reason.as_deref().unwrap_or_default()
+                    ),
+                }
+            }
+            if restored.collections.is_empty() {
+                println!(
+                    "restored {} from {from} (no collections in it)",
+                    args.storage_path.display()
+                );
+            }
+        }
+        results.push(restored);
+    }
+    if args.output == Output::Json {
+        print_json(&results);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_json<T: Serialize + ?Sized>(value: &T) {
+    let text = serde_json::to_string_pretty(value).expect("results serialise");
+    println!("{text}");
+}
+
+fn print_table<const N: usize>(header: [&str; N], rows: &[[String; N]]) {
+    let mut widths = header.map(str::len);
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = std::io::stdout().lock();
+    let mut line = |cells: Vec<&str>| {
+        let text: Vec<String> = cells
+            .iter()
+            .zip(widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        let _ = writeln!(out, "{}", text.join("  ").trim_end());
+    };
+    line(header.to_vec());
+    for row in rows {
+        line(row.iter().map(String::as_str).collect());
+    }
+}
+
+/// Bytes in binary units: `12.3 MiB`.
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let mut value = n as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
+}
+
+/// A progress bar on standard error when it is a terminal (not in CI or when redirected).
+struct ProgressBar(Option<indicatif::ProgressBar>);
+
+impl ProgressBar {
+    fn new(total: Option<u64>, label: &'static str) -> Self {
+        if !std::io::stderr().is_terminal() || std::env::var_os("CI").is_some() {
+            return Self(None);
+        }
+        let bar = match total {
+            Some(n) => indicatif::ProgressBar::new(n).with_style(
+                indicatif::ProgressStyle::with_template(
+                    "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+                )
+                .expect("valid template")
+                .progress_chars("=> "),
+            ),
+            None => indicatif::ProgressBar::new_spinner().with_style(
+                indicatif::ProgressStyle::with_template("{spinner} {msg} {bytes} {bytes_per_sec}")
+                    .expect("valid template"),
+            ),
+        };
+        bar.set_message(label);
+        bar.enable_steady_tick(Duration::from_millis(200));
+        Self(Some(bar))
+    }
+
+    fn progress(&self) -> Progress {
+        match &self.0 {
+            Some(bar) => {
+                let bar = bar.clone();
+                Arc::new(move |n| bar.set_position(n))
+            }
+            None => ops::no_progress(),
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(bar) = &self.0 {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snapshot_args_split_at_the_last_colon() {
+        assert_eq!(
+            split_snapshot_arg("https://h:6333/x.snapshot:products").unwrap(),
+            ("https://h:6333/x.snapshot", "products")
+        );
+        assert_eq!(split_snapshot_arg("a.snapshot:c").unwrap(), ("a.snapshot", "c"));
+        for bad in ["a.snapshot", "a.snapshot:", ":c", "http://h/x"] {
+            assert!(split_snapshot_arg(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn bytes_are_human() {
+        assert_eq!(human_bytes(512), "512 B");
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+        assert_eq!(human_bytes(3 << 30), "3.0 GiB");
+    }
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

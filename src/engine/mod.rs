@@ -1,0 +1,13 @@
+//! The snapshot engine: tar archives of a storage directory (or one collection of it), and
+//! their restore with priorities. Blocking code with no knowledge of Kubernetes or of where
+//! archives are stored; `pipe` joins it to async storage.
+
+pub mod archive;
+pub mod manifest;
+pub mod name;
+pub mod pipe;
+pub mod restore;
+pub mod workspace;
+
+/// Directory inside a storage directory reserved for restores in progress; never archived.
+pub const WORKSPACE_DIR: &str = ".snapshot-operator";

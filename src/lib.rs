@@ -1,0 +1,15 @@
+//! snapshot-operator: Qdrant's snapshot feature set for stateful workloads on Kubernetes.
+//!
+//! * [`engine`]: tar archives of a storage directory or one collection, and their restore.
+//! * [`storage`]: where archives live (local directory, S3), one trait and one test suite.
+//! * [`source`]: the locations a restore reads from.
+//! * [`ops`]: the operations the CLI and mover Jobs run.
+//! * [`config`]: Qdrant-style configuration from a file and the environment.
+//! * [`cli`]: the command line.
+
+pub mod cli;
+pub mod config;
+pub mod engine;
+pub mod ops;
+pub mod source;
+pub mod storage;

@@ -1,0 +1,20 @@
+use std::process::ExitCode;
+
+use clap::Parser;
+use snapshot_operator::cli::Cli;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    cli.init_logging();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime starts");
+    match runtime.block_on(cli.run()) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("{}", snapshot_operator::cli::render_error(&e));
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,138 @@
+//! The operations the CLI and the mover Jobs run: the blocking engine joined to async storage
+//! and sources, with the engine's tar work on blocking threads and bounded pipes between.
+
+use std::io::BufReader;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use jiff::Timestamp;
+use serde::Serialize;
+use tokio_util::io::SyncIoBridge;
+
+use crate::engine::archive::{self, Archived, CreateError, CreateSpec};
+use crate::engine::name;
+use crate::engine::pipe::pipe;
+use crate::engine::restore::{self, RestoreError, RestoreSpec, Restored};
+use crate::source::{Opened, SourceError};
+use crate::storage::{ObjectInfo, Storage, StorageError};
+
+/// Chunks in flight between the tar writer and the storage upload.
+const PIPE_SLOTS: usize = 4;
+
+/// Reports progress: bytes done so far.
+pub type Progress = Arc<dyn Fn(u64) + Send + Sync>;
+
+/// A progress reporter that reports nothing.
+pub fn no_progress() -> Progress {
+    Arc::new(|_| {})
+}
+
+/// Why an operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum OpsError {
+    #[error(transparent)]
+    Create(#[from] CreateError),
+    #[error(transparent)]
+    Restore(#[from] RestoreError),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error(transparent)]
+    Name(#[from] name::NameError),
+}
+
+/// A snapshot that was created.
+#[derive(Debug, Clone, Serialize)]
+pub struct Created {
+    /// Archive file name.
+    pub name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub collection: Option<String>,
+    pub node: String,
+    pub created_at: Timestamp,
+    /// The archive in storage (key, location, size, checksum).
+    pub archive: ObjectInfo,
+    /// What went into it.
+    pub content: Archived,
+}
+
+/// What to snapshot.
+#[derive(Debug, Clone)]
+pub struct SnapshotRequest {
+    pub storage_path: PathBuf,
+    pub collection: Option<String>,
+    pub node: String,
+    /// Directories inside the storage path never archived (local snapshots and temp paths).
+    pub exclude: Vec<PathBuf>,
+}
+
+/// Creates a snapshot of `request` in `storage`.
+pub async fn create_snapshot(
+    storage: &dyn Storage,
+    request: SnapshotRequest,
+    progress: Progress,
+) -> Result<Created, OpsError> {
+    let spec = CreateSpec {
+        storage: request.storage_path,
+        collection: request.collection,
+        node: request.node,
+        created_at: Timestamp::now(),
+        exclude: request.exclude,
+    };
+    let manifest = archive::plan(&spec)?;
+    let stem = name::archive_stem(spec.collection.as_deref(), &spec.node, spec.created_at);
+    name::validate("snapshot", &name::archive_name(&stem, 99))?;
+    let collection = spec.collection.clone();
+    let naming = move |attempt: u32| {
+        (attempt < 1000).then(|| name::key(collection.as_deref(), &name::archive_name(&stem, attempt)))
+    };
+
+    let (writer, reader) = pipe(PIPE_SLOTS);
+    let job_spec = spec.clone();
+    let writer_task = tokio::task::spawn_blocking(move || {
+        let mut writer = writer;
+        let archived = archive::write_archive(&job_spec, &manifest, &mut writer, progress.as_ref())?;
+        writer
+            .finish()
+            .map_err(|source| CreateError::Write { source })?;
+        Ok::<_, CreateError>(archived)
+    });
+    let stored = storage.put(&naming, Box::new(reader), None).await;
+    let written = writer_task.await.expect("the archive writer does not panic");
+    let (archive, content) = match (stored, written) {
+        (Ok(archive), Ok(content)) => (archive, content),
+        // The writer failed first: that is the cause, the storage only saw the stream end.
+        (_, Err(e)) if !matches!(e, CreateError::Write { .. }) => return Err(e.into()),
+        (Err(e), _) => return Err(e.into()),
+        (Ok(_), Err(e)) => return Err(e.into()),
+    };
+    let (_, file_name) = name::split_key(&archive.key);
+    Ok(Created {
+        name: file_name.to_owned(),
+        collection: spec.collection,
+        node: spec.node,
+        created_at: spec.created_at,
+        archive,
+        content,
+    })
+}
+
+/// Restores the opened archive as `spec` says (its checksum from `source` unless set).
+pub async fn restore_snapshot(
+    source: Opened,
+    mut spec: RestoreSpec,
+    progress: Progress,
+) -> Result<Restored, OpsError> {
+    if spec.checksum.is_none() {
+        spec.checksum = source.checksum;
+    }
+    let reader = source.reader;
+    let restored = tokio::task::spawn_blocking(move || {
+        let input = BufReader::with_capacity(64 << 10, SyncIoBridge::new(reader));
+        restore::restore(&spec, input, progress.as_ref())
+    })
+    .await
+    .expect("the restore does not panic")?;
+    Ok(restored)
+}

@@ -1,0 +1,159 @@
+//! Where archives live: one [`Storage`] trait, implemented for a local directory ([`local`])
+//! and S3-compatible object storage, and one conformance suite they all pass.
+//!
+//! Keys are `<name>` (full-storage archives) or `<collection>/<name>` (collection archives),
+//! each part a valid name. Every archive `<key>` has a sidecar `<key>.checksum` holding its
+//! SHA-256; an archive becomes visible under its key only once complete with its sidecar.
+
+pub mod local;
+
+use std::fmt;
+use std::io;
+
+use async_trait::async_trait;
+use jiff::Timestamp;
+use serde::Serialize;
+use tokio::io::AsyncRead;
+
+use crate::engine::name::{self, NameError};
+
+/// A byte stream read from or written to storage.
+pub type Reader = Box<dyn AsyncRead + Send + Unpin>;
+
+/// Gives the candidate key for each attempt (0, 1, ...), `None` when there are no more:
+/// storage uses the first key that is free, never overwriting an existing archive.
+pub type Naming<'a> = &'a (dyn Fn(u32) -> Option<String> + Send + Sync);
+
+/// An archive in storage.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ObjectInfo {
+    /// Its key.
+    pub key: String,
+    /// Where it is, for users: a path or `s3://bucket/key`.
+    pub location: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// Last modification time.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub modified: Option<Timestamp>,
+    /// SHA-256 from the checksum sidecar, when there is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub checksum: Option<String>,
+}
+
+/// Why a storage operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("{location} not found")]
+    NotFound { location: String },
+    #[error("{location} already exists; delete it first or choose another name")]
+    Exists { location: String },
+    #[error("invalid key {key:?}")]
+    Key { key: String, source: NameError },
+    #[error("failed to {op} {location}")]
+    Io {
+        op: &'static str,
+        location: String,
+        source: io::Error,
+    },
+    #[error("reading the data to store failed")]
+    Body { source: io::Error },
+    #[error("checksum mismatch for {location}: the data has SHA-256 {actual}, expected {expected}")]
+    Checksum {
+        location: String,
+        expected: String,
+        actual: String,
+    },
+    #[error("S3 request {op} on {location} (endpoint {endpoint}) failed: {detail}")]
+    S3 {
+        op: &'static str,
+        location: String,
+        endpoint: String,
+        detail: String,
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
+}
+
+/// A place to keep archives.
+#[async_trait]
+pub trait Storage: Send + Sync + fmt::Debug {
+    /// Where `key` is, for users and status (never with credentials).
+    fn location(&self, key: &str) -> String;
+
+    /// Streams `body` into a new archive under the first free key `naming` gives, with its
+    /// checksum sidecar. When `checksum` is given, the data must hash to it, else nothing is
+    /// stored. Nothing is visible under the key until the archive and sidecar are complete;
+    /// a failed put leaves nothing behind.
+    async fn put(
+        &self,
+        naming: Naming<'_>,
+        body: Reader,
+        checksum: Option<&str>,
+    ) -> Result<ObjectInfo, StorageError>;
+
+    /// Streams the archive at `key`, with its size.
+    async fn get(&self, key: &str) -> Result<(Reader, u64), StorageError>;
+
+    /// The archive at `key` (with its checksum), or `None`.
+    async fn head(&self, key: &str) -> Result<Option<ObjectInfo>, StorageError>;
+
+    /// The archives whose key starts with `prefix`, sorted by key.
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StorageError>;
+
+    /// Deletes the archive at `key` and its sidecar; `NotFound` when there is no archive.
+    async fn delete(&self, key: &str) -> Result<(), StorageError>;
+}
+
+/// Checks a key: one or two `/`-separated parts, each a valid name.
+pub fn validate_key(key: &str) -> Result<(), StorageError> {
+    let parts: Vec<&str> = key.split('/').collect();
+    let result = if parts.len() > 2 {
+        name::validate("snapshot", key)
+    } else {
+        parts.iter().try_for_each(|p| name::validate("snapshot", p))
+    };
+    result.map_err(|source| StorageError::Key {
+        key: key.into(),
+        source,
+    })
+}
+
+/// Is `key` an archive key (not a sidecar or a temporary file)?
+pub fn is_archive_key(key: &str) -> bool {
+    key.ends_with(name::ARCHIVE_EXT) && !key.split('/').any(|part| part.starts_with('.'))
+}
+
+/// Turns a digest into the error a put returns when it does not match the expected one.
+pub fn check_digest(
+    location: &str,
+    expected: Option<&str>,
+    actual: &str,
+) -> Result<(), StorageError> {
+    match expected {
+        Some(e) if !e.eq_ignore_ascii_case(actual) => Err(StorageError::Checksum {
+            location: location.into(),
+            expected: e.into(),
+            actual: actual.into(),
+        }),
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_one_or_two_names() {
+        assert!(validate_key("a.snapshot").is_ok());
+        assert!(validate_key("c/a.snapshot").is_ok());
+        for bad in ["", "/a", "a/", "a/b/c", "../a", "c/..", "a\\b"] {
+            assert!(validate_key(bad).is_err(), "{bad:?}");
+        }
+        assert!(is_archive_key("c/x.snapshot"));
+        assert!(!is_archive_key("c/x.snapshot.checksum"));
+        assert!(!is_archive_key(".tmp/x.snapshot"));
+        assert!(!is_archive_key("c/.x.snapshot"));
+    }
+}
