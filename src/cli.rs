@@ -29,11 +29,21 @@ use crate::storage::{ObjectInfo, Storage, StorageError};
 pub struct Cli {
     /// Configuration file (YAML with a Qdrant-style `storage` section); environment variables
     /// SNAPSHOT_OPERATOR__STORAGE__... override it.
-    #[arg(long, global = true, env = "SNAPSHOT_OPERATOR_CONFIG", value_name = "FILE")]
+    #[arg(
+        long,
+        global = true,
+        env = "SNAPSHOT_OPERATOR_CONFIG",
+        value_name = "FILE"
+    )]
     pub config: Option<PathBuf>,
     /// Log filter: error, warn, info, debug, trace, or a tracing filter such as
     /// `snapshot_operator=debug`.
-    #[arg(long, global = true, env = "SNAPSHOT_OPERATOR_LOG", default_value = "info")]
+    #[arg(
+        long,
+        global = true,
+        env = "SNAPSHOT_OPERATOR_LOG",
+        default_value = "info"
+    )]
     pub log: String,
     /// Log format.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
@@ -371,9 +381,12 @@ async fn list(args: ListArgs, storage: &dyn Storage) -> Result<ExitCode> {
 
 async fn download(args: DownloadArgs, storage: &dyn Storage) -> Result<ExitCode> {
     let key = resolve(&args.name, storage).await?;
-    let info = storage.head(&key).await?.ok_or_else(|| StorageError::NotFound {
-        location: storage.location(&key),
-    })?;
+    let info = storage
+        .head(&key)
+        .await?
+        .ok_or_else(|| StorageError::NotFound {
+            location: storage.location(&key),
+        })?;
     let (mut reader, size) = storage.get(&key).await?;
     let (_, file_name) = name::split_key(&key);
     let target = args.output.unwrap_or_else(|| PathBuf::from(file_name));
@@ -386,7 +399,11 @@ async fn download(args: DownloadArgs, storage: &dyn Storage) -> Result<ExitCode>
     let mut out: Box<dyn tokio::io::AsyncWrite + Unpin + Send> = if to_stdout {
         Box::new(tokio::io::stdout())
     } else {
-        Box::new(tokio::fs::File::create(&partial).await.map_err(out_err(&partial))?)
+        Box::new(
+            tokio::fs::File::create(&partial)
+                .await
+                .map_err(out_err(&partial))?,
+        )
     };
     let bar = ProgressBar::new(Some(size), "downloading");
     let mut hasher = Sha256::new();
@@ -437,7 +454,11 @@ async fn download(args: DownloadArgs, storage: &dyn Storage) -> Result<ExitCode>
             info.location,
             target.display(),
             human_bytes(done),
-            if info.checksum.is_some() { "yes" } else { "no checksum file" }
+            if info.checksum.is_some() {
+                "yes"
+            } else {
+                "no checksum file"
+            }
         );
     }
     Ok(ExitCode::SUCCESS)
@@ -539,8 +560,8 @@ async fn restore(args: RestoreArgs, config: &Config) -> Result<ExitCode> {
     };
     let mut results = Vec::new();
     for (location, selection) in jobs {
-        let opened = source::open(&Location::parse(&location)?, args.checksum.as_deref(), &ctx)
-            .await?;
+        let opened =
+            source::open(&Location::parse(&location)?, args.checksum.as_deref(), &ctx).await?;
         let from = opened.location.clone();
         let spec = RestoreSpec {
             storage: args.storage_path.clone(),
@@ -680,7 +701,10 @@ mod tests {
             split_snapshot_arg("https://h:6333/x.snapshot:products").unwrap(),
             ("https://h:6333/x.snapshot", "products")
         );
-        assert_eq!(split_snapshot_arg("a.snapshot:c").unwrap(), ("a.snapshot", "c"));
+        assert_eq!(
+            split_snapshot_arg("a.snapshot:c").unwrap(),
+            ("a.snapshot", "c")
+        );
         for bad in ["a.snapshot", "a.snapshot:", ":c", "http://h/x"] {
             assert!(split_snapshot_arg(bad).is_err(), "{bad:?}");
         }

@@ -115,7 +115,7 @@ impl fmt::Debug for Secret {
 #[error("invalid configuration (from {origin} and SNAPSHOT_OPERATOR__* environment variables)")]
 pub struct ConfigError {
     origin: String,
-    source: config::ConfigError,
+    source: Box<config::ConfigError>,
 }
 
 impl Config {
@@ -148,7 +148,10 @@ impl Config {
             )
             .build()
             .and_then(config::Config::try_deserialize)
-            .map_err(|source| ConfigError { origin, source })
+            .map_err(|source| ConfigError {
+                origin,
+                source: Box::new(source),
+            })
     }
 }
 
@@ -167,7 +170,10 @@ mod tests {
     fn defaults_are_local_snapshots_dir() {
         let c = Config::load_from(None, env(&[])).unwrap();
         assert_eq!(c.storage.snapshots_path, PathBuf::from("./snapshots"));
-        assert_eq!(c.storage.snapshots_config.snapshots_storage, StorageKind::Local);
+        assert_eq!(
+            c.storage.snapshots_config.snapshots_storage,
+            StorageKind::Local
+        );
         assert!(c.storage.temp_path.is_none());
     }
 
@@ -200,7 +206,10 @@ mod tests {
         assert_eq!(c.storage.snapshots_path, PathBuf::from("/data/snaps"));
         assert_eq!(c.storage.temp_path, Some(PathBuf::from("/tmp/t")));
         let s3 = c.storage.snapshots_config.s3_config.unwrap();
-        assert_eq!(c.storage.snapshots_config.snapshots_storage, StorageKind::S3);
+        assert_eq!(
+            c.storage.snapshots_config.snapshots_storage,
+            StorageKind::S3
+        );
         assert_eq!(s3.bucket, "b1");
         assert_eq!(s3.access_key.as_ref().unwrap().expose(), "0123");
         assert_eq!(s3.force_path_style, Some(true));
@@ -209,8 +218,11 @@ mod tests {
 
     #[test]
     fn unknown_keys_are_errors() {
-        let err = Config::load_from(None, env(&[("SNAPSHOT_OPERATOR__STORAGE__SNAPSHOT_PATH", "x")]))
-            .unwrap_err();
+        let err = Config::load_from(
+            None,
+            env(&[("SNAPSHOT_OPERATOR__STORAGE__SNAPSHOT_PATH", "x")]),
+        )
+        .unwrap_err();
         let chain = format!("{:?}", err);
         assert!(chain.contains("snapshot_path"), "{chain}");
     }

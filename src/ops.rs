@@ -85,21 +85,25 @@ pub async fn create_snapshot(
     name::validate("snapshot", &name::archive_name(&stem, 99))?;
     let collection = spec.collection.clone();
     let naming = move |attempt: u32| {
-        (attempt < 1000).then(|| name::key(collection.as_deref(), &name::archive_name(&stem, attempt)))
+        (attempt < 1000)
+            .then(|| name::key(collection.as_deref(), &name::archive_name(&stem, attempt)))
     };
 
     let (writer, reader) = pipe(PIPE_SLOTS);
     let job_spec = spec.clone();
     let writer_task = tokio::task::spawn_blocking(move || {
         let mut writer = writer;
-        let archived = archive::write_archive(&job_spec, &manifest, &mut writer, progress.as_ref())?;
+        let archived =
+            archive::write_archive(&job_spec, &manifest, &mut writer, progress.as_ref())?;
         writer
             .finish()
             .map_err(|source| CreateError::Write { source })?;
         Ok::<_, CreateError>(archived)
     });
     let stored = storage.put(&naming, Box::new(reader), None).await;
-    let written = writer_task.await.expect("the archive writer does not panic");
+    let written = writer_task
+        .await
+        .expect("the archive writer does not panic");
     let (archive, content) = match (stored, written) {
         (Ok(archive), Ok(content)) => (archive, content),
         // The writer failed first: that is the cause, the storage only saw the stream end.

@@ -42,10 +42,7 @@ pub enum SourceError {
     #[error("failed to open {path}")]
     Open { path: PathBuf, source: io::Error },
     #[error("failed to download {url}")]
-    Http {
-        url: String,
-        source: reqwest::Error,
-    },
+    Http { url: String, source: reqwest::Error },
     #[error("{url} answered {status}{hint}")]
     HttpStatus {
         url: String,
@@ -177,10 +174,14 @@ pub async fn open(
                 return open_file(path, checksum).await;
             }
             let key = resolve_key(ctx.storage.as_ref(), text).await?;
-            let info = ctx.storage.head(&key).await?.ok_or_else(|| SourceError::NotFound {
-                location: text.clone(),
-                storage: ctx.storage.location(""),
-            })?;
+            let info = ctx
+                .storage
+                .head(&key)
+                .await?
+                .ok_or_else(|| SourceError::NotFound {
+                    location: text.clone(),
+                    storage: ctx.storage.location(""),
+                })?;
             let checksum = expected_checksum(&info.location, checksum, info.checksum)?;
             let (reader, size) = ctx.storage.get(&key).await?;
             Ok(Opened {
@@ -191,12 +192,11 @@ pub async fn open(
             })
         }
         Location::File(path) => {
-            let root = std::fs::canonicalize(&ctx.snapshots_path).map_err(|source| {
-                SourceError::Open {
+            let root =
+                std::fs::canonicalize(&ctx.snapshots_path).map_err(|source| SourceError::Open {
                     path: ctx.snapshots_path.clone(),
                     source,
-                }
-            })?;
+                })?;
             let real = std::fs::canonicalize(path).map_err(|source| SourceError::Open {
                 path: path.clone(),
                 source,

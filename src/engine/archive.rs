@@ -208,8 +208,10 @@ pub fn write_archive<W: Write>(
         Some(c) => {
             let rel = format!("{COLLECTIONS_DIR}/{c}").into_bytes();
             let abs = root.join(COLLECTIONS_DIR).join(c);
-            let meta = fs::symlink_metadata(&abs)
-                .map_err(|source| CreateError::Read { path: abs.clone(), source })?;
+            let meta = fs::symlink_metadata(&abs).map_err(|source| CreateError::Read {
+                path: abs.clone(),
+                source,
+            })?;
             walker.dir(&abs, rel, &meta)?;
         }
         None => walker.children(&root, Vec::new())?,
@@ -373,7 +375,13 @@ impl<W: Write> TarWriter<W> {
             data.push(0);
             let mut long = tar::Header::new_gnu();
             long.as_gnu_mut().expect("gnu header").name[..13].copy_from_slice(b"././@LongLink");
-            self.raw_header(&mut long, tar::EntryType::GNULongName, 0o644, 0, data.len() as u64)?;
+            self.raw_header(
+                &mut long,
+                tar::EntryType::GNULongName,
+                0o644,
+                0,
+                data.len() as u64,
+            )?;
             self.out.write_all(&data)?;
             self.pad(data.len() as u64)?;
         }
@@ -410,7 +418,13 @@ impl<W: Write> TarWriter<W> {
     }
 
     fn append_bytes(&mut self, path: &[u8], mode: u32, mtime: u64, data: &[u8]) -> io::Result<()> {
-        self.header(path, tar::EntryType::Regular, mode, mtime, data.len() as u64)?;
+        self.header(
+            path,
+            tar::EntryType::Regular,
+            mode,
+            mtime,
+            data.len() as u64,
+        )?;
         self.out.write_all(data)?;
         self.pad(data.len() as u64)
     }
@@ -429,11 +443,19 @@ impl<W: Write> TarWriter<W> {
         mut on_read: impl FnMut(u64),
     ) -> Result<(), FileCopyError> {
         let size = meta.len();
-        self.header(path, tar::EntryType::Regular, meta.mode(), mtime(meta), size)
-            .map_err(FileCopyError::Write)?;
+        self.header(
+            path,
+            tar::EntryType::Regular,
+            meta.mode(),
+            mtime(meta),
+            size,
+        )
+        .map_err(FileCopyError::Write)?;
         let mut left = size;
         while left > 0 {
-            let want = usize::try_from(left).unwrap_or(usize::MAX).min(self.buf.len());
+            let want = usize::try_from(left)
+                .unwrap_or(usize::MAX)
+                .min(self.buf.len());
             let n = match file.read(&mut self.buf[..want]) {
                 Ok(0) => return Err(FileCopyError::Short),
                 Ok(n) => n,

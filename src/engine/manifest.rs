@@ -89,7 +89,10 @@ mod tests {
         );
         let json = serde_json::to_string(&m).unwrap();
         assert!(json.contains(r#""kind":"collection""#), "{json}");
-        assert!(json.contains(r#""created_at":"2026-11-25T10:20:30Z""#), "{json}");
+        assert!(
+            json.contains(r#""created_at":"2026-11-25T10:20:30Z""#),
+            "{json}"
+        );
         assert_eq!(serde_json::from_str::<Manifest>(&json).unwrap(), m);
     }
 }

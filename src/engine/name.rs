@@ -184,7 +184,10 @@ mod tests {
     #[test]
     fn keys_put_collection_archives_in_their_directory() {
         assert_eq!(key(Some("c"), "c-n-t.snapshot"), "c/c-n-t.snapshot");
-        assert_eq!(key(None, "full-snapshot-n.snapshot"), "full-snapshot-n.snapshot");
+        assert_eq!(
+            key(None, "full-snapshot-n.snapshot"),
+            "full-snapshot-n.snapshot"
+        );
         assert_eq!(checksum_key("c/x.snapshot"), "c/x.snapshot.checksum");
         assert_eq!(split_key("c/x.snapshot"), (Some("c"), "x.snapshot"));
         assert_eq!(split_key("x.snapshot"), (None, "x.snapshot"));

@@ -3,12 +3,14 @@
 //! priority (DESIGN §5). Nothing in the target changes until the whole archive has been read,
 //! checked and made durable; a refused archive changes nothing.
 
+use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufReader, Read, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 use std::str::FromStr;
 use std::time::{Duration, SystemTime};
 
@@ -158,13 +160,17 @@ pub enum RestoreError {
         wanted: String,
         available: Vec<String>,
     },
-    #[error("a full-storage restore needs a full-storage snapshot; this one holds collection {collection:?}")]
+    #[error(
+        "a full-storage restore needs a full-storage snapshot; this one holds collection {collection:?}"
+    )]
     NotFull { collection: String },
     #[error("refused: archive entry {path:?} is {why}; nothing was changed")]
     Hostile { path: String, why: String },
     #[error("refused: the archive holds more than {max} entries (the limit); nothing was changed")]
     TooManyEntries { max: u64 },
-    #[error("refused: the archive holds more than {max} bytes of data (the limit); nothing was changed")]
+    #[error(
+        "refused: the archive holds more than {max} bytes of data (the limit); nothing was changed"
+    )]
     TooLarge { max: u64 },
     #[error("the archive holds no data for collection {collection:?}")]
     Empty { collection: String },
@@ -201,15 +207,18 @@ pub fn restore<R: Read>(
     }
     let existed = spec.storage.exists();
     let workspace = Workspace::open(&spec.storage)?;
-    let result = workspace.staging().map_err(RestoreError::from).and_then(|staging| {
-        let staged = extract(spec, reader, &staging, progress)?;
-        sync_filesystem(&staging)?;
-        let collections = apply(spec, &staging)?;
-        Ok(Restored {
-            collections,
-            ..staged
-        })
-    });
+    let result = workspace
+        .staging()
+        .map_err(RestoreError::from)
+        .and_then(|staging| {
+            let staged = extract(spec, reader, &staging, progress)?;
+            sync_filesystem(&staging)?;
+            let collections = apply(spec, &staging)?;
+            Ok(Restored {
+                collections,
+                ..staged
+            })
+        });
     let closed = workspace.close();
     if result.is_err() && !existed {
         // Leave no trace of a refused restore, not even the storage directory we created.
@@ -237,10 +246,22 @@ fn extract<R: Read>(
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<Restored, RestoreError> {
     let mut input = Tracking::new(BufReader::with_capacity(COPY_BUF, Hashing::new(reader)));
+    let eof = input.eof_seen.clone();
+    // A read error after the input ended is a truncated archive.
+    let read_err = |source: io::Error| {
+        if eof.get() {
+            RestoreError::Truncated
+        } else {
+            read_err(source)
+        }
+    };
     let mut archive = tar::Archive::new(&mut input);
     let mut entries = archive.entries().map_err(read_err)?;
 
-    let manifest = read_manifest(&mut entries)?;
+    let manifest = read_manifest(&mut entries).map_err(|e| match e {
+        RestoreError::Read { .. } if eof.get() => RestoreError::Truncated,
+        other => other,
+    })?;
     let mapping = Mapping::new(&manifest, &spec.selection)?;
     let mut stats = Restored {
         manifest,
@@ -310,17 +331,20 @@ fn extract<R: Read>(
                 .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
                 .open(&dest)
                 .map_err(write_err(&dest))?;
-            copy(&mut entry, &mut file, &mut buf, &dest)?;
+            copy(&mut entry, &mut file, &mut buf, &dest).map_err(|e| match e {
+                RestoreError::Read { .. } if eof.get() => RestoreError::Truncated,
+                other => other,
+            })?;
             file.set_permissions(fs::Permissions::from_mode(mode & 0o777))
                 .map_err(write_err(&dest))?;
-            file.set_modified(to_time(mtime)).map_err(write_err(&dest))?;
+            file.set_modified(to_time(mtime))
+                .map_err(write_err(&dest))?;
             stats.files += 1;
             stats.data_bytes += size;
         }
         progress(input_position(&entry));
     }
-    drop(archive);
-    if input.eof_seen {
+    if eof.get() {
         return Err(RestoreError::Truncated);
     }
     // Hash what follows the end marker too: the checksum covers the whole file.
@@ -657,7 +681,9 @@ fn plan(spec: &RestoreSpec, staging: &Path) -> Result<Vec<(Option<String>, Step)
         steps.push((Some(name), step));
     }
     if spec.selection == Selection::Full {
-        merge_aliases(storage, staging, spec.priority)?;
+        if let Some(step) = merge_aliases(storage, staging, spec.priority)? {
+            steps.push((None, step));
+        }
         for entry in fs::read_dir(staging).map_err(write_err(staging))? {
             let entry = entry.map_err(write_err(staging))?;
             if entry.file_name() == COLLECTIONS_DIR {
@@ -703,13 +729,18 @@ fn check_merge(staged: &Path, target: &Path) -> Result<(), RestoreError> {
     }
 }
 
-/// For a full restore, rewrites the staged aliases file as the union of the archive's and the
-/// target's aliases, the priority deciding which side wins a conflict.
-fn merge_aliases(storage: &Path, staging: &Path, priority: Priority) -> Result<(), RestoreError> {
+/// For a full restore into a target with aliases, writes the union of the archive's and the
+/// target's aliases into the staged file (the priority decides which side wins a conflict)
+/// and returns the step that puts it in place.
+fn merge_aliases(
+    storage: &Path,
+    staging: &Path,
+    priority: Priority,
+) -> Result<Option<Step>, RestoreError> {
     let staged = staging.join(ALIASES_FILE);
     let target = storage.join(ALIASES_FILE);
     if !staged.is_file() || inspect(&target)? != Found::File {
-        return Ok(());
+        return Ok(None);
     }
     let read = |path: &Path| -> Result<BTreeMap<String, String>, RestoreError> {
         let bytes = fs::read(path).map_err(write_err(path))?;
@@ -718,11 +749,19 @@ fn merge_aliases(storage: &Path, staging: &Path, priority: Priority) -> Result<(
     };
     let (archive, existing) = (read(&staged)?, read(&target)?);
     let merged = match priority {
-        Priority::Replica => archive.into_iter().chain(existing).collect::<BTreeMap<_, _>>(),
+        Priority::Replica => archive
+            .into_iter()
+            .chain(existing)
+            .collect::<BTreeMap<_, _>>(),
         Priority::Snapshot | Priority::NoSync => existing.into_iter().chain(archive).collect(),
     };
     let json = serde_json::to_vec(&merged).expect("aliases serialise");
-    fs::write(&staged, json).map_err(write_err(&staged))
+    fs::write(&staged, json).map_err(write_err(&staged))?;
+    Ok(Some(Step::Merge {
+        staged,
+        target,
+        overwrite: true,
+    }))
 }
 
 fn apply(spec: &RestoreSpec, staging: &Path) -> Result<Vec<CollectionResult>, RestoreError> {
@@ -858,7 +897,7 @@ impl<R: Read> Read for Hashing<R> {
 struct Tracking<R> {
     inner: R,
     position: u64,
-    eof_seen: bool,
+    eof_seen: Rc<Cell<bool>>,
 }
 
 impl<R> Tracking<R> {
@@ -866,7 +905,7 @@ impl<R> Tracking<R> {
         Self {
             inner,
             position: 0,
-            eof_seen: false,
+            eof_seen: Rc::default(),
         }
     }
     fn into_inner(self) -> R {
@@ -878,7 +917,7 @@ impl<R: Read> Read for Tracking<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
         if n == 0 && !buf.is_empty() {
-            self.eof_seen = true;
+            self.eof_seen.set(true);
         }
         self.position += n as u64;
         Ok(n)

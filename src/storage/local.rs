@@ -45,10 +45,13 @@ fn io_err(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> StorageErr
 }
 
 impl LocalStorage {
-    /// Storage in `root`, building archives in `temp` (default `<root>/.tmp`). Removes partial
-    /// archives left by interrupted puts.
+    /// Storage in `root`, building archives in `temp` (default `<root>/.tmp`); creates both
+    /// and removes partial archives left by interrupted puts.
     pub fn open(root: PathBuf, temp: Option<PathBuf>) -> Result<Self, StorageError> {
         let temp = temp.unwrap_or_else(|| root.join(DEFAULT_TEMP_DIR));
+        for dir in [&root, &temp] {
+            fs::create_dir_all(dir).map_err(io_err("create", dir))?;
+        }
         let storage = Self { root, temp };
         storage.clean_partials()?;
         Ok(storage)
@@ -130,7 +133,12 @@ impl LocalStorage {
     }
 
     /// Makes the partial file visible under the first free key, sidecar first.
-    fn publish(&self, naming: Naming<'_>, partial: &Path, digest: &str) -> Result<String, StorageError> {
+    fn publish(
+        &self,
+        naming: Naming<'_>,
+        partial: &Path,
+        digest: &str,
+    ) -> Result<String, StorageError> {
         for attempt in 0.. {
             let Some(key) = naming(attempt) else { break };
             validate_key(&key)?;
@@ -229,8 +237,12 @@ impl Storage for LocalStorage {
             tokio::task::spawn_blocking(move || this.write_partial(body))
                 .await
                 .expect("the writer task does not panic")?;
-        let published = check_digest(&self.location(&naming(0).unwrap_or_default()), checksum, &digest)
-            .and_then(|()| self.publish(naming, &partial, &digest));
+        let published = check_digest(
+            &self.location(&naming(0).unwrap_or_default()),
+            checksum,
+            &digest,
+        )
+        .and_then(|()| self.publish(naming, &partial, &digest));
         let _ = fs::remove_file(&partial);
         drop(file);
         let key = published?;
@@ -272,26 +284,27 @@ impl Storage for LocalStorage {
 
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StorageError> {
         let mut found = Vec::new();
-        let mut scan = |dir: &Path, key_prefix: &str, depth: u8| -> Result<Vec<String>, StorageError> {
-            let mut subdirs = Vec::new();
-            let entries = match fs::read_dir(dir) {
-                Ok(e) => e,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(subdirs),
-                Err(e) => return Err(io_err("list", dir)(e)),
-            };
-            for entry in entries {
-                let entry = entry.map_err(io_err("list", dir))?;
-                let file_name = entry.file_name().to_string_lossy().into_owned();
-                let key = format!("{key_prefix}{file_name}");
-                let meta = entry.metadata().map_err(io_err("list", &entry.path()))?;
-                if meta.is_dir() && depth == 0 && !file_name.starts_with('.') {
-                    subdirs.push(file_name);
-                } else if meta.is_file() && is_archive_key(&key) && key.starts_with(prefix) {
-                    found.push(self.info(&key, &meta));
+        let mut scan =
+            |dir: &Path, key_prefix: &str, depth: u8| -> Result<Vec<String>, StorageError> {
+                let mut subdirs = Vec::new();
+                let entries = match fs::read_dir(dir) {
+                    Ok(e) => e,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(subdirs),
+                    Err(e) => return Err(io_err("list", dir)(e)),
+                };
+                for entry in entries {
+                    let entry = entry.map_err(io_err("list", dir))?;
+                    let file_name = entry.file_name().to_string_lossy().into_owned();
+                    let key = format!("{key_prefix}{file_name}");
+                    let meta = entry.metadata().map_err(io_err("list", &entry.path()))?;
+                    if meta.is_dir() && depth == 0 && !file_name.starts_with('.') {
+                        subdirs.push(file_name);
+                    } else if meta.is_file() && is_archive_key(&key) && key.starts_with(prefix) {
+                        found.push(self.info(&key, &meta));
+                    }
                 }
-            }
-            Ok(subdirs)
-        };
+                Ok(subdirs)
+            };
         for dir in scan(&self.root, "", 0)? {
             scan(&self.root.join(&dir), &format!("{dir}/"), 1)?;
         }

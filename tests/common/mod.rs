@@ -1,0 +1,278 @@
+//! Helpers shared by the black-box tests: trees, fingerprints, the binary, raw tar archives.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// What a tree holds at one path: kind, permission bits, content, modification time (files).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Node {
+    Dir {
+        mode: u32,
+    },
+    File {
+        mode: u32,
+        data: Vec<u8>,
+        mtime: i64,
+    },
+    Symlink {
+        target: PathBuf,
+    },
+}
+
+pub type Fingerprint = BTreeMap<String, Node>;
+
+/// Every entry below `root` (relative paths), recursively.
+pub fn fingerprint(root: &Path) -> Fingerprint {
+    let mut out = BTreeMap::new();
+    if root.exists() {
+        walk(root, root, &mut out);
+    }
+    out
+}
+
+fn walk(root: &Path, dir: &Path, out: &mut Fingerprint) {
+    for entry in fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        let rel = path
+            .strip_prefix(root)
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        let meta = fs::symlink_metadata(&path).unwrap();
+        let mode = meta.permissions().mode() & 0o7777;
+        if meta.file_type().is_symlink() {
+            out.insert(
+                rel,
+                Node::Symlink {
+                    target: fs::read_link(&path).unwrap(),
+                },
+            );
+        } else if meta.is_dir() {
+            out.insert(rel, Node::Dir { mode });
+            walk(root, &path, out);
+        } else {
+            out.insert(
+                rel,
+                Node::File {
+                    mode,
+                    data: fs::read(&path).unwrap(),
+                    mtime: meta.mtime(),
+                },
+            );
+        }
+    }
+}
+
+pub fn write(path: &Path, data: &[u8], mode: u32) {
+    fs::create_dir_all(path.parent().unwrap()).unwrap();
+    fs::write(path, data).unwrap();
+    fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// A Qdrant-like collection with awkward content: modes, empty file and directory, binary
+/// data, a path longer than 100 bytes, non-ASCII names.
+pub fn make_collection(storage: &Path, name: &str, salt: &str) {
+    let c = storage.join("collections").join(name);
+    write(
+        &c.join("config.json"),
+        format!("{{\"salt\":\"{salt}\"}}").as_bytes(),
+        0o644,
+    );
+    write(
+        &c.join("0/segments/seg-a/vectors.bin"),
+        &binary(70_000, salt),
+        0o600,
+    );
+    write(&c.join("0/segments/seg-a/empty"), b"", 0o640);
+    write(
+        &c.join("0/wal/open-1"),
+        format!("wal {salt}").as_bytes(),
+        0o755,
+    );
+    write(&c.join("ünïcødé/файл.txt"), salt.as_bytes(), 0o644);
+    let long = "d".repeat(60);
+    write(
+        &c.join(format!("{long}/{long}/leaf-{salt}.dat")),
+        salt.repeat(50).as_bytes(),
+        0o644,
+    );
+    fs::create_dir_all(c.join("0/empty-dir")).unwrap();
+    fs::set_permissions(c.join("0/wal"), fs::Permissions::from_mode(0o700)).unwrap();
+}
+
+/// A storage directory with two collections, aliases and a top-level file.
+pub fn make_storage(storage: &Path) {
+    make_collection(storage, "products", "p1");
+    make_collection(storage, "reviews", "r1");
+    write(
+        &storage.join("aliases/data.json"),
+        br#"{"catalog":"products"}"#,
+        0o644,
+    );
+    write(&storage.join("raft_state.json"), b"{\"term\":1}", 0o600);
+}
+
+pub fn binary(len: usize, salt: &str) -> Vec<u8> {
+    let seed = salt
+        .bytes()
+        .fold(7u32, |a, b| a.wrapping_mul(31).wrapping_add(b as u32));
+    (0..len as u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761).wrapping_add(seed) >> 13) as u8)
+        .collect()
+}
+
+/// The subset of a fingerprint under `prefix/`, with the prefix removed.
+pub fn subtree(fp: &Fingerprint, prefix: &str) -> Fingerprint {
+    let p = format!("{prefix}/");
+    fp.iter()
+        .filter_map(|(k, v)| k.strip_prefix(&p).map(|rest| (rest.to_owned(), v.clone())))
+        .collect()
+}
+
+/// The binary under test, run in `cwd` with a clean configuration environment.
+pub fn bin(cwd: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_snapshot-operator"));
+    cmd.current_dir(cwd);
+    for (key, _) in std::env::vars() {
+        if key.starts_with("SNAPSHOT_OPERATOR") {
+            cmd.env_remove(key);
+        }
+    }
+    cmd.env("SNAPSHOT_OPERATOR_LOG", "warn");
+    cmd
+}
+
+/// Runs and returns the output, whatever the exit status.
+pub fn run(cmd: &mut Command) -> Output {
+    cmd.output().expect("the binary runs")
+}
+
+/// Runs and asserts success; returns standard output.
+pub fn ok(cmd: &mut Command) -> String {
+    let out = run(cmd);
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Runs and asserts failure; returns standard error.
+pub fn fails(cmd: &mut Command) -> String {
+    let out = run(cmd);
+    assert!(
+        !out.status.success(),
+        "{cmd:?} should fail: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8(out.stderr).unwrap()
+}
+
+/// Creates a snapshot and returns its JSON result.
+pub fn create(cwd: &Path, storage: &Path, collection: Option<&str>) -> serde_json::Value {
+    let mut cmd = bin(cwd);
+    cmd.args([
+        "snapshot",
+        "create",
+        "--node",
+        "node-0",
+        "-o",
+        "json",
+        "--storage-path",
+    ])
+    .arg(storage);
+    if let Some(c) = collection {
+        cmd.args(["--collection", c]);
+    }
+    serde_json::from_str(&ok(&mut cmd)).unwrap()
+}
+
+/// The local path of a created archive.
+pub fn archive_path(created: &serde_json::Value) -> PathBuf {
+    PathBuf::from(created["archive"]["location"].as_str().unwrap())
+}
+
+pub fn sha256_hex(data: &[u8]) -> String {
+    use sha2::Digest;
+    snapshot_operator::engine::name::hex(&sha2::Sha256::digest(data))
+}
+
+/// One entry of a hand-made archive.
+pub struct RawEntry {
+    pub path: Vec<u8>,
+    pub kind: tar::EntryType,
+    pub data: Vec<u8>,
+    pub link: Vec<u8>,
+}
+
+impl RawEntry {
+    pub fn file(path: &str, data: &[u8]) -> Self {
+        Self {
+            path: path.into(),
+            kind: tar::EntryType::Regular,
+            data: data.to_vec(),
+            link: Vec::new(),
+        }
+    }
+    pub fn dir(path: &str) -> Self {
+        Self {
+            path: path.into(),
+            kind: tar::EntryType::Directory,
+            data: Vec::new(),
+            link: Vec::new(),
+        }
+    }
+    pub fn special(path: &str, kind: tar::EntryType, link: &str) -> Self {
+        Self {
+            path: path.into(),
+            kind,
+            data: Vec::new(),
+            link: link.into(),
+        }
+    }
+}
+
+/// A manifest for a collection archive.
+pub fn manifest_json(collection: Option<&str>, collections: &[&str], version: u32) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "format_version": version,
+        "kind": if collection.is_some() { "collection" } else { "full" },
+        "collection": collection,
+        "node": "node-0",
+        "created_at": "2026-11-25T10:00:00Z",
+        "tool": "test",
+        "tool_version": "0",
+        "collections": collections,
+        "aliases": {},
+    }))
+    .unwrap()
+}
+
+/// A tar archive with exactly these entries, written header by header (no path checks).
+pub fn raw_tar(entries: &[RawEntry]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for e in entries {
+        let mut h = tar::Header::new_gnu();
+        {
+            let gnu = h.as_gnu_mut().unwrap();
+            gnu.name[..e.path.len()].copy_from_slice(&e.path);
+            gnu.linkname[..e.link.len()].copy_from_slice(&e.link);
+        }
+        h.set_entry_type(e.kind);
+        h.set_mode(0o644);
+        h.set_size(e.data.len() as u64);
+        h.set_mtime(1_700_000_000);
+        h.set_cksum();
+        out.extend_from_slice(h.as_bytes());
+        out.extend_from_slice(&e.data);
+        out.resize(out.len().div_ceil(512) * 512, 0);
+    }
+    out.extend_from_slice(&[0; 1024]);
+    out
+}
