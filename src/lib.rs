@@ -6,6 +6,7 @@
 //! * [`ops`]: the operations the CLI and mover Jobs run.
 //! * [`config`]: Qdrant-style configuration from a file and the environment.
 //! * [`cli`]: the command line.
+//! * [`tls`]: the process's TLS crypto provider.
 
 pub mod cli;
 pub mod config;
@@ -13,3 +14,4 @@ pub mod engine;
 pub mod ops;
 pub mod source;
 pub mod storage;
+pub mod tls;

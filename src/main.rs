@@ -6,6 +6,7 @@ use snapshot_operator::cli::Cli;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     cli.init_logging();
+    snapshot_operator::tls::install_crypto_provider();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

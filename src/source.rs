@@ -270,6 +270,7 @@ async fn open_http(
         url: url.to_string(),
         source,
     };
+    crate::tls::install_crypto_provider();
     let client = reqwest::Client::builder()
         .connect_timeout(opts.timeout)
         .read_timeout(opts.timeout)

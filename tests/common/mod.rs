@@ -276,3 +276,65 @@ pub fn raw_tar(entries: &[RawEntry]) -> Vec<u8> {
     out.extend_from_slice(&[0; 1024]);
     out
 }
+
+/// How the test HTTP server answers `/stall.snapshot`: headers and half the body, then nothing.
+pub struct HttpServer {
+    pub base: String,
+}
+
+/// Serves `archive` at `/good.snapshot` (requiring `api-key: secret` when `api_key`) and a
+/// stalling copy at `/stall.snapshot`; everything else is 404.
+pub fn serve(archive: Vec<u8>, api_key: bool) -> HttpServer {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let archive = std::sync::Arc::new(archive);
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let archive = archive.clone();
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut request = String::new();
+                let mut has_key = false;
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                        break;
+                    }
+                    if line.to_ascii_lowercase().starts_with("api-key: secret") {
+                        has_key = true;
+                    }
+                    if request.is_empty() {
+                        request = line;
+                    }
+                }
+                let path = request.split_whitespace().nth(1).unwrap_or("").to_owned();
+                let head = |status: &str, len: usize| {
+                    format!(
+                        "HTTP/1.1 {status}\r\ncontent-length: {len}\r\nconnection: close\r\n\r\n"
+                    )
+                };
+                match path.as_str() {
+                    "/good.snapshot" if api_key && !has_key => {
+                        let _ = stream.write_all(head("401 Unauthorized", 0).as_bytes());
+                    }
+                    "/good.snapshot" => {
+                        let _ = stream.write_all(head("200 OK", archive.len()).as_bytes());
+                        let _ = stream.write_all(&archive);
+                    }
+                    "/stall.snapshot" => {
+                        let _ = stream.write_all(head("200 OK", archive.len()).as_bytes());
+                        let _ = stream.write_all(&archive[..archive.len() / 2]);
+                        let _ = stream.flush();
+                        std::thread::sleep(std::time::Duration::from_secs(60));
+                    }
+                    _ => {
+                        let _ = stream.write_all(head("404 Not Found", 0).as_bytes());
+                    }
+                }
+            });
+        }
+    });
+    HttpServer { base }
+}
