@@ -7,6 +7,6 @@ build:
 test:
 	bash scripts/test.sh
 
-# Engine benchmark against GNU tar + sha256sum (see bench/engine.sh).
+# Engine benchmark against GNU tar + sha256sum (see bench/engine.py).
 bench:
-	bash bench/engine.sh
+	python3 bench/engine.py

@@ -1,7 +1,6 @@
 //! The operations the CLI and the mover Jobs run: the blocking engine joined to async storage
 //! and sources, with the engine's tar work on blocking threads and bounded pipes between.
 
-use std::io::BufReader;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -133,8 +132,7 @@ pub async fn restore_snapshot(
     }
     let reader = source.reader;
     let restored = tokio::task::spawn_blocking(move || {
-        let input = BufReader::with_capacity(64 << 10, SyncIoBridge::new(reader));
-        restore::restore(&spec, input, progress.as_ref())
+        restore::restore(&spec, SyncIoBridge::new(reader), progress.as_ref())
     })
     .await
     .expect("the restore does not panic")?;

@@ -248,25 +248,27 @@ impl<W: Write> Walker<'_, W> {
             path: abs.to_owned(),
             source,
         };
-        let mut names: Vec<OsString> = fs::read_dir(abs)
+        // The type comes from the directory listing (no `lstat` per file).
+        let mut children: Vec<(OsString, fs::FileType)> = fs::read_dir(abs)
             .map_err(read_err)?
-            .map(|e| e.map(|e| e.file_name()))
+            .map(|e| e.and_then(|e| Ok((e.file_name(), e.file_type()?))))
             .collect::<io::Result<_>>()
             .map_err(read_err)?;
-        names.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
-        for name in names {
+        children.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+        for (name, ft) in children {
             let child = abs.join(&name);
             if self.exclude.contains(&child) {
                 continue;
             }
             let mut rel = prefix.clone();
             rel.extend_from_slice(&name.into_vec());
-            let meta = fs::symlink_metadata(&child).map_err(|source| changed(&child, source, 0))?;
-            let ft = meta.file_type();
-            if ft.is_dir() {
-                self.dir(&child, rel, &meta)?;
-            } else if ft.is_file() {
+            if ft.is_file() {
                 self.file(&child, &rel)?;
+                continue;
+            }
+            let meta = fs::symlink_metadata(&child).map_err(|source| changed(&child, source, 0))?;
+            if meta.is_dir() {
+                self.dir(&child, rel, &meta)?;
             } else {
                 let skipped = Skipped {
                     path: String::from_utf8_lossy(&rel).into_owned(),
@@ -280,15 +282,23 @@ impl<W: Write> Walker<'_, W> {
     }
 
     fn file(&mut self, abs: &Path, rel: &[u8]) -> Result<(), CreateError> {
+        // No following a symlink, no blocking on a FIFO swapped in since the listing.
+        let flags = rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK;
         let file = fs::OpenOptions::new()
             .read(true)
-            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+            .custom_flags(flags.bits() as i32)
             .open(abs)
             .map_err(|source| changed(abs, source, 0))?;
         let meta = file.metadata().map_err(|source| CreateError::Read {
             path: abs.to_owned(),
             source,
         })?;
+        if !meta.is_file() {
+            return Err(CreateError::Changed {
+                path: abs.to_owned(),
+                expected: 0,
+            });
+        }
         let size = meta.len();
         self.tar
             .append_file(rel, &meta, file, |n| {

@@ -6,6 +6,7 @@ pub mod archive;
 pub mod manifest;
 pub mod name;
 pub mod pipe;
+pub mod readahead;
 pub mod restore;
 pub mod workspace;
 

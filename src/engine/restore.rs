@@ -3,24 +3,22 @@
 //! priority (DESIGN §5). Nothing in the target changes until the whole archive has been read,
 //! checked and made durable; a refused archive changes nothing.
 
-use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufReader, Read, Write};
+use std::io::{self, Read, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::rc::Rc;
 use std::str::FromStr;
 use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 
 use super::WORKSPACE_DIR;
 use super::archive::{ALIASES_FILE, COLLECTIONS_DIR};
 use super::manifest::{FORMAT_VERSION, Kind, MANIFEST_ENTRY, MAX_MANIFEST_BYTES, Manifest};
 use super::name::{self, NameError};
+use super::readahead::{self, ChunkReader};
 use super::workspace::{Workspace, WorkspaceError};
 
 const COPY_BUF: usize = 1 << 20;
@@ -194,7 +192,7 @@ fn write_err(path: &Path) -> impl FnOnce(io::Error) -> RestoreError + '_ {
 
 /// Restores the archive read from `reader` as `spec` says. `progress` is called with the
 /// number of archive bytes read so far.
-pub fn restore<R: Read>(
+pub fn restore<R: Read + Send>(
     spec: &RestoreSpec,
     reader: R,
     progress: &(dyn Fn(u64) + Sync),
@@ -239,15 +237,49 @@ fn read_err(source: io::Error) -> RestoreError {
 
 /// Reads the whole archive into `staging`, checking every entry, the limits, the end marker
 /// and the checksum.
-fn extract<R: Read>(
+fn extract<R: Read + Send>(
     spec: &RestoreSpec,
     reader: R,
     staging: &Path,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<Restored, RestoreError> {
-    let mut input = Tracking::new(BufReader::with_capacity(COPY_BUF, Hashing::new(reader)));
-    let eof = input.eof_seen.clone();
-    // A read error after the input ended is a truncated archive.
+    let (parsed, hashed) =
+        readahead::with_read_ahead(reader, |input| unpack(spec, input, staging, progress));
+    let (mut stats, mapping, dirs) = parsed?;
+    let hashed = hashed.ok_or(RestoreError::Truncated)?;
+    stats.archive_bytes = hashed.bytes;
+    stats.checksum = hashed.sha256;
+    if let Some(expected) = &spec.checksum
+        && expected != &stats.checksum
+    {
+        return Err(RestoreError::Checksum {
+            expected: expected.clone(),
+            actual: stats.checksum,
+        });
+    }
+    mapping.check_present(staging)?;
+    // Directory modes and times last: writing into a directory changes its time, and a
+    // read-only directory mode would block its own content.
+    for (dir, mode, mtime) in dirs.iter().rev() {
+        fs::set_permissions(dir, fs::Permissions::from_mode(mode & 0o1777))
+            .map_err(write_err(dir))?;
+        set_dir_mtime(dir, *mtime)?;
+    }
+    Ok(stats)
+}
+
+/// Staged directories with their mode and time, applied once their content is written.
+type StagedDirs = Vec<(PathBuf, u32, u64)>;
+
+/// Parses the archive from `input` into `staging`, then reads the input to its end.
+fn unpack(
+    spec: &RestoreSpec,
+    input: &mut ChunkReader,
+    staging: &Path,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<(Restored, Mapping, StagedDirs), RestoreError> {
+    let eof = input.eof_flag();
+    // A read error once the input has ended means the archive is truncated.
     let read_err = |source: io::Error| {
         if eof.get() {
             RestoreError::Truncated
@@ -255,13 +287,13 @@ fn extract<R: Read>(
             read_err(source)
         }
     };
-    let mut archive = tar::Archive::new(&mut input);
-    let mut entries = archive.entries().map_err(read_err)?;
-
-    let manifest = read_manifest(&mut entries).map_err(|e| match e {
+    let truncated = |e: RestoreError| match e {
         RestoreError::Read { .. } if eof.get() => RestoreError::Truncated,
         other => other,
-    })?;
+    };
+    let mut archive = tar::Archive::new(&mut *input);
+    let mut entries = archive.entries().map_err(read_err)?;
+    let manifest = read_manifest(&mut entries).map_err(truncated)?;
     let mapping = Mapping::new(&manifest, &spec.selection)?;
     let mut stats = Restored {
         manifest,
@@ -271,7 +303,9 @@ fn extract<R: Read>(
         files: 0,
         collections: Vec::new(),
     };
+    let umask = current_umask();
     let mut dirs = Vec::new();
+    let mut last_parent = PathBuf::new();
     let mut entry_count = 0u64;
     let mut buf = vec![0; COPY_BUF];
     for entry in entries {
@@ -318,25 +352,23 @@ fn extract<R: Read>(
         let mtime = entry.header().mtime().map_err(read_err)?;
         if is_dir {
             fs::create_dir_all(&dest).map_err(write_err(&dest))?;
+            last_parent.clone_from(&dest);
             dirs.push((dest, mode, mtime));
         } else {
-            if let Some(parent) = dest.parent() {
+            if let Some(parent) = dest.parent()
+                && parent != last_parent
+            {
                 fs::create_dir_all(parent).map_err(write_err(parent))?;
+                parent.clone_into(&mut last_parent);
             }
-            let mut file = OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
-                .open(&dest)
-                .map_err(write_err(&dest))?;
-            copy(&mut entry, &mut file, &mut buf, &dest).map_err(|e| match e {
-                RestoreError::Read { .. } if eof.get() => RestoreError::Truncated,
-                other => other,
-            })?;
-            file.set_permissions(fs::Permissions::from_mode(mode & 0o777))
-                .map_err(write_err(&dest))?;
+            let perm = mode & 0o777;
+            let (mut file, created) = create_file(&dest, perm)?;
+            copy(&mut entry, &mut file, &mut buf, &dest).map_err(truncated)?;
+            // The umask may have taken bits away; a file met twice kept its first mode.
+            if !created || perm & !umask != perm {
+                file.set_permissions(fs::Permissions::from_mode(perm))
+                    .map_err(write_err(&dest))?;
+            }
             file.set_modified(to_time(mtime))
                 .map_err(write_err(&dest))?;
             stats.files += 1;
@@ -347,27 +379,37 @@ fn extract<R: Read>(
     if eof.get() {
         return Err(RestoreError::Truncated);
     }
-    // Hash what follows the end marker too: the checksum covers the whole file.
-    io::copy(&mut input, &mut io::sink()).map_err(read_err)?;
-    stats.archive_bytes = input.position;
-    stats.checksum = input.into_inner().into_inner().finish();
-    if let Some(expected) = &spec.checksum
-        && expected != &stats.checksum
-    {
-        return Err(RestoreError::Checksum {
-            expected: expected.clone(),
-            actual: stats.checksum,
-        });
+    // Read what follows the end marker too: the checksum covers the whole file.
+    io::copy(input, &mut io::sink()).map_err(read_err)?;
+    Ok((stats, mapping, dirs))
+}
+
+/// Creates `path` with `perm` (through the umask), or truncates it when an earlier entry of
+/// the archive created it already; tells which.
+fn create_file(path: &Path, perm: u32) -> Result<(File, bool), RestoreError> {
+    let nofollow = rustix::fs::OFlags::NOFOLLOW.bits() as i32;
+    let mut options = OpenOptions::new();
+    options.write(true).mode(perm).custom_flags(nofollow);
+    match options.clone().create_new(true).open(path) {
+        Ok(file) => Ok((file, true)),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => options
+            .truncate(true)
+            .open(path)
+            .map(|file| (file, false))
+            .map_err(write_err(path)),
+        Err(source) => Err(RestoreError::Write {
+            path: path.to_owned(),
+            source,
+        }),
     }
-    mapping.check_present(staging)?;
-    // Directory modes and times last: writing into a directory changes its time, and a
-    // read-only directory mode would block its own content.
-    for (dir, mode, mtime) in dirs.iter().rev() {
-        fs::set_permissions(dir, fs::Permissions::from_mode(mode & 0o1777))
-            .map_err(write_err(dir))?;
-        set_dir_mtime(dir, *mtime)?;
-    }
-    Ok(stats)
+}
+
+/// The process's umask (read by setting it and putting it back).
+fn current_umask() -> u32 {
+    let mode = rustix::fs::Mode::from_bits_truncate(0o022);
+    let old = rustix::process::umask(mode);
+    rustix::process::umask(old);
+    old.bits()
 }
 
 fn input_position<R: Read>(entry: &tar::Entry<'_, R>) -> u64 {
@@ -861,66 +903,6 @@ fn merge(staged: &Path, target: &Path, overwrite: bool) -> Result<(), RestoreErr
             Ok(())
         }
         Found::Other(why) => Err(refuse(target, why)),
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Readers.
-
-/// Hashes everything read through it.
-struct Hashing<R> {
-    inner: R,
-    hasher: Sha256,
-}
-
-impl<R> Hashing<R> {
-    fn new(inner: R) -> Self {
-        Self {
-            inner,
-            hasher: Sha256::new(),
-        }
-    }
-    fn finish(self) -> String {
-        name::hex(&self.hasher.finalize())
-    }
-}
-
-impl<R: Read> Read for Hashing<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.hasher.update(&buf[..n]);
-        Ok(n)
-    }
-}
-
-/// Counts bytes and remembers whether the end of the input was reached.
-struct Tracking<R> {
-    inner: R,
-    position: u64,
-    eof_seen: Rc<Cell<bool>>,
-}
-
-impl<R> Tracking<R> {
-    fn new(inner: R) -> Self {
-        Self {
-            inner,
-            position: 0,
-            eof_seen: Rc::default(),
-        }
-    }
-    fn into_inner(self) -> R {
-        self.inner
-    }
-}
-
-impl<R: Read> Read for Tracking<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        if n == 0 && !buf.is_empty() {
-            self.eof_seen.set(true);
-        }
-        self.position += n as u64;
-        Ok(n)
     }
 }
 

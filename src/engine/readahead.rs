@@ -1,0 +1,165 @@
+//! Reading ahead on a second thread: an archive is read and hashed there in large chunks while
+//! the tar parser writes files on the calling thread, so hashing costs no wall time on two
+//! cores and slow sources (HTTP, S3) overlap with disk writes.
+
+use std::cell::Cell;
+use std::io::{self, Read};
+use std::rc::Rc;
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+
+use sha2::{Digest, Sha256};
+
+use super::name;
+
+const CHUNK: usize = 1 << 20;
+const SLOTS: usize = 4;
+
+/// What the reading thread saw of the whole input.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hashed {
+    /// Lowercase hex SHA-256 of every byte.
+    pub sha256: String,
+    /// Number of bytes.
+    pub bytes: u64,
+}
+
+/// Runs `consume` over the bytes of `reader`, read and hashed on another thread. Returns what
+/// `consume` returned and, when the reading thread reached the end of the input, its hash.
+pub fn with_read_ahead<R, T>(reader: R, consume: impl FnOnce(&mut ChunkReader) -> T) -> (T, Option<Hashed>)
+where
+    R: Read + Send,
+{
+    std::thread::scope(|scope| {
+        let (tx, rx) = sync_channel(SLOTS);
+        let producer = scope.spawn(move || produce(reader, tx));
+        let mut chunks = ChunkReader {
+            rx,
+            current: Vec::new(),
+            pos: 0,
+            eof: Rc::default(),
+        };
+        let out = consume(&mut chunks);
+        // Unblocks the reading thread if it waits for room in the channel.
+        drop(chunks);
+        (out, producer.join().expect("the reading thread does not panic"))
+    })
+}
+
+fn produce<R: Read>(mut reader: R, tx: SyncSender<io::Result<Vec<u8>>>) -> Option<Hashed> {
+    let mut hasher = Sha256::new();
+    let mut bytes = 0u64;
+    loop {
+        let mut buf = vec![0; CHUNK];
+        let n = match fill(&mut reader, &mut buf) {
+            Ok(n) => n,
+            Err(e) => {
+                let _ = tx.send(Err(e));
+                return None;
+            }
+        };
+        if n == 0 {
+            return Some(Hashed {
+                sha256: name::hex(&hasher.finalize()),
+                bytes,
+            });
+        }
+        buf.truncate(n);
+        hasher.update(&buf);
+        bytes += n as u64;
+        if tx.send(Ok(buf)).is_err() {
+            return None;
+        }
+    }
+}
+
+/// Reads until `buf` is full or the input ends.
+fn fill<R: Read>(reader: &mut R, buf: &mut [u8]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match reader.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+/// The consuming end: a `Read` over the chunks, which remembers whether it reached the end.
+pub struct ChunkReader {
+    rx: Receiver<io::Result<Vec<u8>>>,
+    current: Vec<u8>,
+    pos: usize,
+    eof: Rc<Cell<bool>>,
+}
+
+impl ChunkReader {
+    /// A flag that turns true once a read returned the end of the input.
+    pub fn eof_flag(&self) -> Rc<Cell<bool>> {
+        self.eof.clone()
+    }
+}
+
+impl Read for ChunkReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        while self.pos == self.current.len() {
+            match self.rx.recv() {
+                Ok(Ok(chunk)) => {
+                    self.current = chunk;
+                    self.pos = 0;
+                }
+                Ok(Err(e)) => return Err(e),
+                Err(_) => {
+                    self.eof.set(true);
+                    return Ok(0);
+                }
+            }
+        }
+        let n = buf.len().min(self.current.len() - self.pos);
+        buf[..n].copy_from_slice(&self.current[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hashes_everything_and_flags_the_end() {
+        let data: Vec<u8> = (0..3 * CHUNK + 5).map(|i| (i % 253) as u8).collect();
+        let (read, hashed) = with_read_ahead(&data[..], |r| {
+            let mut out = Vec::new();
+            r.read_to_end(&mut out).unwrap();
+            (out, r.eof_flag().get())
+        });
+        assert_eq!(read, (data.clone(), true));
+        let expected = name::hex(&Sha256::digest(&data));
+        assert_eq!(hashed, Some(Hashed { sha256: expected, bytes: data.len() as u64 }));
+    }
+
+    #[test]
+    fn stopping_early_gives_no_hash_and_errors_pass_through() {
+        let data = vec![1u8; 20 * CHUNK];
+        let (_, hashed) = with_read_ahead(&data[..], |r| {
+            let mut first = [0; 10];
+            r.read_exact(&mut first).unwrap();
+        });
+        assert_eq!(hashed, None);
+
+        struct Failing;
+        impl Read for Failing {
+            fn read(&mut self, _: &mut [u8]) -> io::Result<usize> {
+                Err(io::Error::new(io::ErrorKind::TimedOut, "stalled"))
+            }
+        }
+        let (err, hashed) = with_read_ahead(Failing, |r| r.read(&mut [0; 4]).unwrap_err().kind());
+        assert_eq!(err, io::ErrorKind::TimedOut);
+        assert_eq!(hashed, None);
+    }
+}
