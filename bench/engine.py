@@ -61,9 +61,9 @@ def tree_stats(path):
 
 
 def drop_caches(warm):
+    subprocess.run(["sync"], check=True)
     if warm:
         return
-    subprocess.run(["sync"], check=True)
     try:
         with open("/proc/sys/vm/drop_caches", "w") as f:
             f.write("3\n")
@@ -99,6 +99,12 @@ def main():
     out = os.path.join(work, "restored")
     os.makedirs(work, exist_ok=True)
     generate(storage)
+    if os.path.exists(out):
+        # Absorb the slow first allocation after a mass delete (see fresh_out) before timing.
+        shutil.rmtree(out)
+        os.makedirs(os.path.join(out, "warm-up"))
+        subprocess.run(f"tar -cf - -C {storage} collections/small | tar -xf - -C {out}/warm-up",
+                       shell=True, check=True)
     env = dict(os.environ, SNAPSHOT_OPERATOR__STORAGE__SNAPSHOTS_PATH=snaps, SNAPSHOT_OPERATOR_LOG="warn")
     env.pop("AWS_CA_BUNDLE", None)
 
@@ -116,8 +122,9 @@ def main():
             for _ in range(args.runs):
                 if before:
                     before()
+                command = cmd() if callable(cmd) else cmd
                 drop_caches(args.warm)
-                w, r = timed(cmd, env)
+                w, r = timed(command, env)
                 walls.append(w)
                 rsss.append(r)
             results[key] = (statistics.median(walls), max(rsss))
@@ -125,23 +132,28 @@ def main():
         def clean_snaps():
             shutil.rmtree(snaps, ignore_errors=True)
 
-        def clean_out():
-            shutil.rmtree(out, ignore_errors=True)
-            os.makedirs(out)
+        counter = [0]
+
+        def fresh_out():
+            # A new directory per run: on ext4 with `discard`, the first extraction after a
+            # mass delete runs ~10x slower, so outputs are only removed at the very end.
+            counter[0] += 1
+            target = os.path.join(out, f"{collection or 'full'}-{counter[0]}")
+            os.makedirs(target)
+            return target
 
         measure("tar -cf - | sha256sum", f"tar -cf - -C {storage} --exclude=.complete {rel} | sha256sum >/dev/null")
         measure("snapshot create", f"{binary} snapshot create --storage-path {storage} {flag} --node bench -o json > {work}/created.json", clean_snaps)
         import json
         with open(f"{work}/created.json") as f:
             archive = json.load(f)["archive"]["location"]
-        measure("tar -xf", f"tar -xf {archive} -C {out}", clean_out)
-        measure("tar -xf && sync", f"tar -xf {archive} -C {out} && sync", clean_out)
         if collection:
             restore = f"--snapshot {archive}:{collection}"
         else:
             restore = f"--storage-snapshot {archive}"
-        measure("restore (synced)", f"{binary} restore --storage-path {out} {restore} > /dev/null", clean_out)
-        clean_out()
+        measure("tar -xf", lambda: f"tar -xf {archive} -C {fresh_out()}")
+        measure("tar -xf && sync", lambda: f"tar -xf {archive} -C {fresh_out()} && sync")
+        measure("restore (synced)", lambda: f"{binary} restore --storage-path {fresh_out()} {restore} > /dev/null")
 
         for ours, base in [("snapshot create", "tar -cf - | sha256sum"), ("restore (synced)", "tar -xf"),
                            ("restore (synced)", "tar -xf && sync")]:

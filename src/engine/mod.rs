@@ -3,12 +3,14 @@
 //! archives are stored; `pipe` joins it to async storage.
 
 pub mod archive;
+pub mod flush;
 pub mod manifest;
 pub mod name;
 pub mod pipe;
 pub mod readahead;
 pub mod restore;
 pub mod workspace;
+pub mod writers;
 
 /// Directory inside a storage directory reserved for restores in progress; never archived.
 pub const WORKSPACE_DIR: &str = ".snapshot-operator";

@@ -18,10 +18,14 @@ use super::WORKSPACE_DIR;
 use super::archive::{ALIASES_FILE, COLLECTIONS_DIR};
 use super::manifest::{FORMAT_VERSION, Kind, MANIFEST_ENTRY, MAX_MANIFEST_BYTES, Manifest};
 use super::name::{self, NameError};
+use super::flush::Flusher;
 use super::readahead::{self, ChunkReader};
+use super::writers::{SMALL_FILE, SmallFile, Writers};
 use super::workspace::{Workspace, WorkspaceError};
 
 const COPY_BUF: usize = 1 << 20;
+/// Threads creating small files.
+const WRITERS: usize = 2;
 
 /// What wins when the target collection already holds data (DESIGN §5).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
@@ -278,6 +282,21 @@ fn unpack(
     staging: &Path,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<(Restored, Mapping, StagedDirs), RestoreError> {
+    let umask = current_umask();
+    std::thread::scope(|scope| {
+        let writers = Writers::start(scope, WRITERS, umask);
+        unpack_with(spec, input, staging, progress, writers, umask)
+    })
+}
+
+fn unpack_with(
+    spec: &RestoreSpec,
+    input: &mut ChunkReader,
+    staging: &Path,
+    progress: &(dyn Fn(u64) + Sync),
+    mut writers: Writers<'_>,
+    umask: u32,
+) -> Result<(Restored, Mapping, StagedDirs), RestoreError> {
     let eof = input.eof_flag();
     // A read error once the input has ended means the archive is truncated.
     let read_err = |source: io::Error| {
@@ -303,7 +322,7 @@ fn unpack(
         files: 0,
         collections: Vec::new(),
     };
-    let umask = current_umask();
+    let mut flusher = Flusher::start(staging);
     let mut dirs = Vec::new();
     let mut last_parent = PathBuf::new();
     let mut entry_count = 0u64;
@@ -362,26 +381,54 @@ fn unpack(
                 parent.clone_into(&mut last_parent);
             }
             let perm = mode & 0o777;
-            let (mut file, created) = create_file(&dest, perm)?;
-            copy(&mut entry, &mut file, &mut buf, &dest).map_err(truncated)?;
-            // The umask may have taken bits away; a file met twice kept its first mode.
-            if !created || perm & !umask != perm {
-                file.set_permissions(fs::Permissions::from_mode(perm))
-                    .map_err(write_err(&dest))?;
+            if size <= SMALL_FILE {
+                let mut data = Vec::with_capacity(size as usize);
+                entry
+                    .read_to_end(&mut data)
+                    .map_err(|source| truncated(RestoreError::Read { source }))?;
+                writers.write(SmallFile {
+                    path: dest,
+                    data,
+                    perm,
+                    mtime,
+                })?;
+            } else {
+                write_file(&dest, perm, mtime, umask, |file| {
+                    copy(&mut entry, file, &mut buf, &dest).map_err(truncated)
+                })?;
             }
-            file.set_modified(to_time(mtime))
-                .map_err(write_err(&dest))?;
             stats.files += 1;
             stats.data_bytes += size;
+            flusher.wrote(size);
         }
         progress(input_position(&entry));
     }
+    writers.finish()?;
     if eof.get() {
         return Err(RestoreError::Truncated);
     }
     // Read what follows the end marker too: the checksum covers the whole file.
     io::copy(input, &mut io::sink()).map_err(read_err)?;
     Ok((stats, mapping, dirs))
+}
+
+/// Creates the file `path` with permission bits `perm` and modification time `mtime`, its
+/// content written by `content`.
+pub(super) fn write_file(
+    path: &Path,
+    perm: u32,
+    mtime: u64,
+    umask: u32,
+    content: impl FnOnce(&mut File) -> Result<(), RestoreError>,
+) -> Result<(), RestoreError> {
+    let (mut file, created) = create_file(path, perm)?;
+    content(&mut file)?;
+    // The umask may have taken bits away; a file met twice kept its first mode.
+    if !created || perm & !umask != perm {
+        file.set_permissions(fs::Permissions::from_mode(perm))
+            .map_err(write_err(path))?;
+    }
+    file.set_modified(to_time(mtime)).map_err(write_err(path))
 }
 
 /// Creates `path` with `perm` (through the umask), or truncates it when an earlier entry of

@@ -1,0 +1,98 @@
+//! Parallel writers for small files: the tar parser hands small files (read into memory) to a
+//! few threads that create them, so file creation, the costly part of restoring many small
+//! files, uses every core. Memory stays bounded by the queue length times the size limit.
+
+use std::path::PathBuf;
+use std::sync::mpsc::{SyncSender, sync_channel};
+use std::sync::{Arc, Mutex};
+use std::thread::{Scope, ScopedJoinHandle};
+
+use super::restore::{RestoreError, write_file};
+
+/// Files up to this size go to the writers; larger ones are streamed by the parser.
+pub const SMALL_FILE: u64 = 256 << 10;
+/// Files queued per writer.
+const QUEUE: usize = 32;
+
+/// A file to create.
+pub struct SmallFile {
+    pub path: PathBuf,
+    pub data: Vec<u8>,
+    pub perm: u32,
+    pub mtime: u64,
+}
+
+/// The writer threads of one restore.
+pub struct Writers<'scope> {
+    senders: Vec<SyncSender<SmallFile>>,
+    threads: Vec<ScopedJoinHandle<'scope, ()>>,
+    next: usize,
+    error: Arc<Mutex<Option<RestoreError>>>,
+}
+
+impl<'scope> Writers<'scope> {
+    /// Starts `n` writers in `scope`.
+    pub fn start<'env>(scope: &'scope Scope<'scope, 'env>, n: usize, umask: u32) -> Self {
+        let error: Arc<Mutex<Option<RestoreError>>> = Arc::default();
+        let mut senders = Vec::new();
+        let mut threads = Vec::new();
+        for _ in 0..n {
+            let (tx, rx) = sync_channel::<SmallFile>(QUEUE);
+            let error = error.clone();
+            senders.push(tx);
+            threads.push(scope.spawn(move || {
+                for file in rx {
+                    let written = write_file(&file.path, file.perm, file.mtime, umask, |f| {
+                        std::io::Write::write_all(f, &file.data).map_err(|source| {
+                            RestoreError::Write {
+                                path: file.path.clone(),
+                                source,
+                            }
+                        })
+                    });
+                    if let Err(e) = written {
+                        error.lock().expect("not poisoned").get_or_insert(e);
+                        return;
+                    }
+                }
+            }));
+        }
+        Self {
+            senders,
+            threads,
+            next: 0,
+            error,
+        }
+    }
+
+    /// Queues a file; fails with the first error a writer met.
+    pub fn write(&mut self, file: SmallFile) -> Result<(), RestoreError> {
+        self.check()?;
+        let i = self.next;
+        self.next = (self.next + 1) % self.senders.len();
+        if self.senders[i].send(file).is_err() {
+            // That writer stopped on an error.
+            self.check()?;
+        }
+        Ok(())
+    }
+
+    fn check(&self) -> Result<(), RestoreError> {
+        match self.error.lock().expect("not poisoned").take() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Waits for every queued file; fails with the first error a writer met.
+    pub fn finish(self) -> Result<(), RestoreError> {
+        drop(self.senders);
+        for thread in self.threads {
+            thread.join().expect("writers do not panic");
+        }
+        match self.error.lock().expect("not poisoned").take() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+}
