@@ -14,12 +14,11 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::config::{Config, ConfigError, StorageKind};
+use crate::config::{Config, ConfigError};
 use crate::engine::name;
 use crate::engine::restore::{Limits, Outcome, Priority, RestoreSpec, Selection};
 use crate::ops::{self, OpsError, Progress, SnapshotRequest};
 use crate::source::{self, Context, HttpOptions, Location};
-use crate::storage::local::LocalStorage;
 use crate::storage::{ObjectInfo, Storage, StorageError};
 
 /// Snapshots and restores of a storage directory (Qdrant's layout), locally or from the
@@ -186,9 +185,29 @@ pub struct RestoreArgs {
     pub output: Output,
 }
 
+/// How long the process waits for clean-up before it exits.
+const CLEANUP_PATIENCE: Duration = Duration::from_secs(150);
+
+/// Waits for SIGINT or SIGTERM; returns its name.
+async fn shutdown_signal() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = int.recv() => "SIGINT",
+        _ = term.recv() => "SIGTERM",
+    }
+}
+
 /// Why a command failed.
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
+    #[error("interrupted by {0}; partial work was cleaned up")]
+    Interrupted(&'static str),
     #[error(transparent)]
     Config(#[from] ConfigError),
     #[error(transparent)]
@@ -236,33 +255,34 @@ impl Cli {
         }
     }
 
-    /// Runs the command.
+    /// Runs the command. SIGINT or SIGTERM stops it; clean-up (aborting S3 uploads) is
+    /// waited for either way.
     pub async fn run(self) -> Result<ExitCode, CliError> {
         let config = Config::load(self.config.as_deref())?;
-        let result = match self.command {
-            Command::Snapshot(cmd) => run_snapshot(cmd, &config).await,
-            Command::Restore(args) => restore(args, &config).await,
+        let work = async {
+            match self.command {
+                Command::Snapshot(cmd) => run_snapshot(cmd, &config).await,
+                Command::Restore(args) => restore(args, &config).await,
+            }
         };
-        result.map_err(|e| *e)
-    }
-}
-
-/// Opens the configured snapshot storage.
-pub fn open_storage(config: &Config) -> Result<Arc<dyn Storage>> {
-    let storage = &config.storage;
-    match storage.snapshots_config.snapshots_storage {
-        StorageKind::Local => Ok(Arc::new(LocalStorage::open(
-            storage.snapshots_path.clone(),
-            storage.temp_path.clone(),
-        )?)),
-        StorageKind::S3 => Err(Box::new(CliError::Usage(
-            "snapshots_storage: s3 is not supported by this build".into(),
-        ))),
+        let result = tokio::select! {
+            result = work => result.map_err(|e| *e),
+            signal = shutdown_signal() => Err(CliError::Interrupted(signal)),
+        };
+        let cleanups = crate::storage::s3::cleanups();
+        cleanups.close();
+        if tokio::time::timeout(CLEANUP_PATIENCE, cleanups.wait())
+            .await
+            .is_err()
+        {
+            tracing::error!("gave up waiting for clean-up after {CLEANUP_PATIENCE:?}");
+        }
+        result
     }
 }
 
 async fn run_snapshot(cmd: SnapshotCommand, config: &Config) -> Result<ExitCode> {
-    let storage = open_storage(config)?;
+    let (storage, _) = crate::storage::open(&config.storage).await?;
     match cmd {
         SnapshotCommand::Create(args) => create(args, config, storage.as_ref()).await,
         SnapshotCommand::List(args) => list(args, storage.as_ref()).await,
@@ -516,7 +536,7 @@ fn split_snapshot_arg(arg: &str) -> Result<(&str, &str)> {
 }
 
 async fn restore(args: RestoreArgs, config: &Config) -> Result<ExitCode> {
-    let storage = open_storage(config)?;
+    let (storage, s3) = crate::storage::open(&config.storage).await?;
     let priority = if args.force_snapshot {
         Priority::Snapshot
     } else {
@@ -553,6 +573,7 @@ async fn restore(args: RestoreArgs, config: &Config) -> Result<ExitCode> {
             api_key: args.api_key.clone(),
             timeout: Duration::from_secs(args.http_timeout),
         },
+        s3,
     };
     let limits = Limits {
         max_entries: args.max_entries,

@@ -11,11 +11,17 @@ fn main() -> ExitCode {
         .enable_all()
         .build()
         .expect("a tokio runtime starts");
-    match runtime.block_on(cli.run()) {
+    let code = match runtime.block_on(cli.run()) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("{}", snapshot_operator::cli::render_error(&e));
-            ExitCode::FAILURE
+            match e {
+                snapshot_operator::cli::CliError::Interrupted(_) => ExitCode::from(130),
+                _ => ExitCode::FAILURE,
+            }
         }
-    }
+    };
+    // Blocking work still running after an interruption must not delay the exit.
+    runtime.shutdown_background();
+    code
 }

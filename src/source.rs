@@ -11,7 +11,9 @@ use futures_util::TryStreamExt;
 use reqwest::Url;
 use tokio_util::io::StreamReader;
 
+use crate::config::S3Config;
 use crate::engine::name;
+use crate::storage::s3::S3Storage;
 use crate::storage::{Reader, Storage, StorageError, validate_key};
 
 /// A parsed restore location.
@@ -128,6 +130,9 @@ pub struct Context {
     /// `file://` locations must resolve inside this directory.
     pub snapshots_path: PathBuf,
     pub http: HttpOptions,
+    /// The configured S3 connection, reused for `s3://` locations; without one they use the
+    /// SDK's environment (AWS_ENDPOINT_URL, AWS_REGION, credentials chain).
+    pub s3: Option<S3Storage>,
 }
 
 /// An archive ready to be read.
@@ -207,10 +212,28 @@ pub async fn open(
             open_file(&real, checksum).await
         }
         Location::Http(url) => open_http(url, checksum, &ctx.http).await,
-        Location::S3 { bucket, key } => Err(SourceError::Invalid {
-            location: format!("s3://{bucket}/{key}"),
-            why: "S3 locations need S3 storage support, not available in this build".into(),
-        }),
+        Location::S3 { bucket, key } => {
+            let s3 = match &ctx.s3 {
+                Some(s3) => s3.with_bucket(bucket),
+                None => {
+                    let config = S3Config {
+                        bucket: bucket.clone(),
+                        ..S3Config::default()
+                    };
+                    S3Storage::connect(&config, String::new()).await?
+                }
+            };
+            let location = s3.location(key);
+            let sidecar = s3.object_checksum(key).await?;
+            let checksum = expected_checksum(&location, checksum, sidecar)?;
+            let (reader, size) = s3.get_object(key).await?;
+            Ok(Opened {
+                reader,
+                size: Some(size),
+                checksum,
+                location,
+            })
+        }
     }
 }
 

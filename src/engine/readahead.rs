@@ -25,7 +25,10 @@ pub struct Hashed {
 
 /// Runs `consume` over the bytes of `reader`, read and hashed on another thread. Returns what
 /// `consume` returned and, when the reading thread reached the end of the input, its hash.
-pub fn with_read_ahead<R, T>(reader: R, consume: impl FnOnce(&mut ChunkReader) -> T) -> (T, Option<Hashed>)
+pub fn with_read_ahead<R, T>(
+    reader: R,
+    consume: impl FnOnce(&mut ChunkReader) -> T,
+) -> (T, Option<Hashed>)
 where
     R: Read + Send,
 {
@@ -41,7 +44,10 @@ where
         let out = consume(&mut chunks);
         // Unblocks the reading thread if it waits for room in the channel.
         drop(chunks);
-        (out, producer.join().expect("the reading thread does not panic"))
+        (
+            out,
+            producer.join().expect("the reading thread does not panic"),
+        )
     })
 }
 
@@ -140,7 +146,13 @@ mod tests {
         });
         assert_eq!(read, (data.clone(), true));
         let expected = name::hex(&Sha256::digest(&data));
-        assert_eq!(hashed, Some(Hashed { sha256: expected, bytes: data.len() as u64 }));
+        assert_eq!(
+            hashed,
+            Some(Hashed {
+                sha256: expected,
+                bytes: data.len() as u64
+            })
+        );
     }
 
     #[test]

@@ -16,12 +16,12 @@ use serde::Serialize;
 
 use super::WORKSPACE_DIR;
 use super::archive::{ALIASES_FILE, COLLECTIONS_DIR};
+use super::flush::Flusher;
 use super::manifest::{FORMAT_VERSION, Kind, MANIFEST_ENTRY, MAX_MANIFEST_BYTES, Manifest};
 use super::name::{self, NameError};
-use super::flush::Flusher;
 use super::readahead::{self, ChunkReader};
-use super::writers::{SMALL_FILE, SmallFile, Writers};
 use super::workspace::{Workspace, WorkspaceError};
+use super::writers::{SMALL_FILE, SmallFile, Writers};
 
 const COPY_BUF: usize = 1 << 20;
 /// Threads creating small files.

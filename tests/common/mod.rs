@@ -338,3 +338,128 @@ pub fn serve(archive: Vec<u8>, api_key: bool) -> HttpServer {
     });
     HttpServer { base }
 }
+
+/// The test S3 server's settings, when one is configured (`scripts/s3-server.sh`).
+pub struct S3Env {
+    pub endpoint: String,
+    pub access_key: String,
+    pub secret_key: String,
+    pub bucket: String,
+}
+
+/// The S3 server of the environment, or `None` (after saying why the S3 part is skipped).
+pub fn s3_env() -> Option<S3Env> {
+    let var = |name: &str| std::env::var(format!("SNAPSHOT_OPERATOR_TEST_S3_{name}")).ok();
+    match var("ENDPOINT") {
+        Some(endpoint) => Some(S3Env {
+            endpoint,
+            access_key: var("ACCESS_KEY").expect("SNAPSHOT_OPERATOR_TEST_S3_ACCESS_KEY"),
+            secret_key: var("SECRET_KEY").expect("SNAPSHOT_OPERATOR_TEST_S3_SECRET_KEY"),
+            bucket: var("BUCKET").unwrap_or_else(|| "snapshots".into()),
+        }),
+        None => {
+            eprintln!(
+                "skipping the S3 part: SNAPSHOT_OPERATOR_TEST_S3_ENDPOINT is not set \
+                 (`make test` starts a local S3 server and sets it)"
+            );
+            None
+        }
+    }
+}
+
+/// A key prefix no other test uses.
+pub fn unique_prefix(test: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!(
+        "{test}-{}-{nanos}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+impl S3Env {
+    /// Library configuration for this server.
+    pub fn config(&self) -> snapshot_operator::config::S3Config {
+        use snapshot_operator::config::{S3Config, Secret};
+        S3Config {
+            bucket: self.bucket.clone(),
+            region: Some("us-east-1".into()),
+            access_key: Some(Secret::new(&self.access_key)),
+            secret_key: Some(Secret::new(&self.secret_key)),
+            endpoint_url: Some(self.endpoint.clone()),
+            force_path_style: Some(true),
+            part_size_mib: Some(5),
+            upload_concurrency: Some(2),
+        }
+    }
+
+    /// Configures the binary to use this server, archives under `prefix`.
+    pub fn apply(&self, cmd: &mut Command, prefix: &str) {
+        let c = "SNAPSHOT_OPERATOR__STORAGE__SNAPSHOTS_CONFIG";
+        cmd.env("SNAPSHOT_OPERATOR__STORAGE__SNAPSHOTS_PATH", prefix)
+            .env(format!("{c}__SNAPSHOTS_STORAGE"), "s3")
+            .env(format!("{c}__S3_CONFIG__BUCKET"), &self.bucket)
+            .env(format!("{c}__S3_CONFIG__ENDPOINT_URL"), &self.endpoint)
+            .env(format!("{c}__S3_CONFIG__ACCESS_KEY"), &self.access_key)
+            .env(format!("{c}__S3_CONFIG__SECRET_KEY"), &self.secret_key)
+            .env(format!("{c}__S3_CONFIG__PART_SIZE_MIB"), "5")
+            .env_remove("AWS_CA_BUNDLE");
+    }
+}
+
+/// A TCP proxy to `target` that answers the first `failures` requests itself with
+/// `503 SlowDown` (as a throttled S3 does) and forwards everything else.
+pub struct FaultProxy {
+    pub endpoint: String,
+    pub injected: std::sync::Arc<std::sync::atomic::AtomicU32>,
+}
+
+pub fn fault_proxy(target: &str, failures: u32) -> FaultProxy {
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream};
+    use std::sync::atomic::{AtomicU32, Ordering};
+    let target = target.trim_start_matches("http://").to_owned();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    let injected = std::sync::Arc::new(AtomicU32::new(0));
+    let counter = injected.clone();
+    std::thread::spawn(move || {
+        for client in listener.incoming() {
+            let Ok(mut client) = client else { continue };
+            if counter.load(Ordering::SeqCst) < failures {
+                counter.fetch_add(1, Ordering::SeqCst);
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") && client.read(&mut byte).unwrap_or(0) == 1 {
+                    head.push(byte[0]);
+                }
+                let body = "<?xml version=\"1.0\"?><Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>";
+                let _ = write!(
+                    client,
+                    "HTTP/1.1 503 Slow Down\r\ncontent-type: application/xml\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                continue;
+            }
+            let Ok(server) = TcpStream::connect(&target) else {
+                continue;
+            };
+            let (mut c2, mut s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+            let mut server = server;
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut c2, &mut server);
+                let _ = server.shutdown(std::net::Shutdown::Write);
+            });
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut s2, &mut client);
+                let _ = client.shutdown(std::net::Shutdown::Write);
+            });
+        }
+    });
+    FaultProxy { endpoint, injected }
+}

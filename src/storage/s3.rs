@@ -1,0 +1,683 @@
+//! S3 storage (AWS, MinIO, Ceph, SeaweedFS, ...): archives under `<prefix>/<key>`.
+//!
+//! A put reads the archive stream in parts of `part_size` bytes and uploads up to
+//! `concurrency` parts at once (memory: about `(concurrency + 1) * part_size`), hashing as it
+//! goes; once all parts are in, it writes the `.checksum` sidecar object and only then
+//! completes the multipart upload, which makes the archive visible. Any failure, a checksum
+//! mismatch or an interruption aborts the multipart upload (retrying the abort while the
+//! server is unreachable), so nothing is left behind: no object, no dangling upload. Small
+//! archives (one part) are a single `PutObject` after their sidecar.
+//!
+//! Requests are retried with exponential backoff on throttling, 5xx and connection errors by
+//! the SDK's standard retry policy. Credentials come from the configuration or the SDK's
+//! default chain (environment, web identity, instance metadata), and never appear in errors.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use aws_sdk_s3::Client;
+use aws_sdk_s3::config::retry::RetryConfig;
+use aws_sdk_s3::config::timeout::TimeoutConfig;
+use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
+use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt;
+use jiff::Timestamp;
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncReadExt;
+use tokio::task::JoinSet;
+
+use super::{
+    Naming, ObjectInfo, Reader, Storage, StorageError, check_digest, is_archive_key, validate_key,
+};
+use crate::config::S3Config;
+use crate::engine::name;
+
+/// Default multipart part size.
+pub const DEFAULT_PART_SIZE: usize = 16 << 20;
+/// Default number of parts uploaded at once.
+pub const DEFAULT_CONCURRENCY: usize = 4;
+/// S3's smallest part (all but the last).
+const MIN_PART_SIZE: usize = 5 << 20;
+/// How long an abort is retried while the server does not answer.
+const ABORT_PATIENCE: Duration = Duration::from_secs(120);
+
+/// Archives in an S3 bucket.
+#[derive(Debug, Clone)]
+pub struct S3Storage {
+    client: Client,
+    bucket: String,
+    /// Key prefix, empty or ending in `/`.
+    prefix: String,
+    /// The endpoint, for messages.
+    endpoint: String,
+    part_size: usize,
+    concurrency: usize,
+}
+
+/// The key prefix for a `snapshots_path`: `./snapshots` and `/snapshots/` give `snapshots/`.
+pub fn prefix_of(path: &str) -> String {
+    let trimmed = path
+        .trim_start_matches("./")
+        .trim_matches('/')
+        .trim_start_matches("./");
+    match trimmed {
+        "" | "." => String::new(),
+        p => format!("{p}/"),
+    }
+}
+
+impl S3Storage {
+    /// Connects to the bucket of `config`, keys under `prefix` (see [`prefix_of`]).
+    pub async fn connect(config: &S3Config, prefix: String) -> Result<Self, StorageError> {
+        let endpoint = config
+            .endpoint_url
+            .clone()
+            .unwrap_or_else(|| "AWS S3".to_owned());
+        let invalid = |detail: &str| StorageError::S3 {
+            op: "configure",
+            location: format!("s3://{}/{prefix}", config.bucket),
+            endpoint: endpoint.clone(),
+            detail: detail.into(),
+            source: None,
+        };
+        if config.bucket.is_empty() {
+            return Err(invalid("no bucket configured (s3_config.bucket)"));
+        }
+        let part_size = config
+            .part_size_mib
+            .map_or(DEFAULT_PART_SIZE, |mib| (mib as usize) << 20);
+        if part_size < MIN_PART_SIZE {
+            return Err(invalid(
+                "part_size_mib must be at least 5 (S3's smallest part)",
+            ));
+        }
+        let concurrency = config.upload_concurrency.unwrap_or(DEFAULT_CONCURRENCY);
+        if concurrency == 0 {
+            return Err(invalid("upload_concurrency must be at least 1"));
+        }
+        crate::tls::install_crypto_provider();
+        let http = aws_smithy_http_client::Builder::new()
+            .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
+                aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
+            ))
+            .build_https();
+        // The region: configured, else the environment's, else us-east-1 (which S3-compatible
+        // servers accept) -- never a slow instance-metadata lookup.
+        let region = config
+            .region
+            .clone()
+            .or_else(|| std::env::var("AWS_REGION").ok())
+            .or_else(|| std::env::var("AWS_DEFAULT_REGION").ok())
+            .unwrap_or_else(|| "us-east-1".to_owned());
+        let mut loader = aws_config::defaults(BehaviorVersion::latest())
+            .http_client(http)
+            .region(Region::new(region));
+        match (&config.access_key, &config.secret_key) {
+            (Some(access), Some(secret)) => {
+                loader = loader.credentials_provider(Credentials::new(
+                    access.expose(),
+                    secret.expose(),
+                    None,
+                    None,
+                    "snapshot-operator configuration",
+                ));
+            }
+            (None, None) => {}
+            _ => return Err(invalid("set both access_key and secret_key, or neither")),
+        }
+        if let Some(url) = &config.endpoint_url {
+            loader = loader.endpoint_url(url);
+        }
+        let shared = loader.load().await;
+        let builder = aws_sdk_s3::config::Builder::from(&shared)
+            .force_path_style(config.force_path_style.unwrap_or(
+                // S3-compatible servers usually need path-style addressing.
+                config.endpoint_url.is_some() || std::env::var_os("AWS_ENDPOINT_URL").is_some(),
+            ))
+            .retry_config(
+                RetryConfig::standard()
+                    .with_max_attempts(5)
+                    .with_initial_backoff(Duration::from_millis(200)),
+            )
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .connect_timeout(Duration::from_secs(10))
+                    .read_timeout(Duration::from_secs(120))
+                    .build(),
+            )
+            .request_checksum_calculation(
+                aws_sdk_s3::config::RequestChecksumCalculation::WhenRequired,
+            )
+            .response_checksum_validation(
+                aws_sdk_s3::config::ResponseChecksumValidation::WhenRequired,
+            );
+        Ok(Self {
+            client: Client::from_conf(builder.build()),
+            bucket: config.bucket.clone(),
+            prefix,
+            endpoint,
+            part_size,
+            concurrency,
+        })
+    }
+
+    /// The same connection on another bucket, with no prefix (for `s3://bucket/key` sources).
+    pub fn with_bucket(&self, bucket: &str) -> Self {
+        Self {
+            bucket: bucket.to_owned(),
+            prefix: String::new(),
+            ..self.clone()
+        }
+    }
+
+    fn object(&self, key: &str) -> String {
+        format!("{}{key}", self.prefix)
+    }
+
+    fn error<E>(&self, op: &'static str, key: &str, err: SdkError<E>) -> StorageError
+    where
+        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    {
+        let detail = match &err {
+            SdkError::ServiceError(service) => {
+                let e = service.err();
+                let code = e.code().unwrap_or("error");
+                let hint = match code {
+                    "NoSuchBucket" => " (create the bucket, or fix s3_config.bucket)",
+                    "InvalidAccessKeyId" | "SignatureDoesNotMatch" | "AccessDenied" => {
+                        " (check the access key and secret key)"
+                    }
+                    _ => "",
+                };
+                format!(
+                    "{code}: {}{hint} (HTTP {})",
+                    e.message().unwrap_or(""),
+                    service.raw().status().as_u16()
+                )
+            }
+            SdkError::DispatchFailure(_) => {
+                "cannot reach the endpoint (is it right, and is the server up?)".into()
+            }
+            SdkError::TimeoutError(_) => "timed out".into(),
+            other => DisplayErrorContext(other).to_string(),
+        };
+        StorageError::S3 {
+            op,
+            location: self.location(key),
+            endpoint: self.endpoint.clone(),
+            detail,
+            source: Some(Box::new(err)),
+        }
+    }
+
+    /// The archive (or any object) at `key`, if it exists.
+    async fn head_object(
+        &self,
+        key: &str,
+    ) -> Result<Option<(u64, Option<Timestamp>)>, StorageError> {
+        match self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(self.object(key))
+            .send()
+            .await
+        {
+            Ok(out) => Ok(Some((
+                u64::try_from(out.content_length().unwrap_or(0)).unwrap_or(0),
+                out.last_modified()
+                    .and_then(|t| Timestamp::from_second(t.secs()).ok()),
+            ))),
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_not_found()) => Ok(None),
+            Err(e) => Err(self.error("HeadObject", key, e)),
+        }
+    }
+
+    /// Reads the sidecar of `key`, if any.
+    async fn read_checksum(&self, key: &str) -> Result<Option<String>, StorageError> {
+        let sidecar = name::checksum_key(key);
+        match self.get_object(&sidecar).await {
+            Ok((mut reader, _)) => {
+                let mut text = String::new();
+                let mut limited = (&mut reader).take(1024);
+                limited
+                    .read_to_string(&mut text)
+                    .await
+                    .map_err(|source| StorageError::Io {
+                        op: "read",
+                        location: self.location(&sidecar),
+                        source,
+                    })?;
+                Ok(name::parse_checksum(&text))
+            }
+            Err(StorageError::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Streams any object of the bucket (under the prefix), with its size.
+    pub async fn get_object(&self, key: &str) -> Result<(Reader, u64), StorageError> {
+        let out = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(self.object(key))
+            .send()
+            .await
+            .map_err(|e| {
+                if e.as_service_error().is_some_and(|s| s.is_no_such_key()) {
+                    StorageError::NotFound {
+                        location: self.location(key),
+                    }
+                } else {
+                    self.error("GetObject", key, e)
+                }
+            })?;
+        let size = u64::try_from(out.content_length().unwrap_or(0)).unwrap_or(0);
+        Ok((Box::new(out.body.into_async_read()), size))
+    }
+
+    /// The checksum of any object, from its sidecar.
+    pub async fn object_checksum(&self, key: &str) -> Result<Option<String>, StorageError> {
+        self.read_checksum(key).await
+    }
+
+    async fn put_small(&self, key: &str, data: Bytes) -> Result<(), StorageError> {
+        self.client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(self.object(key))
+            .body(ByteStream::from(data))
+            .send()
+            .await
+            .map_err(|e| self.error("PutObject", key, e))?;
+        Ok(())
+    }
+
+    async fn delete_object(&self, key: &str) -> Result<(), StorageError> {
+        self.client
+            .delete_object()
+            .bucket(&self.bucket)
+            .key(self.object(key))
+            .send()
+            .await
+            .map_err(|e| self.error("DeleteObject", key, e))?;
+        Ok(())
+    }
+
+    /// Picks the first free key of `naming`.
+    async fn free_key(&self, naming: Naming<'_>) -> Result<String, StorageError> {
+        for attempt in 0.. {
+            let Some(key) = naming(attempt) else { break };
+            validate_key(&key)?;
+            if self.head_object(&key).await?.is_none()
+                && self.head_object(&name::checksum_key(&key)).await?.is_none()
+            {
+                return Ok(key);
+            }
+        }
+        Err(StorageError::Exists {
+            location: naming(0).map(|k| self.location(&k)).unwrap_or_default(),
+        })
+    }
+
+    /// Uploads a multipart archive whose first part is `first`; returns size and digest.
+    async fn put_multipart(
+        &self,
+        key: &str,
+        first: Bytes,
+        mut hasher: Sha256,
+        mut body: Reader,
+        expected: Option<&str>,
+    ) -> Result<(u64, String), StorageError> {
+        let created = self
+            .client
+            .create_multipart_upload()
+            .bucket(&self.bucket)
+            .key(self.object(key))
+            .send()
+            .await
+            .map_err(|e| self.error("CreateMultipartUpload", key, e))?;
+        let upload_id = created.upload_id().unwrap_or_default().to_owned();
+        let mut guard = AbortGuard {
+            storage: self.clone(),
+            key: key.to_owned(),
+            upload_id: upload_id.clone(),
+            armed: true,
+        };
+        let mut parts = JoinSet::new();
+        let mut done: Vec<CompletedPart> = Vec::new();
+        let mut size = first.len() as u64;
+        let mut next = Some(first);
+        let mut number = 0i32;
+        let result: Result<String, StorageError> = async {
+            while let Some(part) = next.take() {
+                number += 1;
+                while parts.len() >= self.concurrency {
+                    done.push(joined(parts.join_next().await)?);
+                }
+                let this = self.clone();
+                let (key, id) = (key.to_owned(), upload_id.clone());
+                parts.spawn(async move { this.upload_part(&key, &id, number, part).await });
+                let chunk = read_part(&mut body, self.part_size)
+                    .await
+                    .map_err(|source| StorageError::Body { source })?;
+                if !chunk.is_empty() {
+                    hasher.update(&chunk);
+                    size += chunk.len() as u64;
+                    next = Some(chunk);
+                }
+            }
+            while let Some(joined_part) = parts.join_next().await {
+                done.push(joined(Some(joined_part))?);
+            }
+            let digest = name::hex(&hasher.finalize());
+            check_digest(&self.location(key), expected, &digest)?;
+            Ok(digest)
+        }
+        .await;
+        let digest = match result {
+            Ok(digest) => digest,
+            Err(e) => {
+                parts.abort_all();
+                return Err(e);
+            }
+        };
+        done.sort_by_key(|p| p.part_number());
+        let sidecar = name::checksum_key(key);
+        self.put_small(&sidecar, Bytes::from(digest.clone()))
+            .await?;
+        let completed = self
+            .client
+            .complete_multipart_upload()
+            .bucket(&self.bucket)
+            .key(self.object(key))
+            .upload_id(&upload_id)
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .set_parts(Some(done))
+                    .build(),
+            )
+            .send()
+            .await;
+        if let Err(e) = completed {
+            let _ = self.delete_object(&sidecar).await;
+            return Err(self.error("CompleteMultipartUpload", key, e));
+        }
+        guard.armed = false;
+        Ok((size, digest))
+    }
+
+    async fn upload_part(
+        &self,
+        key: &str,
+        upload_id: &str,
+        number: i32,
+        data: Bytes,
+    ) -> Result<CompletedPart, StorageError> {
+        let out = self
+            .client
+            .upload_part()
+            .bucket(&self.bucket)
+            .key(self.object(key))
+            .upload_id(upload_id)
+            .part_number(number)
+            .body(ByteStream::from(data))
+            .send()
+            .await
+            .map_err(|e| self.error("UploadPart", key, e))?;
+        Ok(CompletedPart::builder()
+            .part_number(number)
+            .set_e_tag(out.e_tag().map(str::to_owned))
+            .build())
+    }
+
+    /// Aborts a multipart upload, retrying while the server is unreachable.
+    async fn abort(&self, key: &str, upload_id: &str) {
+        let started = std::time::Instant::now();
+        let mut delay = Duration::from_millis(500);
+        loop {
+            let result = self
+                .client
+                .abort_multipart_upload()
+                .bucket(&self.bucket)
+                .key(self.object(key))
+                .upload_id(upload_id)
+                .send()
+                .await;
+            match result {
+                Ok(_) => return,
+                Err(e) if e.as_service_error().is_some() => {
+                    // NoSuchUpload and the like: nothing is left to abort.
+                    tracing::debug!(key, error = %DisplayErrorContext(&e), "abort refused");
+                    return;
+                }
+                Err(e) if started.elapsed() > ABORT_PATIENCE => {
+                    tracing::error!(
+                        location = %self.location(key),
+                        upload_id,
+                        error = %DisplayErrorContext(&e),
+                        "could not abort a multipart upload; remove it with a bucket lifecycle rule"
+                    );
+                    return;
+                }
+                Err(_) => {
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(10));
+                }
+            }
+        }
+    }
+
+    /// Multipart uploads in progress under the prefix (key, upload id).
+    pub async fn uploads_in_progress(&self) -> Result<Vec<(String, String)>, StorageError> {
+        let out = self
+            .client
+            .list_multipart_uploads()
+            .bucket(&self.bucket)
+            .prefix(&self.prefix)
+            .send()
+            .await
+            .map_err(|e| self.error("ListMultipartUploads", "", e))?;
+        Ok(out
+            .uploads()
+            .iter()
+            .map(|u| {
+                (
+                    u.key().unwrap_or_default().to_owned(),
+                    u.upload_id().unwrap_or_default().to_owned(),
+                )
+            })
+            .collect())
+    }
+}
+
+fn joined(
+    part: Option<Result<Result<CompletedPart, StorageError>, tokio::task::JoinError>>,
+) -> Result<CompletedPart, StorageError> {
+    match part {
+        Some(Ok(result)) => result,
+        Some(Err(e)) => Err(StorageError::Body {
+            source: std::io::Error::other(e),
+        }),
+        None => Err(StorageError::Body {
+            source: std::io::Error::other("part upload vanished"),
+        }),
+    }
+}
+
+/// Reads up to `size` bytes (less only at the end of the stream).
+async fn read_part(body: &mut Reader, size: usize) -> std::io::Result<Bytes> {
+    let mut buf = BytesMut::with_capacity(size);
+    while buf.len() < size {
+        let n = body.read_buf(&mut buf).await?;
+        if n == 0 {
+            break;
+        }
+    }
+    Ok(buf.freeze())
+}
+
+/// Aborts the multipart upload when dropped armed: on errors, and when the put is cancelled
+/// (its future dropped on SIGINT/SIGTERM); the process waits for it via [`cleanups`].
+struct AbortGuard {
+    storage: S3Storage,
+    key: String,
+    upload_id: String,
+    armed: bool,
+}
+
+impl Drop for AbortGuard {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let storage = self.storage.clone();
+        let (key, id) = (self.key.clone(), self.upload_id.clone());
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            cleanups().spawn_on(async move { storage.abort(&key, &id).await }, &handle);
+        }
+    }
+}
+
+/// Clean-up work (aborting uploads) that must finish before the process exits.
+pub fn cleanups() -> &'static tokio_util::task::TaskTracker {
+    static TRACKER: std::sync::OnceLock<tokio_util::task::TaskTracker> = std::sync::OnceLock::new();
+    TRACKER.get_or_init(tokio_util::task::TaskTracker::new)
+}
+
+#[async_trait]
+impl Storage for S3Storage {
+    fn location(&self, key: &str) -> String {
+        format!("s3://{}/{}", self.bucket, self.object(key))
+    }
+
+    async fn put(
+        &self,
+        naming: Naming<'_>,
+        mut body: Reader,
+        checksum: Option<&str>,
+    ) -> Result<ObjectInfo, StorageError> {
+        let key = self.free_key(naming).await?;
+        let first = read_part(&mut body, self.part_size)
+            .await
+            .map_err(|source| StorageError::Body { source })?;
+        let mut hasher = Sha256::new();
+        hasher.update(&first);
+        let (size, digest) = if first.len() < self.part_size {
+            // The whole archive fits in one part: sidecar, then the object.
+            let digest = name::hex(&hasher.finalize());
+            check_digest(&self.location(&key), checksum, &digest)?;
+            let sidecar = name::checksum_key(&key);
+            self.put_small(&sidecar, Bytes::from(digest.clone()))
+                .await?;
+            let size = first.len() as u64;
+            if let Err(e) = self.put_small(&key, first).await {
+                let _ = self.delete_object(&sidecar).await;
+                return Err(e);
+            }
+            (size, digest)
+        } else {
+            self.put_multipart(&key, first, hasher, body, checksum)
+                .await?
+        };
+        Ok(ObjectInfo {
+            location: self.location(&key),
+            key,
+            size,
+            modified: Some(Timestamp::now()),
+            checksum: Some(digest),
+        })
+    }
+
+    async fn get(&self, key: &str) -> Result<(Reader, u64), StorageError> {
+        validate_key(key)?;
+        self.get_object(key).await
+    }
+
+    async fn head(&self, key: &str) -> Result<Option<ObjectInfo>, StorageError> {
+        validate_key(key)?;
+        let Some((size, modified)) = self.head_object(key).await? else {
+            return Ok(None);
+        };
+        Ok(Some(ObjectInfo {
+            key: key.to_owned(),
+            location: self.location(key),
+            size,
+            modified,
+            checksum: self.read_checksum(key).await?,
+        }))
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StorageError> {
+        let mut pages = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(self.object(prefix))
+            .into_paginator()
+            .send();
+        let mut found = Vec::new();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| self.error("ListObjectsV2", prefix, e))?;
+            for object in page.contents() {
+                let Some(key) = object.key().and_then(|k| k.strip_prefix(&self.prefix)) else {
+                    continue;
+                };
+                if is_archive_key(key) && validate_key(key).is_ok() {
+                    found.push(ObjectInfo {
+                        key: key.to_owned(),
+                        location: self.location(key),
+                        size: u64::try_from(object.size().unwrap_or(0)).unwrap_or(0),
+                        modified: object
+                            .last_modified()
+                            .and_then(|t| Timestamp::from_second(t.secs()).ok()),
+                        checksum: None,
+                    });
+                }
+            }
+        }
+        let keys: Vec<String> = found.iter().map(|info| info.key.clone()).collect();
+        let checksums: Vec<Result<Option<String>, StorageError>> = futures_util::stream::iter(keys)
+            .map(|key| {
+                let this = self.clone();
+                async move { this.read_checksum(&key).await }
+            })
+            .buffered(8)
+            .collect()
+            .await;
+        for (info, checksum) in found.iter_mut().zip(checksums) {
+            info.checksum = checksum?;
+        }
+        found.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(found)
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), StorageError> {
+        validate_key(key)?;
+        if self.head_object(key).await?.is_none() {
+            return Err(StorageError::NotFound {
+                location: self.location(key),
+            });
+        }
+        self.delete_object(key).await?;
+        self.delete_object(&name::checksum_key(key)).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefixes_come_from_the_snapshots_path() {
+        assert_eq!(prefix_of("./snapshots"), "snapshots/");
+        assert_eq!(prefix_of("/a/b/"), "a/b/");
+        assert_eq!(prefix_of(""), "");
+        assert_eq!(prefix_of("."), "");
+        assert_eq!(prefix_of("./"), "");
+    }
+}
