@@ -70,7 +70,9 @@ except Exception: sys.exit(1)"; then
 }
 
 s3_stop() {
-  # The server, and any instance a test restarted with the same data directory.
-  pkill -f -- "-dir=$S3_ROOT/data" 2>/dev/null || true
+  # The server, and any instance a test restarted with the same data directory; its data is
+  # thrown away, so there is nothing to shut down gracefully.
+  pkill -9 -f -- "-dir=$S3_ROOT/data" 2>/dev/null || true
+  while pgrep -f -- "-dir=$S3_ROOT/data" >/dev/null; do sleep 0.1; done
   rm -rf "$S3_ROOT/data"
 }
