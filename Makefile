@@ -1,4 +1,4 @@
-.PHONY: build test bench crd e2e
+.PHONY: build test bench bench-s3
 
 build:
 	cargo build --release --locked
@@ -10,3 +10,7 @@ test:
 # Engine benchmark against GNU tar + sha256sum (see bench/engine.py).
 bench:
 	python3 bench/engine.py
+
+# S3 upload/download benchmark against rclone (see bench/s3.py).
+bench-s3:
+	python3 bench/s3.py

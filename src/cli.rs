@@ -11,12 +11,11 @@ use std::time::Duration;
 use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
 use serde::Serialize;
-use sha2::{Digest, Sha256};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_util::io::SyncIoBridge;
 
 use crate::config::{Config, ConfigError};
-use crate::engine::name;
 use crate::engine::restore::{Limits, Outcome, Priority, RestoreSpec, Selection};
+use crate::engine::{name, readahead};
 use crate::ops::{self, OpsError, Progress, SnapshotRequest};
 use crate::source::{self, Context, HttpOptions, Location};
 use crate::storage::{ObjectInfo, Storage, StorageError};
@@ -407,67 +406,66 @@ async fn download(args: DownloadArgs, storage: &dyn Storage) -> Result<ExitCode>
         .ok_or_else(|| StorageError::NotFound {
             location: storage.location(&key),
         })?;
-    let (mut reader, size) = storage.get(&key).await?;
+    let (reader, size) = storage.get(&key).await?;
     let (_, file_name) = name::split_key(&key);
     let target = args.output.unwrap_or_else(|| PathBuf::from(file_name));
     let to_stdout = target == Path::new("-");
     let partial = partial_path(&target);
-    let out_err = |path: &Path| {
-        let path = path.to_owned();
-        move |source| Box::new(CliError::Output { path, source })
-    };
-    let mut out: Box<dyn tokio::io::AsyncWrite + Unpin + Send> = if to_stdout {
-        Box::new(tokio::io::stdout())
+    let bar = ProgressBar::new(Some(size), "downloading");
+    let progress = bar.progress();
+    let out: Box<dyn Write + Send> = if to_stdout {
+        Box::new(std::io::stdout())
     } else {
         Box::new(
-            tokio::fs::File::create(&partial)
-                .await
-                .map_err(out_err(&partial))?,
+            std::fs::File::create(&partial).map_err(|source| CliError::Output {
+                path: partial.clone(),
+                source,
+            })?,
         )
     };
-    let bar = ProgressBar::new(Some(size), "downloading");
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0; 1 << 20];
-    let mut done = 0u64;
-    let progress = bar.progress();
-    let copied: Result<()> = async {
-        loop {
-            let n = reader
-                .read(&mut buf)
-                .await
-                .map_err(|source| StorageError::Body { source })?;
-            if n == 0 {
-                break;
-            }
-            hasher.update(&buf[..n]);
-            out.write_all(&buf[..n]).await.map_err(out_err(&target))?;
-            done += n as u64;
-            progress(done);
-        }
-        out.flush().await.map_err(out_err(&target))?;
-        let actual = name::hex(&hasher.finalize());
-        crate::storage::check_digest(&info.location, info.checksum.as_deref(), &actual)?;
-        if !to_stdout {
-            tokio::fs::File::open(&partial)
-                .await
-                .map_err(out_err(&partial))?
-                .sync_all()
-                .await
-                .map_err(out_err(&partial))?;
-            tokio::fs::rename(&partial, &target)
-                .await
-                .map_err(out_err(&target))?;
-        }
-        Ok(())
-    }
-    .await;
+    // Read and hash on one thread, write on another (see engine::readahead).
+    let copied = tokio::task::spawn_blocking(move || {
+        let mut out = ProgressWriter {
+            inner: out,
+            done: 0,
+            progress,
+        };
+        let (written, hashed) = readahead::with_read_ahead(SyncIoBridge::new(reader), |input| {
+            std::io::copy(input, &mut out).and_then(|n| out.flush().map(|()| n))
+        });
+        (written, hashed, out.inner)
+    })
+    .await
+    .expect("the download does not panic");
     bar.finish();
-    if let Err(e) = copied {
+    let result = (|| {
+        let (written, hashed, out) = copied;
+        let done = written.map_err(|source| StorageError::Body { source })?;
+        let hashed = hashed.ok_or_else(|| StorageError::Body {
+            source: std::io::Error::other("the download ended early"),
+        })?;
+        crate::storage::check_digest(&info.location, info.checksum.as_deref(), &hashed.sha256)?;
         if !to_stdout {
-            let _ = tokio::fs::remove_file(&partial).await;
+            drop(out);
+            std::fs::File::open(&partial)
+                .and_then(|f| f.sync_all())
+                .and_then(|()| std::fs::rename(&partial, &target))
+                .map_err(|source| CliError::Output {
+                    path: target.clone(),
+                    source,
+                })?;
         }
-        return Err(e);
-    }
+        Ok::<u64, Box<CliError>>(done)
+    })();
+    let done = match result {
+        Ok(done) => done,
+        Err(e) => {
+            if !to_stdout {
+                let _ = std::fs::remove_file(&partial);
+            }
+            return Err(e);
+        }
+    };
     if !to_stdout {
         eprintln!(
             "downloaded {} to {} ({}, sha256 verified: {})",
@@ -482,6 +480,25 @@ async fn download(args: DownloadArgs, storage: &dyn Storage) -> Result<ExitCode>
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Reports the bytes written through it.
+struct ProgressWriter {
+    inner: Box<dyn Write + Send>,
+    done: u64,
+    progress: Progress,
+}
+
+impl Write for ProgressWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.done += n as u64;
+        (self.progress)(self.done);
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
 }
 
 fn partial_path(target: &Path) -> PathBuf {

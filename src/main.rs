@@ -4,6 +4,13 @@ use clap::Parser;
 use snapshot_operator::cli::Cli;
 
 fn main() -> ExitCode {
+    // Buffers of 1 MiB and more (S3 parts, pipe chunks) come straight from mmap, so freed ones
+    // go back to the system at once and peak memory stays what is in use, not what glibc's
+    // growing mmap threshold would keep in its arenas.
+    // SAFETY: mallopt only changes allocator tuning; called before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
+    }
     let cli = Cli::parse();
     cli.init_logging();
     snapshot_operator::tls::install_crypto_provider();

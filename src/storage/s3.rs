@@ -41,6 +41,8 @@ pub const DEFAULT_PART_SIZE: usize = 16 << 20;
 pub const DEFAULT_CONCURRENCY: usize = 4;
 /// S3's smallest part (all but the last).
 const MIN_PART_SIZE: usize = 5 << 20;
+/// S3's largest number of parts in one upload.
+const MAX_PARTS: i32 = 10_000;
 /// How long an abort is retried while the server does not answer.
 const ABORT_PATIENCE: Duration = Duration::from_secs(120);
 
@@ -258,13 +260,69 @@ impl S3Storage {
         }
     }
 
-    /// Streams any object of the bucket (under the prefix), with its size.
+    /// Streams any object of the bucket (under the prefix), with its size. Objects larger
+    /// than a part are fetched as ranges, up to `concurrency` at once (memory: about
+    /// `concurrency * part_size`), and handed out in order.
     pub async fn get_object(&self, key: &str) -> Result<(Reader, u64), StorageError> {
-        let out = self
-            .client
+        let part = self.part_size as u64;
+        let first = match self.get_range(key, Some((0, part)), None).await {
+            // An empty object has no first byte to range over.
+            Err(StorageError::S3 { detail, .. }) if detail.starts_with("InvalidRange") => {
+                self.get_range(key, None, None).await?
+            }
+            other => other?,
+        };
+        let total = first
+            .content_range()
+            .and_then(|r| r.rsplit('/').next())
+            .and_then(|t| t.parse::<u64>().ok())
+            .or_else(|| first.content_length().and_then(|l| u64::try_from(l).ok()))
+            .unwrap_or(0);
+        if total <= part {
+            return Ok((Box::new(first.body.into_async_read()), total));
+        }
+        let etag = first.e_tag().map(str::to_owned);
+        let head = tokio::spawn(async move { segments(first.body).await });
+        let this = self.clone();
+        let key = key.to_owned();
+        let rest = futures_util::stream::iter((1..total.div_ceil(part)).map(move |i| {
+            let (this, key, etag) = (this.clone(), key.clone(), etag.clone());
+            let range = (i * part, part.min(total - i * part));
+            tokio::spawn(async move {
+                let out = this.get_range(&key, Some(range), etag.as_deref()).await?;
+                segments(out.body).await
+            })
+        }));
+        let ranges = futures_util::stream::iter([head])
+            .chain(rest)
+            .buffered(self.concurrency.max(1))
+            .flat_map(|joined| {
+                futures_util::stream::iter(match joined {
+                    Ok(Ok(segments)) => segments.into_iter().map(Ok).collect(),
+                    Ok(Err(e)) => vec![Err(std::io::Error::other(e))],
+                    Err(e) => vec![Err(std::io::Error::other(e))],
+                })
+            });
+        let body = ranges;
+        Ok((
+            Box::new(tokio_util::io::StreamReader::new(Box::pin(body))),
+            total,
+        ))
+    }
+
+    /// `GetObject`, of `(offset, length)` when given, of that version (`etag`) when given.
+    async fn get_range(
+        &self,
+        key: &str,
+        range: Option<(u64, u64)>,
+        etag: Option<&str>,
+    ) -> Result<aws_sdk_s3::operation::get_object::GetObjectOutput, StorageError> {
+        self.client
             .get_object()
             .bucket(&self.bucket)
             .key(self.object(key))
+            .set_range(range.map(|(start, len)| format!("bytes={start}-{}", start + len - 1)))
+            .set_if_match(etag.map(str::to_owned))
             .send()
             .await
             .map_err(|e| {
@@ -275,9 +333,7 @@ impl S3Storage {
                 } else {
                     self.error("GetObject", key, e)
                 }
-            })?;
-        let size = u64::try_from(out.content_length().unwrap_or(0)).unwrap_or(0);
-        Ok((Box::new(out.body.into_async_read()), size))
+            })
     }
 
     /// The checksum of any object, from its sidecar.
@@ -356,6 +412,19 @@ impl S3Storage {
         let result: Result<String, StorageError> = async {
             while let Some(part) = next.take() {
                 number += 1;
+                if number > MAX_PARTS {
+                    return Err(StorageError::S3 {
+                        op: "UploadPart",
+                        location: self.location(key),
+                        endpoint: self.endpoint.clone(),
+                        detail: format!(
+                            "the archive is larger than {MAX_PARTS} parts of {} MiB; raise \
+                             s3_config.part_size_mib",
+                            self.part_size >> 20
+                        ),
+                        source: None,
+                    });
+                }
                 while parts.len() >= self.concurrency {
                     done.push(joined(parts.join_next().await)?);
                 }
@@ -493,6 +562,16 @@ impl S3Storage {
             })
             .collect())
     }
+}
+
+/// The whole body of a response, as the segments it arrived in (no copy).
+async fn segments(body: ByteStream) -> Result<Vec<Bytes>, StorageError> {
+    body.collect()
+        .await
+        .map(|b| b.into_segments().collect())
+        .map_err(|e| StorageError::Body {
+            source: std::io::Error::other(e),
+        })
 }
 
 fn joined(
