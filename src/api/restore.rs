@@ -1,0 +1,184 @@
+//! The `SnapshotRestore` custom resource: restores archives into a workload's volumes with a
+//! priority deciding what wins over existing data.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::condition::conditions_schema;
+use super::snapshot::{Storage, Workload, root_path};
+
+/// Restores a Snapshot's archives (or one archive from a location) into the volume(s) of a
+/// workload, one mover per node, with Qdrant's priorities.
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "snapshot-operator.dev",
+    version = "v1alpha1",
+    kind = "SnapshotRestore",
+    namespaced,
+    status = "SnapshotRestoreStatus",
+    shortname = "snaprestore",
+    category = "snapshot-operator",
+    printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
+    printcolumn = r#"{"name":"Collection","type":"string","jsonPath":".spec.collection"}"#,
+    printcolumn = r#"{"name":"Priority","type":"string","jsonPath":".spec.priority"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    validation = r#"self.spec == oldSelf.spec"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct SnapshotRestoreSpec {
+    /// What to restore: exactly one of `snapshotRef` or `location`.
+    pub source: RestoreSource,
+    /// Expected SHA-256 of the archive (lowercase hex); nothing changes when it differs.
+    /// Archives of a Snapshot are always verified against their recorded checksums.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[0-9a-f]{64}$"))]
+    pub checksum: Option<String>,
+    /// Where to restore: exactly one of `statefulSet` or `persistentVolumeClaim`.
+    pub target: Workload,
+    /// The storage directory inside the volume (default `/`).
+    #[serde(default = "root_path")]
+    #[schemars(length(max = 4096))]
+    pub path: String,
+    /// The collection to restore, and its name in the target (a collection archive may be
+    /// restored under another name). Omit to restore a full-storage snapshot whole.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 255), regex(pattern = r"^[^/\\]+$"))]
+    pub collection: Option<String>,
+    /// The collection to take out of a full-storage snapshot when it differs from
+    /// `collection`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 255), regex(pattern = r"^[^/\\]+$"))]
+    pub source_collection: Option<String>,
+    /// What wins when the collection already exists on a node: `replica` (default) keeps the
+    /// existing data, `snapshot` replaces it atomically, `no_sync` writes the snapshot files
+    /// over the existing ones.
+    #[serde(default)]
+    pub priority: Priority,
+    /// Scale the StatefulSet to zero during the restore and back afterwards (required for a
+    /// full-storage restore, and to restore into claims mounted by running pods).
+    #[serde(default)]
+    pub stop_workload: bool,
+    /// Storage for `file://` locations and `s3://` credentials; omit to use the operator's
+    /// default storage.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage: Option<Storage>,
+}
+
+/// Where the archives come from. Exactly one field is set.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "has(self.snapshotRef) != has(self.location)",
+    "message": "set exactly one of snapshotRef and location"
+}]))]
+pub struct RestoreSource {
+    /// A Snapshot in the same namespace: its archives are mapped to the target's nodes by
+    /// pod name, else by ordinal.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot_ref: Option<SnapshotRef>,
+    /// One archive restored to every node: `s3://bucket/key`, `https://...` or
+    /// `file:///path` inside the local storage.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^(s3|https?|file)://.+"))]
+    pub location: Option<String>,
+}
+
+/// A Snapshot by name.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+pub struct SnapshotRef {
+    /// Name of the Snapshot, in the same namespace.
+    pub name: String,
+}
+
+/// Qdrant's snapshot priorities.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Priority {
+    /// Existing data wins: an existing collection is left untouched.
+    #[default]
+    Replica,
+    /// The snapshot wins: an existing collection is replaced atomically.
+    Snapshot,
+    /// Snapshot files are written over existing ones; nothing is removed.
+    NoSync,
+}
+
+/// Progress of a SnapshotRestore.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum RestorePhase {
+    /// Waiting (for a mover slot, or for the workload to stop).
+    Pending,
+    /// Movers are running.
+    Running,
+    /// Every node was restored or skipped.
+    Succeeded,
+    /// At least one node failed, or the spec is invalid.
+    Failed,
+}
+
+/// The observed state of a SnapshotRestore.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SnapshotRestoreStatus {
+    /// The generation this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Pending, Running, Succeeded or Failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<RestorePhase>,
+    /// When the restore started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<Time>,
+    /// When it finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion_time: Option<Time>,
+    /// `Ready` is True once every node is restored or skipped.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "conditions_schema")]
+    pub conditions: Vec<Condition>,
+    /// The StatefulSet's replicas before it was stopped (`stopWorkload`); it is scaled back
+    /// to this count afterwards, also after a failure.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stopped_replicas: Option<i32>,
+    /// One entry per node.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nodes: Vec<NodeRestore>,
+}
+
+/// Outcome on one node.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum NodePhase {
+    /// Not started.
+    Pending,
+    /// Its mover is running.
+    Running,
+    /// The collection (or storage) was restored.
+    Restored,
+    /// Existing data was kept (priority `replica`); see `message`.
+    Skipped,
+    /// The restore failed and changed nothing; see `message`.
+    Failed,
+}
+
+/// One node's restore.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeRestore {
+    /// The node (pod name, or claim name).
+    pub node: String,
+    /// The claim restored into.
+    pub claim: String,
+    /// The archive restored (a location).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub archive: Option<String>,
+    /// Pending, Running, Restored, Skipped or Failed.
+    pub phase: NodePhase,
+    /// Bytes of archive read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes: Option<i64>,
+    /// Why it was skipped or failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}

@@ -1,0 +1,267 @@
+//! The `Snapshot` custom resource: tar archives of one collection or of a whole storage
+//! directory, one per node of a workload.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::condition::conditions_schema;
+
+/// A snapshot of a workload's data: one archive per node (pod of a StatefulSet, or the one
+/// PersistentVolumeClaim), of one collection or of the whole storage directory, with a
+/// SHA-256 checksum, in local-volume or S3 storage.
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "snapshot-operator.dev",
+    version = "v1alpha1",
+    kind = "Snapshot",
+    namespaced,
+    status = "SnapshotStatus",
+    shortname = "snap",
+    category = "snapshot-operator",
+    printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
+    printcolumn = r#"{"name":"Collection","type":"string","jsonPath":".spec.collection"}"#,
+    printcolumn = r#"{"name":"Nodes","type":"integer","jsonPath":".status.nodes"}"#,
+    printcolumn = r#"{"name":"Size","type":"string","jsonPath":".status.size"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    validation = r#"self.spec == oldSelf.spec"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct SnapshotSpec {
+    /// The data to snapshot: exactly one of `statefulSet` (one archive per pod) or
+    /// `persistentVolumeClaim` (one archive).
+    pub source: Workload,
+    /// The storage directory inside the volume, e.g. `/qdrant/storage` (default `/`).
+    #[serde(default = "root_path")]
+    #[schemars(length(max = 4096))]
+    pub path: String,
+    /// The collection to snapshot (a directory `collections/<collection>` in the storage
+    /// directory); omit for a full-storage snapshot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 255), regex(pattern = r"^[^/\\]+$"))]
+    pub collection: Option<String>,
+    /// Where to keep the archives; omit to use the operator's default storage.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage: Option<Storage>,
+    /// What happens to the archives when the Snapshot is deleted: `Delete` (default) removes
+    /// them and their checksums, `Retain` keeps them.
+    #[serde(default)]
+    pub deletion_policy: DeletionPolicy,
+}
+
+pub(crate) fn root_path() -> String {
+    "/".into()
+}
+
+/// Which volumes hold the data. Exactly one field is set.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "has(self.statefulSet) != has(self.persistentVolumeClaim)",
+    "message": "set exactly one of statefulSet and persistentVolumeClaim"
+}]))]
+pub struct Workload {
+    /// A StatefulSet: each pod's claim `<volumeClaimTemplate>-<statefulSet>-<ordinal>` is a
+    /// node, named after the pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stateful_set: Option<StatefulSetRef>,
+    /// One PersistentVolumeClaim: one node, named after the claim.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub persistent_volume_claim: Option<ClaimRef>,
+}
+
+/// A StatefulSet and the volume claim template holding the data.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StatefulSetRef {
+    /// Name of the StatefulSet, in the same namespace.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Name of its volume claim template that holds the data.
+    #[schemars(length(min = 1, max = 253))]
+    pub volume_claim_template: String,
+}
+
+/// A PersistentVolumeClaim in the same namespace.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ClaimRef {
+    /// Name of the claim.
+    #[schemars(length(min = 1, max = 253))]
+    pub claim_name: String,
+}
+
+/// Where archives are kept. Exactly one field is set.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "has(self.local) != has(self.s3)",
+    "message": "set exactly one of local and s3"
+}]))]
+pub struct Storage {
+    /// A PersistentVolumeClaim (in the same namespace) holding the archives.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local: Option<LocalStorage>,
+    /// An S3 or S3-compatible bucket.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub s3: Option<S3Storage>,
+}
+
+/// Archives on a volume.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LocalStorage {
+    /// The claim holding the archives.
+    pub persistent_volume_claim: ClaimRef,
+    /// Directory inside that volume (default `/`).
+    #[serde(default = "root_path")]
+    #[schemars(length(max = 4096))]
+    pub path: String,
+}
+
+/// Archives in an S3 bucket.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct S3Storage {
+    /// Bucket name.
+    #[schemars(length(min = 3, max = 63))]
+    pub bucket: String,
+    /// Region (default `us-east-1`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// Endpoint of an S3-compatible server, e.g. `http://minio.minio:9000`; omit for AWS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint_url: Option<String>,
+    /// Key prefix of the archives (default: none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    /// Path-style addressing (default: true when `endpointUrl` is set).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub force_path_style: Option<bool>,
+    /// A Secret in the same namespace with the access key pair; omit to use the mover pod's
+    /// environment (e.g. IRSA / workload identity).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_secret: Option<CredentialsSecret>,
+}
+
+/// Where the S3 access key pair is. The operator never reads it: mover pods get it as
+/// environment variables.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CredentialsSecret {
+    /// Secret name.
+    pub name: String,
+    /// Key holding the access key id (default `AWS_ACCESS_KEY_ID`).
+    #[serde(default = "access_key_id_key")]
+    pub access_key_id_key: String,
+    /// Key holding the secret access key (default `AWS_SECRET_ACCESS_KEY`).
+    #[serde(default = "secret_access_key_key")]
+    pub secret_access_key_key: String,
+}
+
+fn access_key_id_key() -> String {
+    "AWS_ACCESS_KEY_ID".into()
+}
+
+fn secret_access_key_key() -> String {
+    "AWS_SECRET_ACCESS_KEY".into()
+}
+
+/// What deleting a Snapshot does to its archives.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum DeletionPolicy {
+    /// Delete the archives and their checksums with the Snapshot.
+    #[default]
+    Delete,
+    /// Keep the archives.
+    Retain,
+}
+
+/// Progress of a Snapshot.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum Phase {
+    /// Waiting to start (e.g. for a free mover slot).
+    Pending,
+    /// Movers are running.
+    Running,
+    /// Every archive is stored.
+    Succeeded,
+    /// At least one archive failed, or the spec is invalid.
+    Failed,
+}
+
+/// The observed state of a Snapshot.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SnapshotStatus {
+    /// The generation this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Pending, Running, Succeeded or Failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<Phase>,
+    /// When the first mover started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<Time>,
+    /// When the last mover finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion_time: Option<Time>,
+    /// `Ready` is True once every archive is stored.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "conditions_schema")]
+    pub conditions: Vec<Condition>,
+    /// Number of nodes (archives).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nodes: Option<i32>,
+    /// Total size of the archives, for people (`12.3 MiB`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<String>,
+    /// The storage the archives are written to: `spec.storage`, or the operator's default
+    /// when the Snapshot was taken.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage: Option<Storage>,
+    /// One entry per node.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub archives: Vec<ArchiveStatus>,
+}
+
+/// Progress of one node's archive.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum ArchivePhase {
+    /// Not started.
+    Pending,
+    /// Its mover is running.
+    Running,
+    /// Stored with its checksum.
+    Succeeded,
+    /// Its mover failed; see `message`.
+    Failed,
+}
+
+/// One node's archive.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ArchiveStatus {
+    /// The node (pod name, or claim name for a PersistentVolumeClaim source).
+    pub node: String,
+    /// The claim holding this node's data.
+    pub claim: String,
+    /// Pending, Running, Succeeded or Failed.
+    pub phase: ArchivePhase,
+    /// Archive file name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Where the archive is (`s3://bucket/key`, or `pvc://<claim>/<path>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub location: Option<String>,
+    /// Size in bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<i64>,
+    /// Lowercase hex SHA-256 of the archive.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checksum: Option<String>,
+    /// Why it failed, or what it is waiting for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
