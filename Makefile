@@ -1,4 +1,4 @@
-.PHONY: build test bench bench-s3
+.PHONY: build test bench bench-s3 crds
 
 build:
 	cargo build --release --locked
@@ -14,3 +14,7 @@ bench:
 # S3 upload/download benchmark against rclone (see bench/s3.py).
 bench-s3:
 	python3 bench/s3.py
+
+# Regenerate crds/ and charts/snapshot-operator/crds/ from the Rust types.
+crds:
+	UPDATE_CRDS=1 cargo test --test crds

@@ -64,6 +64,8 @@ pub enum Command {
     /// Restore a collection or a full storage from a snapshot (Qdrant's --snapshot and
     /// --storage-snapshot startup flags).
     Restore(RestoreArgs),
+    /// Print the CustomResourceDefinitions (YAML), as in crds/.
+    Crd,
 }
 
 #[derive(Debug, Subcommand)]
@@ -262,6 +264,12 @@ impl Cli {
             match self.command {
                 Command::Snapshot(cmd) => run_snapshot(cmd, &config).await,
                 Command::Restore(args) => restore(args, &config).await,
+                Command::Crd => {
+                    for (_, yaml) in crd_documents() {
+                        print!("---\n{yaml}");
+                    }
+                    Ok(ExitCode::SUCCESS)
+                }
             }
         };
         let result = tokio::select! {
@@ -642,6 +650,22 @@ async fn restore(args: RestoreArgs, config: &Config) -> Result<ExitCode> {
         print_json(&results);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The CustomResourceDefinitions as YAML, with the file name each has in `crds/`.
+pub fn crd_documents() -> Vec<(String, String)> {
+    use kube::CustomResourceExt;
+    [
+        crate::api::Snapshot::crd(),
+        crate::api::SnapshotRestore::crd(),
+    ]
+    .into_iter()
+    .map(|crd| {
+        let file = format!("{}.yaml", crd.metadata.name.as_deref().unwrap_or("crd"));
+        let yaml = serde_saphyr::to_string(&crd).expect("a CRD serialises to YAML");
+        (file, yaml)
+    })
+    .collect()
 }
 
 fn print_json<T: Serialize + ?Sized>(value: &T) {

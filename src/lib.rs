@@ -1,5 +1,6 @@
 //! snapshot-operator: Qdrant's snapshot feature set for stateful workloads on Kubernetes.
 //!
+//! * [`api`]: the custom resources (`Snapshot`, `SnapshotRestore`).
 //! * [`engine`]: tar archives of a storage directory or one collection, and their restore.
 //! * [`storage`]: where archives live (local directory, S3), one trait and one test suite.
 //! * [`source`]: the locations a restore reads from.
@@ -8,6 +9,7 @@
 //! * [`cli`]: the command line.
 //! * [`tls`]: the process's TLS crypto provider.
 
+pub mod api;
 pub mod cli;
 pub mod config;
 pub mod engine;

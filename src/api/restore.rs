@@ -24,7 +24,8 @@ use super::snapshot::{Storage, Workload, root_path};
     printcolumn = r#"{"name":"Collection","type":"string","jsonPath":".spec.collection"}"#,
     printcolumn = r#"{"name":"Priority","type":"string","jsonPath":".spec.priority"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
-    validation = r#"self.spec == oldSelf.spec"#
+    doc = "Restores snapshot archives into the volumes of a workload, with a priority.",
+    validation = Rule::new("self.spec == oldSelf.spec").message("spec is immutable: create a new SnapshotRestore")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct SnapshotRestoreSpec {

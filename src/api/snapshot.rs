@@ -25,7 +25,8 @@ use super::condition::conditions_schema;
     printcolumn = r#"{"name":"Nodes","type":"integer","jsonPath":".status.nodes"}"#,
     printcolumn = r#"{"name":"Size","type":"string","jsonPath":".status.size"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
-    validation = r#"self.spec == oldSelf.spec"#
+    doc = "A snapshot of a workload's data: one archive per node, of one collection or of a whole storage directory.",
+    validation = Rule::new("self.spec == oldSelf.spec").message("spec is immutable: create a new Snapshot")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct SnapshotSpec {
