@@ -66,6 +66,41 @@ pub enum Command {
     Restore(RestoreArgs),
     /// Print the CustomResourceDefinitions (YAML), as in crds/.
     Crd,
+    /// Run the Kubernetes operator.
+    Controller(crate::controller::ControllerArgs),
+    /// What mover Jobs run: one engine operation, its result as JSON in the termination
+    /// message.
+    #[command(subcommand, hide = true)]
+    Mover(MoverCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum MoverCommand {
+    /// Snapshot the storage directory (or one collection) of this node.
+    Snapshot(MoverSnapshotArgs),
+    /// Delete archives (and their checksums) by key; absent ones are fine.
+    Delete(MoverDeleteArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct MoverSnapshotArgs {
+    #[arg(long, value_name = "DIR")]
+    pub storage_path: PathBuf,
+    #[arg(long)]
+    pub collection: Option<String>,
+    #[arg(long)]
+    pub node: String,
+    #[arg(long, default_value = crate::controller::mover::TERMINATION_LOG)]
+    pub termination_log: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct MoverDeleteArgs {
+    /// Archive keys (`collection/name` or `name`).
+    #[arg(required = true)]
+    pub keys: Vec<String>,
+    #[arg(long, default_value = crate::controller::mover::TERMINATION_LOG)]
+    pub termination_log: PathBuf,
 }
 
 #[derive(Debug, Subcommand)]
@@ -215,6 +250,8 @@ pub enum CliError {
     Ops(#[from] OpsError),
     #[error("{0}")]
     Usage(String),
+    #[error(transparent)]
+    Controller(#[from] crate::controller::ControllerError),
     #[error("failed to write {path}")]
     Output {
         path: PathBuf,
@@ -264,6 +301,11 @@ impl Cli {
             match self.command {
                 Command::Snapshot(cmd) => run_snapshot(cmd, &config).await,
                 Command::Restore(args) => restore(args, &config).await,
+                Command::Controller(args) => crate::controller::run(args)
+                    .await
+                    .map(|()| ExitCode::SUCCESS)
+                    .map_err(|e| Box::new(CliError::Controller(e))),
+                Command::Mover(cmd) => mover(cmd, &config).await,
                 Command::Crd => {
                     for (_, yaml) in crd_documents() {
                         print!("---\n{yaml}");
@@ -546,6 +588,61 @@ async fn upload(args: UploadArgs, storage: &dyn Storage) -> Result<ExitCode> {
             stored.checksum.as_deref().unwrap_or("-")
         ),
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn mover(cmd: MoverCommand, config: &Config) -> Result<ExitCode> {
+    use crate::controller::mover::MoverReport;
+    let (log, result) = match cmd {
+        MoverCommand::Snapshot(args) => {
+            let work = async {
+                let (storage, _) = crate::storage::open(&config.storage).await?;
+                let request = SnapshotRequest {
+                    storage_path: args.storage_path,
+                    collection: args.collection,
+                    node: args.node,
+                    exclude: Vec::new(),
+                };
+                let created =
+                    ops::create_snapshot(storage.as_ref(), request, ops::no_progress()).await?;
+                Ok::<_, OpsError>(MoverReport {
+                    name: Some(created.name),
+                    key: Some(created.archive.key),
+                    location: Some(created.archive.location),
+                    size: Some(created.archive.size),
+                    checksum: created.archive.checksum,
+                    ..MoverReport::default()
+                })
+            };
+            (args.termination_log, work.await)
+        }
+        MoverCommand::Delete(args) => {
+            let work = async {
+                let (storage, _) = crate::storage::open(&config.storage).await?;
+                for key in &args.keys {
+                    match storage.delete(key).await {
+                        Ok(()) | Err(StorageError::NotFound { .. }) => {}
+                        Err(e) => return Err(OpsError::from(e)),
+                    }
+                }
+                Ok(MoverReport::default())
+            };
+            (args.termination_log, work.await)
+        }
+    };
+    let report = match &result {
+        Ok(report) => report.clone(),
+        Err(e) => MoverReport {
+            error: Some(render_error(e).trim_start_matches("error: ").to_owned()),
+            ..MoverReport::default()
+        },
+    };
+    let message = report.to_message();
+    if let Err(e) = std::fs::write(&log, &message) {
+        tracing::warn!(path = %log.display(), error = %e, "could not write the termination message");
+    }
+    println!("{message}");
+    result?;
     Ok(ExitCode::SUCCESS)
 }
 

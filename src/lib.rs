@@ -6,12 +6,14 @@
 //! * [`source`]: the locations a restore reads from.
 //! * [`ops`]: the operations the CLI and mover Jobs run.
 //! * [`config`]: Qdrant-style configuration from a file and the environment.
+//! * [`controller`]: the Kubernetes operator (reconcilers, mover Jobs, metrics).
 //! * [`cli`]: the command line.
 //! * [`tls`]: the process's TLS crypto provider.
 
 pub mod api;
 pub mod cli;
 pub mod config;
+pub mod controller;
 pub mod engine;
 pub mod ops;
 pub mod source;

@@ -1,0 +1,168 @@
+//! The operator's own configuration (a YAML file the Helm chart renders from its values):
+//! default storage, the mover pods' image, resources and security, the concurrency cap.
+
+use std::path::Path;
+
+use k8s_openapi::api::core::v1::{PodSecurityContext, ResourceRequirements, SeccompProfile};
+use serde::{Deserialize, Serialize};
+
+use crate::api::snapshot::Storage;
+
+/// The operator configuration.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct OperatorConfig {
+    /// Storage for resources that set none.
+    #[serde(default)]
+    pub default_storage: Option<Storage>,
+    /// Mover pods.
+    #[serde(default)]
+    pub mover: MoverConfig,
+    /// Most mover Jobs running at once, cluster-wide.
+    #[serde(default = "default_max_concurrent")]
+    pub max_concurrent_movers: u32,
+}
+
+/// How mover pods run.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MoverConfig {
+    /// The operator's image (it holds the engine).
+    #[serde(default = "default_image")]
+    pub image: String,
+    #[serde(default = "default_pull_policy")]
+    pub image_pull_policy: String,
+    #[serde(default)]
+    pub resources: Option<ResourceRequirements>,
+    /// Pod security context; the default runs as user and group 65532, non-root.
+    #[serde(default = "default_pod_security")]
+    pub pod_security_context: PodSecurityContext,
+    /// Retries of a failed mover pod.
+    #[serde(default = "default_backoff_limit")]
+    pub backoff_limit: i32,
+}
+
+impl Default for MoverConfig {
+    fn default() -> Self {
+        Self {
+            image: default_image(),
+            image_pull_policy: default_pull_policy(),
+            resources: None,
+            pod_security_context: default_pod_security(),
+            backoff_limit: default_backoff_limit(),
+        }
+    }
+}
+
+impl Default for OperatorConfig {
+    fn default() -> Self {
+        Self {
+            default_storage: None,
+            mover: MoverConfig::default(),
+            max_concurrent_movers: default_max_concurrent(),
+        }
+    }
+}
+
+fn default_max_concurrent() -> u32 {
+    4
+}
+
+fn default_image() -> String {
+    concat!(
+        "ghcr.io/snapshot-operator/snapshot-operator:",
+        env!("CARGO_PKG_VERSION")
+    )
+    .into()
+}
+
+fn default_pull_policy() -> String {
+    "IfNotPresent".into()
+}
+
+fn default_backoff_limit() -> i32 {
+    1
+}
+
+fn default_pod_security() -> PodSecurityContext {
+    PodSecurityContext {
+        run_as_non_root: Some(true),
+        run_as_user: Some(65532),
+        run_as_group: Some(65532),
+        fs_group: Some(65532),
+        fs_group_change_policy: Some("OnRootMismatch".into()),
+        seccomp_profile: Some(SeccompProfile {
+            type_: "RuntimeDefault".into(),
+            ..SeccompProfile::default()
+        }),
+        ..PodSecurityContext::default()
+    }
+}
+
+/// Why the configuration cannot be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("failed to read the operator configuration {path}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("invalid operator configuration {path}")]
+    Parse {
+        path: String,
+        source: Box<serde_saphyr::Error>,
+    },
+}
+
+impl OperatorConfig {
+    /// Reads the file, or the defaults when there is none.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        let Some(path) = path else {
+            return Ok(Self::default());
+        };
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: shown.clone(),
+            source,
+        })?;
+        serde_saphyr::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: shown,
+            source: Box::new(source),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_a_full_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("operator.yaml");
+        std::fs::write(
+            &path,
+            "defaultStorage:\n  s3:\n    bucket: snaps\n    endpointUrl: http://minio:9000\n    credentialsSecret:\n      name: s3-creds\nmover:\n  image: example/op:1\n  resources:\n    limits:\n      memory: 256Mi\nmaxConcurrentMovers: 2\n",
+        )
+        .unwrap();
+        let config = OperatorConfig::load(Some(&path)).unwrap();
+        let s3 = config.default_storage.unwrap().s3.unwrap();
+        assert_eq!(s3.bucket, "snaps");
+        assert_eq!(
+            s3.credentials_secret.unwrap().access_key_id_key,
+            "AWS_ACCESS_KEY_ID"
+        );
+        assert_eq!(config.mover.image, "example/op:1");
+        assert_eq!(
+            config.mover.pod_security_context.run_as_non_root,
+            Some(true)
+        );
+        assert_eq!(config.max_concurrent_movers, 2);
+        assert_eq!(
+            OperatorConfig::load(None).unwrap(),
+            OperatorConfig::default()
+        );
+        std::fs::write(&path, "maxConcurrentMover: 2\n").unwrap();
+        assert!(OperatorConfig::load(Some(&path)).is_err());
+    }
+}

@@ -1,0 +1,196 @@
+//! The Kubernetes operator: reconcilers for `Snapshot` (and `SnapshotRestore`), mover Jobs,
+//! leader election, metrics and health endpoints.
+
+pub mod config;
+pub mod jobs;
+pub mod leader;
+pub mod metrics;
+pub mod mover;
+pub mod snapshot;
+pub mod workload;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use futures_util::StreamExt;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::api::Api;
+use kube::runtime::events::{Event, Recorder, Reporter};
+use kube::runtime::{Controller, finalizer, watcher};
+use kube::{Client, Resource};
+
+use crate::api::Snapshot;
+use config::OperatorConfig;
+use metrics::Metrics;
+
+/// The field manager of every write.
+pub const FIELD_MANAGER: &str = "snapshot-operator";
+/// The finalizer on resources whose cleanup the operator owes.
+pub const FINALIZER: &str = "snapshot-operator.dev/cleanup";
+
+/// `snapshot-operator controller`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ControllerArgs {
+    /// The operator configuration (YAML: defaultStorage, mover, maxConcurrentMovers).
+    #[arg(long, env = "SNAPSHOT_OPERATOR_OPERATOR_CONFIG", value_name = "FILE")]
+    pub operator_config: Option<PathBuf>,
+    /// Address of /metrics, /healthz and /readyz.
+    #[arg(long, default_value = "0.0.0.0:8080")]
+    pub metrics_address: SocketAddr,
+    /// Take a Lease before reconciling, so that several replicas are safe.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub leader_election: bool,
+    /// Namespace of the Lease (default: the pod's namespace).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    pub lease_namespace: String,
+    /// Identity in the Lease (default: the pod name).
+    #[arg(long, env = "POD_NAME")]
+    pub identity: Option<String>,
+}
+
+/// Why a reconciliation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API request failed")]
+    Kube(#[from] kube::Error),
+    #[error("the delete mover is still running")]
+    CleanupPending,
+    #[error("deleting the archives failed: {0}")]
+    CleanupFailed(String),
+    #[error(transparent)]
+    Finalizer(#[from] Box<finalizer::Error<Error>>),
+}
+
+impl Error {
+    /// The error that caused this one, through the finalizer's wrapping.
+    pub fn inner(&self) -> &Error {
+        match self {
+            Error::Finalizer(e) => match e.as_ref() {
+                finalizer::Error::ApplyFailed(inner) | finalizer::Error::CleanupFailed(inner) => {
+                    inner.inner()
+                }
+                _ => self,
+            },
+            other => other,
+        }
+    }
+
+    /// A metrics label.
+    pub fn reason(&self) -> &'static str {
+        match self.inner() {
+            Error::Kube(_) => "KubeApi",
+            Error::CleanupPending => "CleanupPending",
+            Error::CleanupFailed(_) => "CleanupFailed",
+            Error::Finalizer(_) => "Finalizer",
+        }
+    }
+}
+
+/// Why the controller stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ControllerError {
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    #[error("cannot reach the Kubernetes API (in-cluster config or KUBECONFIG)")]
+    Client(#[source] kube::Error),
+    #[error("cannot serve metrics on {address}")]
+    Metrics {
+        address: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// What every reconciliation shares.
+pub struct Context {
+    pub client: Client,
+    pub config: OperatorConfig,
+    pub metrics: Arc<Metrics>,
+    recorder: Recorder,
+    /// Serialises "count running movers, then start one", so the cap holds.
+    pub mover_slots: tokio::sync::Mutex<()>,
+}
+
+impl Context {
+    pub fn new(
+        client: Client,
+        config: OperatorConfig,
+        metrics: Arc<Metrics>,
+        identity: &str,
+    ) -> Self {
+        let reporter = Reporter {
+            controller: FIELD_MANAGER.into(),
+            instance: Some(identity.into()),
+        };
+        Self {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            config,
+            metrics,
+            mover_slots: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// Publishes an event about `object`; failures are logged, never fatal.
+    pub async fn publish<K: Resource<DynamicType = ()>>(&self, object: &K, event: Event) {
+        if let Err(e) = self.recorder.publish(&event, &object.object_ref(&())).await {
+            tracing::warn!(reason = %event.reason, error = %e, "could not publish an event");
+        }
+    }
+}
+
+/// Runs the operator until SIGTERM.
+pub async fn run(args: ControllerArgs) -> Result<(), ControllerError> {
+    let config = OperatorConfig::load(args.operator_config.as_deref())?;
+    let client = Client::try_default()
+        .await
+        .map_err(ControllerError::Client)?;
+    let metrics = Arc::new(Metrics::default());
+    let address = args.metrics_address;
+    let listener_metrics = metrics.clone();
+    let server = tokio::spawn(async move { metrics::serve(address, listener_metrics).await });
+    let identity = args
+        .identity
+        .clone()
+        .unwrap_or_else(|| format!("{}-{}", FIELD_MANAGER, std::process::id()));
+    if args.leader_election {
+        let leases: Api<Lease> = Api::namespaced(client.clone(), &args.lease_namespace);
+        tokio::select! {
+            () = leader::lead(leases, FIELD_MANAGER.into(), identity.clone()) => {}
+            served = server => {
+                let source = match served {
+                    Ok(Err(e)) => e,
+                    _ => std::io::Error::other("the metrics server stopped"),
+                };
+                return Err(ControllerError::Metrics { address, source });
+            }
+        }
+    }
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        config,
+        metrics.clone(),
+        &identity,
+    ));
+    let movers = watcher::Config::default().labels(&format!(
+        "{}={}",
+        mover::MANAGED_BY.0,
+        mover::MANAGED_BY.1
+    ));
+    metrics.set_ready(true);
+    Controller::new(
+        Api::<Snapshot>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .owns(Api::<Job>::all(client.clone()), movers)
+    .shutdown_on_signal()
+    .run(snapshot::reconcile, snapshot::error_policy, ctx)
+    .for_each(|result| async move {
+        if let Err(e) = result {
+            tracing::debug!(error = %e, "reconcile error");
+        }
+    })
+    .await;
+    Ok(())
+}

@@ -1,0 +1,699 @@
+//! The Snapshot reconciler: fetch → validate (pure) → plan (pure) → apply (mover Jobs) →
+//! status. One mover Job per node; the archives' metadata comes back in the movers'
+//! termination messages. Deleting a Snapshot with `deletionPolicy: Delete` runs a delete
+//! mover before the finalizer goes.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType};
+use kube::runtime::finalizer::{self, finalizer};
+use kube::{Resource, ResourceExt};
+use serde_json::json;
+
+use super::mover::{self, MoverJob, MoverReport};
+use super::{Context, Error, FIELD_MANAGER, FINALIZER, jobs, workload};
+use crate::api::condition::{self, reason};
+use crate::api::snapshot::{
+    ArchivePhase, ArchiveStatus, DeletionPolicy, Phase, Snapshot, SnapshotSpec, SnapshotStatus,
+    Storage,
+};
+use crate::engine::name;
+
+/// How often a running Snapshot is looked at even without events.
+const RUNNING_RECHECK: Duration = Duration::from_secs(30);
+/// How often a Snapshot waiting for a mover slot tries again.
+const PENDING_RECHECK: Duration = Duration::from_secs(10);
+
+/// Checks what the API server's schema cannot (pure).
+pub fn validate(spec: &SnapshotSpec) -> Result<(), String> {
+    workload::validate(&spec.source)?;
+    if let Some(c) = &spec.collection {
+        name::validate("collection", c).map_err(|e| e.to_string())?;
+    }
+    if let Some(storage) = &spec.storage {
+        validate_storage(storage)?;
+    }
+    Ok(())
+}
+
+/// Exactly one storage kind (pure).
+pub fn validate_storage(storage: &Storage) -> Result<(), String> {
+    match (&storage.local, &storage.s3) {
+        (Some(_), None) | (None, Some(_)) => Ok(()),
+        _ => Err("storage: set exactly one of local and s3".into()),
+    }
+}
+
+/// The storage a Snapshot writes to: recorded in status, else its spec, else the default.
+pub fn effective_storage(snap: &Snapshot, default: Option<&Storage>) -> Option<Storage> {
+    snap.status
+        .as_ref()
+        .and_then(|s| s.storage.clone())
+        .or_else(|| snap.spec.storage.clone())
+        .or_else(|| default.cloned())
+}
+
+/// The storage key of a node's archive.
+pub fn archive_key(spec: &SnapshotSpec, archive: &ArchiveStatus) -> Option<String> {
+    archive
+        .name
+        .as_deref()
+        .map(|n| name::key(spec.collection.as_deref(), n))
+}
+
+/// What to do for one node.
+#[derive(Debug, Clone, PartialEq)]
+pub enum NodeStep {
+    /// Its archive is final; keep the status entry.
+    Keep,
+    /// No mover yet: start one.
+    Start,
+    /// Its mover runs.
+    Running,
+    /// Its mover finished: record the report.
+    Finished {
+        succeeded: bool,
+        report: MoverReport,
+    },
+}
+
+/// Decides per node from the archives recorded so far, the movers and their pods (pure).
+pub fn plan(archives: &[ArchiveStatus], movers: &[Job], pods: &[Pod]) -> Vec<NodeStep> {
+    archives
+        .iter()
+        .map(|a| {
+            if matches!(a.phase, ArchivePhase::Succeeded | ArchivePhase::Failed) {
+                return NodeStep::Keep;
+            }
+            match jobs::find(movers, &a.node, "snapshot") {
+                None => NodeStep::Start,
+                Some(job) => match jobs::outcome(job) {
+                    None => NodeStep::Running,
+                    Some(succeeded) => NodeStep::Finished {
+                        succeeded,
+                        report: jobs::report(job, pods),
+                    },
+                },
+            }
+        })
+        .collect()
+}
+
+/// Applies a node step to its status entry (pure).
+pub fn next_archive(
+    archive: &ArchiveStatus,
+    step: &NodeStep,
+    storage: &Storage,
+    started: bool,
+) -> ArchiveStatus {
+    let mut a = archive.clone();
+    match step {
+        NodeStep::Keep => {}
+        NodeStep::Start if started => {
+            a.phase = ArchivePhase::Running;
+            a.message = None;
+        }
+        NodeStep::Start => {
+            a.phase = ArchivePhase::Pending;
+            a.message = Some("waiting for a free mover slot".into());
+        }
+        NodeStep::Running => {
+            a.phase = ArchivePhase::Running;
+            a.message = None;
+        }
+        NodeStep::Finished {
+            succeeded: true,
+            report,
+        } if report.name.is_some() => {
+            a.phase = ArchivePhase::Succeeded;
+            a.name.clone_from(&report.name);
+            a.location = report.key.as_deref().map(|k| mover::location(storage, k));
+            a.size = report.size.and_then(|s| i64::try_from(s).ok());
+            a.checksum.clone_from(&report.checksum);
+            a.message = None;
+        }
+        NodeStep::Finished {
+            succeeded: true, ..
+        } => {
+            a.phase = ArchivePhase::Failed;
+            a.message = Some("the mover succeeded but its report is missing".into());
+        }
+        NodeStep::Finished { report, .. } => {
+            a.phase = ArchivePhase::Failed;
+            a.message = Some(
+                report
+                    .error
+                    .clone()
+                    .unwrap_or_else(|| "the mover failed without a message".into()),
+            );
+        }
+    }
+    a
+}
+
+/// The overall phase from the archives (pure).
+pub fn phase_of(archives: &[ArchiveStatus]) -> Phase {
+    let any = |p: ArchivePhase| archives.iter().any(|a| a.phase == p);
+    if any(ArchivePhase::Running) {
+        Phase::Running
+    } else if any(ArchivePhase::Pending) {
+        Phase::Pending
+    } else if any(ArchivePhase::Failed) {
+        Phase::Failed
+    } else {
+        Phase::Succeeded
+    }
+}
+
+/// The new status (pure).
+pub fn next_status(
+    snap: &Snapshot,
+    archives: Vec<ArchiveStatus>,
+    storage: &Storage,
+    now: Time,
+) -> SnapshotStatus {
+    let old = snap.status.clone().unwrap_or_default();
+    let phase = phase_of(&archives);
+    let done = archives
+        .iter()
+        .filter(|a| a.phase == ArchivePhase::Succeeded)
+        .count();
+    let total_size: i64 = archives.iter().filter_map(|a| a.size).sum();
+    let (ready, why, message) = match phase {
+        Phase::Succeeded => (
+            true,
+            reason::SUCCEEDED,
+            format!("{done} of {} archives stored", archives.len()),
+        ),
+        Phase::Failed => {
+            let failures: Vec<String> = archives
+                .iter()
+                .filter(|a| a.phase == ArchivePhase::Failed)
+                .map(|a| format!("{}: {}", a.node, a.message.as_deref().unwrap_or("failed")))
+                .collect();
+            (false, reason::FAILED, failures.join("; "))
+        }
+        Phase::Running => (
+            false,
+            reason::RUNNING,
+            format!("{done} of {} archives stored", archives.len()),
+        ),
+        Phase::Pending => (
+            false,
+            reason::PENDING,
+            "waiting for a free mover slot".into(),
+        ),
+    };
+    let terminal = matches!(phase, Phase::Succeeded | Phase::Failed);
+    let started = archives.iter().any(|a| a.phase != ArchivePhase::Pending);
+    SnapshotStatus {
+        observed_generation: snap.meta().generation,
+        phase: Some(phase),
+        start_time: old
+            .start_time
+            .clone()
+            .or_else(|| started.then(|| now.clone())),
+        completion_time: old
+            .completion_time
+            .clone()
+            .or_else(|| terminal.then(|| now.clone())),
+        conditions: vec![condition::ready(
+            ready,
+            why,
+            message,
+            snap.meta().generation,
+            &old.conditions,
+            now,
+        )],
+        nodes: Some(archives.len() as i32),
+        size: (total_size > 0).then(|| crate::cli::human_bytes(total_size as u64)),
+        storage: Some(storage.clone()),
+        archives,
+    }
+}
+
+/// The status of a Snapshot whose spec cannot be acted on (pure).
+pub fn invalid_status(snap: &Snapshot, message: &str, now: Time) -> SnapshotStatus {
+    let old = snap.status.clone().unwrap_or_default();
+    SnapshotStatus {
+        observed_generation: snap.meta().generation,
+        phase: Some(Phase::Failed),
+        conditions: vec![condition::ready(
+            false,
+            reason::INVALID_SPEC,
+            message,
+            snap.meta().generation,
+            &old.conditions,
+            now,
+        )],
+        ..old
+    }
+}
+
+/// Reconciles one Snapshot.
+pub async fn reconcile(snap: Arc<Snapshot>, ctx: Arc<Context>) -> Result<Action, Error> {
+    ctx.metrics.reconciled("snapshot");
+    let ns = snap.namespace().unwrap_or_default();
+    let api: Api<Snapshot> = Api::namespaced(ctx.client.clone(), &ns);
+    finalizer(&api, FINALIZER, snap, |event| async {
+        match event {
+            finalizer::Event::Apply(snap) => apply(&snap, &ctx).await,
+            finalizer::Event::Cleanup(snap) => cleanup(&snap, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)))
+}
+
+/// Transient errors are retried with backoff; a cleanup in progress is looked at soon.
+pub fn error_policy(snap: Arc<Snapshot>, error: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics.failed("snapshot", error.reason());
+    match error.inner() {
+        Error::CleanupPending => Action::requeue(Duration::from_secs(5)),
+        _ => {
+            tracing::warn!(snapshot = %snap.name_any(), error = %error, "reconcile failed");
+            Action::requeue(Duration::from_secs(30))
+        }
+    }
+}
+
+async fn patch_status(
+    api: &Api<Snapshot>,
+    name: &str,
+    status: &SnapshotStatus,
+) -> Result<(), Error> {
+    let patch = json!({
+        "apiVersion": Snapshot::api_version(&()),
+        "kind": Snapshot::kind(&()),
+        "status": status,
+    });
+    api.patch_status(
+        name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await?;
+    Ok(())
+}
+
+async fn apply(snap: &Snapshot, ctx: &Context) -> Result<Action, Error> {
+    let ns = snap.namespace().unwrap_or_default();
+    let name = snap.name_any();
+    let api: Api<Snapshot> = Api::namespaced(ctx.client.clone(), &ns);
+    let old = snap.status.clone().unwrap_or_default();
+    if matches!(old.phase, Some(Phase::Succeeded | Phase::Failed))
+        && old.observed_generation == snap.meta().generation
+    {
+        return Ok(Action::await_change());
+    }
+    let storage = effective_storage(snap, ctx.config.default_storage.as_ref());
+    let checked = validate(&snap.spec).and_then(|()| {
+        storage.ok_or_else(|| {
+            "no storage: set spec.storage, or defaultStorage in the operator's configuration"
+                .to_owned()
+        })
+    });
+    let storage = match checked {
+        Ok(storage) => storage,
+        Err(message) => return invalid(snap, ctx, &api, &message).await,
+    };
+    let mut archives = old.archives.clone();
+    if archives.is_empty() {
+        let nodes = match workload::nodes(&ctx.client, &ns, &snap.spec.source).await? {
+            Ok(nodes) => nodes,
+            Err(message) => return invalid(snap, ctx, &api, &message).await,
+        };
+        archives = nodes
+            .into_iter()
+            .map(|n| ArchiveStatus {
+                node: n.name,
+                claim: n.claim,
+                phase: ArchivePhase::Pending,
+                name: None,
+                location: None,
+                size: None,
+                checksum: None,
+                message: None,
+            })
+            .collect();
+    }
+    let uid = snap.uid().unwrap_or_default();
+    let movers = jobs::list(&ctx.client, &ns, &uid).await?;
+    let steps = plan(&archives, &movers, &[]);
+    let needs_pods = steps
+        .iter()
+        .any(|s| matches!(s, NodeStep::Start | NodeStep::Finished { .. }));
+    let pods: Vec<Pod> = if needs_pods {
+        Api::<Pod>::namespaced(ctx.client.clone(), &ns)
+            .list(&ListParams::default())
+            .await?
+            .items
+    } else {
+        Vec::new()
+    };
+    let steps = plan(&archives, &movers, &pods);
+    let mut next = Vec::new();
+    for (archive, step) in archives.iter().zip(&steps) {
+        let started = match step {
+            NodeStep::Start => start_mover(snap, ctx, archive, &storage, &pods).await?,
+            _ => false,
+        };
+        if let NodeStep::Finished {
+            succeeded: true,
+            report,
+        } = step
+        {
+            ctx.metrics.archived(report.size.unwrap_or(0));
+        }
+        if let NodeStep::Finished { .. } = step
+            && let Some(job) = jobs::find(&movers, &archive.node, "snapshot")
+        {
+            ctx.metrics.mover_finished("snapshot", jobs::duration(job));
+        }
+        next.push(next_archive(archive, step, &storage, started));
+    }
+    let status = next_status(snap, next, &storage, Time(jiff::Timestamp::now()));
+    patch_status(&api, &name, &status).await?;
+    publish_transition(snap, ctx, old.phase, &status).await;
+    Ok(match status.phase {
+        Some(Phase::Running) => Action::requeue(RUNNING_RECHECK),
+        Some(Phase::Pending) => Action::requeue(PENDING_RECHECK),
+        _ => Action::await_change(),
+    })
+}
+
+async fn invalid(
+    snap: &Snapshot,
+    ctx: &Context,
+    api: &Api<Snapshot>,
+    message: &str,
+) -> Result<Action, Error> {
+    let status = invalid_status(snap, message, Time(jiff::Timestamp::now()));
+    patch_status(api, &snap.name_any(), &status).await?;
+    ctx.metrics.failed("snapshot", reason::INVALID_SPEC);
+    ctx.publish(
+        snap,
+        Event {
+            type_: EventType::Warning,
+            reason: reason::INVALID_SPEC.into(),
+            note: Some(message.into()),
+            action: "Validate".into(),
+            secondary: None,
+        },
+    )
+    .await;
+    Ok(Action::await_change())
+}
+
+/// Starts the mover of one node if a slot is free; tells whether it started.
+async fn start_mover(
+    snap: &Snapshot,
+    ctx: &Context,
+    archive: &ArchiveStatus,
+    storage: &Storage,
+    pods: &[Pod],
+) -> Result<bool, Error> {
+    let _slot = ctx.mover_slots.lock().await;
+    if !jobs::slot_free(&ctx.client, ctx.config.max_concurrent_movers).await? {
+        return Ok(false);
+    }
+    let mut args = vec![
+        "snapshot".to_owned(),
+        "--storage-path".into(),
+        mover::mounted(mover::DATA_MOUNT, &snap.spec.path),
+        "--node".into(),
+        archive.node.clone(),
+    ];
+    if let Some(c) = &snap.spec.collection {
+        args.extend(["--collection".into(), c.clone()]);
+    }
+    let spec = MoverJob {
+        name: mover::job_name("snap", &snap.name_any(), &archive.node),
+        namespace: snap.namespace().unwrap_or_default(),
+        owner: snap
+            .controller_owner_ref(&())
+            .expect("a stored Snapshot has a UID"),
+        owner_uid: snap.uid().unwrap_or_default(),
+        operation: "snapshot",
+        node: &archive.node,
+        args,
+        data: Some((&archive.claim, true)),
+        storage,
+        pin_to: workload::node_of_claim(pods, &archive.claim),
+    };
+    jobs::create(&ctx.client, &mover::job(&spec, &ctx.config.mover)).await?;
+    Ok(true)
+}
+
+async fn publish_transition(
+    snap: &Snapshot,
+    ctx: &Context,
+    before: Option<Phase>,
+    status: &SnapshotStatus,
+) {
+    if before == status.phase {
+        return;
+    }
+    let message = status
+        .conditions
+        .first()
+        .map(|c| c.message.clone())
+        .unwrap_or_default();
+    let (type_, reason) = match status.phase {
+        Some(Phase::Succeeded) => (EventType::Normal, reason::SUCCEEDED),
+        Some(Phase::Failed) => (EventType::Warning, reason::FAILED),
+        Some(Phase::Running) => (EventType::Normal, reason::RUNNING),
+        _ => (EventType::Normal, reason::PENDING),
+    };
+    ctx.publish(
+        snap,
+        Event {
+            type_,
+            reason: reason.into(),
+            note: Some(message),
+            action: "Snapshot".into(),
+            secondary: None,
+        },
+    )
+    .await;
+}
+
+/// Deletes the archives (through a delete mover) when the policy says so.
+async fn cleanup(snap: &Snapshot, ctx: &Context) -> Result<Action, Error> {
+    let keys: Vec<String> = snap
+        .status
+        .iter()
+        .flat_map(|s| &s.archives)
+        .filter(|a| a.phase == ArchivePhase::Succeeded)
+        .filter_map(|a| archive_key(&snap.spec, a))
+        .collect();
+    let storage = effective_storage(snap, ctx.config.default_storage.as_ref());
+    let (DeletionPolicy::Delete, Some(storage)) = (snap.spec.deletion_policy, storage) else {
+        return Ok(Action::await_change());
+    };
+    if keys.is_empty() {
+        return Ok(Action::await_change());
+    }
+    let ns = snap.namespace().unwrap_or_default();
+    let uid = snap.uid().unwrap_or_default();
+    let movers = jobs::list(&ctx.client, &ns, &uid).await?;
+    let Some(job) = jobs::find(&movers, "all", "delete") else {
+        let mut args = vec!["delete".to_owned()];
+        args.extend(keys);
+        let spec = MoverJob {
+            name: mover::job_name("del", &snap.name_any(), "all"),
+            namespace: ns,
+            owner: snap
+                .controller_owner_ref(&())
+                .expect("a stored Snapshot has a UID"),
+            owner_uid: uid,
+            operation: "delete",
+            node: "all",
+            args,
+            data: None,
+            storage: &storage,
+            pin_to: None,
+        };
+        jobs::create(&ctx.client, &mover::job(&spec, &ctx.config.mover)).await?;
+        return Err(Error::CleanupPending);
+    };
+    match jobs::outcome(job) {
+        None => Err(Error::CleanupPending),
+        Some(true) => {
+            ctx.publish(
+                snap,
+                Event {
+                    type_: EventType::Normal,
+                    reason: "Deleted".into(),
+                    note: Some("archives and checksums deleted".into()),
+                    action: "Cleanup".into(),
+                    secondary: None,
+                },
+            )
+            .await;
+            Ok(Action::await_change())
+        }
+        Some(false) => {
+            let pods = Api::<Pod>::namespaced(ctx.client.clone(), &ns)
+                .list(&ListParams::default())
+                .await?
+                .items;
+            let message = jobs::report(job, &pods)
+                .error
+                .unwrap_or_else(|| "the delete mover failed".into());
+            ctx.publish(
+                snap,
+                Event {
+                    type_: EventType::Warning,
+                    reason: "CleanupFailed".into(),
+                    note: Some(format!("{message}; retrying")),
+                    action: "Cleanup".into(),
+                    secondary: None,
+                },
+            )
+            .await;
+            jobs::delete(&ctx.client, job).await?;
+            Err(Error::CleanupFailed(message))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::snapshot::{ClaimRef, LocalStorage, StatefulSetRef, Workload};
+
+    pub(crate) fn storage() -> Storage {
+        Storage {
+            local: Some(LocalStorage {
+                persistent_volume_claim: ClaimRef {
+                    claim_name: "backups".into(),
+                },
+                path: "/".into(),
+            }),
+            s3: None,
+        }
+    }
+
+    fn archive(node: &str, phase: ArchivePhase) -> ArchiveStatus {
+        ArchiveStatus {
+            node: node.into(),
+            claim: format!("data-{node}"),
+            phase,
+            name: None,
+            location: None,
+            size: None,
+            checksum: None,
+            message: None,
+        }
+    }
+
+    #[test]
+    fn specs_are_validated() {
+        let mut spec = SnapshotSpec {
+            source: Workload {
+                stateful_set: Some(StatefulSetRef {
+                    name: "qdrant".into(),
+                    volume_claim_template: "data".into(),
+                }),
+                persistent_volume_claim: Some(ClaimRef {
+                    claim_name: "x".into(),
+                }),
+            },
+            path: "/".into(),
+            collection: None,
+            storage: None,
+            deletion_policy: DeletionPolicy::Delete,
+        };
+        assert!(validate(&spec).unwrap_err().contains("exactly one"));
+        spec.source.persistent_volume_claim = None;
+        assert!(validate(&spec).is_ok());
+        spec.collection = Some("..".into());
+        assert!(validate(&spec).unwrap_err().contains("collection"));
+        spec.collection = Some("products".into());
+        spec.storage = Some(Storage::default());
+        assert!(validate(&spec).unwrap_err().contains("storage"));
+    }
+
+    #[test]
+    fn phases_follow_the_archives() {
+        use ArchivePhase::*;
+        assert_eq!(
+            phase_of(&[archive("a", Succeeded), archive("b", Running)]),
+            Phase::Running
+        );
+        assert_eq!(
+            phase_of(&[archive("a", Succeeded), archive("b", Pending)]),
+            Phase::Pending
+        );
+        assert_eq!(
+            phase_of(&[archive("a", Failed), archive("b", Succeeded)]),
+            Phase::Failed
+        );
+        assert_eq!(
+            phase_of(&[archive("a", Succeeded), archive("b", Succeeded)]),
+            Phase::Succeeded
+        );
+    }
+
+    #[test]
+    fn reports_become_archives() {
+        let a = archive("qdrant-0", ArchivePhase::Running);
+        let report = MoverReport {
+            name: Some("p-qdrant-0-2026-11-25-10-00-00.snapshot".into()),
+            key: Some("p/p-qdrant-0-2026-11-25-10-00-00.snapshot".into()),
+            size: Some(2048),
+            checksum: Some("ab".repeat(32)),
+            ..MoverReport::default()
+        };
+        let done = next_archive(
+            &a,
+            &NodeStep::Finished {
+                succeeded: true,
+                report,
+            },
+            &storage(),
+            false,
+        );
+        assert_eq!(done.phase, ArchivePhase::Succeeded);
+        assert_eq!(
+            done.location.as_deref(),
+            Some("pvc://backups/p/p-qdrant-0-2026-11-25-10-00-00.snapshot")
+        );
+        assert_eq!(done.size, Some(2048));
+        let failed = next_archive(
+            &a,
+            &NodeStep::Finished {
+                succeeded: false,
+                report: MoverReport {
+                    error: Some("collection \"p\" not found".into()),
+                    ..MoverReport::default()
+                },
+            },
+            &storage(),
+            false,
+        );
+        assert_eq!(failed.phase, ArchivePhase::Failed);
+        assert!(failed.message.unwrap().contains("not found"));
+        let waiting = next_archive(
+            &archive("b", ArchivePhase::Pending),
+            &NodeStep::Start,
+            &storage(),
+            false,
+        );
+        assert_eq!(waiting.phase, ArchivePhase::Pending);
+        let started = next_archive(
+            &archive("b", ArchivePhase::Pending),
+            &NodeStep::Start,
+            &storage(),
+            true,
+        );
+        assert_eq!(started.phase, ArchivePhase::Running);
+    }
+}

@@ -1,0 +1,223 @@
+//! Workloads: the nodes (and claims) of a StatefulSet or a PersistentVolumeClaim, and where
+//! a claim is attached.
+
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
+use kube::api::Api;
+use kube::{Client, ResourceExt};
+
+use super::Error;
+use crate::api::snapshot::Workload;
+
+/// One node of a workload: its name (pod or claim) and its data claim.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Node {
+    pub name: String,
+    pub claim: String,
+}
+
+/// Exactly one of the two shapes (pure).
+pub fn validate(workload: &Workload) -> Result<(), String> {
+    match (&workload.stateful_set, &workload.persistent_volume_claim) {
+        (Some(_), None) | (None, Some(_)) => Ok(()),
+        _ => Err("set exactly one of statefulSet and persistentVolumeClaim".into()),
+    }
+}
+
+/// The nodes of a StatefulSet as it is (pure): pods `<sts>-<ordinal>` with claims
+/// `<template>-<sts>-<ordinal>`.
+pub fn statefulset_nodes(sts: &StatefulSet, template: &str) -> Result<Vec<Node>, String> {
+    let name = sts.name_any();
+    let spec = &sts.spec;
+    let templates: Vec<String> = spec
+        .volume_claim_templates
+        .iter()
+        .flatten()
+        .filter_map(|t| t.metadata.name.clone())
+        .collect();
+    if !templates.iter().any(|t| t == template) {
+        return Err(format!(
+            "StatefulSet {name} has no volume claim template {template:?} (it has: {})",
+            if templates.is_empty() {
+                "none".into()
+            } else {
+                templates.join(", ")
+            }
+        ));
+    }
+    let replicas = spec.replicas.unwrap_or(1);
+    if replicas < 1 {
+        return Err(format!("StatefulSet {name} has no replicas"));
+    }
+    let start = spec.ordinals.as_ref().and_then(|o| o.start).unwrap_or(0);
+    Ok((start..start + replicas)
+        .map(|i| Node {
+            name: format!("{name}-{i}"),
+            claim: format!("{template}-{name}-{i}"),
+        })
+        .collect())
+}
+
+/// Resolves the nodes; `Ok(Err(message))` when the spec names something that is not there.
+pub async fn nodes(
+    client: &Client,
+    namespace: &str,
+    workload: &Workload,
+) -> Result<Result<Vec<Node>, String>, Error> {
+    if let Some(sts) = &workload.stateful_set {
+        let api: Api<StatefulSet> = Api::namespaced(client.clone(), namespace);
+        return Ok(match api.get_opt(&sts.name).await? {
+            Some(found) => statefulset_nodes(&found, &sts.volume_claim_template),
+            None => Err(format!("StatefulSet {} not found in {namespace}", sts.name)),
+        });
+    }
+    let Some(claim) = &workload.persistent_volume_claim else {
+        return Ok(Err("no workload".into()));
+    };
+    let api: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), namespace);
+    Ok(match api.get_opt(&claim.claim_name).await? {
+        Some(_) => Ok(vec![Node {
+            name: claim.claim_name.clone(),
+            claim: claim.claim_name.clone(),
+        }]),
+        None => Err(format!(
+            "PersistentVolumeClaim {} not found in {namespace}",
+            claim.claim_name
+        )),
+    })
+}
+
+/// Pods not finished that mount `claim` (pure).
+fn active_pods_with<'a>(pods: &'a [Pod], claim: &'a str) -> impl Iterator<Item = &'a Pod> {
+    pods.iter()
+        .filter(|p| {
+            let phase = p.status.as_ref().and_then(|s| s.phase.as_deref());
+            !matches!(phase, Some("Succeeded" | "Failed"))
+        })
+        .filter(move |p| {
+            p.spec
+                .iter()
+                .flat_map(|s| s.volumes.iter().flatten())
+                .any(|v| {
+                    v.persistent_volume_claim
+                        .as_ref()
+                        .is_some_and(|c| c.claim_name == claim)
+                })
+        })
+}
+
+/// The Kubernetes node where a running (or starting) pod mounts `claim`, if any (pure): a
+/// ReadWriteOnce volume can only be mounted there.
+pub fn node_of_claim<'a>(pods: &'a [Pod], claim: &'a str) -> Option<&'a str> {
+    active_pods_with(pods, claim).find_map(|p| p.spec.as_ref()?.node_name.as_deref())
+}
+
+/// Names of the pods not finished that mount any of `claims` (pure).
+pub fn pods_using<'a>(pods: &'a [Pod], claims: &'a [String]) -> Vec<&'a str> {
+    claims
+        .iter()
+        .flat_map(|c| active_pods_with(pods, c))
+        .map(|p| p.metadata.name.as_deref().unwrap_or_default())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::apps::v1::{StatefulSetOrdinals, StatefulSetSpec};
+    use k8s_openapi::api::core::v1::{
+        PersistentVolumeClaimVolumeSource, PodSpec, PodStatus, Volume,
+    };
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+    pub(crate) fn statefulset(name: &str, replicas: i32, template: &str) -> StatefulSet {
+        StatefulSet {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                ..ObjectMeta::default()
+            },
+            spec: StatefulSetSpec {
+                replicas: Some(replicas),
+                volume_claim_templates: Some(vec![PersistentVolumeClaim {
+                    metadata: ObjectMeta {
+                        name: Some(template.into()),
+                        ..ObjectMeta::default()
+                    },
+                    ..PersistentVolumeClaim::default()
+                }]),
+                ..StatefulSetSpec::default()
+            },
+            ..StatefulSet::default()
+        }
+    }
+
+    pub(crate) fn pod_on(name: &str, claim: &str, node: &str, phase: &str) -> Pod {
+        Pod {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                ..ObjectMeta::default()
+            },
+            spec: Some(PodSpec {
+                node_name: Some(node.into()),
+                volumes: Some(vec![Volume {
+                    name: "data".into(),
+                    persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                        claim_name: claim.into(),
+                        read_only: None,
+                    }),
+                    ..Volume::default()
+                }]),
+                ..PodSpec::default()
+            }),
+            status: Some(PodStatus {
+                phase: Some(phase.into()),
+                ..PodStatus::default()
+            }),
+        }
+    }
+
+    #[test]
+    fn statefulset_nodes_follow_ordinals() {
+        let sts = statefulset("qdrant", 2, "qdrant-storage");
+        assert_eq!(
+            statefulset_nodes(&sts, "qdrant-storage").unwrap(),
+            vec![
+                Node {
+                    name: "qdrant-0".into(),
+                    claim: "qdrant-storage-qdrant-0".into()
+                },
+                Node {
+                    name: "qdrant-1".into(),
+                    claim: "qdrant-storage-qdrant-1".into()
+                },
+            ]
+        );
+        let err = statefulset_nodes(&sts, "other").unwrap_err();
+        assert!(
+            err.contains("no volume claim template \"other\"") && err.contains("qdrant-storage"),
+            "{err}"
+        );
+        let mut shifted = sts.clone();
+        shifted.spec.ordinals = Some(StatefulSetOrdinals { start: Some(5) });
+        assert_eq!(
+            statefulset_nodes(&shifted, "qdrant-storage").unwrap()[0].name,
+            "qdrant-5"
+        );
+        assert!(
+            statefulset_nodes(&statefulset("q", 0, "t"), "t")
+                .unwrap_err()
+                .contains("no replicas")
+        );
+    }
+
+    #[test]
+    fn claims_are_found_on_their_node() {
+        let pods = vec![
+            pod_on("old", "data-0", "node-a", "Succeeded"),
+            pod_on("qdrant-0", "data-0", "node-b", "Running"),
+        ];
+        assert_eq!(node_of_claim(&pods, "data-0"), Some("node-b"));
+        assert_eq!(node_of_claim(&pods, "data-1"), None);
+        assert_eq!(pods_using(&pods, &["data-0".into()]), vec!["qdrant-0"]);
+    }
+}
