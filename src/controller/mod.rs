@@ -7,6 +7,8 @@ pub mod leader;
 pub mod metrics;
 pub mod mover;
 pub mod snapshot;
+#[cfg(test)]
+pub mod testing;
 pub mod workload;
 
 use std::net::SocketAddr;

@@ -345,10 +345,11 @@ async fn apply(snap: &Snapshot, ctx: &Context) -> Result<Action, Error> {
     }
     let uid = snap.uid().unwrap_or_default();
     let movers = jobs::list(&ctx.client, &ns, &uid).await?;
-    let steps = plan(&archives, &movers, &[]);
-    let needs_pods = steps
-        .iter()
-        .any(|s| matches!(s, NodeStep::Start | NodeStep::Finished { .. }));
+    // Pods tell where claims are attached (to start movers) and hold movers' reports.
+    let needs_pods = archives.iter().any(|a| {
+        !matches!(a.phase, ArchivePhase::Succeeded | ArchivePhase::Failed)
+            && jobs::find(&movers, &a.node, "snapshot").is_none_or(|j| jobs::outcome(j).is_some())
+    });
     let pods: Vec<Pod> = if needs_pods {
         Api::<Pod>::namespaced(ctx.client.clone(), &ns)
             .list(&ListParams::default())
@@ -695,5 +696,442 @@ mod tests {
             true,
         );
         assert_eq!(started.phase, ArchivePhase::Running);
+    }
+}
+
+#[cfg(test)]
+mod mock {
+    //! Reconciliations against a mock API server: every request asserted.
+    use super::*;
+    use crate::controller::config::OperatorConfig;
+    use crate::controller::testing::{Expect, context, event, list, not_found};
+    use serde_json::{Value, json};
+
+    const SNAPS: &str = "/apis/snapshot-operator.dev/v1alpha1/namespaces/ns/snapshots/s";
+    const JOBS: &str = "/apis/batch/v1/namespaces/ns/jobs";
+
+    /// The object as the API server returns it after a write.
+    fn stored() -> Value {
+        serde_json::to_value(snapshot(true, Value::Null, false)).unwrap()
+    }
+
+    fn snapshot(finalizers: bool, status: Value, deleting: bool) -> Snapshot {
+        let mut meta = json!({"name": "s", "namespace": "ns", "uid": "uid-1", "generation": 1});
+        if finalizers {
+            meta["finalizers"] = json!([FINALIZER]);
+        }
+        if deleting {
+            meta["deletionTimestamp"] = json!("2026-11-25T10:00:00Z");
+        }
+        serde_json::from_value(json!({
+            "apiVersion": "snapshot-operator.dev/v1alpha1",
+            "kind": "Snapshot",
+            "metadata": meta,
+            "spec": {
+                "source": {"statefulSet": {"name": "qdrant", "volumeClaimTemplate": "data"}},
+                "path": "/qdrant/storage",
+                "collection": "products",
+                "storage": {"local": {"persistentVolumeClaim": {"claimName": "backups"}, "path": "/"}},
+            },
+            "status": status,
+        }))
+        .unwrap()
+    }
+
+    fn statefulset() -> Value {
+        json!({"apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": {"name": "qdrant", "namespace": "ns"},
+               "spec": {"replicas": 2, "selector": {}, "serviceName": "qdrant", "template": {},
+                        "volumeClaimTemplates": [{"metadata": {"name": "data"}}]}})
+    }
+
+    fn workload_pod() -> Value {
+        json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "qdrant-0", "namespace": "ns"},
+               "spec": {"nodeName": "worker-a", "containers": [],
+                        "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": "data-qdrant-0"}}]},
+               "status": {"phase": "Running"}})
+    }
+
+    fn mover_job(node: &str, condition: Option<&str>) -> Value {
+        let name = mover::job_name("snap", "s", node);
+        let mut job = json!({"apiVersion": "batch/v1", "kind": "Job",
+            "metadata": {"name": name, "namespace": "ns", "labels": mover::labels("uid-1", "snapshot", node)},
+            "spec": {"template": {}}});
+        if let Some(c) = condition {
+            job["status"] = json!({"conditions": [{"type": c, "status": "True"}]});
+        }
+        job
+    }
+
+    fn mover_pod(node: &str, message: &str) -> Value {
+        json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": format!("mover-{node}"), "namespace": "ns",
+                         "labels": {"job-name": mover::job_name("snap", "s", node)}},
+            "spec": {"containers": []},
+            "status": {"phase": "Succeeded", "containerStatuses": [{"name": "mover", "image": "x", "imageID": "", "ready": false, "restartCount": 0,
+                "state": {"terminated": {"exitCode": 0, "message": message}}}]}})
+    }
+
+    fn running_archives() -> Value {
+        json!({"phase": "Running", "observedGeneration": 1,
+            "storage": {"local": {"persistentVolumeClaim": {"claimName": "backups"}, "path": "/"}},
+            "archives": [
+                {"node": "qdrant-0", "claim": "data-qdrant-0", "phase": "Running"},
+                {"node": "qdrant-1", "claim": "data-qdrant-1", "phase": "Running"}]})
+    }
+
+    async fn reconcile_with(
+        snap: Snapshot,
+        config: OperatorConfig,
+        script: Vec<Expect>,
+    ) -> Result<Action, Error> {
+        let (ctx, server) = context(config);
+        let verifier = server.run(script);
+        let result = reconcile(Arc::new(snap), ctx).await;
+        verifier.await.expect("every expected request was made");
+        result
+    }
+
+    #[tokio::test]
+    async fn a_new_snapshot_gets_the_finalizer_first() {
+        let script = vec![Expect::new("PATCH", SNAPS, stored()).check(|body| {
+            assert!(body.to_string().contains(FINALIZER), "{body}");
+        })];
+        let action = reconcile_with(
+            snapshot(false, Value::Null, false),
+            OperatorConfig::default(),
+            script,
+        )
+        .await
+        .unwrap();
+        assert_eq!(action, Action::await_change());
+    }
+
+    #[tokio::test]
+    async fn one_mover_per_pod_pinned_to_the_node_of_its_claim_then_running_status() {
+        let script = vec![
+            Expect::new("GET", "/apis/apps/v1/namespaces/ns/statefulsets/qdrant", statefulset()),
+            Expect::new("GET", &format!("{JOBS}?&labelSelector=snapshot-operator.dev%2Fowner-uid%3Duid-1"), list("Job", vec![])),
+            Expect::new("GET", "/api/v1/namespaces/ns/pods", list("Pod", vec![workload_pod()])),
+            Expect::new("GET", "/apis/batch/v1/jobs?&labelSelector=app.kubernetes.io%2Fmanaged-by%3Dsnapshot-operator", list("Job", vec![])),
+            Expect::new("PATCH", &format!("{JOBS}/{}", mover::job_name("snap", "s", "qdrant-0")), Value::Null).check(|job| {
+                let pod = &job["spec"]["template"]["spec"];
+                assert_eq!(pod["containers"][0]["args"], json!(["mover", "snapshot", "--storage-path", "/data/qdrant/storage", "--node", "qdrant-0", "--collection", "products"]));
+                assert_eq!(pod["volumes"][0]["persistentVolumeClaim"], json!({"claimName": "data-qdrant-0", "readOnly": true}));
+                assert_eq!(pod["volumes"][1]["persistentVolumeClaim"]["claimName"], "backups");
+                assert_eq!(pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"][0]["matchFields"][0]["values"], json!(["worker-a"]));
+                assert_eq!(pod["automountServiceAccountToken"], false);
+                assert_eq!(job["metadata"]["ownerReferences"][0]["uid"], "uid-1");
+            }),
+            Expect::new("GET", "/apis/batch/v1/jobs?&labelSelector=app.kubernetes.io%2Fmanaged-by%3Dsnapshot-operator", list("Job", vec![mover_job("qdrant-0", None)])),
+            Expect::new("PATCH", &format!("{JOBS}/{}", mover::job_name("snap", "s", "qdrant-1")), Value::Null).check(|job| {
+                let pod = &job["spec"]["template"]["spec"];
+                assert_eq!(pod["volumes"][0]["persistentVolumeClaim"]["claimName"], "data-qdrant-1");
+                assert!(pod.get("affinity").is_none_or(Value::is_null), "qdrant-1 has no pod: no pinning");
+            }),
+            Expect::new("PATCH", &format!("{SNAPS}/status"), stored()).check(|body| {
+                assert_eq!(body["kind"], "Snapshot");
+                let status = &body["status"];
+                assert_eq!(status["phase"], "Running");
+                assert_eq!(status["nodes"], 2);
+                assert_eq!(status["archives"][0]["phase"], "Running");
+                assert_eq!(status["archives"][1]["claim"], "data-qdrant-1");
+                assert_eq!(status["conditions"][0]["reason"], "Running");
+                assert_eq!(status["conditions"][0]["status"], "False");
+                assert!(status["startTime"].is_string());
+            }),
+            event("Running"),
+        ];
+        let action = reconcile_with(
+            snapshot(true, Value::Null, false),
+            OperatorConfig::default(),
+            script,
+        )
+        .await
+        .unwrap();
+        assert_eq!(action, Action::requeue(RUNNING_RECHECK));
+    }
+
+    #[tokio::test]
+    async fn finished_movers_fill_the_archives_and_make_it_ready() {
+        let report0 = r#"{"name":"products-qdrant-0-2026-11-25-10-00-00.snapshot","key":"products/products-qdrant-0-2026-11-25-10-00-00.snapshot","size":1024,"checksum":"aaaa"}"#;
+        let report1 = r#"{"name":"products-qdrant-1-2026-11-25-10-00-00.snapshot","key":"products/products-qdrant-1-2026-11-25-10-00-00.snapshot","size":2048,"checksum":"bbbb"}"#;
+        let script = vec![
+            Expect::new(
+                "GET",
+                JOBS,
+                list(
+                    "Job",
+                    vec![
+                        mover_job("qdrant-0", Some("Complete")),
+                        mover_job("qdrant-1", Some("Complete")),
+                    ],
+                ),
+            ),
+            Expect::new(
+                "GET",
+                "/api/v1/namespaces/ns/pods",
+                list(
+                    "Pod",
+                    vec![
+                        mover_pod("qdrant-0", report0),
+                        mover_pod("qdrant-1", report1),
+                    ],
+                ),
+            ),
+            Expect::new("PATCH", &format!("{SNAPS}/status"), stored()).check(|body| {
+                let status = &body["status"];
+                assert_eq!(status["phase"], "Succeeded");
+                assert_eq!(status["conditions"][0]["type"], "Ready");
+                assert_eq!(status["conditions"][0]["status"], "True");
+                assert_eq!(status["size"], "3.0 KiB");
+                let a = &status["archives"][1];
+                assert_eq!(a["phase"], "Succeeded");
+                assert_eq!(
+                    a["location"],
+                    "pvc://backups/products/products-qdrant-1-2026-11-25-10-00-00.snapshot"
+                );
+                assert_eq!(a["checksum"], "bbbb");
+                assert_eq!(a["size"], 2048);
+                assert!(status["completionTime"].is_string());
+            }),
+            event("Succeeded"),
+        ];
+        let action = reconcile_with(
+            snapshot(true, running_archives(), false),
+            OperatorConfig::default(),
+            script,
+        )
+        .await
+        .unwrap();
+        assert_eq!(action, Action::await_change());
+    }
+
+    #[tokio::test]
+    async fn a_failed_mover_fails_the_snapshot_with_its_reason() {
+        let script = vec![
+            Expect::new(
+                "GET",
+                JOBS,
+                list(
+                    "Job",
+                    vec![
+                        mover_job("qdrant-0", Some("Complete")),
+                        mover_job("qdrant-1", Some("Failed")),
+                    ],
+                ),
+            ),
+            Expect::new(
+                "GET",
+                "/api/v1/namespaces/ns/pods",
+                list(
+                    "Pod",
+                    vec![
+                        mover_pod(
+                            "qdrant-0",
+                            r#"{"name":"a.snapshot","key":"products/a.snapshot","size":1}"#,
+                        ),
+                        mover_pod(
+                            "qdrant-1",
+                            r#"{"error":"collection \"products\" not found: /data/qdrant/storage/collections/products is not a directory"}"#,
+                        ),
+                    ],
+                ),
+            ),
+            Expect::new("PATCH", &format!("{SNAPS}/status"), stored()).check(|body| {
+                let status = &body["status"];
+                assert_eq!(status["phase"], "Failed");
+                assert_eq!(status["conditions"][0]["reason"], "Failed");
+                let message = status["conditions"][0]["message"].as_str().unwrap();
+                assert!(
+                    message.starts_with("qdrant-1: collection \"products\" not found"),
+                    "{message}"
+                );
+                assert_eq!(status["archives"][0]["phase"], "Succeeded");
+                assert_eq!(status["archives"][1]["phase"], "Failed");
+            }),
+            event("Failed"),
+        ];
+        reconcile_with(
+            snapshot(true, running_archives(), false),
+            OperatorConfig::default(),
+            script,
+        )
+        .await
+        .unwrap();
+    }
+
+    #[tokio::test]
+    async fn an_invalid_spec_is_flagged_without_jobs() {
+        let mut snap = snapshot(true, Value::Null, false);
+        snap.spec.source.persistent_volume_claim = Some(crate::api::snapshot::ClaimRef {
+            claim_name: "x".into(),
+        });
+        let script = vec![
+            Expect::new("PATCH", &format!("{SNAPS}/status"), stored()).check(|body| {
+                assert_eq!(body["status"]["phase"], "Failed");
+                assert_eq!(body["status"]["conditions"][0]["reason"], "InvalidSpec");
+                assert!(
+                    body["status"]["conditions"][0]["message"]
+                        .as_str()
+                        .unwrap()
+                        .contains("exactly one")
+                );
+            }),
+            event("InvalidSpec"),
+        ];
+        let action = reconcile_with(snap, OperatorConfig::default(), script)
+            .await
+            .unwrap();
+        assert_eq!(action, Action::await_change(), "no requeue loop");
+    }
+
+    #[tokio::test]
+    async fn an_unknown_statefulset_is_an_invalid_spec() {
+        let script = vec![
+            Expect::new(
+                "GET",
+                "/apis/apps/v1/namespaces/ns/statefulsets/qdrant",
+                not_found(),
+            )
+            .status(404),
+            Expect::new("PATCH", &format!("{SNAPS}/status"), stored()).check(|body| {
+                assert_eq!(body["status"]["conditions"][0]["reason"], "InvalidSpec");
+                assert!(
+                    body["status"]["conditions"][0]["message"]
+                        .as_str()
+                        .unwrap()
+                        .contains("StatefulSet qdrant not found")
+                );
+            }),
+            event("InvalidSpec"),
+        ];
+        reconcile_with(
+            snapshot(true, Value::Null, false),
+            OperatorConfig::default(),
+            script,
+        )
+        .await
+        .unwrap();
+    }
+
+    #[tokio::test]
+    async fn movers_beyond_the_cap_wait_pending() {
+        let config = OperatorConfig {
+            max_concurrent_movers: 1,
+            ..OperatorConfig::default()
+        };
+        let busy = list(
+            "Job",
+            vec![
+                json!({"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "other", "namespace": "x"}, "spec": {"template": {}}}),
+            ],
+        );
+        let script = vec![
+            Expect::new(
+                "GET",
+                "/apis/apps/v1/namespaces/ns/statefulsets/qdrant",
+                statefulset(),
+            ),
+            Expect::new("GET", JOBS, list("Job", vec![])),
+            Expect::new("GET", "/api/v1/namespaces/ns/pods", list("Pod", vec![])),
+            Expect::new("GET", "/apis/batch/v1/jobs?", busy.clone()),
+            Expect::new("GET", "/apis/batch/v1/jobs?", busy),
+            Expect::new("PATCH", &format!("{SNAPS}/status"), stored()).check(|body| {
+                assert_eq!(body["status"]["phase"], "Pending");
+                assert_eq!(
+                    body["status"]["archives"][0]["message"],
+                    "waiting for a free mover slot"
+                );
+                assert!(body["status"].get("startTime").is_none());
+            }),
+            event("Pending"),
+        ];
+        let action = reconcile_with(snapshot(true, Value::Null, false), config, script)
+            .await
+            .unwrap();
+        assert_eq!(action, Action::requeue(PENDING_RECHECK));
+    }
+
+    fn succeeded_archives() -> Value {
+        json!({"phase": "Succeeded", "observedGeneration": 1,
+            "storage": {"local": {"persistentVolumeClaim": {"claimName": "backups"}, "path": "/"}},
+            "archives": [{"node": "qdrant-0", "claim": "data-qdrant-0", "phase": "Succeeded", "name": "a.snapshot"},
+                         {"node": "qdrant-1", "claim": "data-qdrant-1", "phase": "Failed"}]})
+    }
+
+    #[tokio::test]
+    async fn deletion_runs_a_delete_mover_then_removes_the_finalizer() {
+        let delete_job = mover::job_name("del", "s", "all");
+        let script = vec![
+            Expect::new("GET", JOBS, list("Job", vec![])),
+            Expect::new("PATCH", &format!("{JOBS}/{delete_job}"), Value::Null).check(|job| {
+                let pod = &job["spec"]["template"]["spec"];
+                assert_eq!(
+                    pod["containers"][0]["args"],
+                    json!(["mover", "delete", "products/a.snapshot"])
+                );
+                assert_eq!(
+                    pod["volumes"][0]["persistentVolumeClaim"]["claimName"],
+                    "backups"
+                );
+            }),
+        ];
+        let err = reconcile_with(
+            snapshot(true, succeeded_archives(), true),
+            OperatorConfig::default(),
+            script,
+        )
+        .await
+        .unwrap_err();
+        assert!(matches!(err.inner(), Error::CleanupPending), "{err}");
+
+        let mut done = json!({"apiVersion": "batch/v1", "kind": "Job",
+            "metadata": {"name": delete_job, "namespace": "ns", "labels": mover::labels("uid-1", "delete", "all")},
+            "spec": {"template": {}}, "status": {"conditions": [{"type": "Complete", "status": "True"}]}});
+        let script = vec![
+            Expect::new("GET", JOBS, list("Job", vec![done.clone()])),
+            event("Deleted"),
+            Expect::new("PATCH", SNAPS, stored()).check(|body| {
+                assert!(body.to_string().contains("remove"), "{body}");
+            }),
+        ];
+        reconcile_with(
+            snapshot(true, succeeded_archives(), true),
+            OperatorConfig::default(),
+            script,
+        )
+        .await
+        .unwrap();
+
+        // A failed delete keeps the finalizer, says why, and runs the mover again later.
+        done["status"] = json!({"conditions": [{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded", "message": "x"}]});
+        let script = vec![
+            Expect::new("GET", JOBS, list("Job", vec![done])),
+            Expect::new("GET", "/api/v1/namespaces/ns/pods", list("Pod", vec![])),
+            event("CleanupFailed"),
+            Expect::new(
+                "DELETE",
+                &format!("{JOBS}/{delete_job}"),
+                json!({"kind": "Status", "apiVersion": "v1", "status": "Success"}),
+            ),
+        ];
+        let err = reconcile_with(
+            snapshot(true, succeeded_archives(), true),
+            OperatorConfig::default(),
+            script,
+        )
+        .await
+        .unwrap_err();
+        assert!(matches!(err.inner(), Error::CleanupFailed(_)), "{err}");
+    }
+
+    #[tokio::test]
+    async fn retain_keeps_the_archives() {
+        let mut snap = snapshot(true, succeeded_archives(), true);
+        snap.spec.deletion_policy = DeletionPolicy::Retain;
+        let script = vec![Expect::new("PATCH", SNAPS, stored())];
+        reconcile_with(snap, OperatorConfig::default(), script)
+            .await
+            .unwrap();
     }
 }
