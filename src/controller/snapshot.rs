@@ -810,10 +810,10 @@ mod mock {
     async fn one_mover_per_pod_pinned_to_the_node_of_its_claim_then_running_status() {
         let script = vec![
             Expect::new("GET", "/apis/apps/v1/namespaces/ns/statefulsets/qdrant", statefulset()),
-            Expect::new("GET", &format!("{JOBS}?&labelSelector=snapshot-operator.dev%2Fowner-uid%3Duid-1"), list("Job", vec![])),
+            Expect::new("GET", format!("{JOBS}?&labelSelector=snapshot-operator.dev%2Fowner-uid%3Duid-1"), list("Job", vec![])),
             Expect::new("GET", "/api/v1/namespaces/ns/pods", list("Pod", vec![workload_pod()])),
             Expect::new("GET", "/apis/batch/v1/jobs?&labelSelector=app.kubernetes.io%2Fmanaged-by%3Dsnapshot-operator", list("Job", vec![])),
-            Expect::new("PATCH", &format!("{JOBS}/{}", mover::job_name("snap", "s", "qdrant-0")), Value::Null).check(|job| {
+            Expect::new("PATCH", format!("{JOBS}/{}", mover::job_name("snap", "s", "qdrant-0")), Value::Null).check(|job| {
                 let pod = &job["spec"]["template"]["spec"];
                 assert_eq!(pod["containers"][0]["args"], json!(["mover", "snapshot", "--storage-path", "/data/qdrant/storage", "--node", "qdrant-0", "--collection", "products"]));
                 assert_eq!(pod["volumes"][0]["persistentVolumeClaim"], json!({"claimName": "data-qdrant-0", "readOnly": true}));
@@ -823,12 +823,12 @@ mod mock {
                 assert_eq!(job["metadata"]["ownerReferences"][0]["uid"], "uid-1");
             }),
             Expect::new("GET", "/apis/batch/v1/jobs?&labelSelector=app.kubernetes.io%2Fmanaged-by%3Dsnapshot-operator", list("Job", vec![mover_job("qdrant-0", None)])),
-            Expect::new("PATCH", &format!("{JOBS}/{}", mover::job_name("snap", "s", "qdrant-1")), Value::Null).check(|job| {
+            Expect::new("PATCH", format!("{JOBS}/{}", mover::job_name("snap", "s", "qdrant-1")), Value::Null).check(|job| {
                 let pod = &job["spec"]["template"]["spec"];
                 assert_eq!(pod["volumes"][0]["persistentVolumeClaim"]["claimName"], "data-qdrant-1");
                 assert!(pod.get("affinity").is_none_or(Value::is_null), "qdrant-1 has no pod: no pinning");
             }),
-            Expect::new("PATCH", &format!("{SNAPS}/status"), stored()).check(|body| {
+            Expect::new("PATCH", format!("{SNAPS}/status"), stored()).check(|body| {
                 assert_eq!(body["kind"], "Snapshot");
                 let status = &body["status"];
                 assert_eq!(status["phase"], "Running");
@@ -878,7 +878,7 @@ mod mock {
                     ],
                 ),
             ),
-            Expect::new("PATCH", &format!("{SNAPS}/status"), stored()).check(|body| {
+            Expect::new("PATCH", format!("{SNAPS}/status"), stored()).check(|body| {
                 let status = &body["status"];
                 assert_eq!(status["phase"], "Succeeded");
                 assert_eq!(status["conditions"][0]["type"], "Ready");
@@ -937,7 +937,7 @@ mod mock {
                     ],
                 ),
             ),
-            Expect::new("PATCH", &format!("{SNAPS}/status"), stored()).check(|body| {
+            Expect::new("PATCH", format!("{SNAPS}/status"), stored()).check(|body| {
                 let status = &body["status"];
                 assert_eq!(status["phase"], "Failed");
                 assert_eq!(status["conditions"][0]["reason"], "Failed");
@@ -967,7 +967,7 @@ mod mock {
             claim_name: "x".into(),
         });
         let script = vec![
-            Expect::new("PATCH", &format!("{SNAPS}/status"), stored()).check(|body| {
+            Expect::new("PATCH", format!("{SNAPS}/status"), stored()).check(|body| {
                 assert_eq!(body["status"]["phase"], "Failed");
                 assert_eq!(body["status"]["conditions"][0]["reason"], "InvalidSpec");
                 assert!(
@@ -994,7 +994,7 @@ mod mock {
                 not_found(),
             )
             .status(404),
-            Expect::new("PATCH", &format!("{SNAPS}/status"), stored()).check(|body| {
+            Expect::new("PATCH", format!("{SNAPS}/status"), stored()).check(|body| {
                 assert_eq!(body["status"]["conditions"][0]["reason"], "InvalidSpec");
                 assert!(
                     body["status"]["conditions"][0]["message"]
@@ -1036,7 +1036,7 @@ mod mock {
             Expect::new("GET", "/api/v1/namespaces/ns/pods", list("Pod", vec![])),
             Expect::new("GET", "/apis/batch/v1/jobs?", busy.clone()),
             Expect::new("GET", "/apis/batch/v1/jobs?", busy),
-            Expect::new("PATCH", &format!("{SNAPS}/status"), stored()).check(|body| {
+            Expect::new("PATCH", format!("{SNAPS}/status"), stored()).check(|body| {
                 assert_eq!(body["status"]["phase"], "Pending");
                 assert_eq!(
                     body["status"]["archives"][0]["message"],
@@ -1064,7 +1064,7 @@ mod mock {
         let delete_job = mover::job_name("del", "s", "all");
         let script = vec![
             Expect::new("GET", JOBS, list("Job", vec![])),
-            Expect::new("PATCH", &format!("{JOBS}/{delete_job}"), Value::Null).check(|job| {
+            Expect::new("PATCH", format!("{JOBS}/{delete_job}"), Value::Null).check(|job| {
                 let pod = &job["spec"]["template"]["spec"];
                 assert_eq!(
                     pod["containers"][0]["args"],
