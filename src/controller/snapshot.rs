@@ -1111,7 +1111,7 @@ mod mock {
             event("CleanupFailed"),
             Expect::new(
                 "DELETE",
-                &format!("{JOBS}/{delete_job}"),
+                format!("{JOBS}/{delete_job}"),
                 json!({"kind": "Status", "apiVersion": "v1", "status": "Success"}),
             ),
         ];
