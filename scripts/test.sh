@@ -16,3 +16,6 @@ source scripts/s3-server.sh
 trap s3_stop EXIT
 s3_start
 cargo test --locked
+
+# The Helm chart, CRDs and examples (needs the binary cargo test built).
+bash scripts/check-manifests.sh

@@ -50,6 +50,9 @@ pub struct ControllerArgs {
     /// Identity in the Lease (default: the pod name).
     #[arg(long, env = "POD_NAME")]
     pub identity: Option<String>,
+    /// Only check the operator configuration, then exit.
+    #[arg(long)]
+    pub check_config: bool,
 }
 
 /// Why a reconciliation failed.
@@ -145,6 +148,13 @@ impl Context {
 /// Runs the operator until SIGTERM.
 pub async fn run(args: ControllerArgs) -> Result<(), ControllerError> {
     let config = OperatorConfig::load(args.operator_config.as_deref())?;
+    if args.check_config {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&config).expect("configs serialise")
+        );
+        return Ok(());
+    }
     let client = Client::try_default()
         .await
         .map_err(ControllerError::Client)?;
@@ -152,6 +162,8 @@ pub async fn run(args: ControllerArgs) -> Result<(), ControllerError> {
     let address = args.metrics_address;
     let listener_metrics = metrics.clone();
     let server = tokio::spawn(async move { metrics::serve(address, listener_metrics).await });
+    // Ready once the process runs and can talk to the API; a standby replica is ready too.
+    metrics.set_ready(true);
     let identity = args
         .identity
         .clone()
@@ -180,7 +192,6 @@ pub async fn run(args: ControllerArgs) -> Result<(), ControllerError> {
         mover::MANAGED_BY.0,
         mover::MANAGED_BY.1
     ));
-    metrics.set_ready(true);
     Controller::new(
         Api::<Snapshot>::all(client.clone()),
         watcher::Config::default(),
