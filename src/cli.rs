@@ -80,6 +80,30 @@ pub enum MoverCommand {
     Snapshot(MoverSnapshotArgs),
     /// Delete archives (and their checksums) by key; absent ones are fine.
     Delete(MoverDeleteArgs),
+    /// Restore an archive into this node's storage directory.
+    Restore(MoverRestoreArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct MoverRestoreArgs {
+    #[arg(long, value_name = "DIR")]
+    pub storage_path: PathBuf,
+    /// A storage key, file://, http(s):// or s3:// location.
+    #[arg(long)]
+    pub location: String,
+    /// The collection to restore (and its name here); omit for a full-storage restore.
+    #[arg(long)]
+    pub collection: Option<String>,
+    /// The collection to take out of a full-storage snapshot, when it differs.
+    #[arg(long)]
+    pub source_collection: Option<String>,
+    #[arg(long, value_parser = PossibleValuesParser::new(Priority::NAMES)
+        .map(|s| s.parse::<Priority>().expect("listed values parse")))]
+    pub priority: Priority,
+    #[arg(long)]
+    pub checksum: Option<String>,
+    #[arg(long, default_value = crate::controller::mover::TERMINATION_LOG)]
+    pub termination_log: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -626,6 +650,52 @@ async fn mover(cmd: MoverCommand, config: &Config) -> Result<ExitCode> {
                     }
                 }
                 Ok(MoverReport::default())
+            };
+            (args.termination_log, work.await)
+        }
+        MoverCommand::Restore(args) => {
+            let work = async {
+                let (storage, s3) = crate::storage::open(&config.storage).await?;
+                let ctx = Context {
+                    storage,
+                    snapshots_path: config.storage.snapshots_path.clone(),
+                    http: HttpOptions::default(),
+                    s3,
+                };
+                let location = Location::parse(&args.location)?;
+                let opened = source::open(&location, args.checksum.as_deref(), &ctx).await?;
+                let from = opened.location.clone();
+                let selection = match args.collection {
+                    Some(into) => Selection::Collection {
+                        from: args.source_collection,
+                        into,
+                    },
+                    None => Selection::Full,
+                };
+                let spec = RestoreSpec {
+                    storage: args.storage_path,
+                    selection,
+                    priority: args.priority,
+                    checksum: None,
+                    limits: Limits::default(),
+                };
+                let restored = ops::restore_snapshot(opened, spec, ops::no_progress()).await?;
+                let skipped: Vec<String> = restored
+                    .collections
+                    .iter()
+                    .filter(|c| c.outcome == Outcome::Skipped)
+                    .filter_map(|c| c.reason.clone())
+                    .collect();
+                let all_skipped =
+                    !restored.collections.is_empty() && skipped.len() == restored.collections.len();
+                Ok::<_, OpsError>(MoverReport {
+                    location: Some(from),
+                    size: Some(restored.archive_bytes),
+                    checksum: Some(restored.checksum),
+                    outcome: Some(if all_skipped { "Skipped" } else { "Restored" }.into()),
+                    reason: (!skipped.is_empty()).then(|| skipped.join("; ")),
+                    ..MoverReport::default()
+                })
             };
             (args.termination_log, work.await)
         }

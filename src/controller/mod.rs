@@ -6,6 +6,7 @@ pub mod jobs;
 pub mod leader;
 pub mod metrics;
 pub mod mover;
+pub mod restore;
 pub mod snapshot;
 #[cfg(test)]
 pub mod testing;
@@ -23,7 +24,7 @@ use kube::runtime::events::{Event, Recorder, Reporter};
 use kube::runtime::{Controller, finalizer, watcher};
 use kube::{Client, Resource};
 
-use crate::api::Snapshot;
+use crate::api::{Snapshot, SnapshotRestore};
 use config::OperatorConfig;
 use metrics::Metrics;
 
@@ -181,29 +182,40 @@ pub async fn run(args: ControllerArgs) -> Result<(), ControllerError> {
             }
         }
     }
-    let ctx = Arc::new(Context::new(
-        client.clone(),
-        config,
-        metrics.clone(),
-        &identity,
-    ));
+    let ctx = Arc::new(Context::new(client, config, metrics, &identity));
+    controllers(ctx).await;
+    Ok(())
+}
+
+/// Runs the reconcilers until SIGTERM (the process must already lead, if it elects).
+pub async fn controllers(ctx: Arc<Context>) {
+    let client = ctx.client.clone();
     let movers = watcher::Config::default().labels(&format!(
         "{}={}",
         mover::MANAGED_BY.0,
         mover::MANAGED_BY.1
     ));
-    Controller::new(
+    let snapshots = Controller::new(
         Api::<Snapshot>::all(client.clone()),
         watcher::Config::default(),
     )
-    .owns(Api::<Job>::all(client.clone()), movers)
+    .owns(Api::<Job>::all(client.clone()), movers.clone())
     .shutdown_on_signal()
-    .run(snapshot::reconcile, snapshot::error_policy, ctx)
-    .for_each(|result| async move {
-        if let Err(e) = result {
-            tracing::debug!(error = %e, "reconcile error");
-        }
-    })
-    .await;
-    Ok(())
+    .run(snapshot::reconcile, snapshot::error_policy, ctx.clone())
+    .for_each(log_result);
+    let restores = Controller::new(
+        Api::<SnapshotRestore>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .owns(Api::<Job>::all(client), movers)
+    .shutdown_on_signal()
+    .run(restore::reconcile, restore::error_policy, ctx)
+    .for_each(log_result);
+    tokio::join!(snapshots, restores);
+}
+
+async fn log_result<T, E: std::fmt::Display>(result: Result<T, E>) {
+    if let Err(e) = result {
+        tracing::debug!(error = %e, "reconcile error");
+    }
 }

@@ -1,0 +1,1282 @@
+//! The SnapshotRestore reconciler: fetch → validate (pure) → map archives to nodes (pure) →
+//! stop the workload when asked (its replicas recorded in status first) → one restore mover
+//! per node → start the workload again (also after a failure, a restart or a deletion) →
+//! status.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType};
+use kube::runtime::finalizer::{self, finalizer};
+use kube::{Resource, ResourceExt};
+use serde_json::json;
+
+use super::mover::{self, MoverJob, MoverReport};
+use super::snapshot::{effective_storage, validate_storage};
+use super::workload::{self, Node};
+use super::{Context, Error, FIELD_MANAGER, FINALIZER, jobs};
+use crate::api::condition::{self, reason};
+use crate::api::restore::{
+    NodePhase, NodeRestore, Priority, RestorePhase, SnapshotRestore, SnapshotRestoreSpec,
+    SnapshotRestoreStatus,
+};
+use crate::api::snapshot::{ArchivePhase, Phase, Snapshot, Storage};
+use crate::engine::name;
+
+const RECHECK: Duration = Duration::from_secs(10);
+
+/// One archive to restore on one node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Assignment {
+    pub node: Node,
+    /// What the mover reads: a storage key or a location; `None` when no archive matches.
+    pub location: Option<String>,
+    /// Its checksum, when known.
+    pub checksum: Option<String>,
+    /// For people (status).
+    pub shown: Option<String>,
+}
+
+/// An archive a restore can read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceArchive {
+    /// The node it was taken on (empty for a location).
+    pub node: String,
+    /// What the mover reads: a storage key or a location.
+    pub location: String,
+    pub checksum: Option<String>,
+    /// Where it is, for people.
+    pub shown: Option<String>,
+}
+
+/// Checks what the schema cannot (pure).
+pub fn validate(spec: &SnapshotRestoreSpec) -> Result<(), String> {
+    workload::validate(&spec.target)?;
+    match (&spec.source.snapshot_ref, &spec.source.location) {
+        (Some(_), None) | (None, Some(_)) => {}
+        _ => return Err("source: set exactly one of snapshotRef and location".into()),
+    }
+    for c in spec.collection.iter().chain(&spec.source_collection) {
+        name::validate("collection", c).map_err(|e| e.to_string())?;
+    }
+    if spec.source_collection.is_some() && spec.collection.is_none() {
+        return Err("sourceCollection needs collection".into());
+    }
+    if let Some(sum) = &spec.checksum
+        && name::parse_checksum(sum).as_deref() != Some(sum.as_str())
+    {
+        return Err(format!("checksum {sum:?} is not 64 lowercase hex digits"));
+    }
+    if let Some(location) = &spec.source.location {
+        crate::source::Location::parse(location).map_err(|e| e.to_string())?;
+    }
+    if spec.stop_workload && spec.target.stateful_set.is_none() {
+        return Err("stopWorkload needs a statefulSet target".into());
+    }
+    if let Some(storage) = &spec.storage {
+        validate_storage(storage)?;
+    }
+    Ok(())
+}
+
+/// The ordinal at the end of a pod name (`qdrant-2` → 2).
+fn ordinal(node: &str) -> Option<&str> {
+    node.rsplit_once('-')
+        .map(|(_, n)| n)
+        .filter(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// Maps a Snapshot's archives to the target's nodes: by node name, else by ordinal (a
+/// renamed StatefulSet); a node without an archive gets none (pure).
+pub fn map_archives(nodes: &[Node], archives: &[SourceArchive]) -> Vec<Assignment> {
+    nodes
+        .iter()
+        .map(|node| {
+            let by_ordinal = || {
+                let ord = ordinal(&node.name)?;
+                let mut same: Vec<_> = archives
+                    .iter()
+                    .filter(|a| ordinal(&a.node) == Some(ord))
+                    .collect();
+                (same.len() == 1).then(|| same.remove(0))
+            };
+            // One archive for every node (a location), or one node and one archive.
+            let only = || {
+                (archives.len() == 1 && (nodes.len() == 1 || archives[0].node.is_empty()))
+                    .then(|| &archives[0])
+            };
+            let found = archives
+                .iter()
+                .find(|a| a.node == node.name)
+                .or_else(by_ordinal)
+                .or_else(only);
+            Assignment {
+                node: node.clone(),
+                location: found.map(|a| a.location.clone()),
+                checksum: found.and_then(|a| a.checksum.clone()),
+                shown: found.map(|a| a.shown.clone().unwrap_or_else(|| a.location.clone())),
+            }
+        })
+        .collect()
+}
+
+/// The new status from the node entries (pure); `restarted` tells whether the workload is
+/// running again (or was never stopped).
+pub fn next_status(
+    restore: &SnapshotRestore,
+    nodes: Vec<NodeRestore>,
+    stopped_replicas: Option<i32>,
+    restarted: bool,
+    waiting: Option<String>,
+    now: Time,
+) -> SnapshotRestoreStatus {
+    let old = restore.status.clone().unwrap_or_default();
+    let any = |p: NodePhase| nodes.iter().any(|n| n.phase == p);
+    let finished = !nodes.is_empty() && !any(NodePhase::Pending) && !any(NodePhase::Running);
+    let phase = if finished && restarted {
+        if any(NodePhase::Failed) {
+            RestorePhase::Failed
+        } else {
+            RestorePhase::Succeeded
+        }
+    } else if any(NodePhase::Running) || (finished && !restarted) {
+        RestorePhase::Running
+    } else {
+        RestorePhase::Pending
+    };
+    let count = |p: NodePhase| nodes.iter().filter(|n| n.phase == p).count();
+    let summary = format!(
+        "{} restored, {} skipped, {} failed of {}",
+        count(NodePhase::Restored),
+        count(NodePhase::Skipped),
+        count(NodePhase::Failed),
+        nodes.len()
+    );
+    let (ready, why, message) = match phase {
+        RestorePhase::Succeeded => (true, reason::SUCCEEDED, summary),
+        RestorePhase::Failed => {
+            let failures: Vec<String> = nodes
+                .iter()
+                .filter(|n| n.phase == NodePhase::Failed)
+                .map(|n| format!("{}: {}", n.node, n.message.as_deref().unwrap_or("failed")))
+                .collect();
+            (false, reason::FAILED, failures.join("; "))
+        }
+        RestorePhase::Running if finished => (
+            false,
+            reason::STOPPING_WORKLOAD,
+            "starting the workload again".into(),
+        ),
+        RestorePhase::Running => (false, reason::RUNNING, summary),
+        RestorePhase::Pending => match waiting {
+            Some(w) => (false, reason::STOPPING_WORKLOAD, w),
+            None => (
+                false,
+                reason::PENDING,
+                "waiting for a free mover slot".into(),
+            ),
+        },
+    };
+    let terminal = matches!(phase, RestorePhase::Succeeded | RestorePhase::Failed);
+    SnapshotRestoreStatus {
+        observed_generation: restore.meta().generation,
+        phase: Some(phase),
+        start_time: old.start_time.clone().or_else(|| Some(now.clone())),
+        completion_time: old
+            .completion_time
+            .clone()
+            .or_else(|| terminal.then(|| now.clone())),
+        conditions: vec![condition::ready(
+            ready,
+            why,
+            message,
+            restore.meta().generation,
+            &old.conditions,
+            now,
+        )],
+        stopped_replicas,
+        nodes,
+    }
+}
+
+fn invalid_status(restore: &SnapshotRestore, message: &str, now: Time) -> SnapshotRestoreStatus {
+    let old = restore.status.clone().unwrap_or_default();
+    SnapshotRestoreStatus {
+        observed_generation: restore.meta().generation,
+        phase: Some(RestorePhase::Failed),
+        conditions: vec![condition::ready(
+            false,
+            reason::INVALID_SPEC,
+            message,
+            restore.meta().generation,
+            &old.conditions,
+            now,
+        )],
+        ..old
+    }
+}
+
+/// Applies a mover's state to a node entry (pure).
+pub fn next_node(
+    entry: &NodeRestore,
+    job: Option<&Job>,
+    pods: &[Pod],
+    started: bool,
+) -> NodeRestore {
+    let mut n = entry.clone();
+    if matches!(
+        n.phase,
+        NodePhase::Restored | NodePhase::Skipped | NodePhase::Failed
+    ) {
+        return n;
+    }
+    let Some(job) = job else {
+        n.phase = if started {
+            NodePhase::Running
+        } else {
+            NodePhase::Pending
+        };
+        return n;
+    };
+    match jobs::outcome(job) {
+        None => n.phase = NodePhase::Running,
+        Some(succeeded) => {
+            let report: MoverReport = jobs::report(job, pods);
+            n.bytes = report.size.and_then(|s| i64::try_from(s).ok());
+            if succeeded {
+                n.phase = if report.outcome.as_deref() == Some("Skipped") {
+                    NodePhase::Skipped
+                } else {
+                    NodePhase::Restored
+                };
+                n.message = report.reason;
+            } else {
+                n.phase = NodePhase::Failed;
+                n.message = Some(
+                    report
+                        .error
+                        .unwrap_or_else(|| "the mover failed without a message".into()),
+                );
+            }
+        }
+    }
+    n
+}
+
+fn priority_arg(priority: Priority) -> &'static str {
+    match priority {
+        Priority::Replica => "replica",
+        Priority::Snapshot => "snapshot",
+        Priority::NoSync => "no_sync",
+    }
+}
+
+/// Reconciles one SnapshotRestore.
+pub async fn reconcile(restore: Arc<SnapshotRestore>, ctx: Arc<Context>) -> Result<Action, Error> {
+    ctx.metrics.reconciled("snapshotrestore");
+    let ns = restore.namespace().unwrap_or_default();
+    let api: Api<SnapshotRestore> = Api::namespaced(ctx.client.clone(), &ns);
+    finalizer(&api, FINALIZER, restore, |event| async {
+        match event {
+            finalizer::Event::Apply(r) => apply(&r, &ctx).await,
+            finalizer::Event::Cleanup(r) => cleanup(&r, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)))
+}
+
+/// Transient errors are retried with backoff.
+pub fn error_policy(restore: Arc<SnapshotRestore>, error: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics.failed("snapshotrestore", error.reason());
+    tracing::warn!(restore = %restore.name_any(), error = %error, "reconcile failed");
+    Action::requeue(Duration::from_secs(30))
+}
+
+async fn patch_status(
+    api: &Api<SnapshotRestore>,
+    name: &str,
+    status: &SnapshotRestoreStatus,
+) -> Result<(), Error> {
+    let patch = json!({
+        "apiVersion": SnapshotRestore::api_version(&()),
+        "kind": SnapshotRestore::kind(&()),
+        "status": status,
+    });
+    api.patch_status(
+        name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await?;
+    Ok(())
+}
+
+async fn invalid(
+    restore: &SnapshotRestore,
+    ctx: &Context,
+    api: &Api<SnapshotRestore>,
+    message: &str,
+) -> Result<Action, Error> {
+    // A workload stopped before the spec turned out unusable is started again.
+    if let Some(replicas) = restore.status.as_ref().and_then(|s| s.stopped_replicas) {
+        scale(ctx, restore, replicas).await?;
+    }
+    let status = invalid_status(restore, message, Time(jiff::Timestamp::now()));
+    patch_status(api, &restore.name_any(), &status).await?;
+    ctx.publish(
+        restore,
+        Event {
+            type_: EventType::Warning,
+            reason: reason::INVALID_SPEC.into(),
+            note: Some(message.into()),
+            action: "Validate".into(),
+            secondary: None,
+        },
+    )
+    .await;
+    Ok(Action::await_change())
+}
+
+/// The archives to restore, or why not (yet): `Ok(Err((message, wait)))`.
+async fn archives(
+    restore: &SnapshotRestore,
+    ctx: &Context,
+) -> Result<Result<(Vec<SourceArchive>, bool, Option<Storage>), (String, bool)>, Error> {
+    let ns = restore.namespace().unwrap_or_default();
+    let spec = &restore.spec;
+    if let Some(location) = &spec.source.location {
+        let storage = spec
+            .storage
+            .clone()
+            .or_else(|| ctx.config.default_storage.clone());
+        let full = spec.collection.is_none();
+        let archive = SourceArchive {
+            node: String::new(),
+            location: location.clone(),
+            checksum: spec.checksum.clone(),
+            shown: None,
+        };
+        return Ok(Ok((vec![archive], full, storage)));
+    }
+    let Some(reference) = &spec.source.snapshot_ref else {
+        return Ok(Err(("no source".into(), false)));
+    };
+    let api: Api<Snapshot> = Api::namespaced(ctx.client.clone(), &ns);
+    let Some(snap) = api.get_opt(&reference.name).await? else {
+        return Ok(Err((
+            format!("Snapshot {} not found in {ns}", reference.name),
+            false,
+        )));
+    };
+    let status = snap.status.clone().unwrap_or_default();
+    match status.phase {
+        Some(Phase::Succeeded) => {}
+        Some(Phase::Failed) => {
+            return Ok(Err((
+                format!("Snapshot {} failed; nothing to restore", reference.name),
+                false,
+            )));
+        }
+        _ => {
+            return Ok(Err((
+                format!("waiting for Snapshot {} to finish", reference.name),
+                true,
+            )));
+        }
+    }
+    let archives = status
+        .archives
+        .iter()
+        .filter(|a| a.phase == ArchivePhase::Succeeded)
+        .filter_map(|a| {
+            Some(SourceArchive {
+                node: a.node.clone(),
+                location: super::snapshot::archive_key(&snap.spec, a)?,
+                checksum: a.checksum.clone(),
+                shown: a.location.clone(),
+            })
+        })
+        .collect();
+    let full = snap.spec.collection.is_none() && spec.collection.is_none();
+    Ok(Ok((
+        archives,
+        full,
+        effective_storage(&snap, ctx.config.default_storage.as_ref()),
+    )))
+}
+
+async fn scale(ctx: &Context, restore: &SnapshotRestore, replicas: i32) -> Result<(), Error> {
+    let Some(sts) = &restore.spec.target.stateful_set else {
+        return Ok(());
+    };
+    let api: Api<StatefulSet> =
+        Api::namespaced(ctx.client.clone(), &restore.namespace().unwrap_or_default());
+    // A merge patch of the scale subresource: it does not take ownership of spec.replicas
+    // away from whoever manages the StatefulSet.
+    let patch = json!({"spec": {"replicas": replicas}});
+    api.patch_scale(&sts.name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
+    Ok(())
+}
+
+async fn apply(restore: &SnapshotRestore, ctx: &Context) -> Result<Action, Error> {
+    let ns = restore.namespace().unwrap_or_default();
+    let name = restore.name_any();
+    let api: Api<SnapshotRestore> = Api::namespaced(ctx.client.clone(), &ns);
+    let old = restore.status.clone().unwrap_or_default();
+    if matches!(
+        old.phase,
+        Some(RestorePhase::Succeeded | RestorePhase::Failed)
+    ) && old.observed_generation == restore.meta().generation
+    {
+        return Ok(Action::await_change());
+    }
+    if let Err(message) = validate(&restore.spec) {
+        return invalid(restore, ctx, &api, &message).await;
+    }
+    let (archives, full, storage) = match archives(restore, ctx).await? {
+        Ok(found) => found,
+        Err((message, true)) => {
+            let status = next_status(
+                restore,
+                old.nodes.clone(),
+                old.stopped_replicas,
+                false,
+                Some(message),
+                Time(jiff::Timestamp::now()),
+            );
+            patch_status(&api, &name, &status).await?;
+            return Ok(Action::requeue(RECHECK));
+        }
+        Err((message, false)) => return invalid(restore, ctx, &api, &message).await,
+    };
+    if full && !restore.spec.stop_workload {
+        return invalid(
+            restore,
+            ctx,
+            &api,
+            "a full-storage restore needs stopWorkload: true (Qdrant restores a full storage only at start)",
+        )
+        .await;
+    }
+    let nodes = match workload::nodes(&ctx.client, &ns, &restore.spec.target).await? {
+        Ok(nodes) => nodes,
+        Err(message) => return invalid(restore, ctx, &api, &message).await,
+    };
+    let assignments = map_archives(&nodes, &archives);
+    let mut entries: Vec<NodeRestore> = if old.nodes.is_empty() {
+        assignments
+            .iter()
+            .map(|a| NodeRestore {
+                node: a.node.name.clone(),
+                claim: a.node.claim.clone(),
+                archive: a.shown.clone(),
+                phase: if a.location.is_some() {
+                    NodePhase::Pending
+                } else {
+                    NodePhase::Failed
+                },
+                bytes: None,
+                message: a
+                    .location
+                    .is_none()
+                    .then(|| "no archive for this node in the snapshot".into()),
+            })
+            .collect()
+    } else {
+        old.nodes.clone()
+    };
+    let pods: Vec<Pod> = Api::<Pod>::namespaced(ctx.client.clone(), &ns)
+        .list(&ListParams::default())
+        .await?
+        .items;
+    let claims: Vec<String> = nodes.iter().map(|n| n.claim.clone()).collect();
+    let in_use = workload::pods_using(&pods, &claims);
+
+    // The workload: record its replicas before stopping it, wait for its pods.
+    let mut stopped_replicas = old.stopped_replicas;
+    if restore.spec.stop_workload {
+        if stopped_replicas.is_none() {
+            let sts = restore
+                .spec
+                .target
+                .stateful_set
+                .as_ref()
+                .expect("validated");
+            let current = Api::<StatefulSet>::namespaced(ctx.client.clone(), &ns)
+                .get_scale(&sts.name)
+                .await?
+                .spec
+                .and_then(|s| s.replicas)
+                .unwrap_or(0);
+            stopped_replicas = Some(current);
+            let status = next_status(
+                restore,
+                entries.clone(),
+                stopped_replicas,
+                false,
+                Some(format!(
+                    "stopping StatefulSet {} ({current} replicas)",
+                    sts.name
+                )),
+                Time(jiff::Timestamp::now()),
+            );
+            patch_status(&api, &name, &status).await?;
+            scale(ctx, restore, 0).await?;
+            ctx.publish(
+                restore,
+                Event {
+                    type_: EventType::Normal,
+                    reason: reason::STOPPING_WORKLOAD.into(),
+                    note: Some(format!(
+                        "scaled StatefulSet {} from {current} to 0",
+                        sts.name
+                    )),
+                    action: "Stop".into(),
+                    secondary: None,
+                },
+            )
+            .await;
+            return Ok(Action::requeue(Duration::from_secs(2)));
+        }
+        if !in_use.is_empty() {
+            let status = next_status(
+                restore,
+                entries,
+                stopped_replicas,
+                false,
+                Some(format!("waiting for pods to stop: {}", in_use.join(", "))),
+                Time(jiff::Timestamp::now()),
+            );
+            patch_status(&api, &name, &status).await?;
+            return Ok(Action::requeue(Duration::from_secs(3)));
+        }
+    } else {
+        for entry in entries.iter_mut().filter(|e| e.phase == NodePhase::Pending) {
+            if let Some(pod) =
+                workload::pods_using(&pods, std::slice::from_ref(&entry.claim)).first()
+            {
+                entry.phase = NodePhase::Failed;
+                entry.message = Some(format!(
+                    "claim {} is mounted by running pod {pod}; set stopWorkload: true or stop the workload",
+                    entry.claim
+                ));
+            }
+        }
+    }
+
+    // The movers.
+    let uid = restore.uid().unwrap_or_default();
+    let movers = jobs::list(&ctx.client, &ns, &uid).await?;
+    let mut next = Vec::new();
+    for entry in &entries {
+        let job = jobs::find(&movers, &entry.node, "restore");
+        let mut started = false;
+        if job.is_none() && entry.phase == NodePhase::Pending {
+            let assignment = assignments.iter().find(|a| a.node.name == entry.node);
+            if let Some(Assignment {
+                location: Some(location),
+                checksum,
+                ..
+            }) = assignment
+            {
+                started = start_mover(
+                    restore,
+                    ctx,
+                    entry,
+                    location,
+                    checksum.as_deref(),
+                    storage.as_ref(),
+                )
+                .await?;
+            }
+        }
+        if let Some(job) = job
+            && jobs::outcome(job).is_some()
+            && !matches!(
+                entry.phase,
+                NodePhase::Restored | NodePhase::Skipped | NodePhase::Failed
+            )
+        {
+            ctx.metrics.mover_finished("restore", jobs::duration(job));
+        }
+        let updated = next_node(entry, job, &pods, started);
+        if matches!(updated.phase, NodePhase::Restored) && entry.phase != NodePhase::Restored {
+            ctx.metrics
+                .restored(updated.bytes.unwrap_or(0).max(0) as u64);
+        }
+        next.push(updated);
+    }
+
+    // Start the workload again once every mover is done, whatever their outcome.
+    let finished = next.iter().all(|n| {
+        matches!(
+            n.phase,
+            NodePhase::Restored | NodePhase::Skipped | NodePhase::Failed
+        )
+    });
+    let mut restarted = !restore.spec.stop_workload;
+    if finished && let Some(replicas) = stopped_replicas {
+        scale(ctx, restore, replicas).await?;
+        restarted = true;
+    }
+    let status = next_status(
+        restore,
+        next,
+        stopped_replicas,
+        restarted,
+        None,
+        Time(jiff::Timestamp::now()),
+    );
+    patch_status(&api, &name, &status).await?;
+    if old.phase != status.phase {
+        let (type_, why) = match status.phase {
+            Some(RestorePhase::Succeeded) => (EventType::Normal, reason::SUCCEEDED),
+            Some(RestorePhase::Failed) => (EventType::Warning, reason::FAILED),
+            Some(RestorePhase::Running) => (EventType::Normal, reason::RUNNING),
+            _ => (EventType::Normal, reason::PENDING),
+        };
+        let note = status.conditions.first().map(|c| c.message.clone());
+        ctx.publish(
+            restore,
+            Event {
+                type_,
+                reason: why.into(),
+                note,
+                action: "Restore".into(),
+                secondary: None,
+            },
+        )
+        .await;
+    }
+    Ok(match status.phase {
+        Some(RestorePhase::Succeeded | RestorePhase::Failed) => Action::await_change(),
+        _ => Action::requeue(RECHECK),
+    })
+}
+
+async fn start_mover(
+    restore: &SnapshotRestore,
+    ctx: &Context,
+    entry: &NodeRestore,
+    location: &str,
+    checksum: Option<&str>,
+    storage: Option<&Storage>,
+) -> Result<bool, Error> {
+    let _slot = ctx.mover_slots.lock().await;
+    if !jobs::slot_free(&ctx.client, ctx.config.max_concurrent_movers).await? {
+        return Ok(false);
+    }
+    let spec = &restore.spec;
+    let mut args = vec![
+        "restore".to_owned(),
+        "--storage-path".into(),
+        mover::mounted(mover::DATA_MOUNT, &spec.path),
+        "--location".into(),
+        location.to_owned(),
+        "--priority".into(),
+        priority_arg(spec.priority).into(),
+    ];
+    if let Some(c) = &spec.collection {
+        args.extend(["--collection".into(), c.clone()]);
+    }
+    if let Some(c) = &spec.source_collection {
+        args.extend(["--source-collection".into(), c.clone()]);
+    }
+    if let Some(sum) = checksum {
+        args.extend(["--checksum".into(), sum.to_owned()]);
+    }
+    let none = Storage::default();
+    let job = MoverJob {
+        name: mover::job_name("rst", &restore.name_any(), &entry.node),
+        namespace: restore.namespace().unwrap_or_default(),
+        owner: restore
+            .controller_owner_ref(&())
+            .expect("a stored resource has a UID"),
+        owner_uid: restore.uid().unwrap_or_default(),
+        operation: "restore",
+        node: &entry.node,
+        args,
+        data: Some((&entry.claim, false)),
+        storage: storage.unwrap_or(&none),
+        pin_to: None,
+    };
+    jobs::create(&ctx.client, &mover::job(&job, &ctx.config.mover)).await?;
+    Ok(true)
+}
+
+/// On deletion: a workload stopped by this restore is started again.
+async fn cleanup(restore: &SnapshotRestore, ctx: &Context) -> Result<Action, Error> {
+    let status = restore.status.clone().unwrap_or_default();
+    let done = matches!(
+        status.phase,
+        Some(RestorePhase::Succeeded | RestorePhase::Failed)
+    );
+    if let (Some(replicas), false) = (status.stopped_replicas, done) {
+        scale(ctx, restore, replicas).await?;
+    }
+    Ok(Action::await_change())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::restore::{RestoreSource, SnapshotRef};
+    use crate::api::snapshot::{StatefulSetRef, Workload};
+
+    fn node(name: &str) -> Node {
+        Node {
+            name: name.into(),
+            claim: format!("data-{name}"),
+        }
+    }
+
+    fn archive(node: &str) -> SourceArchive {
+        SourceArchive {
+            node: node.into(),
+            location: format!("c/c-{node}.snapshot"),
+            checksum: Some(format!("sum-{node}")),
+            shown: None,
+        }
+    }
+
+    #[test]
+    fn archives_map_by_name_then_ordinal_never_guessed() {
+        let archives = vec![archive("qdrant-0"), archive("qdrant-1")];
+        let same = map_archives(&[node("qdrant-0"), node("qdrant-1")], &archives);
+        assert_eq!(same[1].location.as_deref(), Some("c/c-qdrant-1.snapshot"));
+        assert_eq!(same[1].checksum.as_deref(), Some("sum-qdrant-1"));
+        let renamed = map_archives(
+            &[node("search-0"), node("search-1"), node("search-2")],
+            &archives,
+        );
+        assert_eq!(
+            renamed[0].location.as_deref(),
+            Some("c/c-qdrant-0.snapshot")
+        );
+        assert_eq!(
+            renamed[1].location.as_deref(),
+            Some("c/c-qdrant-1.snapshot")
+        );
+        assert_eq!(
+            renamed[2].location, None,
+            "no archive for ordinal 2: reported, not guessed"
+        );
+        let one = map_archives(&[node("data")], &[archive("other-claim")]);
+        assert_eq!(one[0].location.as_deref(), Some("c/c-other-claim.snapshot"));
+        let location = SourceArchive {
+            node: String::new(),
+            ..archive("x")
+        };
+        let everywhere = map_archives(&[node("a-0"), node("a-1")], &[location]);
+        assert!(
+            everywhere
+                .iter()
+                .all(|a| a.location.as_deref() == Some("c/c-x.snapshot"))
+        );
+    }
+
+    fn spec() -> SnapshotRestoreSpec {
+        SnapshotRestoreSpec {
+            source: RestoreSource {
+                snapshot_ref: Some(SnapshotRef { name: "s".into() }),
+                location: None,
+            },
+            checksum: None,
+            target: Workload {
+                stateful_set: Some(StatefulSetRef {
+                    name: "qdrant".into(),
+                    volume_claim_template: "data".into(),
+                }),
+                persistent_volume_claim: None,
+            },
+            path: "/".into(),
+            collection: Some("products".into()),
+            source_collection: None,
+            priority: Priority::Replica,
+            stop_workload: false,
+            storage: None,
+        }
+    }
+
+    #[test]
+    fn specs_are_validated() {
+        assert!(validate(&spec()).is_ok());
+        let mut s = spec();
+        s.source.location = Some("s3://b/k".into());
+        assert!(validate(&s).unwrap_err().contains("exactly one"));
+        let mut s = spec();
+        s.checksum = Some("ABC".into());
+        assert!(validate(&s).unwrap_err().contains("checksum"));
+        let mut s = spec();
+        s.source = RestoreSource {
+            snapshot_ref: None,
+            location: Some("ftp://x/y".into()),
+        };
+        assert!(validate(&s).unwrap_err().contains("unsupported scheme"));
+        let mut s = spec();
+        s.target = Workload {
+            stateful_set: None,
+            persistent_volume_claim: Some(crate::api::snapshot::ClaimRef {
+                claim_name: "d".into(),
+            }),
+        };
+        s.stop_workload = true;
+        assert!(
+            validate(&s)
+                .unwrap_err()
+                .contains("stopWorkload needs a statefulSet")
+        );
+        let mut s = spec();
+        s.collection = None;
+        s.source_collection = Some("x".into());
+        assert!(validate(&s).is_err());
+    }
+
+    fn entry(phase: NodePhase) -> NodeRestore {
+        NodeRestore {
+            node: "n".into(),
+            claim: "c".into(),
+            archive: None,
+            phase,
+            bytes: None,
+            message: None,
+        }
+    }
+
+    #[test]
+    fn status_waits_for_the_workload_to_restart() {
+        let r: SnapshotRestore = serde_json::from_value(serde_json::json!({
+            "apiVersion": "snapshot-operator.dev/v1alpha1", "kind": "SnapshotRestore",
+            "metadata": {"name": "r", "generation": 1},
+            "spec": serde_json::to_value(spec()).unwrap(),
+        }))
+        .unwrap();
+        let now = || Time(jiff::Timestamp::UNIX_EPOCH);
+        let done = vec![entry(NodePhase::Restored), entry(NodePhase::Skipped)];
+        let s = next_status(&r, done.clone(), Some(3), false, None, now());
+        assert_eq!(s.phase, Some(RestorePhase::Running));
+        assert_eq!(s.conditions[0].reason, reason::STOPPING_WORKLOAD);
+        let s = next_status(&r, done, Some(3), true, None, now());
+        assert_eq!(s.phase, Some(RestorePhase::Succeeded));
+        assert_eq!(
+            s.conditions[0].message,
+            "1 restored, 1 skipped, 0 failed of 2"
+        );
+        assert_eq!(s.stopped_replicas, Some(3));
+        let failed = vec![entry(NodePhase::Restored), entry(NodePhase::Failed)];
+        assert_eq!(
+            next_status(&r, failed, None, true, None, now()).phase,
+            Some(RestorePhase::Failed)
+        );
+        let waiting = next_status(
+            &r,
+            vec![entry(NodePhase::Pending)],
+            Some(1),
+            false,
+            Some("waiting for pods to stop: q-0".into()),
+            now(),
+        );
+        assert_eq!(waiting.phase, Some(RestorePhase::Pending));
+        assert_eq!(
+            waiting.conditions[0].message,
+            "waiting for pods to stop: q-0"
+        );
+    }
+}
+
+#[cfg(test)]
+mod mock {
+    //! Reconciliations against a mock API server: every request asserted.
+    use super::*;
+    use crate::controller::config::OperatorConfig;
+    use crate::controller::testing::{Expect, context, event, list};
+    use serde_json::{Value, json};
+
+    const RESTORES: &str = "/apis/snapshot-operator.dev/v1alpha1/namespaces/ns/snapshotrestores/r";
+    const JOBS: &str = "/apis/batch/v1/namespaces/ns/jobs";
+    const STS: &str = "/apis/apps/v1/namespaces/ns/statefulsets/qdrant";
+
+    fn restore(spec: Value, status: Value, deleting: bool) -> SnapshotRestore {
+        let mut meta = json!({"name": "r", "namespace": "ns", "uid": "uid-r", "generation": 1, "finalizers": [FINALIZER]});
+        if deleting {
+            meta["deletionTimestamp"] = json!("2026-11-25T10:00:00Z");
+        }
+        serde_json::from_value(
+            json!({"apiVersion": "snapshot-operator.dev/v1alpha1", "kind": "SnapshotRestore",
+            "metadata": meta, "spec": spec, "status": status}),
+        )
+        .unwrap()
+    }
+
+    fn spec(stop: bool) -> Value {
+        json!({"source": {"snapshotRef": {"name": "s"}},
+               "target": {"statefulSet": {"name": "qdrant", "volumeClaimTemplate": "data"}},
+               "path": "/qdrant/storage", "collection": "products", "priority": "snapshot", "stopWorkload": stop})
+    }
+
+    fn stored() -> Value {
+        serde_json::to_value(restore(spec(true), Value::Null, false)).unwrap()
+    }
+
+    fn snapshot(phase: &str) -> Value {
+        json!({"apiVersion": "snapshot-operator.dev/v1alpha1", "kind": "Snapshot",
+            "metadata": {"name": "s", "namespace": "ns", "uid": "uid-s"},
+            "spec": {"source": {"statefulSet": {"name": "qdrant", "volumeClaimTemplate": "data"}}, "collection": "products",
+                     "storage": {"s3": {"bucket": "b", "credentialsSecret": {"name": "creds"}}}},
+            "status": {"phase": phase, "archives": [
+                {"node": "qdrant-0", "claim": "data-qdrant-0", "phase": "Succeeded", "name": "products-qdrant-0.snapshot", "checksum": "aa", "location": "s3://b/products/products-qdrant-0.snapshot"},
+                {"node": "qdrant-1", "claim": "data-qdrant-1", "phase": "Succeeded", "name": "products-qdrant-1.snapshot", "checksum": "bb"}]}})
+    }
+
+    fn statefulset() -> Value {
+        json!({"apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": {"name": "qdrant", "namespace": "ns"},
+               "spec": {"replicas": 2, "selector": {}, "serviceName": "qdrant", "template": {},
+                        "volumeClaimTemplates": [{"metadata": {"name": "data"}}]}})
+    }
+
+    fn scale(replicas: i32) -> Value {
+        json!({"apiVersion": "autoscaling/v1", "kind": "Scale", "metadata": {"name": "qdrant", "namespace": "ns"}, "spec": {"replicas": replicas}})
+    }
+
+    fn workload_pod(i: u32) -> Value {
+        json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": format!("qdrant-{i}"), "namespace": "ns"},
+               "spec": {"nodeName": "w", "containers": [], "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": format!("data-qdrant-{i}")}}]},
+               "status": {"phase": "Running"}})
+    }
+
+    fn mover_job(node: &str, done: bool) -> Value {
+        let mut job = json!({"apiVersion": "batch/v1", "kind": "Job",
+            "metadata": {"name": mover::job_name("rst", "r", node), "namespace": "ns", "labels": mover::labels("uid-r", "restore", node)},
+            "spec": {"template": {}}});
+        if done {
+            job["status"] = json!({"conditions": [{"type": "Complete", "status": "True"}]});
+        }
+        job
+    }
+
+    fn mover_pod(node: &str, message: &str) -> Value {
+        json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": format!("m-{node}"), "namespace": "ns", "labels": {"job-name": mover::job_name("rst", "r", node)}},
+            "spec": {"containers": []},
+            "status": {"phase": "Succeeded", "containerStatuses": [{"name": "mover", "image": "x", "imageID": "", "ready": false, "restartCount": 0,
+                "state": {"terminated": {"exitCode": 0, "message": message}}}]}})
+    }
+
+    async fn run(r: SnapshotRestore, script: Vec<Expect>) -> Result<Action, Error> {
+        let (ctx, server) = context(OperatorConfig::default());
+        let verifier = server.run(script);
+        let result = reconcile(Arc::new(r), ctx).await;
+        verifier.await.expect("every expected request was made");
+        result
+    }
+
+    fn status_check(check: impl Fn(&Value) + Send + 'static) -> Expect {
+        Expect::new("PATCH", format!("{RESTORES}/status"), stored())
+            .check(move |body| check(&body["status"]))
+    }
+
+    #[tokio::test]
+    async fn stop_workload_records_replicas_before_scaling_to_zero() {
+        let script = vec![
+            Expect::new(
+                "GET",
+                "/apis/snapshot-operator.dev/v1alpha1/namespaces/ns/snapshots/s",
+                snapshot("Succeeded"),
+            ),
+            Expect::new("GET", STS, statefulset()),
+            Expect::new(
+                "GET",
+                "/api/v1/namespaces/ns/pods",
+                list("Pod", vec![workload_pod(0), workload_pod(1)]),
+            ),
+            Expect::new("GET", format!("{STS}/scale"), scale(2)),
+            status_check(|s| {
+                assert_eq!(s["stoppedReplicas"], 2);
+                assert_eq!(s["conditions"][0]["reason"], "StoppingWorkload");
+            }),
+            Expect::new("PATCH", format!("{STS}/scale"), scale(0))
+                .check(|b| assert_eq!(b["spec"]["replicas"], 0)),
+            event("StoppingWorkload"),
+        ];
+        run(restore(spec(true), Value::Null, false), script)
+            .await
+            .unwrap();
+
+        // Pods still running: wait, no movers.
+        let script = vec![
+            Expect::new(
+                "GET",
+                "/apis/snapshot-operator.dev/v1alpha1/namespaces/ns/snapshots/s",
+                snapshot("Succeeded"),
+            ),
+            Expect::new("GET", STS, statefulset()),
+            Expect::new(
+                "GET",
+                "/api/v1/namespaces/ns/pods",
+                list("Pod", vec![workload_pod(1)]),
+            ),
+            status_check(|s| {
+                assert_eq!(s["phase"], "Pending");
+                assert_eq!(
+                    s["conditions"][0]["message"],
+                    "waiting for pods to stop: qdrant-1"
+                );
+            }),
+        ];
+        run(
+            restore(
+                spec(true),
+                json!({"stoppedReplicas": 2, "phase": "Pending"}),
+                false,
+            ),
+            script,
+        )
+        .await
+        .unwrap();
+    }
+
+    #[tokio::test]
+    async fn stopped_workload_gets_one_restore_mover_per_node_with_its_archive() {
+        let slots = || Expect::new("GET", "/apis/batch/v1/jobs?", list("Job", vec![]));
+        let script = vec![
+            Expect::new(
+                "GET",
+                "/apis/snapshot-operator.dev/v1alpha1/namespaces/ns/snapshots/s",
+                snapshot("Succeeded"),
+            ),
+            Expect::new("GET", STS, statefulset()),
+            Expect::new("GET", "/api/v1/namespaces/ns/pods", list("Pod", vec![])),
+            Expect::new("GET", JOBS, list("Job", vec![])),
+            slots(),
+            Expect::new(
+                "PATCH",
+                format!("{JOBS}/{}", mover::job_name("rst", "r", "qdrant-0")),
+                Value::Null,
+            )
+            .check(|job| {
+                let pod = &job["spec"]["template"]["spec"];
+                assert_eq!(
+                    pod["containers"][0]["args"],
+                    json!([
+                        "mover",
+                        "restore",
+                        "--storage-path",
+                        "/data/qdrant/storage",
+                        "--location",
+                        "products/products-qdrant-0.snapshot",
+                        "--priority",
+                        "snapshot",
+                        "--collection",
+                        "products",
+                        "--checksum",
+                        "aa"
+                    ])
+                );
+                assert_eq!(
+                    pod["volumes"][0]["persistentVolumeClaim"],
+                    json!({"claimName": "data-qdrant-0", "readOnly": false})
+                );
+                let env = pod["containers"][0]["env"].to_string();
+                assert!(
+                    env.contains("\"creds\"") && env.contains("S3_CONFIG__BUCKET"),
+                    "{env}"
+                );
+            }),
+            slots(),
+            Expect::new(
+                "PATCH",
+                format!("{JOBS}/{}", mover::job_name("rst", "r", "qdrant-1")),
+                Value::Null,
+            ),
+            status_check(|s| {
+                assert_eq!(s["phase"], "Running");
+                assert_eq!(s["nodes"][0]["phase"], "Running");
+                assert_eq!(
+                    s["nodes"][0]["archive"],
+                    "s3://b/products/products-qdrant-0.snapshot"
+                );
+                assert_eq!(s["stoppedReplicas"], 2);
+            }),
+            event("Running"),
+        ];
+        run(
+            restore(
+                spec(true),
+                json!({"stoppedReplicas": 2, "phase": "Pending"}),
+                false,
+            ),
+            script,
+        )
+        .await
+        .unwrap();
+    }
+
+    #[tokio::test]
+    async fn finished_movers_restart_the_workload_then_report_each_node() {
+        let running = json!({"stoppedReplicas": 2, "phase": "Running", "nodes": [
+            {"node": "qdrant-0", "claim": "data-qdrant-0", "phase": "Running"},
+            {"node": "qdrant-1", "claim": "data-qdrant-1", "phase": "Running"}]});
+        let script = vec![
+            Expect::new(
+                "GET",
+                "/apis/snapshot-operator.dev/v1alpha1/namespaces/ns/snapshots/s",
+                snapshot("Succeeded"),
+            ),
+            Expect::new("GET", STS, statefulset()),
+            Expect::new(
+                "GET",
+                "/api/v1/namespaces/ns/pods",
+                list(
+                    "Pod",
+                    vec![
+                        mover_pod("qdrant-0", r#"{"outcome":"Restored","size":4096}"#),
+                        mover_pod(
+                            "qdrant-1",
+                            r#"{"outcome":"Skipped","reason":"collection \"products\" already exists on this node","size":10}"#,
+                        ),
+                    ],
+                ),
+            ),
+            Expect::new(
+                "GET",
+                JOBS,
+                list(
+                    "Job",
+                    vec![mover_job("qdrant-0", true), mover_job("qdrant-1", true)],
+                ),
+            ),
+            Expect::new("PATCH", format!("{STS}/scale"), scale(2))
+                .check(|b| assert_eq!(b["spec"]["replicas"], 2)),
+            status_check(|s| {
+                assert_eq!(s["phase"], "Succeeded");
+                assert_eq!(s["conditions"][0]["status"], "True");
+                assert_eq!(s["nodes"][0]["phase"], "Restored");
+                assert_eq!(s["nodes"][0]["bytes"], 4096);
+                assert_eq!(s["nodes"][1]["phase"], "Skipped");
+                assert!(
+                    s["nodes"][1]["message"]
+                        .as_str()
+                        .unwrap()
+                        .contains("already exists")
+                );
+            }),
+            event("Succeeded"),
+        ];
+        let action = run(restore(spec(true), running, false), script)
+            .await
+            .unwrap();
+        assert_eq!(action, Action::await_change());
+    }
+
+    #[tokio::test]
+    async fn a_full_restore_without_stop_workload_is_invalid() {
+        let mut s = spec(false);
+        s.as_object_mut().unwrap().remove("collection");
+        let mut full = snapshot("Succeeded");
+        full["spec"].as_object_mut().unwrap().remove("collection");
+        let script = vec![
+            Expect::new(
+                "GET",
+                "/apis/snapshot-operator.dev/v1alpha1/namespaces/ns/snapshots/s",
+                full,
+            ),
+            status_check(|s| {
+                assert_eq!(s["conditions"][0]["reason"], "InvalidSpec");
+                assert!(
+                    s["conditions"][0]["message"]
+                        .as_str()
+                        .unwrap()
+                        .contains("stopWorkload")
+                );
+            }),
+            event("InvalidSpec"),
+        ];
+        assert_eq!(
+            run(restore(s, Value::Null, false), script).await.unwrap(),
+            Action::await_change()
+        );
+    }
+
+    #[tokio::test]
+    async fn claims_of_running_pods_are_refused_without_stop_workload() {
+        let script = vec![
+            Expect::new(
+                "GET",
+                "/apis/snapshot-operator.dev/v1alpha1/namespaces/ns/snapshots/s",
+                snapshot("Succeeded"),
+            ),
+            Expect::new("GET", STS, statefulset()),
+            Expect::new(
+                "GET",
+                "/api/v1/namespaces/ns/pods",
+                list("Pod", vec![workload_pod(0), workload_pod(1)]),
+            ),
+            Expect::new("GET", JOBS, list("Job", vec![])),
+            status_check(|s| {
+                assert_eq!(s["phase"], "Failed");
+                let message = s["nodes"][0]["message"].as_str().unwrap();
+                assert!(
+                    message.contains("mounted by running pod qdrant-0")
+                        && message.contains("stopWorkload"),
+                    "{message}"
+                );
+            }),
+            event("Failed"),
+        ];
+        run(restore(spec(false), Value::Null, false), script)
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn an_unfinished_snapshot_is_waited_for() {
+        let script = vec![
+            Expect::new(
+                "GET",
+                "/apis/snapshot-operator.dev/v1alpha1/namespaces/ns/snapshots/s",
+                snapshot("Running"),
+            ),
+            status_check(|s| {
+                assert_eq!(s["phase"], "Pending");
+                assert_eq!(
+                    s["conditions"][0]["message"],
+                    "waiting for Snapshot s to finish"
+                );
+            }),
+        ];
+        assert_eq!(
+            run(restore(spec(true), Value::Null, false), script)
+                .await
+                .unwrap(),
+            Action::requeue(RECHECK)
+        );
+    }
+
+    #[tokio::test]
+    async fn deleting_a_restore_mid_way_restarts_the_workload() {
+        let script = vec![
+            Expect::new("PATCH", format!("{STS}/scale"), scale(3))
+                .check(|b| assert_eq!(b["spec"]["replicas"], 3)),
+            Expect::new("PATCH", RESTORES, stored())
+                .check(|b| assert!(b.to_string().contains("remove"))),
+        ];
+        run(
+            restore(
+                spec(true),
+                json!({"stoppedReplicas": 3, "phase": "Running"}),
+                true,
+            ),
+            script,
+        )
+        .await
+        .unwrap();
+    }
+}

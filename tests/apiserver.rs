@@ -1,0 +1,256 @@
+//! The controller against a real Kubernetes API server (the one `KUBECONFIG` names; skipped
+//! without it). No kubelet or Job controller is needed: the test plays their part, creating
+//! the mover's pod and writing the pod's and the Job's status, so it also runs against a bare
+//! kube-apiserver + etcd. Against a full cluster use tests/e2e instead.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{Namespace, PersistentVolumeClaim, Pod};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::{Client, CustomResourceExt, ResourceExt};
+use serde_json::json;
+use snapshot_operator::api::{Snapshot, SnapshotRestore};
+use snapshot_operator::controller::config::OperatorConfig;
+use snapshot_operator::controller::metrics::Metrics;
+use snapshot_operator::controller::{Context, controllers, mover};
+
+async fn client_or_skip() -> Option<Client> {
+    if std::env::var_os("KUBECONFIG").is_none() {
+        eprintln!("skipping: KUBECONFIG is not set (point it at an API server to run this tier)");
+        return None;
+    }
+    snapshot_operator::tls::install_crypto_provider();
+    Some(
+        Client::try_default()
+            .await
+            .expect("the API server in KUBECONFIG answers"),
+    )
+}
+
+async fn eventually<T, F, Fut>(what: &str, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    for _ in 0..120 {
+        if let Some(v) = probe().await {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+/// Plays the Job controller and the kubelet: the Job's pod ran and wrote `message`.
+async fn finish_job(client: &Client, ns: &str, job: &Job, message: &str, succeeded: bool) {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let name = format!("{}-pod", job.name_any());
+    let mut labels = job.labels().clone();
+    labels.insert("job-name".into(), job.name_any());
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": name, "labels": labels},
+        "spec": {"restartPolicy": "Never", "containers": [{"name": "mover", "image": "mover"}]},
+    }))
+    .unwrap();
+    pods.create(&PostParams::default(), &pod).await.unwrap();
+    let status = json!({"status": {"phase": if succeeded { "Succeeded" } else { "Failed" },
+        "containerStatuses": [{"name": "mover", "image": "mover", "imageID": "", "ready": false, "restartCount": 0,
+            "state": {"terminated": {"exitCode": if succeeded { 0 } else { 1 }, "message": message,
+                "startedAt": "2026-11-25T10:00:00Z", "finishedAt": "2026-11-25T10:00:05Z"}}}]}});
+    pods.patch_status(&name, &PatchParams::default(), &Patch::Merge(&status))
+        .await
+        .unwrap();
+    let jobs: Api<Job> = Api::namespaced(client.clone(), ns);
+    let now = jiff::Timestamp::now().to_string();
+    let conditions = if succeeded {
+        json!([{"type": "SuccessCriteriaMet", "status": "True", "lastTransitionTime": now},
+               {"type": "Complete", "status": "True", "lastTransitionTime": now}])
+    } else {
+        json!([{"type": "FailureTarget", "status": "True", "lastTransitionTime": now},
+               {"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded", "lastTransitionTime": now}])
+    };
+    let mut status = json!({"status": {"startTime": now, "conditions": conditions}});
+    if succeeded {
+        status["status"]["completionTime"] = json!(now);
+        status["status"]["succeeded"] = json!(1);
+    } else {
+        status["status"]["failed"] = json!(1);
+    }
+    jobs.patch_status(
+        &job.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(&status),
+    )
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_runs_its_movers_reports_ready_and_cleans_up() {
+    let Some(client) = client_or_skip().await else {
+        return;
+    };
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for crd in [Snapshot::crd(), SnapshotRestore::crd()] {
+        crds.patch(
+            &crd.name_any(),
+            &PatchParams::apply("snapshot-operator-test").force(),
+            &Patch::Apply(&crd),
+        )
+        .await
+        .unwrap();
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let ns = format!("snapshot-it-{}", std::process::id());
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    namespaces
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": ns}})).unwrap(),
+        )
+        .await
+        .unwrap();
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &ns);
+    for claim in ["data", "backups"] {
+        let pvc = serde_json::from_value(json!({"metadata": {"name": claim},
+            "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}}))
+        .unwrap();
+        claims.create(&PostParams::default(), &pvc).await.unwrap();
+    }
+    let config: OperatorConfig = serde_json::from_value(json!({
+        "defaultStorage": {"local": {"persistentVolumeClaim": {"claimName": "backups"}}}
+    }))
+    .unwrap();
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        config,
+        Arc::new(Metrics::default()),
+        "it",
+    ));
+    let controller = tokio::spawn(controllers(ctx));
+
+    let snapshots: Api<Snapshot> = Api::namespaced(client.clone(), &ns);
+    let snap: Snapshot = serde_json::from_value(json!({
+        "apiVersion": "snapshot-operator.dev/v1alpha1", "kind": "Snapshot",
+        "metadata": {"name": "data-1"},
+        "spec": {"source": {"persistentVolumeClaim": {"claimName": "data"}}, "collection": "products"},
+    }))
+    .unwrap();
+    snapshots
+        .create(&PostParams::default(), &snap)
+        .await
+        .unwrap();
+
+    // Invalid specs are refused by the API server's schema.
+    let invalid: Snapshot = serde_json::from_value(json!({
+        "apiVersion": "snapshot-operator.dev/v1alpha1", "kind": "Snapshot",
+        "metadata": {"name": "bad"},
+        "spec": {"source": {"persistentVolumeClaim": {"claimName": "data"}}, "collection": "a/b"},
+    }))
+    .unwrap();
+    assert!(
+        snapshots
+            .create(&PostParams::default(), &invalid)
+            .await
+            .is_err()
+    );
+
+    let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
+    let job = eventually("the mover Job", || async {
+        jobs.list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .next()
+    })
+    .await;
+    let pod_spec = job.spec.clone().unwrap().template.spec.unwrap();
+    assert_eq!(pod_spec.automount_service_account_token, Some(false));
+    assert_eq!(
+        pod_spec.volumes.unwrap()[0]
+            .persistent_volume_claim
+            .clone()
+            .unwrap()
+            .claim_name,
+        "data"
+    );
+    let running = snapshots.get("data-1").await.unwrap();
+    assert_eq!(running.finalizers(), ["snapshot-operator.dev/cleanup"]);
+
+    let report = json!({"name": "products-data-2026-11-25-10-00-00.snapshot",
+        "key": "products/products-data-2026-11-25-10-00-00.snapshot", "size": 4096, "checksum": "ab".repeat(32)});
+    finish_job(&client, &ns, &job, &report.to_string(), true).await;
+    let ready = eventually("Ready=True", || async {
+        let s = snapshots.get("data-1").await.unwrap();
+        let status = s.status.clone()?;
+        status
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "True")
+            .then_some(status)
+    })
+    .await;
+    assert_eq!(
+        ready.archives[0].location.as_deref(),
+        Some("pvc://backups/products/products-data-2026-11-25-10-00-00.snapshot")
+    );
+    assert_eq!(ready.archives[0].size, Some(4096));
+
+    // Deleting: a delete mover runs before the finalizer goes.
+    snapshots
+        .delete("data-1", &DeleteParams::default())
+        .await
+        .unwrap();
+    let delete_job = eventually("the delete Job", || async {
+        jobs.list(&ListParams::default().labels(&format!("{}=delete", mover::OPERATION)))
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .next()
+    })
+    .await;
+    let args = delete_job
+        .spec
+        .clone()
+        .unwrap()
+        .template
+        .spec
+        .unwrap()
+        .containers[0]
+        .args
+        .clone()
+        .unwrap();
+    assert_eq!(
+        args,
+        [
+            "mover",
+            "delete",
+            "products/products-data-2026-11-25-10-00-00.snapshot"
+        ]
+    );
+    assert!(
+        snapshots.get_opt("data-1").await.unwrap().is_some(),
+        "the finalizer holds it"
+    );
+    finish_job(&client, &ns, &delete_job, "{}", true).await;
+    eventually("the Snapshot to be gone", || async {
+        snapshots
+            .get_opt("data-1")
+            .await
+            .unwrap()
+            .is_none()
+            .then_some(())
+    })
+    .await;
+
+    controller.abort();
+    namespaces
+        .delete(&ns, &DeleteParams::default())
+        .await
+        .unwrap();
+}
