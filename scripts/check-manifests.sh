@@ -43,6 +43,12 @@ PY
   target/debug/snapshot-operator controller --operator-config "$out/operator.yaml" --check-config >/dev/null
 done
 kubernetes-validate --strict --kubernetes-version 1.37.0 crds/*.yaml
+# Example manifests of Kubernetes' own kinds.
+for example in examples/kubernetes/*.yaml; do
+  if ! grep -q "^apiVersion: snapshot-operator.dev/" "$example"; then
+    kubernetes-validate --strict --kubernetes-version 1.37.0 "$example"
+  fi
+done
 
 # Custom resources against the CRDs' own schemas.
 for crd in crds/*.yaml; do

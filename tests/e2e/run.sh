@@ -1,0 +1,206 @@
+#!/usr/bin/env bash
+# End-to-end tests against the cluster kubectl points at (KUBECONFIG / current context), with
+# the operator installed (`make e2e` creates a kind cluster and installs everything first).
+# Skips, with a message, when no cluster is reachable.
+#
+# Env: E2E_NAMESPACE (default snapshot-e2e), E2E_IMAGE (operator image, for debug pods).
+set -euo pipefail
+cd "$(dirname "$0")"
+
+if ! command -v kubectl >/dev/null 2>&1; then
+  echo "e2e: SKIPPED: kubectl is not installed (and no cluster to test against)"
+  exit 0
+fi
+if ! kubectl cluster-info >/dev/null 2>&1; then
+  echo "e2e: SKIPPED: no Kubernetes cluster is reachable (set KUBECONFIG, or run 'make e2e')"
+  exit 0
+fi
+
+NS="${E2E_NAMESPACE:-snapshot-e2e}"
+IMAGE="${E2E_IMAGE:-snapshot-operator:e2e}"
+k() { kubectl -n "$NS" "$@"; }
+fail() { echo "e2e: FAILED: $*" >&2; k get snapshots,snapshotrestores,jobs,pods -o wide >&2 || true; exit 1; }
+pass() { echo "e2e: ok: $*"; }
+jp() { k get "$1" -o jsonpath="$2"; }
+
+# Waits for a jsonpath value.
+wait_for() { # resource jsonpath expected [timeout-seconds]
+  local deadline=$((SECONDS + ${4:-300}))
+  while [ "$SECONDS" -lt "$deadline" ]; do
+    [ "$(jp "$1" "$2" 2>/dev/null)" = "$3" ] && return 0
+    sleep 2
+  done
+  fail "$1 $2 never became $3 (it is '$(jp "$1" "$2" 2>/dev/null)')"
+}
+
+# Runs a command in a throwaway pod of the operator image with S3 or local storage mounted.
+storage_pod() { # name storage(s3|local) command...
+  local name="$1" storage="$2"; shift 2
+  local env='[]' volumes='[]' mounts='[]'
+  if [ "$storage" = s3 ]; then
+    env='[{"name":"SNAPSHOT_OPERATOR__STORAGE__SNAPSHOTS_PATH","value":"e2e"},
+          {"name":"SNAPSHOT_OPERATOR__STORAGE__SNAPSHOTS_CONFIG__SNAPSHOTS_STORAGE","value":"s3"},
+          {"name":"SNAPSHOT_OPERATOR__STORAGE__SNAPSHOTS_CONFIG__S3_CONFIG__BUCKET","value":"snapshots"},
+          {"name":"SNAPSHOT_OPERATOR__STORAGE__SNAPSHOTS_CONFIG__S3_CONFIG__ENDPOINT_URL","value":"http://s3:9000"},
+          {"name":"SNAPSHOT_OPERATOR__STORAGE__SNAPSHOTS_CONFIG__S3_CONFIG__ACCESS_KEY","valueFrom":{"secretKeyRef":{"name":"e2e-s3","key":"AWS_ACCESS_KEY_ID"}}},
+          {"name":"SNAPSHOT_OPERATOR__STORAGE__SNAPSHOTS_CONFIG__S3_CONFIG__SECRET_KEY","valueFrom":{"secretKeyRef":{"name":"e2e-s3","key":"AWS_SECRET_ACCESS_KEY"}}},
+          {"name":"SNAPSHOT_OPERATOR_LOG","value":"warn"}]'
+  else
+    env='[{"name":"SNAPSHOT_OPERATOR__STORAGE__SNAPSHOTS_PATH","value":"/snapshots/archives"},{"name":"SNAPSHOT_OPERATOR_LOG","value":"warn"}]'
+    volumes='[{"name":"s","persistentVolumeClaim":{"claimName":"snapshots"}}]'
+    mounts='[{"name":"s","mountPath":"/snapshots"}]'
+  fi
+  local args
+  args="$(printf '%s\n' "$@" | python3 -c 'import json,sys; print(json.dumps(sys.stdin.read().splitlines()))')"
+  k delete pod "$name" --ignore-not-found --wait >/dev/null
+  k apply -f - >/dev/null <<YAML
+{"apiVersion":"v1","kind":"Pod","metadata":{"name":"$name"},
+ "spec":{"restartPolicy":"Never","volumes":$volumes,
+  "containers":[{"name":"c","image":"$IMAGE","imagePullPolicy":"IfNotPresent","args":$args,"env":$env,"volumeMounts":$mounts}]}}
+YAML
+  local deadline=$((SECONDS + 180)) phase=""
+  while [ "$SECONDS" -lt "$deadline" ]; do
+    phase="$(jp "pod/$name" '{.status.phase}')"
+    case "$phase" in Succeeded|Failed) break ;; esac
+    sleep 2
+  done
+  k logs "$name"
+  [ "$phase" = Succeeded ] || fail "pod $name: $phase"
+}
+
+exec_cat() { k exec "$1" -c db -- cat "$2"; }
+
+echo "e2e: namespace $NS"
+kubectl create namespace "$NS" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
+k apply -f manifests/s3.yaml >/dev/null
+k apply -f manifests/workloads.yaml >/dev/null
+k wait --for=condition=complete job/s3-bucket --timeout=300s >/dev/null
+k rollout status statefulset/qdrant --timeout=300s >/dev/null
+k rollout status statefulset/fresh --timeout=300s >/dev/null
+pass "S3 server, StatefulSets and storage are up"
+
+# --- Invalid specs: refused by the API server, or flagged InvalidSpec ----------------------
+if k apply -f - >/dev/null 2>&1 <<'YAML'
+apiVersion: snapshot-operator.dev/v1alpha1
+kind: Snapshot
+metadata: {name: both-sources}
+spec:
+  source:
+    statefulSet: {name: qdrant, volumeClaimTemplate: qdrant-storage}
+    persistentVolumeClaim: {claimName: snapshots}
+YAML
+then fail "a Snapshot with two sources was accepted"; fi
+k apply -f - >/dev/null <<'YAML'
+apiVersion: snapshot-operator.dev/v1alpha1
+kind: Snapshot
+metadata: {name: missing-workload}
+spec:
+  source: {statefulSet: {name: does-not-exist, volumeClaimTemplate: qdrant-storage}}
+  storage: {local: {persistentVolumeClaim: {claimName: snapshots}}}
+YAML
+wait_for snapshot/missing-workload '{.status.conditions[?(@.type=="Ready")].reason}' InvalidSpec 60
+pass "invalid specs are refused or flagged InvalidSpec"
+
+# --- Snapshot of one collection to local-volume storage -------------------------------------
+k apply -f - >/dev/null <<'YAML'
+apiVersion: snapshot-operator.dev/v1alpha1
+kind: Snapshot
+metadata: {name: products-local}
+spec:
+  source: {statefulSet: {name: qdrant, volumeClaimTemplate: qdrant-storage}}
+  path: /
+  collection: products
+  storage: {local: {persistentVolumeClaim: {claimName: snapshots}, path: /archives}}
+  deletionPolicy: Delete
+YAML
+k wait --for=condition=Ready snapshot/products-local --timeout=300s >/dev/null || fail "products-local not Ready"
+[ "$(jp snapshot/products-local '{.status.nodes}')" = 2 ] || fail "expected 2 archives"
+for i in 0 1; do
+  name="$(jp snapshot/products-local "{.status.archives[$i].name}")"
+  sum="$(jp snapshot/products-local "{.status.archives[$i].checksum}")"
+  # The archive and its sidecar match the status (GNU-compatible sha256 from busybox).
+  k apply -f - >/dev/null <<YAML
+{"apiVersion":"v1","kind":"Pod","metadata":{"name":"sum-$i"},"spec":{"restartPolicy":"Never",
+ "volumes":[{"name":"s","persistentVolumeClaim":{"claimName":"snapshots"}}],
+ "containers":[{"name":"c","image":"docker.io/library/busybox:1.37","command":["sh","-c",
+  "cd /s/archives/products && sha256sum $name && cat $name.checksum"],"volumeMounts":[{"name":"s","mountPath":"/s"}]}]}}
+YAML
+  k wait --for=jsonpath='{.status.phase}'=Succeeded "pod/sum-$i" --timeout=120s >/dev/null || fail "sum-$i"
+  out="$(k logs "sum-$i")"
+  [ "$(echo "$out" | head -1 | cut -d' ' -f1)" = "$sum" ] || fail "archive $name does not match its status checksum"
+  [ "$(echo "$out" | tail -1)" = "$sum" ] || fail "sidecar of $name does not match"
+  k delete pod "sum-$i" >/dev/null
+done
+kubectl get snapshots -n "$NS"
+pass "collection snapshot to local storage: 2 archives, checksums match"
+
+# --- Full-storage snapshot to S3 ---------------------------------------------------------
+k apply -f - >/dev/null <<'YAML'
+apiVersion: snapshot-operator.dev/v1alpha1
+kind: Snapshot
+metadata: {name: full-s3}
+spec:
+  source: {statefulSet: {name: qdrant, volumeClaimTemplate: qdrant-storage}}
+  storage:
+    s3: {bucket: snapshots, endpointUrl: "http://s3:9000", prefix: e2e, credentialsSecret: {name: e2e-s3}}
+  deletionPolicy: Retain
+YAML
+k wait --for=condition=Ready snapshot/full-s3 --timeout=300s >/dev/null || fail "full-s3 not Ready"
+full0="$(jp snapshot/full-s3 '{.status.archives[0].name}')"
+# Downloading verifies the archive against its checksum object.
+storage_pod verify-s3 s3 snapshot download "$full0" -o /tmp/full.snapshot >/dev/null
+pass "full-storage snapshot to S3, archive verified against its checksum"
+
+# --- Restores into the fresh StatefulSet: stopWorkload, mapping by ordinal ------------------
+restore() { # name priority [collection]
+  local collection=""
+  [ -n "${3:-}" ] && collection="collection: $3"
+  k apply -f - >/dev/null <<YAML
+apiVersion: snapshot-operator.dev/v1alpha1
+kind: SnapshotRestore
+metadata: {name: $1}
+spec:
+  source: {snapshotRef: {name: ${4:-products-local}}}
+  target: {statefulSet: {name: fresh, volumeClaimTemplate: qdrant-storage}}
+  $collection
+  priority: $2
+  stopWorkload: true
+YAML
+  k wait --for=condition=Ready "snapshotrestore/$1" --timeout=400s >/dev/null || fail "restore $1 not Ready"
+  k rollout status statefulset/fresh --timeout=300s >/dev/null
+  [ "$(jp statefulset/fresh '{.spec.replicas}')" = 2 ] || fail "fresh not scaled back to 2"
+}
+node_phases() { jp "snapshotrestore/$1" '{.status.nodes[*].phase}'; }
+
+restore r-absent replica products
+[ "$(node_phases r-absent)" = "Restored Restored" ] || fail "r-absent: $(node_phases r-absent)"
+[ "$(exec_cat fresh-0 /qdrant/storage/collections/products/data.txt)" = "products from qdrant-0" ] || fail "fresh-0 data"
+[ "$(exec_cat fresh-1 /qdrant/storage/collections/products/data.txt)" = "products from qdrant-1" ] || fail "fresh-1 data"
+pass "restore (absent target) with stopWorkload: data verified inside the restarted pods"
+
+k exec fresh-0 -c db -- sh -c 'echo local > /qdrant/storage/collections/products/extra.txt'
+restore r-replica replica products
+[ "$(node_phases r-replica)" = "Skipped Skipped" ] || fail "r-replica: $(node_phases r-replica)"
+exec_cat fresh-0 /qdrant/storage/collections/products/extra.txt >/dev/null || fail "replica removed data"
+restore r-nosync no_sync products
+[ "$(node_phases r-nosync)" = "Restored Restored" ] || fail "r-nosync: $(node_phases r-nosync)"
+exec_cat fresh-0 /qdrant/storage/collections/products/extra.txt >/dev/null || fail "no_sync removed data"
+restore r-snapshot snapshot products
+[ "$(node_phases r-snapshot)" = "Restored Restored" ] || fail "r-snapshot: $(node_phases r-snapshot)"
+if exec_cat fresh-0 /qdrant/storage/collections/products/extra.txt >/dev/null 2>&1; then fail "snapshot priority kept old files"; fi
+[ "$(exec_cat fresh-0 /qdrant/storage/collections/products/data.txt)" = "products from qdrant-0" ] || fail "r-snapshot data"
+pass "priorities: replica skips, no_sync merges, snapshot replaces"
+
+restore r-full snapshot "" full-s3
+[ "$(exec_cat fresh-1 /qdrant/storage/collections/reviews/data.txt)" = "reviews from qdrant-1" ] || fail "full restore data"
+pass "full-storage restore from S3 with stopWorkload"
+
+# --- Deletion: Delete removes the archives, Retain keeps them -----------------------------
+k delete snapshot products-local --timeout=300s >/dev/null || fail "products-local not deleted"
+storage_pod list-local local snapshot list --collection products -o json > /tmp/e2e-list.json
+grep -q '\[\]' /tmp/e2e-list.json || { cat /tmp/e2e-list.json; fail "Delete kept archives"; }
+k delete snapshot full-s3 --timeout=300s >/dev/null || fail "full-s3 not deleted"
+storage_pod list-s3 s3 snapshot list -o json | grep -q "$full0" || fail "Retain lost the archive"
+pass "deletionPolicy Delete removes archives, Retain keeps them"
+
+echo "e2e: all passed"
