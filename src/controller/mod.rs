@@ -15,17 +15,24 @@ pub mod workload;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures_util::StreamExt;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::Api;
-use kube::runtime::events::{Event, Recorder, Reporter};
+use kube::api::{Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::{Controller, finalizer, watcher};
 use kube::{Client, Resource};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 
+use crate::api::condition::reason;
 use crate::api::{Snapshot, SnapshotRestore};
 use config::OperatorConfig;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use metrics::Metrics;
 
 /// The field manager of every write.
@@ -139,11 +146,79 @@ impl Context {
     }
 
     /// Publishes an event about `object`; failures are logged, never fatal.
-    pub async fn publish<K: Resource<DynamicType = ()>>(&self, object: &K, event: Event) {
+    pub async fn publish<K: Resource<DynamicType = ()>>(
+        &self,
+        object: &K,
+        type_: EventType,
+        reason: &str,
+        note: impl Into<String>,
+        action: &str,
+    ) {
+        let event = Event {
+            type_,
+            reason: reason.into(),
+            note: Some(note.into()),
+            action: action.into(),
+            secondary: None,
+        };
         if let Err(e) = self.recorder.publish(&event, &object.object_ref(&())).await {
             tracing::warn!(reason = %event.reason, error = %e, "could not publish an event");
         }
     }
+}
+
+impl Context {
+    /// An event for a phase change, from the new `Ready` condition: its reason and message.
+    pub async fn publish_ready<K: Resource<DynamicType = ()>>(
+        &self,
+        object: &K,
+        ready: Option<&Condition>,
+        action: &str,
+    ) {
+        let Some(c) = ready else { return };
+        let failed = [reason::FAILED, reason::INVALID_SPEC].contains(&c.reason.as_str());
+        let type_ = if failed {
+            EventType::Warning
+        } else {
+            EventType::Normal
+        };
+        self.publish(object, type_, &c.reason, c.message.clone(), action)
+            .await;
+    }
+}
+
+/// Writes a resource's status (server-side apply, with `apiVersion` and `kind`).
+pub async fn patch_status<K>(api: &Api<K>, name: &str, status: &impl Serialize) -> Result<(), Error>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
+{
+    let patch = serde_json::json!({
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
+        "status": status,
+    });
+    api.patch_status(
+        name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Transient errors are retried with backoff; a cleanup in progress is looked at soon.
+pub fn error_policy<K: Resource<DynamicType = ()>>(
+    object: Arc<K>,
+    error: &Error,
+    ctx: Arc<Context>,
+) -> Action {
+    let kind = K::kind(&()).to_ascii_lowercase();
+    ctx.metrics.failed(&kind, error.reason());
+    if let Error::CleanupPending = error.inner() {
+        return Action::requeue(Duration::from_secs(5));
+    }
+    tracing::warn!(kind = %kind, name = ?object.meta().name, error = %error, "reconcile failed");
+    Action::requeue(Duration::from_secs(30))
 }
 
 /// Runs the operator until SIGTERM.
@@ -201,7 +276,7 @@ pub async fn controllers(ctx: Arc<Context>) {
     )
     .owns(Api::<Job>::all(client.clone()), movers.clone())
     .shutdown_on_signal()
-    .run(snapshot::reconcile, snapshot::error_policy, ctx.clone())
+    .run(snapshot::reconcile, error_policy, ctx.clone())
     .for_each(log_result);
     let restores = Controller::new(
         Api::<SnapshotRestore>::all(client.clone()),
@@ -209,7 +284,7 @@ pub async fn controllers(ctx: Arc<Context>) {
     )
     .owns(Api::<Job>::all(client), movers)
     .shutdown_on_signal()
-    .run(restore::reconcile, restore::error_policy, ctx)
+    .run(restore::reconcile, error_policy, ctx)
     .for_each(log_result);
     tokio::join!(snapshots, restores);
 }

@@ -12,7 +12,7 @@ use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType};
+use kube::runtime::events::EventType;
 use kube::runtime::finalizer::{self, finalizer};
 use kube::{Resource, ResourceExt};
 use serde_json::json;
@@ -20,7 +20,7 @@ use serde_json::json;
 use super::mover::{self, MoverJob, MoverReport};
 use super::snapshot::{effective_storage, validate_storage};
 use super::workload::{self, Node};
-use super::{Context, Error, FIELD_MANAGER, FINALIZER, jobs};
+use super::{Context, Error, FINALIZER, jobs, patch_status};
 use crate::api::condition::{self, reason};
 use crate::api::restore::{
     NodePhase, NodeRestore, Priority, RestorePhase, SnapshotRestore, SnapshotRestoreSpec,
@@ -292,32 +292,6 @@ pub async fn reconcile(restore: Arc<SnapshotRestore>, ctx: Arc<Context>) -> Resu
     .map_err(|e| Error::Finalizer(Box::new(e)))
 }
 
-/// Transient errors are retried with backoff.
-pub fn error_policy(restore: Arc<SnapshotRestore>, error: &Error, ctx: Arc<Context>) -> Action {
-    ctx.metrics.failed("snapshotrestore", error.reason());
-    tracing::warn!(restore = %restore.name_any(), error = %error, "reconcile failed");
-    Action::requeue(Duration::from_secs(30))
-}
-
-async fn patch_status(
-    api: &Api<SnapshotRestore>,
-    name: &str,
-    status: &SnapshotRestoreStatus,
-) -> Result<(), Error> {
-    let patch = json!({
-        "apiVersion": SnapshotRestore::api_version(&()),
-        "kind": SnapshotRestore::kind(&()),
-        "status": status,
-    });
-    api.patch_status(
-        name,
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await?;
-    Ok(())
-}
-
 async fn invalid(
     restore: &SnapshotRestore,
     ctx: &Context,
@@ -332,13 +306,10 @@ async fn invalid(
     patch_status(api, &restore.name_any(), &status).await?;
     ctx.publish(
         restore,
-        Event {
-            type_: EventType::Warning,
-            reason: reason::INVALID_SPEC.into(),
-            note: Some(message.into()),
-            action: "Validate".into(),
-            secondary: None,
-        },
+        EventType::Warning,
+        reason::INVALID_SPEC,
+        message,
+        "Validate",
     )
     .await;
     Ok(Action::await_change())
@@ -532,21 +503,17 @@ async fn apply(restore: &SnapshotRestore, ctx: &Context) -> Result<Action, Error
             scale(ctx, restore, 0).await?;
             ctx.publish(
                 restore,
-                Event {
-                    type_: EventType::Normal,
-                    reason: reason::STOPPING_WORKLOAD.into(),
-                    note: Some(format!(
-                        "scaled StatefulSet {} from {current} to 0",
-                        sts.name
-                    )),
-                    action: "Stop".into(),
-                    secondary: None,
-                },
+                EventType::Normal,
+                reason::STOPPING_WORKLOAD,
+                format!("scaled StatefulSet {} from {current} to 0", sts.name),
+                "Stop",
             )
             .await;
             return Ok(Action::requeue(Duration::from_secs(2)));
         }
         if !in_use.is_empty() {
+            // Again, in case the operator stopped between recording and scaling.
+            scale(ctx, restore, 0).await?;
             let status = next_status(
                 restore,
                 entries,
@@ -637,24 +604,8 @@ async fn apply(restore: &SnapshotRestore, ctx: &Context) -> Result<Action, Error
     );
     patch_status(&api, &name, &status).await?;
     if old.phase != status.phase {
-        let (type_, why) = match status.phase {
-            Some(RestorePhase::Succeeded) => (EventType::Normal, reason::SUCCEEDED),
-            Some(RestorePhase::Failed) => (EventType::Warning, reason::FAILED),
-            Some(RestorePhase::Running) => (EventType::Normal, reason::RUNNING),
-            _ => (EventType::Normal, reason::PENDING),
-        };
-        let note = status.conditions.first().map(|c| c.message.clone());
-        ctx.publish(
-            restore,
-            Event {
-                type_,
-                reason: why.into(),
-                note,
-                action: "Restore".into(),
-                secondary: None,
-            },
-        )
-        .await;
+        ctx.publish_ready(restore, status.conditions.first(), "Restore")
+            .await;
     }
     Ok(match status.phase {
         Some(RestorePhase::Succeeded | RestorePhase::Failed) => Action::await_change(),
@@ -1023,6 +974,8 @@ mod mock {
                 "/api/v1/namespaces/ns/pods",
                 list("Pod", vec![workload_pod(1)]),
             ),
+            Expect::new("PATCH", format!("{STS}/scale"), scale(0))
+                .check(|b| assert_eq!(b["spec"]["replicas"], 0)),
             status_check(|s| {
                 assert_eq!(s["phase"], "Pending");
                 assert_eq!(

@@ -9,15 +9,14 @@ use std::time::Duration;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::api::{Api, ListParams};
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType};
+use kube::runtime::events::EventType;
 use kube::runtime::finalizer::{self, finalizer};
 use kube::{Resource, ResourceExt};
-use serde_json::json;
 
 use super::mover::{self, MoverJob, MoverReport};
-use super::{Context, Error, FIELD_MANAGER, FINALIZER, jobs, workload};
+use super::{Context, Error, FINALIZER, jobs, patch_status, workload};
 use crate::api::condition::{self, reason};
 use crate::api::snapshot::{
     ArchivePhase, ArchiveStatus, DeletionPolicy, Phase, Snapshot, SnapshotSpec, SnapshotStatus,
@@ -271,37 +270,6 @@ pub async fn reconcile(snap: Arc<Snapshot>, ctx: Arc<Context>) -> Result<Action,
     .map_err(|e| Error::Finalizer(Box::new(e)))
 }
 
-/// Transient errors are retried with backoff; a cleanup in progress is looked at soon.
-pub fn error_policy(snap: Arc<Snapshot>, error: &Error, ctx: Arc<Context>) -> Action {
-    ctx.metrics.failed("snapshot", error.reason());
-    match error.inner() {
-        Error::CleanupPending => Action::requeue(Duration::from_secs(5)),
-        _ => {
-            tracing::warn!(snapshot = %snap.name_any(), error = %error, "reconcile failed");
-            Action::requeue(Duration::from_secs(30))
-        }
-    }
-}
-
-async fn patch_status(
-    api: &Api<Snapshot>,
-    name: &str,
-    status: &SnapshotStatus,
-) -> Result<(), Error> {
-    let patch = json!({
-        "apiVersion": Snapshot::api_version(&()),
-        "kind": Snapshot::kind(&()),
-        "status": status,
-    });
-    api.patch_status(
-        name,
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await?;
-    Ok(())
-}
-
 async fn apply(snap: &Snapshot, ctx: &Context) -> Result<Action, Error> {
     let ns = snap.namespace().unwrap_or_default();
     let name = snap.name_any();
@@ -381,7 +349,10 @@ async fn apply(snap: &Snapshot, ctx: &Context) -> Result<Action, Error> {
     }
     let status = next_status(snap, next, &storage, Time(jiff::Timestamp::now()));
     patch_status(&api, &name, &status).await?;
-    publish_transition(snap, ctx, old.phase, &status).await;
+    if old.phase != status.phase {
+        ctx.publish_ready(snap, status.conditions.first(), "Snapshot")
+            .await;
+    }
     Ok(match status.phase {
         Some(Phase::Running) => Action::requeue(RUNNING_RECHECK),
         Some(Phase::Pending) => Action::requeue(PENDING_RECHECK),
@@ -400,13 +371,10 @@ async fn invalid(
     ctx.metrics.failed("snapshot", reason::INVALID_SPEC);
     ctx.publish(
         snap,
-        Event {
-            type_: EventType::Warning,
-            reason: reason::INVALID_SPEC.into(),
-            note: Some(message.into()),
-            action: "Validate".into(),
-            secondary: None,
-        },
+        EventType::Warning,
+        reason::INVALID_SPEC,
+        message,
+        "Validate",
     )
     .await;
     Ok(Action::await_change())
@@ -450,39 +418,6 @@ async fn start_mover(
     };
     jobs::create(&ctx.client, &mover::job(&spec, &ctx.config.mover)).await?;
     Ok(true)
-}
-
-async fn publish_transition(
-    snap: &Snapshot,
-    ctx: &Context,
-    before: Option<Phase>,
-    status: &SnapshotStatus,
-) {
-    if before == status.phase {
-        return;
-    }
-    let message = status
-        .conditions
-        .first()
-        .map(|c| c.message.clone())
-        .unwrap_or_default();
-    let (type_, reason) = match status.phase {
-        Some(Phase::Succeeded) => (EventType::Normal, reason::SUCCEEDED),
-        Some(Phase::Failed) => (EventType::Warning, reason::FAILED),
-        Some(Phase::Running) => (EventType::Normal, reason::RUNNING),
-        _ => (EventType::Normal, reason::PENDING),
-    };
-    ctx.publish(
-        snap,
-        Event {
-            type_,
-            reason: reason.into(),
-            note: Some(message),
-            action: "Snapshot".into(),
-            secondary: None,
-        },
-    )
-    .await;
 }
 
 /// Deletes the archives (through a delete mover) when the policy says so.
@@ -529,13 +464,10 @@ async fn cleanup(snap: &Snapshot, ctx: &Context) -> Result<Action, Error> {
         Some(true) => {
             ctx.publish(
                 snap,
-                Event {
-                    type_: EventType::Normal,
-                    reason: "Deleted".into(),
-                    note: Some("archives and checksums deleted".into()),
-                    action: "Cleanup".into(),
-                    secondary: None,
-                },
+                EventType::Normal,
+                "Deleted",
+                "archives and checksums deleted",
+                "Cleanup",
             )
             .await;
             Ok(Action::await_change())
@@ -550,13 +482,10 @@ async fn cleanup(snap: &Snapshot, ctx: &Context) -> Result<Action, Error> {
                 .unwrap_or_else(|| "the delete mover failed".into());
             ctx.publish(
                 snap,
-                Event {
-                    type_: EventType::Warning,
-                    reason: "CleanupFailed".into(),
-                    note: Some(format!("{message}; retrying")),
-                    action: "Cleanup".into(),
-                    secondary: None,
-                },
+                EventType::Warning,
+                "CleanupFailed",
+                format!("{message}; retrying"),
+                "Cleanup",
             )
             .await;
             jobs::delete(&ctx.client, job).await?;

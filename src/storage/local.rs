@@ -246,13 +246,8 @@ impl Storage for LocalStorage {
         let _ = fs::remove_file(&partial);
         drop(file);
         let key = published?;
-        Ok(ObjectInfo {
-            location: self.location(&key),
-            key,
-            size,
-            modified: Some(Timestamp::now()),
-            checksum: Some(digest),
-        })
+        let location = self.location(&key);
+        Ok(ObjectInfo::stored(key, location, size, digest))
     }
 
     async fn get(&self, key: &str) -> Result<(Reader, u64), StorageError> {

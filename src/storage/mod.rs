@@ -44,6 +44,19 @@ pub struct ObjectInfo {
     pub checksum: Option<String>,
 }
 
+impl ObjectInfo {
+    /// An archive just stored.
+    pub fn stored(key: String, location: String, size: u64, checksum: String) -> Self {
+        Self {
+            key,
+            location,
+            size,
+            modified: Some(Timestamp::now()),
+            checksum: Some(checksum),
+        }
+    }
+}
+
 /// Why a storage operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {

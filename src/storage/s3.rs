@@ -663,13 +663,8 @@ impl Storage for S3Storage {
             self.put_multipart(&key, first, hasher, body, checksum)
                 .await?
         };
-        Ok(ObjectInfo {
-            location: self.location(&key),
-            key,
-            size,
-            modified: Some(Timestamp::now()),
-            checksum: Some(digest),
-        })
+        let location = self.location(&key);
+        Ok(ObjectInfo::stored(key, location, size, digest))
     }
 
     async fn get(&self, key: &str) -> Result<(Reader, u64), StorageError> {
