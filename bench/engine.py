@@ -117,17 +117,22 @@ def main():
         flag = f"--collection {collection}" if collection else ""
         results = {}
 
-        def measure(key, cmd, before=None):
-            walls, rsss = [], []
+        def measure_group(group):
+            """Runs each (key, command-or-factory, before) of the group in turn, `runs` times
+            round-robin, so that a slow spell of the disk hits ours and the baseline alike."""
+            walls = {key: [] for key, _, _ in group}
+            rsss = {key: [] for key, _, _ in group}
             for _ in range(args.runs):
-                if before:
-                    before()
-                command = cmd() if callable(cmd) else cmd
-                drop_caches(args.warm)
-                w, r = timed(command, env)
-                walls.append(w)
-                rsss.append(r)
-            results[key] = (statistics.median(walls), max(rsss))
+                for key, cmd, before in group:
+                    if before:
+                        before()
+                    command = cmd() if callable(cmd) else cmd
+                    drop_caches(args.warm)
+                    w, r = timed(command, env)
+                    walls[key].append(w)
+                    rsss[key].append(r)
+            for key in walls:
+                results[key] = (statistics.median(walls[key]), max(rsss[key]), min(walls[key]), max(walls[key]))
 
         def clean_snaps():
             shutil.rmtree(snaps, ignore_errors=True)
@@ -142,8 +147,10 @@ def main():
             os.makedirs(target)
             return target
 
-        measure("tar -cf - | sha256sum", f"tar -cf - -C {storage} --exclude=.complete {rel} | sha256sum >/dev/null")
-        measure("snapshot create", f"{binary} snapshot create --storage-path {storage} {flag} --node bench -o json > {work}/created.json", clean_snaps)
+        measure_group([
+            ("tar -cf - | sha256sum", f"tar -cf - -C {storage} --exclude=.complete {rel} | sha256sum >/dev/null", None),
+            ("snapshot create", f"{binary} snapshot create --storage-path {storage} {flag} --node bench -o json > {work}/created.json", clean_snaps),
+        ])
         import json
         with open(f"{work}/created.json") as f:
             archive = json.load(f)["archive"]["location"]
@@ -151,23 +158,25 @@ def main():
             restore = f"--snapshot {archive}:{collection}"
         else:
             restore = f"--storage-snapshot {archive}"
-        measure("tar -xf", lambda: f"tar -xf {archive} -C {fresh_out()}")
-        measure("tar -xf && sync", lambda: f"tar -xf {archive} -C {fresh_out()} && sync")
-        measure("restore (synced)", lambda: f"{binary} restore --storage-path {fresh_out()} {restore} > /dev/null")
+        measure_group([
+            ("tar -xf", lambda: f"tar -xf {archive} -C {fresh_out()}", None),
+            ("tar -xf && sync", lambda: f"tar -xf {archive} -C {fresh_out()} && sync", None),
+            ("restore (synced)", lambda: f"{binary} restore --storage-path {fresh_out()} {restore} > /dev/null", None),
+        ])
 
         for ours, base in [("snapshot create", "tar -cf - | sha256sum"), ("restore (synced)", "tar -xf"),
                            ("restore (synced)", "tar -xf && sync")]:
-            w, r = results[ours]
-            bw, br = results[base]
-            rows.append((label, ours, base, w, bw, size / MIB / w, files / w, bw / w, r, br))
+            w, r, lo, hi = results[ours]
+            bw, br, blo, bhi = results[base]
+            rows.append((label, ours, base, w, bw, size / MIB / w, files / w, bw / w, r, br, f"{lo:.1f}-{hi:.1f}", f"{blo:.1f}-{bhi:.1f}"))
 
-    print(f"\n{mode} runs, median of {args.runs}; tree: {work}\n")
-    head = ("case", "ours", "baseline", "ours s", "base s", "MB/s", "files/s", "speedup", "RSS MiB", "base RSS")
-    fmt = "{:<13} {:<17} {:<22} {:>7} {:>7} {:>7} {:>8} {:>7} {:>8} {:>8}"
+    print(f"\n{mode} runs, median of {args.runs} (runs interleaved with the baseline); tree: {work}\n")
+    head = ("case", "ours", "baseline", "ours s", "base s", "MB/s", "files/s", "speedup", "RSS MiB", "base RSS", "ours range", "base range")
+    fmt = "{:<13} {:<17} {:<17} {:>7} {:>7} {:>6} {:>7} {:>7} {:>7} {:>8} {:>10} {:>10}"
     print(fmt.format(*head))
-    for (label, ours, base, w, bw, mbs, fps, ratio, r, br) in rows:
+    for (label, ours, base, w, bw, mbs, fps, ratio, r, br, rng, brng) in rows:
         print(fmt.format(label, ours, base, f"{w:.2f}", f"{bw:.2f}", f"{mbs:.0f}", f"{fps:.0f}",
-                         f"{ratio:.2f}x", f"{r:.1f}", f"{br:.1f}"))
+                         f"{ratio:.2f}x", f"{r:.1f}", f"{br:.1f}", rng, brng))
     print("\nspeedup = baseline time / our time (above 1.00x: faster than the baseline)")
     if not args.keep:
         shutil.rmtree(snaps, ignore_errors=True)

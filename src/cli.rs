@@ -11,7 +11,6 @@ use std::time::Duration;
 use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
 use serde::Serialize;
-use tokio_util::io::SyncIoBridge;
 
 use crate::config::{Config, ConfigError};
 use crate::engine::restore::{Limits, Outcome, Priority, RestoreSpec, Selection};
@@ -504,7 +503,7 @@ async fn download(args: DownloadArgs, storage: &dyn Storage) -> Result<ExitCode>
             done: 0,
             progress,
         };
-        let (written, hashed) = readahead::with_read_ahead(SyncIoBridge::new(reader), |input| {
+        let (written, hashed) = readahead::with_read_ahead(reader.into_blocking(), |input| {
             std::io::copy(input, &mut out).and_then(|n| out.flush().map(|()| n))
         });
         (written, hashed, out.inner)

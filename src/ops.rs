@@ -6,14 +6,13 @@ use std::sync::Arc;
 
 use jiff::Timestamp;
 use serde::Serialize;
-use tokio_util::io::SyncIoBridge;
 
 use crate::engine::archive::{self, Archived, CreateError, CreateSpec};
 use crate::engine::name;
 use crate::engine::pipe::pipe;
 use crate::engine::restore::{self, RestoreError, RestoreSpec, Restored};
 use crate::source::{Opened, SourceError};
-use crate::storage::{ObjectInfo, Storage, StorageError};
+use crate::storage::{ObjectInfo, Reader, Storage, StorageError};
 
 /// Chunks in flight between the tar writer and the storage upload.
 const PIPE_SLOTS: usize = 4;
@@ -99,7 +98,7 @@ pub async fn create_snapshot(
             .map_err(|source| CreateError::Write { source })?;
         Ok::<_, CreateError>(archived)
     });
-    let stored = storage.put(&naming, Box::new(reader), None).await;
+    let stored = storage.put(&naming, Reader::stream(reader), None).await;
     let written = writer_task
         .await
         .expect("the archive writer does not panic");
@@ -132,7 +131,7 @@ pub async fn restore_snapshot(
     }
     let reader = source.reader;
     let restored = tokio::task::spawn_blocking(move || {
-        restore::restore(&spec, SyncIoBridge::new(reader), progress.as_ref())
+        restore::restore(&spec, reader.into_blocking(), progress.as_ref())
     })
     .await
     .expect("the restore does not panic")?;

@@ -267,8 +267,8 @@ pub async fn open_file(path: &Path, checksum: Option<&str>) -> Result<Opened, So
         path: path.to_owned(),
         source,
     };
-    let file = tokio::fs::File::open(path).await.map_err(open_err)?;
-    let size = file.metadata().await.map_err(open_err)?.len();
+    let file = std::fs::File::open(path).map_err(open_err)?;
+    let size = file.metadata().map_err(open_err)?.len();
     let mut sidecar_path = path.as_os_str().to_owned();
     sidecar_path.push(name::CHECKSUM_EXT);
     let sidecar = tokio::fs::read_to_string(&sidecar_path)
@@ -277,7 +277,7 @@ pub async fn open_file(path: &Path, checksum: Option<&str>) -> Result<Opened, So
         .and_then(|t| name::parse_checksum(&t));
     let location = path.display().to_string();
     Ok(Opened {
-        reader: Box::new(file),
+        reader: Reader::File(file),
         size: Some(size),
         checksum: expected_checksum(&location, checksum, sidecar)?,
         location,
@@ -327,7 +327,7 @@ async fn open_http(
         io::Error::new(kind, e)
     });
     Ok(Opened {
-        reader: Box::new(StreamReader::new(stream)),
+        reader: Reader::stream(StreamReader::new(stream)),
         size,
         checksum: expected_checksum(url.as_str(), checksum, None)?,
         location: url.to_string(),

@@ -66,7 +66,7 @@ async fn a_server_stopped_mid_upload_leaves_nothing_behind() {
         .unwrap();
     let data = binary(30 << 20, "outage");
     let (open, gate) = tokio::sync::oneshot::channel();
-    let body: Reader = Box::new(Gated {
+    let body = Reader::stream(Gated {
         head: io::Cursor::new(data[..12 << 20].to_vec()),
         tail: io::Cursor::new(data[12 << 20..].to_vec()),
         gate: Some(gate),

@@ -17,7 +17,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
 use common::*;
 
 fn reader(data: Vec<u8>) -> Reader {
-    Box::new(io::Cursor::new(data))
+    Reader::stream(io::Cursor::new(data))
 }
 
 /// Yields `data`, then fails (a producer that broke mid-stream).
@@ -74,9 +74,9 @@ impl AsyncRead for Gated {
 use std::future::Future;
 
 async fn read_all(storage: &dyn Storage, key: &str) -> Vec<u8> {
-    let (mut r, size) = storage.get(key).await.unwrap();
+    let (r, size) = storage.get(key).await.unwrap();
     let mut out = Vec::new();
-    r.read_to_end(&mut out).await.unwrap();
+    r.into_async().read_to_end(&mut out).await.unwrap();
     assert_eq!(out.len() as u64, size);
     out
 }
@@ -162,7 +162,7 @@ async fn conformance(storage: &dyn Storage, in_progress: impl AsyncFn() -> usize
             .await
             .unwrap_err();
         assert!(matches!(err, StorageError::Checksum { .. }), "{err}");
-        let failing: Reader = Box::new(Failing {
+        let failing = Reader::stream(Failing {
             data: io::Cursor::new(data),
         });
         let err = storage
@@ -187,7 +187,7 @@ async fn conformance(storage: &dyn Storage, in_progress: impl AsyncFn() -> usize
     // Atomic visibility: nothing under the key while the put is under way.
     let (open, gate) = tokio::sync::oneshot::channel();
     let given = Arc::new(AtomicU64::new(0));
-    let body: Reader = Box::new(Gated {
+    let body = Reader::stream(Gated {
         head: io::Cursor::new(big[..7 << 20].to_vec()),
         tail: io::Cursor::new(big[7 << 20..].to_vec()),
         gate: Some(gate),

@@ -14,7 +14,6 @@ use async_trait::async_trait;
 use jiff::Timestamp;
 use rustix::fs::FlockOperation;
 use sha2::{Digest, Sha256};
-use tokio_util::io::SyncIoBridge;
 
 use super::{
     Naming, ObjectInfo, Reader, Storage, StorageError, check_digest, is_archive_key, validate_key,
@@ -105,7 +104,7 @@ impl LocalStorage {
         let result = (|| {
             rustix::fs::flock(&file, FlockOperation::LockExclusive)
                 .map_err(|e| io_err("lock", &path)(e.into()))?;
-            let mut body = SyncIoBridge::new(body);
+            let mut body = body.into_blocking();
             let mut hasher = Sha256::new();
             let mut buf = vec![0; COPY_BUF];
             let mut size = 0u64;
@@ -253,7 +252,7 @@ impl Storage for LocalStorage {
     async fn get(&self, key: &str) -> Result<(Reader, u64), StorageError> {
         validate_key(key)?;
         let path = self.path(key);
-        let file = tokio::fs::File::open(&path).await.map_err(|e| {
+        let file = File::open(&path).map_err(|e| {
             if e.kind() == io::ErrorKind::NotFound {
                 StorageError::NotFound {
                     location: self.location(key),
@@ -262,8 +261,8 @@ impl Storage for LocalStorage {
                 io_err("open", &path)(e)
             }
         })?;
-        let size = file.metadata().await.map_err(io_err("open", &path))?.len();
-        Ok((Box::new(file), size))
+        let size = file.metadata().map_err(io_err("open", &path))?.len();
+        Ok((Reader::File(file), size))
     }
 
     async fn head(&self, key: &str) -> Result<Option<ObjectInfo>, StorageError> {

@@ -1,9 +1,9 @@
 //! S3 storage (AWS, MinIO, Ceph, SeaweedFS, ...): archives under `<prefix>/<key>`.
 //!
-//! A put reads the archive stream in parts of `part_size` bytes and uploads up to
-//! `concurrency` parts at once (memory: about `(concurrency + 1) * part_size`), hashing as it
-//! goes; once all parts are in, it writes the `.checksum` sidecar object and only then
-//! completes the multipart upload, which makes the archive visible. Any failure, a checksum
+//! A put reads the archive stream in parts of `part_size` bytes and uploads them while it
+//! reads the next, with at most `concurrency` parts in memory, hashing as it goes; once all
+//! parts are in, it writes the `.checksum` sidecar object and only then completes the
+//! multipart upload, which makes the archive visible. Any failure, a checksum
 //! mismatch or an interruption aborts the multipart upload (retrying the abort while the
 //! server is unreachable), so nothing is left behind: no object, no dangling upload. Small
 //! archives (one part) are a single `PutObject` after their sidecar.
@@ -26,7 +26,7 @@ use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use jiff::Timestamp;
 use sha2::{Digest, Sha256};
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::task::JoinSet;
 
 use super::{
@@ -242,9 +242,9 @@ impl S3Storage {
     async fn read_checksum(&self, key: &str) -> Result<Option<String>, StorageError> {
         let sidecar = name::checksum_key(key);
         match self.get_object(&sidecar).await {
-            Ok((mut reader, _)) => {
+            Ok((reader, _)) => {
                 let mut text = String::new();
-                let mut limited = (&mut reader).take(1024);
+                let mut limited = reader.into_async().take(1024);
                 limited
                     .read_to_string(&mut text)
                     .await
@@ -261,8 +261,8 @@ impl S3Storage {
     }
 
     /// Streams any object of the bucket (under the prefix), with its size. Objects larger
-    /// than a part are fetched as ranges, up to `concurrency` at once (memory: about
-    /// `concurrency * part_size`), and handed out in order.
+    /// than a part are fetched as ranges in parallel and handed out in order, with at most
+    /// `concurrency` parts in memory.
     pub async fn get_object(&self, key: &str) -> Result<(Reader, u64), StorageError> {
         let part = self.part_size as u64;
         let first = match self.get_range(key, Some((0, part)), None).await {
@@ -279,7 +279,7 @@ impl S3Storage {
             .or_else(|| first.content_length().and_then(|l| u64::try_from(l).ok()))
             .unwrap_or(0);
         if total <= part {
-            return Ok((Box::new(first.body.into_async_read()), total));
+            return Ok((Reader::stream(first.body.into_async_read()), total));
         }
         let etag = first.e_tag().map(str::to_owned);
         let head = tokio::spawn(async move { segments(first.body).await });
@@ -295,7 +295,8 @@ impl S3Storage {
         }));
         let ranges = futures_util::stream::iter([head])
             .chain(rest)
-            .buffered(self.concurrency.max(1))
+            // Ranges in flight, plus the one being read: `concurrency` parts in memory.
+            .buffered(self.concurrency.saturating_sub(1).max(1))
             .flat_map(|joined| {
                 futures_util::stream::iter(match joined {
                     Ok(Ok(segments)) => segments.into_iter().map(Ok).collect(),
@@ -305,7 +306,7 @@ impl S3Storage {
             });
         let body = ranges;
         Ok((
-            Box::new(tokio_util::io::StreamReader::new(Box::pin(body))),
+            Reader::stream(tokio_util::io::StreamReader::new(Box::pin(body))),
             total,
         ))
     }
@@ -386,7 +387,7 @@ impl S3Storage {
         key: &str,
         first: Bytes,
         mut hasher: Sha256,
-        mut body: Reader,
+        mut body: Box<dyn AsyncRead + Send + Unpin>,
         expected: Option<&str>,
     ) -> Result<(u64, String), StorageError> {
         let created = self
@@ -425,12 +426,13 @@ impl S3Storage {
                         source: None,
                     });
                 }
-                while parts.len() >= self.concurrency {
-                    done.push(joined(parts.join_next().await)?);
-                }
                 let this = self.clone();
                 let (key, id) = (key.to_owned(), upload_id.clone());
                 parts.spawn(async move { this.upload_part(&key, &id, number, part).await });
+                // The part read next takes a slot too: at most `concurrency` parts in memory.
+                while parts.len() >= self.concurrency {
+                    done.push(joined(parts.join_next().await)?);
+                }
                 let chunk = read_part(&mut body, self.part_size)
                     .await
                     .map_err(|source| StorageError::Body { source })?;
@@ -589,7 +591,10 @@ fn joined(
 }
 
 /// Reads up to `size` bytes (less only at the end of the stream).
-async fn read_part(body: &mut Reader, size: usize) -> std::io::Result<Bytes> {
+async fn read_part(
+    body: &mut (dyn AsyncRead + Send + Unpin),
+    size: usize,
+) -> std::io::Result<Bytes> {
     let mut buf = BytesMut::with_capacity(size);
     while buf.len() < size {
         let n = body.read_buf(&mut buf).await?;
@@ -637,10 +642,11 @@ impl Storage for S3Storage {
     async fn put(
         &self,
         naming: Naming<'_>,
-        mut body: Reader,
+        body: Reader,
         checksum: Option<&str>,
     ) -> Result<ObjectInfo, StorageError> {
         let key = self.free_key(naming).await?;
+        let mut body = body.into_async();
         let first = read_part(&mut body, self.part_size)
             .await
             .map_err(|source| StorageError::Body { source })?;
