@@ -107,40 +107,44 @@ def main():
 
         rows = []
 
-        def measure(cmd_fn, e=env):
-            walls, rsss = [], []
+        def measure(ours_fn, base_fn):
+            """Runs ours and the baseline alternately (run n of each back to back), so that
+            drift of the disk or the server hits both alike; (median wall, max RSS) of each."""
+            runs = {"ours": ([], []), "base": ([], [])}
             for n in range(1, args.runs + 1):
-                w, r, _ = timed(cmd_fn(n), e)
-                walls.append(w)
-                rsss.append(r)
-            return statistics.median(walls), max(rsss)
+                for side, fn in (("ours", ours_fn), ("base", base_fn)):
+                    w, r, _ = timed(fn(n), env)
+                    runs[side][0].append(w)
+                    runs[side][1].append(r)
+            return tuple((statistics.median(w), max(r)) for w, r in runs.values())
 
-        def row(case, size, ours_label, ours, base_label, base):
+        def row(case, size, ours_label, base_label, pair):
+            ours, base = pair
             rows.append((case, ours_label, base_label, ours[0], base[0], size / MIB / ours[0], base[0] / ours[0], ours[1], base[1]))
 
         # 1 GiB archive: upload, download.
-        up = measure(lambda n: f"SNAPSHOT_OPERATOR__STORAGE__SNAPSHOTS_PATH=up{n} {binary} snapshot upload {one_gib} >/dev/null")
-        rup = measure(lambda n: f"rclone copyto {one_gib} bench:{bucket}/rclone/one-{n}.snapshot")
-        row("1 GiB archive", one_gib_size, "snapshot upload", up, "rclone copyto (up)", rup)
-        down = measure(lambda n: f"SNAPSHOT_OPERATOR__STORAGE__SNAPSHOTS_PATH=up1 {binary} snapshot download {one_gib_name} -o {work}/down.snapshot; rm -f {work}/down.snapshot")
-        rdown = measure(lambda n: f"rclone copyto bench:{bucket}/rclone/one-1.snapshot {work}/down.snapshot; rm -f {work}/down.snapshot")
-        row("1 GiB archive", one_gib_size, "snapshot download", down, "rclone copyto (down)", rdown)
+        row("1 GiB archive", one_gib_size, "snapshot upload", "rclone copyto (up)", measure(
+            lambda n: f"SNAPSHOT_OPERATOR__STORAGE__SNAPSHOTS_PATH=up{n} {binary} snapshot upload {one_gib} >/dev/null",
+            lambda n: f"rclone copyto {one_gib} bench:{bucket}/rclone/one-{n}.snapshot"))
+        row("1 GiB archive", one_gib_size, "snapshot download", "rclone copyto (down)", measure(
+            lambda n: f"SNAPSHOT_OPERATOR__STORAGE__SNAPSHOTS_PATH=up1 {binary} snapshot download {one_gib_name} -o {work}/down.snapshot; rm -f {work}/down.snapshot",
+            lambda n: f"rclone copyto bench:{bucket}/rclone/one-1.snapshot {work}/down.snapshot; rm -f {work}/down.snapshot"))
 
         # The 2 GiB tree: snapshot streamed to S3 vs rclone of the archive file; downloads.
-        create = measure(lambda n: f"{binary} snapshot create --storage-path {storage} --node tree{n} >/dev/null")
-        rtree = measure(lambda n: f"rclone copyto {tree_archive} bench:{bucket}/rclone/tree-{n}.snapshot")
-        row("2 GiB tree", tree_size, "snapshot create", create, "rclone copyto (up)", rtree)
+        row("2 GiB tree", tree_size, "snapshot create", "rclone copyto (up)", measure(
+            lambda n: f"{binary} snapshot create --storage-path {storage} --node tree{n} >/dev/null",
+            lambda n: f"rclone copyto {tree_archive} bench:{bucket}/rclone/tree-{n}.snapshot"))
         listing = json.loads(subprocess.run([binary, "snapshot", "list", "-o", "json"], env=env,
                                             capture_output=True, text=True, check=True).stdout)
         tree_name = next(e["name"] for e in listing if e["name"].startswith("full-snapshot-tree"))
-        tdown = measure(lambda n: f"{binary} snapshot download {tree_name} -o {work}/down.snapshot; rm -f {work}/down.snapshot")
-        rtdown = measure(lambda n: f"rclone copyto bench:{bucket}/rclone/tree-1.snapshot {work}/down.snapshot; rm -f {work}/down.snapshot")
-        row("2 GiB tree", tree_size, "snapshot download", tdown, "rclone copyto (down)", rtdown)
+        row("2 GiB tree", tree_size, "snapshot download", "rclone copyto (down)", measure(
+            lambda n: f"{binary} snapshot download {tree_name} -o {work}/down.snapshot; rm -f {work}/down.snapshot",
+            lambda n: f"rclone copyto bench:{bucket}/rclone/tree-1.snapshot {work}/down.snapshot; rm -f {work}/down.snapshot"))
     finally:
         stop_server()
         shutil.rmtree(local_snaps, ignore_errors=True)
 
-    print(f"\nwarm runs against SeaweedFS on loopback, median of {args.runs}\n")
+    print(f"\nwarm runs against SeaweedFS on loopback, median of {args.runs}, runs interleaved with rclone\n")
     fmt = "{:<14} {:<18} {:<21} {:>7} {:>7} {:>7} {:>8} {:>8} {:>9}"
     print(fmt.format("case", "ours", "baseline", "ours s", "base s", "MB/s", "speedup", "RSS MiB", "base RSS"))
     for (case, ours, base, w, bw, mbs, ratio, r, br) in rows:

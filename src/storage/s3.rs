@@ -262,7 +262,7 @@ impl S3Storage {
 
     /// Streams any object of the bucket (under the prefix), with its size. Objects larger
     /// than a part are fetched as ranges in parallel and handed out in order, with at most
-    /// `concurrency` parts in memory.
+    /// `concurrency` parts in memory (two when it is 1: one is fetched while one is read).
     pub async fn get_object(&self, key: &str) -> Result<(Reader, u64), StorageError> {
         let part = self.part_size as u64;
         let first = match self.get_range(key, Some((0, part)), None).await {
