@@ -16,7 +16,7 @@ use serde::Serialize;
 
 use super::WORKSPACE_DIR;
 use super::archive::{ALIASES_FILE, COLLECTIONS_DIR};
-use super::flush::Flusher;
+use super::flush::{Flusher, KICK_EVERY, start_writeback};
 use super::manifest::{FORMAT_VERSION, Kind, MANIFEST_ENTRY, MAX_MANIFEST_BYTES, Manifest};
 use super::name::{self, NameError};
 use super::readahead::{self, ChunkReader};
@@ -636,6 +636,7 @@ fn copy(
     buf: &mut [u8],
     path: &Path,
 ) -> Result<(), RestoreError> {
+    let (mut written, mut kicked) = (0u64, 0u64);
     loop {
         let n = match from.read(buf) {
             Ok(0) => return Ok(()),
@@ -644,6 +645,11 @@ fn copy(
             Err(source) => return Err(read_err(source)),
         };
         to.write_all(&buf[..n]).map_err(write_err(path))?;
+        written += n as u64;
+        if written - kicked >= KICK_EVERY {
+            start_writeback(to, kicked, written - kicked);
+            kicked = written;
+        }
     }
 }
 
