@@ -206,13 +206,45 @@ where
     Ok(())
 }
 
+/// The `resource` label of a kind in the metrics: `snapshot`, `snapshotrestore`.
+pub fn resource_label<K: Resource<DynamicType = ()>>() -> String {
+    K::kind(&()).to_ascii_lowercase()
+}
+
+/// Records a spec that cannot be acted on: its `status` (`Ready=False`, `InvalidSpec`), the
+/// failure in the metrics and a Warning event. Nothing is retried until the spec changes.
+pub async fn reject<K>(
+    ctx: &Context,
+    object: &K,
+    api: &Api<K>,
+    status: &impl Serialize,
+    message: &str,
+) -> Result<Action, Error>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
+{
+    let name = object.meta().name.clone().unwrap_or_default();
+    patch_status(api, &name, status).await?;
+    ctx.metrics
+        .failed(&resource_label::<K>(), reason::INVALID_SPEC);
+    ctx.publish(
+        object,
+        EventType::Warning,
+        reason::INVALID_SPEC,
+        message,
+        "Validate",
+    )
+    .await;
+    Ok(Action::await_change())
+}
+
 /// Transient errors are retried with backoff; a cleanup in progress is looked at soon.
 pub fn error_policy<K: Resource<DynamicType = ()>>(
     object: Arc<K>,
     error: &Error,
     ctx: Arc<Context>,
 ) -> Action {
-    let kind = K::kind(&()).to_ascii_lowercase();
+    let kind = resource_label::<K>();
     ctx.metrics.failed(&kind, error.reason());
     if let Error::CleanupPending = error.inner() {
         return Action::requeue(Duration::from_secs(5));

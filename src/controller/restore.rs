@@ -20,7 +20,7 @@ use serde_json::json;
 use super::mover::{self, MoverJob, MoverReport};
 use super::snapshot::{effective_storage, validate_storage};
 use super::workload::{self, Node};
-use super::{Context, Error, FINALIZER, jobs, patch_status};
+use super::{Context, Error, FINALIZER, jobs, patch_status, reject, resource_label};
 use crate::api::condition::{self, reason};
 use crate::api::restore::{
     NodePhase, NodeRestore, Priority, RestorePhase, SnapshotRestore, SnapshotRestoreSpec,
@@ -279,7 +279,7 @@ fn priority_arg(priority: Priority) -> &'static str {
 
 /// Reconciles one SnapshotRestore.
 pub async fn reconcile(restore: Arc<SnapshotRestore>, ctx: Arc<Context>) -> Result<Action, Error> {
-    ctx.metrics.reconciled("snapshotrestore");
+    ctx.metrics.reconciled(&resource_label::<SnapshotRestore>());
     let ns = restore.namespace().unwrap_or_default();
     let api: Api<SnapshotRestore> = Api::namespaced(ctx.client.clone(), &ns);
     finalizer(&api, FINALIZER, restore, |event| async {
@@ -303,16 +303,7 @@ async fn invalid(
         scale(ctx, restore, replicas).await?;
     }
     let status = invalid_status(restore, message, Time(jiff::Timestamp::now()));
-    patch_status(api, &restore.name_any(), &status).await?;
-    ctx.publish(
-        restore,
-        EventType::Warning,
-        reason::INVALID_SPEC,
-        message,
-        "Validate",
-    )
-    .await;
-    Ok(Action::await_change())
+    reject(ctx, restore, api, &status, message).await
 }
 
 /// The archives to restore, or why not (yet): `Ok(Err((message, wait)))`.
@@ -859,7 +850,7 @@ mod mock {
     //! Reconciliations against a mock API server: every request asserted.
     use super::*;
     use crate::controller::config::OperatorConfig;
-    use crate::controller::testing::{Expect, context, event, list};
+    use crate::controller::testing::{Expect, event, list, scripted};
     use serde_json::{Value, json};
 
     const RESTORES: &str = "/apis/snapshot-operator.dev/v1alpha1/namespaces/ns/snapshotrestores/r";
@@ -940,11 +931,11 @@ mod mock {
     }
 
     async fn run(r: SnapshotRestore, script: Vec<Expect>) -> Result<Action, Error> {
-        let (ctx, server) = context(OperatorConfig::default());
-        let verifier = server.run(script);
-        let result = reconcile(Arc::new(r), ctx).await;
-        verifier.await.expect("every expected request was made");
-        result
+        scripted(OperatorConfig::default(), script, |ctx| {
+            reconcile(Arc::new(r), ctx)
+        })
+        .await
+        .0
     }
 
     fn status_check(check: impl Fn(&Value) + Send + 'static) -> Expect {
@@ -1153,9 +1144,16 @@ mod mock {
             }),
             event("InvalidSpec"),
         ];
-        assert_eq!(
-            run(restore(s, Value::Null, false), script).await.unwrap(),
-            Action::await_change()
+        let (action, metrics) = scripted(OperatorConfig::default(), script, |ctx| {
+            reconcile(Arc::new(restore(s, Value::Null, false)), ctx)
+        })
+        .await;
+        assert_eq!(action.unwrap(), Action::await_change());
+        assert!(
+            metrics.contains(
+                r#"snapshot_operator_reconcile_failures_total{resource="snapshotrestore",reason="InvalidSpec"} 1"#
+            ),
+            "{metrics}"
         );
     }
 

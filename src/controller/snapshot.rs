@@ -16,7 +16,7 @@ use kube::runtime::finalizer::{self, finalizer};
 use kube::{Resource, ResourceExt};
 
 use super::mover::{self, MoverJob, MoverReport};
-use super::{Context, Error, FINALIZER, jobs, patch_status, workload};
+use super::{Context, Error, FINALIZER, jobs, patch_status, reject, resource_label, workload};
 use crate::api::condition::{self, reason};
 use crate::api::snapshot::{
     ArchivePhase, ArchiveStatus, DeletionPolicy, Phase, Snapshot, SnapshotSpec, SnapshotStatus,
@@ -257,7 +257,7 @@ pub fn invalid_status(snap: &Snapshot, message: &str, now: Time) -> SnapshotStat
 
 /// Reconciles one Snapshot.
 pub async fn reconcile(snap: Arc<Snapshot>, ctx: Arc<Context>) -> Result<Action, Error> {
-    ctx.metrics.reconciled("snapshot");
+    ctx.metrics.reconciled(&resource_label::<Snapshot>());
     let ns = snap.namespace().unwrap_or_default();
     let api: Api<Snapshot> = Api::namespaced(ctx.client.clone(), &ns);
     finalizer(&api, FINALIZER, snap, |event| async {
@@ -367,17 +367,7 @@ async fn invalid(
     message: &str,
 ) -> Result<Action, Error> {
     let status = invalid_status(snap, message, Time(jiff::Timestamp::now()));
-    patch_status(api, &snap.name_any(), &status).await?;
-    ctx.metrics.failed("snapshot", reason::INVALID_SPEC);
-    ctx.publish(
-        snap,
-        EventType::Warning,
-        reason::INVALID_SPEC,
-        message,
-        "Validate",
-    )
-    .await;
-    Ok(Action::await_change())
+    reject(ctx, snap, api, &status, message).await
 }
 
 /// Starts the mover of one node if a slot is free; tells whether it started.
@@ -633,7 +623,7 @@ mod mock {
     //! Reconciliations against a mock API server: every request asserted.
     use super::*;
     use crate::controller::config::OperatorConfig;
-    use crate::controller::testing::{Expect, context, event, list, not_found};
+    use crate::controller::testing::{Expect, event, list, not_found, scripted};
     use serde_json::{Value, json};
 
     const SNAPS: &str = "/apis/snapshot-operator.dev/v1alpha1/namespaces/ns/snapshots/s";
@@ -713,11 +703,9 @@ mod mock {
         config: OperatorConfig,
         script: Vec<Expect>,
     ) -> Result<Action, Error> {
-        let (ctx, server) = context(config);
-        let verifier = server.run(script);
-        let result = reconcile(Arc::new(snap), ctx).await;
-        verifier.await.expect("every expected request was made");
-        result
+        scripted(config, script, |ctx| reconcile(Arc::new(snap), ctx))
+            .await
+            .0
     }
 
     #[tokio::test]
@@ -908,10 +896,17 @@ mod mock {
             }),
             event("InvalidSpec"),
         ];
-        let action = reconcile_with(snap, OperatorConfig::default(), script)
-            .await
-            .unwrap();
-        assert_eq!(action, Action::await_change(), "no requeue loop");
+        let (action, metrics) = scripted(OperatorConfig::default(), script, |ctx| {
+            reconcile(Arc::new(snap), ctx)
+        })
+        .await;
+        assert_eq!(action.unwrap(), Action::await_change(), "no requeue loop");
+        assert!(
+            metrics.contains(
+                r#"snapshot_operator_reconcile_failures_total{resource="snapshot",reason="InvalidSpec"} 1"#
+            ),
+            "{metrics}"
+        );
     }
 
     #[tokio::test]

@@ -7,11 +7,12 @@ use std::sync::Arc;
 use http::{Request, Response};
 use kube::Client;
 use kube::client::Body;
+use kube::runtime::controller::Action;
 use serde_json::Value;
 
-use super::Context;
 use super::config::OperatorConfig;
 use super::metrics::Metrics;
+use super::{Context, Error};
 
 /// One expected request.
 pub struct Expect {
@@ -115,10 +116,27 @@ impl Verifier {
     }
 }
 
-/// A context whose client talks to the mock server.
-pub fn context(config: OperatorConfig) -> (Arc<Context>, Verifier) {
+/// Runs one reconciliation (`reconcile`, given a context whose client talks to the mock
+/// server) against `script`, checking that every expected request was made; returns its
+/// result and the metrics it recorded, as `/metrics` shows them.
+pub async fn scripted<F>(
+    config: OperatorConfig,
+    script: Vec<Expect>,
+    reconcile: impl FnOnce(Arc<Context>) -> F,
+) -> (Result<Action, Error>, String)
+where
+    F: Future<Output = Result<Action, Error>>,
+{
     let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let client = Client::new(service, "default");
-    let ctx = Context::new(client, config, Arc::new(Metrics::default()), "test");
-    (Arc::new(ctx), Verifier(handle))
+    let ctx = Arc::new(Context::new(
+        client,
+        config,
+        Arc::new(Metrics::default()),
+        "test",
+    ));
+    let verifier = Verifier(handle).run(script);
+    let result = reconcile(ctx.clone()).await;
+    verifier.await.expect("every expected request was made");
+    (result, ctx.metrics.render())
 }
