@@ -4,43 +4,13 @@
 
 mod common;
 
-use std::io;
-use std::pin::Pin;
 use std::process::{Command, Stdio};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use snapshot_operator::storage::s3::{S3Storage, cleanups};
 use snapshot_operator::storage::{Reader, Storage};
-use tokio::io::{AsyncRead, ReadBuf};
 
 use common::*;
-
-/// Yields `head`, then waits for `gate`, then yields `tail`.
-struct Gated {
-    head: io::Cursor<Vec<u8>>,
-    tail: io::Cursor<Vec<u8>>,
-    gate: Option<tokio::sync::oneshot::Receiver<()>>,
-}
-
-impl AsyncRead for Gated {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        if (self.head.position() as usize) < self.head.get_ref().len() {
-            return Pin::new(&mut self.head).poll_read(cx, buf);
-        }
-        if let Some(gate) = self.gate.as_mut() {
-            match std::future::Future::poll(Pin::new(gate), cx) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(_) => self.gate = None,
-            }
-        }
-        Pin::new(&mut self.tail).poll_read(cx, buf)
-    }
-}
 
 fn port_of(endpoint: &str) -> String {
     endpoint.rsplit(':').next().unwrap().to_owned()
@@ -65,12 +35,8 @@ async fn a_server_stopped_mid_upload_leaves_nothing_behind() {
         .await
         .unwrap();
     let data = binary(30 << 20, "outage");
-    let (open, gate) = tokio::sync::oneshot::channel();
-    let body = Reader::stream(Gated {
-        head: io::Cursor::new(data[..12 << 20].to_vec()),
-        tail: io::Cursor::new(data[12 << 20..].to_vec()),
-        gate: Some(gate),
-    });
+    let (body, open, _) = Gated::new(&data, 12 << 20);
+    let body = Reader::stream(body);
     let names = |i: u32| (i == 0).then(|| "c/outage.snapshot".to_string());
     let put_storage = storage.clone();
     let put = tokio::spawn(async move { put_storage.put(&names, body, None).await.map(|_| ()) });

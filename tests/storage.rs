@@ -5,8 +5,7 @@ mod common;
 
 use std::io;
 use std::pin::Pin;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 
 use snapshot_operator::storage::local::LocalStorage;
@@ -39,39 +38,6 @@ impl AsyncRead for Failing {
         r
     }
 }
-
-/// Yields `head`, then waits until `gate` opens, then yields `tail`; counts bytes given out.
-struct Gated {
-    head: io::Cursor<Vec<u8>>,
-    tail: io::Cursor<Vec<u8>>,
-    gate: Option<tokio::sync::oneshot::Receiver<()>>,
-    given: Arc<AtomicU64>,
-}
-
-impl AsyncRead for Gated {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        if (self.head.position() as usize) < self.head.get_ref().len() {
-            let r = Pin::new(&mut self.head).poll_read(cx, buf);
-            self.given
-                .fetch_add((buf.filled().len() - before) as u64, Ordering::SeqCst);
-            return r;
-        }
-        if let Some(gate) = self.gate.as_mut() {
-            match Pin::new(gate).poll(cx) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(_) => self.gate = None,
-            }
-        }
-        Pin::new(&mut self.tail).poll_read(cx, buf)
-    }
-}
-
-use std::future::Future;
 
 async fn read_all(storage: &dyn Storage, key: &str) -> Vec<u8> {
     let (r, size) = storage.get(key).await.unwrap();
@@ -185,14 +151,8 @@ async fn conformance(storage: &dyn Storage, in_progress: impl AsyncFn() -> usize
     );
 
     // Atomic visibility: nothing under the key while the put is under way.
-    let (open, gate) = tokio::sync::oneshot::channel();
-    let given = Arc::new(AtomicU64::new(0));
-    let body = Reader::stream(Gated {
-        head: io::Cursor::new(big[..7 << 20].to_vec()),
-        tail: io::Cursor::new(big[7 << 20..].to_vec()),
-        gate: Some(gate),
-        given: given.clone(),
-    });
+    let (body, open, given) = Gated::new(&big, 7 << 20);
+    let body = Reader::stream(body);
     let names = naming(&["c/slow.snapshot"]);
     let put = storage.put(&names, body, None);
     tokio::pin!(put);

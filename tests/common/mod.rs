@@ -1,11 +1,20 @@
-//! Helpers shared by the black-box tests: trees, fingerprints, the binary, raw tar archives.
+//! Helpers shared by the black-box tests: trees, fingerprints, the binary, raw tar archives,
+//! test servers (HTTP, S3, a fault proxy) and upload bodies.
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
 use std::fs;
+use std::io;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::process::{Command, Output};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, ReadBuf};
+use tokio::sync::oneshot;
 
 /// What a tree holds at one path: kind, permission bits, content, modification time (files).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -462,4 +471,51 @@ pub fn fault_proxy(target: &str, failures: u32) -> FaultProxy {
         }
     });
     FaultProxy { endpoint, injected }
+}
+
+/// A body that yields `data[..at]`, then waits until its gate opens (the sender [`Gated::new`]
+/// returns fires), then yields the rest; counts the bytes it has given out.
+pub struct Gated {
+    head: io::Cursor<Vec<u8>>,
+    tail: io::Cursor<Vec<u8>>,
+    gate: Option<oneshot::Receiver<()>>,
+    given: Arc<AtomicU64>,
+}
+
+impl Gated {
+    /// The body, the sender that opens its gate, and its count of bytes given out.
+    pub fn new(data: &[u8], at: usize) -> (Self, oneshot::Sender<()>, Arc<AtomicU64>) {
+        let (open, gate) = oneshot::channel();
+        let given = Arc::default();
+        let body = Self {
+            head: io::Cursor::new(data[..at].to_vec()),
+            tail: io::Cursor::new(data[at..].to_vec()),
+            gate: Some(gate),
+            given: Arc::clone(&given),
+        };
+        (body, open, given)
+    }
+}
+
+impl AsyncRead for Gated {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        if (self.head.position() as usize) < self.head.get_ref().len() {
+            let r = Pin::new(&mut self.head).poll_read(cx, buf);
+            let n = (buf.filled().len() - before) as u64;
+            self.given.fetch_add(n, Ordering::SeqCst);
+            return r;
+        }
+        if let Some(gate) = self.gate.as_mut() {
+            match std::future::Future::poll(Pin::new(gate), cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(_) => self.gate = None,
+            }
+        }
+        Pin::new(&mut self.tail).poll_read(cx, buf)
+    }
 }
