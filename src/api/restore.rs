@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::condition::conditions_schema;
 use super::snapshot::{Storage, Workload, root_path};
+pub use crate::engine::restore::Priority;
 
 /// Restores a Snapshot's archives (or one archive from a location) into the volume(s) of a
 /// workload, one mover per node, with Qdrant's priorities.
@@ -91,19 +92,6 @@ pub struct RestoreSource {
 pub struct SnapshotRef {
     /// Name of the Snapshot, in the same namespace.
     pub name: String,
-}
-
-/// Qdrant's snapshot priorities.
-#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum Priority {
-    /// Existing data wins: an existing collection is left untouched.
-    #[default]
-    Replica,
-    /// The snapshot wins: an existing collection is replaced atomically.
-    Snapshot,
-    /// Snapshot files are written over existing ones; nothing is removed.
-    NoSync,
 }
 
 /// Progress of a SnapshotRestore.

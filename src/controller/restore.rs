@@ -23,7 +23,7 @@ use super::workload::{self, Node};
 use super::{Context, Error, FINALIZER, jobs, patch_status, reject, resource_label};
 use crate::api::condition::{self, reason};
 use crate::api::restore::{
-    NodePhase, NodeRestore, Priority, RestorePhase, SnapshotRestore, SnapshotRestoreSpec,
+    NodePhase, NodeRestore, RestorePhase, SnapshotRestore, SnapshotRestoreSpec,
     SnapshotRestoreStatus,
 };
 use crate::api::snapshot::{ArchivePhase, Phase, Snapshot, Storage};
@@ -267,14 +267,6 @@ pub fn next_node(
         }
     }
     n
-}
-
-fn priority_arg(priority: Priority) -> &'static str {
-    match priority {
-        Priority::Replica => "replica",
-        Priority::Snapshot => "snapshot",
-        Priority::NoSync => "no_sync",
-    }
 }
 
 /// Reconciles one SnapshotRestore.
@@ -635,7 +627,7 @@ async fn start_mover(
         "--location".into(),
         location.to_owned(),
         "--priority".into(),
-        priority_arg(spec.priority).into(),
+        spec.priority.name().into(),
     ];
     if let Some(c) = &spec.collection {
         args.extend(["--collection".into(), c.clone()]);
@@ -681,7 +673,7 @@ async fn cleanup(restore: &SnapshotRestore, ctx: &Context) -> Result<Action, Err
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::restore::{RestoreSource, SnapshotRef};
+    use crate::api::restore::{Priority, RestoreSource, SnapshotRef};
     use crate::api::snapshot::{StatefulSetRef, Workload};
 
     fn node(name: &str) -> Node {

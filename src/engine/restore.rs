@@ -12,7 +12,8 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::{Duration, SystemTime};
 
-use serde::Serialize;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 
 use super::WORKSPACE_DIR;
 use super::archive::{ALIASES_FILE, COLLECTIONS_DIR};
@@ -27,8 +28,9 @@ const COPY_BUF: usize = 1 << 20;
 /// Threads creating small files.
 const WRITERS: usize = 2;
 
-/// What wins when the target collection already holds data (DESIGN §5).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+/// What wins when the target collection already holds data (DESIGN §5); the same type
+/// serves the CLI and the `SnapshotRestore` resource.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Priority {
     /// Existing data wins: an existing collection is left untouched (the default).
@@ -41,21 +43,32 @@ pub enum Priority {
 }
 
 impl Priority {
+    const ALL: [Self; 3] = [Self::Replica, Self::Snapshot, Self::NoSync];
     /// The names accepted by [`FromStr`], as Qdrant spells them.
     pub const NAMES: [&'static str; 3] = ["replica", "snapshot", "no_sync"];
+
+    /// Its name, as Qdrant spells it (and the CLI takes it).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Replica => "replica",
+            Self::Snapshot => "snapshot",
+            Self::NoSync => "no_sync",
+        }
+    }
 }
 
 impl FromStr for Priority {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "replica" => Ok(Self::Replica),
-            "snapshot" => Ok(Self::Snapshot),
-            "no_sync" => Ok(Self::NoSync),
-            other => Err(format!(
-                "unknown priority {other:?}; expected one of replica, snapshot, no_sync"
-            )),
-        }
+        Self::ALL
+            .into_iter()
+            .find(|p| p.name() == s)
+            .ok_or_else(|| {
+                format!(
+                    "unknown priority {s:?}; expected one of {}",
+                    Self::NAMES.join(", ")
+                )
+            })
     }
 }
 
@@ -1045,7 +1058,7 @@ mod tests {
     #[test]
     fn priorities_parse_as_qdrant_spells_them() {
         for name in Priority::NAMES {
-            assert!(name.parse::<Priority>().is_ok());
+            assert_eq!(name.parse::<Priority>().map(Priority::name), Ok(name));
         }
         assert_eq!("no_sync".parse::<Priority>(), Ok(Priority::NoSync));
         assert!("nosync".parse::<Priority>().is_err());
