@@ -138,16 +138,38 @@ async fn install_crds(client: &Client) {
     tokio::time::sleep(Duration::from_secs(2)).await;
 }
 
-async fn a_snapshot_runs_its_movers_reports_ready_and_cleans_up(client: &Client) {
-    let ns = format!("snapshot-it-{}", std::process::id());
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    namespaces
-        .create(
+/// A namespace of one scenario.
+struct TestNamespace {
+    api: Api<Namespace>,
+    name: String,
+}
+
+impl TestNamespace {
+    async fn create(client: &Client, name: &str) -> Self {
+        let api: Api<Namespace> = Api::all(client.clone());
+        api.create(
             &PostParams::default(),
-            &serde_json::from_value(json!({"metadata": {"name": ns}})).unwrap(),
+            &serde_json::from_value(json!({"metadata": {"name": name}})).unwrap(),
         )
         .await
         .unwrap();
+        Self {
+            api,
+            name: name.to_owned(),
+        }
+    }
+
+    async fn delete(self) {
+        self.api
+            .delete(&self.name, &DeleteParams::default())
+            .await
+            .unwrap();
+    }
+}
+
+async fn a_snapshot_runs_its_movers_reports_ready_and_cleans_up(client: &Client) {
+    let ns = format!("snapshot-it-{}", std::process::id());
+    let namespace = TestNamespace::create(client, &ns).await;
     let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &ns);
     for claim in ["data", "backups"] {
         let pvc = serde_json::from_value(json!({"metadata": {"name": claim},
@@ -272,22 +294,12 @@ async fn a_snapshot_runs_its_movers_reports_ready_and_cleans_up(client: &Client)
     })
     .await;
 
-    namespaces
-        .delete(&ns, &DeleteParams::default())
-        .await
-        .unwrap();
+    namespace.delete().await;
 }
 
 async fn a_restore_stops_the_workload_runs_movers_and_starts_it_again(client: &Client) {
     let ns = format!("restore-it-{}", std::process::id());
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    namespaces
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({"metadata": {"name": ns}})).unwrap(),
-        )
-        .await
-        .unwrap();
+    let namespace = TestNamespace::create(client, &ns).await;
     let sets: Api<k8s_openapi::api::apps::v1::StatefulSet> = Api::namespaced(client.clone(), &ns);
     let sts = serde_json::from_value(json!({"metadata": {"name": "db"}, "spec": {
         "replicas": 2, "serviceName": "db", "selector": {"matchLabels": {"app": "db"}},
@@ -375,8 +387,5 @@ async fn a_restore_stops_the_workload_runs_movers_and_starts_it_again(client: &C
         "started again"
     );
 
-    namespaces
-        .delete(&ns, &DeleteParams::default())
-        .await
-        .unwrap();
+    namespace.delete().await;
 }
