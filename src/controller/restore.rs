@@ -848,6 +848,8 @@ mod mock {
     const RESTORES: &str = "/apis/snapshot-operator.dev/v1alpha1/namespaces/ns/snapshotrestores/r";
     const JOBS: &str = "/apis/batch/v1/namespaces/ns/jobs";
     const STS: &str = "/apis/apps/v1/namespaces/ns/statefulsets/qdrant";
+    const PODS: &str = "/api/v1/namespaces/ns/pods";
+    const SOURCE: &str = "/apis/snapshot-operator.dev/v1alpha1/namespaces/ns/snapshots/s";
 
     fn restore(spec: Value, status: Value, deleting: bool) -> SnapshotRestore {
         let mut meta = json!({"name": "r", "namespace": "ns", "uid": "uid-r", "generation": 1, "finalizers": [FINALIZER]});
@@ -938,15 +940,11 @@ mod mock {
     #[tokio::test]
     async fn stop_workload_records_replicas_before_scaling_to_zero() {
         let script = vec![
-            Expect::new(
-                "GET",
-                "/apis/snapshot-operator.dev/v1alpha1/namespaces/ns/snapshots/s",
-                snapshot("Succeeded"),
-            ),
+            Expect::new("GET", SOURCE, snapshot("Succeeded")),
             Expect::new("GET", STS, statefulset()),
             Expect::new(
                 "GET",
-                "/api/v1/namespaces/ns/pods",
+                PODS,
                 list("Pod", vec![workload_pod(0), workload_pod(1)]),
             ),
             Expect::new("GET", format!("{STS}/scale"), scale(2)),
@@ -964,16 +962,8 @@ mod mock {
 
         // Pods still running: wait, no movers.
         let script = vec![
-            Expect::new(
-                "GET",
-                "/apis/snapshot-operator.dev/v1alpha1/namespaces/ns/snapshots/s",
-                snapshot("Succeeded"),
-            ),
-            Expect::new(
-                "GET",
-                "/api/v1/namespaces/ns/pods",
-                list("Pod", vec![workload_pod(1)]),
-            ),
+            Expect::new("GET", SOURCE, snapshot("Succeeded")),
+            Expect::new("GET", PODS, list("Pod", vec![workload_pod(1)])),
             Expect::new("PATCH", format!("{STS}/scale"), scale(0))
                 .check(|b| assert_eq!(b["spec"]["replicas"], 0)),
             status_check(|s| {
@@ -993,12 +983,8 @@ mod mock {
     async fn stopped_workload_gets_one_restore_mover_per_node_with_its_archive() {
         let slots = || Expect::new("GET", "/apis/batch/v1/jobs?", list("Job", vec![]));
         let script = vec![
-            Expect::new(
-                "GET",
-                "/apis/snapshot-operator.dev/v1alpha1/namespaces/ns/snapshots/s",
-                snapshot("Succeeded"),
-            ),
-            Expect::new("GET", "/api/v1/namespaces/ns/pods", list("Pod", vec![])),
+            Expect::new("GET", SOURCE, snapshot("Succeeded")),
+            Expect::new("GET", PODS, list("Pod", vec![])),
             Expect::new("GET", JOBS, list("Job", vec![])),
             slots(),
             Expect::new(
@@ -1063,14 +1049,10 @@ mod mock {
             {"node": "qdrant-0", "claim": "data-qdrant-0", "phase": "Running"},
             {"node": "qdrant-1", "claim": "data-qdrant-1", "phase": "Running"}]});
         let script = vec![
+            Expect::new("GET", SOURCE, snapshot("Succeeded")),
             Expect::new(
                 "GET",
-                "/apis/snapshot-operator.dev/v1alpha1/namespaces/ns/snapshots/s",
-                snapshot("Succeeded"),
-            ),
-            Expect::new(
-                "GET",
-                "/api/v1/namespaces/ns/pods",
+                PODS,
                 list(
                     "Pod",
                     vec![
@@ -1120,11 +1102,7 @@ mod mock {
         let mut full = snapshot("Succeeded");
         full["spec"].as_object_mut().unwrap().remove("collection");
         let script = vec![
-            Expect::new(
-                "GET",
-                "/apis/snapshot-operator.dev/v1alpha1/namespaces/ns/snapshots/s",
-                full,
-            ),
+            Expect::new("GET", SOURCE, full),
             status_check(|s| {
                 assert_eq!(s["conditions"][0]["reason"], "InvalidSpec");
                 assert!(
@@ -1152,15 +1130,11 @@ mod mock {
     #[tokio::test]
     async fn claims_of_running_pods_are_refused_without_stop_workload() {
         let script = vec![
-            Expect::new(
-                "GET",
-                "/apis/snapshot-operator.dev/v1alpha1/namespaces/ns/snapshots/s",
-                snapshot("Succeeded"),
-            ),
+            Expect::new("GET", SOURCE, snapshot("Succeeded")),
             Expect::new("GET", STS, statefulset()),
             Expect::new(
                 "GET",
-                "/api/v1/namespaces/ns/pods",
+                PODS,
                 list("Pod", vec![workload_pod(0), workload_pod(1)]),
             ),
             Expect::new("GET", JOBS, list("Job", vec![])),
@@ -1183,11 +1157,7 @@ mod mock {
     #[tokio::test]
     async fn an_unfinished_snapshot_is_waited_for() {
         let script = vec![
-            Expect::new(
-                "GET",
-                "/apis/snapshot-operator.dev/v1alpha1/namespaces/ns/snapshots/s",
-                snapshot("Running"),
-            ),
+            Expect::new("GET", SOURCE, snapshot("Running")),
             status_check(|s| {
                 assert_eq!(s["phase"], "Pending");
                 assert_eq!(

@@ -628,6 +628,7 @@ mod mock {
 
     const SNAPS: &str = "/apis/snapshot-operator.dev/v1alpha1/namespaces/ns/snapshots/s";
     const JOBS: &str = "/apis/batch/v1/namespaces/ns/jobs";
+    const PODS: &str = "/api/v1/namespaces/ns/pods";
 
     /// The object as the API server returns it after a write.
     fn stored() -> Value {
@@ -728,7 +729,7 @@ mod mock {
         let script = vec![
             Expect::new("GET", "/apis/apps/v1/namespaces/ns/statefulsets/qdrant", statefulset()),
             Expect::new("GET", format!("{JOBS}?&labelSelector=snapshot-operator.dev%2Fowner-uid%3Duid-1"), list("Job", vec![])),
-            Expect::new("GET", "/api/v1/namespaces/ns/pods", list("Pod", vec![workload_pod()])),
+            Expect::new("GET", PODS, list("Pod", vec![workload_pod()])),
             Expect::new("GET", "/apis/batch/v1/jobs?&labelSelector=app.kubernetes.io%2Fmanaged-by%3Dsnapshot-operator", list("Job", vec![])),
             Expect::new("PATCH", format!("{JOBS}/{}", mover::job_name("snap", "s", "qdrant-0")), Value::Null).check(|job| {
                 let pod = &job["spec"]["template"]["spec"];
@@ -786,7 +787,7 @@ mod mock {
             ),
             Expect::new(
                 "GET",
-                "/api/v1/namespaces/ns/pods",
+                PODS,
                 list(
                     "Pod",
                     vec![
@@ -839,7 +840,7 @@ mod mock {
             ),
             Expect::new(
                 "GET",
-                "/api/v1/namespaces/ns/pods",
+                PODS,
                 list(
                     "Pod",
                     vec![
@@ -957,7 +958,7 @@ mod mock {
                 statefulset(),
             ),
             Expect::new("GET", JOBS, list("Job", vec![])),
-            Expect::new("GET", "/api/v1/namespaces/ns/pods", list("Pod", vec![])),
+            Expect::new("GET", PODS, list("Pod", vec![])),
             Expect::new("GET", "/apis/batch/v1/jobs?", busy.clone()),
             Expect::new("GET", "/apis/batch/v1/jobs?", busy),
             Expect::new("PATCH", format!("{SNAPS}/status"), stored()).check(|body| {
@@ -1031,7 +1032,7 @@ mod mock {
         done["status"] = json!({"conditions": [{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded", "message": "x"}]});
         let script = vec![
             Expect::new("GET", JOBS, list("Job", vec![done])),
-            Expect::new("GET", "/api/v1/namespaces/ns/pods", list("Pod", vec![])),
+            Expect::new("GET", PODS, list("Pod", vec![])),
             event("CleanupFailed"),
             Expect::new(
                 "DELETE",
