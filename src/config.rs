@@ -88,6 +88,11 @@ pub struct S3Config {
     /// Parts uploaded at once (default 4).
     #[serde(default)]
     pub upload_concurrency: Option<usize>,
+    /// Multipart uploads under the prefix older than this many seconds are taken for
+    /// abandoned (their writer died) and aborted by the next put (default 21600, six hours;
+    /// 0 never aborts them). Keep it above the longest upload.
+    #[serde(default)]
+    pub abort_incomplete_uploads_after_secs: Option<u64>,
 }
 
 /// A credential: never printed.

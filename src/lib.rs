@@ -5,6 +5,8 @@
 //! * [`storage`]: where archives live (local directory, S3), one trait and one test suite.
 //! * [`source`]: the locations a restore reads from.
 //! * [`ops`]: the operations the CLI and mover Jobs run.
+//! * [`safefs`]: file access beneath a directory that never follows a symbolic link, and
+//!   temporary files that many writers share safely.
 //! * [`config`]: Qdrant-style configuration from a file and the environment.
 //! * [`controller`]: the Kubernetes operator (reconcilers, mover Jobs, metrics).
 //! * [`cli`]: the command line.
@@ -16,6 +18,7 @@ pub mod config;
 pub mod controller;
 pub mod engine;
 pub mod ops;
+pub mod safefs;
 pub mod source;
 pub mod storage;
 pub mod tls;

@@ -237,12 +237,9 @@ fn credentials_never_show_in_output_logs_or_help() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_interrupted_upload_leaves_no_object_and_no_upload() {
-    let Some(env) = s3_env() else { return };
-    let prefix = unique_prefix("interrupt");
-    let dir = tempfile::tempdir().unwrap();
-    let src = dir.path().join("storage");
+/// A tree of 192 MiB (several parts), in `dir/storage`.
+fn big_tree(dir: &Path) -> std::path::PathBuf {
+    let src = dir.join("storage");
     for i in 0..12 {
         write(
             &src.join(format!("collections/big/part-{i}")),
@@ -250,10 +247,19 @@ async fn an_interrupted_upload_leaves_no_object_and_no_upload() {
             0o644,
         );
     }
-    let storage = S3Storage::connect(&env.config(), format!("{prefix}/"))
-        .await
-        .unwrap();
-    let mut cmd = s3_bin(&env, dir.path(), &prefix);
+    src
+}
+
+/// Starts `snapshot create` of `src` and returns once its multipart upload is in progress.
+async fn start_upload(
+    env: &S3Env,
+    storage: &S3Storage,
+    dir: &Path,
+    prefix: &str,
+    src: &Path,
+) -> std::process::Child {
+    let before = storage.uploads_in_progress().await.unwrap().len();
+    let mut cmd = s3_bin(env, dir, prefix);
     cmd.args([
         "snapshot",
         "create",
@@ -261,19 +267,31 @@ async fn an_interrupted_upload_leaves_no_object_and_no_upload() {
         "big",
         "--storage-path",
     ])
-    .arg(&src)
+    .arg(src)
     .stdout(Stdio::null())
     .stderr(Stdio::piped());
-    let child = cmd.spawn().unwrap();
-    let mut started = false;
+    let mut child = cmd.spawn().unwrap();
     for _ in 0..200 {
-        if !storage.uploads_in_progress().await.unwrap().is_empty() {
-            started = true;
-            break;
+        if storage.uploads_in_progress().await.unwrap().len() > before {
+            return child;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert!(started, "the upload never started");
+    let _ = child.kill();
+    let _ = child.wait();
+    panic!("the upload never started");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_upload_leaves_no_object_and_no_upload() {
+    let Some(env) = s3_env() else { return };
+    let prefix = unique_prefix("interrupt");
+    let dir = tempfile::tempdir().unwrap();
+    let src = big_tree(dir.path());
+    let storage = S3Storage::connect(&env.config(), format!("{prefix}/"))
+        .await
+        .unwrap();
+    let child = start_upload(&env, &storage, dir.path(), &prefix, &src).await;
     Command::new("kill")
         .args(["-INT", &child.id().to_string()])
         .status()
@@ -284,4 +302,44 @@ async fn an_interrupted_upload_leaves_no_object_and_no_upload() {
     assert!(err.contains("interrupted by SIGINT"), "{err}");
     assert_eq!(storage.uploads_in_progress().await.unwrap(), vec![]);
     assert!(storage.list("").await.unwrap().is_empty());
+}
+
+/// A writer killed outright leaves its multipart upload; the next put aborts it once it is
+/// older than `abort_incomplete_uploads_after_secs`, and not before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_left_by_a_killed_writer_is_aborted_by_a_later_put() {
+    let Some(env) = s3_env() else { return };
+    let prefix = unique_prefix("killed");
+    let dir = tempfile::tempdir().unwrap();
+    let src = big_tree(dir.path());
+    let small = dir.path().join("small");
+    make_collection(&small, "c", "s");
+    let storage = S3Storage::connect(&env.config(), format!("{prefix}/"))
+        .await
+        .unwrap();
+    let mut child = start_upload(&env, &storage, dir.path(), &prefix, &src).await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let left = storage.uploads_in_progress().await.unwrap();
+    assert_eq!(left.len(), 1, "{left:?}");
+
+    let create = |age: Option<&str>| {
+        let mut cmd = s3_bin(&env, dir.path(), &prefix);
+        if let Some(age) = age {
+            cmd.env(
+                "SNAPSHOT_OPERATOR__STORAGE__SNAPSHOTS_CONFIG__S3_CONFIG__ABORT_INCOMPLETE_UPLOADS_AFTER_SECS",
+                age,
+            );
+        }
+        ok(cmd
+            .args(["snapshot", "create", "--collection", "c", "--storage-path"])
+            .arg(&small));
+    };
+    // Younger than the default age (six hours): it may belong to a live writer.
+    create(None);
+    assert_eq!(storage.uploads_in_progress().await.unwrap(), left);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    create(Some("2"));
+    assert_eq!(storage.uploads_in_progress().await.unwrap(), vec![]);
+    assert_eq!(storage.list("").await.unwrap().len(), 2);
 }

@@ -1,40 +1,49 @@
 //! Local storage: archives in a directory (`storage.snapshots_path`), collection archives in
 //! `<collection>/` subdirectories as in Qdrant.
 //!
-//! A put streams into `<temp_path>/<pid>-<n>.partial` (locked with `flock` while written),
-//! fsyncs it, writes the sidecar, then links the archive under its final name (`link` fails
-//! rather than overwrite). Partial files whose writer is gone are removed when storage opens.
+//! Any number of processes (movers of every node, each PID 1 in its container) may write
+//! into one directory at once. A put streams into a locked temporary file in the temp path
+//! ([`TempFile`]: no name at all with `O_TMPFILE`, else a random one), fsyncs it, then claims
+//! the first free name by linking the checksum sidecar (`link` never overwrites) and links
+//! the archive beside it; the sidecar stays locked until the archive is in place. When the
+//! temp path is on another filesystem, the archive is first copied into a locked temporary
+//! file next to its final name.
+//!
+//! Opening the storage removes what interrupted puts left, and only what is provably
+//! abandoned (nobody holds its lock): named temporary files, and checksum sidecars without
+//! their archive. Every path below the snapshots directory is opened without following
+//! links ([`crate::safefs`]).
 
-use std::fs::{self, File};
-use std::io::{self, Read, Write};
+use std::fs::File;
+use std::io::{self, Read, Seek, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use jiff::Timestamp;
-use rustix::fs::FlockOperation;
+use rustix::fs::OFlags;
 use sha2::{Digest, Sha256};
 
 use super::{
-    Naming, ObjectInfo, Reader, Storage, StorageError, check_digest, is_archive_key, validate_key,
+    ObjectInfo, Reader, Storage, StorageError, check_digest, is_archive_key, validate_key,
 };
 use crate::engine::name;
+use crate::safefs::{self, Dir, TempFile};
 
-const PARTIAL_EXT: &str = ".partial";
 /// Default temp directory, inside the snapshots directory.
 pub const DEFAULT_TEMP_DIR: &str = ".tmp";
 const COPY_BUF: usize = 1 << 20;
-
-static PUT_COUNTER: AtomicU64 = AtomicU64::new(0);
+/// Longest checksum sidecar read.
+const MAX_SIDECAR: u64 = 1024;
 
 /// Archives in a local directory.
 #[derive(Debug, Clone)]
 pub struct LocalStorage {
-    root: PathBuf,
-    temp: PathBuf,
+    root: Arc<Dir>,
+    temp: Arc<Dir>,
 }
 
-fn io_err(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> StorageError {
+fn io_err(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> StorageError + use<> {
     let location = path.display().to_string();
     move |source| StorageError::Io {
         op,
@@ -43,285 +52,376 @@ fn io_err(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> StorageErr
     }
 }
 
+fn not_found(dir: &Dir, name: &str) -> StorageError {
+    StorageError::NotFound {
+        location: dir.join(name).display().to_string(),
+    }
+}
+
 impl LocalStorage {
     /// Storage in `root`, building archives in `temp` (default `<root>/.tmp`); creates both
-    /// and removes partial archives left by interrupted puts.
+    /// and removes what interrupted puts left.
     pub fn open(root: PathBuf, temp: Option<PathBuf>) -> Result<Self, StorageError> {
         let temp = temp.unwrap_or_else(|| root.join(DEFAULT_TEMP_DIR));
-        for dir in [&root, &temp] {
-            fs::create_dir_all(dir).map_err(io_err("create", dir))?;
-        }
-        let storage = Self { root, temp };
-        storage.clean_partials()?;
+        let open = |path: &Path| {
+            std::fs::create_dir_all(path)
+                .and_then(|()| Dir::open(path))
+                .map_err(io_err("open", path))
+        };
+        let storage = Self {
+            root: Arc::new(open(&root)?),
+            temp: Arc::new(open(&temp)?),
+        };
+        storage.clean();
         Ok(storage)
     }
 
     /// The directory archives are kept in.
     pub fn root(&self) -> &Path {
-        &self.root
+        self.root.path()
     }
 
     /// The directory archives are built in.
     pub fn temp(&self) -> &Path {
-        &self.temp
+        self.temp.path()
     }
 
-    fn path(&self, key: &str) -> PathBuf {
-        self.root.join(key)
-    }
-
-    fn clean_partials(&self) -> Result<(), StorageError> {
-        let entries = match fs::read_dir(&self.temp) {
-            Ok(entries) => entries,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => return Err(io_err("read", &self.temp)(e)),
+    /// The directory holding `key`'s archive, and the archive's name in it.
+    fn locate<'k>(&self, key: &'k str) -> Result<(Dir, &'k str), StorageError> {
+        validate_key(key)?;
+        let (collection, file_name) = name::split_key(key);
+        let dir = match collection {
+            Some(c) => self.root.open_dir(c),
+            None => self.root.try_clone(),
         };
-        for entry in entries {
-            let path = entry.map_err(io_err("read", &self.temp))?.path();
-            if !path.to_string_lossy().ends_with(PARTIAL_EXT) {
-                continue;
-            }
-            // A partial file still locked is being written by a live process.
-            let Ok(file) = File::open(&path) else {
-                continue;
-            };
-            if rustix::fs::flock(&file, FlockOperation::NonBlockingLockExclusive).is_ok() {
-                tracing::info!(path = %path.display(), "removing a partial archive left by an interrupted snapshot");
-                fs::remove_file(&path).map_err(io_err("remove", &path))?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Writes `body` to a locked partial file, returning it with its size and digest.
-    fn write_partial(&self, body: Reader) -> Result<(PathBuf, File, u64, String), StorageError> {
-        fs::create_dir_all(&self.temp).map_err(io_err("create", &self.temp))?;
-        let n = PUT_COUNTER.fetch_add(1, Ordering::Relaxed);
-        let path = self
-            .temp
-            .join(format!("{}-{n}{PARTIAL_EXT}", std::process::id()));
-        let mut file = File::create(&path).map_err(io_err("create", &path))?;
-        let result = (|| {
-            rustix::fs::flock(&file, FlockOperation::LockExclusive)
-                .map_err(|e| io_err("lock", &path)(e.into()))?;
-            let mut body = body.into_blocking();
-            let mut hasher = Sha256::new();
-            let mut buf = vec![0; COPY_BUF];
-            let mut size = 0u64;
-            loop {
-                let n = match body.read(&mut buf) {
-                    Ok(0) => break,
-                    Ok(n) => n,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(source) => return Err(StorageError::Body { source }),
-                };
-                hasher.update(&buf[..n]);
-                file.write_all(&buf[..n]).map_err(io_err("write", &path))?;
-                size += n as u64;
-            }
-            file.sync_all().map_err(io_err("sync", &path))?;
-            Ok((size, name::hex(&hasher.finalize())))
-        })();
-        match result {
-            Ok((size, digest)) => Ok((path, file, size, digest)),
-            Err(e) => {
-                let _ = fs::remove_file(&path);
-                Err(e)
-            }
+        match dir {
+            Ok(dir) => Ok((dir, file_name)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(StorageError::NotFound {
+                location: self.location(key),
+            }),
+            Err(e) => Err(io_err("open", &self.root.join(key))(e)),
         }
     }
 
-    /// Makes the partial file visible under the first free key, sidecar first.
-    fn publish(
-        &self,
-        naming: Naming<'_>,
-        partial: &Path,
-        digest: &str,
-    ) -> Result<String, StorageError> {
-        for attempt in 0.. {
-            let Some(key) = naming(attempt) else { break };
-            validate_key(&key)?;
-            let target = self.path(&key);
-            let sidecar = self.path(&name::checksum_key(&key));
-            if target.exists() || sidecar.exists() {
-                continue;
-            }
-            let dir = target.parent().expect("keys have a parent");
-            fs::create_dir_all(dir).map_err(io_err("create", dir))?;
-            // Claim the name with the sidecar (link refuses to overwrite), then the archive.
-            let tmp_sidecar = partial.with_extension("checksum.partial");
-            write_synced(&tmp_sidecar, digest.as_bytes())?;
-            let claimed = link_same_fs(&tmp_sidecar, &sidecar);
-            let _ = fs::remove_file(&tmp_sidecar);
-            match claimed {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
-                Err(e) => return Err(io_err("write", &sidecar)(e)),
-            }
-            match link_same_fs(partial, &target) {
-                Ok(()) => {}
-                Err(e) => {
-                    let _ = fs::remove_file(&sidecar);
-                    if e.kind() == io::ErrorKind::AlreadyExists {
-                        continue;
-                    }
-                    return Err(io_err("write", &target)(e));
+    /// Removes what interrupted puts left: temporary files in the temp path and next to
+    /// archives, and sidecars without their archive, when nobody holds them. Failing to
+    /// (a read-only volume, say) costs only space, so it is logged, not fatal.
+    fn clean(&self) {
+        let mut dirs = vec![(self.temp.try_clone(), false)];
+        dirs.push((self.root.try_clone(), true));
+        if let Ok(entries) = self.root.entries() {
+            for (entry, kind) in entries {
+                if kind == rustix::fs::FileType::Directory
+                    && !entry.as_encoded_bytes().starts_with(b".")
+                {
+                    dirs.push((self.root.open_dir(&entry), true));
                 }
             }
-            File::open(dir)
-                .and_then(|d| d.sync_all())
-                .map_err(io_err("sync", dir))?;
-            return Ok(key);
+        }
+        for (dir, with_archives) in dirs {
+            let result = dir.and_then(|dir| clean_dir(&dir, with_archives));
+            if let Err(e) = result {
+                tracing::warn!(error = %e, "could not remove what interrupted snapshots left");
+            }
+        }
+    }
+
+    /// Streams `body` into a locked temporary file; returns it with its size and digest.
+    fn write_temp(&self, body: Reader) -> Result<(TempFile, u64, String), StorageError> {
+        let temp_err = io_err("write", self.temp.path());
+        let temp = TempFile::create(&self.temp).map_err(io_err("create", self.temp.path()))?;
+        tracing::debug!(temp = %self.temp.path().display(), "building the archive");
+        let mut body = body.into_blocking();
+        let mut hasher = Sha256::new();
+        let mut buf = vec![0; COPY_BUF];
+        let mut size = 0u64;
+        let mut out = temp.file();
+        loop {
+            let n = match body.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(source) => return Err(StorageError::Body { source }),
+            };
+            hasher.update(&buf[..n]);
+            if let Err(e) = out.write_all(&buf[..n]) {
+                return Err(io_err("write", self.temp.path())(e));
+            }
+            size += n as u64;
+        }
+        temp.file().sync_all().map_err(temp_err)?;
+        Ok((temp, size, name::hex(&hasher.finalize())))
+    }
+
+    /// Makes the archive in `temp` visible under the first free key of `keys`, sidecar
+    /// first; returns the key.
+    fn publish(
+        &self,
+        keys: &[String],
+        temp: &TempFile,
+        digest: &str,
+    ) -> Result<String, StorageError> {
+        for key in keys {
+            validate_key(key)?;
+            let (collection, file_name) = name::split_key(key);
+            let sidecar_name = name::checksum_key(file_name);
+            let dir = match collection {
+                Some(c) => self.root.create_dir_all(c, 0o777),
+                None => self.root.try_clone(),
+            }
+            .map_err(io_err("create", &self.root.join(collection.unwrap_or(""))))?;
+            let taken = |n: &str| dir.stat(n).map(|st| st.is_some());
+            if taken(file_name).map_err(io_err("read", &dir.join(file_name)))?
+                || taken(&sidecar_name).map_err(io_err("read", &dir.join(&sidecar_name)))?
+            {
+                continue;
+            }
+            // Claim the name with the sidecar (a link never overwrites), then the archive.
+            // The sidecar stays locked until the archive is in place, so that no clean-up
+            // takes it for the leftover of a crash.
+            let sidecar_path = dir.join(&sidecar_name);
+            let sidecar = TempFile::create(&dir).map_err(io_err("create", &sidecar_path))?;
+            sidecar
+                .file()
+                .write_all(digest.as_bytes())
+                .and_then(|()| sidecar.file().sync_all())
+                .map_err(io_err("write", &sidecar_path))?;
+            match sidecar.link(&dir, &sidecar_name) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(io_err("write", &sidecar_path)(e)),
+            }
+            if let Err(e) = link_archive(temp, &dir, file_name) {
+                // The sidecar is ours (locked, just linked): take it back.
+                let _ = dir.remove_file(&sidecar_name);
+                if e.kind() == io::ErrorKind::AlreadyExists {
+                    continue;
+                }
+                return Err(io_err("write", &dir.join(file_name))(e));
+            }
+            dir.sync().map_err(io_err("sync", dir.path()))?;
+            return Ok(key.clone());
         }
         Err(StorageError::Exists {
-            location: naming(0).map(|k| self.location(&k)).unwrap_or_default(),
+            location: keys.first().map(|k| self.location(k)).unwrap_or_default(),
         })
     }
 
-    fn info(&self, key: &str, meta: &fs::Metadata) -> ObjectInfo {
-        let checksum = fs::read_to_string(self.path(&name::checksum_key(key)))
-            .ok()
-            .and_then(|t| name::parse_checksum(&t));
+    fn info(&self, key: &str, dir: &Dir, file_name: &str, st: &rustix::fs::Stat) -> ObjectInfo {
         ObjectInfo {
             key: key.into(),
             location: self.location(key),
-            size: meta.len(),
-            modified: meta
-                .modified()
-                .ok()
-                .and_then(|t| Timestamp::try_from(t).ok()),
-            checksum,
+            size: u64::try_from(st.st_size).unwrap_or(0),
+            modified: Timestamp::from_second(st.st_mtime).ok(),
+            checksum: read_sidecar(dir, &name::checksum_key(file_name)),
         }
     }
 }
 
-fn write_synced(path: &Path, data: &[u8]) -> Result<(), StorageError> {
-    let mut f = File::create(path).map_err(io_err("create", path))?;
-    f.write_all(data)
-        .and_then(|()| f.sync_all())
-        .map_err(io_err("write", path))
+/// Removes abandoned temporary files from `dir` and, when it holds archives, sidecars whose
+/// archive is gone.
+fn clean_dir(dir: &Dir, with_archives: bool) -> io::Result<()> {
+    for (entry, kind) in dir.entries()? {
+        if kind != rustix::fs::FileType::RegularFile {
+            continue;
+        }
+        let text = entry.to_string_lossy();
+        let archive = text.strip_suffix(name::CHECKSUM_EXT);
+        let removed = if text.ends_with(safefs::TEMP_SUFFIX) {
+            safefs::remove_if_abandoned(dir, &entry, || true)?
+        } else if let Some(archive) = archive.filter(|_| with_archives) {
+            let absent = || dir.stat(archive).is_ok_and(|st| st.is_none());
+            absent() && safefs::remove_if_abandoned(dir, &entry, absent)?
+        } else {
+            false
+        };
+        if removed {
+            tracing::info!(path = %dir.join(&entry).display(), "removed what an interrupted snapshot left");
+        }
+    }
+    Ok(())
 }
 
-/// `link(from, to)`; when `from` is on another filesystem (a temp path elsewhere), copies it
-/// next to `to` first.
-fn link_same_fs(from: &Path, to: &Path) -> io::Result<()> {
-    match fs::hard_link(from, to) {
+/// The checksum in the sidecar `name` of `dir`, if there is a valid one.
+fn read_sidecar(dir: &Dir, sidecar: &str) -> Option<String> {
+    let file = dir.open_file(sidecar, OFlags::RDONLY).ok()?;
+    let mut text = String::new();
+    file.take(MAX_SIDECAR).read_to_string(&mut text).ok()?;
+    name::parse_checksum(&text)
+}
+
+/// Links the archive in `temp` as `file_name` in `dir`; when `dir` is on another filesystem,
+/// copies it into a locked temporary file there first.
+fn link_archive(temp: &TempFile, dir: &Dir, file_name: &str) -> io::Result<()> {
+    match temp.link(dir, file_name) {
         Err(e) if e.kind() == io::ErrorKind::CrossesDevices => {
-            let file_name = to.file_name().unwrap_or_default().to_string_lossy();
-            let near = to.with_file_name(format!(".{file_name}{PARTIAL_EXT}"));
-            let result = fs::copy(from, &near)
-                .and_then(|_| File::open(&near)?.sync_all())
-                .and_then(|()| fs::hard_link(&near, to));
-            let _ = fs::remove_file(&near);
-            result
+            let near = TempFile::create(dir)?;
+            let mut from = temp.file().try_clone()?;
+            from.seek(io::SeekFrom::Start(0))?;
+            io::copy(&mut from, &mut near.file())?;
+            near.file().sync_all()?;
+            near.link(dir, file_name)
         }
         other => other,
     }
 }
 
+/// An open archive file and its size.
+fn open_archive(dir: &Dir, file_name: &str) -> io::Result<(File, u64)> {
+    let file = dir.open_file(file_name, OFlags::RDONLY)?;
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a regular file",
+        ));
+    }
+    Ok((file, meta.len()))
+}
+
 #[async_trait]
 impl Storage for LocalStorage {
     fn location(&self, key: &str) -> String {
-        self.path(key).display().to_string()
+        self.root.join(key).display().to_string()
     }
 
     async fn put(
         &self,
-        naming: Naming<'_>,
+        naming: super::Naming<'_>,
         body: Reader,
         checksum: Option<&str>,
-    ) -> Result<ObjectInfo, StorageError> {
+    ) -> Result<super::ObjectInfo, StorageError> {
+        let keys: Vec<String> = (0..).map_while(naming).collect();
+        let checksum = checksum.map(str::to_owned);
         let this = self.clone();
-        let (partial, file, size, digest) =
-            tokio::task::spawn_blocking(move || this.write_partial(body))
-                .await
-                .expect("the writer task does not panic")?;
-        let published = check_digest(
-            &self.location(&naming(0).unwrap_or_default()),
-            checksum,
-            &digest,
-        )
-        .and_then(|()| self.publish(naming, &partial, &digest));
-        let _ = fs::remove_file(&partial);
-        drop(file);
-        let key = published?;
+        let (key, size, digest) = tokio::task::spawn_blocking(move || {
+            let (temp, size, digest) = this.write_temp(body)?;
+            let first = keys.first().map(|k| this.location(k)).unwrap_or_default();
+            check_digest(&first, checksum.as_deref(), &digest)?;
+            let key = this.publish(&keys, &temp, &digest)?;
+            Ok::<_, StorageError>((key, size, digest))
+        })
+        .await
+        .expect("the writer task does not panic")?;
         let location = self.location(&key);
         Ok(ObjectInfo::stored(key, location, size, digest))
     }
 
     async fn get(&self, key: &str) -> Result<(Reader, u64), StorageError> {
-        validate_key(key)?;
-        let path = self.path(key);
-        let file = File::open(&path).map_err(|e| {
-            if e.kind() == io::ErrorKind::NotFound {
-                StorageError::NotFound {
-                    location: self.location(key),
-                }
-            } else {
-                io_err("open", &path)(e)
-            }
-        })?;
-        let size = file.metadata().map_err(io_err("open", &path))?.len();
-        Ok((Reader::File(file), size))
+        let (dir, file_name) = self.locate(key)?;
+        match open_archive(&dir, file_name) {
+            Ok((file, size)) => Ok((Reader::File(file), size)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(not_found(&dir, file_name)),
+            Err(e) => Err(io_err("open", &dir.join(file_name))(e)),
+        }
     }
 
     async fn head(&self, key: &str) -> Result<Option<ObjectInfo>, StorageError> {
-        validate_key(key)?;
-        let path = self.path(key);
-        match fs::metadata(&path) {
-            Ok(meta) if meta.is_file() => Ok(Some(self.info(key, &meta))),
+        let (dir, file_name) = match self.locate(key) {
+            Err(StorageError::NotFound { .. }) => return Ok(None),
+            other => other?,
+        };
+        match dir.stat(file_name) {
+            Ok(Some(st)) if safefs::is_file(&st) => Ok(Some(self.info(key, &dir, file_name, &st))),
             Ok(_) => Ok(None),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(io_err("read", &path)(e)),
+            Err(e) => Err(io_err("read", &dir.join(file_name))(e)),
         }
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StorageError> {
+        fn list_err(dir: &Dir) -> impl FnOnce(io::Error) -> StorageError + use<> {
+            io_err("list", dir.path())
+        }
         let mut found = Vec::new();
-        let mut scan =
-            |dir: &Path, key_prefix: &str, depth: u8| -> Result<Vec<String>, StorageError> {
-                let mut subdirs = Vec::new();
-                let entries = match fs::read_dir(dir) {
-                    Ok(e) => e,
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(subdirs),
-                    Err(e) => return Err(io_err("list", dir)(e)),
-                };
-                for entry in entries {
-                    let entry = entry.map_err(io_err("list", dir))?;
-                    let file_name = entry.file_name().to_string_lossy().into_owned();
-                    let key = format!("{key_prefix}{file_name}");
-                    let meta = entry.metadata().map_err(io_err("list", &entry.path()))?;
-                    if meta.is_dir() && depth == 0 && !file_name.starts_with('.') {
-                        subdirs.push(file_name);
-                    } else if meta.is_file() && is_archive_key(&key) && key.starts_with(prefix) {
-                        found.push(self.info(&key, &meta));
-                    }
+        let mut dirs = vec![(
+            self.root.try_clone().map_err(list_err(&self.root))?,
+            String::new(),
+        )];
+        for (entry, kind) in self.root.entries().map_err(list_err(&self.root))? {
+            let entry = entry.to_string_lossy().into_owned();
+            if kind == rustix::fs::FileType::Directory && !entry.starts_with('.') {
+                let dir = self.root.open_dir(&entry).map_err(list_err(&self.root))?;
+                dirs.push((dir, format!("{entry}/")));
+            }
+        }
+        for (dir, key_prefix) in dirs {
+            for (entry, kind) in dir.entries().map_err(list_err(&dir))? {
+                let file_name = entry.to_string_lossy();
+                let key = format!("{key_prefix}{file_name}");
+                if kind != rustix::fs::FileType::RegularFile
+                    || !is_archive_key(&key)
+                    || !key.starts_with(prefix)
+                {
+                    continue;
                 }
-                Ok(subdirs)
-            };
-        for dir in scan(&self.root, "", 0)? {
-            scan(&self.root.join(&dir), &format!("{dir}/"), 1)?;
+                if let Some(st) = dir.stat(&entry).map_err(list_err(&dir))? {
+                    found.push(self.info(&key, &dir, &file_name, &st));
+                }
+            }
         }
         found.sort_by(|a, b| a.key.cmp(&b.key));
         Ok(found)
     }
 
     async fn delete(&self, key: &str) -> Result<(), StorageError> {
-        validate_key(key)?;
-        let path = self.path(key);
-        match fs::remove_file(&path) {
+        let (dir, file_name) = self.locate(key)?;
+        match dir.stat(file_name) {
+            Ok(Some(st)) if safefs::is_file(&st) => {}
+            Ok(_) => return Err(not_found(&dir, file_name)),
+            Err(e) => return Err(io_err("delete", &dir.join(file_name))(e)),
+        }
+        match dir.remove_file(file_name) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return Err(StorageError::NotFound {
-                    location: self.location(key),
-                });
+                return Err(not_found(&dir, file_name));
             }
-            Err(e) => return Err(io_err("delete", &path)(e)),
+            Err(e) => return Err(io_err("delete", &dir.join(file_name))(e)),
         }
-        let sidecar = self.path(&name::checksum_key(key));
-        match fs::remove_file(&sidecar) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io_err("delete", &sidecar)(e)),
-            _ => Ok(()),
-        }
+        let sidecar = name::checksum_key(file_name);
+        safefs::ignore_absent(dir.remove_file(&sidecar))
+            .map_err(io_err("delete", &dir.join(&sidecar)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn opening_removes_only_abandoned_leftovers() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("snaps");
+        let storage = LocalStorage::open(root.clone(), None).unwrap();
+        let coll = storage.root.create_dir_all("c", 0o777).unwrap();
+        // Left by a crash: a temp file in the temp path and one next to archives, and a
+        // sidecar whose archive was never linked.
+        std::fs::write(root.join(".tmp/.dead.partial"), b"x").unwrap();
+        std::fs::write(root.join("c/.0123.partial"), b"x").unwrap();
+        std::fs::write(root.join("c/lost.snapshot.checksum"), b"x").unwrap();
+        // A complete archive, and a writer in the middle of publishing (sidecar linked and
+        // locked, archive not yet).
+        std::fs::write(root.join("c/ok.snapshot"), b"a").unwrap();
+        std::fs::write(root.join("c/ok.snapshot.checksum"), b"a").unwrap();
+        let live = TempFile::create(&coll).unwrap();
+        live.link(&coll, "busy.snapshot.checksum").unwrap();
+        let live_temp = TempFile::create_named(&storage.temp).unwrap();
+
+        LocalStorage::open(root.clone(), None).unwrap();
+        let mut left: Vec<String> = std::fs::read_dir(root.join("c"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(
+            left,
+            [
+                "busy.snapshot.checksum",
+                "ok.snapshot",
+                "ok.snapshot.checksum"
+            ]
+        );
+        let temp_left: Vec<_> = std::fs::read_dir(root.join(".tmp")).unwrap().collect();
+        assert_eq!(temp_left.len(), 1, "the live temp file stays");
+        drop((live, live_temp));
     }
 }

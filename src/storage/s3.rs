@@ -43,6 +43,8 @@ pub const DEFAULT_CONCURRENCY: usize = 4;
 const MIN_PART_SIZE: usize = 5 << 20;
 /// S3's largest number of parts in one upload.
 const MAX_PARTS: i32 = 10_000;
+/// Default age after which a multipart upload is taken for abandoned.
+pub const DEFAULT_STALE_UPLOAD_AGE: Duration = Duration::from_secs(6 * 3600);
 /// How long an abort is retried while the server does not answer.
 const ABORT_PATIENCE: Duration = Duration::from_secs(120);
 
@@ -57,6 +59,8 @@ pub struct S3Storage {
     endpoint: String,
     part_size: usize,
     concurrency: usize,
+    /// Multipart uploads older than this are aborted by the next put (`None`: never).
+    stale_upload_age: Option<Duration>,
 }
 
 /// The key prefix for a `snapshots_path`: `./snapshots` and `/snapshots/` give `snapshots/`.
@@ -163,6 +167,11 @@ impl S3Storage {
             endpoint,
             part_size,
             concurrency,
+            stale_upload_age: match config.abort_incomplete_uploads_after_secs {
+                None => Some(DEFAULT_STALE_UPLOAD_AGE),
+                Some(0) => None,
+                Some(secs) => Some(Duration::from_secs(secs)),
+            },
         })
     }
 
@@ -354,6 +363,25 @@ impl S3Storage {
         Ok(())
     }
 
+    /// Creates the object `key` only if it does not exist (`If-None-Match: *`); `false` when
+    /// it does. Servers that ignore the condition overwrite (see the README).
+    async fn create_small(&self, key: &str, data: Bytes) -> Result<bool, StorageError> {
+        match self
+            .client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(self.object(key))
+            .if_none_match("*")
+            .body(ByteStream::from(data))
+            .send()
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(e) if precondition_failed(&e) => Ok(false),
+            Err(e) => Err(self.error("PutObject", key, e)),
+        }
+    }
+
     async fn delete_object(&self, key: &str) -> Result<(), StorageError> {
         self.client
             .delete_object()
@@ -365,13 +393,21 @@ impl S3Storage {
         Ok(())
     }
 
-    /// Picks the first free key of `naming`.
-    async fn free_key(&self, naming: Naming<'_>) -> Result<String, StorageError> {
+    /// Claims the first free key of `naming`: creates its sidecar, holding `content` (the
+    /// digest, or nothing until it is known), only if no writer has (`If-None-Match: *`).
+    /// Whoever created the sidecar owns the key; the others take the next one.
+    async fn claim(&self, naming: Naming<'_>, content: &str) -> Result<String, StorageError> {
         for attempt in 0.. {
             let Some(key) = naming(attempt) else { break };
             validate_key(&key)?;
-            if self.head_object(&key).await?.is_none()
-                && self.head_object(&name::checksum_key(&key)).await?.is_none()
+            // An archive written by another tool may have no sidecar.
+            if self.head_object(&key).await?.is_some() {
+                continue;
+            }
+            let sidecar = name::checksum_key(&key);
+            if self
+                .create_small(&sidecar, Bytes::from(content.to_owned()))
+                .await?
             {
                 return Ok(key);
             }
@@ -379,6 +415,81 @@ impl S3Storage {
         Err(StorageError::Exists {
             location: naming(0).map(|k| self.location(&k)).unwrap_or_default(),
         })
+    }
+
+    /// Aborts multipart uploads under the prefix started longer ago than the configured age:
+    /// uploads whose writer died (SIGKILL, or the server down for longer than the abort was
+    /// retried). Failures are logged: a bucket lifecycle rule is the second line of defence.
+    async fn abort_stale_uploads(&self) {
+        let Some(age) = self.stale_upload_age else {
+            return;
+        };
+        let cutoff = Timestamp::now()
+            .checked_sub(jiff::SignedDuration::try_from(age).unwrap_or(jiff::SignedDuration::MAX))
+            .unwrap_or(Timestamp::MIN);
+        let stale = match self.uploads_started_before(cutoff).await {
+            Ok(stale) => stale,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not list abandoned multipart uploads");
+                return;
+            }
+        };
+        for (key, upload_id) in stale {
+            let aborted = self
+                .client
+                .abort_multipart_upload()
+                .bucket(&self.bucket)
+                .key(&key)
+                .upload_id(&upload_id)
+                .send()
+                .await;
+            match aborted {
+                Ok(_) => tracing::info!(key, "aborted an abandoned multipart upload"),
+                Err(e) => {
+                    tracing::warn!(key, error = %DisplayErrorContext(&e), "could not abort an abandoned multipart upload")
+                }
+            }
+        }
+    }
+
+    /// Multipart uploads under the prefix started before `cutoff` (object key, upload id).
+    async fn uploads_started_before(
+        &self,
+        cutoff: Timestamp,
+    ) -> Result<Vec<(String, String)>, StorageError> {
+        let mut found = Vec::new();
+        let (mut key_marker, mut id_marker) = (None, None);
+        loop {
+            let page = self
+                .client
+                .list_multipart_uploads()
+                .bucket(&self.bucket)
+                .prefix(&self.prefix)
+                .set_key_marker(key_marker.take())
+                .set_upload_id_marker(id_marker.take())
+                .send()
+                .await
+                .map_err(|e| self.error("ListMultipartUploads", "", e))?;
+            for upload in page.uploads() {
+                let started = upload
+                    .initiated()
+                    .and_then(|t| Timestamp::from_second(t.secs()).ok());
+                if let (Some(key), Some(id), Some(started)) =
+                    (upload.key(), upload.upload_id(), started)
+                    && started < cutoff
+                {
+                    found.push((key.to_owned(), id.to_owned()));
+                }
+            }
+            if !page.is_truncated().unwrap_or(false) {
+                return Ok(found);
+            }
+            key_marker = page.next_key_marker().map(str::to_owned);
+            id_marker = page.next_upload_id_marker().map(str::to_owned);
+            if key_marker.is_none() && id_marker.is_none() {
+                return Ok(found);
+            }
+        }
     }
 
     /// Uploads a multipart archive whose first part is `first`; returns size and digest.
@@ -389,6 +500,7 @@ impl S3Storage {
         mut hasher: Sha256,
         mut body: Box<dyn AsyncRead + Send + Unpin>,
         expected: Option<&str>,
+        guard: &mut PutGuard,
     ) -> Result<(u64, String), StorageError> {
         let created = self
             .client
@@ -399,12 +511,7 @@ impl S3Storage {
             .await
             .map_err(|e| self.error("CreateMultipartUpload", key, e))?;
         let upload_id = created.upload_id().unwrap_or_default().to_owned();
-        let mut guard = AbortGuard {
-            storage: self.clone(),
-            key: key.to_owned(),
-            upload_id: upload_id.clone(),
-            armed: true,
-        };
+        guard.upload_id = Some(upload_id.clone());
         let mut parts = JoinSet::new();
         let mut done: Vec<CompletedPart> = Vec::new();
         let mut size = first.len() as u64;
@@ -458,6 +565,7 @@ impl S3Storage {
             }
         };
         done.sort_by_key(|p| p.part_number());
+        // The claimed sidecar gets the digest, then the archive appears (only if absent).
         let sidecar = name::checksum_key(key);
         self.put_small(&sidecar, Bytes::from(digest.clone()))
             .await?;
@@ -466,6 +574,7 @@ impl S3Storage {
             .complete_multipart_upload()
             .bucket(&self.bucket)
             .key(self.object(key))
+            .if_none_match("*")
             .upload_id(&upload_id)
             .multipart_upload(
                 CompletedMultipartUpload::builder()
@@ -474,12 +583,16 @@ impl S3Storage {
             )
             .send()
             .await;
-        if let Err(e) = completed {
-            let _ = self.delete_object(&sidecar).await;
-            return Err(self.error("CompleteMultipartUpload", key, e));
+        match completed {
+            Ok(_) => {
+                guard.upload_id = None;
+                Ok((size, digest))
+            }
+            Err(e) if precondition_failed(&e) => Err(StorageError::Exists {
+                location: self.location(key),
+            }),
+            Err(e) => Err(self.error("CompleteMultipartUpload", key, e)),
         }
-        guard.armed = false;
-        Ok((size, digest))
     }
 
     async fn upload_part(
@@ -605,25 +718,52 @@ async fn read_part(
     Ok(buf.freeze())
 }
 
-/// Aborts the multipart upload when dropped armed: on errors, and when the put is cancelled
-/// (its future dropped on SIGINT/SIGTERM); the process waits for it via [`cleanups`].
-struct AbortGuard {
+/// What a put has claimed in the bucket: the key's sidecar and, once started, its multipart
+/// upload. A put that fails releases its claim itself ([`S3Storage::release`]); one that is
+/// cancelled (its future dropped on SIGINT/SIGTERM) leaves the guard to abort the upload and
+/// delete the claim in the background, which the process waits for via [`cleanups`].
+struct PutGuard {
     storage: S3Storage,
     key: String,
-    upload_id: String,
-    armed: bool,
+    /// The sidecar, while it is claimed and not yet published with its archive.
+    claim: Option<String>,
+    upload_id: Option<String>,
 }
 
-impl Drop for AbortGuard {
+impl Drop for PutGuard {
     fn drop(&mut self) {
-        if !self.armed {
+        if self.claim.is_none() && self.upload_id.is_none() {
             return;
         }
         let storage = self.storage.clone();
-        let (key, id) = (self.key.clone(), self.upload_id.clone());
+        let (key, claim, id) = (self.key.clone(), self.claim.take(), self.upload_id.take());
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
-            cleanups().spawn_on(async move { storage.abort(&key, &id).await }, &handle);
+            cleanups().spawn_on(
+                async move {
+                    if let Some(id) = id {
+                        storage.abort(&key, &id).await;
+                    }
+                    if let Some(claim) = claim {
+                        let _ = storage.delete_object(&claim).await;
+                    }
+                },
+                &handle,
+            );
         }
+    }
+}
+
+/// Did a conditional request fail its condition (the object exists)?
+fn precondition_failed<E: ProvideErrorMetadata>(err: &SdkError<E>) -> bool {
+    match err {
+        SdkError::ServiceError(service) => {
+            matches!(service.raw().status().as_u16(), 412 | 409)
+                || matches!(
+                    service.err().code(),
+                    Some("PreconditionFailed" | "ConditionalRequestConflict")
+                )
+        }
+        _ => false,
     }
 }
 
@@ -645,30 +785,56 @@ impl Storage for S3Storage {
         body: Reader,
         checksum: Option<&str>,
     ) -> Result<ObjectInfo, StorageError> {
-        let key = self.free_key(naming).await?;
+        self.abort_stale_uploads().await;
         let mut body = body.into_async();
         let first = read_part(&mut body, self.part_size)
             .await
             .map_err(|source| StorageError::Body { source })?;
         let mut hasher = Sha256::new();
         hasher.update(&first);
-        let (size, digest) = if first.len() < self.part_size {
-            // The whole archive fits in one part: sidecar, then the object.
-            let digest = name::hex(&hasher.finalize());
-            check_digest(&self.location(&key), checksum, &digest)?;
-            let sidecar = name::checksum_key(&key);
-            self.put_small(&sidecar, Bytes::from(digest.clone()))
-                .await?;
-            let size = first.len() as u64;
-            if let Err(e) = self.put_small(&key, first).await {
-                let _ = self.delete_object(&sidecar).await;
-                return Err(e);
-            }
-            (size, digest)
-        } else {
-            self.put_multipart(&key, first, hasher, body, checksum)
-                .await?
+        let small = first.len() < self.part_size;
+        // A small archive's digest is known now: its claim is its final sidecar.
+        let digest = small.then(|| name::hex(&hasher.clone().finalize()));
+        if let Some(digest) = &digest {
+            let first_key = naming(0).unwrap_or_default();
+            check_digest(&self.location(&first_key), checksum, digest)?;
+        }
+        let key = self
+            .claim(naming, digest.as_deref().unwrap_or_default())
+            .await?;
+        let mut guard = PutGuard {
+            storage: self.clone(),
+            key: key.clone(),
+            claim: Some(name::checksum_key(&key)),
+            upload_id: None,
         };
+        let stored = match digest {
+            Some(digest) => {
+                let size = first.len() as u64;
+                match self.create_small(&key, first).await {
+                    Ok(true) => Ok((size, digest)),
+                    Ok(false) => Err(StorageError::Exists {
+                        location: self.location(&key),
+                    }),
+                    Err(e) => Err(e),
+                }
+            }
+            None => {
+                self.put_multipart(&key, first, hasher, body, checksum, &mut guard)
+                    .await
+            }
+        };
+        if stored.is_err() {
+            // Release the claim now, so that a retry may take the name; an upload still open
+            // is aborted in the background (retried while the server is unreachable).
+            if let Some(claim) = guard.claim.take() {
+                let _ = self.delete_object(&claim).await;
+            }
+        } else {
+            guard.claim = None;
+        }
+        drop(guard);
+        let (size, digest) = stored?;
         let location = self.location(&key);
         Ok(ObjectInfo::stored(key, location, size, digest))
     }

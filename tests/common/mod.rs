@@ -155,6 +155,39 @@ pub fn bin(cwd: &Path) -> Command {
     cmd
 }
 
+/// Is the test running as root (as CI does)?
+pub fn is_root() -> bool {
+    rustix::process::geteuid().is_root()
+}
+
+/// `cmd` run as PID 1 of a new PID namespace (`unshare --fork --pid --mount-proc`), as a mover
+/// is in its container; it prints `pid=<its pid>` on standard error first. Without root, a
+/// user namespace makes that possible.
+pub fn as_pid1(cmd: &Command) -> Command {
+    let mut wrapped = Command::new("unshare");
+    if !is_root() {
+        wrapped.args(["--user", "--map-root-user"]);
+    }
+    wrapped.args(["--fork", "--pid", "--mount-proc", "sh", "-c"]);
+    wrapped.arg(r#"echo "pid=$$" >&2; exec "$0" "$@""#);
+    wrapped.arg(cmd.get_program()).args(cmd.get_args());
+    carry_over(cmd, &mut wrapped);
+    wrapped
+}
+
+/// Gives `to` the environment changes and working directory of `from`.
+fn carry_over(from: &Command, to: &mut Command) {
+    for (key, value) in from.get_envs() {
+        match value {
+            Some(value) => to.env(key, value),
+            None => to.env_remove(key),
+        };
+    }
+    if let Some(dir) = from.get_current_dir() {
+        to.current_dir(dir);
+    }
+}
+
 /// Runs and returns the output, whatever the exit status.
 pub fn run(cmd: &mut Command) -> Output {
     cmd.output().expect("the binary runs")
@@ -404,6 +437,7 @@ impl S3Env {
             force_path_style: Some(true),
             part_size_mib: Some(5),
             upload_concurrency: Some(2),
+            abort_incomplete_uploads_after_secs: None,
         }
     }
 
