@@ -16,6 +16,7 @@ use crate::config::{Config, ConfigError};
 use crate::engine::restore::{Limits, Outcome, Priority, RestoreSpec, Selection};
 use crate::engine::{name, readahead};
 use crate::ops::{self, OpsError, Progress, SnapshotRequest};
+use crate::safefs::Anchored;
 use crate::source::{self, Context, HttpOptions, Location};
 use crate::storage::{ObjectInfo, Storage, StorageError};
 
@@ -87,6 +88,10 @@ pub enum MoverCommand {
 pub struct MoverRestoreArgs {
     #[arg(long, value_name = "DIR")]
     pub storage_path: PathBuf,
+    /// The mount of the workload's volume holding the storage path: nothing below it is
+    /// reached through a symbolic link.
+    #[arg(long, value_name = "DIR")]
+    pub volume: Option<PathBuf>,
     /// A storage key, file://, http(s):// or s3:// location.
     #[arg(long)]
     pub location: String,
@@ -109,6 +114,10 @@ pub struct MoverRestoreArgs {
 pub struct MoverSnapshotArgs {
     #[arg(long, value_name = "DIR")]
     pub storage_path: PathBuf,
+    /// The mount of the workload's volume holding the storage path: nothing below it is
+    /// reached through a symbolic link.
+    #[arg(long, value_name = "DIR")]
+    pub volume: Option<PathBuf>,
     #[arg(long)]
     pub collection: Option<String>,
     #[arg(long)]
@@ -389,7 +398,7 @@ async fn create(args: CreateArgs, config: &Config, storage: &dyn Storage) -> Res
     let mut exclude = vec![config.storage.snapshots_path.clone()];
     exclude.extend(config.storage.temp_path.clone());
     let request = SnapshotRequest {
-        storage_path: args.storage_path,
+        storage: Anchored::trusted(args.storage_path),
         collection: args.collection,
         node: args.node.unwrap_or_else(host_name),
         exclude,
@@ -621,7 +630,7 @@ async fn mover(cmd: MoverCommand, config: &Config) -> Result<ExitCode> {
             let work = async {
                 let (storage, _) = crate::storage::open(&config.storage).await?;
                 let request = SnapshotRequest {
-                    storage_path: args.storage_path,
+                    storage: anchored(args.volume.as_deref(), args.storage_path)?,
                     collection: args.collection,
                     node: args.node,
                     exclude: Vec::new(),
@@ -672,7 +681,7 @@ async fn mover(cmd: MoverCommand, config: &Config) -> Result<ExitCode> {
                     None => Selection::Full,
                 };
                 let spec = RestoreSpec {
-                    storage: args.storage_path,
+                    storage: anchored(args.volume.as_deref(), args.storage_path)?,
                     selection,
                     priority: args.priority,
                     checksum: None,
@@ -713,6 +722,20 @@ async fn mover(cmd: MoverCommand, config: &Config) -> Result<ExitCode> {
     println!("{message}");
     result?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// A mover's storage directory: beneath the workload's volume when its mount is given.
+fn anchored(volume: Option<&Path>, storage_path: PathBuf) -> Result<Anchored, OpsError> {
+    match volume {
+        None => Ok(Anchored::trusted(storage_path)),
+        Some(volume) => Anchored::within(volume, &storage_path).ok_or_else(|| {
+            OpsError::Usage(format!(
+                "--storage-path {} is not inside --volume {}",
+                storage_path.display(),
+                volume.display()
+            ))
+        }),
+    }
 }
 
 /// `LOCATION:COLLECTION`, split at the last `:` (locations may hold `:`).
@@ -776,7 +799,7 @@ async fn restore(args: RestoreArgs, config: &Config) -> Result<ExitCode> {
             source::open(&Location::parse(&location)?, args.checksum.as_deref(), &ctx).await?;
         let from = opened.location.clone();
         let spec = RestoreSpec {
-            storage: args.storage_path.clone(),
+            storage: Anchored::trusted(args.storage_path.clone()),
             selection,
             priority,
             checksum: None,

@@ -11,6 +11,7 @@ use crate::engine::archive::{self, Archived, CreateError, CreateSpec};
 use crate::engine::name;
 use crate::engine::pipe::pipe;
 use crate::engine::restore::{self, RestoreError, RestoreSpec, Restored};
+use crate::safefs::Anchored;
 use crate::source::{Opened, SourceError};
 use crate::storage::{ObjectInfo, Reader, Storage, StorageError};
 
@@ -38,6 +39,8 @@ pub enum OpsError {
     Source(#[from] SourceError),
     #[error(transparent)]
     Name(#[from] name::NameError),
+    #[error("{0}")]
+    Usage(String),
 }
 
 /// A snapshot that was created.
@@ -58,7 +61,8 @@ pub struct Created {
 /// What to snapshot.
 #[derive(Debug, Clone)]
 pub struct SnapshotRequest {
-    pub storage_path: PathBuf,
+    /// The storage directory.
+    pub storage: Anchored,
     pub collection: Option<String>,
     pub node: String,
     /// Directories inside the storage path never archived (local snapshots and temp paths).
@@ -72,7 +76,7 @@ pub async fn create_snapshot(
     progress: Progress,
 ) -> Result<Created, OpsError> {
     let spec = CreateSpec {
-        storage: request.storage_path,
+        storage: request.storage,
         collection: request.collection,
         node: request.node,
         created_at: Timestamp::now(),

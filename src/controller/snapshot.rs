@@ -386,6 +386,8 @@ async fn start_mover(
         "snapshot".to_owned(),
         "--storage-path".into(),
         mover::mounted(mover::DATA_MOUNT, &snap.spec.path),
+        "--volume".into(),
+        mover::DATA_MOUNT.into(),
         "--node".into(),
         archive.node.clone(),
     ];
@@ -733,7 +735,7 @@ mod mock {
             Expect::new("GET", "/apis/batch/v1/jobs?&labelSelector=app.kubernetes.io%2Fmanaged-by%3Dsnapshot-operator", list("Job", vec![])),
             Expect::new("PATCH", format!("{JOBS}/{}", mover::job_name("snap", "s", "qdrant-0")), Value::Null).check(|job| {
                 let pod = &job["spec"]["template"]["spec"];
-                assert_eq!(pod["containers"][0]["args"], json!(["mover", "snapshot", "--storage-path", "/data/qdrant/storage", "--node", "qdrant-0", "--collection", "products"]));
+                assert_eq!(pod["containers"][0]["args"], json!(["mover", "snapshot", "--storage-path", "/data/qdrant/storage", "--volume", "/data", "--node", "qdrant-0", "--collection", "products"]));
                 assert_eq!(pod["volumes"][0]["persistentVolumeClaim"], json!({"claimName": "data-qdrant-0", "readOnly": true}));
                 assert_eq!(pod["volumes"][1]["persistentVolumeClaim"]["claimName"], "backups");
                 assert_eq!(pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"][0]["matchFields"][0]["values"], json!(["worker-a"]));

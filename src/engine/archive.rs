@@ -10,21 +10,26 @@
 //!   owner and group are written as 0 with no names (a restore creates files as the restoring
 //!   user);
 //! * paths longer than 100 bytes use GNU long-name entries.
+//!
+//! The storage directory belongs to the workload: the walk opens every directory and file
+//! from its parent's descriptor without following links ([`crate::safefs`]), so a link
+//! planted anywhere, or swapped in during the walk, is skipped or refused, never followed.
 
 use std::collections::BTreeMap;
-use std::ffi::OsString;
-use std::fs::{self, File, Metadata};
+use std::fs::File;
 use std::io::{self, Read, Write};
-use std::os::unix::ffi::{OsStrExt, OsStringExt};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use jiff::Timestamp;
+use rustix::fs::{FileType, OFlags};
 use serde::Serialize;
 
 use super::WORKSPACE_DIR;
-use super::manifest::{MANIFEST_ENTRY, Manifest};
+use super::manifest::{MANIFEST_ENTRY, MAX_MANIFEST_BYTES, Manifest};
 use super::name::{self, NameError};
+use crate::safefs::{self, Anchored, Dir};
 
 const BLOCK: usize = 512;
 const COPY_BUF: usize = 1 << 20;
@@ -37,7 +42,7 @@ pub const ALIASES_FILE: &str = "aliases/data.json";
 #[derive(Debug, Clone)]
 pub struct CreateSpec {
     /// The storage directory.
-    pub storage: PathBuf,
+    pub storage: Anchored,
     /// One collection, or `None` for the whole storage directory.
     pub collection: Option<String>,
     /// The node name written into the archive name and manifest.
@@ -45,7 +50,7 @@ pub struct CreateSpec {
     /// Creation time, in the archive name and manifest.
     pub created_at: Timestamp,
     /// Directories never archived (the snapshots and temp paths when they lie inside the
-    /// storage directory). Compared after canonicalisation.
+    /// storage directory), recognised by device and inode.
     pub exclude: Vec<PathBuf>,
 }
 
@@ -91,6 +96,11 @@ pub enum CreateError {
     #[error("failed to read {path}")]
     Read { path: PathBuf, source: io::Error },
     #[error(
+        "refused: {path} is a symbolic link, or behind one; snapshots never follow links \
+         (point --storage-path at the real directory)"
+    )]
+    Link { path: PathBuf },
+    #[error(
         "{path} changed while it was being archived (it was {expected} bytes); \
          stop writes to the storage directory or retry"
     )]
@@ -99,31 +109,50 @@ pub enum CreateError {
     Write { source: io::Error },
 }
 
+/// The error of reading `rel` in `dir`: a link in the way is refused as such.
+fn read_err(dir: &Dir, rel: &Path) -> impl FnOnce(io::Error) -> CreateError + use<> {
+    let path = dir.join(rel);
+    move |source| {
+        if safefs::is_link_refused(&source) {
+            CreateError::Link { path }
+        } else {
+            CreateError::Read { path, source }
+        }
+    }
+}
+
+/// Opens the storage directory of `spec`.
+fn open_storage(spec: &CreateSpec) -> Result<Dir, CreateError> {
+    spec.storage.open().map_err(|source| CreateError::Storage {
+        path: spec.storage.path(),
+        source,
+    })
+}
+
 /// Checks the spec against the storage directory and builds the manifest, before any byte is
 /// written: the storage (and collection) must be directories, names must be valid.
 pub fn plan(spec: &CreateSpec) -> Result<Manifest, CreateError> {
     name::validate("node", &spec.node)?;
-    let storage_err = |source| CreateError::Storage {
-        path: spec.storage.clone(),
-        source,
-    };
-    let meta = fs::metadata(&spec.storage).map_err(storage_err)?;
-    if !meta.is_dir() {
-        return Err(storage_err(io::Error::new(
-            io::ErrorKind::NotADirectory,
-            "not a directory",
-        )));
-    }
-    let mut collections = list_collections(&spec.storage).map_err(storage_err)?;
-    let mut aliases = read_aliases(&spec.storage)?;
+    let root = open_storage(spec)?;
+    let mut collections =
+        collections_in(&root).map_err(read_err(&root, Path::new(COLLECTIONS_DIR)))?;
+    let mut aliases = read_aliases(&root)?;
     if let Some(c) = &spec.collection {
         name::validate("collection", c)?;
-        let path = spec.storage.join(COLLECTIONS_DIR).join(c);
-        if !fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir()) {
-            return Err(CreateError::NoCollection {
-                collection: c.clone(),
-                path,
-            });
+        let rel = Path::new(COLLECTIONS_DIR).join(c);
+        match root.stat(&rel).map_err(read_err(&root, &rel))? {
+            Some(st) if safefs::is_dir(&st) => {}
+            Some(st) if safefs::is_symlink(&st) => {
+                return Err(CreateError::Link {
+                    path: root.join(&rel),
+                });
+            }
+            _ => {
+                return Err(CreateError::NoCollection {
+                    collection: c.clone(),
+                    path: root.join(&rel),
+                });
+            }
         }
         collections = vec![c.clone()];
         aliases.retain(|_, target| target == c);
@@ -138,35 +167,36 @@ pub fn plan(spec: &CreateSpec) -> Result<Manifest, CreateError> {
 }
 
 /// The collection directories of a storage directory, sorted (none when there is no
-/// `collections/`).
-pub fn list_collections(storage: &Path) -> io::Result<Vec<String>> {
-    let dir = storage.join(COLLECTIONS_DIR);
-    let entries = match fs::read_dir(&dir) {
-        Ok(entries) => entries,
+/// `collections/`; a link there is refused, and links to collections are not collections).
+pub fn collections_in(storage: &Dir) -> io::Result<Vec<String>> {
+    let dir = match storage.open_dir(COLLECTIONS_DIR) {
+        Ok(dir) => dir,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(e),
     };
-    let mut names = Vec::new();
-    for entry in entries {
-        let entry = entry?;
-        if entry.file_type()?.is_dir() {
-            names.push(entry.file_name().to_string_lossy().into_owned());
-        }
-    }
+    let mut names: Vec<String> = dir
+        .entries()?
+        .into_iter()
+        .filter(|(_, kind)| *kind == FileType::Directory)
+        .map(|(name, _)| name.to_string_lossy().into_owned())
+        .collect();
     names.sort();
     Ok(names)
 }
 
 /// Reads `aliases/data.json` (`{"alias": "collection"}`); absent means no aliases.
-pub fn read_aliases(storage: &Path) -> Result<BTreeMap<String, String>, CreateError> {
+pub fn read_aliases(storage: &Dir) -> Result<BTreeMap<String, String>, CreateError> {
     let path = storage.join(ALIASES_FILE);
-    match fs::read(&path) {
-        Ok(bytes) => {
-            serde_json::from_slice(&bytes).map_err(|source| CreateError::Aliases { path, source })
-        }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(BTreeMap::new()),
-        Err(source) => Err(CreateError::Read { path, source }),
-    }
+    let mut bytes = Vec::new();
+    match storage.open_file(ALIASES_FILE, OFlags::RDONLY | OFlags::NONBLOCK) {
+        Ok(file) => file
+            .take(MAX_MANIFEST_BYTES)
+            .read_to_end(&mut bytes)
+            .map_err(read_err(storage, Path::new(ALIASES_FILE)))?,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(BTreeMap::new()),
+        Err(e) => return Err(read_err(storage, Path::new(ALIASES_FILE))(e)),
+    };
+    serde_json::from_slice(&bytes).map_err(|source| CreateError::Aliases { path, source })
 }
 
 /// Writes the archive described by `spec` and `manifest` (from [`plan`]) to `out`, calling
@@ -177,16 +207,13 @@ pub fn write_archive<W: Write>(
     out: W,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<Archived, CreateError> {
-    let root = fs::canonicalize(&spec.storage).map_err(|source| CreateError::Storage {
-        path: spec.storage.clone(),
-        source,
-    })?;
-    let mut exclude: Vec<PathBuf> = spec
+    let root = open_storage(spec)?;
+    let exclude = spec
         .exclude
         .iter()
-        .filter_map(|p| fs::canonicalize(p).ok())
+        .filter_map(|p| std::fs::metadata(p).ok())
+        .map(|m| (m.dev(), m.ino()))
         .collect();
-    exclude.push(root.join(WORKSPACE_DIR));
     let mut walker = Walker {
         tar: TarWriter::new(out),
         exclude,
@@ -206,13 +233,9 @@ pub fn write_archive<W: Write>(
         .map_err(|source| CreateError::Write { source })?;
     match &spec.collection {
         Some(c) => {
-            let rel = format!("{COLLECTIONS_DIR}/{c}").into_bytes();
-            let abs = root.join(COLLECTIONS_DIR).join(c);
-            let meta = fs::symlink_metadata(&abs).map_err(|source| CreateError::Read {
-                path: abs.clone(),
-                source,
-            })?;
-            walker.dir(&abs, rel, &meta)?;
+            let rel = Path::new(COLLECTIONS_DIR).join(c);
+            let dir = root.open_dir(&rel).map_err(read_err(&root, &rel))?;
+            walker.dir(&dir, rel.into_os_string().into_encoded_bytes())?;
         }
         None => walker.children(&root, Vec::new())?,
     }
@@ -225,93 +248,100 @@ pub fn write_archive<W: Write>(
 
 struct Walker<'a, W: Write> {
     tar: TarWriter<W>,
-    exclude: Vec<PathBuf>,
+    /// Device and inode of directories never archived.
+    exclude: Vec<(u64, u64)>,
     progress: &'a (dyn Fn(u64) + Sync),
     done: Archived,
 }
 
 impl<W: Write> Walker<'_, W> {
-    fn dir(&mut self, abs: &Path, rel: Vec<u8>, meta: &Metadata) -> Result<(), CreateError> {
-        let mut path = rel.clone();
+    /// Archives the open directory `dir`, whose archive path is `rel`, and its content.
+    fn dir(&mut self, dir: &Dir, rel: Vec<u8>) -> Result<(), CreateError> {
+        let st = dir.metadata().map_err(|source| CreateError::Read {
+            path: dir.path().to_owned(),
+            source,
+        })?;
+        let mut path = rel;
         path.push(b'/');
         self.tar
-            .append_dir(&path, meta)
+            .append_dir(&path, st.st_mode, u64::try_from(st.st_mtime).unwrap_or(0))
             .map_err(|source| CreateError::Write { source })?;
         self.done.directories += 1;
-        self.children(abs, path)
+        self.children(dir, path)
     }
 
-    /// Archives the children of directory `abs`, whose archive path is `prefix` (empty for the
-    /// root, else ending in `/`).
-    fn children(&mut self, abs: &Path, prefix: Vec<u8>) -> Result<(), CreateError> {
-        let read_err = |source| CreateError::Read {
-            path: abs.to_owned(),
-            source,
-        };
+    /// Archives the children of the open directory `dir`, whose archive path is `prefix`
+    /// (empty for the root, else ending in `/`).
+    fn children(&mut self, dir: &Dir, prefix: Vec<u8>) -> Result<(), CreateError> {
         // The type comes from the directory listing (no `lstat` per file).
-        let mut children: Vec<(OsString, fs::FileType)> = fs::read_dir(abs)
-            .map_err(read_err)?
-            .map(|e| e.and_then(|e| Ok((e.file_name(), e.file_type()?))))
-            .collect::<io::Result<_>>()
-            .map_err(read_err)?;
+        let mut children = dir.entries().map_err(|source| CreateError::Read {
+            path: dir.path().to_owned(),
+            source,
+        })?;
         children.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
-        for (name, ft) in children {
-            let child = abs.join(&name);
-            if self.exclude.contains(&child) {
+        for (name, kind) in children {
+            if prefix.is_empty() && name == WORKSPACE_DIR {
                 continue;
             }
             let mut rel = prefix.clone();
-            rel.extend_from_slice(&name.into_vec());
-            if ft.is_file() {
-                self.file(&child, &rel)?;
-                continue;
-            }
-            let meta = fs::symlink_metadata(&child).map_err(|source| changed(&child, source, 0))?;
-            if meta.is_dir() {
-                self.dir(&child, rel, &meta)?;
-            } else {
-                let skipped = Skipped {
-                    path: String::from_utf8_lossy(&rel).into_owned(),
-                    kind: kind_of(&meta),
-                };
-                tracing::warn!(path = %skipped.path, kind = skipped.kind, "skipped: not a regular file or directory");
-                self.done.skipped.push(skipped);
+            rel.extend_from_slice(name.as_bytes());
+            match kind {
+                FileType::RegularFile => self.file(dir, &name, &rel)?,
+                FileType::Directory => {
+                    let sub = dir
+                        .open_dir(&name)
+                        .map_err(|source| changed(&dir.join(&name), source, 0))?;
+                    let st = sub.metadata().map_err(|source| CreateError::Read {
+                        path: sub.path().to_owned(),
+                        source,
+                    })?;
+                    if !self.exclude.contains(&safefs::identity(&st)) {
+                        self.dir(&sub, rel)?;
+                    }
+                }
+                other => {
+                    let skipped = Skipped {
+                        path: String::from_utf8_lossy(&rel).into_owned(),
+                        kind: kind_of(other),
+                    };
+                    tracing::warn!(path = %skipped.path, kind = skipped.kind, "skipped: not a regular file or directory");
+                    self.done.skipped.push(skipped);
+                }
             }
         }
         Ok(())
     }
 
-    fn file(&mut self, abs: &Path, rel: &[u8]) -> Result<(), CreateError> {
-        // No following a symlink, no blocking on a FIFO swapped in since the listing.
-        let flags = rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK;
-        let file = fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(flags.bits() as i32)
-            .open(abs)
-            .map_err(|source| changed(abs, source, 0))?;
+    fn file(&mut self, dir: &Dir, name: &std::ffi::OsStr, rel: &[u8]) -> Result<(), CreateError> {
+        let abs = dir.join(name);
+        // No following a link, no blocking on a FIFO swapped in since the listing.
+        let file = dir
+            .open_file(name, OFlags::RDONLY | OFlags::NONBLOCK)
+            .map_err(|source| changed(&abs, source, 0))?;
         let meta = file.metadata().map_err(|source| CreateError::Read {
-            path: abs.to_owned(),
+            path: abs.clone(),
             source,
         })?;
         if !meta.is_file() {
             return Err(CreateError::Changed {
-                path: abs.to_owned(),
+                path: abs,
                 expected: 0,
             });
         }
         let size = meta.len();
+        let mtime = u64::try_from(meta.mtime()).unwrap_or(0);
         self.tar
-            .append_file(rel, &meta, file, |n| {
+            .append_file(rel, meta.mode(), mtime, size, file, |n| {
                 self.done.data_bytes += n;
                 (self.progress)(self.done.data_bytes);
             })
             .map_err(|e| match e {
                 FileCopyError::Read(source) => CreateError::Read {
-                    path: abs.to_owned(),
+                    path: abs.clone(),
                     source,
                 },
                 FileCopyError::Short => CreateError::Changed {
-                    path: abs.to_owned(),
+                    path: abs.clone(),
                     expected: size,
                 },
                 FileCopyError::Write(source) => CreateError::Write { source },
@@ -321,9 +351,10 @@ impl<W: Write> Walker<'_, W> {
     }
 }
 
-/// A file that vanished between listing and reading is a change of the tree.
+/// A file that vanished (or was swapped for a link) between listing and reading is a
+/// change of the tree.
 fn changed(path: &Path, source: io::Error, expected: u64) -> CreateError {
-    if source.kind() == io::ErrorKind::NotFound {
+    if source.kind() == io::ErrorKind::NotFound || safefs::is_link_refused(&source) {
         CreateError::Changed {
             path: path.to_owned(),
             expected,
@@ -336,19 +367,14 @@ fn changed(path: &Path, source: io::Error, expected: u64) -> CreateError {
     }
 }
 
-fn kind_of(meta: &Metadata) -> &'static str {
-    use std::os::unix::fs::FileTypeExt;
-    let ft = meta.file_type();
-    if ft.is_symlink() {
-        "symlink"
-    } else if ft.is_fifo() {
-        "fifo"
-    } else if ft.is_socket() {
-        "socket"
-    } else if ft.is_block_device() {
-        "block device"
-    } else {
-        "char device"
+fn kind_of(kind: FileType) -> &'static str {
+    match kind {
+        FileType::Symlink => "symlink",
+        FileType::Fifo => "fifo",
+        FileType::Socket => "socket",
+        FileType::BlockDevice => "block device",
+        FileType::CharacterDevice => "char device",
+        _ => "unknown",
     }
 }
 
@@ -439,28 +465,23 @@ impl<W: Write> TarWriter<W> {
         self.pad(data.len() as u64)
     }
 
-    fn append_dir(&mut self, path: &[u8], meta: &Metadata) -> io::Result<()> {
-        self.header(path, tar::EntryType::Directory, meta.mode(), mtime(meta), 0)
+    fn append_dir(&mut self, path: &[u8], mode: u32, mtime: u64) -> io::Result<()> {
+        self.header(path, tar::EntryType::Directory, mode, mtime, 0)
     }
 
-    /// Writes a file entry of `meta.len()` bytes read from `file`; a file shorter than that
-    /// is an error (it changed), bytes beyond it are not read.
+    /// Writes a file entry of `size` bytes read from `file`; a file shorter than that is an
+    /// error (it changed), bytes beyond it are not read.
     fn append_file(
         &mut self,
         path: &[u8],
-        meta: &Metadata,
+        mode: u32,
+        mtime: u64,
+        size: u64,
         mut file: File,
         mut on_read: impl FnMut(u64),
     ) -> Result<(), FileCopyError> {
-        let size = meta.len();
-        self.header(
-            path,
-            tar::EntryType::Regular,
-            meta.mode(),
-            mtime(meta),
-            size,
-        )
-        .map_err(FileCopyError::Write)?;
+        self.header(path, tar::EntryType::Regular, mode, mtime, size)
+            .map_err(FileCopyError::Write)?;
         let mut left = size;
         while left > 0 {
             let want = usize::try_from(left)
@@ -486,8 +507,4 @@ impl<W: Write> TarWriter<W> {
         self.out.write_all(&[0; 2 * BLOCK])?;
         self.out.flush()
     }
-}
-
-fn mtime(meta: &Metadata) -> u64 {
-    u64::try_from(meta.mtime()).unwrap_or(0)
 }

@@ -4,9 +4,10 @@
 //! writeback as they are written.
 
 use std::fs::File;
-use std::path::Path;
 use std::sync::mpsc::{SyncSender, sync_channel};
 use std::thread::JoinHandle;
+
+use crate::safefs::Dir;
 
 /// Bytes written (each file counting at least a page) between two early flushes.
 const FLUSH_EVERY: u64 = 64 << 20;
@@ -20,10 +21,10 @@ pub struct Flusher {
 }
 
 impl Flusher {
-    /// A flusher for the filesystem of `dir`; does nothing when `dir` cannot be opened (the
-    /// final, checked `syncfs` still makes the data durable).
-    pub fn start(dir: &Path) -> Self {
-        let Ok(fd) = File::open(dir) else {
+    /// A flusher for the filesystem of `dir`; does nothing when its descriptor cannot be
+    /// duplicated (the final, checked `syncfs` still makes the data durable).
+    pub fn start(dir: &Dir) -> Self {
+        let Ok(fd) = dir.try_clone() else {
             return Self {
                 tx: None,
                 thread: None,

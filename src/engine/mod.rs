@@ -2,6 +2,7 @@
 //! their restore with priorities. Blocking code with no knowledge of Kubernetes or of where
 //! archives are stored; `pipe` joins it to async storage.
 
+pub mod apply;
 pub mod archive;
 pub mod flush;
 pub mod manifest;
@@ -9,6 +10,7 @@ pub mod name;
 pub mod pipe;
 pub mod readahead;
 pub mod restore;
+pub mod untar;
 pub mod workspace;
 pub mod writers;
 

@@ -2,9 +2,7 @@
 //! the tar parser writes files on the calling thread, so hashing costs no wall time on two
 //! cores and slow sources (HTTP, S3) overlap with disk writes.
 
-use std::cell::Cell;
 use std::io::{self, Read};
-use std::rc::Rc;
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 
 use sha2::{Digest, Sha256};
@@ -39,7 +37,6 @@ where
             rx,
             current: Vec::new(),
             pos: 0,
-            eof: Rc::default(),
         };
         let out = consume(&mut chunks);
         // Unblocks the reading thread if it waits for room in the channel.
@@ -92,19 +89,11 @@ fn fill<R: Read>(reader: &mut R, buf: &mut [u8]) -> io::Result<usize> {
     Ok(n)
 }
 
-/// The consuming end: a `Read` over the chunks, which remembers whether it reached the end.
+/// The consuming end: a `Read` over the chunks.
 pub struct ChunkReader {
     rx: Receiver<io::Result<Vec<u8>>>,
     current: Vec<u8>,
     pos: usize,
-    eof: Rc<Cell<bool>>,
-}
-
-impl ChunkReader {
-    /// A flag that turns true once a read returned the end of the input.
-    pub fn eof_flag(&self) -> Rc<Cell<bool>> {
-        self.eof.clone()
-    }
 }
 
 impl Read for ChunkReader {
@@ -119,10 +108,7 @@ impl Read for ChunkReader {
                     self.pos = 0;
                 }
                 Ok(Err(e)) => return Err(e),
-                Err(_) => {
-                    self.eof.set(true);
-                    return Ok(0);
-                }
+                Err(_) => return Ok(0),
             }
         }
         let n = buf.len().min(self.current.len() - self.pos);
@@ -137,14 +123,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn hashes_everything_and_flags_the_end() {
+    fn hashes_everything() {
         let data: Vec<u8> = (0..3 * CHUNK + 5).map(|i| (i % 253) as u8).collect();
         let (read, hashed) = with_read_ahead(&data[..], |r| {
             let mut out = Vec::new();
             r.read_to_end(&mut out).unwrap();
-            (out, r.eof_flag().get())
+            out
         });
-        assert_eq!(read, (data.clone(), true));
+        assert_eq!(read, data);
         let expected = name::hex(&Sha256::digest(&data));
         assert_eq!(
             hashed,

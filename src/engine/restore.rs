@@ -2,31 +2,44 @@
 //! its checksum, then move the staged data into the storage directory according to the
 //! priority (DESIGN §5). Nothing in the target changes until the whole archive has been read,
 //! checked and made durable; a refused archive changes nothing.
+//!
+//! The target belongs to the workload, which may plant symbolic links there before or during
+//! a restore: every directory and file the restore creates, opens, changes or removes is
+//! reached from the storage directory's descriptor without following links
+//! ([`crate::safefs`]). Staged files are created exclusively, so an archive holding a path
+//! twice is refused.
 
 use std::collections::BTreeMap;
-use std::fs::{self, File, OpenOptions};
+use std::ffi::{OsStr, OsString};
+use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Component, Path, PathBuf};
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::WORKSPACE_DIR;
-use super::archive::{ALIASES_FILE, COLLECTIONS_DIR};
+use super::apply::{self, Fixup};
+use super::archive::COLLECTIONS_DIR;
 use super::flush::{Flusher, KICK_EVERY, start_writeback};
 use super::manifest::{FORMAT_VERSION, Kind, MANIFEST_ENTRY, MAX_MANIFEST_BYTES, Manifest};
 use super::name::{self, NameError};
 use super::readahead::{self, ChunkReader};
+use super::untar::{EntryType, TarError, TarReader};
 use super::workspace::{Workspace, WorkspaceError};
 use super::writers::{SMALL_FILE, SmallFile, Writers};
+use crate::safefs::{self, Anchored, Dir};
 
 const COPY_BUF: usize = 1 << 20;
 /// Threads creating small files.
 const WRITERS: usize = 2;
+/// Deepest path accepted in an archive (components); every level holds a descriptor open.
+pub const MAX_DEPTH: usize = 256;
 
 /// What wins when the target collection already holds data (DESIGN §5); the same type
 /// serves the CLI and the `SnapshotRestore` resource.
@@ -104,7 +117,7 @@ pub enum Selection {
 #[derive(Debug, Clone)]
 pub struct RestoreSpec {
     /// The storage directory restored into (created when absent).
-    pub storage: PathBuf,
+    pub storage: Anchored,
     pub selection: Selection,
     pub priority: Priority,
     /// Expected SHA-256 (lowercase hex) of the whole archive.
@@ -150,10 +163,8 @@ pub enum RestoreError {
     Workspace(#[from] WorkspaceError),
     #[error(transparent)]
     Name(#[from] NameError),
-    #[error("failed to read the archive (is it a snapshot archive, and complete?)")]
-    Read { source: io::Error },
-    #[error("the archive ends before its end-of-archive marker: it is truncated")]
-    Truncated,
+    #[error(transparent)]
+    Tar(#[from] TarError),
     #[error("the archive does not start with {MANIFEST_ENTRY}: it is not a snapshot archive")]
     NoManifest,
     #[error("the archive's {MANIFEST_ENTRY} is not valid")]
@@ -196,15 +207,24 @@ pub enum RestoreError {
     Checksum { expected: String, actual: String },
     #[error("refused: {path} is {why}; nothing was changed")]
     Target { path: PathBuf, why: String },
+    #[error("failed to open the storage directory {path}")]
+    Storage { path: PathBuf, source: io::Error },
     #[error("failed to write {path}")]
     Write { path: PathBuf, source: io::Error },
 }
 
-fn write_err(path: &Path) -> impl FnOnce(io::Error) -> RestoreError + '_ {
-    move |source| RestoreError::Write {
-        path: path.to_owned(),
-        source,
-    }
+pub(super) fn write_err(path: &Path) -> impl FnOnce(io::Error) -> RestoreError + use<> {
+    let path = path.to_owned();
+    move |source| RestoreError::Write { path, source }
+}
+
+/// An error reading an entry's data: the end of the input is a truncated archive.
+fn data_err(source: io::Error) -> RestoreError {
+    RestoreError::Tar(if source.kind() == io::ErrorKind::UnexpectedEof {
+        TarError::Truncated
+    } else {
+        TarError::Read { source }
+    })
 }
 
 /// Restores the archive read from `reader` as `spec` says. `progress` is called with the
@@ -220,79 +240,104 @@ pub fn restore<R: Read + Send>(
             name::validate("collection", from)?;
         }
     }
-    let existed = spec.storage.exists();
-    let workspace = Workspace::open(&spec.storage)?;
-    let result = workspace
-        .staging()
+    let (root, created) =
+        spec.storage
+            .open_or_create()
+            .map_err(|source| RestoreError::Storage {
+                path: spec.storage.path(),
+                source,
+            })?;
+    let result = Workspace::open(&root)
         .map_err(RestoreError::from)
-        .and_then(|staging| {
-            let staged = extract(spec, reader, &staging, progress)?;
-            sync_filesystem(&staging)?;
-            let collections = apply(spec, &staging)?;
-            Ok(Restored {
-                collections,
-                ..staged
-            })
+        .and_then(|workspace| {
+            let result = workspace
+                .staging()
+                .map_err(RestoreError::from)
+                .and_then(|staging| {
+                    let staged = extract(spec, reader, &staging, progress)?;
+                    staging
+                        .sync_filesystem()
+                        .map_err(write_err(staging.path()))?;
+                    let collections = apply::apply(spec, &root, &staging, &staged.fixups)?;
+                    Ok(Restored {
+                        collections,
+                        ..staged.restored
+                    })
+                });
+            workspace.close();
+            result
         });
-    let closed = workspace.close();
-    if result.is_err() && !existed {
+    if result.is_err() && created {
         // Leave no trace of a refused restore, not even the storage directory we created.
-        let _ = fs::remove_dir(&spec.storage);
+        let _ = spec.storage.remove_empty();
     }
-    let restored = result?;
-    closed?;
-    Ok(restored)
+    result
 }
 
-fn read_err(source: io::Error) -> RestoreError {
-    if source.kind() == io::ErrorKind::UnexpectedEof {
-        RestoreError::Truncated
-    } else {
-        RestoreError::Read { source }
-    }
+/// What extraction staged.
+struct Staged {
+    restored: Restored,
+    /// Directories whose mode from the archive withholds from their owner what moving them
+    /// into place needs: set once they are in place.
+    fixups: Vec<Fixup>,
 }
 
 /// Reads the whole archive into `staging`, checking every entry, the limits, the end marker
-/// and the checksum.
+/// and the checksum; then gives staged directories their modes and times, deepest first.
 fn extract<R: Read + Send>(
     spec: &RestoreSpec,
     reader: R,
-    staging: &Path,
+    staging: &Dir,
     progress: &(dyn Fn(u64) + Sync),
-) -> Result<Restored, RestoreError> {
+) -> Result<Staged, RestoreError> {
     let (parsed, hashed) =
         readahead::with_read_ahead(reader, |input| unpack(spec, input, staging, progress));
-    let (mut stats, mapping, dirs) = parsed?;
-    let hashed = hashed.ok_or(RestoreError::Truncated)?;
-    stats.archive_bytes = hashed.bytes;
-    stats.checksum = hashed.sha256;
+    let (mut restored, mapping, dirs) = parsed?;
+    let hashed = hashed.ok_or(RestoreError::Tar(TarError::Truncated))?;
+    restored.archive_bytes = hashed.bytes;
+    restored.checksum = hashed.sha256;
     if let Some(expected) = &spec.checksum
-        && expected != &stats.checksum
+        && expected != &restored.checksum
     {
         return Err(RestoreError::Checksum {
             expected: expected.clone(),
-            actual: stats.checksum,
+            actual: restored.checksum,
         });
     }
     mapping.check_present(staging)?;
-    // Directory modes and times last: writing into a directory changes its time, and a
-    // read-only directory mode would block its own content.
-    for (dir, mode, mtime) in dirs.iter().rev() {
-        fs::set_permissions(dir, fs::Permissions::from_mode(mode & 0o1777))
-            .map_err(write_err(dir))?;
-        set_dir_mtime(dir, *mtime)?;
+    // Directory modes and times last, deepest first: writing into a directory changes its
+    // time, and a read-only mode would block its own content. Staged directories keep
+    // owner access, so that they can be moved into place; the others are fixed up there.
+    let mut fixups = Vec::new();
+    for (rel, (mode, mtime)) in dirs.iter().rev() {
+        let dir = staging
+            .open_dir(rel)
+            .map_err(write_err(&staging.join(rel)))?;
+        let staged_mode = mode | 0o700;
+        dir.set_mode(staged_mode)
+            .and_then(|()| dir.set_mtime(*mtime))
+            .map_err(write_err(dir.path()))?;
+        if staged_mode != *mode {
+            let st = dir.metadata().map_err(write_err(dir.path()))?;
+            fixups.push(Fixup {
+                rel: rel.clone(),
+                mode: *mode,
+                identity: safefs::identity(&st),
+            });
+        }
     }
-    Ok(stats)
+    Ok(Staged { restored, fixups })
 }
 
-/// Staged directories with their mode and time, applied once their content is written.
-type StagedDirs = Vec<(PathBuf, u32, u64)>;
+/// Staged directories (relative to the staging root) with their mode and time from the
+/// archive; the last entry for a directory wins, as with GNU tar.
+type StagedDirs = BTreeMap<PathBuf, (u32, u64)>;
 
 /// Parses the archive from `input` into `staging`, then reads the input to its end.
 fn unpack(
     spec: &RestoreSpec,
     input: &mut ChunkReader,
-    staging: &Path,
+    staging: &Dir,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<(Restored, Mapping, StagedDirs), RestoreError> {
     let umask = current_umask();
@@ -305,27 +350,13 @@ fn unpack(
 fn unpack_with(
     spec: &RestoreSpec,
     input: &mut ChunkReader,
-    staging: &Path,
+    staging: &Dir,
     progress: &(dyn Fn(u64) + Sync),
     mut writers: Writers<'_>,
     umask: u32,
 ) -> Result<(Restored, Mapping, StagedDirs), RestoreError> {
-    let eof = input.eof_flag();
-    // A read error once the input has ended means the archive is truncated.
-    let read_err = |source: io::Error| {
-        if eof.get() {
-            RestoreError::Truncated
-        } else {
-            read_err(source)
-        }
-    };
-    let truncated = |e: RestoreError| match e {
-        RestoreError::Read { .. } if eof.get() => RestoreError::Truncated,
-        other => other,
-    };
-    let mut archive = tar::Archive::new(&mut *input);
-    let mut entries = archive.entries().map_err(read_err)?;
-    let manifest = read_manifest(&mut entries).map_err(truncated)?;
+    let mut tar = TarReader::new(input);
+    let manifest = read_manifest(&mut tar)?;
     let mapping = Mapping::new(&manifest, &spec.selection)?;
     let mut stats = Restored {
         manifest,
@@ -336,29 +367,21 @@ fn unpack_with(
         collections: Vec::new(),
     };
     let mut flusher = Flusher::start(staging);
-    let mut dirs = Vec::new();
-    let mut last_parent = PathBuf::new();
+    let mut tree = StagingTree::new(staging).map_err(write_err(staging.path()))?;
+    let mut dirs = StagedDirs::new();
     let mut entry_count = 0u64;
     let mut buf = vec![0; COPY_BUF];
-    for entry in entries {
-        let mut entry = entry.map_err(read_err)?;
-        let raw_path = entry.path_bytes().into_owned();
-        let shown = || String::from_utf8_lossy(&raw_path).into_owned();
-        let parts = safe_components(&raw_path).map_err(|why| RestoreError::Hostile {
+    while let Some(entry) = tar.next_entry()? {
+        let shown = || String::from_utf8_lossy(&entry.path).into_owned();
+        let hostile = |why: &str| RestoreError::Hostile {
             path: shown(),
             why: why.into(),
-        })?;
-        let kind = entry.header().entry_type();
-        let is_dir = match kind {
-            tar::EntryType::Regular => false,
-            tar::EntryType::Directory => true,
-            tar::EntryType::XGlobalHeader => continue,
-            other => {
-                return Err(RestoreError::Hostile {
-                    path: shown(),
-                    why: format!("a {}", entry_kind(other)),
-                });
-            }
+        };
+        let parts = safe_components(&entry.path).map_err(hostile)?;
+        let is_dir = match entry.kind {
+            EntryType::File => false,
+            EntryType::Directory => true,
+            other => return Err(hostile(&other.describe())),
         };
         entry_count += 1;
         if entry_count > spec.limits.max_entries {
@@ -366,102 +389,138 @@ fn unpack_with(
                 max: spec.limits.max_entries,
             });
         }
-        let size = entry.size();
+        let size = if is_dir { 0 } else { entry.size };
         if stats.data_bytes.saturating_add(size) > spec.limits.max_bytes {
             return Err(RestoreError::TooLarge {
                 max: spec.limits.max_bytes,
             });
         }
-        let Some(rel) = mapping.map(&parts).map_err(|why| RestoreError::Hostile {
-            path: shown(),
-            why: why.into(),
-        })?
-        else {
+        let Some(rel) = mapping.map(&parts).map_err(hostile)? else {
             continue;
         };
-        let dest = staging.join(&rel);
-        let mode = entry.header().mode().map_err(read_err)?;
-        let mtime = entry.header().mtime().map_err(read_err)?;
-        if is_dir {
-            fs::create_dir_all(&dest).map_err(write_err(&dest))?;
-            last_parent.clone_from(&dest);
-            dirs.push((dest, mode, mtime));
-        } else {
-            if let Some(parent) = dest.parent()
-                && parent != last_parent
-            {
-                fs::create_dir_all(parent).map_err(write_err(parent))?;
-                parent.clone_into(&mut last_parent);
+        let twice = |e: io::Error| match e.kind() {
+            io::ErrorKind::AlreadyExists | io::ErrorKind::NotADirectory => {
+                hostile("given twice in the archive (or as a file and as a directory)")
             }
-            let perm = mode & 0o777;
+            _ => write_err(&staging.join(&rel))(e),
+        };
+        if is_dir {
+            tree.dir(&rel).map_err(twice)?;
+            dirs.insert(rel, (entry.mode & 0o1777, entry.mtime));
+        } else {
+            let name = rel
+                .file_name()
+                .expect("paths have a last component")
+                .to_owned();
+            let dir = tree
+                .dir(rel.parent().unwrap_or(Path::new("")))
+                .map_err(twice)?;
+            let path = staging.join(&rel);
+            let perm = entry.mode & 0o777;
             if size <= SMALL_FILE {
-                let mut data = Vec::with_capacity(size as usize);
-                entry
-                    .read_to_end(&mut data)
-                    .map_err(|source| truncated(RestoreError::Read { source }))?;
+                let mut data = vec![0; size as usize];
+                tar.read_exact(&mut data).map_err(data_err)?;
                 writers.write(SmallFile {
-                    path: dest,
+                    dir,
+                    name,
+                    path,
                     data,
                     perm,
-                    mtime,
+                    mtime: entry.mtime,
                 })?;
             } else {
-                write_file(&dest, perm, mtime, umask, |file| {
-                    copy(&mut entry, file, &mut buf, &dest).map_err(truncated)
+                write_file(&dir, &name, &path, perm, entry.mtime, umask, |file| {
+                    copy(&mut tar, file, &mut buf, &path)
                 })?;
             }
             stats.files += 1;
             stats.data_bytes += size;
             flusher.wrote(size);
         }
-        progress(input_position(&entry));
+        progress(tar.position());
     }
     writers.finish()?;
-    if eof.get() {
-        return Err(RestoreError::Truncated);
-    }
-    // Read what follows the end marker too: the checksum covers the whole file.
-    io::copy(input, &mut io::sink()).map_err(read_err)?;
+    // What follows the end marker: a little zero padding at most (the checksum covers it).
+    tar.finish()?;
     Ok((stats, mapping, dirs))
 }
 
-/// Creates the file `path` with permission bits `perm` and modification time `mtime`, its
-/// content written by `content`.
+/// The staging tree's directories along the path last used, each opened from its parent
+/// without following links: consecutive entries of one directory cost no lookups, and
+/// nothing the workload swaps in below the staging root is followed.
+struct StagingTree {
+    root: Arc<Dir>,
+    chain: Vec<(OsString, Arc<Dir>)>,
+}
+
+impl StagingTree {
+    fn new(root: &Dir) -> io::Result<Self> {
+        Ok(Self {
+            root: Arc::new(root.try_clone()?),
+            chain: Vec::new(),
+        })
+    }
+
+    /// The directory `rel` of the staging tree, created (owner-only) where missing.
+    fn dir(&mut self, rel: &Path) -> io::Result<Arc<Dir>> {
+        let parts: Vec<&OsStr> = rel
+            .components()
+            .filter_map(|c| match c {
+                Component::Normal(name) => Some(name),
+                _ => None,
+            })
+            .collect();
+        let common = self
+            .chain
+            .iter()
+            .zip(&parts)
+            .take_while(|((held, _), part)| held.as_os_str() == **part)
+            .count();
+        self.chain.truncate(common);
+        for part in &parts[common..] {
+            let parent = self.chain.last().map_or(&self.root, |(_, dir)| dir);
+            let dir = match parent.create_dir(part, 0o700) {
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => parent.open_dir(part)?,
+                other => other?,
+            };
+            self.chain.push(((*part).to_owned(), Arc::new(dir)));
+        }
+        Ok(self
+            .chain
+            .last()
+            .map_or_else(|| self.root.clone(), |(_, dir)| dir.clone()))
+    }
+}
+
+/// Creates the file `name` in `dir` (`path` for messages) with permission bits `perm` and
+/// modification time `mtime`, its content written by `content`. The file must not exist:
+/// an archive that holds a path twice is refused.
 pub(super) fn write_file(
+    dir: &Dir,
+    name: &OsStr,
     path: &Path,
     perm: u32,
     mtime: u64,
     umask: u32,
     content: impl FnOnce(&mut File) -> Result<(), RestoreError>,
 ) -> Result<(), RestoreError> {
-    let (mut file, created) = create_file(path, perm)?;
+    let mut file = dir.create_file(name, perm).map_err(|e| {
+        if e.kind() == io::ErrorKind::AlreadyExists {
+            RestoreError::Hostile {
+                path: path.display().to_string(),
+                why: "given twice in the archive".into(),
+            }
+        } else {
+            write_err(path)(e)
+        }
+    })?;
     content(&mut file)?;
-    // The umask may have taken bits away; a file met twice kept its first mode.
-    if !created || perm & !umask != perm {
-        file.set_permissions(fs::Permissions::from_mode(perm))
+    // The umask may have taken bits away.
+    if perm & !umask != perm {
+        file.set_permissions(std::fs::Permissions::from_mode(perm))
             .map_err(write_err(path))?;
     }
     file.set_modified(to_time(mtime)).map_err(write_err(path))
-}
-
-/// Creates `path` with `perm` (through the umask), or truncates it when an earlier entry of
-/// the archive created it already; tells which.
-fn create_file(path: &Path, perm: u32) -> Result<(File, bool), RestoreError> {
-    let nofollow = rustix::fs::OFlags::NOFOLLOW.bits() as i32;
-    let mut options = OpenOptions::new();
-    options.write(true).mode(perm).custom_flags(nofollow);
-    match options.clone().create_new(true).open(path) {
-        Ok(file) => Ok((file, true)),
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => options
-            .truncate(true)
-            .open(path)
-            .map(|file| (file, false))
-            .map_err(write_err(path)),
-        Err(source) => Err(RestoreError::Write {
-            path: path.to_owned(),
-            source,
-        }),
-    }
 }
 
 /// The process's umask (read by setting it and putting it back).
@@ -472,31 +531,21 @@ fn current_umask() -> u32 {
     old.bits()
 }
 
-fn input_position<R: Read>(entry: &tar::Entry<'_, R>) -> u64 {
-    entry.raw_file_position() + entry.size()
-}
-
 /// Reads the manifest at the start of an archive (and nothing more).
 pub fn manifest_of<R: Read>(reader: R) -> Result<Manifest, RestoreError> {
-    let mut archive = tar::Archive::new(reader);
-    let mut entries = archive.entries().map_err(read_err)?;
-    read_manifest(&mut entries)
+    read_manifest(&mut TarReader::new(reader))
 }
 
-fn read_manifest<R: Read>(entries: &mut tar::Entries<'_, R>) -> Result<Manifest, RestoreError> {
-    let mut entry = match entries.next() {
-        Some(Ok(entry)) => entry,
-        Some(Err(source)) => return Err(read_err(source)),
-        None => return Err(RestoreError::NoManifest),
-    };
-    if entry.path_bytes().as_ref() != MANIFEST_ENTRY.as_bytes()
-        || entry.header().entry_type() != tar::EntryType::Regular
-        || entry.size() > MAX_MANIFEST_BYTES
+fn read_manifest<R: Read>(tar: &mut TarReader<R>) -> Result<Manifest, RestoreError> {
+    let entry = tar.next_entry()?.ok_or(RestoreError::NoManifest)?;
+    if entry.path != MANIFEST_ENTRY.as_bytes()
+        || entry.kind != EntryType::File
+        || entry.size > MAX_MANIFEST_BYTES
     {
         return Err(RestoreError::NoManifest);
     }
-    let mut json = Vec::new();
-    entry.read_to_end(&mut json).map_err(read_err)?;
+    let mut json = vec![0; entry.size as usize];
+    tar.read_exact(&mut json).map_err(data_err)?;
     #[derive(serde::Deserialize)]
     struct Version {
         format_version: u32,
@@ -527,7 +576,8 @@ fn read_manifest<R: Read>(entries: &mut tar::Entries<'_, R>) -> Result<Manifest,
 }
 
 /// The components of an archive path, refusing anything that could leave the target:
-/// absolute paths, `..`, empty paths and paths into the restore workspace.
+/// absolute paths, `..`, empty paths, paths into the restore workspace, and paths deeper
+/// than [`MAX_DEPTH`].
 fn safe_components(raw: &[u8]) -> Result<Vec<&[u8]>, &'static str> {
     if raw.first() == Some(&b'/') {
         return Err("an absolute path");
@@ -539,6 +589,9 @@ fn safe_components(raw: &[u8]) -> Result<Vec<&[u8]>, &'static str> {
             b".." => return Err("a path with `..`"),
             p => parts.push(p),
         }
+    }
+    if parts.len() > MAX_DEPTH {
+        return Err("a path deeper than 256 directories");
     }
     match parts.first() {
         None => Err("an empty path"),
@@ -602,7 +655,7 @@ impl Mapping {
         match &self.collection {
             None => {
                 for p in parts {
-                    path.push(std::ffi::OsStr::from_bytes(p));
+                    path.push(OsStr::from_bytes(p));
                 }
             }
             Some((from, into)) => {
@@ -612,7 +665,7 @@ impl Mapping {
                 path.push(COLLECTIONS_DIR);
                 path.push(into);
                 for p in &parts[2..] {
-                    path.push(std::ffi::OsStr::from_bytes(p));
+                    path.push(OsStr::from_bytes(p));
                 }
             }
         }
@@ -620,26 +673,17 @@ impl Mapping {
     }
 
     /// A collection restore must have staged the collection.
-    fn check_present(&self, staging: &Path) -> Result<(), RestoreError> {
-        if let Some((from, into)) = &self.collection
-            && !staging.join(COLLECTIONS_DIR).join(into).is_dir()
-        {
-            return Err(RestoreError::Empty {
-                collection: from.clone(),
-            });
+    fn check_present(&self, staging: &Dir) -> Result<(), RestoreError> {
+        if let Some((from, into)) = &self.collection {
+            let rel = Path::new(COLLECTIONS_DIR).join(into);
+            let staged = staging.stat(&rel).map_err(write_err(&staging.join(&rel)))?;
+            if !staged.is_some_and(|st| safefs::is_dir(&st)) {
+                return Err(RestoreError::Empty {
+                    collection: from.clone(),
+                });
+            }
         }
         Ok(())
-    }
-}
-
-fn entry_kind(kind: tar::EntryType) -> &'static str {
-    match kind {
-        tar::EntryType::Symlink => "symbolic link",
-        tar::EntryType::Link => "hard link",
-        tar::EntryType::Char => "character device",
-        tar::EntryType::Block => "block device",
-        tar::EntryType::Fifo => "FIFO",
-        _ => "entry type that is not a file or directory",
     }
 }
 
@@ -655,7 +699,7 @@ fn copy(
             Ok(0) => return Ok(()),
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(source) => return Err(read_err(source)),
+            Err(source) => return Err(data_err(source)),
         };
         to.write_all(&buf[..n]).map_err(write_err(path))?;
         written += n as u64;
@@ -666,310 +710,8 @@ fn copy(
     }
 }
 
-fn to_time(secs: u64) -> SystemTime {
+pub(super) fn to_time(secs: u64) -> SystemTime {
     SystemTime::UNIX_EPOCH + Duration::from_secs(secs)
-}
-
-fn set_dir_mtime(dir: &Path, secs: u64) -> Result<(), RestoreError> {
-    File::open(dir)
-        .and_then(|f| f.set_modified(to_time(secs)))
-        .map_err(write_err(dir))
-}
-
-/// Makes everything written to the filesystem holding `path` durable (`syncfs`).
-fn sync_filesystem(path: &Path) -> Result<(), RestoreError> {
-    File::open(path)
-        .and_then(|f| rustix::fs::syncfs(&f).map_err(io::Error::from))
-        .map_err(write_err(path))
-}
-
-// ---------------------------------------------------------------------------------------------
-// Apply: move staged data into the storage directory.
-
-/// What the target holds at a path, as far as a restore cares.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Found {
-    Absent,
-    EmptyDir,
-    Dir,
-    File,
-    Other(&'static str),
-}
-
-fn inspect(path: &Path) -> Result<Found, RestoreError> {
-    let meta = match fs::symlink_metadata(path) {
-        Ok(m) => m,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Found::Absent),
-        Err(source) => {
-            return Err(RestoreError::Write {
-                path: path.to_owned(),
-                source,
-            });
-        }
-    };
-    let ft = meta.file_type();
-    Ok(if ft.is_symlink() {
-        Found::Other("a symbolic link")
-    } else if ft.is_dir() {
-        let empty = fs::read_dir(path)
-            .map_err(write_err(path))?
-            .next()
-            .is_none();
-        if empty { Found::EmptyDir } else { Found::Dir }
-    } else if ft.is_file() {
-        Found::File
-    } else {
-        Found::Other("not a file or directory")
-    })
-}
-
-fn refuse(path: &Path, why: &str) -> RestoreError {
-    RestoreError::Target {
-        path: path.to_owned(),
-        why: why.into(),
-    }
-}
-
-/// One step of applying a restore.
-#[derive(Debug, PartialEq, Eq)]
-enum Step {
-    /// Move a staged collection into place (the target is absent or an empty directory).
-    Place { staged: PathBuf, target: PathBuf },
-    /// Swap a staged collection with the existing one, atomically.
-    Exchange { staged: PathBuf, target: PathBuf },
-    /// Move staged files over existing ones (`overwrite`) or only where absent.
-    Merge {
-        staged: PathBuf,
-        target: PathBuf,
-        overwrite: bool,
-    },
-    /// Leave an existing collection alone.
-    Skip { collection: String, reason: String },
-}
-
-/// Plans every step and checks the whole target before anything is changed.
-fn plan(spec: &RestoreSpec, staging: &Path) -> Result<Vec<(Option<String>, Step)>, RestoreError> {
-    let storage = &spec.storage;
-    let collections_dir = storage.join(COLLECTIONS_DIR);
-    match inspect(&collections_dir)? {
-        Found::Absent | Found::EmptyDir | Found::Dir => {}
-        Found::File => return Err(refuse(&collections_dir, "a file, not a directory")),
-        Found::Other(why) => return Err(refuse(&collections_dir, why)),
-    }
-    let mut steps = Vec::new();
-    let staged_collections = staging.join(COLLECTIONS_DIR);
-    let names = match &spec.selection {
-        Selection::Collection { into, .. } => vec![into.clone()],
-        Selection::Full => super::archive::list_collections(staging).map_err(write_err(staging))?,
-    };
-    for name in names {
-        let staged = staged_collections.join(&name);
-        let target = collections_dir.join(&name);
-        let step = match (inspect(&target)?, spec.priority) {
-            (Found::Other(why), _) => return Err(refuse(&target, why)),
-            (Found::File, _) => return Err(refuse(&target, "a file, not a collection directory")),
-            (Found::Absent | Found::EmptyDir, _) => Step::Place { staged, target },
-            (Found::Dir, Priority::Replica) => Step::Skip {
-                collection: name.clone(),
-                reason: format!(
-                    "collection {name:?} already exists on this node; priority replica keeps \
-                     existing data (use priority snapshot to replace it)"
-                ),
-            },
-            (Found::Dir, Priority::Snapshot) => Step::Exchange { staged, target },
-            (Found::Dir, Priority::NoSync) => {
-                check_merge(&staged, &target)?;
-                Step::Merge {
-                    staged,
-                    target,
-                    overwrite: true,
-                }
-            }
-        };
-        steps.push((Some(name), step));
-    }
-    if spec.selection == Selection::Full {
-        if let Some(step) = merge_aliases(storage, staging, spec.priority)? {
-            steps.push((None, step));
-        }
-        for entry in fs::read_dir(staging).map_err(write_err(staging))? {
-            let entry = entry.map_err(write_err(staging))?;
-            if entry.file_name() == COLLECTIONS_DIR {
-                continue;
-            }
-            let staged = entry.path();
-            let target = storage.join(entry.file_name());
-            check_merge(&staged, &target)?;
-            steps.push((
-                None,
-                Step::Merge {
-                    staged,
-                    target,
-                    overwrite: spec.priority != Priority::Replica,
-                },
-            ));
-        }
-    }
-    Ok(steps)
-}
-
-/// Checks that staged `staged` can be merged into `target`: no symlinks on the way, and no
-/// file where a directory is staged or the other way round.
-fn check_merge(staged: &Path, target: &Path) -> Result<(), RestoreError> {
-    let staged_is_dir = fs::symlink_metadata(staged)
-        .map_err(write_err(staged))?
-        .is_dir();
-    match (inspect(target)?, staged_is_dir) {
-        (Found::Absent, _) => Ok(()),
-        (Found::Other(why), _) => Err(refuse(target, why)),
-        (Found::File, false) => Ok(()),
-        (Found::File, true) => Err(refuse(target, "a file where the snapshot has a directory")),
-        (Found::Dir | Found::EmptyDir, false) => {
-            Err(refuse(target, "a directory where the snapshot has a file"))
-        }
-        (Found::Dir | Found::EmptyDir, true) => {
-            for entry in fs::read_dir(staged).map_err(write_err(staged))? {
-                let entry = entry.map_err(write_err(staged))?;
-                check_merge(&entry.path(), &target.join(entry.file_name()))?;
-            }
-            Ok(())
-        }
-    }
-}
-
-/// For a full restore into a target with aliases, writes the union of the archive's and the
-/// target's aliases into the staged file (the priority decides which side wins a conflict)
-/// and returns the step that puts it in place.
-fn merge_aliases(
-    storage: &Path,
-    staging: &Path,
-    priority: Priority,
-) -> Result<Option<Step>, RestoreError> {
-    let staged = staging.join(ALIASES_FILE);
-    let target = storage.join(ALIASES_FILE);
-    if !staged.is_file() || inspect(&target)? != Found::File {
-        return Ok(None);
-    }
-    let read = |path: &Path| -> Result<BTreeMap<String, String>, RestoreError> {
-        let bytes = fs::read(path).map_err(write_err(path))?;
-        serde_json::from_slice(&bytes)
-            .map_err(|_| refuse(path, "not a valid aliases file (JSON object of strings)"))
-    };
-    let (archive, existing) = (read(&staged)?, read(&target)?);
-    let merged = match priority {
-        Priority::Replica => archive
-            .into_iter()
-            .chain(existing)
-            .collect::<BTreeMap<_, _>>(),
-        Priority::Snapshot | Priority::NoSync => existing.into_iter().chain(archive).collect(),
-    };
-    let json = serde_json::to_vec(&merged).expect("aliases serialise");
-    fs::write(&staged, json).map_err(write_err(&staged))?;
-    Ok(Some(Step::Merge {
-        staged,
-        target,
-        overwrite: true,
-    }))
-}
-
-fn apply(spec: &RestoreSpec, staging: &Path) -> Result<Vec<CollectionResult>, RestoreError> {
-    let steps = plan(spec, staging)?;
-    let collections_dir = spec.storage.join(COLLECTIONS_DIR);
-    // Read before the moves below change it.
-    let staged_collections = fs::metadata(staging.join(COLLECTIONS_DIR)).ok();
-    let create_collections =
-        inspect(&collections_dir)? == Found::Absent && steps.iter().any(|(c, _)| c.is_some());
-    if create_collections {
-        fs::create_dir(&collections_dir).map_err(write_err(&collections_dir))?;
-    }
-    let mut results = Vec::new();
-    for (collection, step) in steps {
-        let reason = match step {
-            Step::Place { staged, target } => {
-                if inspect(&target)? == Found::EmptyDir {
-                    fs::remove_dir(&target).map_err(write_err(&target))?;
-                }
-                rename(&staged, &target, rustix::fs::RenameFlags::NOREPLACE)?;
-                None
-            }
-            Step::Exchange { staged, target } => {
-                rename(&staged, &target, rustix::fs::RenameFlags::EXCHANGE)?;
-                None
-            }
-            Step::Merge {
-                staged,
-                target,
-                overwrite,
-            } => {
-                merge(&staged, &target, overwrite)?;
-                None
-            }
-            Step::Skip { reason, .. } => Some(reason),
-        };
-        if let Some(collection) = collection {
-            results.push(CollectionResult {
-                collection,
-                outcome: if reason.is_some() {
-                    Outcome::Skipped
-                } else {
-                    Outcome::Restored
-                },
-                reason,
-            });
-        }
-    }
-    if create_collections && let Some(meta) = staged_collections {
-        copy_dir_attributes(&meta, &collections_dir)?;
-    }
-    sync_filesystem(&spec.storage)?;
-    Ok(results)
-}
-
-/// Gives `to` the permissions and modification time of `meta`.
-fn copy_dir_attributes(meta: &fs::Metadata, to: &Path) -> Result<(), RestoreError> {
-    fs::set_permissions(to, meta.permissions()).map_err(write_err(to))?;
-    if let Ok(mtime) = meta.modified() {
-        File::open(to)
-            .and_then(|f| f.set_modified(mtime))
-            .map_err(write_err(to))?;
-    }
-    Ok(())
-}
-
-fn rename(from: &Path, to: &Path, flags: rustix::fs::RenameFlags) -> Result<(), RestoreError> {
-    use rustix::fs::{CWD, renameat_with};
-    renameat_with(CWD, from, CWD, to, flags).map_err(|e| {
-        if e == rustix::io::Errno::INVAL && flags.contains(rustix::fs::RenameFlags::EXCHANGE) {
-            refuse(
-                to,
-                "on a filesystem without atomic exchange (renameat2 RENAME_EXCHANGE); \
-                 use priority no_sync or restore into an empty target",
-            )
-        } else {
-            RestoreError::Write {
-                path: to.to_owned(),
-                source: e.into(),
-            }
-        }
-    })
-}
-
-/// Moves `staged` into `target`: absent targets take the staged tree whole; directories are
-/// merged entry by entry; an existing file is replaced when `overwrite`, else kept.
-fn merge(staged: &Path, target: &Path, overwrite: bool) -> Result<(), RestoreError> {
-    match inspect(target)? {
-        Found::Absent => rename(staged, target, rustix::fs::RenameFlags::NOREPLACE),
-        Found::File if overwrite => fs::rename(staged, target).map_err(write_err(target)),
-        Found::File => Ok(()),
-        Found::Dir | Found::EmptyDir => {
-            for entry in fs::read_dir(staged).map_err(write_err(staged))? {
-                let entry = entry.map_err(write_err(staged))?;
-                merge(&entry.path(), &target.join(entry.file_name()), overwrite)?;
-            }
-            Ok(())
-        }
-        Found::Other(why) => Err(refuse(target, why)),
-    }
 }
 
 #[cfg(test)]

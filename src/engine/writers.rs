@@ -2,20 +2,24 @@
 //! few threads that create them, so file creation, the costly part of restoring many small
 //! files, uses every core. Memory stays bounded by the queue length times the size limit.
 
+use std::ffi::OsString;
 use std::path::PathBuf;
 use std::sync::mpsc::{SyncSender, sync_channel};
 use std::sync::{Arc, Mutex};
 use std::thread::{Scope, ScopedJoinHandle};
 
 use super::restore::{RestoreError, write_file};
+use crate::safefs::Dir;
 
 /// Files up to this size go to the writers; larger ones are streamed by the parser.
 pub const SMALL_FILE: u64 = 256 << 10;
 /// Files queued per writer.
 const QUEUE: usize = 32;
 
-/// A file to create.
+/// A file to create: `name` in `dir`, `path` for messages.
 pub struct SmallFile {
+    pub dir: Arc<Dir>,
+    pub name: OsString,
     pub path: PathBuf,
     pub data: Vec<u8>,
     pub perm: u32,
@@ -42,14 +46,22 @@ impl<'scope> Writers<'scope> {
             senders.push(tx);
             threads.push(scope.spawn(move || {
                 for file in rx {
-                    let written = write_file(&file.path, file.perm, file.mtime, umask, |f| {
-                        std::io::Write::write_all(f, &file.data).map_err(|source| {
-                            RestoreError::Write {
-                                path: file.path.clone(),
-                                source,
-                            }
-                        })
-                    });
+                    let written = write_file(
+                        &file.dir,
+                        &file.name,
+                        &file.path,
+                        file.perm,
+                        file.mtime,
+                        umask,
+                        |f| {
+                            std::io::Write::write_all(f, &file.data).map_err(|source| {
+                                RestoreError::Write {
+                                    path: file.path.clone(),
+                                    source,
+                                }
+                            })
+                        },
+                    );
                     if let Err(e) = written {
                         error.lock().expect("not poisoned").get_or_insert(e);
                         return;

@@ -213,6 +213,19 @@ impl Dir {
         Ok(open_beneath(self.as_fd(), rel.as_ref(), flags, Mode::empty())?.into())
     }
 
+    /// Opens the file `name` for reading and writing, creating it with `mode` when absent
+    /// (never truncating it).
+    pub fn open_or_create_file(&self, name: impl AsRef<Path>, mode: u32) -> io::Result<File> {
+        let flags = OFlags::RDWR | OFlags::CREATE;
+        Ok(open_beneath(
+            self.as_fd(),
+            name.as_ref(),
+            flags,
+            Mode::from_raw_mode(mode),
+        )?
+        .into())
+    }
+
     /// Creates the file `name`, which must not exist yet (`O_EXCL`), for writing.
     pub fn create_file(&self, name: impl AsRef<Path>, mode: u32) -> io::Result<File> {
         let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL;
@@ -407,6 +420,83 @@ impl Dir {
     pub fn sync_filesystem(&self) -> io::Result<()> {
         Ok(rustix::fs::syncfs(self)?)
     }
+}
+
+/// A directory to work in, given as a `base` that a user named (opened as given, links
+/// followed) and a path `beneath` it that is resolved without following any link: a mover's
+/// volume mount and the storage directory inside the volume. On the command line the whole
+/// path is the user's own (`beneath` is empty).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Anchored {
+    pub base: PathBuf,
+    pub beneath: PathBuf,
+}
+
+impl Anchored {
+    /// A directory named by the user, trusted as a whole.
+    pub fn trusted(path: impl Into<PathBuf>) -> Self {
+        Self {
+            base: path.into(),
+            beneath: PathBuf::new(),
+        }
+    }
+
+    /// `path` inside the volume mounted at `volume`; `None` when it is not inside it.
+    pub fn within(volume: &Path, path: &Path) -> Option<Self> {
+        let beneath = path.strip_prefix(volume).ok()?;
+        components(beneath).ok()?;
+        Some(Self {
+            base: volume.to_owned(),
+            beneath: beneath.to_owned(),
+        })
+    }
+
+    /// The whole path, for messages.
+    pub fn path(&self) -> PathBuf {
+        if self.beneath.as_os_str().is_empty() {
+            self.base.clone()
+        } else {
+            self.base.join(&self.beneath)
+        }
+    }
+
+    /// Opens the directory.
+    pub fn open(&self) -> io::Result<Dir> {
+        let base = Dir::open(&self.base)?;
+        if self.beneath.as_os_str().is_empty() {
+            return Ok(base);
+        }
+        base.open_dir(&self.beneath)
+    }
+
+    /// Opens the directory, creating it (and missing parents) when absent; tells whether the
+    /// directory itself was created.
+    pub fn open_or_create(&self) -> io::Result<(Dir, bool)> {
+        if self.beneath.as_os_str().is_empty() {
+            let created = !self.base.exists();
+            std::fs::create_dir_all(&self.base)?;
+            return Ok((Dir::open(&self.base)?, created));
+        }
+        let base = Dir::open(&self.base)?;
+        let created = base.stat(&self.beneath)?.is_none();
+        Ok((base.create_dir_all(&self.beneath, 0o777)?, created))
+    }
+
+    /// Removes the directory, which must be empty (undoing [`open_or_create`](Self::open_or_create)).
+    pub fn remove_empty(&self) -> io::Result<()> {
+        if self.beneath.as_os_str().is_empty() {
+            return std::fs::remove_dir(&self.base);
+        }
+        let (parent, name) = split(&self.beneath)?;
+        Dir::open(&self.base)?.open_dir(parent)?.remove_dir(name)
+    }
+}
+
+/// 16 random hexadecimal digits, for names no other process or host picks.
+pub fn random_hex() -> io::Result<String> {
+    let mut bytes = [0u8; 8];
+    rustix::rand::getrandom(&mut bytes, rustix::rand::GetRandomFlags::empty())?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 /// `Ok` when the error is only that the entry was already gone.

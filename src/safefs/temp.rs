@@ -39,10 +39,7 @@ pub struct TempFile {
 
 /// A random name: `.` + 16 hex digits + [`TEMP_SUFFIX`].
 fn random_name() -> io::Result<OsString> {
-    let mut bytes = [0u8; 8];
-    rustix::rand::getrandom(&mut bytes, rustix::rand::GetRandomFlags::empty())?;
-    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    Ok(format!(".{hex}{TEMP_SUFFIX}").into())
+    Ok(format!(".{}{TEMP_SUFFIX}", super::random_hex()?).into())
 }
 
 /// The `/proc` path through which an unnamed file is linked.
