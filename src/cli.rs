@@ -17,7 +17,7 @@ use crate::engine::restore::{Limits, Outcome, Priority, RestoreSpec, Selection};
 use crate::engine::{name, readahead};
 use crate::ops::{self, OpsError, Progress, SnapshotRequest};
 use crate::safefs::Anchored;
-use crate::source::{self, Context, HttpOptions, Location};
+use crate::source::{self, Context, Location, Pace};
 use crate::storage::{ObjectInfo, Storage, StorageError};
 
 /// Snapshots and restores of a storage directory (Qdrant's layout), locally or from the
@@ -197,6 +197,35 @@ pub struct DownloadArgs {
     /// Write to FILE (`-` for standard output); default: the snapshot's name here.
     #[arg(long, short, value_name = "FILE")]
     pub output: Option<PathBuf>,
+    #[command(flatten)]
+    pub pace: PaceArgs,
+}
+
+/// Bounds on downloads from http(s) and S3 (see [`Pace`]).
+#[derive(Debug, Args)]
+pub struct PaceArgs {
+    /// Fail a download from http(s) or S3 that receives nothing for this many seconds; the
+    /// minimum rate applies once this long has passed.
+    #[arg(long, alias = "http-timeout", value_name = "SECONDS",
+        default_value_t = Pace::default().stall.as_secs())]
+    pub download_timeout: u64,
+    /// Fail a download from http(s) or S3 that has not finished after this many seconds.
+    #[arg(long, value_name = "SECONDS", default_value_t = Pace::default().deadline.as_secs())]
+    pub download_deadline: u64,
+    /// Fail a download from http(s) or S3 whose average rate falls below this many bytes
+    /// per second (0: no minimum).
+    #[arg(long, value_name = "BYTES", default_value_t = Pace::default().min_rate)]
+    pub min_download_rate: u64,
+}
+
+impl PaceArgs {
+    fn pace(&self) -> Pace {
+        Pace {
+            stall: Duration::from_secs(self.download_timeout),
+            deadline: Duration::from_secs(self.download_deadline),
+            min_rate: self.min_download_rate,
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -237,12 +266,12 @@ pub struct RestoreArgs {
     /// Expected SHA-256 of the archive; nothing changes when it differs.
     #[arg(long, value_name = "SHA256")]
     pub checksum: Option<String>,
-    /// API key sent as the `api-key` header to http(s) locations.
+    /// API key sent as the `api-key` header to http(s) locations (to their origin only: a
+    /// redirect to another host, port or scheme does not get it).
     #[arg(long, env = "SNAPSHOT_OPERATOR_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
-    /// Fail an http(s) download that receives nothing for this many seconds.
-    #[arg(long, default_value_t = 60, value_name = "SECONDS")]
-    pub http_timeout: u64,
+    #[command(flatten)]
+    pub pace: PaceArgs,
     /// Refuse archives with more entries than this.
     #[arg(long, default_value_t = Limits::default().max_entries)]
     pub max_entries: u64,
@@ -489,6 +518,7 @@ async fn download(args: DownloadArgs, storage: &dyn Storage) -> Result<ExitCode>
             location: storage.location(&key),
         })?;
     let (reader, size) = storage.get(&key).await?;
+    let reader = source::paced(reader, args.pace.pace(), &info.location);
     let (_, file_name) = name::split_key(&key);
     let target = args.output.unwrap_or_else(|| PathBuf::from(file_name));
     let to_stdout = target == Path::new("-");
@@ -667,7 +697,8 @@ async fn mover(cmd: MoverCommand, config: &Config) -> Result<ExitCode> {
                 let ctx = Context {
                     storage,
                     snapshots_path: config.storage.snapshots_path.clone(),
-                    http: HttpOptions::default(),
+                    api_key: None,
+                    pace: Pace::default(),
                     s3,
                 };
                 let location = Location::parse(&args.location)?;
@@ -783,10 +814,8 @@ async fn restore(args: RestoreArgs, config: &Config) -> Result<ExitCode> {
     let ctx = Context {
         storage,
         snapshots_path: config.storage.snapshots_path.clone(),
-        http: HttpOptions {
-            api_key: args.api_key.clone(),
-            timeout: Duration::from_secs(args.http_timeout),
-        },
+        api_key: args.api_key.clone(),
+        pace: args.pace.pace(),
         s3,
     };
     let limits = Limits {

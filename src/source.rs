@@ -1,20 +1,33 @@
 //! Where a restore reads its archive from: a local path, a name in the configured storage,
 //! `file://` (inside the snapshots path only), `http(s)://` (streamed, with an optional
-//! `api-key` header and an inactivity timeout) or `s3://bucket/key`.
+//! `api-key` header sent only to the location's origin) or `s3://bucket/key`.
+//!
+//! Every remote stream (http(s), S3) is [`Paced`]: it fails when nothing arrives for a while,
+//! when it takes longer than a deadline in all, or when its average rate falls below a
+//! minimum, so that a source trickling one byte a second cannot hold a restore forever.
 
 use std::io;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
 use futures_util::TryStreamExt;
 use reqwest::Url;
+use rustix::fs::OFlags;
+use tokio::io::{AsyncRead, ReadBuf};
+use tokio::time::{Instant, Sleep};
 use tokio_util::io::StreamReader;
 
 use crate::config::S3Config;
 use crate::engine::name;
+use crate::safefs::Dir;
 use crate::storage::s3::S3Storage;
 use crate::storage::{Reader, Storage, StorageError, validate_key};
+
+/// Redirects followed from an http(s) location.
+const MAX_REDIRECTS: usize = 10;
 
 /// A parsed restore location.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,6 +58,12 @@ pub enum SourceError {
     Open { path: PathBuf, source: io::Error },
     #[error("failed to download {url}")]
     Http { url: String, source: reqwest::Error },
+    #[error("refused the redirect from {from} to {to}: {why}")]
+    Redirect {
+        from: String,
+        to: String,
+        why: &'static str,
+    },
     #[error("{url} answered {status}{hint}")]
     HttpStatus {
         url: String,
@@ -104,20 +123,25 @@ impl Location {
     }
 }
 
-/// Options for `http(s)://` sources.
-#[derive(Debug, Clone)]
-pub struct HttpOptions {
-    /// Sent as the `api-key` header (as Qdrant expects).
-    pub api_key: Option<String>,
-    /// A download with no data for this long fails.
-    pub timeout: Duration,
+/// Bounds on a download from a remote source (http(s), S3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pace {
+    /// A download that receives nothing for this long fails; the minimum rate applies once
+    /// this long has passed.
+    pub stall: Duration,
+    /// A download that has not finished after this long fails.
+    pub deadline: Duration,
+    /// A download whose average rate since its start falls below this (bytes per second)
+    /// fails; 0 for no minimum.
+    pub min_rate: u64,
 }
 
-impl Default for HttpOptions {
+impl Default for Pace {
     fn default() -> Self {
         Self {
-            api_key: None,
-            timeout: Duration::from_secs(60),
+            stall: Duration::from_secs(60),
+            deadline: Duration::from_secs(24 * 3600),
+            min_rate: 64 << 10,
         }
     }
 }
@@ -129,7 +153,10 @@ pub struct Context {
     pub storage: Arc<dyn Storage>,
     /// `file://` locations must resolve inside this directory.
     pub snapshots_path: PathBuf,
-    pub http: HttpOptions,
+    /// Sent as the `api-key` header (as Qdrant expects) to the origin of http(s) locations.
+    pub api_key: Option<String>,
+    /// Bounds on remote downloads.
+    pub pace: Pace,
     /// The configured S3 connection, reused for `s3://` locations; without one they use the
     /// SDK's environment (AWS_ENDPOINT_URL, AWS_REGION, credentials chain).
     pub s3: Option<S3Storage>,
@@ -166,8 +193,26 @@ pub fn expected_checksum(
     }
 }
 
-/// Opens `location` for reading.
+/// Opens `location` for reading; remote streams are paced by `ctx.pace`.
 pub async fn open(
+    location: &Location,
+    checksum: Option<&str>,
+    ctx: &Context,
+) -> Result<Opened, SourceError> {
+    let mut opened = open_unpaced(location, checksum, ctx).await?;
+    opened.reader = paced(opened.reader, ctx.pace, &opened.location);
+    Ok(opened)
+}
+
+/// A stream bounded by `pace`; local files are read as they are.
+pub fn paced(reader: Reader, pace: Pace, location: &str) -> Reader {
+    match reader {
+        Reader::File(file) => Reader::File(file),
+        Reader::Stream(stream) => Reader::stream(Paced::new(stream, pace, location)),
+    }
+}
+
+async fn open_unpaced(
     location: &Location,
     checksum: Option<&str>,
     ctx: &Context,
@@ -196,22 +241,8 @@ pub async fn open(
                 location: info.location,
             })
         }
-        Location::File(path) => {
-            let root =
-                std::fs::canonicalize(&ctx.snapshots_path).map_err(|source| SourceError::Open {
-                    path: ctx.snapshots_path.clone(),
-                    source,
-                })?;
-            let real = std::fs::canonicalize(path).map_err(|source| SourceError::Open {
-                path: path.clone(),
-                source,
-            })?;
-            if !real.starts_with(&root) {
-                return Err(SourceError::OutsideSnapshots { path: real, root });
-            }
-            open_file(&real, checksum).await
-        }
-        Location::Http(url) => open_http(url, checksum, &ctx.http).await,
+        Location::File(path) => open_in_snapshots(path, checksum, &ctx.snapshots_path),
+        Location::Http(url) => open_http(url, checksum, ctx).await,
         Location::S3 { bucket, key } => {
             let s3 = match &ctx.s3 {
                 Some(s3) => s3.with_bucket(bucket),
@@ -235,6 +266,45 @@ pub async fn open(
             })
         }
     }
+}
+
+/// Opens a `file://` location, which must resolve inside the snapshots path: once resolved,
+/// the file and its sidecar are opened from the snapshots directory without following links.
+fn open_in_snapshots(
+    path: &Path,
+    checksum: Option<&str>,
+    snapshots: &Path,
+) -> Result<Opened, SourceError> {
+    let open_err = |path: &Path| {
+        let path = path.to_owned();
+        move |source| SourceError::Open { path, source }
+    };
+    let root = std::fs::canonicalize(snapshots).map_err(open_err(snapshots))?;
+    let real = std::fs::canonicalize(path).map_err(open_err(path))?;
+    let Ok(rel) = real.strip_prefix(&root) else {
+        return Err(SourceError::OutsideSnapshots { path: real, root });
+    };
+    let dir = Dir::open(&root).map_err(open_err(&root))?;
+    let file = dir.open_file(rel, OFlags::RDONLY).map_err(open_err(&real))?;
+    let size = file.metadata().map_err(open_err(&real))?.len();
+    let mut sidecar_rel = rel.as_os_str().to_owned();
+    sidecar_rel.push(name::CHECKSUM_EXT);
+    let sidecar = read_sidecar(dir.open_file(Path::new(&sidecar_rel), OFlags::RDONLY));
+    let location = real.display().to_string();
+    Ok(Opened {
+        reader: Reader::File(file),
+        size: Some(size),
+        checksum: expected_checksum(&location, checksum, sidecar)?,
+        location,
+    })
+}
+
+/// The checksum in an opened sidecar, if it holds a valid one.
+fn read_sidecar(file: io::Result<std::fs::File>) -> Option<String> {
+    use std::io::Read;
+    let mut text = String::new();
+    file.ok()?.take(1024).read_to_string(&mut text).ok()?;
+    name::parse_checksum(&text)
 }
 
 /// Finds the key of a snapshot given by name (`name`, or `collection/name`) in storage.
@@ -261,7 +331,8 @@ pub async fn resolve_key(storage: &dyn Storage, text: &str) -> Result<String, So
     }
 }
 
-/// Opens a local archive, with the checksum from `<path>.checksum` when present.
+/// Opens a local archive that a user named, with the checksum from `<path>.checksum` when
+/// present.
 pub async fn open_file(path: &Path, checksum: Option<&str>) -> Result<Opened, SourceError> {
     let open_err = |source| SourceError::Open {
         path: path.to_owned(),
@@ -271,10 +342,7 @@ pub async fn open_file(path: &Path, checksum: Option<&str>) -> Result<Opened, So
     let size = file.metadata().map_err(open_err)?.len();
     let mut sidecar_path = path.as_os_str().to_owned();
     sidecar_path.push(name::CHECKSUM_EXT);
-    let sidecar = tokio::fs::read_to_string(&sidecar_path)
-        .await
-        .ok()
-        .and_then(|t| name::parse_checksum(&t));
+    let sidecar = read_sidecar(std::fs::File::open(&sidecar_path));
     let location = path.display().to_string();
     Ok(Opened {
         reader: Reader::File(file),
@@ -284,26 +352,69 @@ pub async fn open_file(path: &Path, checksum: Option<&str>) -> Result<Opened, So
     })
 }
 
-async fn open_http(
-    url: &Url,
-    checksum: Option<&str>,
-    opts: &HttpOptions,
-) -> Result<Opened, SourceError> {
-    let http_err = |source| SourceError::Http {
-        url: url.to_string(),
-        source,
+/// Where a redirect from `from` leads: the `api-key` goes only to the origin of the location
+/// given (scheme, host and port); a redirect from https to http is refused.
+fn redirect_target(from: &Url, header: Option<&str>) -> Result<Url, SourceError> {
+    let refused = |to: String, why| SourceError::Redirect {
+        from: from.to_string(),
+        to,
+        why,
+    };
+    let header = header.ok_or_else(|| refused(String::new(), "no Location header"))?;
+    let to = from
+        .join(header)
+        .map_err(|_| refused(header.to_owned(), "not a valid URL"))?;
+    if from.scheme() == "https" && to.scheme() != "https" {
+        return Err(refused(to.to_string(), "it leaves https"));
+    }
+    if !matches!(to.scheme(), "http" | "https") {
+        return Err(refused(to.to_string(), "not an http(s) URL"));
+    }
+    Ok(to)
+}
+
+async fn open_http(url: &Url, checksum: Option<&str>, ctx: &Context) -> Result<Opened, SourceError> {
+    let http_err = |url: &Url| {
+        let url = url.to_string();
+        move |source| SourceError::Http { url, source }
     };
     crate::tls::install_crypto_provider();
     let client = reqwest::Client::builder()
-        .connect_timeout(opts.timeout)
-        .read_timeout(opts.timeout)
+        .connect_timeout(ctx.pace.stall)
+        .read_timeout(ctx.pace.stall)
+        // Redirects are followed below, where the api-key stays with its origin.
+        .redirect(reqwest::redirect::Policy::none())
+        .referer(false)
         .build()
-        .map_err(http_err)?;
-    let mut request = client.get(url.clone());
-    if let Some(key) = &opts.api_key {
-        request = request.header("api-key", key);
-    }
-    let response = request.send().await.map_err(http_err)?;
+        .map_err(http_err(url))?;
+    let origin = url.origin();
+    let mut current = url.clone();
+    let mut redirects = 0;
+    let response = loop {
+        let mut request = client.get(current.clone());
+        match &ctx.api_key {
+            Some(key) if current.origin() == origin => request = request.header("api-key", key),
+            Some(_) => tracing::info!(url = %current, "not sending the api-key to another origin"),
+            None => {}
+        }
+        let response = request.send().await.map_err(http_err(&current))?;
+        if !response.status().is_redirection() {
+            break response;
+        }
+        redirects += 1;
+        if redirects > MAX_REDIRECTS {
+            return Err(SourceError::Redirect {
+                from: url.to_string(),
+                to: current.to_string(),
+                why: "too many redirects",
+            });
+        }
+        let header = response
+            .headers()
+            .get(reqwest::header::LOCATION)
+            .and_then(|v| v.to_str().ok());
+        current = redirect_target(&current, header)?;
+    };
     let status = response.status();
     if !status.is_success() {
         let hint = match status.as_u16() {
@@ -312,7 +423,7 @@ async fn open_http(
             _ => "",
         };
         return Err(SourceError::HttpStatus {
-            url: url.to_string(),
+            url: current.to_string(),
             status,
             hint,
         });
@@ -332,6 +443,116 @@ async fn open_http(
         checksum: expected_checksum(url.as_str(), checksum, None)?,
         location: url.to_string(),
     })
+}
+
+/// A remote stream bounded by a [`Pace`]: one timer, set to the earliest moment the stream
+/// would break a bound (the deadline, `stall` after the last byte, or the moment the
+/// average rate since the start falls below the minimum), and moved on as bytes arrive.
+pub struct Paced<R> {
+    inner: R,
+    pace: Pace,
+    location: String,
+    start: Instant,
+    bytes: u64,
+    timer: Pin<Box<Sleep>>,
+    /// The bound the timer is set for.
+    bound: Bound,
+}
+
+/// A bound of a [`Pace`] (ordered as it is reported when two break at once).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Bound {
+    Deadline,
+    Stall,
+    Rate,
+}
+
+impl<R> Paced<R> {
+    pub fn new(inner: R, pace: Pace, location: &str) -> Self {
+        let start = Instant::now();
+        let mut paced = Self {
+            inner,
+            pace,
+            location: location.to_owned(),
+            start,
+            bytes: 0,
+            timer: Box::pin(tokio::time::sleep_until(start)),
+            bound: Bound::Stall,
+        };
+        paced.arm(start);
+        paced
+    }
+
+    /// Sets the timer for the earliest bound that breaks unless more bytes arrive, the last
+    /// byte having arrived at `last`.
+    fn arm(&mut self, last: Instant) {
+        let mut next = [
+            (self.start + self.pace.deadline, Bound::Deadline),
+            (last + self.pace.stall, Bound::Stall),
+        ];
+        if self.pace.min_rate > 0 {
+            let earned = Duration::from_secs_f64(self.bytes as f64 / self.pace.min_rate as f64);
+            next[1] = next[1].min((self.start + self.pace.stall + earned, Bound::Rate));
+        }
+        let (at, bound) = next[0].min(next[1]);
+        self.bound = bound;
+        self.timer.as_mut().reset(at);
+    }
+
+    /// The error of the bound the timer was set for.
+    fn broken(&self) -> io::Error {
+        let why = match self.bound {
+            Bound::Deadline => format!(
+                "it did not finish within {}s (--download-deadline)",
+                self.pace.deadline.as_secs()
+            ),
+            Bound::Rate => format!(
+                "{} bytes in {:.0}s is below the minimum average rate of {} bytes/s \
+                 (--min-download-rate)",
+                self.bytes,
+                self.start.elapsed().as_secs_f64(),
+                self.pace.min_rate
+            ),
+            Bound::Stall => format!(
+                "nothing arrived for {}s (--download-timeout)",
+                self.pace.stall.as_secs()
+            ),
+        };
+        io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("the download from {} is too slow: {why}", self.location),
+        )
+    }
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for Paced<R> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        // A bound broken while bytes kept coming fails too (the timer is only polled when
+        // the stream waits).
+        if self.timer.deadline() <= Instant::now() {
+            return Poll::Ready(Err(self.broken()));
+        }
+        let before = buf.filled().len();
+        match Pin::new(&mut self.inner).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                let n = buf.filled().len() - before;
+                if n > 0 {
+                    self.bytes += n as u64;
+                    self.arm(Instant::now());
+                }
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => match self.timer.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Err(self.broken())),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
 }
 
 #[cfg(test)]
@@ -362,6 +583,21 @@ mod tests {
         for bad in ["", "s3://bucket", "s3:///key", "ftp://h/x", "file://host/x"] {
             assert!(Location::parse(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn redirects_resolve_and_never_leave_https() {
+        let from = Url::parse("https://h:6333/a/x.snapshot").unwrap();
+        let to = |h: &str| redirect_target(&from, Some(h));
+        assert_eq!(to("y.snapshot").unwrap().as_str(), "https://h:6333/a/y.snapshot");
+        assert_eq!(
+            to("https://s3.example/b?sig=1").unwrap().as_str(),
+            "https://s3.example/b?sig=1"
+        );
+        for bad in ["http://h:6333/a/x.snapshot", "file:///etc/passwd"] {
+            assert!(matches!(to(bad), Err(SourceError::Redirect { .. })), "{bad}");
+        }
+        assert!(redirect_target(&from, None).is_err());
     }
 
     #[test]

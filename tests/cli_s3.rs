@@ -343,3 +343,55 @@ async fn an_upload_left_by_a_killed_writer_is_aborted_by_a_later_put() {
     assert_eq!(storage.uploads_in_progress().await.unwrap(), vec![]);
     assert_eq!(storage.list("").await.unwrap().len(), 2);
 }
+
+/// Downloads from S3 are paced like http(s) ones: a link too slow for the minimum average
+/// rate, or for the deadline, fails the restore (and `snapshot download`), changing nothing.
+#[test]
+fn slow_s3_downloads_are_cut_by_the_minimum_rate_and_the_deadline() {
+    let Some(env) = s3_env() else { return };
+    let prefix = unique_prefix("slow");
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("storage");
+    make_collection(&src, "c", "slow");
+    write(&src.join("collections/c/bulk"), &binary(3 << 20, "slow"), 0o644);
+    let out = ok(s3_bin(&env, dir.path(), &prefix)
+        .args(["snapshot", "create", "--collection", "c", "-o", "json", "--storage-path"])
+        .arg(&src));
+    let created: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let key = created["archive"]["key"].as_str().unwrap().to_owned();
+
+    // 256 KiB/s: the 3 MiB archive takes twelve seconds.
+    let slow = S3Env {
+        endpoint: throttled_proxy(&env.endpoint, 256 << 10),
+        access_key: env.access_key.clone(),
+        secret_key: env.secret_key.clone(),
+        bucket: env.bucket.clone(),
+    };
+    let target = dir.path().join("target");
+    let restore = |extra: &[&str]| {
+        let mut cmd = s3_bin(&slow, dir.path(), &prefix);
+        cmd.args(["restore", "--snapshot", &format!("{key}:c"), "--storage-path"])
+            .arg(&target)
+            .args(["--download-timeout", "1"])
+            .args(extra);
+        cmd
+    };
+    let started = std::time::Instant::now();
+    let err = fails(&mut restore(&["--min-download-rate", "10000000"]));
+    assert!(err.contains("below the minimum average rate"), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(8), "{:?}", started.elapsed());
+    let started = std::time::Instant::now();
+    let err = fails(&mut restore(&["--min-download-rate", "0", "--download-deadline", "2"]));
+    assert!(err.contains("did not finish within 2s"), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(8), "{:?}", started.elapsed());
+    assert!(!target.exists());
+
+    let err = fails(
+        s3_bin(&slow, dir.path(), &prefix)
+            .args(["snapshot", "download", &key, "-o"])
+            .arg(dir.path().join("copy"))
+            .args(["--download-deadline", "2", "--min-download-rate", "0"]),
+    );
+    assert!(err.contains("did not finish within 2s"), "{err}");
+    assert!(!dir.path().join("copy").exists());
+}

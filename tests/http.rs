@@ -1,4 +1,6 @@
-//! Restores from http(s):// locations against a local HTTP server serving a real archive.
+//! Restores from http(s):// locations against local HTTP servers serving a real archive:
+//! api-key, checksums, a stalling server, a trickling one (minimum rate and deadline), and
+//! redirects (the api-key stays with its origin).
 
 mod common;
 
@@ -21,7 +23,7 @@ fn http_restore_streams_checks_and_times_out() {
         cmd.args(["restore", "--storage-path"])
             .arg(target)
             .args(["--snapshot", &format!("{}{location}:products", server.base)])
-            .args(["--http-timeout", "2"]);
+            .args(["--download-timeout", "2"]);
         cmd
     };
 
@@ -82,4 +84,69 @@ fn http_restore_streams_checks_and_times_out() {
         "the stall was not cut short: {took:?}"
     );
     assert_eq!(fingerprint(&target2), before);
+
+    // A server trickling a byte every 50 ms never stalls, but is far below the minimum rate:
+    // cut once the 2 s of --download-timeout have passed.
+    let started = Instant::now();
+    let err = fails(restore(&target2, "/trickle.snapshot").args(["--min-download-rate", "1000"]));
+    let took = started.elapsed();
+    assert!(err.contains("below the minimum average rate"), "{err}");
+    assert!(took < Duration::from_secs(10), "{took:?}");
+    // With no minimum rate, the total deadline cuts it.
+    let started = Instant::now();
+    let err = fails(restore(&target2, "/trickle.snapshot").args([
+        "--min-download-rate",
+        "0",
+        "--download-deadline",
+        "3",
+    ]));
+    let took = started.elapsed();
+    assert!(err.contains("did not finish within 3s"), "{err}");
+    assert!(took >= Duration::from_secs(3) && took < Duration::from_secs(10), "{took:?}");
+    assert_eq!(fingerprint(&target2), before);
+}
+
+#[test]
+fn the_api_key_goes_only_to_the_origin_of_the_location() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("storage");
+    make_storage(&src);
+    let created = create(dir.path(), &src, Some("products"));
+    let archive = fs::read(dir.path().join(archive_path(&created))).unwrap();
+    let origin = serve(archive.clone(), true);
+    let other = serve(archive, false);
+    let restore = |target: &std::path::Path, url: &str| {
+        let mut cmd = bin(dir.path());
+        cmd.args(["restore", "--storage-path"])
+            .arg(target)
+            .args(["--snapshot", &format!("{url}:products")])
+            .args(["--api-key", "secret"]);
+        cmd
+    };
+
+    // A redirect within the origin keeps the key.
+    let same = format!("{}/redirect?to=/good.snapshot", origin.base);
+    ok(&mut restore(&dir.path().join("t1"), &same));
+    // A redirect to another origin (another port) is followed without the key, and no
+    // Referer carries the original URL there.
+    let away = format!("{}/redirect?to={}/good.snapshot", origin.base, other.base);
+    ok(&mut restore(&dir.path().join("t2"), &away));
+    assert_eq!(
+        subtree(&fingerprint(&dir.path().join("t2")), "collections/products"),
+        subtree(&fingerprint(&src), "collections/products")
+    );
+    let at_origin = origin.requests.lock().unwrap().clone();
+    assert!(
+        at_origin
+            .iter()
+            .all(|(_, key, _)| key.as_deref() == Some("secret")),
+        "{at_origin:?}"
+    );
+    assert_eq!(at_origin.len(), 3, "{at_origin:?}");
+    let elsewhere = other.requests.lock().unwrap().clone();
+    assert_eq!(
+        elsewhere,
+        [("/good.snapshot".to_owned(), None, None)],
+        "the other origin got the key or a Referer"
+    );
 }

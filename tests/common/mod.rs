@@ -319,46 +319,59 @@ pub fn raw_tar(entries: &[RawEntry]) -> Vec<u8> {
     out
 }
 
-/// How the test HTTP server answers `/stall.snapshot`: headers and half the body, then nothing.
+/// A test HTTP server, and what it was asked.
 pub struct HttpServer {
     pub base: String,
+    /// Each request: its path, its `api-key` header and its `Referer` header.
+    pub requests: Arc<std::sync::Mutex<Vec<(String, Option<String>, Option<String>)>>>,
 }
 
-/// Serves `archive` at `/good.snapshot` (requiring `api-key: secret` when `api_key`) and a
-/// stalling copy at `/stall.snapshot`; everything else is 404.
+/// Serves `archive` at `/good.snapshot` (requiring `api-key: secret` when `api_key`); a copy
+/// that stalls after half its body at `/stall.snapshot`; one that trickles a byte every
+/// 50 ms at `/trickle.snapshot`; `/redirect?to=URL` answers 302 to `URL`; everything else
+/// is 404.
 pub fn serve(archive: Vec<u8>, api_key: bool) -> HttpServer {
     use std::io::{BufRead, BufReader, Write};
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
-    let archive = std::sync::Arc::new(archive);
+    let archive = Arc::new(archive);
+    let requests: Arc<std::sync::Mutex<Vec<_>>> = Arc::default();
+    let log = requests.clone();
     std::thread::spawn(move || {
         for stream in listener.incoming() {
             let Ok(mut stream) = stream else { continue };
             let archive = archive.clone();
+            let log = log.clone();
             std::thread::spawn(move || {
                 let mut reader = BufReader::new(stream.try_clone().unwrap());
                 let mut request = String::new();
-                let mut has_key = false;
+                let (mut key, mut referer) = (None, None);
                 loop {
                     let mut line = String::new();
                     if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
                         break;
                     }
-                    if line.to_ascii_lowercase().starts_with("api-key: secret") {
-                        has_key = true;
-                    }
+                    let header = |name: &str| {
+                        let (n, v) = line.split_once(':')?;
+                        n.eq_ignore_ascii_case(name).then(|| v.trim().to_owned())
+                    };
+                    key = key.or_else(|| header("api-key"));
+                    referer = referer.or_else(|| header("referer"));
                     if request.is_empty() {
                         request = line;
                     }
                 }
                 let path = request.split_whitespace().nth(1).unwrap_or("").to_owned();
+                log.lock()
+                    .unwrap()
+                    .push((path.clone(), key.clone(), referer));
                 let head = |status: &str, len: usize| {
                     format!(
                         "HTTP/1.1 {status}\r\ncontent-length: {len}\r\nconnection: close\r\n\r\n"
                     )
                 };
                 match path.as_str() {
-                    "/good.snapshot" if api_key && !has_key => {
+                    "/good.snapshot" if api_key && key.as_deref() != Some("secret") => {
                         let _ = stream.write_all(head("401 Unauthorized", 0).as_bytes());
                     }
                     "/good.snapshot" => {
@@ -371,6 +384,22 @@ pub fn serve(archive: Vec<u8>, api_key: bool) -> HttpServer {
                         let _ = stream.flush();
                         std::thread::sleep(std::time::Duration::from_secs(60));
                     }
+                    "/trickle.snapshot" => {
+                        let _ = stream.write_all(head("200 OK", archive.len()).as_bytes());
+                        for byte in archive.iter() {
+                            if stream.write_all(&[*byte]).is_err() {
+                                break;
+                            }
+                            std::thread::sleep(std::time::Duration::from_millis(50));
+                        }
+                    }
+                    p if p.starts_with("/redirect?to=") => {
+                        let to = &p["/redirect?to=".len()..];
+                        let _ = write!(
+                            stream,
+                            "HTTP/1.1 302 Found\r\nlocation: {to}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                        );
+                    }
                     _ => {
                         let _ = stream.write_all(head("404 Not Found", 0).as_bytes());
                     }
@@ -378,7 +407,7 @@ pub fn serve(archive: Vec<u8>, api_key: bool) -> HttpServer {
             });
         }
     });
-    HttpServer { base }
+    HttpServer { base, requests }
 }
 
 /// The test S3 server's settings, when one is configured (`scripts/s3-server.sh`).
@@ -505,6 +534,46 @@ pub fn fault_proxy(target: &str, failures: u32) -> FaultProxy {
         }
     });
     FaultProxy { endpoint, injected }
+}
+
+/// A TCP proxy to `target` that passes requests on at once and answers at most
+/// `bytes_per_sec` (a slow link); returns its endpoint.
+pub fn throttled_proxy(target: &str, bytes_per_sec: u64) -> String {
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream};
+    let target = target.trim_start_matches("http://").to_owned();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for client in listener.incoming() {
+            let Ok(client) = client else { continue };
+            let Ok(server) = TcpStream::connect(&target) else {
+                continue;
+            };
+            let (mut c2, mut s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+            let (mut client, mut server) = (client, server);
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut c2, &mut server);
+                let _ = server.shutdown(std::net::Shutdown::Write);
+            });
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 1024];
+                let pause = std::time::Duration::from_secs_f64(1024.0 / bytes_per_sec as f64);
+                loop {
+                    let n = match s2.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => n,
+                    };
+                    if client.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                    std::thread::sleep(pause);
+                }
+                let _ = client.shutdown(std::net::Shutdown::Write);
+            });
+        }
+    });
+    endpoint
 }
 
 /// A body that yields `data[..at]`, then waits until its gate opens (the sender [`Gated::new`]
