@@ -285,7 +285,9 @@ fn open_in_snapshots(
         return Err(SourceError::OutsideSnapshots { path: real, root });
     };
     let dir = Dir::open(&root).map_err(open_err(&root))?;
-    let file = dir.open_file(rel, OFlags::RDONLY).map_err(open_err(&real))?;
+    let file = dir
+        .open_file(rel, OFlags::RDONLY)
+        .map_err(open_err(&real))?;
     let size = file.metadata().map_err(open_err(&real))?.len();
     let mut sidecar_rel = rel.as_os_str().to_owned();
     sidecar_rel.push(name::CHECKSUM_EXT);
@@ -373,7 +375,11 @@ fn redirect_target(from: &Url, header: Option<&str>) -> Result<Url, SourceError>
     Ok(to)
 }
 
-async fn open_http(url: &Url, checksum: Option<&str>, ctx: &Context) -> Result<Opened, SourceError> {
+async fn open_http(
+    url: &Url,
+    checksum: Option<&str>,
+    ctx: &Context,
+) -> Result<Opened, SourceError> {
     let http_err = |url: &Url| {
         let url = url.to_string();
         move |source| SourceError::Http { url, source }
@@ -589,13 +595,19 @@ mod tests {
     fn redirects_resolve_and_never_leave_https() {
         let from = Url::parse("https://h:6333/a/x.snapshot").unwrap();
         let to = |h: &str| redirect_target(&from, Some(h));
-        assert_eq!(to("y.snapshot").unwrap().as_str(), "https://h:6333/a/y.snapshot");
+        assert_eq!(
+            to("y.snapshot").unwrap().as_str(),
+            "https://h:6333/a/y.snapshot"
+        );
         assert_eq!(
             to("https://s3.example/b?sig=1").unwrap().as_str(),
             "https://s3.example/b?sig=1"
         );
         for bad in ["http://h:6333/a/x.snapshot", "file:///etc/passwd"] {
-            assert!(matches!(to(bad), Err(SourceError::Redirect { .. })), "{bad}");
+            assert!(
+                matches!(to(bad), Err(SourceError::Redirect { .. })),
+                "{bad}"
+            );
         }
         assert!(redirect_target(&from, None).is_err());
     }

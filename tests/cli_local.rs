@@ -1,5 +1,6 @@
 //! The CLI on local storage: round trips, GNU tar compatibility, names, priorities, startup
-//! restore rules and refused archives.
+//! restore rules and refused archives. Restores run as a non-root user when the tests run
+//! as root.
 
 mod common;
 
@@ -9,10 +10,12 @@ use std::process::Command;
 
 use common::*;
 
+/// A restore into `storage`, run as a non-root user (as movers are) when the tests run as
+/// root; the test directory `cwd` is given to that user.
 fn restore_cmd(cwd: &Path, storage: &Path) -> Command {
     let mut cmd = bin(cwd);
     cmd.args(["restore", "--storage-path"]).arg(storage);
-    cmd
+    as_nobody(cmd, cwd)
 }
 
 #[test]
@@ -36,6 +39,15 @@ fn collection_round_trip_is_byte_identical_also_under_a_new_name() {
         .map(|e| e.unwrap().file_name())
         .collect();
     assert_eq!(top, ["collections"]);
+    if is_root() {
+        use std::os::unix::fs::MetadataExt;
+        let config = dst.join("collections/products/config.json");
+        assert_eq!(
+            fs::metadata(config).unwrap().uid(),
+            NOBODY,
+            "not restored as nobody"
+        );
+    }
 
     let arg = format!("{}:products-copy", archive.display());
     ok(restore_cmd(dir.path(), &dst).args(["--snapshot", &arg]));

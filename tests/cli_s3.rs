@@ -353,9 +353,21 @@ fn slow_s3_downloads_are_cut_by_the_minimum_rate_and_the_deadline() {
     let dir = tempfile::tempdir().unwrap();
     let src = dir.path().join("storage");
     make_collection(&src, "c", "slow");
-    write(&src.join("collections/c/bulk"), &binary(3 << 20, "slow"), 0o644);
+    write(
+        &src.join("collections/c/bulk"),
+        &binary(3 << 20, "slow"),
+        0o644,
+    );
     let out = ok(s3_bin(&env, dir.path(), &prefix)
-        .args(["snapshot", "create", "--collection", "c", "-o", "json", "--storage-path"])
+        .args([
+            "snapshot",
+            "create",
+            "--collection",
+            "c",
+            "-o",
+            "json",
+            "--storage-path",
+        ])
         .arg(&src));
     let created: serde_json::Value = serde_json::from_str(&out).unwrap();
     let key = created["archive"]["key"].as_str().unwrap().to_owned();
@@ -370,20 +382,38 @@ fn slow_s3_downloads_are_cut_by_the_minimum_rate_and_the_deadline() {
     let target = dir.path().join("target");
     let restore = |extra: &[&str]| {
         let mut cmd = s3_bin(&slow, dir.path(), &prefix);
-        cmd.args(["restore", "--snapshot", &format!("{key}:c"), "--storage-path"])
-            .arg(&target)
-            .args(["--download-timeout", "1"])
-            .args(extra);
+        cmd.args([
+            "restore",
+            "--snapshot",
+            &format!("{key}:c"),
+            "--storage-path",
+        ])
+        .arg(&target)
+        .args(["--download-timeout", "1"])
+        .args(extra);
         cmd
     };
     let started = std::time::Instant::now();
     let err = fails(&mut restore(&["--min-download-rate", "10000000"]));
     assert!(err.contains("below the minimum average rate"), "{err}");
-    assert!(started.elapsed() < Duration::from_secs(8), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "{:?}",
+        started.elapsed()
+    );
     let started = std::time::Instant::now();
-    let err = fails(&mut restore(&["--min-download-rate", "0", "--download-deadline", "2"]));
+    let err = fails(&mut restore(&[
+        "--min-download-rate",
+        "0",
+        "--download-deadline",
+        "2",
+    ]));
     assert!(err.contains("did not finish within 2s"), "{err}");
-    assert!(started.elapsed() < Duration::from_secs(8), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "{:?}",
+        started.elapsed()
+    );
     assert!(!target.exists());
 
     let err = fails(

@@ -102,7 +102,10 @@ fn http_restore_streams_checks_and_times_out() {
     ]));
     let took = started.elapsed();
     assert!(err.contains("did not finish within 3s"), "{err}");
-    assert!(took >= Duration::from_secs(3) && took < Duration::from_secs(10), "{took:?}");
+    assert!(
+        took >= Duration::from_secs(3) && took < Duration::from_secs(10),
+        "{took:?}"
+    );
     assert_eq!(fingerprint(&target2), before);
 }
 

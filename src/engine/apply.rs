@@ -73,6 +73,20 @@ fn refuse(root: &Dir, rel: &Path, why: &str) -> RestoreError {
     }
 }
 
+/// Refuses a restore that would have to change the directory `rel` of the target without
+/// the permission to: found now, before anything changed, rather than half-way.
+fn must_write(root: &Dir, rel: &Path) -> Result<(), RestoreError> {
+    let dir = root.open_dir(rel).map_err(write_err(&root.join(rel)))?;
+    if dir.writable().map_err(write_err(dir.path()))? {
+        return Ok(());
+    }
+    Err(refuse(
+        root,
+        rel,
+        "not writable by the user this restore runs as (run it as the workload's user)",
+    ))
+}
+
 /// One step of applying a restore, on a path relative to both roots.
 #[derive(Debug, PartialEq, Eq)]
 enum Step {
@@ -94,9 +108,13 @@ fn plan(
 ) -> Result<Vec<(Option<String>, Step)>, RestoreError> {
     let collections = Path::new(COLLECTIONS_DIR);
     match inspect(root, collections)? {
-        Found::Absent | Found::EmptyDir | Found::Dir => {}
+        Found::Absent => must_write(root, Path::new(""))?,
+        Found::EmptyDir | Found::Dir => {}
         Found::File => return Err(refuse(root, collections, "a file, not a directory")),
         Found::Other(why) => return Err(refuse(root, collections, why)),
+    }
+    if spec.selection == Selection::Full {
+        must_write(root, Path::new(""))?;
     }
     let mut steps = Vec::new();
     let names = match &spec.selection {
@@ -110,14 +128,28 @@ fn plan(
             (Found::File, _) => {
                 return Err(refuse(root, &rel, "a file, not a collection directory"));
             }
-            (Found::Absent | Found::EmptyDir, _) => Step::Place(rel),
+            (Found::Absent | Found::EmptyDir, _) => {
+                if root
+                    .stat(collections)
+                    .map_err(write_err(&root.join(collections)))?
+                    .is_some()
+                {
+                    must_write(root, collections)?;
+                }
+                Step::Place(rel)
+            }
             (Found::Dir, Priority::Replica) => Step::Skip {
                 reason: format!(
                     "collection {name:?} already exists on this node; priority replica keeps \
                      existing data (use priority snapshot to replace it)"
                 ),
             },
-            (Found::Dir, Priority::Snapshot) => Step::Exchange(rel),
+            (Found::Dir, Priority::Snapshot) => {
+                // Both directories change parents: both must be writable, and their parent.
+                must_write(root, collections)?;
+                must_write(root, &rel)?;
+                Step::Exchange(rel)
+            }
             (Found::Dir, Priority::NoSync) => {
                 check_merge(root, staging, &rel)?;
                 Step::Merge {
@@ -175,7 +207,11 @@ fn check_merge(root: &Dir, staging: &Dir, rel: &Path) -> Result<(), RestoreError
             let dir = staging
                 .open_dir(rel)
                 .map_err(write_err(&staging.join(rel)))?;
-            for (entry, _) in dir.entries().map_err(write_err(dir.path()))? {
+            let entries = dir.entries().map_err(write_err(dir.path()))?;
+            if !entries.is_empty() {
+                must_write(root, rel)?;
+            }
+            for (entry, _) in entries {
                 check_merge(root, staging, &rel.join(entry))?;
             }
             Ok(())

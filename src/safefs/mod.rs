@@ -390,6 +390,16 @@ impl Dir {
         )?)
     }
 
+    /// Can this process create and remove entries here (write and search permission)?
+    pub fn writable(&self) -> io::Result<bool> {
+        let access = rustix::fs::Access::WRITE_OK | rustix::fs::Access::EXEC_OK;
+        match rustix::fs::accessat(self, ".", access, AtFlags::EACCESS) {
+            Ok(()) => Ok(true),
+            Err(Errno::ACCESS | Errno::ROFS | Errno::PERM) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Sets this directory's permission bits.
     pub fn set_mode(&self, mode: u32) -> io::Result<()> {
         Ok(rustix::fs::fchmod(self, Mode::from_raw_mode(mode))?)

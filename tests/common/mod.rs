@@ -175,6 +175,38 @@ pub fn as_pid1(cmd: &Command) -> Command {
     wrapped
 }
 
+/// The user commands run as under [`as_nobody`].
+pub const NOBODY: u32 = 65534;
+
+/// `cmd` run as nobody (`setpriv`, uid and gid 65534, no supplementary groups) when the tests
+/// run as root, as movers run as a non-root user; `tree` (the test's directory) is given to
+/// nobody first. Unchanged when the tests do not run as root.
+pub fn as_nobody(cmd: Command, tree: &Path) -> Command {
+    if !is_root() {
+        return cmd;
+    }
+    give_to(tree, NOBODY);
+    let id = NOBODY.to_string();
+    let mut wrapped = Command::new("setpriv");
+    wrapped
+        .args(["--reuid", &id, "--regid", &id, "--clear-groups", "--"])
+        .arg(cmd.get_program())
+        .args(cmd.get_args());
+    carry_over(&cmd, &mut wrapped);
+    wrapped
+}
+
+/// Makes `uid` the owner of everything under `path` (links themselves, not their targets).
+pub fn give_to(path: &Path, uid: u32) {
+    std::os::unix::fs::lchown(path, Some(uid), Some(uid)).unwrap();
+    let meta = fs::symlink_metadata(path).unwrap();
+    if meta.is_dir() {
+        for entry in fs::read_dir(path).unwrap() {
+            give_to(&entry.unwrap().path(), uid);
+        }
+    }
+}
+
 /// Gives `to` the environment changes and working directory of `from`.
 fn carry_over(from: &Command, to: &mut Command) {
     for (key, value) in from.get_envs() {
@@ -251,6 +283,7 @@ pub struct RawEntry {
     pub kind: tar::EntryType,
     pub data: Vec<u8>,
     pub link: Vec<u8>,
+    pub mode: u32,
 }
 
 impl RawEntry {
@@ -260,6 +293,7 @@ impl RawEntry {
             kind: tar::EntryType::Regular,
             data: data.to_vec(),
             link: Vec::new(),
+            mode: 0o644,
         }
     }
     pub fn dir(path: &str) -> Self {
@@ -268,6 +302,7 @@ impl RawEntry {
             kind: tar::EntryType::Directory,
             data: Vec::new(),
             link: Vec::new(),
+            mode: 0o644,
         }
     }
     pub fn special(path: &str, kind: tar::EntryType, link: &str) -> Self {
@@ -276,7 +311,12 @@ impl RawEntry {
             kind,
             data: Vec::new(),
             link: link.into(),
+            mode: 0o644,
         }
+    }
+    /// The same entry with permission bits `mode`.
+    pub fn mode(self, mode: u32) -> Self {
+        Self { mode, ..self }
     }
 }
 
@@ -307,7 +347,7 @@ pub fn raw_tar(entries: &[RawEntry]) -> Vec<u8> {
             gnu.linkname[..e.link.len()].copy_from_slice(&e.link);
         }
         h.set_entry_type(e.kind);
-        h.set_mode(0o644);
+        h.set_mode(e.mode);
         h.set_size(e.data.len() as u64);
         h.set_mtime(1_700_000_000);
         h.set_cksum();
@@ -319,11 +359,14 @@ pub fn raw_tar(entries: &[RawEntry]) -> Vec<u8> {
     out
 }
 
+/// A request a test HTTP server received: its path, its `api-key` header and its `Referer`
+/// header.
+pub type Received = (String, Option<String>, Option<String>);
+
 /// A test HTTP server, and what it was asked.
 pub struct HttpServer {
     pub base: String,
-    /// Each request: its path, its `api-key` header and its `Referer` header.
-    pub requests: Arc<std::sync::Mutex<Vec<(String, Option<String>, Option<String>)>>>,
+    pub requests: Arc<std::sync::Mutex<Vec<Received>>>,
 }
 
 /// Serves `archive` at `/good.snapshot` (requiring `api-key: secret` when `api_key`); a copy
