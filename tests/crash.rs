@@ -159,6 +159,8 @@ fn a_killed_snapshot_priority_restore_leaves_old_or_new_never_a_mix() {
         .arg(&target)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null());
+        // As a non-root user, as movers run.
+        let mut cmd = as_nobody(cmd, dir.path());
         finished = run_and_kill(&mut cmd, Duration::from_millis(step * 12));
         let now = subtree(&fingerprint(&target), "collections/products");
         if now == new_fp {
