@@ -18,6 +18,13 @@ fn restore_cmd(cwd: &Path, storage: &Path) -> Command {
     as_nobody(cmd, cwd)
 }
 
+/// This process's umask (which the binary inherits).
+fn umask() -> u32 {
+    let status = fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("Umask:")).unwrap();
+    u32::from_str_radix(line["Umask:".len()..].trim(), 8).unwrap()
+}
+
 #[test]
 fn collection_round_trip_is_byte_identical_also_under_a_new_name() {
     let dir = tempfile::tempdir().unwrap();
@@ -39,6 +46,13 @@ fn collection_round_trip_is_byte_identical_also_under_a_new_name() {
         .map(|e| e.unwrap().file_name())
         .collect();
     assert_eq!(top, ["collections"]);
+    // `collections/` is not in a collection archive: created with the default mode.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = fs::metadata(dst.join("collections"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o777 & !umask());
     if is_root() {
         use std::os::unix::fs::MetadataExt;
         let config = dst.join("collections/products/config.json");

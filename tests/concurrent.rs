@@ -154,6 +154,15 @@ fn concurrent_pid1_writers_into_local_storage_never_collide() {
     assert!(names.is_empty(), "left behind: {names:?}");
     assert_eq!(fs::read_dir(snapshots.join(".tmp")).unwrap().count(), 0);
     assert_eq!(keys.len(), WRITERS * ROUNDS);
+    assert_collided(&keys);
+}
+
+/// Writers sharing a node started together: some of them wanted the same name.
+fn assert_collided(keys: &BTreeSet<String>) {
+    assert!(
+        keys.iter().any(|k| k.ends_with("-1.snapshot")),
+        "no two writers wanted one name: {keys:?}"
+    );
 }
 
 #[test]
@@ -189,4 +198,5 @@ fn concurrent_pid1_writers_into_s3_never_collide() {
         }
     }
     assert_eq!(keys.len(), WRITERS * ROUNDS);
+    assert_collided(&keys);
 }

@@ -177,23 +177,7 @@ fn snapshot_create_never_follows_a_linked_collections_directory_or_collection() 
     let dir = tempfile::tempdir().unwrap();
     let elsewhere = dir.path().join("elsewhere");
     make_collection(&elsewhere, "products", "secret");
-    let snapshot = |storage: &Path, collection: Option<&str>| {
-        let mut cmd = bin(dir.path());
-        cmd.args([
-            "snapshot",
-            "create",
-            "--node",
-            "n",
-            "-o",
-            "json",
-            "--storage-path",
-        ])
-        .arg(storage);
-        if let Some(c) = collection {
-            cmd.args(["--collection", c]);
-        }
-        cmd
-    };
+    let snapshot = |storage: &Path, collection| create_cmd(dir.path(), storage, collection);
 
     // collections/ is a link: refused for one collection and for the whole storage.
     let s1 = dir.path().join("s1");

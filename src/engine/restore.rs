@@ -461,7 +461,9 @@ impl StagingTree {
         })
     }
 
-    /// The directory `rel` of the staging tree, created (owner-only) where missing.
+    /// The directory `rel` of the staging tree, created where missing with the default mode
+    /// (`0777` through the umask, as `mkdir -p` and GNU tar do; an entry of the archive for
+    /// it sets its mode later).
     fn dir(&mut self, rel: &Path) -> io::Result<Arc<Dir>> {
         let parts: Vec<&OsStr> = rel
             .components()
@@ -479,7 +481,7 @@ impl StagingTree {
         self.chain.truncate(common);
         for part in &parts[common..] {
             let parent = self.chain.last().map_or(&self.root, |(_, dir)| dir);
-            let dir = match parent.create_dir(part, 0o700) {
+            let dir = match parent.create_dir(part, 0o777) {
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => parent.open_dir(part)?,
                 other => other?,
             };

@@ -78,7 +78,7 @@ impl Workspace {
                 dir,
                 lock,
             };
-            workspace.clean("removing what an interrupted restore left");
+            workspace.clean(true);
             return Ok(workspace);
         }
         Err(WorkspaceError::Busy {
@@ -87,8 +87,9 @@ impl Workspace {
     }
 
     /// Removes everything but the lock; failures are logged (they cost space, and the next
-    /// restore tries again).
-    fn clean(&self, why: &str) {
+    /// restore tries again). `leftovers`: what is removed was left by an interrupted restore
+    /// (worth saying), not this restore's own staging.
+    fn clean(&self, leftovers: bool) {
         let entries = match self.dir.entries() {
             Ok(entries) => entries,
             Err(e) => {
@@ -101,7 +102,9 @@ impl Workspace {
                 continue;
             }
             let path = self.dir.join(&name);
-            tracing::info!(path = %path.display(), "{why}");
+            if leftovers {
+                tracing::info!(path = %path.display(), "removing what an interrupted restore left");
+            }
             if let Err(e) = self.dir.remove_tree(&name) {
                 tracing::warn!(path = %path.display(), error = %e, "could not remove it");
             }
@@ -127,7 +130,7 @@ impl Workspace {
     /// Removes the workspace (lock included) after a restore. What cannot be removed stays
     /// for the next restore to remove, and is logged.
     pub fn close(self) {
-        self.clean("removing the restore's staging data");
+        self.clean(false);
         let removed = safefs::ignore_absent(self.dir.remove_file(LOCK_FILE))
             .and_then(|()| safefs::ignore_absent(self.root.remove_dir(WORKSPACE_DIR)));
         if let Err(e) = removed {

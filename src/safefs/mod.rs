@@ -210,32 +210,24 @@ impl Dir {
 
     /// Opens the file `rel` with `flags` (`O_NOFOLLOW` and `O_CLOEXEC` are added).
     pub fn open_file(&self, rel: impl AsRef<Path>, flags: OFlags) -> io::Result<File> {
-        Ok(open_beneath(self.as_fd(), rel.as_ref(), flags, Mode::empty())?.into())
+        self.open_file_mode(rel.as_ref(), flags, 0)
     }
 
     /// Opens the file `name` for reading and writing, creating it with `mode` when absent
     /// (never truncating it).
     pub fn open_or_create_file(&self, name: impl AsRef<Path>, mode: u32) -> io::Result<File> {
-        let flags = OFlags::RDWR | OFlags::CREATE;
-        Ok(open_beneath(
-            self.as_fd(),
-            name.as_ref(),
-            flags,
-            Mode::from_raw_mode(mode),
-        )?
-        .into())
+        self.open_file_mode(name.as_ref(), OFlags::RDWR | OFlags::CREATE, mode)
     }
 
     /// Creates the file `name`, which must not exist yet (`O_EXCL`), for writing.
     pub fn create_file(&self, name: impl AsRef<Path>, mode: u32) -> io::Result<File> {
         let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL;
-        Ok(open_beneath(
-            self.as_fd(),
-            name.as_ref(),
-            flags,
-            Mode::from_raw_mode(mode),
-        )?
-        .into())
+        self.open_file_mode(name.as_ref(), flags, mode)
+    }
+
+    fn open_file_mode(&self, rel: &Path, flags: OFlags, mode: u32) -> io::Result<File> {
+        let fd = open_beneath(self.as_fd(), rel, flags, Mode::from_raw_mode(mode))?;
+        Ok(fd.into())
     }
 
     /// What is at `rel`, a link itself rather than what it points to; `None` when absent.

@@ -248,8 +248,8 @@ pub fn fails(cmd: &mut Command) -> String {
     String::from_utf8(out.stderr).unwrap()
 }
 
-/// Creates a snapshot and returns its JSON result.
-pub fn create(cwd: &Path, storage: &Path, collection: Option<&str>) -> serde_json::Value {
+/// `snapshot create` of `storage` (one collection, or all), on node `node-0`, JSON output.
+pub fn create_cmd(cwd: &Path, storage: &Path, collection: Option<&str>) -> Command {
     let mut cmd = bin(cwd);
     cmd.args([
         "snapshot",
@@ -264,7 +264,12 @@ pub fn create(cwd: &Path, storage: &Path, collection: Option<&str>) -> serde_jso
     if let Some(c) = collection {
         cmd.args(["--collection", c]);
     }
-    serde_json::from_str(&ok(&mut cmd)).unwrap()
+    cmd
+}
+
+/// Creates a snapshot and returns its JSON result.
+pub fn create(cwd: &Path, storage: &Path, collection: Option<&str>) -> serde_json::Value {
+    serde_json::from_str(&ok(&mut create_cmd(cwd, storage, collection))).unwrap()
 }
 
 /// The local path of a created archive.
