@@ -9,7 +9,10 @@
 //! * permission bits and modification time (seconds) of each file and directory are kept;
 //!   owner and group are written as 0 with no names (a restore creates files as the restoring
 //!   user);
-//! * paths longer than 100 bytes use GNU long-name entries.
+//! * paths longer than 100 bytes use GNU long-name entries;
+//! * files with holes (found with `SEEK_DATA`/`SEEK_HOLE`; Qdrant preallocates its WAL and
+//!   mmap'd storage) are written as GNU sparse entries (type `S`, as `tar -cS` writes them):
+//!   their data regions only, rounded out to 512-byte blocks, and their size.
 //!
 //! The storage directory belongs to the workload: the walk opens every directory and file
 //! from its parent's descriptor without following links ([`crate::safefs`]), so a link
@@ -70,8 +73,10 @@ pub struct Archived {
     pub files: u64,
     /// Directories written.
     pub directories: u64,
-    /// Bytes of file data (without tar headers).
+    /// Bytes of file data stored (without tar headers, without the holes of sparse files).
     pub data_bytes: u64,
+    /// Files written as sparse entries (with holes).
+    pub sparse_files: u64,
     /// Entries skipped.
     pub skipped: Vec<Skipped>,
 }
@@ -222,6 +227,7 @@ pub fn write_archive<W: Write>(
             files: 0,
             directories: 0,
             data_bytes: 0,
+            sparse_files: 0,
             skipped: Vec::new(),
         },
     };
@@ -330,25 +336,72 @@ impl<W: Write> Walker<'_, W> {
         }
         let size = meta.len();
         let mtime = u64::try_from(meta.mtime()).unwrap_or(0);
-        self.tar
-            .append_file(rel, meta.mode(), mtime, size, file, |n| {
-                self.done.data_bytes += n;
-                (self.progress)(self.done.data_bytes);
-            })
-            .map_err(|e| match e {
-                FileCopyError::Read(source) => CreateError::Read {
-                    path: abs.clone(),
-                    source,
-                },
-                FileCopyError::Short => CreateError::Changed {
-                    path: abs.clone(),
-                    expected: size,
-                },
-                FileCopyError::Write(source) => CreateError::Write { source },
-            })?;
+        // Fewer blocks than bytes: the file may have holes.
+        let regions = if meta.blocks().saturating_mul(512) < size {
+            data_regions(&file, size).map_err(|source| CreateError::Read {
+                path: abs.clone(),
+                source,
+            })?
+        } else {
+            None
+        };
+        let on_read = |n| {
+            self.done.data_bytes += n;
+            (self.progress)(self.done.data_bytes);
+        };
+        let written = match &regions {
+            Some(regions) => {
+                self.done.sparse_files += 1;
+                self.tar
+                    .append_sparse(rel, meta.mode(), mtime, size, regions, file, on_read)
+            }
+            None => self
+                .tar
+                .append_file(rel, meta.mode(), mtime, size, file, on_read),
+        };
+        written.map_err(|e| match e {
+            FileCopyError::Read(source) => CreateError::Read {
+                path: abs.clone(),
+                source,
+            },
+            FileCopyError::Short => CreateError::Changed {
+                path: abs.clone(),
+                expected: size,
+            },
+            FileCopyError::Write(source) => CreateError::Write { source },
+        })?;
         self.done.files += 1;
         Ok(())
     }
+}
+
+/// The data regions of a file of `size` bytes, rounded out to 512-byte blocks, or `None`
+/// when it has no holes (or too many regions to be worth a sparse entry).
+fn data_regions(file: &File, size: u64) -> io::Result<Option<Vec<(u64, u64)>>> {
+    use rustix::fs::SeekFrom;
+    const B: u64 = BLOCK as u64;
+    let mut regions: Vec<(u64, u64)> = Vec::new();
+    let mut pos = 0;
+    while pos < size {
+        let start = match rustix::fs::seek(file, SeekFrom::Data(pos)) {
+            Ok(start) => start,
+            // No data after `pos`: the rest is a hole.
+            Err(rustix::io::Errno::NXIO) => break,
+            Err(e) => return Err(e.into()),
+        };
+        if start >= size {
+            break;
+        }
+        let end = rustix::fs::seek(file, SeekFrom::Hole(start))?.min(size);
+        let (start, end) = (start / B * B, end.div_ceil(B).saturating_mul(B).min(size));
+        match regions.last_mut() {
+            Some((at, len)) if *at + *len >= start => *len = end.max(*at + *len) - *at,
+            _ => regions.push((start, end - start)),
+        }
+        pos = end;
+    }
+    let dense = regions.len() == 1 && regions[0] == (0, size);
+    Ok((!dense && regions.len() <= super::untar::MAX_SPARSE_REGIONS).then_some(regions))
 }
 
 /// A file that vanished (or was swapped for a link) between listing and reading is a
@@ -406,6 +459,20 @@ impl<W: Write> TarWriter<W> {
         mtime: u64,
         size: u64,
     ) -> io::Result<()> {
+        self.header_with(path, kind, mode, mtime, size, |_| {})
+    }
+
+    /// Writes the header of an entry (after a long-name entry when `path` needs one), with
+    /// `extra` filling GNU fields beyond the common ones.
+    fn header_with(
+        &mut self,
+        path: &[u8],
+        kind: tar::EntryType,
+        mode: u32,
+        mtime: u64,
+        size: u64,
+        extra: impl FnOnce(&mut tar::GnuHeader),
+    ) -> io::Result<()> {
         if path.len() > 100 {
             let mut data = path.to_vec();
             data.push(0);
@@ -423,7 +490,9 @@ impl<W: Write> TarWriter<W> {
         }
         let mut h = tar::Header::new_gnu();
         let n = path.len().min(100);
-        h.as_gnu_mut().expect("gnu header").name[..n].copy_from_slice(&path[..n]);
+        let gnu = h.as_gnu_mut().expect("gnu header");
+        gnu.name[..n].copy_from_slice(&path[..n]);
+        extra(gnu);
         self.raw_header(&mut h, kind, mode, mtime, size)
     }
 
@@ -500,6 +569,79 @@ impl<W: Write> TarWriter<W> {
             on_read(n as u64);
         }
         self.pad(size).map_err(FileCopyError::Write)
+    }
+
+    /// Writes a GNU sparse entry: the header with the first regions of the map, extension
+    /// blocks with the rest, then the data of each region read from `file`. The map ends at
+    /// the file's size (an empty last region marks it when the file ends in a hole).
+    #[allow(clippy::too_many_arguments)]
+    fn append_sparse(
+        &mut self,
+        path: &[u8],
+        mode: u32,
+        mtime: u64,
+        size: u64,
+        regions: &[(u64, u64)],
+        file: File,
+        mut on_read: impl FnMut(u64),
+    ) -> Result<(), FileCopyError> {
+        use std::os::unix::fs::FileExt;
+        let mut map = regions.to_vec();
+        if map.last().is_none_or(|(at, len)| at + len < size) {
+            map.push((size, 0));
+        }
+        let set = |entry: &mut tar::GnuSparseHeader, (at, len): (u64, u64)| {
+            entry.set_offset(at);
+            entry.set_length(len);
+        };
+        let stored: u64 = map.iter().map(|(_, len)| len).sum();
+        let (first, rest) = map.split_at(map.len().min(4));
+        self.header_with(
+            path,
+            tar::EntryType::GNUSparse,
+            mode,
+            mtime,
+            stored,
+            |gnu| {
+                for (entry, region) in gnu.sparse.iter_mut().zip(first) {
+                    set(entry, *region);
+                }
+                gnu.set_is_extended(!rest.is_empty());
+                gnu.set_real_size(size);
+            },
+        )
+        .map_err(FileCopyError::Write)?;
+        let blocks: Vec<&[(u64, u64)]> = rest.chunks(21).collect();
+        for (i, chunk) in blocks.iter().enumerate() {
+            let mut ext = tar::GnuExtSparseHeader::new();
+            for (entry, region) in ext.sparse.iter_mut().zip(chunk.iter()) {
+                set(entry, *region);
+            }
+            ext.set_is_extended(i + 1 < blocks.len());
+            self.out
+                .write_all(ext.as_bytes())
+                .map_err(FileCopyError::Write)?;
+        }
+        for &(at, len) in &map {
+            let mut done = 0u64;
+            while done < len {
+                let want = usize::try_from(len - done)
+                    .unwrap_or(usize::MAX)
+                    .min(self.buf.len());
+                let n = match file.read_at(&mut self.buf[..want], at + done) {
+                    Ok(0) => return Err(FileCopyError::Short),
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(FileCopyError::Read(e)),
+                };
+                self.out
+                    .write_all(&self.buf[..n])
+                    .map_err(FileCopyError::Write)?;
+                done += n as u64;
+                on_read(n as u64);
+            }
+        }
+        self.pad(stored).map_err(FileCopyError::Write)
     }
 
     /// Writes the end-of-archive marker (two zero blocks) and flushes.

@@ -30,7 +30,7 @@ use super::flush::{Flusher, KICK_EVERY, start_writeback};
 use super::manifest::{FORMAT_VERSION, Kind, MANIFEST_ENTRY, MAX_MANIFEST_BYTES, Manifest};
 use super::name::{self, NameError};
 use super::readahead::{self, ChunkReader};
-use super::untar::{EntryType, TarError, TarReader};
+use super::untar::{EntryType, SparseMap, TarError, TarReader};
 use super::workspace::{Workspace, WorkspaceError};
 use super::writers::{SMALL_FILE, SmallFile, Writers};
 use crate::safefs::{self, Anchored, Dir};
@@ -389,7 +389,12 @@ fn unpack_with(
                 max: spec.limits.max_entries,
             });
         }
-        let size = if is_dir { 0 } else { entry.size };
+        // A sparse file counts with its holes: it is that large once restored.
+        let size = match (&entry.sparse, is_dir) {
+            (_, true) => 0,
+            (Some(map), false) => map.real_size,
+            (None, false) => entry.size,
+        };
         if stats.data_bytes.saturating_add(size) > spec.limits.max_bytes {
             return Err(RestoreError::TooLarge {
                 max: spec.limits.max_bytes,
@@ -417,7 +422,11 @@ fn unpack_with(
                 .map_err(twice)?;
             let path = staging.join(&rel);
             let perm = entry.mode & 0o777;
-            if size <= SMALL_FILE {
+            if let Some(map) = &entry.sparse {
+                write_file(&dir, &name, &path, perm, entry.mtime, umask, |file| {
+                    write_sparse(&mut tar, file, map, &mut buf, &path)
+                })?;
+            } else if size <= SMALL_FILE {
                 let mut data = vec![0; size as usize];
                 tar.read_exact(&mut data).map_err(data_err)?;
                 writers.write(SmallFile {
@@ -710,6 +719,31 @@ fn copy(
             kicked = written;
         }
     }
+}
+
+/// Writes the data of a sparse entry at its regions' offsets and sets the file's size: the
+/// holes stay holes.
+fn write_sparse(
+    from: &mut impl Read,
+    to: &mut File,
+    map: &SparseMap,
+    buf: &mut [u8],
+    path: &Path,
+) -> Result<(), RestoreError> {
+    use std::os::unix::fs::FileExt;
+    for &(offset, len) in &map.regions {
+        let mut done = 0u64;
+        while done < len {
+            let want = usize::try_from(len - done)
+                .unwrap_or(usize::MAX)
+                .min(buf.len());
+            from.read_exact(&mut buf[..want]).map_err(data_err)?;
+            to.write_all_at(&buf[..want], offset + done)
+                .map_err(write_err(path))?;
+            done += want as u64;
+        }
+    }
+    to.set_len(map.real_size).map_err(write_err(path))
 }
 
 pub(super) fn to_time(secs: u64) -> SystemTime {

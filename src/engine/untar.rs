@@ -8,6 +8,10 @@
 //!   bytes, all zero (the second zero block and the record padding tar writers add);
 //!   anything else is refused.
 //! * Numbers are octal or GNU base-256; header checksums are verified.
+//! * GNU sparse files (type `S`, as `tar -cS` writes them and the tar crate reads them) come
+//!   with their map of data regions, at most [`MAX_SPARSE_REGIONS`], checked to be in order,
+//!   not overlapping, inside the file and adding up to the data stored. The PAX forms of
+//!   sparse files are not read.
 //!
 //! The reader only reads: what an entry may be (files and directories only, paths that stay
 //! inside the target) is for the caller to decide.
@@ -22,6 +26,11 @@ pub const MAX_EXTENSION: u64 = 64 << 10;
 pub const MAX_EXTENSIONS: usize = 8;
 /// Most bytes after the end-of-archive marker, which must all be zero.
 pub const MAX_TRAILER: u64 = 1 << 20;
+/// Most data regions in the map of a sparse file.
+pub const MAX_SPARSE_REGIONS: usize = 1 << 16;
+/// Sparse map entries in a GNU header, and in each extension block after it.
+const SPARSE_IN_HEADER: usize = 4;
+const SPARSE_IN_EXTENSION: usize = 21;
 
 /// What an entry is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,8 +42,8 @@ pub enum EntryType {
     CharDevice,
     BlockDevice,
     Fifo,
-    /// A GNU sparse file (type `S`, or the PAX `GNU.sparse` form).
-    Sparse,
+    /// A sparse file in a PAX form (`GNU.sparse.*` records), which is not read.
+    PaxSparse,
     /// Any other type flag.
     Other(u8),
 }
@@ -49,7 +58,8 @@ impl EntryType {
             b'3' => Self::CharDevice,
             b'4' => Self::BlockDevice,
             b'6' => Self::Fifo,
-            b'S' => Self::Sparse,
+            // Old GNU sparse entries are files, with a map (see `TarReader::sparse_map`).
+            b'S' => Self::File,
             other => Self::Other(other),
         }
     }
@@ -64,7 +74,7 @@ impl EntryType {
             Self::CharDevice => "a character device".into(),
             Self::BlockDevice => "a block device".into(),
             Self::Fifo => "a FIFO".into(),
-            Self::Sparse => "a sparse file (not supported)".into(),
+            Self::PaxSparse => "a sparse file in PAX form (not supported; use GNU format)".into(),
             Self::Other(flag) => format!(
                 "an entry of tar type {:?}, not a file or directory",
                 char::from(flag)
@@ -85,6 +95,17 @@ pub struct Entry {
     pub mtime: u64,
     /// Bytes of data that follow the header.
     pub size: u64,
+    /// For a sparse file: where its data goes, and its size.
+    pub sparse: Option<SparseMap>,
+}
+
+/// The layout of a sparse file: its data regions (offset, length), in order and not
+/// overlapping, whose lengths add up to the entry's data; everything else is a hole.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SparseMap {
+    pub regions: Vec<(u64, u64)>,
+    /// The file's size, holes included.
+    pub real_size: u64,
 }
 
 /// Why an archive cannot be read.
@@ -111,6 +132,8 @@ pub enum TarError {
          zero padding); nothing was changed"
     )]
     Trailer,
+    #[error("refused: the sparse map of the entry at byte {offset} {why}; nothing was changed")]
+    BadSparse { offset: u64, why: &'static str },
 }
 
 impl TarError {
@@ -202,9 +225,14 @@ impl<R: Read> TarReader<R> {
             }
             let mut kind = EntryType::from_flag(flag);
             if pending.sparse && kind == EntryType::File {
-                kind = EntryType::Sparse;
+                kind = EntryType::PaxSparse;
             }
             let size = pending.size.unwrap_or(size);
+            let sparse = if flag == b'S' {
+                Some(self.sparse_map(&block, offset, size)?)
+            } else {
+                None
+            };
             let mode = number(&block[100..108]).ok_or_else(|| bad("invalid mode"))?;
             let mtime = match pending.mtime {
                 Some(mtime) => mtime,
@@ -218,8 +246,55 @@ impl<R: Read> TarReader<R> {
                 mode: u32::try_from(mode & 0o7777).expect("masked"),
                 mtime,
                 size,
+                sparse,
             }));
         }
+    }
+
+    /// The map of an old GNU sparse entry: four entries in its header, then extension
+    /// blocks of 21 while the previous block says more follow.
+    fn sparse_map(
+        &mut self,
+        block: &[u8; BLOCK as usize],
+        offset: u64,
+        stored: u64,
+    ) -> Result<SparseMap, TarError> {
+        let bad = |why| TarError::BadSparse { offset, why };
+        let real_size = number(&block[483..495]).ok_or_else(|| bad("has an invalid size"))?;
+        let mut regions = Vec::new();
+        sparse_entries(&block[386..386 + SPARSE_IN_HEADER * 24], &mut regions).map_err(bad)?;
+        let mut extended = block[482] == 1;
+        while extended {
+            if regions.len() > MAX_SPARSE_REGIONS {
+                return Err(bad("has too many regions"));
+            }
+            let mut ext = [0u8; BLOCK as usize];
+            self.read_exact(&mut ext)?;
+            sparse_entries(&ext[..SPARSE_IN_EXTENSION * 24], &mut regions).map_err(bad)?;
+            extended = ext[SPARSE_IN_EXTENSION * 24] == 1;
+        }
+        if regions.len() > MAX_SPARSE_REGIONS {
+            return Err(bad("has too many regions"));
+        }
+        let (mut end, mut total) = (0u64, 0u64);
+        for (at, len) in &regions {
+            if *at < end {
+                return Err(bad("has regions out of order or overlapping"));
+            }
+            end = at
+                .checked_add(*len)
+                .ok_or_else(|| bad("points past any file size"))?;
+            total += len;
+        }
+        if end > real_size {
+            return Err(bad("points past the file's size"));
+        }
+        if total != stored {
+            return Err(bad("does not add up to the data stored"));
+        }
+        // A last, empty region marks the size (as GNU tar writes it); it holds nothing.
+        regions.retain(|(_, len)| *len > 0);
+        Ok(SparseMap { regions, real_size })
     }
 
     /// After [`next_entry`](Self::next_entry) returned `None`: reads what follows the end
@@ -276,6 +351,20 @@ impl<R: Read> Read for TarReader<R> {
         self.pos += n as u64;
         Ok(n)
     }
+}
+
+/// Appends the used entries (offset, length: 12 bytes each) of a sparse map block; an entry
+/// that starts with a NUL is unused (as the tar crate and GNU tar read them).
+fn sparse_entries(fields: &[u8], regions: &mut Vec<(u64, u64)>) -> Result<(), &'static str> {
+    for entry in fields.chunks_exact(24) {
+        if entry[0] == 0 || entry[12] == 0 {
+            continue;
+        }
+        let at = number(&entry[..12]).ok_or("has an invalid offset")?;
+        let len = number(&entry[12..]).ok_or("has an invalid length")?;
+        regions.push((at, len));
+    }
+    Ok(())
 }
 
 fn padding(size: u64) -> u64 {
