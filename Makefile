@@ -1,4 +1,4 @@
-.PHONY: build test bench bench-s3 crds e2e e2e-clean
+.PHONY: build test bench bench-sparse bench-s3 crds e2e e2e-clean
 
 build:
 	cargo build --release --locked
@@ -10,6 +10,10 @@ test:
 # Engine benchmark against GNU tar + sha256sum (see bench/engine.py).
 bench:
 	python3 bench/engine.py
+
+# Real Qdrant shards (files with holes) against GNU tar's sparse mode (see bench/sparse.py).
+bench-sparse:
+	python3 bench/sparse.py
 
 # S3 upload/download benchmark against rclone (see bench/s3.py).
 bench-s3:

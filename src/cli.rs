@@ -255,8 +255,10 @@ pub struct RestoreArgs {
     /// Take this collection out of a full-storage snapshot (default: COLLECTION).
     #[arg(long, value_name = "NAME")]
     pub from_collection: Option<String>,
-    /// What wins when a collection already exists: replica keeps existing data, snapshot
-    /// replaces it atomically, no_sync writes snapshot files over existing ones.
+    /// What wins when a collection already exists: replica keeps existing data (and exits 0:
+    /// the choice for an initContainer that runs at every pod start), snapshot replaces it
+    /// atomically, no_sync writes snapshot files over existing ones. Without it (or
+    /// --force-snapshot), an existing collection is an error, as in Qdrant.
     #[arg(long, value_parser = PossibleValuesParser::new(Priority::NAMES)
         .map(|s| s.parse::<Priority>().expect("listed values parse")))]
     pub priority: Option<Priority>,
@@ -714,7 +716,7 @@ async fn mover(cmd: MoverCommand, config: &Config) -> Result<ExitCode> {
                 let spec = RestoreSpec {
                     storage: anchored(args.volume.as_deref(), args.storage_path)?,
                     selection,
-                    priority: args.priority,
+                    priority: Some(args.priority),
                     checksum: None,
                     limits: Limits::default(),
                 };
@@ -783,9 +785,9 @@ fn split_snapshot_arg(arg: &str) -> Result<(&str, &str)> {
 async fn restore(args: RestoreArgs, config: &Config) -> Result<ExitCode> {
     let (storage, s3) = crate::storage::open(&config.storage).await?;
     let priority = if args.force_snapshot {
-        Priority::Snapshot
+        Some(Priority::Snapshot)
     } else {
-        args.priority.unwrap_or_default()
+        args.priority
     };
     let mut jobs = Vec::new();
     for arg in &args.snapshot {

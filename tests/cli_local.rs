@@ -494,15 +494,23 @@ fn priority_table_for_a_full_storage_every_cell() {
 }
 
 #[test]
-fn startup_restore_needs_force_snapshot_to_replace() {
+fn startup_restore_keeps_qdrants_contract() {
     let dir = tempfile::tempdir().unwrap();
     let (coll, full) = priority_fixture(dir.path());
     let newer = fingerprint(&dir.path().join("newer"));
     let target = old_target(dir.path(), "startup");
     let before = fingerprint(&target);
     let arg = format!("{coll}:products");
-    // Without --force-snapshot an existing collection is kept (safe to re-run at every start).
-    let out = ok(restore_cmd(dir.path(), &target).args(["--snapshot", &arg]));
+    // Qdrant's contract: without --force-snapshot an existing collection is an error.
+    let err = fails(restore_cmd(dir.path(), &target).args(["--snapshot", &arg]));
+    assert!(
+        err.contains("already there") && err.contains("--force-snapshot"),
+        "{err}"
+    );
+    assert_eq!(fingerprint(&target), before);
+    // --priority replica keeps it and exits 0 (an initContainer run at every pod start).
+    let out =
+        ok(restore_cmd(dir.path(), &target).args(["--snapshot", &arg, "--priority", "replica"]));
     assert!(out.contains("skipped products"), "{out}");
     assert_eq!(fingerprint(&target), before);
     let out = ok(restore_cmd(dir.path(), &target).args(["--snapshot", &arg, "--force-snapshot"]));
@@ -514,7 +522,15 @@ fn startup_restore_needs_force_snapshot_to_replace() {
     // The same for a full-storage snapshot.
     let target = old_target(dir.path(), "startup-full");
     let before = fingerprint(&target);
-    let out = ok(restore_cmd(dir.path(), &target).args(["--storage-snapshot", &full]));
+    let err = fails(restore_cmd(dir.path(), &target).args(["--storage-snapshot", &full]));
+    assert!(err.contains("already there"), "{err}");
+    assert_eq!(fingerprint(&target), before);
+    let out = ok(restore_cmd(dir.path(), &target).args([
+        "--storage-snapshot",
+        &full,
+        "--priority",
+        "replica",
+    ]));
     assert!(out.contains("skipped products"), "{out}");
     assert_eq!(
         subtree(&fingerprint(&target), "collections/products"),

@@ -138,19 +138,20 @@ fn plan(
                 }
                 Step::Place(rel)
             }
-            (Found::Dir, Priority::Replica) => Step::Skip {
+            (Found::Dir, None) => return Err(refuse(root, &rel, EXISTS)),
+            (Found::Dir, Some(Priority::Replica)) => Step::Skip {
                 reason: format!(
                     "collection {name:?} already exists on this node; priority replica keeps \
                      existing data (use priority snapshot to replace it)"
                 ),
             },
-            (Found::Dir, Priority::Snapshot) => {
+            (Found::Dir, Some(Priority::Snapshot)) => {
                 // Both directories change parents: both must be writable, and their parent.
                 must_write(root, collections)?;
                 must_write(root, &rel)?;
                 Step::Exchange(rel)
             }
-            (Found::Dir, Priority::NoSync) => {
+            (Found::Dir, Some(Priority::NoSync)) => {
                 check_merge(root, staging, &rel)?;
                 Step::Merge {
                     rel,
@@ -161,7 +162,9 @@ fn plan(
         steps.push((Some(name), step));
     }
     if spec.selection == Selection::Full {
-        if let Some(step) = merge_aliases(root, staging, spec.priority)? {
+        if let Some(priority) = spec.priority
+            && let Some(step) = merge_aliases(root, staging, priority)?
+        {
             steps.push((None, step));
         }
         for (entry, _) in staging.entries().map_err(write_err(staging.path()))? {
@@ -170,17 +173,25 @@ fn plan(
             }
             let rel = PathBuf::from(entry);
             check_merge(root, staging, &rel)?;
+            if spec.priority.is_none() && inspect(root, &rel)? != Found::Absent {
+                return Err(refuse(root, &rel, EXISTS));
+            }
             steps.push((
                 None,
                 Step::Merge {
                     rel,
-                    overwrite: spec.priority != Priority::Replica,
+                    overwrite: spec.priority != Some(Priority::Replica),
                 },
             ));
         }
     }
     Ok(steps)
 }
+
+/// Why a restore with no priority (Qdrant's startup contract) refuses to touch what exists.
+const EXISTS: &str = "already there, and no priority says what wins (Qdrant's startup \
+                      contract): pass --force-snapshot to replace it, or --priority replica to \
+                      keep it and exit 0";
 
 /// Checks that staged `rel` can be merged into the target: no link on the way, and no file
 /// where a directory is staged or the other way round.

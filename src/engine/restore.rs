@@ -119,7 +119,10 @@ pub struct RestoreSpec {
     /// The storage directory restored into (created when absent).
     pub storage: Anchored,
     pub selection: Selection,
-    pub priority: Priority,
+    /// What wins when the target already holds a collection (or, for a full-storage
+    /// restore, anything the archive holds); `None`: nothing does, the restore is refused
+    /// (Qdrant's startup contract).
+    pub priority: Option<Priority>,
     /// Expected SHA-256 (lowercase hex) of the whole archive.
     pub checksum: Option<String>,
     pub limits: Limits,
