@@ -147,8 +147,11 @@ def main():
             os.makedirs(target)
             return target
 
+        gnu_archive = os.path.join(work, "gnu.tar")
         measure_group([
             ("tar -cf - | sha256sum", f"tar -cf - -C {storage} --exclude=.complete {rel} | sha256sum >/dev/null", None),
+            ("tar -cf out.tar && sync", f"tar -cf {gnu_archive} -C {storage} --exclude=.complete {rel} && sync",
+             lambda: os.path.exists(gnu_archive) and os.remove(gnu_archive)),
             ("snapshot create", f"{binary} snapshot create --storage-path {storage} {flag} --node bench -o json > {work}/created.json", clean_snaps),
         ])
         import json
@@ -164,15 +167,15 @@ def main():
             ("restore (synced)", lambda: f"{binary} restore --storage-path {fresh_out()} {restore} > /dev/null", None),
         ])
 
-        for ours, base in [("snapshot create", "tar -cf - | sha256sum"), ("restore (synced)", "tar -xf"),
-                           ("restore (synced)", "tar -xf && sync")]:
+        for ours, base in [("snapshot create", "tar -cf - | sha256sum"), ("snapshot create", "tar -cf out.tar && sync"),
+                           ("restore (synced)", "tar -xf"), ("restore (synced)", "tar -xf && sync")]:
             w, r, lo, hi = results[ours]
             bw, br, blo, bhi = results[base]
             rows.append((label, ours, base, w, bw, size / MIB / w, files / w, bw / w, r, br, f"{lo:.1f}-{hi:.1f}", f"{blo:.1f}-{bhi:.1f}"))
 
     print(f"\n{mode} runs, median of {args.runs} (runs interleaved with the baseline); tree: {work}\n")
     head = ("case", "ours", "baseline", "ours s", "base s", "MB/s", "files/s", "speedup", "RSS MiB", "base RSS", "ours range", "base range")
-    fmt = "{:<13} {:<17} {:<17} {:>7} {:>7} {:>6} {:>7} {:>7} {:>7} {:>8} {:>10} {:>10}"
+    fmt = "{:<13} {:<17} {:<23} {:>7} {:>7} {:>6} {:>7} {:>7} {:>7} {:>8} {:>10} {:>10}"
     print(fmt.format(*head))
     for (label, ours, base, w, bw, mbs, fps, ratio, r, br, rng, brng) in rows:
         print(fmt.format(label, ours, base, f"{w:.2f}", f"{bw:.2f}", f"{mbs:.0f}", f"{fps:.0f}",
@@ -181,6 +184,8 @@ def main():
     if not args.keep:
         shutil.rmtree(snaps, ignore_errors=True)
         shutil.rmtree(out, ignore_errors=True)
+        if os.path.exists(os.path.join(work, "gnu.tar")):
+            os.remove(os.path.join(work, "gnu.tar"))
 
 
 if __name__ == "__main__":

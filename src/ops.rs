@@ -102,7 +102,7 @@ pub async fn create_snapshot(
             .map_err(|source| CreateError::Write { source })?;
         Ok::<_, CreateError>(archived)
     });
-    let stored = storage.put(&naming, Reader::stream(reader), None).await;
+    let stored = storage.put(&naming, Reader::Chunks(reader), None).await;
     let written = writer_task
         .await
         .expect("the archive writer does not panic");

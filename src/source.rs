@@ -207,8 +207,8 @@ pub async fn open(
 /// A stream bounded by `pace`; local files are read as they are.
 pub fn paced(reader: Reader, pace: Pace, location: &str) -> Reader {
     match reader {
-        Reader::File(file) => Reader::File(file),
         Reader::Stream(stream) => Reader::stream(Paced::new(stream, pace, location)),
+        local => local,
     }
 }
 

@@ -203,7 +203,21 @@ fn a_snapshot_taken_while_the_engine_upserts_restores_to_a_loadable_shard() {
     let mut taken = Vec::new();
     for round in 0..3 {
         let before = *reported.lock().unwrap();
-        let created = create(dir.path(), &src, Some("live"));
+        // A file that changes size while it is read fails the snapshot, which says to retry
+        // (files that vanish, the engine's temporary ones, are skipped).
+        let created = (0..5)
+            .find_map(|_| {
+                let out = run(&mut create_cmd(dir.path(), &src, Some("live")));
+                let err = String::from_utf8_lossy(&out.stderr);
+                assert!(
+                    out.status.success() || err.contains("changed while it was being archived"),
+                    "{err}"
+                );
+                out.status
+                    .success()
+                    .then(|| serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap())
+            })
+            .expect("five snapshots in a row saw a file change size");
         let target = dir.path().join(format!("target-{round}"));
         let arg = format!("{}:live", dir.path().join(archive_path(&created)).display());
         restore(dir.path(), &target, &["--snapshot", &arg], |_| {});

@@ -62,7 +62,8 @@ pub struct CreateSpec {
 pub struct Skipped {
     /// Path relative to the storage directory.
     pub path: String,
-    /// `symlink`, `fifo`, `socket`, `block device` or `char device`.
+    /// `symlink`, `fifo`, `socket`, `block device`, `char device`, or `vanished` (listed, but
+    /// gone by the time it was read).
     pub kind: &'static str,
 }
 
@@ -291,39 +292,55 @@ impl<W: Write> Walker<'_, W> {
             }
             let mut rel = prefix.clone();
             rel.extend_from_slice(name.as_bytes());
-            match kind {
-                FileType::RegularFile => self.file(dir, &name, &rel)?,
-                FileType::Directory => {
-                    let sub = dir
-                        .open_dir(&name)
-                        .map_err(|source| changed(&dir.join(&name), source, 0))?;
-                    let st = sub.metadata().map_err(|source| CreateError::Read {
-                        path: sub.path().to_owned(),
-                        source,
-                    })?;
-                    if !self.exclude.contains(&safefs::identity(&st)) {
-                        self.dir(&sub, rel)?;
-                    }
-                }
+            let path = dir.join(&name);
+            // What was listed may be gone (a database's temporary file), or swapped for a
+            // link, by the time it is opened: it is skipped and reported, as is anything that
+            // is not a file or a directory.
+            let opened = match kind {
+                // No following a link, no blocking on a FIFO swapped in since the listing.
+                FileType::RegularFile => dir
+                    .open_file(&name, OFlags::RDONLY | OFlags::NONBLOCK)
+                    .map(|file| self.file(file, path.clone(), &rel)),
+                FileType::Directory => dir
+                    .open_dir(&name)
+                    .map(|sub| self.subdir(&sub, rel.clone())),
                 other => {
-                    let skipped = Skipped {
-                        path: String::from_utf8_lossy(&rel).into_owned(),
-                        kind: kind_of(other),
-                    };
-                    tracing::warn!(path = %skipped.path, kind = skipped.kind, "skipped: not a regular file or directory");
-                    self.done.skipped.push(skipped);
+                    self.skip(&rel, kind_of(other));
+                    continue;
                 }
+            };
+            match opened {
+                Ok(archived) => archived?,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => self.skip(&rel, "vanished"),
+                Err(e) if safefs::is_link_refused(&e) => self.skip(&rel, "symlink"),
+                Err(source) => return Err(CreateError::Read { path, source }),
             }
         }
         Ok(())
     }
 
-    fn file(&mut self, dir: &Dir, name: &std::ffi::OsStr, rel: &[u8]) -> Result<(), CreateError> {
-        let abs = dir.join(name);
-        // No following a link, no blocking on a FIFO swapped in since the listing.
-        let file = dir
-            .open_file(name, OFlags::RDONLY | OFlags::NONBLOCK)
-            .map_err(|source| changed(&abs, source, 0))?;
+    /// Archives the open subdirectory `sub` unless it is excluded.
+    fn subdir(&mut self, sub: &Dir, rel: Vec<u8>) -> Result<(), CreateError> {
+        let st = sub.metadata().map_err(|source| CreateError::Read {
+            path: sub.path().to_owned(),
+            source,
+        })?;
+        if self.exclude.contains(&safefs::identity(&st)) {
+            return Ok(());
+        }
+        self.dir(sub, rel)
+    }
+
+    fn skip(&mut self, rel: &[u8], kind: &'static str) {
+        let skipped = Skipped {
+            path: String::from_utf8_lossy(rel).into_owned(),
+            kind,
+        };
+        tracing::warn!(path = %skipped.path, kind = skipped.kind, "skipped: not a regular file or directory (any more)");
+        self.done.skipped.push(skipped);
+    }
+
+    fn file(&mut self, file: File, abs: PathBuf, rel: &[u8]) -> Result<(), CreateError> {
         let meta = file.metadata().map_err(|source| CreateError::Read {
             path: abs.clone(),
             source,
@@ -402,22 +419,6 @@ fn data_regions(file: &File, size: u64) -> io::Result<Option<Vec<(u64, u64)>>> {
     }
     let dense = regions.len() == 1 && regions[0] == (0, size);
     Ok((!dense && regions.len() <= super::untar::MAX_SPARSE_REGIONS).then_some(regions))
-}
-
-/// A file that vanished (or was swapped for a link) between listing and reading is a
-/// change of the tree.
-fn changed(path: &Path, source: io::Error, expected: u64) -> CreateError {
-    if source.kind() == io::ErrorKind::NotFound || safefs::is_link_refused(&source) {
-        CreateError::Changed {
-            path: path.to_owned(),
-            expected,
-        }
-    } else {
-        CreateError::Read {
-            path: path.to_owned(),
-            source,
-        }
-    }
 }
 
 fn kind_of(kind: FileType) -> &'static str {

@@ -27,6 +27,7 @@ use sha2::{Digest, Sha256};
 use super::{
     ObjectInfo, Reader, Storage, StorageError, check_digest, is_archive_key, validate_key,
 };
+use crate::engine::flush::{KICK_EVERY, start_writeback};
 use crate::engine::name;
 use crate::safefs::{self, Dir, TempFile};
 
@@ -128,28 +129,49 @@ impl LocalStorage {
 
     /// Streams `body` into a locked temporary file; returns it with its size and digest.
     fn write_temp(&self, body: Reader) -> Result<(TempFile, u64, String), StorageError> {
-        let temp_err = io_err("write", self.temp.path());
         let temp = TempFile::create(&self.temp).map_err(io_err("create", self.temp.path()))?;
         tracing::debug!(temp = %self.temp.path().display(), "building the archive");
-        let mut body = body.into_blocking();
         let mut hasher = Sha256::new();
-        let mut buf = vec![0; COPY_BUF];
-        let mut size = 0u64;
+        let (mut size, mut kicked) = (0u64, 0u64);
         let mut out = temp.file();
-        loop {
-            let n = match body.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(source) => return Err(StorageError::Body { source }),
-            };
-            hasher.update(&buf[..n]);
-            if let Err(e) = out.write_all(&buf[..n]) {
-                return Err(io_err("write", self.temp.path())(e));
+        let mut take = |data: &[u8]| {
+            hasher.update(data);
+            out.write_all(data)
+                .map_err(io_err("write", self.temp.path()))?;
+            size += data.len() as u64;
+            // Start writing back what is written, so that the final fsync has little left.
+            if size - kicked >= KICK_EVERY {
+                start_writeback(temp.file(), kicked, size - kicked);
+                kicked = size;
             }
-            size += n as u64;
+            Ok(())
+        };
+        match body {
+            // An archive being written: its chunks are written as they are, and given back.
+            Reader::Chunks(mut chunks) => {
+                while let Some(chunk) = chunks.next_blocking() {
+                    let chunk = chunk.map_err(|source| StorageError::Body { source })?;
+                    take(&chunk)?;
+                    chunks.recycle(chunk);
+                }
+            }
+            body => {
+                let mut body = body.into_blocking();
+                let mut buf = vec![0; COPY_BUF];
+                loop {
+                    let n = match body.read(&mut buf) {
+                        Ok(0) => break,
+                        Ok(n) => n,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                        Err(source) => return Err(StorageError::Body { source }),
+                    };
+                    take(&buf[..n])?;
+                }
+            }
         }
-        temp.file().sync_all().map_err(temp_err)?;
+        temp.file()
+            .sync_all()
+            .map_err(io_err("write", self.temp.path()))?;
         Ok((temp, size, name::hex(&hasher.finalize())))
     }
 

@@ -25,6 +25,8 @@ use crate::engine::name::{self, NameError};
 pub enum Reader {
     File(std::fs::File),
     Stream(Box<dyn AsyncRead + Send + Unpin>),
+    /// An archive being written, as chunks (written to a local file without a copy).
+    Chunks(crate::engine::pipe::Chunks),
 }
 
 impl Reader {
@@ -38,6 +40,9 @@ impl Reader {
         match self {
             Self::File(file) => Box::new(file),
             Self::Stream(stream) => Box::new(tokio_util::io::SyncIoBridge::new(stream)),
+            Self::Chunks(chunks) => {
+                Box::new(tokio_util::io::SyncIoBridge::new(chunks.into_async()))
+            }
         }
     }
 
@@ -46,6 +51,7 @@ impl Reader {
         match self {
             Self::File(file) => Box::new(tokio::fs::File::from_std(file)),
             Self::Stream(stream) => stream,
+            Self::Chunks(chunks) => Box::new(chunks.into_async()),
         }
     }
 }
