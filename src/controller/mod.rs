@@ -244,11 +244,13 @@ pub fn error_policy<K: Resource<DynamicType = ()>>(
     error: &Error,
     ctx: Arc<Context>,
 ) -> Action {
-    let kind = resource_label::<K>();
-    ctx.metrics.failed(&kind, error.reason());
+    // Waiting for a delete mover is a normal state, not a failure (the finalizer helper
+    // keeps the finalizer only when cleanup returns an error).
     if let Error::CleanupPending = error.inner() {
         return Action::requeue(Duration::from_secs(5));
     }
+    let kind = resource_label::<K>();
+    ctx.metrics.failed(&kind, error.reason());
     tracing::warn!(kind = %kind, name = ?object.meta().name, error = %error, "reconcile failed");
     Action::requeue(Duration::from_secs(30))
 }

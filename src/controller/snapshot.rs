@@ -1003,14 +1003,19 @@ mod mock {
                 );
             }),
         ];
-        let err = reconcile_with(
-            snapshot(true, succeeded_archives(), true),
-            OperatorConfig::default(),
-            script,
-        )
-        .await
-        .unwrap_err();
+        let snap = Arc::new(snapshot(true, succeeded_archives(), true));
+        let (result, metrics) = scripted(OperatorConfig::default(), script, |ctx| async move {
+            let result = reconcile(snap.clone(), ctx.clone()).await;
+            if let Err(e) = &result {
+                super::super::error_policy(snap, e, ctx);
+            }
+            result
+        })
+        .await;
+        let err = result.unwrap_err();
         assert!(matches!(err.inner(), Error::CleanupPending), "{err}");
+        // Waiting for the delete mover is not a reconcile failure.
+        assert!(!metrics.contains("CleanupPending"), "{metrics}");
 
         let mut done = json!({"apiVersion": "batch/v1", "kind": "Job",
             "metadata": {"name": delete_job, "namespace": "ns", "labels": mover::labels("uid-1", "delete", "all")},
