@@ -1,7 +1,6 @@
 //! The command line: `snapshot` (create, list, delete, download, upload) and `restore`, on a
 //! local storage directory and the configured snapshot storage.
 
-use std::fmt::Write as _;
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -15,7 +14,9 @@ use serde::Serialize;
 use crate::config::{Config, ConfigError};
 use crate::engine::restore::{Limits, Outcome, Priority, RestoreSpec, Selection};
 use crate::engine::{name, readahead};
+use crate::format::human_bytes;
 use crate::ops::{self, OpsError, Progress, SnapshotRequest};
+use crate::protocol::MoverTask;
 use crate::safefs::Anchored;
 use crate::source::{self, Context, Location, Pace};
 use crate::storage::{ObjectInfo, Storage, StorageError};
@@ -71,68 +72,7 @@ pub enum Command {
     /// What mover Jobs run: one engine operation, its result as JSON in the termination
     /// message.
     #[command(subcommand, hide = true)]
-    Mover(MoverCommand),
-}
-
-#[derive(Debug, Subcommand)]
-pub enum MoverCommand {
-    /// Snapshot the storage directory (or one collection) of this node.
-    Snapshot(MoverSnapshotArgs),
-    /// Delete archives (and their checksums) by key; absent ones are fine.
-    Delete(MoverDeleteArgs),
-    /// Restore an archive into this node's storage directory.
-    Restore(MoverRestoreArgs),
-}
-
-#[derive(Debug, Args)]
-pub struct MoverRestoreArgs {
-    #[arg(long, value_name = "DIR")]
-    pub storage_path: PathBuf,
-    /// The mount of the workload's volume holding the storage path: nothing below it is
-    /// reached through a symbolic link.
-    #[arg(long, value_name = "DIR")]
-    pub volume: Option<PathBuf>,
-    /// A storage key, file://, http(s):// or s3:// location.
-    #[arg(long)]
-    pub location: String,
-    /// The collection to restore (and its name here); omit for a full-storage restore.
-    #[arg(long)]
-    pub collection: Option<String>,
-    /// The collection to take out of a full-storage snapshot, when it differs.
-    #[arg(long)]
-    pub source_collection: Option<String>,
-    #[arg(long, value_parser = PossibleValuesParser::new(Priority::NAMES)
-        .map(|s| s.parse::<Priority>().expect("listed values parse")))]
-    pub priority: Priority,
-    #[arg(long)]
-    pub checksum: Option<String>,
-    #[arg(long, default_value = crate::controller::mover::TERMINATION_LOG)]
-    pub termination_log: PathBuf,
-}
-
-#[derive(Debug, Args)]
-pub struct MoverSnapshotArgs {
-    #[arg(long, value_name = "DIR")]
-    pub storage_path: PathBuf,
-    /// The mount of the workload's volume holding the storage path: nothing below it is
-    /// reached through a symbolic link.
-    #[arg(long, value_name = "DIR")]
-    pub volume: Option<PathBuf>,
-    #[arg(long)]
-    pub collection: Option<String>,
-    #[arg(long)]
-    pub node: String,
-    #[arg(long, default_value = crate::controller::mover::TERMINATION_LOG)]
-    pub termination_log: PathBuf,
-}
-
-#[derive(Debug, Args)]
-pub struct MoverDeleteArgs {
-    /// Archive keys (`collection/name` or `name`).
-    #[arg(required = true)]
-    pub keys: Vec<String>,
-    #[arg(long, default_value = crate::controller::mover::TERMINATION_LOG)]
-    pub termination_log: PathBuf,
+    Mover(MoverTask),
 }
 
 #[derive(Debug, Subcommand)]
@@ -330,17 +270,6 @@ impl<E: Into<OpsError>> From<E> for Box<CliError> {
 
 type Result<T, E = Box<CliError>> = std::result::Result<T, E>;
 
-/// Renders an error with its chain of causes, one per line.
-pub fn render_error(error: &dyn std::error::Error) -> String {
-    let mut text = format!("error: {error}");
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let _ = write!(text, "\n  caused by: {cause}");
-        source = cause.source();
-    }
-    text
-}
-
 impl Cli {
     /// Sets up logging to standard error.
     pub fn init_logging(&self) {
@@ -368,9 +297,12 @@ impl Cli {
                     .await
                     .map(|()| ExitCode::SUCCESS)
                     .map_err(|e| Box::new(CliError::Controller(e))),
-                Command::Mover(cmd) => mover(cmd, &config).await,
+                Command::Mover(task) => {
+                    ops::run_mover(task, &config.storage).await?;
+                    Ok(ExitCode::SUCCESS)
+                }
                 Command::Crd => {
-                    for (_, yaml) in crd_documents() {
+                    for (_, yaml) in crate::api::crd_documents() {
                         print!("---\n{yaml}");
                     }
                     Ok(ExitCode::SUCCESS)
@@ -655,122 +587,6 @@ async fn upload(args: UploadArgs, storage: &dyn Storage) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn mover(cmd: MoverCommand, config: &Config) -> Result<ExitCode> {
-    use crate::controller::mover::MoverReport;
-    let (log, result) = match cmd {
-        MoverCommand::Snapshot(args) => {
-            let work = async {
-                let (storage, _) = crate::storage::open(&config.storage).await?;
-                let request = SnapshotRequest {
-                    storage: anchored(args.volume.as_deref(), args.storage_path)?,
-                    collection: args.collection,
-                    node: args.node,
-                    exclude: Vec::new(),
-                };
-                let created =
-                    ops::create_snapshot(storage.as_ref(), request, ops::no_progress()).await?;
-                Ok::<_, OpsError>(MoverReport {
-                    name: Some(created.name),
-                    key: Some(created.archive.key),
-                    location: Some(created.archive.location),
-                    size: Some(created.archive.size),
-                    checksum: created.archive.checksum,
-                    ..MoverReport::default()
-                })
-            };
-            (args.termination_log, work.await)
-        }
-        MoverCommand::Delete(args) => {
-            let work = async {
-                let (storage, _) = crate::storage::open(&config.storage).await?;
-                for key in &args.keys {
-                    match storage.delete(key).await {
-                        Ok(()) | Err(StorageError::NotFound { .. }) => {}
-                        Err(e) => return Err(OpsError::from(e)),
-                    }
-                }
-                Ok(MoverReport::default())
-            };
-            (args.termination_log, work.await)
-        }
-        MoverCommand::Restore(args) => {
-            let work = async {
-                let (storage, s3) = crate::storage::open(&config.storage).await?;
-                let ctx = Context {
-                    storage,
-                    snapshots_path: config.storage.snapshots_path.clone(),
-                    api_key: None,
-                    pace: Pace::default(),
-                    s3,
-                };
-                let location = Location::parse(&args.location)?;
-                let opened = source::open(&location, args.checksum.as_deref(), &ctx).await?;
-                let from = opened.location.clone();
-                let selection = match args.collection {
-                    Some(into) => Selection::Collection {
-                        from: args.source_collection,
-                        into,
-                    },
-                    None => Selection::Full,
-                };
-                let spec = RestoreSpec {
-                    storage: anchored(args.volume.as_deref(), args.storage_path)?,
-                    selection,
-                    priority: Some(args.priority),
-                    checksum: None,
-                    limits: Limits::default(),
-                };
-                let restored = ops::restore_snapshot(opened, spec, ops::no_progress()).await?;
-                let skipped: Vec<String> = restored
-                    .collections
-                    .iter()
-                    .filter(|c| c.outcome == Outcome::Skipped)
-                    .filter_map(|c| c.reason.clone())
-                    .collect();
-                let all_skipped =
-                    !restored.collections.is_empty() && skipped.len() == restored.collections.len();
-                Ok::<_, OpsError>(MoverReport {
-                    location: Some(from),
-                    size: Some(restored.archive_bytes),
-                    checksum: Some(restored.checksum),
-                    outcome: Some(if all_skipped { "Skipped" } else { "Restored" }.into()),
-                    reason: (!skipped.is_empty()).then(|| skipped.join("; ")),
-                    ..MoverReport::default()
-                })
-            };
-            (args.termination_log, work.await)
-        }
-    };
-    let report = match &result {
-        Ok(report) => report.clone(),
-        Err(e) => MoverReport {
-            error: Some(render_error(e).trim_start_matches("error: ").to_owned()),
-            ..MoverReport::default()
-        },
-    };
-    let message = report.to_message();
-    if let Err(e) = std::fs::write(&log, &message) {
-        tracing::warn!(path = %log.display(), error = %e, "could not write the termination message");
-    }
-    println!("{message}");
-    result?;
-    Ok(ExitCode::SUCCESS)
-}
-
-/// A mover's storage directory: beneath the workload's volume when its mount is given.
-fn anchored(volume: Option<&Path>, storage_path: PathBuf) -> Result<Anchored, OpsError> {
-    match volume {
-        None => Ok(Anchored::trusted(storage_path)),
-        Some(volume) => Anchored::within(volume, &storage_path).ok_or_else(|| {
-            OpsError::Usage(format!(
-                "--storage-path {} is not inside --volume {}",
-                storage_path.display(),
-                volume.display()
-            ))
-        }),
-    }
-}
-
 /// `LOCATION:COLLECTION`, split at the last `:` (locations may hold `:`).
 fn split_snapshot_arg(arg: &str) -> Result<(&str, &str)> {
     arg.rsplit_once(':')
@@ -872,22 +688,6 @@ async fn restore(args: RestoreArgs, config: &Config) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The CustomResourceDefinitions as YAML, with the file name each has in `crds/`.
-pub fn crd_documents() -> Vec<(String, String)> {
-    use kube::CustomResourceExt;
-    [
-        crate::api::Snapshot::crd(),
-        crate::api::SnapshotRestore::crd(),
-    ]
-    .into_iter()
-    .map(|crd| {
-        let file = format!("{}.yaml", crd.metadata.name.as_deref().unwrap_or("crd"));
-        let yaml = serde_saphyr::to_string(&crd).expect("a CRD serialises to YAML");
-        (file, yaml)
-    })
-    .collect()
-}
-
 fn print_json<T: Serialize + ?Sized>(value: &T) {
     let text = serde_json::to_string_pretty(value).expect("results serialise");
     println!("{text}");
@@ -913,21 +713,6 @@ fn print_table<const N: usize>(header: [&str; N], rows: &[[String; N]]) {
     for row in rows {
         line(row.iter().map(String::as_str).collect());
     }
-}
-
-/// Bytes in binary units: `12.3 MiB`.
-pub fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
-    if n < 1024 {
-        return format!("{n} B");
-    }
-    let mut value = n as f64 / 1024.0;
-    let mut unit = 0;
-    while value >= 1024.0 && unit < UNITS.len() - 1 {
-        value /= 1024.0;
-        unit += 1;
-    }
-    format!("{value:.1} {}", UNITS[unit])
 }
 
 /// A progress bar on standard error when it is a terminal (not in CI or when redirected).
@@ -990,13 +775,6 @@ mod tests {
         for bad in ["a.snapshot", "a.snapshot:", ":c", "http://h/x"] {
             assert!(split_snapshot_arg(bad).is_err(), "{bad:?}");
         }
-    }
-
-    #[test]
-    fn bytes_are_human() {
-        assert_eq!(human_bytes(512), "512 B");
-        assert_eq!(human_bytes(1536), "1.5 KiB");
-        assert_eq!(human_bytes(3 << 30), "3.0 GiB");
     }
 
     #[test]

@@ -10,6 +10,8 @@
 //! * [`config`]: Qdrant-style configuration from a file and the environment.
 //! * [`controller`]: the Kubernetes operator (reconcilers, mover Jobs, metrics).
 //! * [`cli`]: the command line.
+//! * [`protocol`]: what mover Jobs are told (task, storage) and what they report.
+//! * [`format`]: error chains and byte sizes for people.
 //! * [`tls`]: the process's TLS crypto provider.
 
 pub mod api;
@@ -17,7 +19,9 @@ pub mod cli;
 pub mod config;
 pub mod controller;
 pub mod engine;
+pub mod format;
 pub mod ops;
+pub mod protocol;
 pub mod safefs;
 pub mod source;
 pub mod storage;

@@ -21,7 +21,7 @@ fn main() -> ExitCode {
     let code = match runtime.block_on(cli.run()) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("{}", snapshot_operator::cli::render_error(&e));
+            eprintln!("{}", snapshot_operator::format::render_error(&e));
             match e {
                 snapshot_operator::cli::CliError::Interrupted(_) => ExitCode::from(130),
                 _ => ExitCode::FAILURE,

@@ -7,11 +7,17 @@ use std::sync::Arc;
 use jiff::Timestamp;
 use serde::Serialize;
 
+use crate::config::StorageConfig;
 use crate::engine::archive::{self, Archived, CreateError, CreateSpec};
 use crate::engine::name;
 use crate::engine::pipe::pipe;
-use crate::engine::restore::{self, RestoreError, RestoreSpec, Restored};
+use crate::engine::restore::{
+    self, Limits, Outcome, RestoreError, RestoreSpec, Restored, Selection,
+};
+use crate::format::render_error;
+use crate::protocol::{DeleteTask, MoverReport, MoverTask, RestoreTask, SnapshotTask, StorageDir};
 use crate::safefs::Anchored;
+use crate::source::{self, Location, Pace};
 use crate::source::{Opened, SourceError};
 use crate::storage::{ObjectInfo, Reader, Storage, StorageError};
 
@@ -140,4 +146,123 @@ pub async fn restore_snapshot(
     .await
     .expect("the restore does not panic")?;
     Ok(restored)
+}
+
+/// Runs a mover's task against the storage of its configuration, writes its report to the
+/// task's termination log (and standard output), and returns the task's result.
+pub async fn run_mover(task: MoverTask, storage: &StorageConfig) -> Result<(), OpsError> {
+    let log = task.termination_log().to_owned();
+    let result = match task {
+        MoverTask::Snapshot(task) => mover_snapshot(task, storage).await,
+        MoverTask::Restore(task) => mover_restore(task, storage).await,
+        MoverTask::Delete(task) => mover_delete(task, storage).await,
+    };
+    let report = match &result {
+        Ok(report) => report.clone(),
+        Err(e) => MoverReport {
+            error: Some(render_error(e).trim_start_matches("error: ").to_owned()),
+            ..MoverReport::default()
+        },
+    };
+    let message = report.to_message();
+    if let Err(e) = std::fs::write(&log, &message) {
+        tracing::warn!(path = %log.display(), error = %e, "could not write the termination message");
+    }
+    println!("{message}");
+    result.map(|_| ())
+}
+
+/// A mover's storage directory: beneath the workload's volume when its mount is given.
+fn anchored(dir: StorageDir) -> Result<Anchored, OpsError> {
+    match &dir.volume {
+        None => Ok(Anchored::trusted(dir.storage_path)),
+        Some(volume) => Anchored::within(volume, &dir.storage_path).ok_or_else(|| {
+            OpsError::Usage(format!(
+                "--storage-path {} is not inside --volume {}",
+                dir.storage_path.display(),
+                volume.display()
+            ))
+        }),
+    }
+}
+
+async fn mover_snapshot(
+    task: SnapshotTask,
+    storage: &StorageConfig,
+) -> Result<MoverReport, OpsError> {
+    let (store, _) = crate::storage::open(storage).await?;
+    let request = SnapshotRequest {
+        storage: anchored(task.dir)?,
+        collection: task.collection,
+        node: task.node,
+        exclude: Vec::new(),
+    };
+    let created = create_snapshot(store.as_ref(), request, no_progress()).await?;
+    Ok(MoverReport {
+        name: Some(created.name),
+        key: Some(created.archive.key),
+        location: Some(created.archive.location),
+        size: Some(created.archive.size),
+        checksum: created.archive.checksum,
+        ..MoverReport::default()
+    })
+}
+
+async fn mover_delete(task: DeleteTask, storage: &StorageConfig) -> Result<MoverReport, OpsError> {
+    let (store, _) = crate::storage::open(storage).await?;
+    for key in &task.keys {
+        match store.delete(key).await {
+            Ok(()) | Err(StorageError::NotFound { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(MoverReport::default())
+}
+
+async fn mover_restore(
+    task: RestoreTask,
+    storage: &StorageConfig,
+) -> Result<MoverReport, OpsError> {
+    let (store, s3) = crate::storage::open(storage).await?;
+    let ctx = source::Context {
+        storage: store,
+        snapshots_path: storage.snapshots_path.clone(),
+        api_key: None,
+        pace: Pace::default(),
+        s3,
+    };
+    let location = Location::parse(&task.location)?;
+    let opened = source::open(&location, task.checksum.as_deref(), &ctx).await?;
+    let from = opened.location.clone();
+    let selection = match task.collection {
+        Some(into) => Selection::Collection {
+            from: task.source_collection,
+            into,
+        },
+        None => Selection::Full,
+    };
+    let spec = RestoreSpec {
+        storage: anchored(task.dir)?,
+        selection,
+        priority: Some(task.priority),
+        checksum: None,
+        limits: Limits::default(),
+    };
+    let restored = restore_snapshot(opened, spec, no_progress()).await?;
+    let skipped: Vec<String> = restored
+        .collections
+        .iter()
+        .filter(|c| c.outcome == Outcome::Skipped)
+        .filter_map(|c| c.reason.clone())
+        .collect();
+    let all_skipped =
+        !restored.collections.is_empty() && skipped.len() == restored.collections.len();
+    Ok(MoverReport {
+        location: Some(from),
+        size: Some(restored.archive_bytes),
+        checksum: Some(restored.checksum),
+        outcome: Some(if all_skipped { "Skipped" } else { "Restored" }.into()),
+        reason: (!skipped.is_empty()).then(|| skipped.join("; ")),
+        ..MoverReport::default()
+    })
 }

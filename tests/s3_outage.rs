@@ -69,7 +69,7 @@ async fn a_server_stopped_mid_upload_leaves_nothing_behind() {
     }
     open.send(()).unwrap();
     let err = put.await.unwrap().unwrap_err();
-    let text = snapshot_operator::cli::render_error(&err);
+    let text = snapshot_operator::format::render_error(&err);
     assert!(
         text.contains(&env.endpoint) && text.contains(&env.bucket),
         "{text}"

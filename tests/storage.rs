@@ -286,7 +286,7 @@ async fn s3_errors_name_bucket_and_endpoint_and_hide_credentials() {
     wrong.secret_key = Some(snapshot_operator::config::Secret::new("wrong-secret-value"));
     let storage = S3Storage::connect(&wrong, "x/".into()).await.unwrap();
     let err = storage.list("").await.unwrap_err();
-    let text = snapshot_operator::cli::render_error(&err);
+    let text = snapshot_operator::format::render_error(&err);
     assert!(
         text.contains(&env.bucket) && text.contains(&env.endpoint),
         "{text}"
@@ -300,7 +300,7 @@ async fn s3_errors_name_bucket_and_endpoint_and_hide_credentials() {
     missing.bucket = "no-such-bucket-here".into();
     let storage = S3Storage::connect(&missing, "x/".into()).await.unwrap();
     let err = storage.list("").await.unwrap_err();
-    let text = snapshot_operator::cli::render_error(&err);
+    let text = snapshot_operator::format::render_error(&err);
     assert!(
         text.contains("no-such-bucket-here") && text.contains("NoSuchBucket"),
         "{text}"
@@ -315,7 +315,7 @@ async fn s3_errors_name_bucket_and_endpoint_and_hide_credentials() {
     unreachable.endpoint_url = Some(format!("http://127.0.0.1:{port}"));
     let storage = S3Storage::connect(&unreachable, "x/".into()).await.unwrap();
     let err = storage.list("").await.unwrap_err();
-    let text = snapshot_operator::cli::render_error(&err);
+    let text = snapshot_operator::format::render_error(&err);
     assert!(
         text.contains(&format!("127.0.0.1:{port}")) && text.contains("cannot reach"),
         "{text}"

@@ -253,6 +253,10 @@ pub struct ArchiveStatus {
     /// Archive file name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    /// Storage key of the archive (`<collection>/<name>`, or `<name>` for a full-storage
+    /// archive), as the storage reported it; deletes and restores use it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
     /// Where the archive is (`s3://bucket/key`, or `pvc://<claim>/<path>`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub location: Option<String>,

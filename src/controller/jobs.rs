@@ -5,8 +5,9 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PropagationPolicy};
 use kube::{Client, ResourceExt};
 
-use super::mover::{self, MoverReport};
+use super::mover;
 use super::{Error, FIELD_MANAGER};
+use crate::protocol::MoverReport;
 
 /// The mover Jobs of one resource (by its UID).
 pub async fn list(client: &Client, namespace: &str, owner_uid: &str) -> Result<Vec<Job>, Error> {

@@ -4,7 +4,7 @@
 //! A mover gets no service-account token, runs non-root with a read-only root filesystem and
 //! no capabilities, reads its storage settings from the environment (S3 credentials from the
 //! Secret the resource names, never seen by the operator), and reports its result as JSON in
-//! its termination message.
+//! its termination message ([`crate::protocol`] defines both sides).
 
 use std::collections::BTreeMap;
 
@@ -15,12 +15,12 @@ use k8s_openapi::api::core::v1::{
     PodTemplateSpec, SecretKeySelector, SecurityContext, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
-use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::config::MoverConfig;
-use crate::api::snapshot::Storage;
+use crate::api::snapshot::{LocalStorage, Storage};
 use crate::engine::name;
+use crate::protocol::{EnvValue, MoverStorage, MoverTask, SecretKeys, TERMINATION_LOG};
 
 /// Label on everything the operator creates.
 pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "snapshot-operator");
@@ -35,61 +35,6 @@ pub const OPERATION: &str = "snapshot-operator.dev/operation";
 pub const DATA_MOUNT: &str = "/data";
 /// Where a mover pod mounts a local storage volume.
 pub const SNAPSHOTS_MOUNT: &str = "/snapshots";
-/// Where a mover writes its result.
-pub const TERMINATION_LOG: &str = "/dev/termination-log";
-
-/// The result a mover writes to its termination message.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct MoverReport {
-    /// On failure: what went wrong.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-    /// Archive file name.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
-    /// Storage key of the archive.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub key: Option<String>,
-    /// Where the archive is, as the mover sees it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub location: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub size: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub checksum: Option<String>,
-    /// Restores: `Restored` or `Skipped`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub outcome: Option<String>,
-    /// Restores: why it was skipped.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
-}
-
-/// The largest termination message Kubernetes keeps.
-pub const MAX_REPORT: usize = 4096;
-
-impl MoverReport {
-    /// The JSON written to the termination message, an error cut to fit.
-    pub fn to_message(&self) -> String {
-        let mut report = self.clone();
-        loop {
-            let text = serde_json::to_string(&report).expect("reports serialise");
-            match &mut report.error {
-                Some(error) if text.len() > MAX_REPORT => {
-                    let keep = error.len().saturating_sub(text.len() - MAX_REPORT + 3);
-                    let mut cut = keep;
-                    while !error.is_char_boundary(cut) {
-                        cut -= 1;
-                    }
-                    error.truncate(cut);
-                    error.push_str("...");
-                }
-                _ => return text,
-            }
-        }
-    }
-}
-
 /// A Job name (a DNS label, at most 63 characters) for an operation of a resource on a node:
 /// readable prefix, and a hash of all three so that different inputs never collide.
 pub fn job_name(operation: &str, resource: &str, node: &str) -> String {
@@ -109,6 +54,15 @@ pub fn job_name(operation: &str, resource: &str, node: &str) -> String {
     format!("{}-{suffix}", prefix.trim_end_matches('-'))
 }
 
+/// The storage directory `path` of the data volume, as a mover sees it: inside the volume's
+/// mount, resolved without following links.
+pub fn data_dir(path: &str) -> crate::protocol::StorageDir {
+    crate::protocol::StorageDir {
+        storage_path: mounted(DATA_MOUNT, path).into(),
+        volume: Some(DATA_MOUNT.into()),
+    }
+}
+
 /// A path inside a mount: `/data` + `/qdrant/storage` = `/data/qdrant/storage`.
 pub fn mounted(mount: &str, path: &str) -> String {
     let inner = path.trim_matches('/');
@@ -119,96 +73,71 @@ pub fn mounted(mount: &str, path: &str) -> String {
     }
 }
 
-/// Where an archive is, for people: `s3://bucket/prefix/key` or `pvc://claim/path/key`.
-pub fn location(storage: &Storage, key: &str) -> String {
-    match (&storage.s3, &storage.local) {
-        (Some(s3), _) => {
-            let prefix = crate::storage::s3::prefix_of(s3.prefix.as_deref().unwrap_or(""));
-            format!("s3://{}/{prefix}{key}", s3.bucket)
-        }
-        (None, Some(local)) => format!(
-            "pvc://{}",
-            mounted(
-                &local.persistent_volume_claim.claim_name,
-                &mounted(&local.path, key)
-            )
-        ),
-        (None, None) => key.to_owned(),
-    }
+/// Where an archive in a local storage claim is, for people: `pvc://claim/path/key`.
+pub fn claim_location(local: &LocalStorage, key: &str) -> String {
+    format!(
+        "pvc://{}",
+        mounted(
+            &local.persistent_volume_claim.claim_name,
+            &mounted(&local.path, key)
+        )
+    )
 }
 
-const ENV: &str = "SNAPSHOT_OPERATOR__STORAGE__";
-
-fn env(name: &str, value: impl Into<String>) -> EnvVar {
-    EnvVar {
-        name: name.into(),
-        value: Some(value.into()),
-        ..EnvVar::default()
-    }
-}
-
-fn secret_env(name: &str, secret: &str, key: &str) -> EnvVar {
-    EnvVar {
-        name: name.into(),
-        value_from: Some(EnvVarSource {
-            secret_key_ref: Some(SecretKeySelector {
-                name: secret.into(),
-                key: key.into(),
-                optional: Some(false),
+/// The storage a mover uses, as the protocol carries it (`None` without one: delete movers
+/// always have one).
+pub fn mover_storage(storage: &Storage) -> Option<MoverStorage> {
+    if let Some(s3) = &storage.s3 {
+        return Some(MoverStorage::S3 {
+            bucket: s3.bucket.clone(),
+            prefix: s3.prefix.clone().unwrap_or_default(),
+            region: s3.region.clone(),
+            endpoint_url: s3.endpoint_url.clone(),
+            force_path_style: s3.force_path_style,
+            credentials: s3.credentials_secret.as_ref().map(|c| SecretKeys {
+                secret: c.name.clone(),
+                access_key_id_key: c.access_key_id_key.clone(),
+                secret_access_key_key: c.secret_access_key_key.clone(),
             }),
-            ..EnvVarSource::default()
-        }),
-        ..EnvVar::default()
+        });
+    }
+    storage.local.as_ref().map(|local| MoverStorage::Local {
+        snapshots_path: mounted(SNAPSHOTS_MOUNT, &local.path),
+    })
+}
+
+fn env_var(name: String, value: EnvValue) -> EnvVar {
+    match value {
+        EnvValue::Value(value) => EnvVar {
+            name,
+            value: Some(value),
+            ..EnvVar::default()
+        },
+        EnvValue::SecretKey { secret, key } => EnvVar {
+            name,
+            value_from: Some(EnvVarSource {
+                secret_key_ref: Some(SecretKeySelector {
+                    name: secret,
+                    key,
+                    optional: Some(false),
+                }),
+                ..EnvVarSource::default()
+            }),
+            ..EnvVar::default()
+        },
     }
 }
 
 /// Environment, volume and mount that point a mover's engine at `storage`.
 pub fn storage_settings(storage: &Storage) -> (Vec<EnvVar>, Vec<Volume>, Vec<VolumeMount>) {
-    let cfg = format!("{ENV}SNAPSHOTS_CONFIG__");
-    if let Some(s3) = &storage.s3 {
-        let s3c = format!("{cfg}S3_CONFIG__");
-        let mut vars = vec![
-            env(
-                &format!("{ENV}SNAPSHOTS_PATH"),
-                s3.prefix.clone().unwrap_or_default(),
-            ),
-            env(&format!("{cfg}SNAPSHOTS_STORAGE"), "s3"),
-            env(&format!("{s3c}BUCKET"), s3.bucket.clone()),
-        ];
-        if let Some(region) = &s3.region {
-            vars.push(env(&format!("{s3c}REGION"), region.clone()));
-        }
-        if let Some(url) = &s3.endpoint_url {
-            vars.push(env(&format!("{s3c}ENDPOINT_URL"), url.clone()));
-        }
-        if let Some(style) = s3.force_path_style {
-            vars.push(env(&format!("{s3c}FORCE_PATH_STYLE"), style.to_string()));
-        }
-        if let Some(secret) = &s3.credentials_secret {
-            vars.push(secret_env(
-                &format!("{s3c}ACCESS_KEY"),
-                &secret.name,
-                &secret.access_key_id_key,
-            ));
-            vars.push(secret_env(
-                &format!("{s3c}SECRET_KEY"),
-                &secret.name,
-                &secret.secret_access_key_key,
-            ));
-        }
-        return (vars, Vec::new(), Vec::new());
-    }
+    let env = mover_storage(storage)
+        .map(|s| s.env().into_iter().map(|(n, v)| env_var(n, v)).collect())
+        .unwrap_or_default();
     let Some(local) = &storage.local else {
-        return (Vec::new(), Vec::new(), Vec::new());
+        return (env, Vec::new(), Vec::new());
     };
     (
-        vec![
-            env(
-                &format!("{ENV}SNAPSHOTS_PATH"),
-                mounted(SNAPSHOTS_MOUNT, &local.path),
-            ),
-            env(&format!("{cfg}SNAPSHOTS_STORAGE"), "local"),
-        ],
+        env,
         vec![claim_volume(
             "snapshots",
             &local.persistent_volume_claim.claim_name,
@@ -240,11 +169,9 @@ pub struct MoverJob<'a> {
     pub namespace: String,
     pub owner: OwnerReference,
     pub owner_uid: String,
-    /// `snapshot`, `delete` or `restore`.
-    pub operation: &'a str,
     pub node: &'a str,
-    /// Arguments after `snapshot-operator mover`.
-    pub args: Vec<String>,
+    /// What the mover does.
+    pub task: MoverTask,
     /// The data claim, mounted at [`DATA_MOUNT`], and whether read-only.
     pub data: Option<(&'a str, bool)>,
     pub storage: &'a Storage,
@@ -281,7 +208,7 @@ fn label_value(text: &str) -> String {
 
 /// The Job.
 pub fn job(spec: &MoverJob<'_>, config: &MoverConfig) -> Job {
-    let labels = labels(&spec.owner_uid, spec.operation, spec.node);
+    let labels = labels(&spec.owner_uid, spec.task.operation(), spec.node);
     let (env, mut volumes, mut mounts) = storage_settings(spec.storage);
     if let Some((claim, read_only)) = spec.data {
         volumes.insert(0, claim_volume("data", claim, read_only));
@@ -296,7 +223,7 @@ pub fn job(spec: &MoverJob<'_>, config: &MoverConfig) -> Job {
         );
     }
     let mut args = vec!["mover".to_owned()];
-    args.extend(spec.args.iter().cloned());
+    args.extend(spec.task.args());
     let affinity = spec.pin_to.map(|node| Affinity {
         node_affinity: Some(NodeAffinity {
             required_during_scheduling_ignored_during_execution: Some(NodeSelector {
@@ -369,7 +296,7 @@ pub fn job(spec: &MoverJob<'_>, config: &MoverConfig) -> Job {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::snapshot::{ClaimRef, CredentialsSecret, LocalStorage, S3Storage};
+    use crate::api::snapshot::{ClaimRef, CredentialsSecret, S3Storage};
 
     fn s3() -> Storage {
         Storage {
@@ -421,11 +348,7 @@ mod tests {
         assert_eq!(mounted("/data", "/"), "/data");
         assert_eq!(mounted("/data", "/qdrant/storage/"), "/data/qdrant/storage");
         assert_eq!(
-            location(&s3(), "c/x.snapshot"),
-            "s3://snaps/prod/c/x.snapshot"
-        );
-        assert_eq!(
-            location(&local(), "c/x.snapshot"),
+            claim_location(local().local.as_ref().unwrap(), "c/x.snapshot"),
             "pvc://backups/qdrant/c/x.snapshot"
         );
     }
@@ -477,9 +400,16 @@ mod tests {
             namespace: "ns".into(),
             owner,
             owner_uid: "uid-1".into(),
-            operation: "snapshot",
             node: "qdrant-0",
-            args: vec!["snapshot".into(), "--node".into(), "qdrant-0".into()],
+            task: MoverTask::Snapshot(crate::protocol::SnapshotTask {
+                dir: crate::protocol::StorageDir {
+                    storage_path: "/data".into(),
+                    volume: Some("/data".into()),
+                },
+                collection: None,
+                node: "qdrant-0".into(),
+                termination_log: TERMINATION_LOG.into(),
+            }),
             data: Some(("qdrant-storage-qdrant-0", true)),
             storage: &storage,
             pin_to: Some("worker-2"),
@@ -523,26 +453,5 @@ mod tests {
             ["worker-2"]
         );
         assert_eq!(job.metadata.labels.unwrap()[OWNER_UID], "uid-1");
-    }
-
-    #[test]
-    fn reports_fit_the_termination_message() {
-        let report = MoverReport {
-            error: Some("é".repeat(5000)),
-            ..MoverReport::default()
-        };
-        let text = report.to_message();
-        assert!(text.len() <= MAX_REPORT, "{}", text.len());
-        let back: MoverReport = serde_json::from_str(&text).unwrap();
-        assert!(back.error.unwrap().ends_with("..."));
-        let ok = MoverReport {
-            name: Some("a.snapshot".into()),
-            size: Some(7),
-            ..MoverReport::default()
-        };
-        assert_eq!(
-            serde_json::from_str::<MoverReport>(&ok.to_message()).unwrap(),
-            ok
-        );
     }
 }

@@ -17,7 +17,7 @@ use kube::runtime::finalizer::{self, finalizer};
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 
-use super::mover::{self, MoverJob, MoverReport};
+use super::mover::{self, MoverJob};
 use super::snapshot::{effective_storage, validate_storage};
 use super::workload::{self, Node};
 use super::{Context, Error, FINALIZER, jobs, patch_status, reject, resource_label};
@@ -28,6 +28,7 @@ use crate::api::restore::{
 };
 use crate::api::snapshot::{ArchivePhase, Phase, Snapshot, Storage};
 use crate::engine::name;
+use crate::protocol::{MoverReport, MoverTask, RestoreTask, TERMINATION_LOG};
 
 const RECHECK: Duration = Duration::from_secs(10);
 
@@ -620,26 +621,15 @@ async fn start_mover(
         return Ok(false);
     }
     let spec = &restore.spec;
-    let mut args = vec![
-        "restore".to_owned(),
-        "--storage-path".into(),
-        mover::mounted(mover::DATA_MOUNT, &spec.path),
-        "--volume".into(),
-        mover::DATA_MOUNT.into(),
-        "--location".into(),
-        location.to_owned(),
-        "--priority".into(),
-        spec.priority.name().into(),
-    ];
-    if let Some(c) = &spec.collection {
-        args.extend(["--collection".into(), c.clone()]);
-    }
-    if let Some(c) = &spec.source_collection {
-        args.extend(["--source-collection".into(), c.clone()]);
-    }
-    if let Some(sum) = checksum {
-        args.extend(["--checksum".into(), sum.to_owned()]);
-    }
+    let task = MoverTask::Restore(RestoreTask {
+        dir: mover::data_dir(&spec.path),
+        location: location.to_owned(),
+        collection: spec.collection.clone(),
+        source_collection: spec.source_collection.clone(),
+        priority: spec.priority,
+        checksum: checksum.map(str::to_owned),
+        termination_log: TERMINATION_LOG.into(),
+    });
     let none = Storage::default();
     let job = MoverJob {
         name: mover::job_name("rst", &restore.name_any(), &entry.node),
@@ -648,9 +638,8 @@ async fn start_mover(
             .controller_owner_ref(&())
             .expect("a stored resource has a UID"),
         owner_uid: restore.uid().unwrap_or_default(),
-        operation: "restore",
         node: &entry.node,
-        args,
+        task,
         data: Some((&entry.claim, false)),
         storage: storage.unwrap_or(&none),
         pin_to: None,

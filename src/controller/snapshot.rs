@@ -15,7 +15,7 @@ use kube::runtime::events::EventType;
 use kube::runtime::finalizer::{self, finalizer};
 use kube::{Resource, ResourceExt};
 
-use super::mover::{self, MoverJob, MoverReport};
+use super::mover::{self, MoverJob};
 use super::{Context, Error, FINALIZER, jobs, patch_status, reject, resource_label, workload};
 use crate::api::condition::{self, reason};
 use crate::api::snapshot::{
@@ -23,6 +23,7 @@ use crate::api::snapshot::{
     Storage,
 };
 use crate::engine::name;
+use crate::protocol::{DeleteTask, MoverReport, MoverTask, SnapshotTask, TERMINATION_LOG};
 
 /// How often a running Snapshot is looked at even without events.
 const RUNNING_RECHECK: Duration = Duration::from_secs(30);
@@ -58,12 +59,15 @@ pub fn effective_storage(snap: &Snapshot, default: Option<&Storage>) -> Option<S
         .or_else(|| default.cloned())
 }
 
-/// The storage key of a node's archive.
+/// The storage key of a node's archive, as its mover reported it (statuses written before
+/// keys were recorded: from the archive's name).
 pub fn archive_key(spec: &SnapshotSpec, archive: &ArchiveStatus) -> Option<String> {
-    archive
-        .name
-        .as_deref()
-        .map(|n| name::key(spec.collection.as_deref(), n))
+    archive.key.clone().or_else(|| {
+        archive
+            .name
+            .as_deref()
+            .map(|n| name::key(spec.collection.as_deref(), n))
+    })
 }
 
 /// What to do for one node.
@@ -129,10 +133,19 @@ pub fn next_archive(
         NodeStep::Finished {
             succeeded: true,
             report,
-        } if report.name.is_some() => {
+        } if report.key.is_some() => {
             a.phase = ArchivePhase::Succeeded;
             a.name.clone_from(&report.name);
-            a.location = report.key.as_deref().map(|k| mover::location(storage, k));
+            a.key.clone_from(&report.key);
+            // S3 locations are as the mover's storage reports them; a local storage claim is
+            // shown by name, which the mover (seeing only its mount) does not know.
+            a.location = match &storage.local {
+                Some(local) => report
+                    .key
+                    .as_deref()
+                    .map(|k| mover::claim_location(local, k)),
+                None => report.location.clone(),
+            };
             a.size = report.size.and_then(|s| i64::try_from(s).ok());
             a.checksum.clone_from(&report.checksum);
             a.message = None;
@@ -231,7 +244,7 @@ pub fn next_status(
             now,
         )],
         nodes: Some(archives.len() as i32),
-        size: (total_size > 0).then(|| crate::cli::human_bytes(total_size as u64)),
+        size: (total_size > 0).then(|| crate::format::human_bytes(total_size as u64)),
         storage: Some(storage.clone()),
         archives,
     }
@@ -304,6 +317,7 @@ async fn apply(snap: &Snapshot, ctx: &Context) -> Result<Action, Error> {
                 claim: n.claim,
                 phase: ArchivePhase::Pending,
                 name: None,
+                key: None,
                 location: None,
                 size: None,
                 checksum: None,
@@ -382,18 +396,12 @@ async fn start_mover(
     if !jobs::slot_free(&ctx.client, ctx.config.max_concurrent_movers).await? {
         return Ok(false);
     }
-    let mut args = vec![
-        "snapshot".to_owned(),
-        "--storage-path".into(),
-        mover::mounted(mover::DATA_MOUNT, &snap.spec.path),
-        "--volume".into(),
-        mover::DATA_MOUNT.into(),
-        "--node".into(),
-        archive.node.clone(),
-    ];
-    if let Some(c) = &snap.spec.collection {
-        args.extend(["--collection".into(), c.clone()]);
-    }
+    let task = MoverTask::Snapshot(SnapshotTask {
+        dir: mover::data_dir(&snap.spec.path),
+        collection: snap.spec.collection.clone(),
+        node: archive.node.clone(),
+        termination_log: TERMINATION_LOG.into(),
+    });
     let spec = MoverJob {
         name: mover::job_name("snap", &snap.name_any(), &archive.node),
         namespace: snap.namespace().unwrap_or_default(),
@@ -401,9 +409,8 @@ async fn start_mover(
             .controller_owner_ref(&())
             .expect("a stored Snapshot has a UID"),
         owner_uid: snap.uid().unwrap_or_default(),
-        operation: "snapshot",
         node: &archive.node,
-        args,
+        task,
         data: Some((&archive.claim, true)),
         storage,
         pin_to: workload::node_of_claim(pods, &archive.claim),
@@ -432,8 +439,10 @@ async fn cleanup(snap: &Snapshot, ctx: &Context) -> Result<Action, Error> {
     let uid = snap.uid().unwrap_or_default();
     let movers = jobs::list(&ctx.client, &ns, &uid).await?;
     let Some(job) = jobs::find(&movers, "all", "delete") else {
-        let mut args = vec!["delete".to_owned()];
-        args.extend(keys);
+        let task = MoverTask::Delete(DeleteTask {
+            keys,
+            termination_log: TERMINATION_LOG.into(),
+        });
         let spec = MoverJob {
             name: mover::job_name("del", &snap.name_any(), "all"),
             namespace: ns,
@@ -441,9 +450,8 @@ async fn cleanup(snap: &Snapshot, ctx: &Context) -> Result<Action, Error> {
                 .controller_owner_ref(&())
                 .expect("a stored Snapshot has a UID"),
             owner_uid: uid,
-            operation: "delete",
             node: "all",
-            args,
+            task,
             data: None,
             storage: &storage,
             pin_to: None,
@@ -509,10 +517,26 @@ mod tests {
             claim: format!("data-{node}"),
             phase,
             name: None,
+            key: None,
             location: None,
             size: None,
             checksum: None,
             message: None,
+        }
+    }
+
+    fn snapshot_spec(collection: Option<&str>) -> SnapshotSpec {
+        SnapshotSpec {
+            source: Workload {
+                stateful_set: None,
+                persistent_volume_claim: Some(ClaimRef {
+                    claim_name: "x".into(),
+                }),
+            },
+            path: "/".into(),
+            collection: collection.map(Into::into),
+            storage: None,
+            deletion_policy: DeletionPolicy::Delete,
         }
     }
 
@@ -588,7 +612,46 @@ mod tests {
             done.location.as_deref(),
             Some("pvc://backups/p/p-qdrant-0-2026-11-25-10-00-00.snapshot")
         );
+        assert_eq!(
+            done.key.as_deref(),
+            Some("p/p-qdrant-0-2026-11-25-10-00-00.snapshot")
+        );
         assert_eq!(done.size, Some(2048));
+        // In S3, the key and location are recorded as the mover's storage reported them.
+        let s3 = Storage {
+            s3: Some(crate::api::snapshot::S3Storage {
+                bucket: "b".into(),
+                region: None,
+                endpoint_url: None,
+                prefix: Some("ns".into()),
+                force_path_style: None,
+                credentials_secret: None,
+            }),
+            local: None,
+        };
+        let reported = MoverReport {
+            name: Some("odd-name.snapshot".into()),
+            key: Some("p/odd-name.snapshot".into()),
+            location: Some("s3://b/ns/p/odd-name.snapshot".into()),
+            ..MoverReport::default()
+        };
+        let done = next_archive(
+            &a,
+            &NodeStep::Finished {
+                succeeded: true,
+                report: reported,
+            },
+            &s3,
+            false,
+        );
+        assert_eq!(
+            done.location.as_deref(),
+            Some("s3://b/ns/p/odd-name.snapshot")
+        );
+        assert_eq!(
+            archive_key(&snapshot_spec(Some("other")), &done).as_deref(),
+            Some("p/odd-name.snapshot")
+        );
         let failed = next_archive(
             &a,
             &NodeStep::Finished {
@@ -995,7 +1058,7 @@ mod mock {
                 let pod = &job["spec"]["template"]["spec"];
                 assert_eq!(
                     pod["containers"][0]["args"],
-                    json!(["mover", "delete", "products/a.snapshot"])
+                    json!(["mover", "delete", "--", "products/a.snapshot"])
                 );
                 assert_eq!(
                     pod["volumes"][0]["persistentVolumeClaim"]["claimName"],

@@ -1,0 +1,446 @@
+//! The mover protocol: what a mover Job is told to do ([`MoverTask`], its container's
+//! arguments, and [`MoverStorage`], its environment) and what it answers ([`MoverReport`],
+//! its termination message). One type for each, used both by the controller that writes
+//! them and by `snapshot-operator mover`, which reads them with the same definitions (clap
+//! derive, the configuration loader, serde); the round-trip tests below tie the two sides.
+//! Kube-free: the controller turns [`EnvValue`]s into Kubernetes environment variables.
+
+use std::path::PathBuf;
+
+use clap::builder::{PossibleValuesParser, TypedValueParser};
+use clap::{Args, Subcommand};
+use serde::{Deserialize, Serialize};
+
+use crate::config::ENV_PREFIX;
+use crate::engine::restore::Priority;
+
+/// Where a mover writes its report (the container's termination message).
+pub const TERMINATION_LOG: &str = "/dev/termination-log";
+
+/// What a mover does: `snapshot-operator mover <task>`.
+#[derive(Debug, Clone, PartialEq, Eq, Subcommand)]
+pub enum MoverTask {
+    /// Snapshot the storage directory (or one collection) of this node.
+    Snapshot(SnapshotTask),
+    /// Restore an archive into this node's storage directory.
+    Restore(RestoreTask),
+    /// Delete archives (and their checksums) by key; absent ones are fine.
+    Delete(DeleteTask),
+}
+
+/// The storage directory a mover works on, inside the workload's volume.
+#[derive(Debug, Clone, PartialEq, Eq, Args)]
+pub struct StorageDir {
+    #[arg(long, value_name = "DIR")]
+    pub storage_path: PathBuf,
+    /// The mount of the workload's volume holding the storage path: nothing below it is
+    /// reached through a symbolic link.
+    #[arg(long, value_name = "DIR")]
+    pub volume: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Args)]
+pub struct SnapshotTask {
+    #[command(flatten)]
+    pub dir: StorageDir,
+    /// The collection to snapshot; omit for the whole storage directory.
+    #[arg(long)]
+    pub collection: Option<String>,
+    /// The node (pod) name, in the archive's name and manifest.
+    #[arg(long)]
+    pub node: String,
+    #[arg(long, default_value = TERMINATION_LOG)]
+    pub termination_log: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Args)]
+pub struct RestoreTask {
+    #[command(flatten)]
+    pub dir: StorageDir,
+    /// A storage key, file://, http(s):// or s3:// location.
+    #[arg(long)]
+    pub location: String,
+    /// The collection to restore (and its name here); omit for a full-storage restore.
+    #[arg(long)]
+    pub collection: Option<String>,
+    /// The collection to take out of a full-storage snapshot, when it differs.
+    #[arg(long)]
+    pub source_collection: Option<String>,
+    #[arg(long, value_parser = PossibleValuesParser::new(Priority::NAMES)
+        .map(|s| s.parse::<Priority>().expect("listed values parse")))]
+    pub priority: Priority,
+    /// Expected SHA-256 of the archive.
+    #[arg(long)]
+    pub checksum: Option<String>,
+    #[arg(long, default_value = TERMINATION_LOG)]
+    pub termination_log: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Args)]
+pub struct DeleteTask {
+    /// Archive keys (`collection/name` or `name`).
+    #[arg(required = true)]
+    pub keys: Vec<String>,
+    #[arg(long, default_value = TERMINATION_LOG)]
+    pub termination_log: PathBuf,
+}
+
+/// Builds an argument list.
+#[derive(Default)]
+struct ArgList(Vec<String>);
+
+impl ArgList {
+    fn flag(&mut self, name: &str, value: impl Into<String>) {
+        self.0.extend([name.to_owned(), value.into()]);
+    }
+    fn maybe(&mut self, name: &str, value: Option<&str>) {
+        if let Some(value) = value {
+            self.flag(name, value);
+        }
+    }
+    fn dir(&mut self, dir: &StorageDir) {
+        self.flag("--storage-path", dir.storage_path.to_string_lossy());
+        if let Some(volume) = &dir.volume {
+            self.flag("--volume", volume.to_string_lossy());
+        }
+    }
+    fn log(&mut self, log: &std::path::Path) {
+        if log != std::path::Path::new(TERMINATION_LOG) {
+            self.flag("--termination-log", log.to_string_lossy());
+        }
+    }
+}
+
+impl MoverTask {
+    /// The arguments after `snapshot-operator mover` that parse back into this task.
+    pub fn args(&self) -> Vec<String> {
+        let mut a = ArgList::default();
+        match self {
+            Self::Snapshot(t) => {
+                a.0.push("snapshot".into());
+                a.dir(&t.dir);
+                a.flag("--node", &t.node);
+                a.maybe("--collection", t.collection.as_deref());
+                a.log(&t.termination_log);
+            }
+            Self::Restore(t) => {
+                a.0.push("restore".into());
+                a.dir(&t.dir);
+                a.flag("--location", &t.location);
+                a.flag("--priority", t.priority.name());
+                a.maybe("--collection", t.collection.as_deref());
+                a.maybe("--source-collection", t.source_collection.as_deref());
+                a.maybe("--checksum", t.checksum.as_deref());
+                a.log(&t.termination_log);
+            }
+            Self::Delete(t) => {
+                a.0.push("delete".into());
+                a.log(&t.termination_log);
+                a.0.push("--".into());
+                a.0.extend(t.keys.iter().cloned());
+            }
+        }
+        a.0
+    }
+
+    /// Its name: `snapshot`, `restore` or `delete`.
+    pub fn operation(&self) -> &'static str {
+        match self {
+            Self::Snapshot(_) => "snapshot",
+            Self::Restore(_) => "restore",
+            Self::Delete(_) => "delete",
+        }
+    }
+
+    /// Where it writes its report.
+    pub fn termination_log(&self) -> &std::path::Path {
+        match self {
+            Self::Snapshot(t) => &t.termination_log,
+            Self::Restore(t) => &t.termination_log,
+            Self::Delete(t) => &t.termination_log,
+        }
+    }
+}
+
+/// Where a mover keeps archives: the storage configuration it reads from its environment
+/// (`SNAPSHOT_OPERATOR__STORAGE__...`). S3 credentials are keys of a Secret, resolved into
+/// the environment by the kubelet: the operator never reads them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MoverStorage {
+    /// A directory (the storage claim's mount, and the path inside it).
+    Local { snapshots_path: String },
+    S3 {
+        bucket: String,
+        /// Key prefix.
+        prefix: String,
+        region: Option<String>,
+        endpoint_url: Option<String>,
+        force_path_style: Option<bool>,
+        credentials: Option<SecretKeys>,
+    },
+}
+
+/// The Secret holding S3 credentials, and its keys.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecretKeys {
+    pub secret: String,
+    pub access_key_id_key: String,
+    pub secret_access_key_key: String,
+}
+
+/// The value of a mover's environment variable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EnvValue {
+    Value(String),
+    /// A key of a Secret in the mover's namespace.
+    SecretKey {
+        secret: String,
+        key: String,
+    },
+}
+
+impl MoverStorage {
+    /// The environment variables that configure a mover's storage.
+    pub fn env(&self) -> Vec<(String, EnvValue)> {
+        let storage = format!("{ENV_PREFIX}__STORAGE__");
+        let config = format!("{storage}SNAPSHOTS_CONFIG__");
+        let s3 = format!("{config}S3_CONFIG__");
+        let value = |name: String, v: &str| (name, EnvValue::Value(v.to_owned()));
+        match self {
+            Self::Local { snapshots_path } => vec![
+                value(format!("{storage}SNAPSHOTS_PATH"), snapshots_path),
+                value(format!("{config}SNAPSHOTS_STORAGE"), "local"),
+            ],
+            Self::S3 {
+                bucket,
+                prefix,
+                region,
+                endpoint_url,
+                force_path_style,
+                credentials,
+            } => {
+                let mut vars = vec![
+                    value(format!("{storage}SNAPSHOTS_PATH"), prefix),
+                    value(format!("{config}SNAPSHOTS_STORAGE"), "s3"),
+                    value(format!("{s3}BUCKET"), bucket),
+                ];
+                if let Some(region) = region {
+                    vars.push(value(format!("{s3}REGION"), region));
+                }
+                if let Some(url) = endpoint_url {
+                    vars.push(value(format!("{s3}ENDPOINT_URL"), url));
+                }
+                if let Some(style) = force_path_style {
+                    vars.push(value(format!("{s3}FORCE_PATH_STYLE"), &style.to_string()));
+                }
+                if let Some(keys) = credentials {
+                    let secret = |key: &str| EnvValue::SecretKey {
+                        secret: keys.secret.clone(),
+                        key: key.to_owned(),
+                    };
+                    vars.push((format!("{s3}ACCESS_KEY"), secret(&keys.access_key_id_key)));
+                    vars.push((
+                        format!("{s3}SECRET_KEY"),
+                        secret(&keys.secret_access_key_key),
+                    ));
+                }
+                vars
+            }
+        }
+    }
+}
+
+/// The result a mover writes to its termination message.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MoverReport {
+    /// On failure: what went wrong.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Archive file name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Storage key of the archive.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// Where the archive is, as the mover's storage says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub location: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checksum: Option<String>,
+    /// Restores: `Restored` or `Skipped`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<String>,
+    /// Restores: why it was skipped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// The largest termination message Kubernetes keeps.
+pub const MAX_REPORT: usize = 4096;
+
+impl MoverReport {
+    /// The JSON written to the termination message, an error cut to fit.
+    pub fn to_message(&self) -> String {
+        let mut report = self.clone();
+        loop {
+            let text = serde_json::to_string(&report).expect("reports serialise");
+            match &mut report.error {
+                Some(error) if text.len() > MAX_REPORT => {
+                    let keep = error.len().saturating_sub(text.len() - MAX_REPORT + 3);
+                    let mut cut = keep;
+                    while !error.is_char_boundary(cut) {
+                        cut -= 1;
+                    }
+                    error.truncate(cut);
+                    error.push_str("...");
+                }
+                _ => return text,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    /// `snapshot-operator mover ...` as the binary parses it.
+    #[derive(Debug, Parser)]
+    struct Mover {
+        #[command(subcommand)]
+        task: MoverTask,
+    }
+
+    fn dir(volume: bool) -> StorageDir {
+        StorageDir {
+            storage_path: "/data/qdrant/storage".into(),
+            volume: volume.then(|| "/data".into()),
+        }
+    }
+
+    #[test]
+    fn tasks_survive_args_and_parsing() {
+        let tasks = [
+            MoverTask::Snapshot(SnapshotTask {
+                dir: dir(true),
+                collection: Some("products".into()),
+                node: "qdrant-0".into(),
+                termination_log: TERMINATION_LOG.into(),
+            }),
+            MoverTask::Snapshot(SnapshotTask {
+                dir: dir(false),
+                collection: None,
+                node: "a b".into(),
+                termination_log: "/tmp/log".into(),
+            }),
+            MoverTask::Restore(RestoreTask {
+                dir: dir(true),
+                location: "s3://b/p/c/x.snapshot".into(),
+                collection: Some("copy".into()),
+                source_collection: Some("products".into()),
+                priority: Priority::NoSync,
+                checksum: Some("ab".repeat(32)),
+                termination_log: TERMINATION_LOG.into(),
+            }),
+            MoverTask::Restore(RestoreTask {
+                dir: dir(true),
+                location: "full-snapshot-n-1.snapshot".into(),
+                collection: None,
+                source_collection: None,
+                priority: Priority::Replica,
+                checksum: None,
+                termination_log: TERMINATION_LOG.into(),
+            }),
+            MoverTask::Delete(DeleteTask {
+                keys: vec!["c/a.snapshot".into(), "--looks-like-a-flag".into()],
+                termination_log: TERMINATION_LOG.into(),
+            }),
+        ];
+        for task in tasks {
+            let args = task.args();
+            let parsed =
+                Mover::try_parse_from(std::iter::once("mover".to_owned()).chain(args.clone()))
+                    .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+            assert_eq!(parsed.task, task, "{args:?}");
+            assert_eq!(args[0], task.operation());
+        }
+    }
+
+    #[test]
+    fn storage_survives_the_environment_and_the_configuration_loader() {
+        use crate::config::{Config, StorageKind};
+        let s3 = MoverStorage::S3 {
+            bucket: "snaps".into(),
+            prefix: "ns/team".into(),
+            region: Some("eu-west-1".into()),
+            endpoint_url: Some("http://minio:9000".into()),
+            force_path_style: Some(true),
+            credentials: Some(SecretKeys {
+                secret: "s3".into(),
+                access_key_id_key: "id".into(),
+                secret_access_key_key: "secret".into(),
+            }),
+        };
+        // The kubelet resolves Secret keys; here, into their key names.
+        let resolved = |storage: &MoverStorage| {
+            storage
+                .env()
+                .into_iter()
+                .map(|(name, value)| match value {
+                    EnvValue::Value(v) => (name, v),
+                    EnvValue::SecretKey { secret, key } => (name, format!("{secret}:{key}")),
+                })
+                .collect::<Vec<_>>()
+        };
+        let config = Config::load_from(None, resolved(&s3)).unwrap().storage;
+        assert_eq!(config.snapshots_path, PathBuf::from("ns/team"));
+        assert_eq!(config.snapshots_config.snapshots_storage, StorageKind::S3);
+        let c = config.snapshots_config.s3_config.unwrap();
+        assert_eq!(
+            (
+                c.bucket.as_str(),
+                c.region.as_deref(),
+                c.endpoint_url.as_deref()
+            ),
+            ("snaps", Some("eu-west-1"), Some("http://minio:9000"))
+        );
+        assert_eq!(c.force_path_style, Some(true));
+        assert_eq!(c.access_key.unwrap().expose(), "s3:id");
+        assert_eq!(c.secret_key.unwrap().expose(), "s3:secret");
+
+        let local = MoverStorage::Local {
+            snapshots_path: "/snapshots/backups".into(),
+        };
+        let config = Config::load_from(None, resolved(&local)).unwrap().storage;
+        assert_eq!(config.snapshots_path, PathBuf::from("/snapshots/backups"));
+        assert_eq!(
+            config.snapshots_config.snapshots_storage,
+            StorageKind::Local
+        );
+    }
+
+    #[test]
+    fn reports_round_trip_and_fit_the_termination_message() {
+        let report = MoverReport {
+            error: Some("é".repeat(5000)),
+            ..MoverReport::default()
+        };
+        let text = report.to_message();
+        assert!(text.len() <= MAX_REPORT, "{}", text.len());
+        let back: MoverReport = serde_json::from_str(&text).unwrap();
+        assert!(back.error.unwrap().ends_with("..."));
+        let ok = MoverReport {
+            key: Some("c/x.snapshot".into()),
+            location: Some("s3://b/c/x.snapshot".into()),
+            size: Some(12),
+            ..MoverReport::default()
+        };
+        assert_eq!(
+            serde_json::from_str::<MoverReport>(&ok.to_message()).unwrap(),
+            ok
+        );
+    }
+}
