@@ -58,14 +58,15 @@ Pin: release n=bullseye
 Pin-Priority: 100
 EOF
   "${apt[@]}" update
-  "${apt[@]}" install --no-install-recommends \
+  # --no-upgrade: what is already installed stays as it is.
+  "${apt[@]}" install --no-install-recommends --no-upgrade \
     build-essential dpkg-dev rsync curl openssl ca-certificates util-linux golang-1.15-go
   export PATH="/usr/lib/go-1.15/bin:$PATH"
   go version
 
   rm -rf "$src" "$bin.new"
   mkdir -p "$src" "$bin.new"
-  cd "$src"
+  cd "$src" || exit 1
   # etcd: the binary out of the package, not installed (its postinst would start a service).
   "${apt[@]}" download etcd-server
   dpkg-deb -x etcd-server_*.deb etcd-root
@@ -74,21 +75,25 @@ EOF
 
   "${apt[@]}" source --download-only kubernetes
   dpkg-source --no-check -x kubernetes_*.dsc kubernetes
-  cd kubernetes
+  cd kubernetes || exit 1
 
   export GOPATH="$cache/gopath" GOCACHE="$cache/gocache" GOFLAGS=-mod=vendor CGO_ENABLED=0
   # The source tarball lacks the generated OpenAPI definitions.
   nice make gen_openapi
   test -s pkg/generated/openapi/zz_generated.openapi.go
-  local v=k8s.io/component-base/version
-  local ldflags="-s -w -X $v.gitVersion=v$APISERVER_K8S_VERSION -X $v.gitMajor=1 -X $v.gitMinor=20 -X $v.gitTreeState=clean"
+  # The version /version and --version report (else "v0.0.0-master+...").
+  local ldflags="-s -w" v
+  for v in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+    ldflags+=" -X $v.gitVersion=v$APISERVER_K8S_VERSION -X $v.gitMajor=1 -X $v.gitMinor=20"
+    ldflags+=" -X $v.gitTreeState=clean -X $v.buildDate=$(date -u +%Y-%m-%dT%H:%M:%SZ)"
+  done
   nice go build -trimpath -ldflags "$ldflags" -o "$bin.new/kube-apiserver" ./cmd/kube-apiserver
   "$bin.new/kube-apiserver" --version
 
   rm -rf "$bin"
   mv "$bin.new" "$bin"
   # Only the binaries are kept.
-  cd "$cache"
+  cd "$cache" || exit 1
   chmod -R u+w "$src" "$cache/gopath" 2>/dev/null || true
   rm -rf "$src" "$cache/gopath" "$cache/gocache"
   date
@@ -108,6 +113,7 @@ apiserver_install() {
   if ! APISERVER_K8S_VERSION="$APISERVER_K8S_VERSION" flock "$APISERVER_CACHE/.lock" bash -c "
       $(declare -f _apiserver_build)
       set -euxo pipefail
+      PS4='+ \$(date +%T) '
       if [ -x '$APISERVER_CACHE/bin/kube-apiserver' ] && [ -x '$APISERVER_CACHE/bin/etcd' ]; then exit 0; fi
       _apiserver_build '$APISERVER_CACHE'" > "$log" 2>&1; then
     echo "apiserver: the build of kube-apiserver/etcd FAILED; the end of $log:" >&2
@@ -138,7 +144,7 @@ PY
 # self-signed CA as the server's own certificate), the service-account signing key and the
 # token file, in $1. Run in its own bash process (see _apiserver_build).
 _apiserver_certs() {
-  cd "$1"
+  cd "$1" || exit 1
   local ec=(-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes)
   openssl req -x509 "${ec[@]}" -keyout ca.key -out ca.crt -days 365 \
     -subj "/CN=snapshot-operator-test-ca" \
@@ -158,6 +164,13 @@ _apiserver_certs() {
 
 apiserver_start() {
   apiserver_install || return 1
+  local tool
+  for tool in curl openssl python3 base64; do
+    if ! command -v "$tool" > /dev/null; then
+      echo "apiserver: $tool is missing (apt-get install $tool)" >&2
+      return 1
+    fi
+  done
   local bin="$APISERVER_CACHE/bin" ports etcd_port peer_port api_port
   ports="$(_apiserver_free_ports 3)" || return 1
   read -r etcd_port peer_port api_port <<< "$ports"
@@ -194,7 +207,7 @@ apiserver_start() {
     --service-account-issuer=https://kubernetes.default.svc.cluster.local \
     --api-audiences=https://kubernetes.default.svc.cluster.local \
     --service-account-key-file="$pki/sa.pub" --service-account-signing-key-file="$pki/sa.key" \
-    --service-cluster-ip-range=10.0.0.0/24 \
+    --service-cluster-ip-range=10.0.0.0/24 --endpoint-reconciler-type=none \
     --disable-admission-plugins=ServiceAccount \
     --cert-dir="$APISERVER_DIR/certs" --profiling=false --v=1 \
     > "$APISERVER_LOG_DIR/kube-apiserver.log" 2>&1 &

