@@ -153,11 +153,7 @@ fn real_qdrant_shards_survive_snapshot_and_restore() {
 
     // From S3.
     if let Some(env) = s3_env() {
-        let prefix = unique_prefix("qdrant");
-        let mut upload = bin(dir.path());
-        env.apply(&mut upload, &prefix);
-        ok(upload.args(["snapshot", "upload"]).arg(&archive));
-        let name = archive.file_name().unwrap().to_string_lossy().into_owned();
+        let (prefix, name) = env.upload(dir.path(), "qdrant", &archive);
         let from_s3 = dir.path().join("from-s3");
         restore(
             dir.path(),

@@ -155,11 +155,7 @@ fn sparse_files_archive_and_restore_with_their_holes_everywhere() {
 
     // From S3.
     if let Some(env) = s3_env() {
-        let prefix = unique_prefix("sparse");
-        let mut upload = bin(dir.path());
-        env.apply(&mut upload, &prefix);
-        ok(upload.args(["snapshot", "upload"]).arg(&archive));
-        let name = archive.file_name().unwrap().to_string_lossy().into_owned();
+        let (prefix, name) = env.upload(dir.path(), "sparse", &archive);
         let from_s3 = dir.path().join("from-s3");
         let mut cmd = bin(dir.path());
         env.apply(&mut cmd, &prefix);

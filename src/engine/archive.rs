@@ -547,17 +547,31 @@ impl<W: Write> TarWriter<W> {
         mode: u32,
         mtime: u64,
         size: u64,
-        mut file: File,
+        file: File,
         mut on_read: impl FnMut(u64),
     ) -> Result<(), FileCopyError> {
         self.header(path, tar::EntryType::Regular, mode, mtime, size)
             .map_err(FileCopyError::Write)?;
-        let mut left = size;
-        while left > 0 {
-            let want = usize::try_from(left)
+        self.copy_range(&file, 0, size, &mut on_read)?;
+        self.pad(size).map_err(FileCopyError::Write)
+    }
+
+    /// Copies `len` bytes of `file` from `at` into the archive; a file shorter than that is
+    /// an error (it changed).
+    fn copy_range(
+        &mut self,
+        file: &File,
+        at: u64,
+        len: u64,
+        on_read: &mut impl FnMut(u64),
+    ) -> Result<(), FileCopyError> {
+        use std::os::unix::fs::FileExt;
+        let mut done = 0u64;
+        while done < len {
+            let want = usize::try_from(len - done)
                 .unwrap_or(usize::MAX)
                 .min(self.buf.len());
-            let n = match file.read(&mut self.buf[..want]) {
+            let n = match file.read_at(&mut self.buf[..want], at + done) {
                 Ok(0) => return Err(FileCopyError::Short),
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -566,10 +580,10 @@ impl<W: Write> TarWriter<W> {
             self.out
                 .write_all(&self.buf[..n])
                 .map_err(FileCopyError::Write)?;
-            left -= n as u64;
+            done += n as u64;
             on_read(n as u64);
         }
-        self.pad(size).map_err(FileCopyError::Write)
+        Ok(())
     }
 
     /// Writes a GNU sparse entry: the header with the first regions of the map, extension
@@ -586,7 +600,6 @@ impl<W: Write> TarWriter<W> {
         file: File,
         mut on_read: impl FnMut(u64),
     ) -> Result<(), FileCopyError> {
-        use std::os::unix::fs::FileExt;
         let mut map = regions.to_vec();
         if map.last().is_none_or(|(at, len)| at + len < size) {
             map.push((size, 0));
@@ -624,23 +637,7 @@ impl<W: Write> TarWriter<W> {
                 .map_err(FileCopyError::Write)?;
         }
         for &(at, len) in &map {
-            let mut done = 0u64;
-            while done < len {
-                let want = usize::try_from(len - done)
-                    .unwrap_or(usize::MAX)
-                    .min(self.buf.len());
-                let n = match file.read_at(&mut self.buf[..want], at + done) {
-                    Ok(0) => return Err(FileCopyError::Short),
-                    Ok(n) => n,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) => return Err(FileCopyError::Read(e)),
-                };
-                self.out
-                    .write_all(&self.buf[..n])
-                    .map_err(FileCopyError::Write)?;
-                done += n as u64;
-                on_read(n as u64);
-            }
+            self.copy_range(&file, at, len, &mut on_read)?;
         }
         self.pad(stored).map_err(FileCopyError::Write)
     }

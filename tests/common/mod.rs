@@ -518,6 +518,17 @@ impl S3Env {
         }
     }
 
+    /// Uploads `archive` (`snapshot upload`) under a new prefix for `test`; returns the
+    /// prefix and the archive's name there.
+    pub fn upload(&self, cwd: &Path, test: &str, archive: &Path) -> (String, String) {
+        let prefix = unique_prefix(test);
+        let mut upload = bin(cwd);
+        self.apply(&mut upload, &prefix);
+        ok(upload.args(["snapshot", "upload"]).arg(archive));
+        let name = archive.file_name().unwrap().to_string_lossy().into_owned();
+        (prefix, name)
+    }
+
     /// Configures the binary to use this server, archives under `prefix`.
     pub fn apply(&self, cmd: &mut Command, prefix: &str) {
         let c = "SNAPSHOT_OPERATOR__STORAGE__SNAPSHOTS_CONFIG";
