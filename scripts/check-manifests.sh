@@ -11,6 +11,7 @@ trap 'rm -rf "$out"' EXIT
 chart=charts/snapshot-operator
 cat > "$out/all-values.yaml" <<'YAML'
 replicaCount: 2
+maxConcurrentMoversPerNamespace: 2
 defaultStorage:
   s3: {bucket: snapshots, endpointUrl: "http://minio:9000", credentialsSecret: {name: s3}}
 mover:

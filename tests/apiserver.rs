@@ -15,7 +15,7 @@ use serde_json::json;
 use snapshot_operator::api::{Snapshot, SnapshotRestore};
 use snapshot_operator::controller::config::OperatorConfig;
 use snapshot_operator::controller::metrics::Metrics;
-use snapshot_operator::controller::{Context, controllers, mover};
+use snapshot_operator::controller::{controllers, mover};
 
 async fn client_or_skip() -> Option<Client> {
     if std::env::var_os("KUBECONFIG").is_none() {
@@ -49,23 +49,48 @@ where
 
 /// Plays the Job controller and the kubelet: the Job's pod ran and wrote `message`.
 async fn finish_job(client: &Client, ns: &str, job: &Job, message: &str, succeeded: bool) {
+    run_pod(client, ns, job, "pod", message, succeeded, true).await;
+    complete_job(client, ns, job, succeeded).await;
+}
+
+/// Plays the kubelet: a pod named `<job>-<suffix>` carrying the Job's labels ran and ended
+/// with `message`; `owned`: the Job controls it (as the Job controller makes its pods).
+async fn run_pod(
+    client: &Client,
+    ns: &str,
+    job: &Job,
+    suffix: &str,
+    message: &str,
+    succeeded: bool,
+    owned: bool,
+) {
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
-    let name = format!("{}-pod", job.name_any());
+    let name = format!("{}-{suffix}", job.name_any());
     let mut labels = job.labels().clone();
     labels.insert("job-name".into(), job.name_any());
+    let mut meta = json!({"name": name, "labels": labels});
+    if owned {
+        meta["ownerReferences"] = json!([{"apiVersion": "batch/v1", "kind": "Job",
+            "name": job.name_any(), "uid": job.uid().unwrap(), "controller": true}]);
+    }
     let pod: Pod = serde_json::from_value(json!({
-        "metadata": {"name": name, "labels": labels},
+        "metadata": meta,
         "spec": {"restartPolicy": "Never", "containers": [{"name": "mover", "image": "mover"}]},
     }))
     .unwrap();
     pods.create(&PostParams::default(), &pod).await.unwrap();
+    let now = jiff::Timestamp::now().to_string();
     let status = json!({"status": {"phase": if succeeded { "Succeeded" } else { "Failed" },
         "containerStatuses": [{"name": "mover", "image": "mover", "imageID": "", "ready": false, "restartCount": 0,
             "state": {"terminated": {"exitCode": if succeeded { 0 } else { 1 }, "message": message,
-                "startedAt": "2026-11-25T10:00:00Z", "finishedAt": "2026-11-25T10:00:05Z"}}}]}});
+                "startedAt": now, "finishedAt": now}}}]}});
     pods.patch_status(&name, &PatchParams::default(), &Patch::Merge(&status))
         .await
         .unwrap();
+}
+
+/// Plays the Job controller: the Job finished.
+async fn complete_job(client: &Client, ns: &str, job: &Job, succeeded: bool) {
     let jobs: Api<Job> = Api::namespaced(client.clone(), ns);
     let now = jiff::Timestamp::now().to_string();
     let conditions = if succeeded {
@@ -102,17 +127,28 @@ async fn the_controller_against_a_real_api_server() {
     let config: OperatorConfig = serde_json::from_value(json!({
         "defaultStorage": {"local": {"persistentVolumeClaim": {"claimName": "backups"}}},
         "maxConcurrentMovers": 1000,
+        "maxConcurrentMoversPerNamespace": 2,
     }))
     .unwrap();
-    let ctx = Arc::new(Context::new(
+    if let Ok(filter) = std::env::var("RUST_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_test_writer()
+            .try_init();
+    }
+    let started = std::time::Instant::now();
+    let controller = tokio::spawn(controllers(
         client.clone(),
         config,
         Arc::new(Metrics::default()),
         "it",
     ));
-    let controller = tokio::spawn(controllers(ctx));
     a_snapshot_runs_its_movers_reports_ready_and_cleans_up(&client).await;
+    eprintln!("snapshot scenario done at {:?}", started.elapsed());
     a_restore_stops_the_workload_runs_movers_and_starts_it_again(&client).await;
+    eprintln!("restore scenario done at {:?}", started.elapsed());
+    snapshots_compete_for_the_slots(&client).await;
+    eprintln!("slots scenario done at {:?}", started.elapsed());
     controller.abort();
 }
 
@@ -232,7 +268,23 @@ async fn a_snapshot_runs_its_movers_reports_ready_and_cleans_up(client: &Client)
 
     let report = json!({"name": "products-data-2026-11-25-10-00-00.snapshot",
         "key": "products/products-data-2026-11-25-10-00-00.snapshot", "size": 4096, "checksum": "ab".repeat(32)});
-    finish_job(client, &ns, &job, &report.to_string(), true).await;
+    // Any pod can carry the Job's labels and a forged report; only the Job's own pods speak.
+    let forged = json!({"name": "x.snapshot", "key": "other/x.snapshot", "size": 1});
+    run_pod(
+        client,
+        &ns,
+        &job,
+        "impostor",
+        &forged.to_string(),
+        true,
+        false,
+    )
+    .await;
+    // The retry succeeded; the failed first attempt is created and finishes after it, in
+    // the same second: the retry's report counts, whatever the order.
+    run_pod(client, &ns, &job, "retry", &report.to_string(), true, true).await;
+    run_pod(client, &ns, &job, "first", "connection reset", false, true).await;
+    complete_job(client, &ns, &job, true).await;
     let ready = eventually("Ready=True", || async {
         let s = snapshots.get("data-1").await.unwrap();
         let status = s.status.clone()?;
@@ -248,6 +300,19 @@ async fn a_snapshot_runs_its_movers_reports_ready_and_cleans_up(client: &Client)
         Some("pvc://backups/products/products-data-2026-11-25-10-00-00.snapshot")
     );
     assert_eq!(ready.archives[0].size, Some(4096));
+    assert_eq!(
+        ready.archives[0].key.as_deref(),
+        Some("products/products-data-2026-11-25-10-00-00.snapshot")
+    );
+    // Its result recorded, the finished mover Job goes.
+    eventually("the finished mover Job to be removed", || async {
+        jobs.get_opt(&job.name_any())
+            .await
+            .unwrap()
+            .is_none()
+            .then_some(())
+    })
+    .await;
 
     // Deleting: a delete mover runs before the finalizer goes.
     snapshots
@@ -391,5 +456,148 @@ async fn a_restore_stops_the_workload_runs_movers_and_starts_it_again(client: &C
         "started again"
     );
 
+    namespace.delete().await;
+}
+
+/// Five Snapshots in a namespace capped at two movers: never more than two run, a Job that
+/// only carries the operator's labels takes no slot, a slot that frees goes to a waiting
+/// node at once (not at its next periodic look, 10 s later), and delete movers keep to the
+/// cap too.
+async fn snapshots_compete_for_the_slots(client: &Client) {
+    let ns = format!("slots-it-{}", std::process::id());
+    let namespace = TestNamespace::create(client, &ns).await;
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &ns);
+    for claim in ["data", "backups"] {
+        let pvc = serde_json::from_value(json!({"metadata": {"name": claim},
+            "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}}))
+        .unwrap();
+        claims.create(&PostParams::default(), &pvc).await.unwrap();
+    }
+    let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
+    // A Job anyone could create, with the operator's labels: it must not hold a slot.
+    let labels = mover::labels("no-such-owner", "snapshot", "x");
+    let foreign: Job =
+        serde_json::from_value(json!({"metadata": {"name": "foreign", "labels": labels},
+        "spec": {"template": {"metadata": {"labels": labels}, "spec": {"restartPolicy": "Never",
+            "containers": [{"name": "c", "image": "busybox"}]}}}}))
+        .unwrap();
+    jobs.create(&PostParams::default(), &foreign).await.unwrap();
+
+    let snapshots: Api<Snapshot> = Api::namespaced(client.clone(), &ns);
+    for i in 0..5 {
+        let snap: Snapshot = serde_json::from_value(json!({
+            "apiVersion": "snapshot-operator.dev/v1alpha1", "kind": "Snapshot",
+            "metadata": {"name": format!("s{i}")},
+            "spec": {"source": {"persistentVolumeClaim": {"claimName": "data"}}, "collection": "products"},
+        }))
+        .unwrap();
+        snapshots
+            .create(&PostParams::default(), &snap)
+            .await
+            .unwrap();
+    }
+    let movers = |jobs: Api<Job>| async move {
+        jobs.list(&ListParams::default().labels(mover::OWNER_UID))
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .filter(|j| j.name_any() != "foreign")
+            .collect::<Vec<Job>>()
+    };
+    let unfinished = |all: &[Job]| -> Vec<Job> {
+        all.iter()
+            .filter(|j| {
+                j.status
+                    .as_ref()
+                    .and_then(|s| s.conditions.as_ref())
+                    .is_none()
+            })
+            .cloned()
+            .collect()
+    };
+    let mut finished = 0;
+    let mut waits = Vec::new();
+    while finished < 5 {
+        let running = eventually("two movers running (or the last ones)", || async {
+            let running = unfinished(&movers(jobs.clone()).await);
+            (running.len() == 2.min(5 - finished)).then_some(running)
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let again = unfinished(&movers(jobs.clone()).await);
+        assert!(again.len() <= 2, "the cap holds: {} running", again.len());
+        let job = &running[0];
+        let snapshot = job.owner_references()[0].name.clone();
+        let report = json!({"name": format!("{snapshot}.snapshot"), "key": format!("products/{snapshot}.snapshot"), "size": 1});
+        let freed = std::time::Instant::now();
+        finish_job(client, &ns, job, &report.to_string(), true).await;
+        finished += 1;
+        if finished <= 3 {
+            // A node was waiting: it gets the slot without waiting for its next look.
+            eventually("the next mover", || async {
+                let all = movers(jobs.clone()).await;
+                (unfinished(&all).len() == 2).then_some(())
+            })
+            .await;
+            waits.push(freed.elapsed());
+        }
+    }
+    eprintln!("freed slots went to waiting nodes after {waits:?}");
+    for wait in &waits {
+        assert!(
+            *wait < Duration::from_secs(5),
+            "a freed slot went to a waiting node after {wait:?} (periodic look: 10 s)"
+        );
+    }
+    eventually("all five Ready", || async {
+        let all = snapshots.list(&ListParams::default()).await.unwrap().items;
+        all.iter()
+            .all(|s| {
+                s.status
+                    .as_ref()
+                    .is_some_and(|st| st.conditions.iter().any(|c| c.status == "True"))
+            })
+            .then_some(())
+    })
+    .await;
+
+    // Deleting all five: their delete movers keep to the cap as well.
+    snapshots
+        .delete_collection(&DeleteParams::default(), &ListParams::default())
+        .await
+        .unwrap();
+    let mut deleted = 0;
+    while deleted < 5 {
+        let running = eventually("delete movers", || async {
+            let all = jobs
+                .list(&ListParams::default().labels(&format!("{}=delete", mover::OPERATION)))
+                .await
+                .unwrap()
+                .items;
+            let running = unfinished(&all);
+            (running.len() == 2.min(5 - deleted)).then_some(running)
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let all = jobs
+            .list(&ListParams::default().labels(&format!("{}=delete", mover::OPERATION)))
+            .await
+            .unwrap()
+            .items;
+        assert!(unfinished(&all).len() <= 2, "delete movers keep to the cap");
+        finish_job(client, &ns, &running[0], "{}", true).await;
+        deleted += 1;
+    }
+    eventually("all Snapshots gone", || async {
+        snapshots
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+            .then_some(())
+    })
+    .await;
     namespace.delete().await;
 }

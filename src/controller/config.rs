@@ -21,6 +21,9 @@ pub struct OperatorConfig {
     /// Most mover Jobs running at once, cluster-wide.
     #[serde(default = "default_max_concurrent")]
     pub max_concurrent_movers: u32,
+    /// Most mover Jobs running at once in one namespace (default: the cluster-wide cap).
+    #[serde(default)]
+    pub max_concurrent_movers_per_namespace: Option<u32>,
 }
 
 /// How mover pods run.
@@ -60,6 +63,7 @@ impl Default for OperatorConfig {
             default_storage: None,
             mover: MoverConfig::default(),
             max_concurrent_movers: default_max_concurrent(),
+            max_concurrent_movers_per_namespace: None,
         }
     }
 }

@@ -1,31 +1,32 @@
-//! Mover Jobs as the reconcilers see them: find, read the outcome and report, create, count.
+//! Mover Jobs as the reconcilers see them: outcome, report, duration; create and delete.
+
+use std::sync::Arc;
 
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PropagationPolicy};
+use k8s_openapi::api::core::v1::{ContainerStateTerminated, Pod};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PropagationPolicy};
 use kube::{Client, ResourceExt};
 
-use super::mover;
 use super::{Error, FIELD_MANAGER};
 use crate::protocol::MoverReport;
 
-/// The mover Jobs of one resource (by its UID).
-pub async fn list(client: &Client, namespace: &str, owner_uid: &str) -> Result<Vec<Job>, Error> {
-    let selector = format!("{}={owner_uid}", mover::OWNER_UID);
-    Ok(Api::<Job>::namespaced(client.clone(), namespace)
-        .list(&ListParams::default().labels(&selector))
-        .await?
-        .items)
+/// A mover Job and its own pods, as the stores hold them.
+#[derive(Debug, Clone)]
+pub struct Mover {
+    pub job: Arc<Job>,
+    pub pods: Vec<Arc<Pod>>,
 }
 
-/// The mover of `node` doing `operation`, if any.
-pub fn find<'a>(jobs: &'a [Job], node: &str, operation: &str) -> Option<&'a Job> {
-    let node = mover::labels("", operation, node)[mover::NODE].clone();
-    jobs.iter().find(|j| {
-        let labels = j.labels();
-        labels.get(mover::NODE) == Some(&node)
-            && labels.get(mover::OPERATION).map(String::as_str) == Some(operation)
-    })
+impl Mover {
+    /// `None` while it runs, else whether it succeeded.
+    pub fn outcome(&self) -> Option<bool> {
+        outcome(&self.job)
+    }
+
+    /// Its report (see [`report`]).
+    pub fn report(&self) -> MoverReport {
+        report(&self.job, &self.pods)
+    }
 }
 
 /// `None` while a Job runs, else whether it succeeded.
@@ -55,33 +56,13 @@ pub fn duration(job: &Job) -> f64 {
     start.map_or(0.0, |s| (end - s).total(jiff::Unit::Second).unwrap_or(0.0))
 }
 
-/// The report in the termination message of the Job's last finished pod, or, failing that,
-/// the reason in the Job's conditions.
-pub fn report(job: &Job, pods: &[Pod]) -> MoverReport {
-    let job_name = job.name_any();
-    let mut finished: Vec<(&Pod, String)> = pods
-        .iter()
-        .filter(|p| {
-            p.labels().get("job-name") == Some(&job_name)
-                || p.labels().get("batch.kubernetes.io/job-name") == Some(&job_name)
-        })
-        .filter_map(|p| {
-            let terminated = p
-                .status
-                .as_ref()?
-                .container_statuses
-                .as_ref()?
-                .iter()
-                .find(|c| c.name == "mover")?
-                .state
-                .as_ref()?
-                .terminated
-                .as_ref()?;
-            Some((p, terminated.message.clone().unwrap_or_default()))
-        })
-        .collect();
-    finished.sort_by_key(|(p, _)| p.creation_timestamp().map(|t| t.0));
-    if let Some((_, message)) = finished.last() {
+/// The report of a finished Job: from the pod that succeeded when the Job did, else from the
+/// pod that failed last (by when it finished, never by creation order: a failed pod and its
+/// successful retry can be created in the same second); failing that, the reason in the
+/// Job's conditions. `pods` are the Job's own (see [`super::cluster::Cluster::pods_of`]).
+pub fn report(job: &Job, pods: &[Arc<Pod>]) -> MoverReport {
+    let chosen = reporting(job, pods);
+    if let Some(message) = chosen.and_then(|t| t.message.as_deref()) {
         if let Ok(report) = serde_json::from_str::<MoverReport>(message) {
             return report;
         }
@@ -107,6 +88,28 @@ pub fn report(job: &Job, pods: &[Pod]) -> MoverReport {
     MoverReport {
         error: reason,
         ..MoverReport::default()
+    }
+}
+
+/// The state of the pod whose report a finished Job's outcome calls for (see [`report`]).
+pub fn reporting<'a>(job: &Job, pods: &'a [Arc<Pod>]) -> Option<&'a ContainerStateTerminated> {
+    let finished = pods.iter().filter_map(|p| {
+        p.status
+            .as_ref()?
+            .container_statuses
+            .as_ref()?
+            .iter()
+            .find(|c| c.name == "mover")?
+            .state
+            .as_ref()?
+            .terminated
+            .as_ref()
+    });
+    match outcome(job)? {
+        true => finished.into_iter().find(|t| t.exit_code == 0),
+        false => finished
+            .filter(|t| t.exit_code != 0)
+            .max_by_key(|t| t.finished_at.as_ref().map(|f| f.0)),
     }
 }
 
@@ -148,97 +151,73 @@ pub async fn delete(client: &Client, job: &Job) -> Result<(), Error> {
     }
 }
 
-/// Whether fewer than `max` movers run cluster-wide.
-pub async fn slot_free(client: &Client, max: u32) -> Result<bool, Error> {
-    let selector = format!("{}={}", mover::MANAGED_BY.0, mover::MANAGED_BY.1);
-    let running = Api::<Job>::all(client.clone())
-        .list(&ListParams::default().labels(&selector))
-        .await?
-        .items
-        .iter()
-        .filter(|j| outcome(j).is_none())
-        .count();
-    Ok(running < max as usize)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::api::batch::v1::{JobCondition, JobStatus};
-    use k8s_openapi::api::core::v1::{
-        ContainerState, ContainerStateTerminated, ContainerStatus, PodStatus,
-    };
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-    use std::collections::BTreeMap;
+    use crate::controller::testing::{mover_job, mover_pod, movers};
 
-    pub(crate) fn job(name: &str, node: &str, operation: &str, condition: Option<&str>) -> Job {
-        Job {
-            metadata: ObjectMeta {
-                name: Some(name.into()),
-                namespace: Some("ns".into()),
-                labels: Some(mover::labels("uid", operation, node)),
-                ..ObjectMeta::default()
-            },
-            status: condition.map(|c| JobStatus {
-                conditions: Some(vec![JobCondition {
-                    type_: c.into(),
-                    status: "True".into(),
-                    reason: Some("BackoffLimitExceeded".into()),
-                    message: Some("Job has reached the specified backoff limit".into()),
-                    ..JobCondition::default()
-                }]),
-                ..JobStatus::default()
-            }),
-            ..Job::default()
+    const OWNER: (&str, &str) = ("s", "uid-1");
+
+    #[test]
+    fn outcomes() {
+        assert_eq!(outcome(&mover_job("snap", OWNER, "n0", None)), None);
+        for done in ["Complete", "SuccessCriteriaMet"] {
+            assert_eq!(
+                outcome(&mover_job("snap", OWNER, "n", Some(done))),
+                Some(true)
+            );
         }
-    }
-
-    pub(crate) fn pod(job: &str, message: &str) -> Pod {
-        Pod {
-            metadata: ObjectMeta {
-                name: Some(format!("{job}-x")),
-                labels: Some(BTreeMap::from([("job-name".to_owned(), job.to_owned())])),
-                ..ObjectMeta::default()
-            },
-            status: Some(PodStatus {
-                container_statuses: Some(vec![ContainerStatus {
-                    name: "mover".into(),
-                    state: Some(ContainerState {
-                        terminated: Some(ContainerStateTerminated {
-                            message: Some(message.into()),
-                            ..ContainerStateTerminated::default()
-                        }),
-                        ..ContainerState::default()
-                    }),
-                    ..ContainerStatus::default()
-                }]),
-                ..PodStatus::default()
-            }),
-            ..Pod::default()
+        for failed in ["Failed", "FailureTarget"] {
+            assert_eq!(
+                outcome(&mover_job("snap", OWNER, "n", Some(failed))),
+                Some(false)
+            );
         }
     }
 
     #[test]
-    fn outcomes_and_reports() {
-        let running = job("j0", "n0", "snapshot", None);
-        let done = job("j1", "n1", "snapshot", Some("Complete"));
-        let failed = job("j2", "n2", "snapshot", Some("Failed"));
-        assert_eq!(outcome(&running), None);
-        assert_eq!(outcome(&done), Some(true));
-        assert_eq!(outcome(&failed), Some(false));
-        let jobs = vec![running, done.clone(), failed.clone()];
-        assert_eq!(find(&jobs, "n1", "snapshot").unwrap().name_any(), "j1");
-        assert!(find(&jobs, "n1", "delete").is_none());
-        let pods = vec![
-            pod("j1", r#"{"name":"a.snapshot","size":5}"#),
-            pod("j2", "plain failure text"),
-        ];
-        assert_eq!(report(&done, &pods).name.as_deref(), Some("a.snapshot"));
-        assert_eq!(
-            report(&failed, &pods).error.as_deref(),
-            Some("plain failure text")
+    fn the_report_of_a_retried_job_is_the_successful_pod_s_whatever_the_order() {
+        let job = mover_job("snap", OWNER, "n0", Some("Complete"));
+        let failed = mover_pod(&job, 1, "disk full", 3, true);
+        let retry = mover_pod(
+            &job,
+            0,
+            r#"{"name":"a.snapshot","key":"a.snapshot"}"#,
+            2,
+            true,
         );
-        let report = report(&failed, &[]);
-        assert!(report.error.unwrap().starts_with("BackoffLimitExceeded"));
+        for pods in [
+            vec![failed.clone(), retry.clone()],
+            vec![retry.clone(), failed.clone()],
+        ] {
+            let pods: Vec<Arc<Pod>> = pods.into_iter().map(Arc::new).collect();
+            assert_eq!(report(&job, &pods).name.as_deref(), Some("a.snapshot"));
+        }
+        // A Job that failed: the pod that failed last speaks.
+        let job = mover_job("snap", OWNER, "n0", Some("Failed"));
+        let pods: Vec<Arc<Pod>> = [
+            mover_pod(&job, 1, "second", 9, true),
+            mover_pod(&job, 1, "first", 5, true),
+        ]
+        .into_iter()
+        .map(Arc::new)
+        .collect();
+        assert_eq!(report(&job, &pods).error.as_deref(), Some("second"));
+        // No pod: the Job's reason.
+        let reason = report(&job, &[]).error.unwrap();
+        assert!(reason.starts_with("BackoffLimitExceeded"), "{reason}");
+    }
+
+    #[test]
+    fn pods_and_jobs_that_only_carry_the_labels_are_not_movers() {
+        let job = mover_job("snap", OWNER, "n0", Some("Complete"));
+        let forged = r#"{"name":"../../other.snapshot","key":"other/x.snapshot"}"#;
+        let impostor = mover_pod(&job, 0, forged, 1, false);
+        let cluster = movers(vec![job.clone()], vec![impostor]);
+        let mover = cluster.mover("ns", &job.name_any(), "uid-1").unwrap();
+        assert!(mover.pods.is_empty());
+        assert_eq!(mover.report().key, None);
+        // A Job of the right name controlled by another object is not this resource's.
+        assert!(cluster.mover("ns", &job.name_any(), "uid-2").is_none());
     }
 }

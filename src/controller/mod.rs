@@ -1,12 +1,14 @@
 //! The Kubernetes operator: reconcilers for `Snapshot` (and `SnapshotRestore`), mover Jobs,
 //! leader election, metrics and health endpoints.
 
+pub mod cluster;
 pub mod config;
 pub mod jobs;
 pub mod leader;
 pub mod metrics;
 pub mod mover;
 pub mod restore;
+pub mod slots;
 pub mod snapshot;
 #[cfg(test)]
 pub mod testing;
@@ -17,17 +19,24 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use cluster::Cluster;
 use futures_util::StreamExt;
+use jobs::Mover;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Pod;
 use kube::api::Api;
-use kube::api::{Patch, PatchParams};
+use kube::api::{ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::{Controller, finalizer, watcher};
-use kube::{Client, Resource};
+use kube::runtime::reflector::{self, ObjectRef, reflector};
+use kube::runtime::{Controller, WatchStreamExt, finalizer, watcher};
+use kube::{Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use slots::{Busy, Claimant, Kind, Limits, Slots};
+use std::time::Instant;
+use tokio::sync::mpsc;
 
 use crate::api::condition::reason;
 use crate::api::{Snapshot, SnapshotRestore};
@@ -68,8 +77,10 @@ pub struct ControllerArgs {
 pub enum Error {
     #[error("Kubernetes API request failed")]
     Kube(#[from] kube::Error),
-    #[error("the delete mover is still running")]
+    #[error("the delete mover is still running or waits for a slot")]
     CleanupPending,
+    #[error("the object changed since it was read")]
+    Stale,
     #[error("deleting the archives failed: {0}")]
     CleanupFailed(String),
     #[error(transparent)]
@@ -95,6 +106,7 @@ impl Error {
         match self.inner() {
             Error::Kube(_) => "KubeApi",
             Error::CleanupPending => "CleanupPending",
+            Error::Stale => "Stale",
             Error::CleanupFailed(_) => "CleanupFailed",
             Error::Finalizer(_) => "Finalizer",
         }
@@ -120,9 +132,20 @@ pub struct Context {
     pub client: Client,
     pub config: OperatorConfig,
     pub metrics: Arc<Metrics>,
+    /// Mover Jobs and pods, Snapshots and SnapshotRestores, as the watches last saw them.
+    pub cluster: Cluster,
     recorder: Recorder,
-    /// Serialises "count running movers, then start one", so the cap holds.
-    pub mover_slots: tokio::sync::Mutex<()>,
+    /// Who waits for a mover slot; serialises "count running movers, then start one".
+    slots: std::sync::Mutex<Slots>,
+    /// Reconciles those next in line when a slot frees.
+    wake: Wake,
+}
+
+/// Senders that trigger a reconcile of a waiting resource.
+#[derive(Default)]
+pub struct Wake {
+    pub snapshots: Option<mpsc::UnboundedSender<ObjectRef<Snapshot>>>,
+    pub restores: Option<mpsc::UnboundedSender<ObjectRef<SnapshotRestore>>>,
 }
 
 impl Context {
@@ -131,6 +154,8 @@ impl Context {
         config: OperatorConfig,
         metrics: Arc<Metrics>,
         identity: &str,
+        cluster: Cluster,
+        wake: Wake,
     ) -> Self {
         let reporter = Reporter {
             controller: FIELD_MANAGER.into(),
@@ -141,7 +166,130 @@ impl Context {
             client,
             config,
             metrics,
-            mover_slots: tokio::sync::Mutex::new(()),
+            cluster,
+            slots: std::sync::Mutex::new(Slots::default()),
+            wake,
+        }
+    }
+
+    fn limits(&self) -> Limits {
+        let total = self.config.max_concurrent_movers as usize;
+        Limits {
+            total,
+            per_namespace: self
+                .config
+                .max_concurrent_movers_per_namespace
+                .map_or(total, |n| n as usize),
+        }
+    }
+
+    /// Whether `who` gets a mover slot now (its turn, under both caps), for the Job `job`
+    /// it then creates; otherwise `who` waits in line and is reconciled when its turn comes.
+    pub fn take_slot(&self, who: Claimant, job: &str) -> bool {
+        let job = Busy {
+            namespace: who.namespace.clone(),
+            job: job.to_owned(),
+        };
+        let mut slots = self.slots.lock().expect("slots lock");
+        let now = Instant::now();
+        let granted = slots.request(&who, &job, &self.cluster.busy_slots(), self.limits(), now);
+        if granted {
+            // Counted until the store shows the Job.
+            slots.started(job, now);
+        }
+        granted
+    }
+
+    /// The mover Job `name` of the resource `owner_uid`, with its pods. The two come from
+    /// different watches: when the Job has finished but the pod whose report it calls for is
+    /// not in the store yet, the Job's pods are read from the API server.
+    pub async fn mover(
+        &self,
+        namespace: &str,
+        name: &str,
+        owner_uid: &str,
+    ) -> Result<Option<Mover>, Error> {
+        let Some(mut mover) = self.cluster.mover(namespace, name, owner_uid) else {
+            return Ok(None);
+        };
+        if mover.outcome().is_some() && jobs::reporting(&mover.job, &mover.pods).is_none() {
+            let job_uid = mover.job.uid().unwrap_or_default();
+            mover.pods = Api::<Pod>::namespaced(self.client.clone(), namespace)
+                .list(&ListParams::default().labels(&format!("job-name={name}")))
+                .await?
+                .items
+                .into_iter()
+                .filter(|p| cluster::controlled_by(&p.metadata, &job_uid))
+                .map(Arc::new)
+                .collect();
+        }
+        Ok(Some(mover))
+    }
+
+    /// A mover Job changed (as the store now shows it): its owner looks at it, and a slot
+    /// it freed goes to the next in line.
+    fn mover_changed(&self, job: &Job) {
+        let namespace = job.metadata.namespace.clone().unwrap_or_default();
+        for owner in job
+            .owner_references()
+            .iter()
+            .filter(|o| o.controller == Some(true))
+        {
+            let woken = match owner.kind.as_str() {
+                "Snapshot" => self.wake.snapshots.as_ref().map(|tx| {
+                    tx.send(ObjectRef::new(&owner.name).within(&namespace))
+                        .is_ok()
+                }),
+                "SnapshotRestore" => self.wake.restores.as_ref().map(|tx| {
+                    tx.send(ObjectRef::new(&owner.name).within(&namespace))
+                        .is_ok()
+                }),
+                _ => None,
+            };
+            tracing::trace!(owner = %owner.name, ?woken, "a mover changed");
+        }
+        self.wake_waiters();
+    }
+
+    /// Deletes the finished mover Jobs `names` of `owner` (their results recorded): finished
+    /// Jobs would otherwise pile up.
+    pub async fn remove_finished_movers<K: Resource<DynamicType = ()>>(
+        &self,
+        owner: &K,
+        names: impl Iterator<Item = String>,
+    ) -> Result<(), Error> {
+        let meta = owner.meta();
+        let ns = meta.namespace.clone().unwrap_or_default();
+        let uid = meta.uid.clone().unwrap_or_default();
+        for name in names {
+            if let Some(m) = self.cluster.mover(&ns, &name, &uid)
+                && m.outcome().is_some()
+            {
+                jobs::delete(&self.client, &m.job).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// After a mover finished: reconciles those next in line for the free slots.
+    pub fn wake_waiters(&self) {
+        let next = {
+            let mut slots = self.slots.lock().expect("slots lock");
+            slots.retain(|who| self.cluster.exists(who));
+            slots.next(&self.cluster.busy_slots(), self.limits(), Instant::now())
+        };
+        for who in next {
+            let sent = match who.kind {
+                Kind::Snapshot => self.wake.snapshots.as_ref().map(|tx| {
+                    tx.send(ObjectRef::new(&who.name).within(&who.namespace))
+                        .is_ok()
+                }),
+                Kind::SnapshotRestore => self.wake.restores.as_ref().map(|tx| {
+                    tx.send(ObjectRef::new(&who.name).within(&who.namespace))
+                        .is_ok()
+                }),
+            };
+            tracing::debug!(?who, ?sent, "a mover slot is free");
         }
     }
 
@@ -187,23 +335,33 @@ impl Context {
     }
 }
 
-/// Writes a resource's status (server-side apply, with `apiVersion` and `kind`).
-pub async fn patch_status<K>(api: &Api<K>, name: &str, status: &impl Serialize) -> Result<(), Error>
+/// Writes a resource's status (server-side apply, with `apiVersion` and `kind`), on
+/// condition that the object is still the version read: a pass that worked from an older one
+/// fails with [`Error::Stale`] and changes nothing.
+pub async fn patch_status<K>(api: &Api<K>, object: &K, status: &impl Serialize) -> Result<(), Error>
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
 {
+    let meta = object.meta();
     let patch = serde_json::json!({
         "apiVersion": K::api_version(&()),
         "kind": K::kind(&()),
+        "metadata": {"resourceVersion": meta.resource_version},
         "status": status,
     });
-    api.patch_status(
-        name,
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await?;
-    Ok(())
+    let name = meta.name.clone().unwrap_or_default();
+    match api
+        .patch_status(
+            &name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 409 => Err(Error::Stale),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// The `resource` label of a kind in the metrics: `snapshot`, `snapshotrestore`.
@@ -223,8 +381,7 @@ pub async fn reject<K>(
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
 {
-    let name = object.meta().name.clone().unwrap_or_default();
-    patch_status(api, &name, status).await?;
+    patch_status(api, object, status).await?;
     ctx.metrics
         .failed(&resource_label::<K>(), reason::INVALID_SPEC);
     ctx.publish(
@@ -246,8 +403,11 @@ pub fn error_policy<K: Resource<DynamicType = ()>>(
 ) -> Action {
     // Waiting for a delete mover is a normal state, not a failure (the finalizer helper
     // keeps the finalizer only when cleanup returns an error).
-    if let Error::CleanupPending = error.inner() {
-        return Action::requeue(Duration::from_secs(5));
+    match error.inner() {
+        Error::CleanupPending => return Action::requeue(Duration::from_secs(5)),
+        // The watch brings the newer version; look again soon.
+        Error::Stale => return Action::requeue(Duration::from_secs(1)),
+        _ => {}
     }
     let kind = resource_label::<K>();
     ctx.metrics.failed(&kind, error.reason());
@@ -291,36 +451,96 @@ pub async fn run(args: ControllerArgs) -> Result<(), ControllerError> {
             }
         }
     }
-    let ctx = Arc::new(Context::new(client, config, metrics, &identity));
-    controllers(ctx).await;
+    controllers(client, config, metrics, &identity).await;
     Ok(())
 }
 
 /// Runs the reconcilers until SIGTERM (the process must already lead, if it elects).
-pub async fn controllers(ctx: Arc<Context>) {
-    let client = ctx.client.clone();
+pub async fn controllers(
+    client: Client,
+    config: OperatorConfig,
+    metrics: Arc<Metrics>,
+    identity: &str,
+) {
     let movers = watcher::Config::default().labels(&format!(
         "{}={}",
         mover::MANAGED_BY.0,
         mover::MANAGED_BY.1
     ));
+    // Reads come from stores of the operator's Jobs and pods (by label: their size follows
+    // the movers, not the cluster).
+    let (jobs, job_writer) = reflector::store::<Job>();
+    let (pods, pod_writer) = reflector::store::<Pod>();
+    let job_events = reflector(
+        job_writer,
+        watcher(Api::<Job>::all(client.clone()), movers.clone()),
+    )
+    .default_backoff();
+    let pod_events =
+        reflector(pod_writer, watcher(Api::<Pod>::all(client.clone()), movers)).default_backoff();
+    let (wake_snapshots, woken_snapshots) = mpsc::unbounded_channel();
+    let (wake_restores, woken_restores) = mpsc::unbounded_channel();
     let snapshots = Controller::new(
         Api::<Snapshot>::all(client.clone()),
         watcher::Config::default(),
     )
-    .owns(Api::<Job>::all(client.clone()), movers.clone())
-    .shutdown_on_signal()
-    .run(snapshot::reconcile, error_policy, ctx.clone())
-    .for_each(log_result);
+    .reconcile_on(received(woken_snapshots))
+    .shutdown_on_signal();
     let restores = Controller::new(
         Api::<SnapshotRestore>::all(client.clone()),
         watcher::Config::default(),
     )
-    .owns(Api::<Job>::all(client), movers)
-    .shutdown_on_signal()
-    .run(restore::reconcile, error_policy, ctx)
-    .for_each(log_result);
+    .reconcile_on(received(woken_restores))
+    .shutdown_on_signal();
+    let cluster = Cluster {
+        jobs: jobs.clone(),
+        pods: pods.clone(),
+        snapshots: snapshots.store(),
+        restores: restores.store(),
+    };
+    let wake = Wake {
+        snapshots: Some(wake_snapshots),
+        restores: Some(wake_restores),
+    };
+    let ctx = Arc::new(Context::new(
+        client, config, metrics, identity, cluster, wake,
+    ));
+    let woken = ctx.clone();
+    // Owners are woken from this stream, after the store took the change: a reconcile
+    // woken by a Job's change sees that change.
+    tokio::spawn(job_events.for_each(move |event| {
+        match event {
+            Ok(watcher::Event::Apply(job) | watcher::Event::Delete(job)) => {
+                woken.mover_changed(&job);
+            }
+            Ok(watcher::Event::InitDone) => woken.wake_waiters(),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "watching mover Jobs"),
+        }
+        std::future::ready(())
+    }));
+    tokio::spawn(pod_events.for_each(|event| {
+        if let Err(e) = event {
+            tracing::warn!(error = %e, "watching mover pods");
+        }
+        std::future::ready(())
+    }));
+    let snapshots = snapshots
+        .run(snapshot::reconcile, error_policy, ctx.clone())
+        .for_each(log_result);
+    let restores = restores
+        .run(restore::reconcile, error_policy, ctx)
+        .for_each(log_result);
     tokio::join!(snapshots, restores);
+}
+
+/// The values sent on a channel, as a stream.
+fn received<T: Send + 'static>(
+    receiver: mpsc::UnboundedReceiver<T>,
+) -> impl futures_util::Stream<Item = T> + Send + 'static {
+    futures_util::stream::unfold(receiver, |mut receiver| async move {
+        receiver.recv().await.map(|item| (item, receiver))
+    })
 }
 
 async fn log_result<T, E: std::fmt::Display>(result: Result<T, E>) {

@@ -7,28 +7,30 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::runtime::finalizer::{self, finalizer};
+use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 
+use super::jobs::{self, Mover};
 use super::mover::{self, MoverJob};
+use super::slots::{Claimant, Kind};
 use super::snapshot::{effective_storage, validate_storage};
 use super::workload::{self, Node};
-use super::{Context, Error, FINALIZER, jobs, patch_status, reject, resource_label};
+use super::{Context, Error, FINALIZER, patch_status, reject, resource_label};
 use crate::api::condition::{self, reason};
 use crate::api::restore::{
     NodePhase, NodeRestore, RestorePhase, SnapshotRestore, SnapshotRestoreSpec,
     SnapshotRestoreStatus,
 };
-use crate::api::snapshot::{ArchivePhase, Phase, Snapshot, Storage};
+use crate::api::snapshot::{ArchivePhase, Phase, Storage};
 use crate::engine::name;
-use crate::protocol::{MoverReport, MoverTask, RestoreTask, TERMINATION_LOG};
+use crate::protocol::{MoverTask, RestoreTask, TERMINATION_LOG};
 
 const RECHECK: Duration = Duration::from_secs(10);
 
@@ -223,21 +225,21 @@ fn invalid_status(restore: &SnapshotRestore, message: &str, now: Time) -> Snapsh
     }
 }
 
-/// Applies a mover's state to a node entry (pure).
-pub fn next_node(
-    entry: &NodeRestore,
-    job: Option<&Job>,
-    pods: &[Pod],
-    started: bool,
-) -> NodeRestore {
-    let mut n = entry.clone();
-    if matches!(
-        n.phase,
+/// Whether a node's restore is over.
+pub fn is_final(node: &NodeRestore) -> bool {
+    matches!(
+        node.phase,
         NodePhase::Restored | NodePhase::Skipped | NodePhase::Failed
-    ) {
+    )
+}
+
+/// Applies a mover's state to a node entry (pure).
+pub fn next_node(entry: &NodeRestore, mover: Option<&Mover>, started: bool) -> NodeRestore {
+    let mut n = entry.clone();
+    if is_final(&n) {
         return n;
     }
-    let Some(job) = job else {
+    let Some(mover) = mover else {
         n.phase = if started {
             NodePhase::Running
         } else {
@@ -245,10 +247,10 @@ pub fn next_node(
         };
         return n;
     };
-    match jobs::outcome(job) {
+    match mover.outcome() {
         None => n.phase = NodePhase::Running,
         Some(succeeded) => {
-            let report: MoverReport = jobs::report(job, pods);
+            let report = mover.report();
             n.bytes = report.size.and_then(|s| i64::try_from(s).ok());
             if succeeded {
                 n.phase = if report.outcome.as_deref() == Some("Skipped") {
@@ -273,6 +275,7 @@ pub fn next_node(
 /// Reconciles one SnapshotRestore.
 pub async fn reconcile(restore: Arc<SnapshotRestore>, ctx: Arc<Context>) -> Result<Action, Error> {
     ctx.metrics.reconciled(&resource_label::<SnapshotRestore>());
+    ctx.cluster.ready().await;
     let ns = restore.namespace().unwrap_or_default();
     let api: Api<SnapshotRestore> = Api::namespaced(ctx.client.clone(), &ns);
     finalizer(&api, FINALIZER, restore, |event| async {
@@ -323,8 +326,11 @@ async fn archives(
     let Some(reference) = &spec.source.snapshot_ref else {
         return Ok(Err(("no source".into(), false)));
     };
-    let api: Api<Snapshot> = Api::namespaced(ctx.client.clone(), &ns);
-    let Some(snap) = api.get_opt(&reference.name).await? else {
+    let Some(snap) = ctx
+        .cluster
+        .snapshots
+        .get(&ObjectRef::new(&reference.name).within(&ns))
+    else {
         return Ok(Err((
             format!("Snapshot {} not found in {ns}", reference.name),
             false,
@@ -383,9 +389,12 @@ async fn scale(ctx: &Context, restore: &SnapshotRestore, replicas: i32) -> Resul
 
 async fn apply(restore: &SnapshotRestore, ctx: &Context) -> Result<Action, Error> {
     let ns = restore.namespace().unwrap_or_default();
-    let name = restore.name_any();
     let api: Api<SnapshotRestore> = Api::namespaced(ctx.client.clone(), &ns);
     let old = restore.status.clone().unwrap_or_default();
+    // Finished movers whose results the status holds have done their part.
+    let recorded = old.nodes.iter().filter(|n| is_final(n));
+    ctx.remove_finished_movers(restore, recorded.map(|n| job_name(restore, &n.node)))
+        .await?;
     if matches!(
         old.phase,
         Some(RestorePhase::Succeeded | RestorePhase::Failed)
@@ -407,7 +416,7 @@ async fn apply(restore: &SnapshotRestore, ctx: &Context) -> Result<Action, Error
                 Some(message),
                 Time(jiff::Timestamp::now()),
             );
-            patch_status(&api, &name, &status).await?;
+            patch_status(&api, restore, &status).await?;
             return Ok(Action::requeue(RECHECK));
         }
         Err((message, false)) => return invalid(restore, ctx, &api, &message).await,
@@ -494,7 +503,7 @@ async fn apply(restore: &SnapshotRestore, ctx: &Context) -> Result<Action, Error
                 )),
                 Time(jiff::Timestamp::now()),
             );
-            patch_status(&api, &name, &status).await?;
+            patch_status(&api, restore, &status).await?;
             scale(ctx, restore, 0).await?;
             ctx.publish(
                 restore,
@@ -517,7 +526,7 @@ async fn apply(restore: &SnapshotRestore, ctx: &Context) -> Result<Action, Error
                 Some(format!("waiting for pods to stop: {}", in_use.join(", "))),
                 Time(jiff::Timestamp::now()),
             );
-            patch_status(&api, &name, &status).await?;
+            patch_status(&api, restore, &status).await?;
             return Ok(Action::requeue(Duration::from_secs(3)));
         }
     } else {
@@ -536,54 +545,36 @@ async fn apply(restore: &SnapshotRestore, ctx: &Context) -> Result<Action, Error
 
     // The movers.
     let uid = restore.uid().unwrap_or_default();
-    let movers = jobs::list(&ctx.client, &ns, &uid).await?;
+    let mut movers: Vec<Option<Mover>> = Vec::new();
+    for e in &entries {
+        movers.push(ctx.mover(&ns, &job_name(restore, &e.node), &uid).await?);
+    }
     let mut next = Vec::new();
-    for entry in &entries {
-        let job = jobs::find(&movers, &entry.node, "restore");
+    for (entry, mover) in entries.iter().zip(&movers) {
         let mut started = false;
-        if job.is_none() && entry.phase == NodePhase::Pending {
+        if mover.is_none() && entry.phase == NodePhase::Pending {
             let assignment = assignments.iter().find(|a| a.node.name == entry.node);
             if let Some(Assignment {
                 location: Some(location),
                 checksum,
                 ..
             }) = assignment
+                && ctx.take_slot(claimant(restore, entry), &job_name(restore, &entry.node))
             {
-                started = start_mover(
-                    restore,
-                    ctx,
-                    entry,
+                let source = MoverSource {
                     location,
-                    checksum.as_deref(),
-                    storage.as_ref(),
-                )
-                .await?;
+                    checksum: checksum.as_deref(),
+                    storage: storage.as_ref(),
+                };
+                start_mover(restore, ctx, entry, source).await?;
+                started = true;
             }
         }
-        if let Some(job) = job
-            && jobs::outcome(job).is_some()
-            && !matches!(
-                entry.phase,
-                NodePhase::Restored | NodePhase::Skipped | NodePhase::Failed
-            )
-        {
-            ctx.metrics.mover_finished("restore", jobs::duration(job));
-        }
-        let updated = next_node(entry, job, &pods, started);
-        if matches!(updated.phase, NodePhase::Restored) && entry.phase != NodePhase::Restored {
-            ctx.metrics
-                .restored(updated.bytes.unwrap_or(0).max(0) as u64);
-        }
-        next.push(updated);
+        next.push(next_node(entry, mover.as_ref(), started));
     }
 
     // Start the workload again once every mover is done, whatever their outcome.
-    let finished = next.iter().all(|n| {
-        matches!(
-            n.phase,
-            NodePhase::Restored | NodePhase::Skipped | NodePhase::Failed
-        )
-    });
+    let finished = next.iter().all(is_final);
     let mut restarted = !restore.spec.stop_workload;
     if finished && let Some(replicas) = stopped_replicas {
         scale(ctx, restore, replicas).await?;
@@ -591,13 +582,29 @@ async fn apply(restore: &SnapshotRestore, ctx: &Context) -> Result<Action, Error
     }
     let status = next_status(
         restore,
-        next,
+        next.clone(),
         stopped_replicas,
         restarted,
         None,
         Time(jiff::Timestamp::now()),
     );
-    patch_status(&api, &name, &status).await?;
+    if restore.status.as_ref() != Some(&status) {
+        // Conditional on the status read: what follows is counted once.
+        patch_status(&api, restore, &status).await?;
+        for ((entry, updated), mover) in entries.iter().zip(&next).zip(&movers) {
+            if let Some(m) = mover
+                && !is_final(entry)
+                && is_final(updated)
+            {
+                ctx.metrics
+                    .mover_finished("restore", jobs::duration(&m.job));
+                if updated.phase == NodePhase::Restored {
+                    ctx.metrics
+                        .restored(updated.bytes.unwrap_or(0).max(0) as u64);
+                }
+            }
+        }
+    }
     if old.phase != status.phase {
         ctx.publish_ready(restore, status.conditions.first(), "Restore")
             .await;
@@ -608,31 +615,48 @@ async fn apply(restore: &SnapshotRestore, ctx: &Context) -> Result<Action, Error
     })
 }
 
+/// The mover Job of a node.
+fn job_name(restore: &SnapshotRestore, node: &str) -> String {
+    mover::job_name("rst", &restore.name_any(), node)
+}
+
+/// A node of a restore as it waits for a mover slot.
+fn claimant(restore: &SnapshotRestore, entry: &NodeRestore) -> Claimant {
+    Claimant {
+        namespace: restore.namespace().unwrap_or_default(),
+        kind: Kind::SnapshotRestore,
+        name: restore.name_any(),
+        node: entry.node.clone(),
+    }
+}
+
+/// What a node's mover restores.
+struct MoverSource<'a> {
+    location: &'a str,
+    checksum: Option<&'a str>,
+    storage: Option<&'a Storage>,
+}
+
+/// Starts the mover of one node (its slot taken).
 async fn start_mover(
     restore: &SnapshotRestore,
     ctx: &Context,
     entry: &NodeRestore,
-    location: &str,
-    checksum: Option<&str>,
-    storage: Option<&Storage>,
-) -> Result<bool, Error> {
-    let _slot = ctx.mover_slots.lock().await;
-    if !jobs::slot_free(&ctx.client, ctx.config.max_concurrent_movers).await? {
-        return Ok(false);
-    }
+    source: MoverSource<'_>,
+) -> Result<(), Error> {
     let spec = &restore.spec;
     let task = MoverTask::Restore(RestoreTask {
         dir: mover::data_dir(&spec.path),
-        location: location.to_owned(),
+        location: source.location.to_owned(),
         collection: spec.collection.clone(),
         source_collection: spec.source_collection.clone(),
         priority: spec.priority,
-        checksum: checksum.map(str::to_owned),
+        checksum: source.checksum.map(str::to_owned),
         termination_log: TERMINATION_LOG.into(),
     });
     let none = Storage::default();
     let job = MoverJob {
-        name: mover::job_name("rst", &restore.name_any(), &entry.node),
+        name: job_name(restore, &entry.node),
         namespace: restore.namespace().unwrap_or_default(),
         owner: restore
             .controller_owner_ref(&())
@@ -641,11 +665,10 @@ async fn start_mover(
         node: &entry.node,
         task,
         data: Some((&entry.claim, false)),
-        storage: storage.unwrap_or(&none),
+        storage: source.storage.unwrap_or(&none),
         pin_to: None,
     };
-    jobs::create(&ctx.client, &mover::job(&job, &ctx.config.mover)).await?;
-    Ok(true)
+    jobs::create(&ctx.client, &mover::job(&job, &ctx.config.mover)).await
 }
 
 /// On deletion: a workload stopped by this restore is started again.
@@ -832,15 +855,23 @@ mod tests {
 mod mock {
     //! Reconciliations against a mock API server: every request asserted.
     use super::*;
+    use crate::controller::cluster::Cluster;
     use crate::controller::config::OperatorConfig;
-    use crate::controller::testing::{Expect, event, list, scripted};
+    use crate::controller::testing::{
+        Expect, event, list, mover_job, mover_pod, scripted, statefulset, workload_pod,
+    };
+    use k8s_openapi::api::batch::v1::Job;
     use serde_json::{Value, json};
 
     const RESTORES: &str = "/apis/snapshot-operator.dev/v1alpha1/namespaces/ns/snapshotrestores/r";
     const JOBS: &str = "/apis/batch/v1/namespaces/ns/jobs";
     const STS: &str = "/apis/apps/v1/namespaces/ns/statefulsets/qdrant";
     const PODS: &str = "/api/v1/namespaces/ns/pods";
-    const SOURCE: &str = "/apis/snapshot-operator.dev/v1alpha1/namespaces/ns/snapshots/s";
+
+    /// The source Snapshot, finished, and no movers yet.
+    fn source() -> Cluster {
+        cluster("Succeeded", vec![], vec![])
+    }
 
     fn restore(spec: Value, status: Value, deleting: bool) -> SnapshotRestore {
         let mut meta = json!({"name": "r", "namespace": "ns", "uid": "uid-r", "generation": 1, "finalizers": [FINALIZER]});
@@ -881,42 +912,28 @@ mod mock {
                 {"node": "qdrant-1", "claim": "data-qdrant-1", "phase": "Succeeded", "name": "products-qdrant-1.snapshot", "checksum": "bb"}]}})
     }
 
-    fn statefulset() -> Value {
-        json!({"apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": {"name": "qdrant", "namespace": "ns"},
-               "spec": {"replicas": 2, "selector": {}, "serviceName": "qdrant", "template": {},
-                        "volumeClaimTemplates": [{"metadata": {"name": "data"}}]}})
-    }
-
     fn scale(replicas: i32) -> Value {
         json!({"apiVersion": "autoscaling/v1", "kind": "Scale", "metadata": {"name": "qdrant", "namespace": "ns"}, "spec": {"replicas": replicas}})
     }
 
-    fn workload_pod(i: u32) -> Value {
-        json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": format!("qdrant-{i}"), "namespace": "ns"},
-               "spec": {"nodeName": "w", "containers": [], "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": format!("data-qdrant-{i}")}}]},
-               "status": {"phase": "Running"}})
+    /// What the watches hold: the source Snapshot in `phase`, and these movers.
+    fn cluster(phase: &str, jobs: Vec<Job>, pods: Vec<Pod>) -> Cluster {
+        let source = serde_json::from_value(snapshot(phase)).unwrap();
+        Cluster::of(jobs, pods, vec![source], vec![])
     }
 
-    fn mover_job(node: &str, done: bool) -> Value {
-        let mut job = json!({"apiVersion": "batch/v1", "kind": "Job",
-            "metadata": {"name": mover::job_name("rst", "r", node), "namespace": "ns", "labels": mover::labels("uid-r", "restore", node)},
-            "spec": {"template": {}}});
-        if done {
-            job["status"] = json!({"conditions": [{"type": "Complete", "status": "True"}]});
-        }
-        job
+    fn finished(node: &str, message: &str) -> (Job, Pod) {
+        let job = mover_job("rst", ("r", "uid-r"), node, Some("Complete"));
+        let pod = mover_pod(&job, 0, message, 3, true);
+        (job, pod)
     }
 
-    fn mover_pod(node: &str, message: &str) -> Value {
-        json!({"apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": format!("m-{node}"), "namespace": "ns", "labels": {"job-name": mover::job_name("rst", "r", node)}},
-            "spec": {"containers": []},
-            "status": {"phase": "Succeeded", "containerStatuses": [{"name": "mover", "image": "x", "imageID": "", "ready": false, "restartCount": 0,
-                "state": {"terminated": {"exitCode": 0, "message": message}}}]}})
-    }
-
-    async fn run(r: SnapshotRestore, script: Vec<Expect>) -> Result<Action, Error> {
-        scripted(OperatorConfig::default(), script, |ctx| {
+    async fn run(
+        r: SnapshotRestore,
+        cluster: Cluster,
+        script: Vec<Expect>,
+    ) -> Result<Action, Error> {
+        scripted(OperatorConfig::default(), cluster, script, |ctx| {
             reconcile(Arc::new(r), ctx)
         })
         .await
@@ -931,12 +948,11 @@ mod mock {
     #[tokio::test]
     async fn stop_workload_records_replicas_before_scaling_to_zero() {
         let script = vec![
-            Expect::new("GET", SOURCE, snapshot("Succeeded")),
-            Expect::new("GET", STS, statefulset()),
+            Expect::new("GET", STS, statefulset(2)),
             Expect::new(
                 "GET",
                 PODS,
-                list("Pod", vec![workload_pod(0), workload_pod(1)]),
+                list("Pod", vec![workload_pod(0, "w"), workload_pod(1, "w")]),
             ),
             Expect::new("GET", format!("{STS}/scale"), scale(2)),
             status_check(|s| {
@@ -947,14 +963,13 @@ mod mock {
                 .check(|b| assert_eq!(b["spec"]["replicas"], 0)),
             event("StoppingWorkload"),
         ];
-        run(restore(spec(true), Value::Null, false), script)
+        run(restore(spec(true), Value::Null, false), source(), script)
             .await
             .unwrap();
 
         // Pods still running: wait, no movers.
         let script = vec![
-            Expect::new("GET", SOURCE, snapshot("Succeeded")),
-            Expect::new("GET", PODS, list("Pod", vec![workload_pod(1)])),
+            Expect::new("GET", PODS, list("Pod", vec![workload_pod(1, "w")])),
             Expect::new("PATCH", format!("{STS}/scale"), scale(0))
                 .check(|b| assert_eq!(b["spec"]["replicas"], 0)),
             status_check(|s| {
@@ -965,19 +980,19 @@ mod mock {
                 );
             }),
         ];
-        run(restore(spec(true), pending_nodes(), false), script)
-            .await
-            .unwrap();
+        run(
+            restore(spec(true), pending_nodes(), false),
+            source(),
+            script,
+        )
+        .await
+        .unwrap();
     }
 
     #[tokio::test]
     async fn stopped_workload_gets_one_restore_mover_per_node_with_its_archive() {
-        let slots = || Expect::new("GET", "/apis/batch/v1/jobs?", list("Job", vec![]));
         let script = vec![
-            Expect::new("GET", SOURCE, snapshot("Succeeded")),
             Expect::new("GET", PODS, list("Pod", vec![])),
-            Expect::new("GET", JOBS, list("Job", vec![])),
-            slots(),
             Expect::new(
                 "PATCH",
                 format!("{JOBS}/{}", mover::job_name("rst", "r", "qdrant-0")),
@@ -1014,7 +1029,6 @@ mod mock {
                     "{env}"
                 );
             }),
-            slots(),
             Expect::new(
                 "PATCH",
                 format!("{JOBS}/{}", mover::job_name("rst", "r", "qdrant-1")),
@@ -1031,9 +1045,13 @@ mod mock {
             }),
             event("Running"),
         ];
-        run(restore(spec(true), pending_nodes(), false), script)
-            .await
-            .unwrap();
+        run(
+            restore(spec(true), pending_nodes(), false),
+            source(),
+            script,
+        )
+        .await
+        .unwrap();
     }
 
     #[tokio::test]
@@ -1041,30 +1059,14 @@ mod mock {
         let running = json!({"stoppedReplicas": 2, "phase": "Running", "nodes": [
             {"node": "qdrant-0", "claim": "data-qdrant-0", "phase": "Running"},
             {"node": "qdrant-1", "claim": "data-qdrant-1", "phase": "Running"}]});
+        let (job0, pod0) = finished("qdrant-0", r#"{"outcome":"Restored","size":4096}"#);
+        let (job1, pod1) = finished(
+            "qdrant-1",
+            r#"{"outcome":"Skipped","reason":"collection \"products\" already exists on this node","size":10}"#,
+        );
+        let movers = cluster("Succeeded", vec![job0, job1], vec![pod0, pod1]);
         let script = vec![
-            Expect::new("GET", SOURCE, snapshot("Succeeded")),
-            Expect::new(
-                "GET",
-                PODS,
-                list(
-                    "Pod",
-                    vec![
-                        mover_pod("qdrant-0", r#"{"outcome":"Restored","size":4096}"#),
-                        mover_pod(
-                            "qdrant-1",
-                            r#"{"outcome":"Skipped","reason":"collection \"products\" already exists on this node","size":10}"#,
-                        ),
-                    ],
-                ),
-            ),
-            Expect::new(
-                "GET",
-                JOBS,
-                list(
-                    "Job",
-                    vec![mover_job("qdrant-0", true), mover_job("qdrant-1", true)],
-                ),
-            ),
+            Expect::new("GET", PODS, list("Pod", vec![])),
             Expect::new("PATCH", format!("{STS}/scale"), scale(2))
                 .check(|b| assert_eq!(b["spec"]["replicas"], 2)),
             status_check(|s| {
@@ -1082,9 +1084,15 @@ mod mock {
             }),
             event("Succeeded"),
         ];
-        let action = run(restore(spec(true), running, false), script)
-            .await
-            .unwrap();
+        let (action, metrics) = scripted(OperatorConfig::default(), movers, script, |ctx| {
+            reconcile(Arc::new(restore(spec(true), running, false)), ctx)
+        })
+        .await;
+        let action = action.unwrap();
+        assert!(
+            metrics.contains("snapshot_operator_restored_bytes_total 4096"),
+            "{metrics}"
+        );
         assert_eq!(action, Action::await_change());
     }
 
@@ -1094,8 +1102,13 @@ mod mock {
         s.as_object_mut().unwrap().remove("collection");
         let mut full = snapshot("Succeeded");
         full["spec"].as_object_mut().unwrap().remove("collection");
+        let full = Cluster::of(
+            vec![],
+            vec![],
+            vec![serde_json::from_value(full).unwrap()],
+            vec![],
+        );
         let script = vec![
-            Expect::new("GET", SOURCE, full),
             status_check(|s| {
                 assert_eq!(s["conditions"][0]["reason"], "InvalidSpec");
                 assert!(
@@ -1107,7 +1120,7 @@ mod mock {
             }),
             event("InvalidSpec"),
         ];
-        let (action, metrics) = scripted(OperatorConfig::default(), script, |ctx| {
+        let (action, metrics) = scripted(OperatorConfig::default(), full, script, |ctx| {
             reconcile(Arc::new(restore(s, Value::Null, false)), ctx)
         })
         .await;
@@ -1123,14 +1136,12 @@ mod mock {
     #[tokio::test]
     async fn claims_of_running_pods_are_refused_without_stop_workload() {
         let script = vec![
-            Expect::new("GET", SOURCE, snapshot("Succeeded")),
-            Expect::new("GET", STS, statefulset()),
+            Expect::new("GET", STS, statefulset(2)),
             Expect::new(
                 "GET",
                 PODS,
-                list("Pod", vec![workload_pod(0), workload_pod(1)]),
+                list("Pod", vec![workload_pod(0, "w"), workload_pod(1, "w")]),
             ),
-            Expect::new("GET", JOBS, list("Job", vec![])),
             status_check(|s| {
                 assert_eq!(s["phase"], "Failed");
                 let message = s["nodes"][0]["message"].as_str().unwrap();
@@ -1142,27 +1153,28 @@ mod mock {
             }),
             event("Failed"),
         ];
-        run(restore(spec(false), Value::Null, false), script)
+        run(restore(spec(false), Value::Null, false), source(), script)
             .await
             .unwrap();
     }
 
     #[tokio::test]
     async fn an_unfinished_snapshot_is_waited_for() {
-        let script = vec![
-            Expect::new("GET", SOURCE, snapshot("Running")),
-            status_check(|s| {
-                assert_eq!(s["phase"], "Pending");
-                assert_eq!(
-                    s["conditions"][0]["message"],
-                    "waiting for Snapshot s to finish"
-                );
-            }),
-        ];
+        let script = vec![status_check(|s| {
+            assert_eq!(s["phase"], "Pending");
+            assert_eq!(
+                s["conditions"][0]["message"],
+                "waiting for Snapshot s to finish"
+            );
+        })];
         assert_eq!(
-            run(restore(spec(true), Value::Null, false), script)
-                .await
-                .unwrap(),
+            run(
+                restore(spec(true), Value::Null, false),
+                cluster("Running", vec![], vec![]),
+                script
+            )
+            .await
+            .unwrap(),
             Action::requeue(RECHECK)
         );
     }
@@ -1181,6 +1193,7 @@ mod mock {
                 json!({"stoppedReplicas": 3, "phase": "Running"}),
                 true,
             ),
+            source(),
             script,
         )
         .await

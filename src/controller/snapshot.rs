@@ -6,7 +6,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, ListParams};
@@ -15,8 +14,10 @@ use kube::runtime::events::EventType;
 use kube::runtime::finalizer::{self, finalizer};
 use kube::{Resource, ResourceExt};
 
+use super::jobs::{self, Mover};
 use super::mover::{self, MoverJob};
-use super::{Context, Error, FINALIZER, jobs, patch_status, reject, resource_label, workload};
+use super::slots::{Claimant, Kind};
+use super::{Context, Error, FINALIZER, patch_status, reject, resource_label, workload};
 use crate::api::condition::{self, reason};
 use crate::api::snapshot::{
     ArchivePhase, ArchiveStatus, DeletionPolicy, Phase, Snapshot, SnapshotSpec, SnapshotStatus,
@@ -86,21 +87,30 @@ pub enum NodeStep {
     },
 }
 
-/// Decides per node from the archives recorded so far, the movers and their pods (pure).
-pub fn plan(archives: &[ArchiveStatus], movers: &[Job], pods: &[Pod]) -> Vec<NodeStep> {
+/// Whether a node's archive is final.
+pub fn is_final(archive: &ArchiveStatus) -> bool {
+    matches!(
+        archive.phase,
+        ArchivePhase::Succeeded | ArchivePhase::Failed
+    )
+}
+
+/// Decides per node from the archives recorded so far and their movers (pure).
+pub fn plan(archives: &[ArchiveStatus], movers: &[Option<Mover>]) -> Vec<NodeStep> {
     archives
         .iter()
-        .map(|a| {
-            if matches!(a.phase, ArchivePhase::Succeeded | ArchivePhase::Failed) {
+        .zip(movers)
+        .map(|(a, mover)| {
+            if is_final(a) {
                 return NodeStep::Keep;
             }
-            match jobs::find(movers, &a.node, "snapshot") {
+            match mover {
                 None => NodeStep::Start,
-                Some(job) => match jobs::outcome(job) {
+                Some(m) => match m.outcome() {
                     None => NodeStep::Running,
                     Some(succeeded) => NodeStep::Finished {
                         succeeded,
-                        report: jobs::report(job, pods),
+                        report: m.report(),
                     },
                 },
             }
@@ -271,6 +281,7 @@ pub fn invalid_status(snap: &Snapshot, message: &str, now: Time) -> SnapshotStat
 /// Reconciles one Snapshot.
 pub async fn reconcile(snap: Arc<Snapshot>, ctx: Arc<Context>) -> Result<Action, Error> {
     ctx.metrics.reconciled(&resource_label::<Snapshot>());
+    ctx.cluster.ready().await;
     let ns = snap.namespace().unwrap_or_default();
     let api: Api<Snapshot> = Api::namespaced(ctx.client.clone(), &ns);
     finalizer(&api, FINALIZER, snap, |event| async {
@@ -285,9 +296,12 @@ pub async fn reconcile(snap: Arc<Snapshot>, ctx: Arc<Context>) -> Result<Action,
 
 async fn apply(snap: &Snapshot, ctx: &Context) -> Result<Action, Error> {
     let ns = snap.namespace().unwrap_or_default();
-    let name = snap.name_any();
     let api: Api<Snapshot> = Api::namespaced(ctx.client.clone(), &ns);
     let old = snap.status.clone().unwrap_or_default();
+    // Finished movers whose results the status holds have done their part.
+    let recorded = old.archives.iter().filter(|a| is_final(a));
+    ctx.remove_finished_movers(snap, recorded.map(|a| job_name(snap, &a.node)))
+        .await?;
     if matches!(old.phase, Some(Phase::Succeeded | Phase::Failed))
         && old.observed_generation == snap.meta().generation
     {
@@ -326,43 +340,55 @@ async fn apply(snap: &Snapshot, ctx: &Context) -> Result<Action, Error> {
             .collect();
     }
     let uid = snap.uid().unwrap_or_default();
-    let movers = jobs::list(&ctx.client, &ns, &uid).await?;
-    // Pods tell where claims are attached (to start movers) and hold movers' reports.
-    let needs_pods = archives.iter().any(|a| {
-        !matches!(a.phase, ArchivePhase::Succeeded | ArchivePhase::Failed)
-            && jobs::find(&movers, &a.node, "snapshot").is_none_or(|j| jobs::outcome(j).is_some())
-    });
-    let pods: Vec<Pod> = if needs_pods {
-        Api::<Pod>::namespaced(ctx.client.clone(), &ns)
-            .list(&ListParams::default())
-            .await?
-            .items
-    } else {
-        Vec::new()
-    };
-    let steps = plan(&archives, &movers, &pods);
+    let mut movers: Vec<Option<Mover>> = Vec::new();
+    for a in &archives {
+        movers.push(ctx.mover(&ns, &job_name(snap, &a.node), &uid).await?);
+    }
+    let steps = plan(&archives, &movers);
+    // Pods tell where claims are attached, to pin new movers: listed once a mover starts.
+    let mut pods: Option<Vec<Pod>> = None;
     let mut next = Vec::new();
     for (archive, step) in archives.iter().zip(&steps) {
-        let started = match step {
-            NodeStep::Start => start_mover(snap, ctx, archive, &storage, &pods).await?,
-            _ => false,
-        };
-        if let NodeStep::Finished {
-            succeeded: true,
-            report,
-        } = step
+        let mut started = false;
+        if *step == NodeStep::Start
+            && ctx.take_slot(claimant(snap, archive), &job_name(snap, &archive.node))
         {
-            ctx.metrics.archived(report.size.unwrap_or(0));
-        }
-        if let NodeStep::Finished { .. } = step
-            && let Some(job) = jobs::find(&movers, &archive.node, "snapshot")
-        {
-            ctx.metrics.mover_finished("snapshot", jobs::duration(job));
+            if pods.is_none() {
+                pods = Some(
+                    Api::<Pod>::namespaced(ctx.client.clone(), &ns)
+                        .list(&ListParams::default())
+                        .await?
+                        .items,
+                );
+            }
+            start_mover(
+                snap,
+                ctx,
+                archive,
+                &storage,
+                pods.as_deref().unwrap_or_default(),
+            )
+            .await?;
+            started = true;
         }
         next.push(next_archive(archive, step, &storage, started));
     }
     let status = next_status(snap, next, &storage, Time(jiff::Timestamp::now()));
-    patch_status(&api, &name, &status).await?;
+    if snap.status.as_ref() != Some(&status) {
+        // Conditional on the status read: a pass that saw an older one changes nothing, so
+        // what follows is counted once.
+        patch_status(&api, snap, &status).await?;
+        for ((archive, step), mover) in archives.iter().zip(&steps).zip(&movers) {
+            if let (NodeStep::Finished { succeeded, report }, Some(m)) = (step, mover) {
+                ctx.metrics
+                    .mover_finished("snapshot", jobs::duration(&m.job));
+                if *succeeded && report.key.is_some() {
+                    ctx.metrics.archived(report.size.unwrap_or(0));
+                }
+                tracing::info!(node = %archive.node, succeeded, "snapshot mover finished");
+            }
+        }
+    }
     if old.phase != status.phase {
         ctx.publish_ready(snap, status.conditions.first(), "Snapshot")
             .await;
@@ -372,6 +398,21 @@ async fn apply(snap: &Snapshot, ctx: &Context) -> Result<Action, Error> {
         Some(Phase::Pending) => Action::requeue(PENDING_RECHECK),
         _ => Action::await_change(),
     })
+}
+
+/// The mover Job of a node.
+fn job_name(snap: &Snapshot, node: &str) -> String {
+    mover::job_name("snap", &snap.name_any(), node)
+}
+
+/// A node of a Snapshot as it waits for a mover slot.
+fn claimant(snap: &Snapshot, archive: &ArchiveStatus) -> Claimant {
+    Claimant {
+        namespace: snap.namespace().unwrap_or_default(),
+        kind: Kind::Snapshot,
+        name: snap.name_any(),
+        node: archive.node.clone(),
+    }
 }
 
 async fn invalid(
@@ -384,18 +425,14 @@ async fn invalid(
     reject(ctx, snap, api, &status, message).await
 }
 
-/// Starts the mover of one node if a slot is free; tells whether it started.
+/// Starts the mover of one node (its slot taken).
 async fn start_mover(
     snap: &Snapshot,
     ctx: &Context,
     archive: &ArchiveStatus,
     storage: &Storage,
     pods: &[Pod],
-) -> Result<bool, Error> {
-    let _slot = ctx.mover_slots.lock().await;
-    if !jobs::slot_free(&ctx.client, ctx.config.max_concurrent_movers).await? {
-        return Ok(false);
-    }
+) -> Result<(), Error> {
     let task = MoverTask::Snapshot(SnapshotTask {
         dir: mover::data_dir(&snap.spec.path),
         collection: snap.spec.collection.clone(),
@@ -403,7 +440,7 @@ async fn start_mover(
         termination_log: TERMINATION_LOG.into(),
     });
     let spec = MoverJob {
-        name: mover::job_name("snap", &snap.name_any(), &archive.node),
+        name: job_name(snap, &archive.node),
         namespace: snap.namespace().unwrap_or_default(),
         owner: snap
             .controller_owner_ref(&())
@@ -415,8 +452,7 @@ async fn start_mover(
         storage,
         pin_to: workload::node_of_claim(pods, &archive.claim),
     };
-    jobs::create(&ctx.client, &mover::job(&spec, &ctx.config.mover)).await?;
-    Ok(true)
+    jobs::create(&ctx.client, &mover::job(&spec, &ctx.config.mover)).await
 }
 
 /// Deletes the archives (through a delete mover) when the policy says so.
@@ -437,29 +473,37 @@ async fn cleanup(snap: &Snapshot, ctx: &Context) -> Result<Action, Error> {
     }
     let ns = snap.namespace().unwrap_or_default();
     let uid = snap.uid().unwrap_or_default();
-    let movers = jobs::list(&ctx.client, &ns, &uid).await?;
-    let Some(job) = jobs::find(&movers, "all", "delete") else {
-        let task = MoverTask::Delete(DeleteTask {
-            keys,
-            termination_log: TERMINATION_LOG.into(),
-        });
-        let spec = MoverJob {
-            name: mover::job_name("del", &snap.name_any(), "all"),
-            namespace: ns,
-            owner: snap
-                .controller_owner_ref(&())
-                .expect("a stored Snapshot has a UID"),
-            owner_uid: uid,
-            node: "all",
-            task,
-            data: None,
-            storage: &storage,
-            pin_to: None,
+    let name = mover::job_name("del", &snap.name_any(), "all");
+    let Some(m) = ctx.mover(&ns, &name, &uid).await? else {
+        let who = Claimant {
+            namespace: ns.clone(),
+            kind: Kind::Snapshot,
+            name: snap.name_any(),
+            node: "all".into(),
         };
-        jobs::create(&ctx.client, &mover::job(&spec, &ctx.config.mover)).await?;
+        if ctx.take_slot(who, &name) {
+            let task = MoverTask::Delete(DeleteTask {
+                keys,
+                termination_log: TERMINATION_LOG.into(),
+            });
+            let spec = MoverJob {
+                name,
+                namespace: ns,
+                owner: snap
+                    .controller_owner_ref(&())
+                    .expect("a stored Snapshot has a UID"),
+                owner_uid: uid,
+                node: "all",
+                task,
+                data: None,
+                storage: &storage,
+                pin_to: None,
+            };
+            jobs::create(&ctx.client, &mover::job(&spec, &ctx.config.mover)).await?;
+        }
         return Err(Error::CleanupPending);
     };
-    match jobs::outcome(job) {
+    match m.outcome() {
         None => Err(Error::CleanupPending),
         Some(true) => {
             ctx.publish(
@@ -473,11 +517,8 @@ async fn cleanup(snap: &Snapshot, ctx: &Context) -> Result<Action, Error> {
             Ok(Action::await_change())
         }
         Some(false) => {
-            let pods = Api::<Pod>::namespaced(ctx.client.clone(), &ns)
-                .list(&ListParams::default())
-                .await?
-                .items;
-            let message = jobs::report(job, &pods)
+            let message = m
+                .report()
                 .error
                 .unwrap_or_else(|| "the delete mover failed".into());
             ctx.publish(
@@ -488,7 +529,7 @@ async fn cleanup(snap: &Snapshot, ctx: &Context) -> Result<Action, Error> {
                 "Cleanup",
             )
             .await;
-            jobs::delete(&ctx.client, job).await?;
+            jobs::delete(&ctx.client, &m.job).await?;
             Err(Error::CleanupFailed(message))
         }
     }
@@ -687,13 +728,19 @@ mod tests {
 mod mock {
     //! Reconciliations against a mock API server: every request asserted.
     use super::*;
+    use crate::controller::cluster::Cluster;
     use crate::controller::config::OperatorConfig;
-    use crate::controller::testing::{Expect, event, list, not_found, scripted};
+    use crate::controller::testing::{
+        Expect, conflict, deleted, event, list, mover_job, mover_pod, movers, not_found, scripted,
+        statefulset, workload_pod,
+    };
+    use k8s_openapi::api::batch::v1::Job;
     use serde_json::{Value, json};
 
     const SNAPS: &str = "/apis/snapshot-operator.dev/v1alpha1/namespaces/ns/snapshots/s";
     const JOBS: &str = "/apis/batch/v1/namespaces/ns/jobs";
     const PODS: &str = "/api/v1/namespaces/ns/pods";
+    const STS: &str = "/apis/apps/v1/namespaces/ns/statefulsets/qdrant";
 
     /// The object as the API server returns it after a write.
     fn stored() -> Value {
@@ -701,7 +748,7 @@ mod mock {
     }
 
     fn snapshot(finalizers: bool, status: Value, deleting: bool) -> Snapshot {
-        let mut meta = json!({"name": "s", "namespace": "ns", "uid": "uid-1", "generation": 1});
+        let mut meta = json!({"name": "s", "namespace": "ns", "uid": "uid-1", "generation": 1, "resourceVersion": "7"});
         if finalizers {
             meta["finalizers"] = json!([FINALIZER]);
         }
@@ -723,37 +770,16 @@ mod mock {
         .unwrap()
     }
 
-    fn statefulset() -> Value {
-        json!({"apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": {"name": "qdrant", "namespace": "ns"},
-               "spec": {"replicas": 2, "selector": {}, "serviceName": "qdrant", "template": {},
-                        "volumeClaimTemplates": [{"metadata": {"name": "data"}}]}})
+    fn job(node: &str, condition: Option<&str>) -> Job {
+        mover_job("snap", ("s", "uid-1"), node, condition)
     }
 
-    fn workload_pod() -> Value {
-        json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "qdrant-0", "namespace": "ns"},
-               "spec": {"nodeName": "worker-a", "containers": [],
-                        "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": "data-qdrant-0"}}]},
-               "status": {"phase": "Running"}})
-    }
-
-    fn mover_job(node: &str, condition: Option<&str>) -> Value {
-        let name = mover::job_name("snap", "s", node);
-        let mut job = json!({"apiVersion": "batch/v1", "kind": "Job",
-            "metadata": {"name": name, "namespace": "ns", "labels": mover::labels("uid-1", "snapshot", node)},
-            "spec": {"template": {}}});
-        if let Some(c) = condition {
-            job["status"] = json!({"conditions": [{"type": c, "status": "True"}]});
-        }
-        job
-    }
-
-    fn mover_pod(node: &str, message: &str) -> Value {
-        json!({"apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": format!("mover-{node}"), "namespace": "ns",
-                         "labels": {"job-name": mover::job_name("snap", "s", node)}},
-            "spec": {"containers": []},
-            "status": {"phase": "Succeeded", "containerStatuses": [{"name": "mover", "image": "x", "imageID": "", "ready": false, "restartCount": 0,
-                "state": {"terminated": {"exitCode": 0, "message": message}}}]}})
+    /// The job of `node`, finished, with one pod that reported `message`.
+    fn finished(node: &str, condition: &str, message: &str) -> (Job, Pod) {
+        let job = job(node, Some(condition));
+        let exit = if condition == "Complete" { 0 } else { 1 };
+        let pod = mover_pod(&job, exit, message, 4, true);
+        (job, pod)
     }
 
     fn running_archives() -> Value {
@@ -766,12 +792,17 @@ mod mock {
 
     async fn reconcile_with(
         snap: Snapshot,
-        config: OperatorConfig,
+        (config, cluster): (OperatorConfig, Cluster),
         script: Vec<Expect>,
-    ) -> Result<Action, Error> {
-        scripted(config, script, |ctx| reconcile(Arc::new(snap), ctx))
-            .await
-            .0
+    ) -> (Result<Action, Error>, String) {
+        scripted(config, cluster, script, |ctx| {
+            reconcile(Arc::new(snap), ctx)
+        })
+        .await
+    }
+
+    fn nothing() -> (OperatorConfig, Cluster) {
+        (OperatorConfig::default(), movers(vec![], vec![]))
     }
 
     #[tokio::test]
@@ -779,23 +810,16 @@ mod mock {
         let script = vec![Expect::new("PATCH", SNAPS, stored()).check(|body| {
             assert!(body.to_string().contains(FINALIZER), "{body}");
         })];
-        let action = reconcile_with(
-            snapshot(false, Value::Null, false),
-            OperatorConfig::default(),
-            script,
-        )
-        .await
-        .unwrap();
-        assert_eq!(action, Action::await_change());
+        let (action, _) =
+            reconcile_with(snapshot(false, Value::Null, false), nothing(), script).await;
+        assert_eq!(action.unwrap(), Action::await_change());
     }
 
     #[tokio::test]
     async fn one_mover_per_pod_pinned_to_the_node_of_its_claim_then_running_status() {
         let script = vec![
-            Expect::new("GET", "/apis/apps/v1/namespaces/ns/statefulsets/qdrant", statefulset()),
-            Expect::new("GET", format!("{JOBS}?&labelSelector=snapshot-operator.dev%2Fowner-uid%3Duid-1"), list("Job", vec![])),
-            Expect::new("GET", PODS, list("Pod", vec![workload_pod()])),
-            Expect::new("GET", "/apis/batch/v1/jobs?&labelSelector=app.kubernetes.io%2Fmanaged-by%3Dsnapshot-operator", list("Job", vec![])),
+            Expect::new("GET", STS, statefulset(2)),
+            Expect::new("GET", PODS, list("Pod", vec![workload_pod(0, "worker-a")])),
             Expect::new("PATCH", format!("{JOBS}/{}", mover::job_name("snap", "s", "qdrant-0")), Value::Null).check(|job| {
                 let pod = &job["spec"]["template"]["spec"];
                 assert_eq!(pod["containers"][0]["args"], json!(["mover", "snapshot", "--storage-path", "/data/qdrant/storage", "--volume", "/data", "--node", "qdrant-0", "--collection", "products"]));
@@ -804,8 +828,8 @@ mod mock {
                 assert_eq!(pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"][0]["matchFields"][0]["values"], json!(["worker-a"]));
                 assert_eq!(pod["automountServiceAccountToken"], false);
                 assert_eq!(job["metadata"]["ownerReferences"][0]["uid"], "uid-1");
+                assert_eq!(job["metadata"]["ownerReferences"][0]["controller"], true);
             }),
-            Expect::new("GET", "/apis/batch/v1/jobs?&labelSelector=app.kubernetes.io%2Fmanaged-by%3Dsnapshot-operator", list("Job", vec![mover_job("qdrant-0", None)])),
             Expect::new("PATCH", format!("{JOBS}/{}", mover::job_name("snap", "s", "qdrant-1")), Value::Null).check(|job| {
                 let pod = &job["spec"]["template"]["spec"];
                 assert_eq!(pod["volumes"][0]["persistentVolumeClaim"]["claimName"], "data-qdrant-1");
@@ -813,6 +837,7 @@ mod mock {
             }),
             Expect::new("PATCH", format!("{SNAPS}/status"), stored()).check(|body| {
                 assert_eq!(body["kind"], "Snapshot");
+                assert_eq!(body["metadata"]["resourceVersion"], "7", "conditional on the version read");
                 let status = &body["status"];
                 assert_eq!(status["phase"], "Running");
                 assert_eq!(status["nodes"], 2);
@@ -824,44 +849,25 @@ mod mock {
             }),
             event("Running"),
         ];
-        let action = reconcile_with(
-            snapshot(true, Value::Null, false),
-            OperatorConfig::default(),
-            script,
-        )
-        .await
-        .unwrap();
-        assert_eq!(action, Action::requeue(RUNNING_RECHECK));
+        let (action, _) =
+            reconcile_with(snapshot(true, Value::Null, false), nothing(), script).await;
+        assert_eq!(action.unwrap(), Action::requeue(RUNNING_RECHECK));
     }
 
     #[tokio::test]
-    async fn finished_movers_fill_the_archives_and_make_it_ready() {
+    async fn finished_movers_fill_the_archives_and_make_it_ready_once() {
         let report0 = r#"{"name":"products-qdrant-0-2026-11-25-10-00-00.snapshot","key":"products/products-qdrant-0-2026-11-25-10-00-00.snapshot","size":1024,"checksum":"aaaa"}"#;
         let report1 = r#"{"name":"products-qdrant-1-2026-11-25-10-00-00.snapshot","key":"products/products-qdrant-1-2026-11-25-10-00-00.snapshot","size":2048,"checksum":"bbbb"}"#;
+        let (job0, pod0) = finished("qdrant-0", "Complete", report0);
+        let (job1, pod1) = finished("qdrant-1", "Complete", report1);
+        // An earlier attempt of qdrant-1 failed, and finished later than the retry: the retry
+        // reports.
+        let failed_try = mover_pod(&job1, 1, "connection reset", 5, true);
+        let cluster = movers(vec![job0, job1], vec![pod0, pod1, failed_try]);
+        let written = Arc::new(std::sync::Mutex::new(Value::Null));
+        let keep = written.clone();
         let script = vec![
-            Expect::new(
-                "GET",
-                JOBS,
-                list(
-                    "Job",
-                    vec![
-                        mover_job("qdrant-0", Some("Complete")),
-                        mover_job("qdrant-1", Some("Complete")),
-                    ],
-                ),
-            ),
-            Expect::new(
-                "GET",
-                PODS,
-                list(
-                    "Pod",
-                    vec![
-                        mover_pod("qdrant-0", report0),
-                        mover_pod("qdrant-1", report1),
-                    ],
-                ),
-            ),
-            Expect::new("PATCH", format!("{SNAPS}/status"), stored()).check(|body| {
+            Expect::new("PATCH", format!("{SNAPS}/status"), stored()).check(move |body| {
                 let status = &body["status"];
                 assert_eq!(status["phase"], "Succeeded");
                 assert_eq!(status["conditions"][0]["type"], "Ready");
@@ -876,50 +882,52 @@ mod mock {
                 assert_eq!(a["checksum"], "bbbb");
                 assert_eq!(a["size"], 2048);
                 assert!(status["completionTime"].is_string());
+                *keep.lock().unwrap() = status.clone();
             }),
             event("Succeeded"),
         ];
-        let action = reconcile_with(
-            snapshot(true, running_archives(), false),
-            OperatorConfig::default(),
-            script,
-        )
-        .await
-        .unwrap();
-        assert_eq!(action, Action::await_change());
+        let config = || (OperatorConfig::default(), cluster.clone());
+        let (action, metrics) =
+            reconcile_with(snapshot(true, running_archives(), false), config(), script).await;
+        assert_eq!(action.unwrap(), Action::await_change());
+        assert!(
+            metrics.contains("snapshot_operator_archived_bytes_total 3072"),
+            "{metrics}"
+        );
+        let durations = r#"snapshot_operator_mover_duration_seconds_count{operation="snapshot"} 2"#;
+        assert!(metrics.contains(durations), "{metrics}");
+
+        // A second pass that read the same, now outdated, status: its write is refused and
+        // nothing is counted again.
+        let script = vec![Expect::new("PATCH", format!("{SNAPS}/status"), conflict()).status(409)];
+        let (result, metrics) =
+            reconcile_with(snapshot(true, running_archives(), false), config(), script).await;
+        assert!(matches!(result.unwrap_err().inner(), Error::Stale));
+        assert!(!metrics.contains("archived_bytes_total"), "{metrics}");
+
+        // A pass that reads the recorded results removes the Jobs and writes nothing.
+        let recorded = written.lock().unwrap().clone();
+        let script = [job("qdrant-0", None), job("qdrant-1", None)]
+            .iter()
+            .map(|j| Expect::new("DELETE", format!("{JOBS}/{}", j.name_any()), deleted()))
+            .collect();
+        let (action, _) = reconcile_with(snapshot(true, recorded, false), config(), script).await;
+        assert_eq!(action.unwrap(), Action::await_change());
     }
 
     #[tokio::test]
     async fn a_failed_mover_fails_the_snapshot_with_its_reason() {
+        let (job0, pod0) = finished(
+            "qdrant-0",
+            "Complete",
+            r#"{"name":"a.snapshot","key":"products/a.snapshot","size":1}"#,
+        );
+        let (job1, pod1) = finished(
+            "qdrant-1",
+            "Failed",
+            r#"{"error":"collection \"products\" not found: /data/qdrant/storage/collections/products is not a directory"}"#,
+        );
         let script = vec![
-            Expect::new(
-                "GET",
-                JOBS,
-                list(
-                    "Job",
-                    vec![
-                        mover_job("qdrant-0", Some("Complete")),
-                        mover_job("qdrant-1", Some("Failed")),
-                    ],
-                ),
-            ),
-            Expect::new(
-                "GET",
-                PODS,
-                list(
-                    "Pod",
-                    vec![
-                        mover_pod(
-                            "qdrant-0",
-                            r#"{"name":"a.snapshot","key":"products/a.snapshot","size":1}"#,
-                        ),
-                        mover_pod(
-                            "qdrant-1",
-                            r#"{"error":"collection \"products\" not found: /data/qdrant/storage/collections/products is not a directory"}"#,
-                        ),
-                    ],
-                ),
-            ),
             Expect::new("PATCH", format!("{SNAPS}/status"), stored()).check(|body| {
                 let status = &body["status"];
                 assert_eq!(status["phase"], "Failed");
@@ -934,13 +942,93 @@ mod mock {
             }),
             event("Failed"),
         ];
-        reconcile_with(
+        let cluster = movers(vec![job0, job1], vec![pod0, pod1]);
+        let (result, _) = reconcile_with(
             snapshot(true, running_archives(), false),
-            OperatorConfig::default(),
+            (OperatorConfig::default(), cluster),
             script,
         )
-        .await
-        .unwrap();
+        .await;
+        result.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_report_from_a_pod_the_job_does_not_own_is_ignored() {
+        // Any pod in the namespace can carry the Job's labels and a forged report (here one
+        // that would make a later delete remove another Snapshot's archive).
+        let job0 = job("qdrant-0", Some("Complete"));
+        let forged = mover_pod(
+            &job0,
+            0,
+            r#"{"name":"x.snapshot","key":"other/x.snapshot","size":1}"#,
+            1,
+            false,
+        );
+        let script = vec![
+            // Not in the store: the Job's pods are read from the API server, the same check
+            // applies.
+            Expect::new(
+                "GET",
+                format!("{PODS}?&labelSelector=job-name%3D{}", job0.name_any()),
+                list("Pod", vec![serde_json::to_value(&forged).unwrap()]),
+            ),
+            Expect::new("PATCH", format!("{SNAPS}/status"), stored()).check(|body| {
+                let a = &body["status"]["archives"][0];
+                assert_eq!(a["phase"], "Failed");
+                assert_eq!(
+                    a["message"],
+                    "the mover succeeded but its report is missing"
+                );
+                assert!(a.get("key").is_none_or(Value::is_null), "{a}");
+            }),
+        ];
+        let cluster = movers(
+            vec![job0.clone(), job("qdrant-1", None)],
+            vec![forged.clone()],
+        );
+        let (result, _) = reconcile_with(
+            snapshot(true, running_archives(), false),
+            (OperatorConfig::default(), cluster),
+            script,
+        )
+        .await;
+        result.unwrap();
+    }
+
+    #[tokio::test]
+    async fn requests_do_not_grow_with_unrelated_pods_and_jobs() {
+        // Hundreds of pods and Jobs elsewhere, some carrying the operator's labels: a pass
+        // over a running Snapshot makes one request (its status), whatever their number.
+        let mut jobs: Vec<Job> = (0..300)
+            .map(|i| {
+                mover_job(
+                    "snap",
+                    (&format!("other-{i}"), &format!("uid-o{i}")),
+                    "qdrant-0",
+                    None,
+                )
+            })
+            .collect();
+        jobs.push(job("qdrant-0", None));
+        jobs.push(job("qdrant-1", None));
+        let pods = jobs[..300]
+            .iter()
+            .map(|j| mover_pod(j, 0, "{}", 1, true))
+            .collect();
+        let script = vec![
+            Expect::new("PATCH", format!("{SNAPS}/status"), stored()).check(|body| {
+                assert_eq!(body["status"]["phase"], "Running");
+            }),
+        ];
+        let mut status = running_archives();
+        status["conditions"] = json!([{"type": "Ready", "status": "False", "reason": "Pending", "message": "", "lastTransitionTime": "2026-11-25T10:00:00Z"}]);
+        let (result, _) = reconcile_with(
+            snapshot(true, status, false),
+            (OperatorConfig::default(), movers(jobs, pods)),
+            script,
+        )
+        .await;
+        assert_eq!(result.unwrap(), Action::requeue(RUNNING_RECHECK));
     }
 
     #[tokio::test]
@@ -962,10 +1050,7 @@ mod mock {
             }),
             event("InvalidSpec"),
         ];
-        let (action, metrics) = scripted(OperatorConfig::default(), script, |ctx| {
-            reconcile(Arc::new(snap), ctx)
-        })
-        .await;
+        let (action, metrics) = reconcile_with(snap, nothing(), script).await;
         assert_eq!(action.unwrap(), Action::await_change(), "no requeue loop");
         assert!(
             metrics.contains(
@@ -978,12 +1063,7 @@ mod mock {
     #[tokio::test]
     async fn an_unknown_statefulset_is_an_invalid_spec() {
         let script = vec![
-            Expect::new(
-                "GET",
-                "/apis/apps/v1/namespaces/ns/statefulsets/qdrant",
-                not_found(),
-            )
-            .status(404),
+            Expect::new("GET", STS, not_found()).status(404),
             Expect::new("PATCH", format!("{SNAPS}/status"), stored()).check(|body| {
                 assert_eq!(body["status"]["conditions"][0]["reason"], "InvalidSpec");
                 assert!(
@@ -995,37 +1075,37 @@ mod mock {
             }),
             event("InvalidSpec"),
         ];
-        reconcile_with(
-            snapshot(true, Value::Null, false),
-            OperatorConfig::default(),
-            script,
-        )
-        .await
-        .unwrap();
+        let (result, _) =
+            reconcile_with(snapshot(true, Value::Null, false), nothing(), script).await;
+        result.unwrap();
     }
 
     #[tokio::test]
-    async fn movers_beyond_the_cap_wait_pending() {
+    async fn movers_beyond_the_cap_wait_pending_and_foreign_jobs_hold_no_slot() {
         let config = OperatorConfig {
             max_concurrent_movers: 1,
             ..OperatorConfig::default()
         };
-        let busy = list(
-            "Job",
+        // A running mover of another Snapshot holds the one slot; a Job that only carries
+        // the operator's labels (its owner is no Snapshot the operator knows) holds none.
+        let other = serde_json::from_value::<Snapshot>(
+            json!({"apiVersion": "snapshot-operator.dev/v1alpha1", "kind": "Snapshot",
+            "metadata": {"name": "other", "namespace": "x", "uid": "uid-o"},
+            "spec": {"source": {"persistentVolumeClaim": {"claimName": "d"}}}}),
+        )
+        .unwrap();
+        let foreign = mover_job("snap", ("ghost", "uid-ghost"), "n", None);
+        let busy = Cluster::of(
             vec![
-                json!({"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "other", "namespace": "x"}, "spec": {"template": {}}}),
+                mover_job("snap", ("other", "uid-o"), "n", None),
+                foreign.clone(),
             ],
+            vec![],
+            vec![other],
+            vec![],
         );
         let script = vec![
-            Expect::new(
-                "GET",
-                "/apis/apps/v1/namespaces/ns/statefulsets/qdrant",
-                statefulset(),
-            ),
-            Expect::new("GET", JOBS, list("Job", vec![])),
-            Expect::new("GET", PODS, list("Pod", vec![])),
-            Expect::new("GET", "/apis/batch/v1/jobs?", busy.clone()),
-            Expect::new("GET", "/apis/batch/v1/jobs?", busy),
+            Expect::new("GET", STS, statefulset(2)),
             Expect::new("PATCH", format!("{SNAPS}/status"), stored()).check(|body| {
                 assert_eq!(body["status"]["phase"], "Pending");
                 assert_eq!(
@@ -1036,10 +1116,33 @@ mod mock {
             }),
             event("Pending"),
         ];
-        let action = reconcile_with(snapshot(true, Value::Null, false), config, script)
-            .await
-            .unwrap();
-        assert_eq!(action, Action::requeue(PENDING_RECHECK));
+        let (action, _) = reconcile_with(
+            snapshot(true, Value::Null, false),
+            (config.clone(), busy),
+            script,
+        )
+        .await;
+        assert_eq!(action.unwrap(), Action::requeue(PENDING_RECHECK));
+
+        // Only the foreign Job left: the slot is free.
+        let script = vec![
+            Expect::new("GET", STS, statefulset(1)),
+            Expect::new("GET", PODS, list("Pod", vec![])),
+            Expect::new(
+                "PATCH",
+                format!("{JOBS}/{}", mover::job_name("snap", "s", "qdrant-0")),
+                Value::Null,
+            ),
+            Expect::new("PATCH", format!("{SNAPS}/status"), stored()),
+            event("Running"),
+        ];
+        let (action, _) = reconcile_with(
+            snapshot(true, Value::Null, false),
+            (config, movers(vec![foreign], vec![])),
+            script,
+        )
+        .await;
+        assert_eq!(action.unwrap(), Action::requeue(RUNNING_RECHECK));
     }
 
     fn succeeded_archives() -> Value {
@@ -1053,7 +1156,6 @@ mod mock {
     async fn deletion_runs_a_delete_mover_then_removes_the_finalizer() {
         let delete_job = mover::job_name("del", "s", "all");
         let script = vec![
-            Expect::new("GET", JOBS, list("Job", vec![])),
             Expect::new("PATCH", format!("{JOBS}/{delete_job}"), Value::Null).check(|job| {
                 let pod = &job["spec"]["template"]["spec"];
                 assert_eq!(
@@ -1067,57 +1169,87 @@ mod mock {
             }),
         ];
         let snap = Arc::new(snapshot(true, succeeded_archives(), true));
-        let (result, metrics) = scripted(OperatorConfig::default(), script, |ctx| async move {
-            let result = reconcile(snap.clone(), ctx.clone()).await;
-            if let Err(e) = &result {
-                super::super::error_policy(snap, e, ctx);
-            }
-            result
-        })
+        let (result, metrics) = scripted(
+            OperatorConfig::default(),
+            movers(vec![], vec![]),
+            script,
+            |ctx| async move {
+                let result = reconcile(snap.clone(), ctx.clone()).await;
+                if let Err(e) = &result {
+                    super::super::error_policy(snap, e, ctx);
+                }
+                result
+            },
+        )
         .await;
         let err = result.unwrap_err();
         assert!(matches!(err.inner(), Error::CleanupPending), "{err}");
         // Waiting for the delete mover is not a reconcile failure.
         assert!(!metrics.contains("CleanupPending"), "{metrics}");
 
-        let mut done = json!({"apiVersion": "batch/v1", "kind": "Job",
-            "metadata": {"name": delete_job, "namespace": "ns", "labels": mover::labels("uid-1", "delete", "all")},
-            "spec": {"template": {}}, "status": {"conditions": [{"type": "Complete", "status": "True"}]}});
+        let done = mover_job("del", ("s", "uid-1"), "all", Some("Complete"));
+        let pod = mover_pod(&done, 0, "{}", 3, true);
         let script = vec![
-            Expect::new("GET", JOBS, list("Job", vec![done.clone()])),
             event("Deleted"),
             Expect::new("PATCH", SNAPS, stored()).check(|body| {
                 assert!(body.to_string().contains("remove"), "{body}");
             }),
         ];
-        reconcile_with(
-            snapshot(true, succeeded_archives(), true),
-            OperatorConfig::default(),
+        let deleting = || snapshot(true, succeeded_archives(), true);
+        let (result, _) = reconcile_with(
+            deleting(),
+            (OperatorConfig::default(), movers(vec![done], vec![pod])),
             script,
         )
-        .await
-        .unwrap();
+        .await;
+        result.unwrap();
 
         // A failed delete keeps the finalizer, says why, and runs the mover again later.
-        done["status"] = json!({"conditions": [{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded", "message": "x"}]});
+        let failed = mover_job("del", ("s", "uid-1"), "all", Some("Failed"));
+        let pod = mover_pod(&failed, 1, "access denied", 3, true);
         let script = vec![
-            Expect::new("GET", JOBS, list("Job", vec![done])),
-            Expect::new("GET", PODS, list("Pod", vec![])),
             event("CleanupFailed"),
-            Expect::new(
-                "DELETE",
-                format!("{JOBS}/{delete_job}"),
-                json!({"kind": "Status", "apiVersion": "v1", "status": "Success"}),
-            ),
+            Expect::new("DELETE", format!("{JOBS}/{delete_job}"), deleted()),
         ];
-        let err = reconcile_with(
-            snapshot(true, succeeded_archives(), true),
-            OperatorConfig::default(),
+        let (result, _) = reconcile_with(
+            deleting(),
+            (OperatorConfig::default(), movers(vec![failed], vec![pod])),
             script,
         )
-        .await
-        .unwrap_err();
-        assert!(matches!(err.inner(), Error::CleanupFailed(_)), "{err}");
+        .await;
+        let err = result.unwrap_err();
+        assert!(
+            matches!(err.inner(), Error::CleanupFailed(m) if m == "access denied"),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn delete_movers_wait_for_a_slot_too() {
+        let config = OperatorConfig {
+            max_concurrent_movers: 1,
+            ..OperatorConfig::default()
+        };
+        let busy = Cluster::of(
+            vec![mover_job("snap", ("s2", "uid-2"), "n", None)],
+            vec![],
+            vec![
+                serde_json::from_value(
+                    json!({"apiVersion": "snapshot-operator.dev/v1alpha1", "kind": "Snapshot",
+                "metadata": {"name": "s2", "namespace": "ns", "uid": "uid-2"},
+                "spec": {"source": {"persistentVolumeClaim": {"claimName": "d"}}}}),
+                )
+                .unwrap(),
+            ],
+            vec![],
+        );
+        let (result, _) = reconcile_with(
+            snapshot(true, succeeded_archives(), true),
+            (config, busy),
+            vec![],
+        )
+        .await;
+        assert!(matches!(result.unwrap_err().inner(), Error::CleanupPending));
     }
 
     #[tokio::test]
@@ -1125,8 +1257,7 @@ mod mock {
         let mut snap = snapshot(true, succeeded_archives(), true);
         snap.spec.deletion_policy = DeletionPolicy::Retain;
         let script = vec![Expect::new("PATCH", SNAPS, stored())];
-        reconcile_with(snap, OperatorConfig::default(), script)
-            .await
-            .unwrap();
+        let (result, _) = reconcile_with(snap, nothing(), script).await;
+        result.unwrap();
     }
 }

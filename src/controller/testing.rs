@@ -1,6 +1,8 @@
 //! A mock API server for reconciler tests (controller-rs's `ApiServerVerifier` pattern):
 //! a test lists the requests a reconciliation must make, in order, each checked by method,
-//! path and body, and the canned answer each gets.
+//! path and body, and the canned answer each gets; what the watches would hold (mover Jobs
+//! and pods, Snapshots) is given as stores. The objects both reconcilers' tests use are
+//! built here.
 
 use std::sync::Arc;
 
@@ -10,9 +12,15 @@ use kube::client::Body;
 use kube::runtime::controller::Action;
 use serde_json::Value;
 
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::Pod;
+use kube::ResourceExt;
+use serde_json::json;
+
+use super::cluster::Cluster;
 use super::config::OperatorConfig;
 use super::metrics::Metrics;
-use super::{Context, Error};
+use super::{Context, Error, Wake, mover};
 
 /// One expected request.
 pub struct Expect {
@@ -64,6 +72,16 @@ pub fn event(reason: &'static str) -> Expect {
 /// A 404 from the API server.
 pub fn not_found() -> Value {
     serde_json::json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404, "message": "not found"})
+}
+
+/// A 409 from the API server: the object changed since it was read.
+pub fn conflict() -> Value {
+    serde_json::json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Conflict", "code": 409, "message": "the object has been modified"})
+}
+
+/// The answer to a delete.
+pub fn deleted() -> Value {
+    serde_json::json!({"kind": "Status", "apiVersion": "v1", "status": "Success"})
 }
 
 /// A list answer.
@@ -121,6 +139,7 @@ impl Verifier {
 /// result and the metrics it recorded, as `/metrics` shows them.
 pub async fn scripted<F>(
     config: OperatorConfig,
+    cluster: Cluster,
     script: Vec<Expect>,
     reconcile: impl FnOnce(Arc<Context>) -> F,
 ) -> (Result<Action, Error>, String)
@@ -134,9 +153,88 @@ where
         config,
         Arc::new(Metrics::default()),
         "test",
+        cluster,
+        Wake::default(),
     ));
     let verifier = Verifier(handle).run(script);
     let result = reconcile(ctx.clone()).await;
     verifier.await.expect("every expected request was made");
     (result, ctx.metrics.render())
+}
+
+/// Stores holding only these mover Jobs and pods.
+pub fn movers(jobs: Vec<Job>, pods: Vec<Pod>) -> Cluster {
+    Cluster::of(jobs, pods, Vec::new(), Vec::new())
+}
+
+/// The mover Job `prefix` (`snap`, `rst`, `del`) of the resource `owner` (UID `owner_uid`)
+/// on `node`, as the operator creates it, with the condition `condition` once finished.
+pub fn mover_job(
+    prefix: &str,
+    (owner, owner_uid): (&str, &str),
+    node: &str,
+    condition: Option<&str>,
+) -> Job {
+    let name = mover::job_name(prefix, owner, node);
+    let operation = match prefix {
+        "snap" => "snapshot",
+        "rst" => "restore",
+        _ => "delete",
+    };
+    let kind = if prefix == "rst" {
+        "SnapshotRestore"
+    } else {
+        "Snapshot"
+    };
+    let mut job = json!({"apiVersion": "batch/v1", "kind": "Job",
+        "metadata": {"name": name, "namespace": "ns", "uid": format!("uid-{name}"),
+            "labels": mover::labels(owner_uid, operation, node),
+            "ownerReferences": [{"apiVersion": "snapshot-operator.dev/v1alpha1", "kind": kind,
+                "name": owner, "uid": owner_uid, "controller": true}]},
+        "spec": {"template": {}}});
+    if let Some(c) = condition {
+        job["status"] = json!({"startTime": "2026-11-25T10:00:00Z", "completionTime": "2026-11-25T10:00:04Z",
+            "conditions": [{"type": c, "status": "True", "reason": "BackoffLimitExceeded",
+                "message": "Job has reached the specified backoff limit"}]});
+    }
+    serde_json::from_value(job).unwrap()
+}
+
+/// A pod of `job` whose mover ended with `exit_code` and the termination message
+/// `message`, `finished` seconds after 10:00. `owned`: controlled by the Job (else it only
+/// carries its labels, as any pod can).
+pub fn mover_pod(job: &Job, exit_code: i32, message: &str, finished: u32, owned: bool) -> Pod {
+    let mut meta = json!({"name": format!("{}-{finished}-{exit_code}", job.name_any()), "namespace": "ns",
+        "labels": {"job-name": job.name_any(), "batch.kubernetes.io/job-name": job.name_any()}});
+    if owned {
+        meta["ownerReferences"] = json!([{"apiVersion": "batch/v1", "kind": "Job",
+            "name": job.name_any(), "uid": job.uid().unwrap(), "controller": true}]);
+    }
+    let phase = if exit_code == 0 {
+        "Succeeded"
+    } else {
+        "Failed"
+    };
+    serde_json::from_value(json!({"apiVersion": "v1", "kind": "Pod", "metadata": meta,
+        "spec": {"containers": []},
+        "status": {"phase": phase, "containerStatuses": [{"name": "mover", "image": "x", "imageID": "",
+            "ready": false, "restartCount": 0,
+            "state": {"terminated": {"exitCode": exit_code, "message": message,
+                "finishedAt": format!("2026-11-25T10:00:{finished:02}Z")}}}]}}))
+    .unwrap()
+}
+
+/// A StatefulSet `qdrant` with `replicas` and the claim template `data`.
+pub fn statefulset(replicas: i32) -> serde_json::Value {
+    json!({"apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": {"name": "qdrant", "namespace": "ns"},
+           "spec": {"replicas": replicas, "selector": {}, "serviceName": "qdrant", "template": {},
+                    "volumeClaimTemplates": [{"metadata": {"name": "data"}}]}})
+}
+
+/// The running pod `qdrant-<i>` on the Kubernetes node `worker`, mounting its claim.
+pub fn workload_pod(i: u32, worker: &str) -> serde_json::Value {
+    json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": format!("qdrant-{i}"), "namespace": "ns"},
+           "spec": {"nodeName": worker, "containers": [],
+                    "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": format!("data-qdrant-{i}")}}]},
+           "status": {"phase": "Running"}})
 }
