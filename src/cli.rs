@@ -286,17 +286,19 @@ impl Cli {
     }
 
     /// Runs the command. SIGINT or SIGTERM stops it; clean-up (aborting S3 uploads) is
-    /// waited for either way.
+    /// waited for either way. The controller handles the signals itself (it finishes what is
+    /// in flight and releases its Lease, then exits with status 0).
     pub async fn run(self) -> Result<ExitCode, CliError> {
+        if let Command::Controller(args) = self.command {
+            crate::controller::run(args).await?;
+            return Ok(ExitCode::SUCCESS);
+        }
         let config = Config::load(self.config.as_deref())?;
         let work = async {
             match self.command {
                 Command::Snapshot(cmd) => run_snapshot(cmd, &config).await,
                 Command::Restore(args) => restore(args, &config).await,
-                Command::Controller(args) => crate::controller::run(args)
-                    .await
-                    .map(|()| ExitCode::SUCCESS)
-                    .map_err(|e| Box::new(CliError::Controller(e))),
+                Command::Controller(_) => unreachable!("run above"),
                 Command::Mover(task) => {
                     ops::run_mover(task, &config.storage).await?;
                     Ok(ExitCode::SUCCESS)

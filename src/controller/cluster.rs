@@ -12,6 +12,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::runtime::reflector::{ObjectRef, Store, store::Writer};
 use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
+use tokio::sync::watch;
 
 use super::jobs::{self, Mover};
 use super::slots::{Busy, Claimant, Kind};
@@ -24,6 +25,9 @@ pub struct Cluster {
     pub pods: Store<Pod>,
     pub snapshots: Store<Snapshot>,
     pub restores: Store<SnapshotRestore>,
+    /// True once the Job and pod stores hold a first full listing. (A store's own readiness
+    /// future wakes only the last of several tasks waiting on it.)
+    pub movers_listed: watch::Receiver<bool>,
 }
 
 /// Whether `meta` names `uid` as its controller.
@@ -47,17 +51,15 @@ impl Cluster {
             pods: filled(pods),
             snapshots: filled(snapshots),
             restores: filled(restores),
+            movers_listed: watch::channel(true).1,
         }
     }
 
-    /// Waits until every store holds a first full listing: before that, a running mover, a
-    /// source Snapshot or a mover's owner would look absent.
+    /// Waits until the mover stores hold a first full listing: before that, a running mover
+    /// would look absent and be started again.
     pub async fn ready(&self) {
-        // An error means the watch is gone, and with it the process.
-        let _ = self.jobs.wait_until_ready().await;
-        let _ = self.pods.wait_until_ready().await;
-        let _ = self.snapshots.wait_until_ready().await;
-        let _ = self.restores.wait_until_ready().await;
+        // An error means the sender is gone, and with it the process.
+        let _ = self.movers_listed.clone().wait_for(|listed| *listed).await;
     }
 
     /// The mover Job named `name` in `namespace` with its pods, if `owner_uid` controls it:

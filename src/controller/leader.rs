@@ -1,7 +1,11 @@
 //! Leader election on a `coordination.k8s.io` Lease, as client-go does it: the leader renews
-//! the Lease; another replica takes it over only once it has expired. Writes use the Lease's
-//! resourceVersion (compare-and-swap), so two replicas never both win. A leader that cannot
-//! renew in time exits, so that two replicas never reconcile at once.
+//! the Lease; another replica takes it over once it has expired, or at once once the leader
+//! released it (on SIGTERM). Writes use the Lease's resourceVersion (compare-and-swap), so
+//! two replicas never both win. A leader that cannot renew in time stops leading, so that two
+//! replicas never reconcile at once.
+//!
+//! Not `kube-lease-manager` (the maintained crate for this kube version): its standby sleeps
+//! until the Lease it saw would expire, so a released Lease still waits out its duration.
 
 use std::time::Duration;
 
@@ -9,6 +13,7 @@ use jiff::Timestamp;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use kube::api::{Api, PostParams};
+use tokio::sync::watch;
 
 /// How long a Lease is valid without renewal.
 pub const LEASE_DURATION: Duration = Duration::from_secs(15);
@@ -96,11 +101,20 @@ pub async fn try_acquire(api: &Api<Lease>, name: &str, me: &str) -> Result<bool,
     }
 }
 
-/// Waits until this replica leads, then keeps renewing in the background; exits the process
-/// when leadership is lost.
-pub async fn lead(api: Api<Lease>, name: String, me: String) {
+/// This replica's hold on the Lease, renewed in the background.
+pub struct Leadership {
+    api: Api<Lease>,
+    name: String,
+    me: String,
+    /// Becomes true when the Lease is lost (taken over, or not renewed in time).
+    lost: watch::Receiver<bool>,
+    renewal: tokio::task::JoinHandle<()>,
+}
+
+/// Waits until this replica leads, then keeps renewing in the background.
+pub async fn acquire(api: Api<Lease>, name: &str, me: &str) -> Leadership {
     loop {
-        match try_acquire(&api, &name, &me).await {
+        match try_acquire(&api, name, me).await {
             Ok(true) => break,
             Ok(false) => tracing::info!(lease = %name, "another replica leads; waiting"),
             Err(e) => tracing::warn!(lease = %name, error = %e, "leader election failed; retrying"),
@@ -108,26 +122,75 @@ pub async fn lead(api: Api<Lease>, name: String, me: String) {
         tokio::time::sleep(RETRY).await;
     }
     tracing::info!(lease = %name, identity = %me, "leading");
-    tokio::spawn(async move {
-        let mut last_renewal = std::time::Instant::now();
-        loop {
-            tokio::time::sleep(RETRY).await;
-            match try_acquire(&api, &name, &me).await {
-                Ok(true) => last_renewal = std::time::Instant::now(),
-                Ok(false) => {
-                    tracing::error!(lease = %name, "lost the lease to another replica; exiting");
-                    std::process::exit(1);
-                }
-                Err(e) if last_renewal.elapsed() + RETRY >= LEASE_DURATION => {
-                    tracing::error!(lease = %name, error = %e, "could not renew the lease in time; exiting");
-                    std::process::exit(1);
-                }
-                Err(e) => {
-                    tracing::warn!(lease = %name, error = %e, "lease renewal failed; retrying")
+    let (lost_tx, lost) = watch::channel(false);
+    let renewal = tokio::spawn({
+        let (api, name, me) = (api.clone(), name.to_owned(), me.to_owned());
+        async move {
+            let mut last_renewal = std::time::Instant::now();
+            loop {
+                tokio::time::sleep(RETRY).await;
+                match try_acquire(&api, &name, &me).await {
+                    Ok(true) => last_renewal = std::time::Instant::now(),
+                    Ok(false) => {
+                        tracing::error!(lease = %name, "lost the lease to another replica");
+                        break;
+                    }
+                    Err(e) if last_renewal.elapsed() + RETRY >= LEASE_DURATION => {
+                        tracing::error!(lease = %name, error = %e, "could not renew the lease in time");
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::warn!(lease = %name, error = %e, "lease renewal failed; retrying")
+                    }
                 }
             }
+            lost_tx.send_replace(true);
         }
     });
+    Leadership {
+        api,
+        name: name.to_owned(),
+        me: me.to_owned(),
+        lost,
+        renewal,
+    }
+}
+
+impl Leadership {
+    /// Resolves once this replica no longer leads.
+    pub async fn lost(&mut self) {
+        let _ = self.lost.wait_for(|lost| *lost).await;
+    }
+
+    /// Stops renewing and gives the Lease up (if still ours), so that a standby leads at its
+    /// next try instead of after the Lease expired.
+    pub async fn release(self) {
+        self.renewal.abort();
+        let released = async {
+            let Some(mut lease) = self.api.get_opt(&self.name).await? else {
+                return Ok(false);
+            };
+            let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
+            if spec.holder_identity.as_deref() != Some(&self.me) {
+                return Ok(false);
+            }
+            spec.holder_identity = None;
+            spec.renew_time = None;
+            spec.acquire_time = None;
+            // Conditional on the version read: a Lease someone else took is left alone.
+            self.api
+                .replace(&self.name, &PostParams::default(), &lease)
+                .await
+                .map(|_| true)
+        };
+        match released.await {
+            Ok(true) => tracing::info!(lease = %self.name, "lease released"),
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(lease = %self.name, error = %e, "could not release the lease; it expires")
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -1,93 +1,191 @@
-//! Prometheus metrics (`snapshot_operator_*`) and the HTTP endpoint that serves them with
-//! `/healthz` and `/readyz`.
+//! Prometheus metrics (`snapshot_operator_*`, OpenMetrics text from `prometheus-client`) and
+//! the HTTP endpoints that serve them with `/healthz` and `/readyz` (axum).
 
-use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::routing::get;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 
 /// Upper bounds (seconds) of the mover duration histogram.
-const BUCKETS: [f64; 10] = [
+const MOVER_BUCKETS: [f64; 10] = [
     1.0, 5.0, 15.0, 30.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 14400.0,
 ];
+/// Upper bounds (seconds) of the reconcile duration histogram.
+const RECONCILE_BUCKETS: [f64; 8] = [0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0];
 
-#[derive(Debug, Default)]
-struct Histogram {
-    counts: [u64; BUCKETS.len()],
-    sum: f64,
-    count: u64,
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResourceLabel {
+    resource: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FailureLabels {
+    resource: String,
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OperationLabel {
+    operation: String,
+}
+
+type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
+
 /// The operator's metrics.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Metrics {
-    counters: Mutex<BTreeMap<(&'static str, String), f64>>,
-    durations: Mutex<BTreeMap<String, Histogram>>,
+    registry: Registry,
+    reconciliations: Family<ResourceLabel, Counter>,
+    failures: Family<FailureLabels, Counter>,
+    reconcile_duration: Histograms<ResourceLabel>,
+    archived: Counter,
+    restored: Counter,
+    mover_duration: Histograms<OperationLabel>,
+    watch_errors: Family<ResourceLabel, Counter>,
     ready: AtomicBool,
 }
 
-impl Metrics {
-    fn add(&self, name: &'static str, labels: String, value: f64) {
-        *self
-            .counters
-            .lock()
-            .expect("not poisoned")
-            .entry((name, labels))
-            .or_default() += value;
-    }
-
-    /// A reconciliation of `resource` (`snapshot`, `snapshotrestore`).
-    pub fn reconciled(&self, resource: &str) {
-        self.add(
-            "snapshot_operator_reconciliations_total",
-            format!("resource=\"{resource}\""),
-            1.0,
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::default();
+        let reconciliations = Family::default();
+        registry.register(
+            "snapshot_operator_reconciliations",
+            "Reconciliations, by resource",
+            reconciliations.clone(),
         );
+        let failures = Family::default();
+        registry.register(
+            "snapshot_operator_reconcile_failures",
+            "Failed reconciliations and invalid specs, by resource and reason",
+            failures.clone(),
+        );
+        let reconcile_duration: Histograms<ResourceLabel> =
+            Family::new_with_constructor(|| Histogram::new(RECONCILE_BUCKETS));
+        registry.register(
+            "snapshot_operator_reconcile_duration_seconds",
+            "Time one reconciliation takes, by resource",
+            reconcile_duration.clone(),
+        );
+        let archived = Counter::default();
+        registry.register(
+            "snapshot_operator_archived_bytes",
+            "Bytes of archives stored by snapshot movers",
+            archived.clone(),
+        );
+        let restored = Counter::default();
+        registry.register(
+            "snapshot_operator_restored_bytes",
+            "Bytes of archives restored by restore movers",
+            restored.clone(),
+        );
+        let mover_duration: Histograms<OperationLabel> =
+            Family::new_with_constructor(|| Histogram::new(MOVER_BUCKETS));
+        registry.register(
+            "snapshot_operator_mover_duration_seconds",
+            "Time from a mover Job's start to its end, by operation",
+            mover_duration.clone(),
+        );
+        let watch_errors = Family::default();
+        registry.register(
+            "snapshot_operator_watch_errors",
+            "Failed list or watch requests (each retried with backoff), by resource",
+            watch_errors.clone(),
+        );
+        Self {
+            registry,
+            reconciliations,
+            failures,
+            reconcile_duration,
+            archived,
+            restored,
+            mover_duration,
+            watch_errors,
+            ready: AtomicBool::new(false),
+        }
+    }
+}
+
+/// Observes a reconciliation's duration when dropped.
+pub struct ReconcileTimer<'a> {
+    metrics: &'a Metrics,
+    resource: String,
+    started: Instant,
+}
+
+impl Drop for ReconcileTimer<'_> {
+    fn drop(&mut self) {
+        self.metrics
+            .reconcile_duration
+            .get_or_create(&ResourceLabel {
+                resource: std::mem::take(&mut self.resource),
+            })
+            .observe(self.started.elapsed().as_secs_f64());
+    }
+}
+
+impl Metrics {
+    /// A reconciliation of `resource` (`snapshot`, `snapshotrestore`) starts; its duration
+    /// is observed when the returned guard goes.
+    pub fn reconciling(&self, resource: &str) -> ReconcileTimer<'_> {
+        let label = ResourceLabel {
+            resource: resource.to_owned(),
+        };
+        self.reconciliations.get_or_create(&label).inc();
+        ReconcileTimer {
+            metrics: self,
+            resource: label.resource,
+            started: Instant::now(),
+        }
     }
 
     /// A failed reconciliation, by reason.
     pub fn failed(&self, resource: &str, reason: &str) {
-        self.add(
-            "snapshot_operator_reconcile_failures_total",
-            format!("resource=\"{resource}\",reason=\"{reason}\""),
-            1.0,
-        );
+        self.failures
+            .get_or_create(&FailureLabels {
+                resource: resource.to_owned(),
+                reason: reason.to_owned(),
+            })
+            .inc();
     }
 
     /// Bytes written to storage by snapshot movers.
     pub fn archived(&self, bytes: u64) {
-        self.add(
-            "snapshot_operator_archived_bytes_total",
-            String::new(),
-            bytes as f64,
-        );
+        self.archived.inc_by(bytes);
     }
 
     /// Bytes of archives restored by restore movers.
     pub fn restored(&self, bytes: u64) {
-        self.add(
-            "snapshot_operator_restored_bytes_total",
-            String::new(),
-            bytes as f64,
-        );
+        self.restored.inc_by(bytes);
     }
 
     /// A mover finished after `seconds`.
     pub fn mover_finished(&self, operation: &str, seconds: f64) {
-        let mut durations = self.durations.lock().expect("not poisoned");
-        let h = durations.entry(operation.to_owned()).or_default();
-        for (i, bound) in BUCKETS.iter().enumerate() {
-            if seconds <= *bound {
-                h.counts[i] += 1;
-            }
-        }
-        h.sum += seconds;
-        h.count += 1;
+        self.mover_duration
+            .get_or_create(&OperationLabel {
+                operation: operation.to_owned(),
+            })
+            .observe(seconds);
+    }
+
+    /// A list or watch of `resource` failed (it is retried).
+    pub fn watch_failed(&self, resource: &str) {
+        self.watch_errors
+            .get_or_create(&ResourceLabel {
+                resource: resource.to_owned(),
+            })
+            .inc();
     }
 
     /// Marks the controller ready (it is leading and watching) or not.
@@ -95,80 +193,50 @@ impl Metrics {
         self.ready.store(ready, Ordering::SeqCst);
     }
 
-    /// The Prometheus text exposition.
+    /// The OpenMetrics text exposition.
     pub fn render(&self) -> String {
         let mut out = String::new();
-        let mut last = "";
-        for ((name, labels), value) in self.counters.lock().expect("not poisoned").iter() {
-            if *name != last {
-                let _ = writeln!(out, "# TYPE {name} counter");
-                last = name;
-            }
-            let labels = if labels.is_empty() {
-                String::new()
-            } else {
-                format!("{{{labels}}}")
-            };
-            let _ = writeln!(out, "{name}{labels} {value}");
-        }
-        let durations = self.durations.lock().expect("not poisoned");
-        if !durations.is_empty() {
-            let name = "snapshot_operator_mover_duration_seconds";
-            let _ = writeln!(out, "# TYPE {name} histogram");
-            for (op, h) in durations.iter() {
-                for (bound, count) in BUCKETS.iter().zip(h.counts) {
-                    let _ = writeln!(
-                        out,
-                        "{name}_bucket{{operation=\"{op}\",le=\"{bound}\"}} {count}"
-                    );
-                }
-                let _ = writeln!(
-                    out,
-                    "{name}_bucket{{operation=\"{op}\",le=\"+Inf\"}} {}",
-                    h.count
-                );
-                let _ = writeln!(out, "{name}_sum{{operation=\"{op}\"}} {}", h.sum);
-                let _ = writeln!(out, "{name}_count{{operation=\"{op}\"}} {}", h.count);
-            }
-        }
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
         out
     }
 }
 
-/// The answer to one request path: status line and body.
-fn respond(path: &str, metrics: &Metrics) -> (&'static str, String) {
-    match path {
-        "/metrics" => ("200 OK", metrics.render()),
-        "/healthz" => ("200 OK", "ok\n".into()),
-        "/readyz" if metrics.ready.load(Ordering::SeqCst) => ("200 OK", "ready\n".into()),
-        "/readyz" => ("503 Service Unavailable", "not ready\n".into()),
-        _ => ("404 Not Found", "not found\n".into()),
-    }
+/// The routes: `/metrics`, `/healthz`, `/readyz`.
+pub fn router(metrics: Arc<Metrics>) -> Router {
+    Router::new()
+        .route(
+            "/metrics",
+            get(|State(m): State<Arc<Metrics>>| async move {
+                let content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+                ([(header::CONTENT_TYPE, content_type)], m.render())
+            }),
+        )
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/readyz",
+            get(|State(m): State<Arc<Metrics>>| async move {
+                if m.ready.load(Ordering::SeqCst) {
+                    (StatusCode::OK, "ready\n")
+                } else {
+                    (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+                }
+            }),
+        )
+        .with_state(metrics)
 }
 
-/// Serves `/metrics`, `/healthz` and `/readyz` on `address` until the process ends.
-pub async fn serve(address: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<()> {
+/// Serves the routes on `address` until `shutdown` resolves.
+pub async fn serve(
+    address: SocketAddr,
+    metrics: Arc<Metrics>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     let listener = TcpListener::bind(address).await?;
     tracing::info!(%address, "serving /metrics, /healthz and /readyz");
-    loop {
-        let (mut stream, _) = listener.accept().await?;
-        let metrics = metrics.clone();
-        tokio::spawn(async move {
-            let mut buf = vec![0; 4096];
-            let Ok(n) = stream.read(&mut buf).await else {
-                return;
-            };
-            let request = String::from_utf8_lossy(&buf[..n]);
-            let path = request.split_whitespace().nth(1).unwrap_or("/");
-            let path = path.split('?').next().unwrap_or(path);
-            let (status, body) = respond(path, &metrics);
-            let response = format!(
-                "HTTP/1.1 {status}\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            let _ = stream.write_all(response.as_bytes()).await;
-        });
-    }
+    axum::serve(listener, router(metrics))
+        .with_graceful_shutdown(shutdown)
+        .await
 }
 
 #[cfg(test)]
@@ -178,33 +246,50 @@ mod tests {
     #[test]
     fn exposition_has_counters_and_histograms() {
         let m = Metrics::default();
-        m.reconciled("snapshot");
-        m.reconciled("snapshot");
+        drop(m.reconciling("snapshot"));
+        drop(m.reconciling("snapshot"));
         m.failed("snapshot", "InvalidSpec");
         m.archived(1024);
         m.mover_finished("snapshot", 12.0);
         let text = m.render();
-        assert!(
-            text.contains("snapshot_operator_reconciliations_total{resource=\"snapshot\"} 2"),
-            "{text}"
-        );
-        assert!(text.contains("snapshot_operator_reconcile_failures_total{resource=\"snapshot\",reason=\"InvalidSpec\"} 1"));
-        assert!(text.contains("snapshot_operator_archived_bytes_total 1024"));
-        assert!(text.contains(
-            "snapshot_operator_mover_duration_seconds_bucket{operation=\"snapshot\",le=\"5\"} 0"
-        ));
-        assert!(text.contains(
-            "snapshot_operator_mover_duration_seconds_bucket{operation=\"snapshot\",le=\"15\"} 1"
-        ));
-        assert!(
-            text.contains(
-                "snapshot_operator_mover_duration_seconds_count{operation=\"snapshot\"} 1"
-            )
-        );
-        assert_eq!(respond("/readyz", &m).0, "503 Service Unavailable");
+        for line in [
+            r#"snapshot_operator_reconciliations_total{resource="snapshot"} 2"#,
+            r#"snapshot_operator_reconcile_failures_total{resource="snapshot",reason="InvalidSpec"} 1"#,
+            "snapshot_operator_archived_bytes_total 1024",
+            r#"snapshot_operator_mover_duration_seconds_bucket{le="5.0",operation="snapshot"} 0"#,
+            r#"snapshot_operator_mover_duration_seconds_bucket{le="15.0",operation="snapshot"} 1"#,
+            r#"snapshot_operator_mover_duration_seconds_count{operation="snapshot"} 1"#,
+            r#"snapshot_operator_reconcile_duration_seconds_count{resource="snapshot"} 2"#,
+            "# EOF",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} in:\n{text}");
+        }
+    }
+
+    #[tokio::test]
+    async fn endpoints_answer_over_http() {
+        crate::tls::install_crypto_provider();
+        let m = Arc::new(Metrics::default());
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        tokio::spawn(axum::serve(listener, router(m.clone())).into_future());
+        let get = |path: &'static str| async move {
+            let r = reqwest::get(format!("http://{address}{path}"))
+                .await
+                .unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        };
+        assert_eq!(get("/readyz").await.0, 503);
         m.set_ready(true);
-        assert_eq!(respond("/readyz", &m).0, "200 OK");
-        assert_eq!(respond("/healthz", &m).0, "200 OK");
-        assert_eq!(respond("/nope", &m).0, "404 Not Found");
+        assert_eq!(get("/readyz").await, (200, "ready\n".into()));
+        assert_eq!(get("/healthz").await, (200, "ok\n".into()));
+        assert_eq!(get("/nope").await.0, 404);
+        m.watch_failed("pods");
+        let (status, body) = get("/metrics").await;
+        assert_eq!(status, 200);
+        assert!(
+            body.contains(r#"snapshot_operator_watch_errors_total{resource="pods"} 1"#),
+            "{body}"
+        );
     }
 }

@@ -23,7 +23,6 @@ use cluster::Cluster;
 use futures_util::StreamExt;
 use jobs::Mover;
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::Api;
 use kube::api::{ListParams, Patch, PatchParams};
@@ -35,8 +34,10 @@ use kube::{Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use slots::{Busy, Claimant, Kind, Limits, Slots};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
 
 use crate::api::condition::reason;
 use crate::api::{Snapshot, SnapshotRestore};
@@ -125,6 +126,12 @@ pub enum ControllerError {
         address: SocketAddr,
         source: std::io::Error,
     },
+    #[error("cannot make an identity for leader election (set POD_NAME)")]
+    Identity(#[source] std::io::Error),
+    #[error(
+        "the lease was lost (taken over, or not renewed in time); stopping so that only one replica reconciles"
+    )]
+    LostLease,
 }
 
 /// What every reconciliation shares.
@@ -415,7 +422,8 @@ pub fn error_policy<K: Resource<DynamicType = ()>>(
     Action::requeue(Duration::from_secs(30))
 }
 
-/// Runs the operator until SIGTERM.
+/// Runs the operator until SIGTERM or SIGINT: reconciliations in flight finish, the Lease
+/// is released (another replica leads at once), and the process exits with status 0.
 pub async fn run(args: ControllerArgs) -> Result<(), ControllerError> {
     let config = OperatorConfig::load(args.operator_config.as_deref())?;
     if args.check_config {
@@ -428,39 +436,85 @@ pub async fn run(args: ControllerArgs) -> Result<(), ControllerError> {
     let client = Client::try_default()
         .await
         .map_err(ControllerError::Client)?;
+    let shutdown = CancellationToken::new();
+    tokio::spawn(stop_on_signal(shutdown.clone()));
     let metrics = Arc::new(Metrics::default());
     let address = args.metrics_address;
-    let listener_metrics = metrics.clone();
-    let server = tokio::spawn(async move { metrics::serve(address, listener_metrics).await });
+    let mut server = tokio::spawn(metrics::serve(
+        address,
+        metrics.clone(),
+        shutdown.clone().cancelled_owned(),
+    ));
+    let server_failed = |served: Result<std::io::Result<()>, tokio::task::JoinError>| {
+        let source = match served {
+            Ok(Err(e)) => e,
+            _ => std::io::Error::other("the metrics server stopped"),
+        };
+        ControllerError::Metrics { address, source }
+    };
     // Ready once the process runs and can talk to the API; a standby replica is ready too.
     metrics.set_ready(true);
-    let identity = args
-        .identity
-        .clone()
-        .unwrap_or_else(|| format!("{}-{}", FIELD_MANAGER, std::process::id()));
+    // Unique per replica without relying on process ids (PID 1 in every container).
+    let identity = match &args.identity {
+        Some(identity) => identity.clone(),
+        None => format!(
+            "{FIELD_MANAGER}-{}",
+            crate::safefs::random_hex().map_err(ControllerError::Identity)?
+        ),
+    };
+    let mut leadership = None;
     if args.leader_election {
-        let leases: Api<Lease> = Api::namespaced(client.clone(), &args.lease_namespace);
         tokio::select! {
-            () = leader::lead(leases, FIELD_MANAGER.into(), identity.clone()) => {}
-            served = server => {
-                let source = match served {
-                    Ok(Err(e)) => e,
-                    _ => std::io::Error::other("the metrics server stopped"),
-                };
-                return Err(ControllerError::Metrics { address, source });
+            acquired = leader::acquire(Api::namespaced(client.clone(), &args.lease_namespace), FIELD_MANAGER, &identity) => {
+                leadership = Some(acquired);
             }
+            () = shutdown.cancelled() => return Ok(()),
+            served = &mut server => return Err(server_failed(served)),
         }
     }
-    controllers(client, config, metrics, &identity).await;
-    Ok(())
+    let lost = async {
+        match leadership.as_mut() {
+            Some(l) => l.lost().await,
+            None => std::future::pending().await,
+        }
+    };
+    let result = tokio::select! {
+        () = controllers(client, config, metrics, &identity, shutdown.clone()) => Ok(()),
+        // Another replica leads now: this one must not reconcile any more.
+        () = lost => Err(ControllerError::LostLease),
+        served = &mut server => Err(server_failed(served)),
+    };
+    shutdown.cancel();
+    if let Some(l) = leadership {
+        l.release().await;
+    }
+    result
 }
 
-/// Runs the reconcilers until SIGTERM (the process must already lead, if it elects).
+/// Cancels `shutdown` on SIGTERM or SIGINT.
+async fn stop_on_signal(shutdown: CancellationToken) {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(term) => term,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot handle SIGTERM");
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: stopping"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: stopping"),
+    }
+    shutdown.cancel();
+}
+
+/// Runs the reconcilers until `shutdown` is cancelled, then lets the reconciliations in
+/// flight finish (the process must already lead, if it elects).
 pub async fn controllers(
     client: Client,
     config: OperatorConfig,
     metrics: Arc<Metrics>,
     identity: &str,
+    shutdown: CancellationToken,
 ) {
     let movers = watcher::Config::default().labels(&format!(
         "{}={}",
@@ -485,18 +539,20 @@ pub async fn controllers(
         watcher::Config::default(),
     )
     .reconcile_on(received(woken_snapshots))
-    .shutdown_on_signal();
+    .graceful_shutdown_on(shutdown.clone().cancelled_owned());
     let restores = Controller::new(
         Api::<SnapshotRestore>::all(client.clone()),
         watcher::Config::default(),
     )
     .reconcile_on(received(woken_restores))
-    .shutdown_on_signal();
+    .graceful_shutdown_on(shutdown.cancelled_owned());
+    let (movers_listed, listed) = watch::channel(false);
     let cluster = Cluster {
-        jobs: jobs.clone(),
-        pods: pods.clone(),
+        jobs,
+        pods,
         snapshots: snapshots.store(),
         restores: restores.store(),
+        movers_listed: listed,
     };
     let wake = Wake {
         snapshots: Some(wake_snapshots),
@@ -506,6 +562,18 @@ pub async fn controllers(
         client, config, metrics, identity, cluster, wake,
     ));
     let woken = ctx.clone();
+    let (jobs_listed, pods_listed) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicBool::new(false)),
+    );
+    let listed = move |this: &AtomicBool, other: &AtomicBool| {
+        this.store(true, Ordering::SeqCst);
+        if other.load(Ordering::SeqCst) {
+            movers_listed.send_replace(true);
+        }
+    };
+    let (listed_jobs, listed_pods) = (listed.clone(), listed);
+    let (jobs_flag, pods_flag) = (jobs_listed.clone(), pods_listed.clone());
     // Owners are woken from this stream, after the store took the change: a reconcile
     // woken by a Job's change sees that change.
     tokio::spawn(job_events.for_each(move |event| {
@@ -513,24 +581,44 @@ pub async fn controllers(
             Ok(watcher::Event::Apply(job) | watcher::Event::Delete(job)) => {
                 woken.mover_changed(&job);
             }
-            Ok(watcher::Event::InitDone) => woken.wake_waiters(),
+            Ok(watcher::Event::InitDone) => {
+                listed_jobs(&jobs_flag, &pods_listed);
+                woken.wake_waiters();
+            }
             Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "watching mover Jobs"),
+            Err(e) => {
+                woken.metrics.watch_failed("jobs");
+                tracing::warn!(error = %e, "watching mover Jobs");
+            }
         }
         std::future::ready(())
     }));
-    tokio::spawn(pod_events.for_each(|event| {
-        if let Err(e) = event {
-            tracing::warn!(error = %e, "watching mover pods");
+    let watching = ctx.clone();
+    tokio::spawn(pod_events.for_each(move |event| {
+        match event {
+            Ok(watcher::Event::InitDone) => listed_pods(&pods_flag, &jobs_listed),
+            Ok(_) => {}
+            Err(e) => {
+                watching.metrics.watch_failed("pods");
+                tracing::warn!(error = %e, "watching mover pods");
+            }
         }
         std::future::ready(())
     }));
+    let metrics = ctx.metrics.clone();
     let snapshots = snapshots
         .run(snapshot::reconcile, error_policy, ctx.clone())
-        .for_each(log_result);
+        .for_each(move |result| {
+            outcome(result, &metrics, "snapshots");
+            std::future::ready(())
+        });
+    let metrics = ctx.metrics.clone();
     let restores = restores
         .run(restore::reconcile, error_policy, ctx)
-        .for_each(log_result);
+        .for_each(move |result| {
+            outcome(result, &metrics, "snapshotrestores");
+            std::future::ready(())
+        });
     tokio::join!(snapshots, restores);
 }
 
@@ -543,8 +631,18 @@ fn received<T: Send + 'static>(
     })
 }
 
-async fn log_result<T, E: std::fmt::Display>(result: Result<T, E>) {
-    if let Err(e) = result {
-        tracing::debug!(error = %e, "reconcile error");
+/// Counts a controller's failed watches; other errors were handled by the error policy.
+fn outcome<T, E: std::error::Error>(
+    result: Result<T, kube::runtime::controller::Error<E, watcher::Error>>,
+    metrics: &Metrics,
+    resource: &str,
+) {
+    match result {
+        Ok(_) => {}
+        Err(kube::runtime::controller::Error::QueueError(e)) => {
+            metrics.watch_failed(resource);
+            tracing::warn!(%resource, error = %e, "watching failed");
+        }
+        Err(e) => tracing::debug!(error = %e, "reconcile error"),
     }
 }

@@ -28,7 +28,7 @@ use crate::api::restore::{
     NodePhase, NodeRestore, RestorePhase, SnapshotRestore, SnapshotRestoreSpec,
     SnapshotRestoreStatus,
 };
-use crate::api::snapshot::{ArchivePhase, Phase, Storage};
+use crate::api::snapshot::{ArchivePhase, Phase, Snapshot, Storage};
 use crate::engine::name;
 use crate::protocol::{MoverTask, RestoreTask, TERMINATION_LOG};
 
@@ -274,7 +274,9 @@ pub fn next_node(entry: &NodeRestore, mover: Option<&Mover>, started: bool) -> N
 
 /// Reconciles one SnapshotRestore.
 pub async fn reconcile(restore: Arc<SnapshotRestore>, ctx: Arc<Context>) -> Result<Action, Error> {
-    ctx.metrics.reconciled(&resource_label::<SnapshotRestore>());
+    let _timer = ctx
+        .metrics
+        .reconciling(&resource_label::<SnapshotRestore>());
     ctx.cluster.ready().await;
     let ns = restore.namespace().unwrap_or_default();
     let api: Api<SnapshotRestore> = Api::namespaced(ctx.client.clone(), &ns);
@@ -326,11 +328,19 @@ async fn archives(
     let Some(reference) = &spec.source.snapshot_ref else {
         return Ok(Err(("no source".into(), false)));
     };
-    let Some(snap) = ctx
+    // From the store; a Snapshot not there yet (the store still filling) is looked up.
+    let cached = ctx
         .cluster
         .snapshots
-        .get(&ObjectRef::new(&reference.name).within(&ns))
-    else {
+        .get(&ObjectRef::new(&reference.name).within(&ns));
+    let found = match cached {
+        Some(snap) => Some(snap),
+        None => Api::<Snapshot>::namespaced(ctx.client.clone(), &ns)
+            .get_opt(&reference.name)
+            .await?
+            .map(Arc::new),
+    };
+    let Some(snap) = found else {
         return Ok(Err((
             format!("Snapshot {} not found in {ns}", reference.name),
             false,

@@ -280,7 +280,7 @@ pub fn invalid_status(snap: &Snapshot, message: &str, now: Time) -> SnapshotStat
 
 /// Reconciles one Snapshot.
 pub async fn reconcile(snap: Arc<Snapshot>, ctx: Arc<Context>) -> Result<Action, Error> {
-    ctx.metrics.reconciled(&resource_label::<Snapshot>());
+    let _timer = ctx.metrics.reconciling(&resource_label::<Snapshot>());
     ctx.cluster.ready().await;
     let ns = snap.namespace().unwrap_or_default();
     let api: Api<Snapshot> = Api::namespaced(ctx.client.clone(), &ns);
@@ -903,7 +903,10 @@ mod mock {
         let (result, metrics) =
             reconcile_with(snapshot(true, running_archives(), false), config(), script).await;
         assert!(matches!(result.unwrap_err().inner(), Error::Stale));
-        assert!(!metrics.contains("archived_bytes_total"), "{metrics}");
+        assert!(
+            metrics.contains("snapshot_operator_archived_bytes_total 0\n"),
+            "{metrics}"
+        );
 
         // A pass that reads the recorded results removes the Jobs and writes nothing.
         let recorded = written.lock().unwrap().clone();
