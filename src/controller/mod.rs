@@ -342,6 +342,79 @@ impl Context {
     }
 }
 
+/// A resource the operator reconciles: applied while it exists, cleaned up (behind the
+/// finalizer) when deleted.
+pub trait Reconciled:
+    Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
+    + Clone
+    + DeserializeOwned
+    + Serialize
+    + std::fmt::Debug
+    + Send
+    + Sync
+    + 'static
+{
+    /// Its status.
+    type Status: Serialize + PartialEq + Send + Sync;
+    /// The name of its action in events (`Snapshot`, `Restore`).
+    const ACTION: &'static str;
+
+    /// Moves the resource towards its spec; writes its status.
+    fn apply(&self, ctx: &Context) -> impl Future<Output = Result<Action, Error>> + Send;
+    /// Releases what the resource holds before it goes.
+    fn cleanup(&self, ctx: &Context) -> impl Future<Output = Result<Action, Error>> + Send;
+    /// The status as read.
+    fn current(&self) -> Option<&Self::Status>;
+    /// A status's phase, and its `Ready` condition.
+    fn phase_and_ready(status: &Self::Status) -> (String, Option<&Condition>);
+}
+
+/// Writes `status` if it differs from the one read (on condition that the object is still
+/// the version read: see [`patch_status`]) and publishes an event when the phase changed.
+/// Tells whether it wrote: what a pass counts in the metrics, it counts only then.
+pub async fn write_status<K: Reconciled>(
+    ctx: &Context,
+    object: &K,
+    status: &K::Status,
+) -> Result<bool, Error> {
+    if object.current() == Some(status) {
+        return Ok(false);
+    }
+    let api: Api<K> = Api::namespaced(
+        ctx.client.clone(),
+        object.meta().namespace.as_deref().unwrap_or_default(),
+    );
+    patch_status(&api, object, status).await?;
+    let (phase, ready) = K::phase_and_ready(status);
+    if object.current().map(|s| K::phase_and_ready(s).0) != Some(phase) {
+        ctx.publish_ready(object, ready, K::ACTION).await;
+    }
+    Ok(true)
+}
+
+/// Reconciles one resource: timed, once the mover stores are filled, through the finalizer.
+#[tracing::instrument(skip_all, fields(
+    kind = K::kind(&()).as_ref(),
+    namespace = object.meta().namespace.as_deref(),
+    name = object.meta().name.as_deref(),
+))]
+pub async fn reconcile<K: Reconciled>(object: Arc<K>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let _timer = ctx.metrics.reconciling(&resource_label::<K>());
+    ctx.cluster.ready().await;
+    let api: Api<K> = Api::namespaced(
+        ctx.client.clone(),
+        object.meta().namespace.as_deref().unwrap_or_default(),
+    );
+    finalizer(&api, FINALIZER, object, |event| async {
+        match event {
+            finalizer::Event::Apply(object) => object.apply(&ctx).await,
+            finalizer::Event::Cleanup(object) => object.cleanup(&ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)))
+}
+
 /// Writes a resource's status (server-side apply, with `apiVersion` and `kind`), on
 /// condition that the object is still the version read: a pass that worked from an older one
 /// fails with [`Error::Stale`] and changes nothing.
@@ -440,18 +513,21 @@ pub async fn run(args: ControllerArgs) -> Result<(), ControllerError> {
     tokio::spawn(stop_on_signal(shutdown.clone()));
     let metrics = Arc::new(Metrics::default());
     let address = args.metrics_address;
-    let mut server = tokio::spawn(metrics::serve(
+    let server = tokio::spawn(metrics::serve(
         address,
         metrics.clone(),
         shutdown.clone().cancelled_owned(),
     ));
-    let server_failed = |served: Result<std::io::Result<()>, tokio::task::JoinError>| {
-        let source = match served {
+    // Resolves only if the server fails: on shutdown it ends, and the rest winds down.
+    let server_failure = async move {
+        let source = match server.await {
+            Ok(Ok(())) => return std::future::pending().await,
             Ok(Err(e)) => e,
-            _ => std::io::Error::other("the metrics server stopped"),
+            Err(e) => std::io::Error::other(e),
         };
         ControllerError::Metrics { address, source }
     };
+    tokio::pin!(server_failure);
     // Ready once the process runs and can talk to the API; a standby replica is ready too.
     metrics.set_ready(true);
     // Unique per replica without relying on process ids (PID 1 in every container).
@@ -469,7 +545,7 @@ pub async fn run(args: ControllerArgs) -> Result<(), ControllerError> {
                 leadership = Some(acquired);
             }
             () = shutdown.cancelled() => return Ok(()),
-            served = &mut server => return Err(server_failed(served)),
+            failure = &mut server_failure => return Err(failure),
         }
     }
     let lost = async {
@@ -482,7 +558,7 @@ pub async fn run(args: ControllerArgs) -> Result<(), ControllerError> {
         () = controllers(client, config, metrics, &identity, shutdown.clone()) => Ok(()),
         // Another replica leads now: this one must not reconcile any more.
         () = lost => Err(ControllerError::LostLease),
-        served = &mut server => Err(server_failed(served)),
+        failure = &mut server_failure => Err(failure),
     };
     shutdown.cancel();
     if let Some(l) = leadership {
@@ -607,14 +683,14 @@ pub async fn controllers(
     }));
     let metrics = ctx.metrics.clone();
     let snapshots = snapshots
-        .run(snapshot::reconcile, error_policy, ctx.clone())
+        .run(reconcile::<Snapshot>, error_policy, ctx.clone())
         .for_each(move |result| {
             outcome(result, &metrics, "snapshots");
             std::future::ready(())
         });
     let metrics = ctx.metrics.clone();
     let restores = restores
-        .run(restore::reconcile, error_policy, ctx)
+        .run(reconcile::<SnapshotRestore>, error_policy, ctx)
         .for_each(move |result| {
             outcome(result, &metrics, "snapshotrestores");
             std::future::ready(())

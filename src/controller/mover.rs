@@ -206,6 +206,26 @@ fn label_value(text: &str) -> String {
     )
 }
 
+/// Scheduling on the Kubernetes node `node` only.
+fn pinned_to(node: &str) -> Affinity {
+    Affinity {
+        node_affinity: Some(NodeAffinity {
+            required_during_scheduling_ignored_during_execution: Some(NodeSelector {
+                node_selector_terms: vec![NodeSelectorTerm {
+                    match_fields: Some(vec![NodeSelectorRequirement {
+                        key: "metadata.name".into(),
+                        operator: "In".into(),
+                        values: Some(vec![node.into()]),
+                    }]),
+                    ..NodeSelectorTerm::default()
+                }],
+            }),
+            ..NodeAffinity::default()
+        }),
+        ..Affinity::default()
+    }
+}
+
 /// The Job.
 pub fn job(spec: &MoverJob<'_>, config: &MoverConfig) -> Job {
     let labels = labels(&spec.owner_uid, spec.task.operation(), spec.node);
@@ -224,22 +244,7 @@ pub fn job(spec: &MoverJob<'_>, config: &MoverConfig) -> Job {
     }
     let mut args = vec!["mover".to_owned()];
     args.extend(spec.task.args());
-    let affinity = spec.pin_to.map(|node| Affinity {
-        node_affinity: Some(NodeAffinity {
-            required_during_scheduling_ignored_during_execution: Some(NodeSelector {
-                node_selector_terms: vec![NodeSelectorTerm {
-                    match_fields: Some(vec![NodeSelectorRequirement {
-                        key: "metadata.name".into(),
-                        operator: "In".into(),
-                        values: Some(vec![node.into()]),
-                    }]),
-                    ..NodeSelectorTerm::default()
-                }],
-            }),
-            ..NodeAffinity::default()
-        }),
-        ..Affinity::default()
-    });
+    let affinity = spec.pin_to.map(pinned_to);
     Job {
         metadata: ObjectMeta {
             name: Some(spec.name.clone()),

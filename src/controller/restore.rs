@@ -8,11 +8,10 @@ use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::Pod;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
-use kube::runtime::finalizer::{self, finalizer};
 use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
@@ -22,13 +21,13 @@ use super::mover::{self, MoverJob};
 use super::slots::{Claimant, Kind};
 use super::snapshot::{effective_storage, validate_storage};
 use super::workload::{self, Node};
-use super::{Context, Error, FINALIZER, patch_status, reject, resource_label};
+use super::{Context, Error, Reconciled, patch_status, reject, write_status};
 use crate::api::condition::{self, reason};
 use crate::api::restore::{
     NodePhase, NodeRestore, RestorePhase, SnapshotRestore, SnapshotRestoreSpec,
     SnapshotRestoreStatus,
 };
-use crate::api::snapshot::{ArchivePhase, Phase, Snapshot, Storage};
+use crate::api::snapshot::{ArchivePhase, Phase, Snapshot, StatefulSetRef, Storage};
 use crate::engine::name;
 use crate::protocol::{MoverTask, RestoreTask, TERMINATION_LOG};
 
@@ -272,36 +271,36 @@ pub fn next_node(entry: &NodeRestore, mover: Option<&Mover>, started: bool) -> N
     n
 }
 
-/// Reconciles one SnapshotRestore.
-pub async fn reconcile(restore: Arc<SnapshotRestore>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let _timer = ctx
-        .metrics
-        .reconciling(&resource_label::<SnapshotRestore>());
-    ctx.cluster.ready().await;
-    let ns = restore.namespace().unwrap_or_default();
-    let api: Api<SnapshotRestore> = Api::namespaced(ctx.client.clone(), &ns);
-    finalizer(&api, FINALIZER, restore, |event| async {
-        match event {
-            finalizer::Event::Apply(r) => apply(&r, &ctx).await,
-            finalizer::Event::Cleanup(r) => cleanup(&r, &ctx).await,
-        }
-    })
-    .await
-    .map_err(|e| Error::Finalizer(Box::new(e)))
+impl Reconciled for SnapshotRestore {
+    type Status = SnapshotRestoreStatus;
+    const ACTION: &'static str = "Restore";
+
+    fn current(&self) -> Option<&SnapshotRestoreStatus> {
+        self.status.as_ref()
+    }
+
+    fn phase_and_ready(status: &SnapshotRestoreStatus) -> (String, Option<&Condition>) {
+        (format!("{:?}", status.phase), status.conditions.first())
+    }
+
+    async fn apply(&self, ctx: &Context) -> Result<Action, Error> {
+        apply(self, ctx).await
+    }
+
+    async fn cleanup(&self, ctx: &Context) -> Result<Action, Error> {
+        cleanup(self, ctx).await
+    }
 }
 
-async fn invalid(
-    restore: &SnapshotRestore,
-    ctx: &Context,
-    api: &Api<SnapshotRestore>,
-    message: &str,
-) -> Result<Action, Error> {
+async fn invalid(restore: &SnapshotRestore, ctx: &Context, message: &str) -> Result<Action, Error> {
+    let api: Api<SnapshotRestore> =
+        Api::namespaced(ctx.client.clone(), &restore.namespace().unwrap_or_default());
     // A workload stopped before the spec turned out unusable is started again.
     if let Some(replicas) = restore.status.as_ref().and_then(|s| s.stopped_replicas) {
         scale(ctx, restore, replicas).await?;
     }
-    let status = invalid_status(restore, message, Time(jiff::Timestamp::now()));
-    reject(ctx, restore, api, &status, message).await
+    let status = invalid_status(restore, message, now());
+    reject(ctx, restore, &api, &status, message).await
 }
 
 /// The archives to restore, or why not (yet): `Ok(Err((message, wait)))`.
@@ -398,8 +397,6 @@ async fn scale(ctx: &Context, restore: &SnapshotRestore, replicas: i32) -> Resul
 }
 
 async fn apply(restore: &SnapshotRestore, ctx: &Context) -> Result<Action, Error> {
-    let ns = restore.namespace().unwrap_or_default();
-    let api: Api<SnapshotRestore> = Api::namespaced(ctx.client.clone(), &ns);
     let old = restore.status.clone().unwrap_or_default();
     // Finished movers whose results the status holds have done their part.
     let recorded = old.nodes.iter().filter(|n| is_final(n));
@@ -412,39 +409,105 @@ async fn apply(restore: &SnapshotRestore, ctx: &Context) -> Result<Action, Error
     {
         return Ok(Action::await_change());
     }
-    if let Err(message) = validate(&restore.spec) {
-        return invalid(restore, ctx, &api, &message).await;
-    }
-    let (archives, full, storage) = match archives(restore, ctx).await? {
-        Ok(found) => found,
-        Err((message, true)) => {
+    let mut plan = match resolve(restore, ctx).await? {
+        Resolved::Plan(plan) => plan,
+        Resolved::Wait(message) => {
             let status = next_status(
                 restore,
                 old.nodes.clone(),
                 old.stopped_replicas,
                 false,
                 Some(message),
-                Time(jiff::Timestamp::now()),
+                now(),
             );
-            patch_status(&api, restore, &status).await?;
+            write_status(ctx, restore, &status).await?;
             return Ok(Action::requeue(RECHECK));
         }
-        Err((message, false)) => return invalid(restore, ctx, &api, &message).await,
+        Resolved::Invalid(message) => return invalid(restore, ctx, &message).await,
     };
-    if full && !restore.spec.stop_workload {
-        return invalid(
-            restore,
-            ctx,
-            &api,
-            "a full-storage restore needs stopWorkload: true (Qdrant restores a full storage only at start)",
-        )
-        .await;
+    let pods: Vec<Pod> = Api::<Pod>::namespaced(ctx.client.clone(), &plan.namespace)
+        .list(&ListParams::default())
+        .await?
+        .items;
+    match stop_workload_target(&restore.spec) {
+        Some(sts) => {
+            if let Some(action) = stop_workload(restore, ctx, sts, &mut plan, &pods).await? {
+                return Ok(action);
+            }
+        }
+        None => refuse_mounted_claims(&mut plan.entries, &pods),
     }
-    // The nodes as first resolved: a stopped StatefulSet has no replicas to count.
+    let (next, movers) = run_movers(restore, ctx, &plan).await?;
+    // Start the workload again once every mover is done, whatever their outcome.
+    let mut restarted = !restore.spec.stop_workload;
+    if next.iter().all(is_final)
+        && let Some(replicas) = plan.stopped_replicas
+    {
+        scale(ctx, restore, replicas).await?;
+        restarted = true;
+    }
+    let status = next_status(
+        restore,
+        next.clone(),
+        plan.stopped_replicas,
+        restarted,
+        None,
+        now(),
+    );
+    if write_status(ctx, restore, &status).await? {
+        // Written on condition of the status read: counted once.
+        count_finished(ctx, &plan.entries, &next, &movers);
+    }
+    Ok(match status.phase {
+        Some(RestorePhase::Succeeded | RestorePhase::Failed) => Action::await_change(),
+        _ => Action::requeue(RECHECK),
+    })
+}
+
+fn now() -> Time {
+    Time(jiff::Timestamp::now())
+}
+
+/// What a pass acts on, once the source and the nodes are resolved.
+struct RestorePlan {
+    namespace: String,
+    entries: Vec<NodeRestore>,
+    assignments: Vec<Assignment>,
+    storage: Option<Storage>,
+    stopped_replicas: Option<i32>,
+}
+
+/// The outcome of resolving a restore.
+enum Resolved {
+    Plan(Box<RestorePlan>),
+    /// Not yet (the source Snapshot is still running).
+    Wait(String),
+    /// Never, until the spec changes.
+    Invalid(String),
+}
+
+/// Resolves the archives, the nodes (as first resolved: a stopped StatefulSet has no
+/// replicas to count) and which archive each node restores.
+async fn resolve(restore: &SnapshotRestore, ctx: &Context) -> Result<Resolved, Error> {
+    let ns = restore.namespace().unwrap_or_default();
+    let old = restore.status.clone().unwrap_or_default();
+    if let Err(message) = validate(&restore.spec) {
+        return Ok(Resolved::Invalid(message));
+    }
+    let (archives, full, storage) = match archives(restore, ctx).await? {
+        Ok(found) => found,
+        Err((message, true)) => return Ok(Resolved::Wait(message)),
+        Err((message, false)) => return Ok(Resolved::Invalid(message)),
+    };
+    if full && !restore.spec.stop_workload && restore.spec.target.stateful_set.is_some() {
+        return Ok(Resolved::Invalid(
+            "a full-storage restore into a StatefulSet needs stopWorkload: true (Qdrant restores a full storage only at start)".into(),
+        ));
+    }
     let nodes = if old.nodes.is_empty() {
         match workload::nodes(&ctx.client, &ns, &restore.spec.target).await? {
             Ok(nodes) => nodes,
-            Err(message) => return invalid(restore, ctx, &api, &message).await,
+            Err(message) => return Ok(Resolved::Invalid(message)),
         }
     } else {
         old.nodes
@@ -456,173 +519,185 @@ async fn apply(restore: &SnapshotRestore, ctx: &Context) -> Result<Action, Error
             .collect()
     };
     let assignments = map_archives(&nodes, &archives);
-    let mut entries: Vec<NodeRestore> = if old.nodes.is_empty() {
-        assignments
-            .iter()
-            .map(|a| NodeRestore {
-                node: a.node.name.clone(),
-                claim: a.node.claim.clone(),
-                archive: a.shown.clone(),
-                phase: if a.location.is_some() {
-                    NodePhase::Pending
-                } else {
-                    NodePhase::Failed
-                },
-                bytes: None,
-                message: a
-                    .location
-                    .is_none()
-                    .then(|| "no archive for this node in the snapshot".into()),
-            })
-            .collect()
+    let entries = if old.nodes.is_empty() {
+        first_entries(&assignments)
     } else {
         old.nodes.clone()
     };
-    let pods: Vec<Pod> = Api::<Pod>::namespaced(ctx.client.clone(), &ns)
-        .list(&ListParams::default())
-        .await?
-        .items;
-    let claims: Vec<String> = nodes.iter().map(|n| n.claim.clone()).collect();
-    let in_use = workload::pods_using(&pods, &claims);
+    Ok(Resolved::Plan(Box::new(RestorePlan {
+        namespace: ns,
+        entries,
+        assignments,
+        storage,
+        stopped_replicas: old.stopped_replicas,
+    })))
+}
 
-    // The workload: record its replicas before stopping it, wait for its pods.
-    let mut stopped_replicas = old.stopped_replicas;
-    if restore.spec.stop_workload {
-        if stopped_replicas.is_none() {
-            let sts = restore
-                .spec
-                .target
-                .stateful_set
-                .as_ref()
-                .expect("validated");
-            let current = Api::<StatefulSet>::namespaced(ctx.client.clone(), &ns)
-                .get_scale(&sts.name)
-                .await?
-                .spec
-                .and_then(|s| s.replicas)
-                .unwrap_or(0);
-            stopped_replicas = Some(current);
-            let status = next_status(
-                restore,
-                entries.clone(),
-                stopped_replicas,
-                false,
-                Some(format!(
-                    "stopping StatefulSet {} ({current} replicas)",
-                    sts.name
-                )),
-                Time(jiff::Timestamp::now()),
-            );
-            patch_status(&api, restore, &status).await?;
-            scale(ctx, restore, 0).await?;
-            ctx.publish(
-                restore,
-                EventType::Normal,
-                reason::STOPPING_WORKLOAD,
-                format!("scaled StatefulSet {} from {current} to 0", sts.name),
-                "Stop",
-            )
-            .await;
-            return Ok(Action::requeue(Duration::from_secs(2)));
-        }
-        if !in_use.is_empty() {
-            // Again, in case the operator stopped between recording and scaling.
-            scale(ctx, restore, 0).await?;
-            let status = next_status(
-                restore,
-                entries,
-                stopped_replicas,
-                false,
-                Some(format!("waiting for pods to stop: {}", in_use.join(", "))),
-                Time(jiff::Timestamp::now()),
-            );
-            patch_status(&api, restore, &status).await?;
-            return Ok(Action::requeue(Duration::from_secs(3)));
-        }
-    } else {
-        for entry in entries.iter_mut().filter(|e| e.phase == NodePhase::Pending) {
-            if let Some(pod) =
-                workload::pods_using(&pods, std::slice::from_ref(&entry.claim)).first()
-            {
-                entry.phase = NodePhase::Failed;
-                entry.message = Some(format!(
-                    "claim {} is mounted by running pod {pod}; set stopWorkload: true or stop the workload",
-                    entry.claim
-                ));
-            }
+/// The node entries of a new restore (pure): pending, or failed without an archive.
+pub fn first_entries(assignments: &[Assignment]) -> Vec<NodeRestore> {
+    assignments
+        .iter()
+        .map(|a| NodeRestore {
+            node: a.node.name.clone(),
+            claim: a.node.claim.clone(),
+            archive: a.shown.clone(),
+            phase: if a.location.is_some() {
+                NodePhase::Pending
+            } else {
+                NodePhase::Failed
+            },
+            bytes: None,
+            message: a
+                .location
+                .is_none()
+                .then(|| "no archive for this node in the snapshot".into()),
+        })
+        .collect()
+}
+
+/// The StatefulSet to stop, if the spec asks for it (validated: only with one).
+fn stop_workload_target(spec: &SnapshotRestoreSpec) -> Option<&StatefulSetRef> {
+    spec.target
+        .stateful_set
+        .as_ref()
+        .filter(|_| spec.stop_workload)
+}
+
+/// Stops the workload: records its replicas, then scales it to zero, then waits for its
+/// pods to go. `Some(action)` while that is under way.
+async fn stop_workload(
+    restore: &SnapshotRestore,
+    ctx: &Context,
+    sts: &StatefulSetRef,
+    plan: &mut RestorePlan,
+    pods: &[Pod],
+) -> Result<Option<Action>, Error> {
+    if plan.stopped_replicas.is_none() {
+        let current = Api::<StatefulSet>::namespaced(ctx.client.clone(), &plan.namespace)
+            .get_scale(&sts.name)
+            .await?
+            .spec
+            .and_then(|s| s.replicas)
+            .unwrap_or(0);
+        plan.stopped_replicas = Some(current);
+        let message = format!("stopping StatefulSet {} ({current} replicas)", sts.name);
+        let status = next_status(
+            restore,
+            plan.entries.clone(),
+            plan.stopped_replicas,
+            false,
+            Some(message),
+            now(),
+        );
+        // Recorded before scaling: a restart finds the replicas to bring back.
+        let api: Api<SnapshotRestore> = Api::namespaced(ctx.client.clone(), &plan.namespace);
+        patch_status(&api, restore, &status).await?;
+        scale(ctx, restore, 0).await?;
+        let note = format!("scaled StatefulSet {} from {current} to 0", sts.name);
+        ctx.publish(
+            restore,
+            EventType::Normal,
+            reason::STOPPING_WORKLOAD,
+            note,
+            "Stop",
+        )
+        .await;
+        return Ok(Some(Action::requeue(Duration::from_secs(2))));
+    }
+    let claims: Vec<String> = plan.entries.iter().map(|n| n.claim.clone()).collect();
+    let in_use = workload::pods_using(pods, &claims);
+    if in_use.is_empty() {
+        return Ok(None);
+    }
+    // Again, in case the operator stopped between recording and scaling.
+    scale(ctx, restore, 0).await?;
+    let status = next_status(
+        restore,
+        plan.entries.clone(),
+        plan.stopped_replicas,
+        false,
+        Some(format!("waiting for pods to stop: {}", in_use.join(", "))),
+        now(),
+    );
+    write_status(ctx, restore, &status).await?;
+    Ok(Some(Action::requeue(Duration::from_secs(3))))
+}
+
+/// Without `stopWorkload`, a node whose claim a running pod mounts fails (pure): restoring
+/// under a running database would lose data.
+pub fn refuse_mounted_claims(entries: &mut [NodeRestore], pods: &[Pod]) {
+    for entry in entries.iter_mut().filter(|e| e.phase == NodePhase::Pending) {
+        if let Some(pod) = workload::pods_using(pods, std::slice::from_ref(&entry.claim)).first() {
+            entry.phase = NodePhase::Failed;
+            entry.message = Some(format!(
+                "claim {} is mounted by running pod {pod}; stop it (or, for a StatefulSet, set stopWorkload: true)",
+                entry.claim
+            ));
         }
     }
+}
 
-    // The movers.
+/// Starts the movers of pending nodes as slots allow and reads the finished ones: the next
+/// node entries, and each node's mover.
+async fn run_movers(
+    restore: &SnapshotRestore,
+    ctx: &Context,
+    plan: &RestorePlan,
+) -> Result<(Vec<NodeRestore>, Vec<Option<Mover>>), Error> {
     let uid = restore.uid().unwrap_or_default();
     let mut movers: Vec<Option<Mover>> = Vec::new();
-    for e in &entries {
-        movers.push(ctx.mover(&ns, &job_name(restore, &e.node), &uid).await?);
+    for e in &plan.entries {
+        movers.push(
+            ctx.mover(&plan.namespace, &job_name(restore, &e.node), &uid)
+                .await?,
+        );
     }
     let mut next = Vec::new();
-    for (entry, mover) in entries.iter().zip(&movers) {
+    for (entry, mover) in plan.entries.iter().zip(&movers) {
         let mut started = false;
-        if mover.is_none() && entry.phase == NodePhase::Pending {
-            let assignment = assignments.iter().find(|a| a.node.name == entry.node);
-            if let Some(Assignment {
+        let assignment = plan.assignments.iter().find(|a| a.node.name == entry.node);
+        if mover.is_none()
+            && entry.phase == NodePhase::Pending
+            && let Some(Assignment {
                 location: Some(location),
                 checksum,
                 ..
             }) = assignment
-                && ctx.take_slot(claimant(restore, entry), &job_name(restore, &entry.node))
-            {
-                let source = MoverSource {
-                    location,
-                    checksum: checksum.as_deref(),
-                    storage: storage.as_ref(),
-                };
-                start_mover(restore, ctx, entry, source).await?;
-                started = true;
-            }
+            && ctx.take_slot(claimant(restore, entry), &job_name(restore, &entry.node))
+        {
+            let source = MoverSource {
+                location,
+                checksum: checksum.as_deref(),
+                storage: plan.storage.as_ref(),
+            };
+            start_mover(restore, ctx, entry, source).await?;
+            started = true;
         }
         next.push(next_node(entry, mover.as_ref(), started));
     }
+    Ok((next, movers))
+}
 
-    // Start the workload again once every mover is done, whatever their outcome.
-    let finished = next.iter().all(is_final);
-    let mut restarted = !restore.spec.stop_workload;
-    if finished && let Some(replicas) = stopped_replicas {
-        scale(ctx, restore, replicas).await?;
-        restarted = true;
-    }
-    let status = next_status(
-        restore,
-        next.clone(),
-        stopped_replicas,
-        restarted,
-        None,
-        Time(jiff::Timestamp::now()),
-    );
-    if restore.status.as_ref() != Some(&status) {
-        // Conditional on the status read: what follows is counted once.
-        patch_status(&api, restore, &status).await?;
-        for ((entry, updated), mover) in entries.iter().zip(&next).zip(&movers) {
-            if let Some(m) = mover
-                && !is_final(entry)
-                && is_final(updated)
-            {
+/// Counts the movers that finished in this pass.
+fn count_finished(
+    ctx: &Context,
+    entries: &[NodeRestore],
+    next: &[NodeRestore],
+    movers: &[Option<Mover>],
+) {
+    for ((entry, updated), mover) in entries.iter().zip(next).zip(movers) {
+        if let Some(m) = mover
+            && !is_final(entry)
+            && is_final(updated)
+        {
+            ctx.metrics
+                .mover_finished("restore", jobs::duration(&m.job));
+            if updated.phase == NodePhase::Restored {
                 ctx.metrics
-                    .mover_finished("restore", jobs::duration(&m.job));
-                if updated.phase == NodePhase::Restored {
-                    ctx.metrics
-                        .restored(updated.bytes.unwrap_or(0).max(0) as u64);
-                }
+                    .restored(updated.bytes.unwrap_or(0).max(0) as u64);
             }
         }
     }
-    if old.phase != status.phase {
-        ctx.publish_ready(restore, status.conditions.first(), "Restore")
-            .await;
-    }
-    Ok(match status.phase {
-        Some(RestorePhase::Succeeded | RestorePhase::Failed) => Action::await_change(),
-        _ => Action::requeue(RECHECK),
-    })
 }
 
 /// The mover Job of a node.
@@ -865,6 +940,7 @@ mod tests {
 mod mock {
     //! Reconciliations against a mock API server: every request asserted.
     use super::*;
+    use crate::controller::FINALIZER;
     use crate::controller::cluster::Cluster;
     use crate::controller::config::OperatorConfig;
     use crate::controller::testing::{
@@ -944,7 +1020,7 @@ mod mock {
         script: Vec<Expect>,
     ) -> Result<Action, Error> {
         scripted(OperatorConfig::default(), cluster, script, |ctx| {
-            reconcile(Arc::new(r), ctx)
+            super::super::reconcile(Arc::new(r), ctx)
         })
         .await
         .0
@@ -1095,7 +1171,7 @@ mod mock {
             event("Succeeded"),
         ];
         let (action, metrics) = scripted(OperatorConfig::default(), movers, script, |ctx| {
-            reconcile(Arc::new(restore(spec(true), running, false)), ctx)
+            super::super::reconcile(Arc::new(restore(spec(true), running, false)), ctx)
         })
         .await;
         let action = action.unwrap();
@@ -1131,7 +1207,7 @@ mod mock {
             event("InvalidSpec"),
         ];
         let (action, metrics) = scripted(OperatorConfig::default(), full, script, |ctx| {
-            reconcile(Arc::new(restore(s, Value::Null, false)), ctx)
+            super::super::reconcile(Arc::new(restore(s, Value::Null, false)), ctx)
         })
         .await;
         assert_eq!(action.unwrap(), Action::await_change());
@@ -1141,6 +1217,64 @@ mod mock {
             ),
             "{metrics}"
         );
+    }
+
+    #[tokio::test]
+    async fn a_full_restore_into_a_claim_runs_when_no_pod_mounts_it() {
+        // A claim of its own (no StatefulSet to stop), from a location: the whole storage.
+        let spec = || {
+            json!({"source": {"location": "s3://b/full.snapshot"},
+            "target": {"persistentVolumeClaim": {"claimName": "d"}}, "path": "/qdrant/storage",
+            "storage": {"s3": {"bucket": "b"}}})
+        };
+        let claim = json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "d", "namespace": "ns"}});
+        let mounting = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "db", "namespace": "ns"},
+            "spec": {"containers": [], "volumes": [{"name": "v", "persistentVolumeClaim": {"claimName": "d"}}]},
+            "status": {"phase": "Running"}});
+        let script = vec![
+            Expect::new(
+                "GET",
+                "/api/v1/namespaces/ns/persistentvolumeclaims/d",
+                claim.clone(),
+            ),
+            Expect::new("GET", PODS, list("Pod", vec![])),
+            Expect::new(
+                "PATCH",
+                format!("{JOBS}/{}", mover::job_name("rst", "r", "d")),
+                Value::Null,
+            )
+            .check(|job| {
+                let args = job["spec"]["template"]["spec"]["containers"][0]["args"].to_string();
+                assert!(
+                    args.contains("s3://b/full.snapshot") && !args.contains("--collection"),
+                    "{args}"
+                );
+            }),
+            status_check(|s| assert_eq!(s["nodes"][0]["phase"], "Running")),
+            event("Running"),
+        ];
+        run(restore(spec(), Value::Null, false), source(), script)
+            .await
+            .unwrap();
+
+        // A running pod mounts it: that node fails, and says why.
+        let script = vec![
+            Expect::new(
+                "GET",
+                "/api/v1/namespaces/ns/persistentvolumeclaims/d",
+                claim,
+            ),
+            Expect::new("GET", PODS, list("Pod", vec![mounting])),
+            status_check(|s| {
+                assert_eq!(s["phase"], "Failed");
+                let message = s["nodes"][0]["message"].as_str().unwrap();
+                assert!(message.contains("mounted by running pod db"), "{message}");
+            }),
+            event("Failed"),
+        ];
+        run(restore(spec(), Value::Null, false), source(), script)
+            .await
+            .unwrap();
     }
 
     #[tokio::test]

@@ -3,21 +3,19 @@
 //! termination messages. Deleting a Snapshot with `deletionPolicy: Delete` runs a delete
 //! mover before the finalizer goes.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{Api, ListParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
-use kube::runtime::finalizer::{self, finalizer};
 use kube::{Resource, ResourceExt};
 
 use super::jobs::{self, Mover};
 use super::mover::{self, MoverJob};
 use super::slots::{Claimant, Kind};
-use super::{Context, Error, FINALIZER, patch_status, reject, resource_label, workload};
+use super::{Context, Error, Reconciled, reject, workload, write_status};
 use crate::api::condition::{self, reason};
 use crate::api::snapshot::{
     ArchivePhase, ArchiveStatus, DeletionPolicy, Phase, Snapshot, SnapshotSpec, SnapshotStatus,
@@ -278,25 +276,28 @@ pub fn invalid_status(snap: &Snapshot, message: &str, now: Time) -> SnapshotStat
     }
 }
 
-/// Reconciles one Snapshot.
-pub async fn reconcile(snap: Arc<Snapshot>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let _timer = ctx.metrics.reconciling(&resource_label::<Snapshot>());
-    ctx.cluster.ready().await;
-    let ns = snap.namespace().unwrap_or_default();
-    let api: Api<Snapshot> = Api::namespaced(ctx.client.clone(), &ns);
-    finalizer(&api, FINALIZER, snap, |event| async {
-        match event {
-            finalizer::Event::Apply(snap) => apply(&snap, &ctx).await,
-            finalizer::Event::Cleanup(snap) => cleanup(&snap, &ctx).await,
-        }
-    })
-    .await
-    .map_err(|e| Error::Finalizer(Box::new(e)))
+impl Reconciled for Snapshot {
+    type Status = SnapshotStatus;
+    const ACTION: &'static str = "Snapshot";
+
+    fn current(&self) -> Option<&SnapshotStatus> {
+        self.status.as_ref()
+    }
+
+    fn phase_and_ready(status: &SnapshotStatus) -> (String, Option<&Condition>) {
+        (format!("{:?}", status.phase), status.conditions.first())
+    }
+
+    async fn apply(&self, ctx: &Context) -> Result<Action, Error> {
+        apply(self, ctx).await
+    }
+
+    async fn cleanup(&self, ctx: &Context) -> Result<Action, Error> {
+        cleanup(self, ctx).await
+    }
 }
 
 async fn apply(snap: &Snapshot, ctx: &Context) -> Result<Action, Error> {
-    let ns = snap.namespace().unwrap_or_default();
-    let api: Api<Snapshot> = Api::namespaced(ctx.client.clone(), &ns);
     let old = snap.status.clone().unwrap_or_default();
     // Finished movers whose results the status holds have done their part.
     let recorded = old.archives.iter().filter(|a| is_final(a));
@@ -307,77 +308,23 @@ async fn apply(snap: &Snapshot, ctx: &Context) -> Result<Action, Error> {
     {
         return Ok(Action::await_change());
     }
-    let storage = effective_storage(snap, ctx.config.default_storage.as_ref());
-    let checked = validate(&snap.spec).and_then(|()| {
-        storage.ok_or_else(|| {
-            "no storage: set spec.storage, or defaultStorage in the operator's configuration"
-                .to_owned()
-        })
-    });
-    let storage = match checked {
-        Ok(storage) => storage,
-        Err(message) => return invalid(snap, ctx, &api, &message).await,
+    let (storage, archives) = match resolve(snap, ctx).await? {
+        Ok(resolved) => resolved,
+        Err(message) => return invalid(snap, ctx, &message).await,
     };
-    let mut archives = old.archives.clone();
-    if archives.is_empty() {
-        let nodes = match workload::nodes(&ctx.client, &ns, &snap.spec.source).await? {
-            Ok(nodes) => nodes,
-            Err(message) => return invalid(snap, ctx, &api, &message).await,
-        };
-        archives = nodes
-            .into_iter()
-            .map(|n| ArchiveStatus {
-                node: n.name,
-                claim: n.claim,
-                phase: ArchivePhase::Pending,
-                name: None,
-                key: None,
-                location: None,
-                size: None,
-                checksum: None,
-                message: None,
-            })
-            .collect();
-    }
-    let uid = snap.uid().unwrap_or_default();
+    let (ns, uid) = (
+        snap.namespace().unwrap_or_default(),
+        snap.uid().unwrap_or_default(),
+    );
     let mut movers: Vec<Option<Mover>> = Vec::new();
     for a in &archives {
         movers.push(ctx.mover(&ns, &job_name(snap, &a.node), &uid).await?);
     }
     let steps = plan(&archives, &movers);
-    // Pods tell where claims are attached, to pin new movers: listed once a mover starts.
-    let mut pods: Option<Vec<Pod>> = None;
-    let mut next = Vec::new();
-    for (archive, step) in archives.iter().zip(&steps) {
-        let mut started = false;
-        if *step == NodeStep::Start
-            && ctx.take_slot(claimant(snap, archive), &job_name(snap, &archive.node))
-        {
-            if pods.is_none() {
-                pods = Some(
-                    Api::<Pod>::namespaced(ctx.client.clone(), &ns)
-                        .list(&ListParams::default())
-                        .await?
-                        .items,
-                );
-            }
-            start_mover(
-                snap,
-                ctx,
-                archive,
-                &storage,
-                pods.as_deref().unwrap_or_default(),
-            )
-            .await?;
-            started = true;
-        }
-        next.push(next_archive(archive, step, &storage, started));
-    }
+    let next = act(snap, ctx, &archives, &steps, &storage).await?;
     let status = next_status(snap, next, &storage, Time(jiff::Timestamp::now()));
-    if snap.status.as_ref() != Some(&status) {
-        // Conditional on the status read: a pass that saw an older one changes nothing, so
-        // what follows is counted once.
-        patch_status(&api, snap, &status).await?;
+    if write_status(ctx, snap, &status).await? {
+        // Written on condition of the status read: counted once.
         for ((archive, step), mover) in archives.iter().zip(&steps).zip(&movers) {
             if let (NodeStep::Finished { succeeded, report }, Some(m)) = (step, mover) {
                 ctx.metrics
@@ -389,15 +336,86 @@ async fn apply(snap: &Snapshot, ctx: &Context) -> Result<Action, Error> {
             }
         }
     }
-    if old.phase != status.phase {
-        ctx.publish_ready(snap, status.conditions.first(), "Snapshot")
-            .await;
-    }
     Ok(match status.phase {
         Some(Phase::Running) => Action::requeue(RUNNING_RECHECK),
         Some(Phase::Pending) => Action::requeue(PENDING_RECHECK),
         _ => Action::await_change(),
     })
+}
+
+/// The storage and the nodes' archive entries (as first resolved), or why the spec cannot be
+/// acted on.
+async fn resolve(
+    snap: &Snapshot,
+    ctx: &Context,
+) -> Result<Result<(Storage, Vec<ArchiveStatus>), String>, Error> {
+    let storage = effective_storage(snap, ctx.config.default_storage.as_ref());
+    let checked = validate(&snap.spec).and_then(|()| {
+        storage.ok_or_else(|| {
+            "no storage: set spec.storage, or defaultStorage in the operator's configuration"
+                .to_owned()
+        })
+    });
+    let storage = match checked {
+        Ok(storage) => storage,
+        Err(message) => return Ok(Err(message)),
+    };
+    let recorded = snap.status.iter().flat_map(|s| s.archives.clone());
+    let archives: Vec<ArchiveStatus> = recorded.collect();
+    if !archives.is_empty() {
+        return Ok(Ok((storage, archives)));
+    }
+    let ns = snap.namespace().unwrap_or_default();
+    Ok(workload::nodes(&ctx.client, &ns, &snap.spec.source)
+        .await?
+        .map(|nodes| (storage, nodes.into_iter().map(pending_archive).collect())))
+}
+
+/// The entry of a node whose mover has not started (pure).
+fn pending_archive(node: workload::Node) -> ArchiveStatus {
+    ArchiveStatus {
+        node: node.name,
+        claim: node.claim,
+        phase: ArchivePhase::Pending,
+        name: None,
+        key: None,
+        location: None,
+        size: None,
+        checksum: None,
+        message: None,
+    }
+}
+
+/// Starts the movers the plan calls for, as slots allow; the next archive entries.
+async fn act(
+    snap: &Snapshot,
+    ctx: &Context,
+    archives: &[ArchiveStatus],
+    steps: &[NodeStep],
+    storage: &Storage,
+) -> Result<Vec<ArchiveStatus>, Error> {
+    // Pods tell where claims are attached, to pin new movers: listed once a mover starts.
+    let mut pods: Option<Vec<Pod>> = None;
+    let mut next = Vec::new();
+    for (archive, step) in archives.iter().zip(steps) {
+        let mut started = false;
+        if *step == NodeStep::Start
+            && ctx.take_slot(claimant(snap, archive), &job_name(snap, &archive.node))
+        {
+            if pods.is_none() {
+                let ns = snap.namespace().unwrap_or_default();
+                let list = Api::<Pod>::namespaced(ctx.client.clone(), &ns)
+                    .list(&ListParams::default())
+                    .await?;
+                pods = Some(list.items);
+            }
+            let pods = pods.as_deref().unwrap_or_default();
+            start_mover(snap, ctx, archive, storage, pods).await?;
+            started = true;
+        }
+        next.push(next_archive(archive, step, storage, started));
+    }
+    Ok(next)
 }
 
 /// The mover Job of a node.
@@ -415,14 +433,11 @@ fn claimant(snap: &Snapshot, archive: &ArchiveStatus) -> Claimant {
     }
 }
 
-async fn invalid(
-    snap: &Snapshot,
-    ctx: &Context,
-    api: &Api<Snapshot>,
-    message: &str,
-) -> Result<Action, Error> {
+async fn invalid(snap: &Snapshot, ctx: &Context, message: &str) -> Result<Action, Error> {
+    let api: Api<Snapshot> =
+        Api::namespaced(ctx.client.clone(), &snap.namespace().unwrap_or_default());
     let status = invalid_status(snap, message, Time(jiff::Timestamp::now()));
-    reject(ctx, snap, api, &status, message).await
+    reject(ctx, snap, &api, &status, message).await
 }
 
 /// Starts the mover of one node (its slot taken).
@@ -728,6 +743,7 @@ mod tests {
 mod mock {
     //! Reconciliations against a mock API server: every request asserted.
     use super::*;
+    use crate::controller::FINALIZER;
     use crate::controller::cluster::Cluster;
     use crate::controller::config::OperatorConfig;
     use crate::controller::testing::{
@@ -736,6 +752,7 @@ mod mock {
     };
     use k8s_openapi::api::batch::v1::Job;
     use serde_json::{Value, json};
+    use std::sync::Arc;
 
     const SNAPS: &str = "/apis/snapshot-operator.dev/v1alpha1/namespaces/ns/snapshots/s";
     const JOBS: &str = "/apis/batch/v1/namespaces/ns/jobs";
@@ -796,7 +813,7 @@ mod mock {
         script: Vec<Expect>,
     ) -> (Result<Action, Error>, String) {
         scripted(config, cluster, script, |ctx| {
-            reconcile(Arc::new(snap), ctx)
+            super::super::reconcile(Arc::new(snap), ctx)
         })
         .await
     }
@@ -1177,7 +1194,7 @@ mod mock {
             movers(vec![], vec![]),
             script,
             |ctx| async move {
-                let result = reconcile(snap.clone(), ctx.clone()).await;
+                let result = super::super::reconcile(snap.clone(), ctx.clone()).await;
                 if let Err(e) = &result {
                     super::super::error_policy(snap, e, ctx);
                 }
