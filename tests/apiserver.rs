@@ -353,6 +353,19 @@ impl TestNamespace {
         }
     }
 
+    /// A namespace holding these claims.
+    async fn with_claims(client: &Client, name: &str, claims: &[&str]) -> Self {
+        let namespace = Self::create(client, name).await;
+        let api: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), name);
+        for claim in claims {
+            let pvc = serde_json::from_value(json!({"metadata": {"name": claim},
+                "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}}))
+            .unwrap();
+            api.create(&PostParams::default(), &pvc).await.unwrap();
+        }
+        namespace
+    }
+
     async fn delete(self) {
         self.api
             .delete(&self.name, &DeleteParams::default())
@@ -361,21 +374,11 @@ impl TestNamespace {
     }
 }
 
-async fn a_snapshot_runs_its_movers_reports_ready_and_cleans_up(client: &Client) {
-    let ns = format!("snapshot-it-{}", std::process::id());
-    let namespace = TestNamespace::create(client, &ns).await;
-    let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &ns);
-    for claim in ["data", "backups"] {
-        let pvc = serde_json::from_value(json!({"metadata": {"name": claim},
-            "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}}))
-        .unwrap();
-        claims.create(&PostParams::default(), &pvc).await.unwrap();
-    }
-
-    let snapshots: Api<Snapshot> = Api::namespaced(client.clone(), &ns);
+/// A Snapshot `name` of the collection `products` on the claim `data`.
+async fn create_snapshot(snapshots: &Api<Snapshot>, name: &str) {
     let snap: Snapshot = serde_json::from_value(json!({
         "apiVersion": "snapshot-operator.dev/v1alpha1", "kind": "Snapshot",
-        "metadata": {"name": "data-1"},
+        "metadata": {"name": name},
         "spec": {"source": {"persistentVolumeClaim": {"claimName": "data"}}, "collection": "products"},
     }))
     .unwrap();
@@ -383,6 +386,14 @@ async fn a_snapshot_runs_its_movers_reports_ready_and_cleans_up(client: &Client)
         .create(&PostParams::default(), &snap)
         .await
         .unwrap();
+}
+
+async fn a_snapshot_runs_its_movers_reports_ready_and_cleans_up(client: &Client) {
+    let ns = format!("snapshot-it-{}", std::process::id());
+    let namespace = TestNamespace::with_claims(client, &ns, &["data", "backups"]).await;
+
+    let snapshots: Api<Snapshot> = Api::namespaced(client.clone(), &ns);
+    create_snapshot(&snapshots, "data-1").await;
 
     // Invalid specs are refused by the API server's schema.
     let invalid: Snapshot = serde_json::from_value(json!({
@@ -620,14 +631,7 @@ async fn a_restore_stops_the_workload_runs_movers_and_starts_it_again(client: &C
 /// cap too.
 async fn snapshots_compete_for_the_slots(client: &Client) {
     let ns = format!("slots-it-{}", std::process::id());
-    let namespace = TestNamespace::create(client, &ns).await;
-    let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &ns);
-    for claim in ["data", "backups"] {
-        let pvc = serde_json::from_value(json!({"metadata": {"name": claim},
-            "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}}))
-        .unwrap();
-        claims.create(&PostParams::default(), &pvc).await.unwrap();
-    }
+    let namespace = TestNamespace::with_claims(client, &ns, &["data", "backups"]).await;
     let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
     // A Job anyone could create, with the operator's labels: it must not hold a slot.
     let labels = mover::labels("no-such-owner", "snapshot", "x");
@@ -640,16 +644,7 @@ async fn snapshots_compete_for_the_slots(client: &Client) {
 
     let snapshots: Api<Snapshot> = Api::namespaced(client.clone(), &ns);
     for i in 0..5 {
-        let snap: Snapshot = serde_json::from_value(json!({
-            "apiVersion": "snapshot-operator.dev/v1alpha1", "kind": "Snapshot",
-            "metadata": {"name": format!("s{i}")},
-            "spec": {"source": {"persistentVolumeClaim": {"claimName": "data"}}, "collection": "products"},
-        }))
-        .unwrap();
-        snapshots
-            .create(&PostParams::default(), &snap)
-            .await
-            .unwrap();
+        create_snapshot(&snapshots, &format!("s{i}")).await;
     }
     let movers = |jobs: Api<Job>| async move {
         jobs.list(&ListParams::default().labels(mover::OWNER_UID))

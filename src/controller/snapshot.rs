@@ -569,15 +569,11 @@ mod tests {
 
     fn archive(node: &str, phase: ArchivePhase) -> ArchiveStatus {
         ArchiveStatus {
-            node: node.into(),
-            claim: format!("data-{node}"),
             phase,
-            name: None,
-            key: None,
-            location: None,
-            size: None,
-            checksum: None,
-            message: None,
+            ..pending_archive(workload::Node {
+                name: node.into(),
+                claim: format!("data-{node}"),
+            })
         }
     }
 
@@ -818,6 +814,14 @@ mod mock {
         .await
     }
 
+    /// One pass over the Snapshot with both movers running, as the status says.
+    async fn over_running_archives(cluster: Cluster, script: Vec<Expect>) -> Result<Action, Error> {
+        let snap = snapshot(true, running_archives(), false);
+        reconcile_with(snap, (OperatorConfig::default(), cluster), script)
+            .await
+            .0
+    }
+
     fn nothing() -> (OperatorConfig, Cluster) {
         (OperatorConfig::default(), movers(vec![], vec![]))
     }
@@ -963,13 +967,7 @@ mod mock {
             event("Failed"),
         ];
         let cluster = movers(vec![job0, job1], vec![pod0, pod1]);
-        let (result, _) = reconcile_with(
-            snapshot(true, running_archives(), false),
-            (OperatorConfig::default(), cluster),
-            script,
-        )
-        .await;
-        result.unwrap();
+        over_running_archives(cluster, script).await.unwrap();
     }
 
     #[tokio::test]
@@ -1006,13 +1004,7 @@ mod mock {
             vec![job0.clone(), job("qdrant-1", None)],
             vec![forged.clone()],
         );
-        let (result, _) = reconcile_with(
-            snapshot(true, running_archives(), false),
-            (OperatorConfig::default(), cluster),
-            script,
-        )
-        .await;
-        result.unwrap();
+        over_running_archives(cluster, script).await.unwrap();
     }
 
     #[tokio::test]
