@@ -214,12 +214,8 @@ pub struct RestoreArgs {
     pub api_key: Option<String>,
     #[command(flatten)]
     pub pace: PaceArgs,
-    /// Refuse archives with more entries than this.
-    #[arg(long, default_value_t = Limits::default().max_entries)]
-    pub max_entries: u64,
-    /// Refuse archives with more bytes of file data than this.
-    #[arg(long, default_value_t = Limits::default().max_bytes)]
-    pub max_bytes: u64,
+    #[command(flatten)]
+    pub limits: crate::protocol::LimitArgs,
     #[arg(long, short, value_enum, default_value_t)]
     pub output: Output,
 }
@@ -638,10 +634,7 @@ async fn restore(args: RestoreArgs, config: &Config) -> Result<ExitCode> {
         pace: args.pace.pace(),
         s3,
     };
-    let limits = Limits {
-        max_entries: args.max_entries,
-        max_bytes: args.max_bytes,
-    };
+    let limits = Limits::from(args.limits);
     let mut results = Vec::new();
     for (location, selection) in jobs {
         let opened =

@@ -11,9 +11,7 @@ use crate::config::StorageConfig;
 use crate::engine::archive::{self, Archived, CreateError, CreateSpec};
 use crate::engine::name;
 use crate::engine::pipe::pipe;
-use crate::engine::restore::{
-    self, Limits, Outcome, RestoreError, RestoreSpec, Restored, Selection,
-};
+use crate::engine::restore::{self, Outcome, RestoreError, RestoreSpec, Restored, Selection};
 use crate::format::render_error;
 use crate::protocol::{DeleteTask, MoverReport, MoverTask, RestoreTask, SnapshotTask, StorageDir};
 use crate::safefs::Anchored;
@@ -246,7 +244,7 @@ async fn mover_restore(
         selection,
         priority: Some(task.priority),
         checksum: None,
-        limits: Limits::default(),
+        limits: task.limits.into(),
     };
     let restored = restore_snapshot(opened, spec, no_progress()).await?;
     let skipped: Vec<String> = restored

@@ -12,7 +12,7 @@ use clap::{Args, Subcommand};
 use serde::{Deserialize, Serialize};
 
 use crate::config::ENV_PREFIX;
-use crate::engine::restore::Priority;
+use crate::engine::restore::{Limits, Priority};
 
 /// Where a mover writes its report (the container's termination message).
 pub const TERMINATION_LOG: &str = "/dev/termination-log";
@@ -72,8 +72,56 @@ pub struct RestoreTask {
     /// Expected SHA-256 of the archive.
     #[arg(long)]
     pub checksum: Option<String>,
+    #[command(flatten)]
+    pub limits: LimitArgs,
     #[arg(long, default_value = TERMINATION_LOG)]
     pub termination_log: PathBuf,
+}
+
+/// Bounds on what a restore accepts from an archive (the CLI's and the movers' flags).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Args, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LimitArgs {
+    /// Refuse archives with more entries than this.
+    #[arg(long, default_value_t = Limits::default().max_entries)]
+    #[serde(default = "default_max_entries")]
+    pub max_entries: u64,
+    /// Refuse archives with more bytes of file data than this.
+    #[arg(long, default_value_t = Limits::default().max_bytes)]
+    #[serde(default = "default_max_bytes")]
+    pub max_bytes: u64,
+}
+
+fn default_max_entries() -> u64 {
+    Limits::default().max_entries
+}
+
+fn default_max_bytes() -> u64 {
+    Limits::default().max_bytes
+}
+
+impl Default for LimitArgs {
+    fn default() -> Self {
+        Limits::default().into()
+    }
+}
+
+impl From<Limits> for LimitArgs {
+    fn from(limits: Limits) -> Self {
+        Self {
+            max_entries: limits.max_entries,
+            max_bytes: limits.max_bytes,
+        }
+    }
+}
+
+impl From<LimitArgs> for Limits {
+    fn from(args: LimitArgs) -> Self {
+        Self {
+            max_entries: args.max_entries,
+            max_bytes: args.max_bytes,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Args)]
@@ -131,6 +179,8 @@ impl MoverTask {
                 a.maybe("--collection", t.collection.as_deref());
                 a.maybe("--source-collection", t.source_collection.as_deref());
                 a.maybe("--checksum", t.checksum.as_deref());
+                a.flag("--max-entries", t.limits.max_entries.to_string());
+                a.flag("--max-bytes", t.limits.max_bytes.to_string());
                 a.log(&t.termination_log);
             }
             Self::Delete(t) => {
@@ -343,6 +393,10 @@ mod tests {
                 source_collection: Some("products".into()),
                 priority: Priority::NoSync,
                 checksum: Some("ab".repeat(32)),
+                limits: LimitArgs {
+                    max_entries: 10,
+                    max_bytes: 1 << 30,
+                },
                 termination_log: TERMINATION_LOG.into(),
             }),
             MoverTask::Restore(RestoreTask {
@@ -352,6 +406,7 @@ mod tests {
                 source_collection: None,
                 priority: Priority::Replica,
                 checksum: None,
+                limits: LimitArgs::default(),
                 termination_log: TERMINATION_LOG.into(),
             }),
             MoverTask::Delete(DeleteTask {

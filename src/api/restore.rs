@@ -41,7 +41,10 @@ pub struct SnapshotRestoreSpec {
     pub target: Workload,
     /// The storage directory inside the volume (default `/`).
     #[serde(default = "root_path")]
-    #[schemars(length(max = 4096))]
+    #[schemars(length(max = 4096), extend("x-kubernetes-validations" = [{
+        "rule": "!self.split('/').exists(s, s == '..')",
+        "message": "a path inside the volume: no '..'",
+    }]))]
     pub path: String,
     /// The collection to restore, and its name in the target (a collection archive may be
     /// restored under another name). Omit to restore a full-storage snapshot whole.

@@ -35,7 +35,10 @@ pub struct SnapshotSpec {
     pub source: Workload,
     /// The storage directory inside the volume, e.g. `/qdrant/storage` (default `/`).
     #[serde(default = "root_path")]
-    #[schemars(length(max = 4096))]
+    #[schemars(length(max = 4096), extend("x-kubernetes-validations" = [{
+        "rule": "!self.split('/').exists(s, s == '..')",
+        "message": "a path inside the volume: no '..'",
+    }]))]
     pub path: String,
     /// The collection to snapshot (a directory `collections/<collection>` in the storage
     /// directory); omit for a full-storage snapshot.
@@ -117,7 +120,10 @@ pub struct LocalStorage {
     pub persistent_volume_claim: ClaimRef,
     /// Directory inside that volume (default `/`).
     #[serde(default = "root_path")]
-    #[schemars(length(max = 4096))]
+    #[schemars(length(max = 4096), extend("x-kubernetes-validations" = [{
+        "rule": "!self.split('/').exists(s, s == '..')",
+        "message": "a path inside the volume: no '..'",
+    }]))]
     pub path: String,
 }
 

@@ -72,7 +72,11 @@ impl Cluster {
             .filter(|j| controlled_by(j.meta(), owner_uid))?;
         let uid = job.uid()?;
         let pods = self.pods.state_filter(|p| controlled_by(p.meta(), &uid));
-        Some(Mover { job, pods })
+        Some(Mover {
+            job,
+            pods,
+            stuck: None,
+        })
     }
 
     /// Whether the resource waiting for a slot still exists.

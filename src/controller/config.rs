@@ -7,6 +7,7 @@ use k8s_openapi::api::core::v1::{PodSecurityContext, ResourceRequirements, Secco
 use serde::{Deserialize, Serialize};
 
 use crate::api::snapshot::Storage;
+use crate::protocol::LimitArgs;
 
 /// The operator configuration.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -43,6 +44,16 @@ pub struct MoverConfig {
     /// Retries of a failed mover pod.
     #[serde(default = "default_backoff_limit")]
     pub backoff_limit: i32,
+    /// Seconds a mover Job may run before Kubernetes stops it (its activeDeadlineSeconds).
+    #[serde(default = "default_active_deadline")]
+    pub active_deadline_seconds: i64,
+    /// Seconds a mover pod may wait to start (unschedulable, a missing Secret, a pending
+    /// claim) before its node fails with the reason.
+    #[serde(default = "default_start_timeout")]
+    pub start_timeout_seconds: i64,
+    /// What a restore mover accepts from an archive.
+    #[serde(default)]
+    pub restore_limits: LimitArgs,
 }
 
 impl Default for MoverConfig {
@@ -53,6 +64,9 @@ impl Default for MoverConfig {
             resources: None,
             pod_security_context: default_pod_security(),
             backoff_limit: default_backoff_limit(),
+            active_deadline_seconds: default_active_deadline(),
+            start_timeout_seconds: default_start_timeout(),
+            restore_limits: LimitArgs::default(),
         }
     }
 }
@@ -86,6 +100,14 @@ fn default_pull_policy() -> String {
 
 fn default_backoff_limit() -> i32 {
     1
+}
+
+fn default_active_deadline() -> i64 {
+    24 * 3600
+}
+
+fn default_start_timeout() -> i64 {
+    600
 }
 
 fn default_pod_security() -> PodSecurityContext {

@@ -15,18 +15,81 @@ use crate::protocol::MoverReport;
 pub struct Mover {
     pub job: Arc<Job>,
     pub pods: Vec<Arc<Pod>>,
+    /// Why its pod never started, once it waited too long: the mover counts as failed.
+    pub stuck: Option<String>,
 }
 
 impl Mover {
     /// `None` while it runs, else whether it succeeded.
     pub fn outcome(&self) -> Option<bool> {
+        if self.stuck.is_some() {
+            return Some(false);
+        }
         outcome(&self.job)
     }
 
     /// Its report (see [`report`]).
     pub fn report(&self) -> MoverReport {
-        report(&self.job, &self.pods)
+        match &self.stuck {
+            Some(reason) => MoverReport {
+                error: Some(reason.clone()),
+                ..MoverReport::default()
+            },
+            None => report(&self.job, &self.pods),
+        }
     }
+}
+
+/// Why a Job's mover has not started `timeout` after the Job was created, if so (pure): its
+/// pod is unschedulable, waits for a Secret or a claim, cannot pull its image... A Job that
+/// finished, or whose mover container runs or ran, is not stuck.
+pub fn stuck(
+    job: &Job,
+    pods: &[Arc<Pod>],
+    now: jiff::Timestamp,
+    timeout: jiff::SignedDuration,
+) -> Option<String> {
+    let created = job.metadata.creation_timestamp.as_ref()?.0;
+    if outcome(job).is_some() || now.duration_since(created) < timeout {
+        return None;
+    }
+    let mut reasons = Vec::new();
+    for pod in pods {
+        let status = pod.status.as_ref();
+        let mover = status
+            .and_then(|s| s.container_statuses.as_ref())
+            .and_then(|c| c.iter().find(|c| c.name == "mover"));
+        let state = mover.and_then(|c| c.state.as_ref());
+        if state.is_some_and(|s| s.running.is_some() || s.terminated.is_some()) {
+            return None;
+        }
+        if let Some(waiting) = state.and_then(|s| s.waiting.as_ref()) {
+            reasons.push(format!(
+                "{}: {}",
+                waiting.reason.as_deref().unwrap_or("Waiting"),
+                waiting.message.as_deref().unwrap_or_default()
+            ));
+        }
+        let unscheduled = status.and_then(|s| s.conditions.as_ref()).and_then(|c| {
+            c.iter()
+                .find(|c| c.type_ == "PodScheduled" && c.status == "False")
+        });
+        if let Some(c) = unscheduled {
+            reasons.push(format!(
+                "{}: {}",
+                c.reason.as_deref().unwrap_or("Unschedulable"),
+                c.message.as_deref().unwrap_or_default()
+            ));
+        }
+    }
+    if reasons.is_empty() {
+        reasons.push("no pod was created (see the Job's events)".into());
+    }
+    Some(format!(
+        "the mover did not start within {}s: {}",
+        timeout.as_secs(),
+        reasons.join("; ")
+    ))
 }
 
 /// `None` while a Job runs, else whether it succeeded.
@@ -206,6 +269,66 @@ mod tests {
         // No pod: the Job's reason.
         let reason = report(&job, &[]).error.unwrap();
         assert!(reason.starts_with("BackoffLimitExceeded"), "{reason}");
+    }
+
+    #[test]
+    fn a_mover_that_never_starts_fails_with_the_reason() {
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+        let mut job = mover_job("snap", OWNER, "n0", None);
+        let created: jiff::Timestamp = "2026-11-25T10:00:00Z".parse().unwrap();
+        job.metadata.creation_timestamp = Some(Time(created));
+        let timeout = jiff::SignedDuration::from_secs(600);
+        let at = |minutes: i64| created + jiff::SignedDuration::from_mins(minutes);
+        let pod = |status: serde_json::Value| -> Arc<Pod> {
+            Arc::new(
+                serde_json::from_value(
+                    serde_json::json!({"metadata": {"name": "p"}, "status": status}),
+                )
+                .unwrap(),
+            )
+        };
+        assert_eq!(stuck(&job, &[], at(5), timeout), None, "not yet");
+        let none = stuck(&job, &[], at(11), timeout).unwrap();
+        assert!(
+            none.contains("within 600s") && none.contains("no pod was created"),
+            "{none}"
+        );
+        let secret = pod(
+            serde_json::json!({"containerStatuses": [{"name": "mover", "image": "x", "imageID": "",
+            "ready": false, "restartCount": 0, "state": {"waiting": {"reason": "CreateContainerConfigError",
+            "message": "secret \"creds\" not found"}}}]}),
+        );
+        let reason = stuck(&job, &[secret], at(11), timeout).unwrap();
+        assert!(
+            reason.ends_with("CreateContainerConfigError: secret \"creds\" not found"),
+            "{reason}"
+        );
+        let unschedulable = pod(
+            serde_json::json!({"conditions": [{"type": "PodScheduled", "status": "False",
+            "reason": "Unschedulable", "message": "0/3 nodes are available"}]}),
+        );
+        let reason = stuck(&job, &[unschedulable], at(11), timeout).unwrap();
+        assert!(
+            reason.ends_with("Unschedulable: 0/3 nodes are available"),
+            "{reason}"
+        );
+        let running = pod(
+            serde_json::json!({"containerStatuses": [{"name": "mover", "image": "x", "imageID": "",
+            "ready": true, "restartCount": 0, "state": {"running": {}}}]}),
+        );
+        assert_eq!(
+            stuck(&job, &[running], at(60), timeout),
+            None,
+            "it runs: slow is not stuck"
+        );
+        // A stuck mover is a failed one, and says why.
+        let mover = Mover {
+            job: Arc::new(job),
+            pods: vec![],
+            stuck: Some(none.clone()),
+        };
+        assert_eq!(mover.outcome(), Some(false));
+        assert_eq!(mover.report().error, Some(none));
     }
 
     #[test]

@@ -230,6 +230,8 @@ impl Context {
                 .map(Arc::new)
                 .collect();
         }
+        let timeout = jiff::SignedDuration::from_secs(self.config.mover.start_timeout_seconds);
+        mover.stuck = jobs::stuck(&mover.job, &mover.pods, jiff::Timestamp::now(), timeout);
         Ok(Some(mover))
     }
 
@@ -258,8 +260,8 @@ impl Context {
         self.wake_waiters();
     }
 
-    /// Deletes the finished mover Jobs `names` of `owner` (their results recorded): finished
-    /// Jobs would otherwise pile up.
+    /// Deletes the mover Jobs `names` of `owner` whose results are recorded: finished Jobs
+    /// would pile up, and one still running there was given up as stuck.
     pub async fn remove_finished_movers<K: Resource<DynamicType = ()>>(
         &self,
         owner: &K,
@@ -269,9 +271,7 @@ impl Context {
         let ns = meta.namespace.clone().unwrap_or_default();
         let uid = meta.uid.clone().unwrap_or_default();
         for name in names {
-            if let Some(m) = self.cluster.mover(&ns, &name, &uid)
-                && m.outcome().is_some()
-            {
+            if let Some(m) = self.cluster.mover(&ns, &name, &uid) {
                 jobs::delete(&self.client, &m.job).await?;
             }
         }

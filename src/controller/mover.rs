@@ -255,6 +255,7 @@ pub fn job(spec: &MoverJob<'_>, config: &MoverConfig) -> Job {
         },
         spec: Some(JobSpec {
             backoff_limit: Some(config.backoff_limit),
+            active_deadline_seconds: Some(config.active_deadline_seconds),
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta {
                     labels: Some(labels),

@@ -19,7 +19,7 @@ use serde_json::json;
 use super::jobs::{self, Mover};
 use super::mover::{self, MoverJob};
 use super::slots::{Claimant, Kind};
-use super::snapshot::{effective_storage, validate_storage};
+use super::snapshot::{effective_storage, inside_volume, validate_storage};
 use super::workload::{self, Node};
 use super::{Context, Error, Reconciled, patch_status, reject, write_status};
 use crate::api::condition::{self, reason};
@@ -60,6 +60,7 @@ pub struct SourceArchive {
 /// Checks what the schema cannot (pure).
 pub fn validate(spec: &SnapshotRestoreSpec) -> Result<(), String> {
     workload::validate(&spec.target)?;
+    inside_volume("path", &spec.path)?;
     match (&spec.source.snapshot_ref, &spec.source.location) {
         (Some(_), None) | (None, Some(_)) => {}
         _ => return Err("source: set exactly one of snapshotRef and location".into()),
@@ -737,6 +738,7 @@ async fn start_mover(
         source_collection: spec.source_collection.clone(),
         priority: spec.priority,
         checksum: source.checksum.map(str::to_owned),
+        limits: ctx.config.mover.restore_limits,
         termination_log: TERMINATION_LOG.into(),
     });
     let none = Storage::default();
@@ -1102,8 +1104,16 @@ mod mock {
                         "--collection",
                         "products",
                         "--checksum",
-                        "aa"
+                        "aa",
+                        "--max-entries",
+                        "5000",
+                        "--max-bytes",
+                        "1073741824"
                     ])
+                );
+                assert_eq!(
+                    job["spec"]["activeDeadlineSeconds"], 3600,
+                    "the configured deadline"
                 );
                 assert_eq!(
                     pod["volumes"][0]["persistentVolumeClaim"],
@@ -1131,13 +1141,17 @@ mod mock {
             }),
             event("Running"),
         ];
-        run(
-            restore(spec(true), pending_nodes(), false),
-            source(),
-            script,
-        )
-        .await
+        // Limits and deadline as the operator is configured.
+        let config: OperatorConfig = serde_json::from_value(json!({"mover": {
+            "activeDeadlineSeconds": 3600,
+            "restoreLimits": {"maxEntries": 5000, "maxBytes": 1073741824}}}))
         .unwrap();
+        let r = restore(spec(true), pending_nodes(), false);
+        let (result, _) = scripted(config, source(), script, |ctx| {
+            super::super::reconcile(Arc::new(r), ctx)
+        })
+        .await;
+        result.unwrap();
     }
 
     #[tokio::test]

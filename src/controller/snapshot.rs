@@ -32,6 +32,7 @@ const PENDING_RECHECK: Duration = Duration::from_secs(10);
 /// Checks what the API server's schema cannot (pure).
 pub fn validate(spec: &SnapshotSpec) -> Result<(), String> {
     workload::validate(&spec.source)?;
+    inside_volume("path", &spec.path)?;
     if let Some(c) = &spec.collection {
         name::validate("collection", c).map_err(|e| e.to_string())?;
     }
@@ -44,9 +45,20 @@ pub fn validate(spec: &SnapshotSpec) -> Result<(), String> {
 /// Exactly one storage kind (pure).
 pub fn validate_storage(storage: &Storage) -> Result<(), String> {
     match (&storage.local, &storage.s3) {
-        (Some(_), None) | (None, Some(_)) => Ok(()),
+        (Some(local), None) => inside_volume("storage.local.path", &local.path),
+        (None, Some(_)) => Ok(()),
         _ => Err("storage: set exactly one of local and s3".into()),
     }
+}
+
+/// A path inside a volume: relative to its root, never leaving it (pure).
+pub fn inside_volume(field: &str, path: &str) -> Result<(), String> {
+    if path.split('/').any(|part| part == "..") {
+        return Err(format!(
+            "{field} {path:?} leaves the volume: it must not contain '..'"
+        ));
+    }
+    Ok(())
 }
 
 /// The storage a Snapshot writes to: recorded in status, else its spec, else the default.
@@ -617,6 +629,20 @@ mod tests {
         spec.collection = Some("products".into());
         spec.storage = Some(Storage::default());
         assert!(validate(&spec).unwrap_err().contains("storage"));
+        // Paths stay inside their volumes.
+        spec.storage = Some(storage());
+        assert!(validate(&spec).is_ok());
+        spec.storage.as_mut().unwrap().local.as_mut().unwrap().path = "/a/../..".into();
+        assert!(validate(&spec).unwrap_err().contains("leaves the volume"));
+        spec.storage = None;
+        spec.path = "../etc".into();
+        assert!(
+            validate(&spec)
+                .unwrap_err()
+                .contains("path \"../etc\" leaves the volume")
+        );
+        spec.path = "/qdrant/..storage/x..y".into();
+        assert!(validate(&spec).is_ok(), "names with dots are names");
     }
 
     #[test]
@@ -1004,6 +1030,31 @@ mod mock {
             vec![job0.clone(), job("qdrant-1", None)],
             vec![forged.clone()],
         );
+        over_running_archives(cluster, script).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_mover_that_never_starts_fails_its_node_with_the_reason() {
+        // Created days ago, its pod still waits for a Secret.
+        let mut stuck = job("qdrant-0", None);
+        stuck.metadata.creation_timestamp = Some(Time("2026-11-25T10:00:00Z".parse().unwrap()));
+        let waiting: Pod = serde_json::from_value(json!({"metadata": {"name": "p", "namespace": "ns",
+            "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job", "name": stuck.name_any(),
+                "uid": stuck.uid().unwrap(), "controller": true}]},
+            "status": {"phase": "Pending", "containerStatuses": [{"name": "mover", "image": "x", "imageID": "",
+                "ready": false, "restartCount": 0, "state": {"waiting": {"reason": "CreateContainerConfigError",
+                "message": "secret \"creds\" not found"}}}]}}))
+        .unwrap();
+        let script = vec![
+            Expect::new("PATCH", format!("{SNAPS}/status"), stored()).check(|body| {
+                let a = &body["status"]["archives"][0];
+                assert_eq!(a["phase"], "Failed");
+                let message = a["message"].as_str().unwrap();
+                assert!(message.contains("did not start within 600s"), "{message}");
+                assert!(message.contains("secret \"creds\" not found"), "{message}");
+            }),
+        ];
+        let cluster = movers(vec![stuck, job("qdrant-1", None)], vec![waiting]);
         over_running_archives(cluster, script).await.unwrap();
     }
 
