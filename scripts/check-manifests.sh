@@ -12,6 +12,7 @@ chart=charts/snapshot-operator
 cat > "$out/all-values.yaml" <<'YAML'
 replicaCount: 2
 maxConcurrentMoversPerNamespace: 2
+allowedS3Endpoints: [aws, "http://minio:9000"]
 defaultStorage:
   s3: {bucket: snapshots, endpointUrl: "http://minio:9000", credentialsSecret: {name: s3}}
 mover:

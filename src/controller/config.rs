@@ -25,6 +25,11 @@ pub struct OperatorConfig {
     /// Most mover Jobs running at once in one namespace (default: the cluster-wide cap).
     #[serde(default)]
     pub max_concurrent_movers_per_namespace: Option<u32>,
+    /// The S3 endpoints a resource's own storage may name (`aws` for AWS, i.e. no
+    /// `endpointUrl` or an `amazonaws.com` one). Default: the default storage's endpoint and
+    /// AWS. A Secret a resource names goes to its endpoint: this list bounds where.
+    #[serde(default)]
+    pub allowed_s3_endpoints: Option<Vec<String>>,
 }
 
 /// How mover pods run.
@@ -78,6 +83,7 @@ impl Default for OperatorConfig {
             mover: MoverConfig::default(),
             max_concurrent_movers: default_max_concurrent(),
             max_concurrent_movers_per_namespace: None,
+            allowed_s3_endpoints: None,
         }
     }
 }
@@ -140,7 +146,49 @@ pub enum ConfigError {
     },
 }
 
+/// An endpoint as compared: scheme, host and port, lower case, no trailing slash; AWS's
+/// (none, or a host under `amazonaws.com`) as `aws`.
+fn endpoint_key(endpoint: Option<&str>) -> String {
+    let Some(url) = endpoint else {
+        return "aws".into();
+    };
+    let url = url.trim().trim_end_matches('/').to_ascii_lowercase();
+    let host = url.split("://").nth(1).unwrap_or(&url);
+    let host = host.split(['/', ':']).next().unwrap_or_default();
+    if host == "amazonaws.com" || host.ends_with(".amazonaws.com") {
+        "aws".into()
+    } else {
+        url
+    }
+}
+
 impl OperatorConfig {
+    /// Whether a resource's own S3 storage may use `endpoint` (pure): see
+    /// `allowedS3Endpoints`.
+    pub fn allow_endpoint(&self, endpoint: Option<&str>) -> Result<(), String> {
+        let allowed: Vec<String> = match &self.allowed_s3_endpoints {
+            Some(list) => list.iter().map(|e| endpoint_key(Some(e))).collect(),
+            None => {
+                let default = self.default_storage.as_ref().and_then(|s| s.s3.as_ref());
+                let mut list = vec!["aws".to_owned()];
+                if let Some(s3) = default {
+                    list.push(endpoint_key(s3.endpoint_url.as_deref()));
+                }
+                list
+            }
+        };
+        let wanted = endpoint_key(endpoint);
+        if allowed.contains(&wanted) {
+            return Ok(());
+        }
+        Err(format!(
+            "storage.s3.endpointUrl {} is not one the operator allows (allowedS3Endpoints: {}); \
+             ask the operator's administrator",
+            endpoint.unwrap_or("(AWS)"),
+            allowed.join(", ")
+        ))
+    }
+
     /// Reads the file, or the defaults when there is none.
     pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
         let Some(path) = path else {
@@ -161,6 +209,41 @@ impl OperatorConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn endpoints_a_resource_may_name() {
+        let config: OperatorConfig = serde_json::from_value(serde_json::json!({
+            "defaultStorage": {"s3": {"bucket": "b", "endpointUrl": "http://minio.minio:9000/"}}}))
+        .unwrap();
+        // Default: the default storage's endpoint and AWS.
+        for fine in [
+            None,
+            Some("http://MINIO.minio:9000"),
+            Some("https://s3.eu-west-1.amazonaws.com"),
+        ] {
+            assert!(config.allow_endpoint(fine).is_ok(), "{fine:?}");
+        }
+        let refused = config
+            .allow_endpoint(Some("https://attacker.example"))
+            .unwrap_err();
+        assert!(
+            refused.contains("https://attacker.example") && refused.contains("aws"),
+            "{refused}"
+        );
+        // Configured: exactly the list.
+        let only: OperatorConfig = serde_json::from_value(serde_json::json!({
+            "allowedS3Endpoints": ["https://storage.internal:9000"]}))
+        .unwrap();
+        assert!(
+            only.allow_endpoint(Some("https://storage.internal:9000/"))
+                .is_ok()
+        );
+        assert!(only.allow_endpoint(None).is_err(), "AWS only when listed");
+        assert!(
+            only.allow_endpoint(Some("https://storage.internal:9001"))
+                .is_err()
+        );
+    }
 
     #[test]
     fn defaults_and_a_full_file() {

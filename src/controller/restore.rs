@@ -16,6 +16,7 @@ use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 
+use super::config::OperatorConfig;
 use super::jobs::{self, Mover};
 use super::mover::{self, MoverJob};
 use super::slots::{Claimant, Kind};
@@ -223,6 +224,36 @@ fn invalid_status(restore: &SnapshotRestore, message: &str, now: Time) -> Snapsh
         )],
         ..old
     }
+}
+
+/// What creating this restore may make a mover read (pure): its own S3 storage only at an
+/// endpoint the operator allows, and an `s3://` location outside the storage's bucket only
+/// with credentials the resource names (never the operator's or the nodes' own).
+pub fn within_trust(spec: &SnapshotRestoreSpec, config: &OperatorConfig) -> Result<(), String> {
+    let own = spec.storage.as_ref().and_then(|s| s.s3.as_ref());
+    if let Some(s3) = own {
+        config.allow_endpoint(s3.endpoint_url.as_deref())?;
+    }
+    let Some(location) = &spec.source.location else {
+        return Ok(());
+    };
+    let Ok(crate::source::Location::S3 { bucket, .. }) = crate::source::Location::parse(location)
+    else {
+        return Ok(());
+    };
+    let storage = spec.storage.as_ref().or(config.default_storage.as_ref());
+    let storage_bucket = storage
+        .and_then(|s| s.s3.as_ref())
+        .map(|s| s.bucket.as_str());
+    let named = own.is_some_and(|s| s.credentials_secret.is_some());
+    if storage_bucket != Some(bucket.as_str()) && !named {
+        return Err(format!(
+            "location {location} is outside the storage's bucket: name the credentials for \
+             bucket {bucket} in spec.storage.s3.credentialsSecret (the operator's and the nodes' \
+             own are never used for another bucket)"
+        ));
+    }
+    Ok(())
 }
 
 /// Whether a node's restore is over.
@@ -492,7 +523,9 @@ enum Resolved {
 async fn resolve(restore: &SnapshotRestore, ctx: &Context) -> Result<Resolved, Error> {
     let ns = restore.namespace().unwrap_or_default();
     let old = restore.status.clone().unwrap_or_default();
-    if let Err(message) = validate(&restore.spec) {
+    if let Err(message) =
+        validate(&restore.spec).and_then(|()| within_trust(&restore.spec, &ctx.config))
+    {
         return Ok(Resolved::Invalid(message));
     }
     let (archives, full, storage) = match archives(restore, ctx).await? {
@@ -884,6 +917,36 @@ mod tests {
         s.collection = None;
         s.source_collection = Some("x".into());
         assert!(validate(&s).is_err());
+    }
+
+    #[test]
+    fn what_a_restore_may_read_is_bounded() {
+        let config: OperatorConfig = serde_json::from_value(serde_json::json!({
+            "defaultStorage": {"s3": {"bucket": "shared", "endpointUrl": "http://minio:9000"}}}))
+        .unwrap();
+        let with = |location: &str, storage: serde_json::Value| {
+            let mut s = spec();
+            s.source = RestoreSource {
+                snapshot_ref: None,
+                location: Some(location.into()),
+            };
+            s.storage = serde_json::from_value(storage).unwrap();
+            within_trust(&s, &config)
+        };
+        assert!(with("s3://shared/c/x.snapshot", serde_json::Value::Null).is_ok());
+        let other = with("s3://someone-else/x.snapshot", serde_json::Value::Null).unwrap_err();
+        assert!(other.contains("credentialsSecret"), "{other}");
+        let storage =
+            serde_json::json!({"s3": {"bucket": "mine", "credentialsSecret": {"name": "c"}}});
+        assert!(
+            with("s3://someone-else/x.snapshot", storage).is_ok(),
+            "credentials named"
+        );
+        let elsewhere = serde_json::json!({"s3": {"bucket": "mine", "endpointUrl": "https://attacker.example",
+            "credentialsSecret": {"name": "c"}}});
+        let refused = with("https://example.com/x.snapshot", elsewhere).unwrap_err();
+        assert!(refused.contains("not one the operator allows"), "{refused}");
+        assert!(with("https://example.com/x.snapshot", serde_json::Value::Null).is_ok());
     }
 
     fn entry(phase: NodePhase) -> NodeRestore {

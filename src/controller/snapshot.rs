@@ -362,7 +362,11 @@ async fn resolve(
     ctx: &Context,
 ) -> Result<Result<(Storage, Vec<ArchiveStatus>), String>, Error> {
     let storage = effective_storage(snap, ctx.config.default_storage.as_ref());
-    let checked = validate(&snap.spec).and_then(|()| {
+    let own = snap.spec.storage.as_ref().and_then(|s| s.s3.as_ref());
+    let allowed = own.map_or(Ok(()), |s3| {
+        ctx.config.allow_endpoint(s3.endpoint_url.as_deref())
+    });
+    let checked = validate(&snap.spec).and(allowed).and_then(|()| {
         storage.ok_or_else(|| {
             "no storage: set spec.storage, or defaultStorage in the operator's configuration"
                 .to_owned()
