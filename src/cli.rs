@@ -633,6 +633,7 @@ async fn restore(args: RestoreArgs, config: &Config) -> Result<ExitCode> {
         api_key: args.api_key.clone(),
         pace: args.pace.pace(),
         s3,
+        local_files: true,
     };
     let limits = Limits::from(args.limits);
     let mut results = Vec::new();

@@ -228,6 +228,7 @@ async fn mover_restore(
         api_key: None,
         pace: Pace::default(),
         s3,
+        local_files: false,
     };
     let location = Location::parse(&task.location)?;
     let opened = source::open(&location, task.checksum.as_deref(), &ctx).await?;

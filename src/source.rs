@@ -160,6 +160,9 @@ pub struct Context {
     /// The configured S3 connection, reused for `s3://` locations; without one they use the
     /// SDK's environment (AWS_ENDPOINT_URL, AWS_REGION, credentials chain).
     pub s3: Option<S3Storage>,
+    /// Whether a plain location may name a file of this machine (the CLI), or only a name
+    /// in the storage (a mover: its files are not the requester's to read).
+    pub local_files: bool,
 }
 
 /// An archive ready to be read.
@@ -220,7 +223,7 @@ async fn open_unpaced(
     match location {
         Location::Local(text) => {
             let path = Path::new(text);
-            if path.is_file() {
+            if ctx.local_files && path.is_file() {
                 return open_file(path, checksum).await;
             }
             let key = resolve_key(ctx.storage.as_ref(), text).await?;

@@ -106,6 +106,32 @@ fn movers_snapshot_restore_and_delete_reporting_in_the_termination_log() {
             .contains("checksums disagree")
     );
 
+    // A mover reads archives from its storage, never the files of its own container: a
+    // location naming one (an archive the CLI would take) is only a name in the storage.
+    let own_file = snapshots.join(&key);
+    let err = fails(
+        mover(&[
+            "restore",
+            "--location",
+            own_file.to_str().unwrap(),
+            "--collection",
+            "products",
+            "--priority",
+            "snapshot",
+            "--storage-path",
+        ])
+        .arg(&target),
+    );
+    assert!(err.contains("not found"), "{err}");
+    // The same path through the CLI: a file of this machine.
+    let mut cli = bin(dir.path());
+    cli.env("SNAPSHOT_OPERATOR__STORAGE__SNAPSHOTS_PATH", &snapshots)
+        .args(["restore", "--priority", "snapshot", "--snapshot"])
+        .arg(format!("{}:copy", own_file.display()))
+        .arg("--storage-path")
+        .arg(&target);
+    ok(&mut cli);
+
     ok(&mut mover(&[
         "delete",
         &key,
