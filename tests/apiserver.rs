@@ -463,7 +463,11 @@ async fn a_snapshot_runs_its_movers_reports_ready_and_cleans_up(client: &Client)
     .await;
     assert_eq!(
         ready.archives[0].location.as_deref(),
-        Some("pvc://backups/products/products-data-2026-11-25-10-00-00.snapshot")
+        Some(format!(
+            "pvc://backups/{ns}/products/products-data-2026-11-25-10-00-00.snapshot"
+        ))
+        .as_deref(),
+        "in the namespace's part of the default storage"
     );
     assert_eq!(ready.archives[0].size, Some(4096));
     assert_eq!(

@@ -163,6 +163,25 @@ fn endpoint_key(endpoint: Option<&str>) -> String {
 }
 
 impl OperatorConfig {
+    /// The default storage as a resource of `namespace` uses it: below a directory or key
+    /// prefix of the namespace's name, so that namespaces sharing it never reach each
+    /// other's archives by name.
+    pub fn default_storage_for(&self, namespace: &str) -> Option<Storage> {
+        let mut storage = self.default_storage.clone()?;
+        if let Some(s3) = &mut storage.s3 {
+            let prefix = s3.prefix.as_deref().unwrap_or_default().trim_matches('/');
+            s3.prefix = Some(if prefix.is_empty() {
+                namespace.to_owned()
+            } else {
+                format!("{prefix}/{namespace}")
+            });
+        }
+        if let Some(local) = &mut storage.local {
+            local.path = format!("{}/{namespace}", local.path.trim_end_matches('/'));
+        }
+        Some(storage)
+    }
+
     /// Whether a resource's own S3 storage may use `endpoint` (pure): see
     /// `allowedS3Endpoints`.
     pub fn allow_endpoint(&self, endpoint: Option<&str>) -> Result<(), String> {
@@ -209,6 +228,31 @@ impl OperatorConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_namespace_has_its_own_part_of_the_default_storage() {
+        let s3: OperatorConfig = serde_json::from_value(serde_json::json!({
+            "defaultStorage": {"s3": {"bucket": "b", "prefix": "prod/"}}}))
+        .unwrap();
+        let team = s3.default_storage_for("team-a").unwrap().s3.unwrap();
+        assert_eq!(
+            (team.bucket.as_str(), team.prefix.as_deref()),
+            ("b", Some("prod/team-a"))
+        );
+        let local: OperatorConfig = serde_json::from_value(serde_json::json!({
+            "defaultStorage": {"local": {"persistentVolumeClaim": {"claimName": "backups"}}}}))
+        .unwrap();
+        assert_eq!(
+            local
+                .default_storage_for("team-a")
+                .unwrap()
+                .local
+                .unwrap()
+                .path,
+            "/team-a"
+        );
+        assert_eq!(OperatorConfig::default().default_storage_for("x"), None);
+    }
 
     #[test]
     fn endpoints_a_resource_may_name() {

@@ -229,7 +229,11 @@ fn invalid_status(restore: &SnapshotRestore, message: &str, now: Time) -> Snapsh
 /// What creating this restore may make a mover read (pure): its own S3 storage only at an
 /// endpoint the operator allows, and an `s3://` location outside the storage's bucket only
 /// with credentials the resource names (never the operator's or the nodes' own).
-pub fn within_trust(spec: &SnapshotRestoreSpec, config: &OperatorConfig) -> Result<(), String> {
+pub fn within_trust(
+    spec: &SnapshotRestoreSpec,
+    namespace: &str,
+    config: &OperatorConfig,
+) -> Result<(), String> {
     let own = spec.storage.as_ref().and_then(|s| s.s3.as_ref());
     if let Some(s3) = own {
         config.allow_endpoint(s3.endpoint_url.as_deref())?;
@@ -237,16 +241,27 @@ pub fn within_trust(spec: &SnapshotRestoreSpec, config: &OperatorConfig) -> Resu
     let Some(location) = &spec.source.location else {
         return Ok(());
     };
-    let Ok(crate::source::Location::S3 { bucket, .. }) = crate::source::Location::parse(location)
+    let Ok(crate::source::Location::S3 { bucket, key }) = crate::source::Location::parse(location)
     else {
         return Ok(());
     };
-    let storage = spec.storage.as_ref().or(config.default_storage.as_ref());
-    let storage_bucket = storage
-        .and_then(|s| s.s3.as_ref())
-        .map(|s| s.bucket.as_str());
     let named = own.is_some_and(|s| s.credentials_secret.is_some());
-    if storage_bucket != Some(bucket.as_str()) && !named {
+    let shared = config.default_storage_for(namespace);
+    let storage = spec.storage.as_ref().or(shared.as_ref());
+    let s3 = storage.and_then(|s| s.s3.as_ref());
+    if own.is_none()
+        && let Some(s3) = s3
+        && s3.bucket == bucket
+        && !key.starts_with(&format!("{}/", s3.prefix.as_deref().unwrap_or_default()))
+    {
+        return Err(format!(
+            "location {location} is outside this namespace's part of the default storage \
+             (s3://{}/{}/)",
+            s3.bucket,
+            s3.prefix.as_deref().unwrap_or_default()
+        ));
+    }
+    if s3.map(|s| s.bucket.as_str()) != Some(bucket.as_str()) && !named {
         return Err(format!(
             "location {location} is outside the storage's bucket: name the credentials for \
              bucket {bucket} in spec.storage.s3.credentialsSecret (the operator's and the nodes' \
@@ -346,7 +361,7 @@ async fn archives(
         let storage = spec
             .storage
             .clone()
-            .or_else(|| ctx.config.default_storage.clone());
+            .or_else(|| ctx.config.default_storage_for(&ns));
         let full = spec.collection.is_none();
         let archive = SourceArchive {
             node: String::new(),
@@ -410,7 +425,7 @@ async fn archives(
     Ok(Ok((
         archives,
         full,
-        effective_storage(&snap, ctx.config.default_storage.as_ref()),
+        effective_storage(&snap, ctx.config.default_storage_for(&ns).as_ref()),
     )))
 }
 
@@ -524,7 +539,7 @@ async fn resolve(restore: &SnapshotRestore, ctx: &Context) -> Result<Resolved, E
     let ns = restore.namespace().unwrap_or_default();
     let old = restore.status.clone().unwrap_or_default();
     if let Err(message) =
-        validate(&restore.spec).and_then(|()| within_trust(&restore.spec, &ctx.config))
+        validate(&restore.spec).and_then(|()| within_trust(&restore.spec, &ns, &ctx.config))
     {
         return Ok(Resolved::Invalid(message));
     }
@@ -931,9 +946,12 @@ mod tests {
                 location: Some(location.into()),
             };
             s.storage = serde_json::from_value(storage).unwrap();
-            within_trust(&s, &config)
+            within_trust(&s, "team-a", &config)
         };
-        assert!(with("s3://shared/c/x.snapshot", serde_json::Value::Null).is_ok());
+        // The default storage: this namespace's part of it only.
+        assert!(with("s3://shared/team-a/c/x.snapshot", serde_json::Value::Null).is_ok());
+        let theirs = with("s3://shared/team-b/c/x.snapshot", serde_json::Value::Null).unwrap_err();
+        assert!(theirs.contains("outside this namespace's part"), "{theirs}");
         let other = with("s3://someone-else/x.snapshot", serde_json::Value::Null).unwrap_err();
         assert!(other.contains("credentialsSecret"), "{other}");
         let storage =

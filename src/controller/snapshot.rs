@@ -361,7 +361,8 @@ async fn resolve(
     snap: &Snapshot,
     ctx: &Context,
 ) -> Result<Result<(Storage, Vec<ArchiveStatus>), String>, Error> {
-    let storage = effective_storage(snap, ctx.config.default_storage.as_ref());
+    let ns = snap.namespace().unwrap_or_default();
+    let storage = effective_storage(snap, ctx.config.default_storage_for(&ns).as_ref());
     let own = snap.spec.storage.as_ref().and_then(|s| s.s3.as_ref());
     let allowed = own.map_or(Ok(()), |s3| {
         ctx.config.allow_endpoint(s3.endpoint_url.as_deref())
@@ -495,7 +496,8 @@ async fn cleanup(snap: &Snapshot, ctx: &Context) -> Result<Action, Error> {
         .filter(|a| a.phase == ArchivePhase::Succeeded)
         .filter_map(|a| archive_key(&snap.spec, a))
         .collect();
-    let storage = effective_storage(snap, ctx.config.default_storage.as_ref());
+    let ns = snap.namespace().unwrap_or_default();
+    let storage = effective_storage(snap, ctx.config.default_storage_for(&ns).as_ref());
     let (DeletionPolicy::Delete, Some(storage)) = (snap.spec.deletion_policy, storage) else {
         return Ok(Action::await_change());
     };
