@@ -35,7 +35,8 @@ e2e:
 	helm upgrade --install snapshot-operator charts/snapshot-operator \
 	  --namespace snapshot-system --create-namespace --wait \
 	  --set image.repository=$(firstword $(subst :, ,$(E2E_IMAGE))) \
-	  --set image.tag=$(lastword $(subst :, ,$(E2E_IMAGE))) --set image.pullPolicy=Never
+	  --set image.tag=$(lastword $(subst :, ,$(E2E_IMAGE))) --set image.pullPolicy=Never \
+	  --set-json 'allowedS3Endpoints=["http://s3:9000"]'
 	E2E_IMAGE=$(E2E_IMAGE) bash tests/e2e/run.sh
 
 e2e-clean:
