@@ -1130,6 +1130,26 @@ mod mock {
     }
 
     #[tokio::test]
+    async fn its_own_storage_only_at_an_allowed_endpoint() {
+        // A Secret the Snapshot names would go to this endpoint: refused, no mover.
+        let mut snap = snapshot(true, Value::Null, false);
+        snap.spec.storage = serde_json::from_value(json!({"s3": {"bucket": "b",
+            "endpointUrl": "https://collector.example", "credentialsSecret": {"name": "creds"}}}))
+        .unwrap();
+        let script = vec![
+            Expect::new("PATCH", format!("{SNAPS}/status"), stored()).check(|body| {
+                let condition = &body["status"]["conditions"][0];
+                assert_eq!(condition["reason"], "InvalidSpec");
+                let message = condition["message"].as_str().unwrap();
+                assert!(message.contains("https://collector.example"), "{message}");
+            }),
+            event("InvalidSpec"),
+        ];
+        let (result, _) = reconcile_with(snap, nothing(), script).await;
+        assert_eq!(result.unwrap(), Action::await_change());
+    }
+
+    #[tokio::test]
     async fn an_unknown_statefulset_is_an_invalid_spec() {
         let script = vec![
             Expect::new("GET", STS, not_found()).status(404),
