@@ -363,6 +363,7 @@ async fn create(args: CreateArgs, config: &Config, storage: &dyn Storage) -> Res
         collection: args.collection,
         node: args.node.unwrap_or_else(host_name),
         exclude,
+        identity: None,
     };
     let bar = ProgressBar::new(None, "archiving");
     let created = ops::create_snapshot(storage, request, bar.progress()).await?;

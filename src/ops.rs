@@ -9,6 +9,7 @@ use serde::Serialize;
 
 use crate::config::StorageConfig;
 use crate::engine::archive::{self, Archived, CreateError, CreateSpec};
+use crate::engine::manifest::SnapshotIdentity;
 use crate::engine::name;
 use crate::engine::pipe::pipe;
 use crate::engine::restore::{self, Outcome, RestoreError, RestoreSpec, Restored, Selection};
@@ -71,6 +72,8 @@ pub struct SnapshotRequest {
     pub node: String,
     /// Directories inside the storage path never archived (local snapshots and temp paths).
     pub exclude: Vec<PathBuf>,
+    /// The Snapshot resource it belongs to (movers), recorded in the manifest.
+    pub identity: Option<SnapshotIdentity>,
 }
 
 /// Creates a snapshot of `request` in `storage`.
@@ -85,6 +88,7 @@ pub async fn create_snapshot(
         node: request.node,
         created_at: Timestamp::now(),
         exclude: request.exclude,
+        identity: request.identity,
     };
     let manifest = archive::plan(&spec)?;
     let stem = name::archive_stem(spec.collection.as_deref(), &spec.node, spec.created_at);
@@ -194,6 +198,7 @@ async fn mover_snapshot(
         collection: task.collection,
         node: task.node,
         exclude: Vec::new(),
+        identity: task.identity,
     };
     let created = create_snapshot(store.as_ref(), request, no_progress()).await?;
     Ok(MoverReport {

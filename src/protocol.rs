@@ -12,6 +12,7 @@ use clap::{Args, Subcommand};
 use serde::{Deserialize, Serialize};
 
 use crate::config::ENV_PREFIX;
+use crate::engine::manifest::SnapshotIdentity;
 use crate::engine::restore::{Limits, Priority};
 
 /// Where a mover writes its report (the container's termination message).
@@ -49,6 +50,9 @@ pub struct SnapshotTask {
     /// The node (pod) name, in the archive's name and manifest.
     #[arg(long)]
     pub node: String,
+    /// The Snapshot resource the archive belongs to (JSON), recorded in its manifest.
+    #[arg(long)]
+    pub identity: Option<SnapshotIdentity>,
     #[arg(long, default_value = TERMINATION_LOG)]
     pub termination_log: PathBuf,
 }
@@ -169,6 +173,9 @@ impl MoverTask {
                 a.dir(&t.dir);
                 a.flag("--node", &t.node);
                 a.maybe("--collection", t.collection.as_deref());
+                if let Some(identity) = &t.identity {
+                    a.flag("--identity", identity.to_string());
+                }
                 a.log(&t.termination_log);
             }
             Self::Restore(t) => {
@@ -378,12 +385,21 @@ mod tests {
                 dir: dir(true),
                 collection: Some("products".into()),
                 node: "qdrant-0".into(),
+                identity: Some(SnapshotIdentity {
+                    namespace: "search".into(),
+                    name: "nightly \"1\"".into(),
+                    uid: "u-1".into(),
+                    index: 2,
+                    nodes: 3,
+                    source: "statefulSet/qdrant".into(),
+                }),
                 termination_log: TERMINATION_LOG.into(),
             }),
             MoverTask::Snapshot(SnapshotTask {
                 dir: dir(false),
                 collection: None,
                 node: "a b".into(),
+                identity: None,
                 termination_log: "/tmp/log".into(),
             }),
             MoverTask::Restore(RestoreTask {

@@ -27,12 +27,15 @@ fn movers_snapshot_restore_and_delete_reporting_in_the_termination_log() {
     let report =
         || -> serde_json::Value { serde_json::from_slice(&fs::read(&log).unwrap()).unwrap() };
 
+    let identity = r#"{"namespace":"search","name":"nightly","uid":"u-1","index":0,"nodes":3,"source":"statefulSet/qdrant"}"#;
     ok(mover(&[
         "snapshot",
         "--collection",
         "products",
         "--node",
         "qdrant-0",
+        "--identity",
+        identity,
         "--storage-path",
     ])
     .arg(&data));
@@ -41,6 +44,18 @@ fn movers_snapshot_restore_and_delete_reporting_in_the_termination_log() {
     assert!(key.starts_with("products/products-qdrant-0-"), "{key}");
     assert_eq!(created["checksum"].as_str().unwrap().len(), 64);
     assert!(snapshots.join(&key).is_file());
+    // The manifest (the first entry, as GNU tar reads it) says which Snapshot it belongs to.
+    let manifest = std::process::Command::new("tar")
+        .arg("-xOf")
+        .arg(snapshots.join(&key))
+        .arg("snapshot.json")
+        .output()
+        .unwrap();
+    let manifest: serde_json::Value = serde_json::from_slice(&manifest.stdout).unwrap();
+    assert_eq!(
+        manifest["snapshot"],
+        serde_json::from_str::<serde_json::Value>(identity).unwrap()
+    );
 
     // Restore by key with the recorded checksum; then again with replica: skipped.
     let target = dir.path().join("target");

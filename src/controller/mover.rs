@@ -414,6 +414,7 @@ mod tests {
                 },
                 collection: None,
                 node: "qdrant-0".into(),
+                identity: None,
                 termination_log: TERMINATION_LOG.into(),
             }),
             data: Some(("qdrant-storage-qdrant-0", true)),

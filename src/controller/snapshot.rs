@@ -21,6 +21,7 @@ use crate::api::snapshot::{
     ArchivePhase, ArchiveStatus, DeletionPolicy, Phase, Snapshot, SnapshotSpec, SnapshotStatus,
     Storage,
 };
+use crate::engine::manifest::SnapshotIdentity;
 use crate::engine::name;
 use crate::protocol::{DeleteTask, MoverReport, MoverTask, SnapshotTask, TERMINATION_LOG};
 
@@ -414,7 +415,7 @@ async fn act(
     // Pods tell where claims are attached, to pin new movers: listed once a mover starts.
     let mut pods: Option<Vec<Pod>> = None;
     let mut next = Vec::new();
-    for (archive, step) in archives.iter().zip(steps) {
+    for (index, (archive, step)) in archives.iter().zip(steps).enumerate() {
         let mut started = false;
         if *step == NodeStep::Start
             && ctx.take_slot(claimant(snap, archive), &job_name(snap, &archive.node))
@@ -427,7 +428,8 @@ async fn act(
                 pods = Some(list.items);
             }
             let pods = pods.as_deref().unwrap_or_default();
-            start_mover(snap, ctx, archive, storage, pods).await?;
+            let identity = identity(snap, index, archives.len());
+            start_mover(snap, ctx, archive, storage, pods, identity).await?;
             started = true;
         }
         next.push(next_archive(archive, step, storage, started));
@@ -457,6 +459,25 @@ async fn invalid(snap: &Snapshot, ctx: &Context, message: &str) -> Result<Action
     reject(ctx, snap, &api, &status, message).await
 }
 
+/// Which Snapshot an archive belongs to, and which of its nodes takes it (pure): recorded in
+/// the archive's manifest.
+pub fn identity(snap: &Snapshot, index: usize, nodes: usize) -> SnapshotIdentity {
+    let source = &snap.spec.source;
+    let source = match (&source.stateful_set, &source.persistent_volume_claim) {
+        (Some(sts), _) => format!("statefulSet/{}", sts.name),
+        (None, Some(claim)) => format!("persistentVolumeClaim/{}", claim.claim_name),
+        (None, None) => String::new(),
+    };
+    SnapshotIdentity {
+        namespace: snap.namespace().unwrap_or_default(),
+        name: snap.name_any(),
+        uid: snap.uid().unwrap_or_default(),
+        index: u32::try_from(index).unwrap_or(u32::MAX),
+        nodes: u32::try_from(nodes).unwrap_or(u32::MAX),
+        source,
+    }
+}
+
 /// Starts the mover of one node (its slot taken).
 async fn start_mover(
     snap: &Snapshot,
@@ -464,11 +485,13 @@ async fn start_mover(
     archive: &ArchiveStatus,
     storage: &Storage,
     pods: &[Pod],
+    identity: SnapshotIdentity,
 ) -> Result<(), Error> {
     let task = MoverTask::Snapshot(SnapshotTask {
         dir: mover::data_dir(&snap.spec.path),
         collection: snap.spec.collection.clone(),
         node: archive.node.clone(),
+        identity: Some(identity),
         termination_log: TERMINATION_LOG.into(),
     });
     let spec = MoverJob {
@@ -875,7 +898,8 @@ mod mock {
             Expect::new("GET", PODS, list("Pod", vec![workload_pod(0, "worker-a")])),
             Expect::new("PATCH", format!("{JOBS}/{}", mover::job_name("snap", "s", "qdrant-0")), Value::Null).check(|job| {
                 let pod = &job["spec"]["template"]["spec"];
-                assert_eq!(pod["containers"][0]["args"], json!(["mover", "snapshot", "--storage-path", "/data/qdrant/storage", "--volume", "/data", "--node", "qdrant-0", "--collection", "products"]));
+                assert_eq!(pod["containers"][0]["args"], json!(["mover", "snapshot", "--storage-path", "/data/qdrant/storage", "--volume", "/data", "--node", "qdrant-0", "--collection", "products",
+                    "--identity", r#"{"namespace":"ns","name":"s","uid":"uid-1","index":0,"nodes":2,"source":"statefulSet/qdrant"}"#]));
                 assert_eq!(pod["volumes"][0]["persistentVolumeClaim"], json!({"claimName": "data-qdrant-0", "readOnly": true}));
                 assert_eq!(pod["volumes"][1]["persistentVolumeClaim"]["claimName"], "backups");
                 assert_eq!(pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"][0]["matchFields"][0]["values"], json!(["worker-a"]));

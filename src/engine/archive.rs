@@ -30,7 +30,7 @@ use rustix::fs::{FileType, OFlags};
 use serde::Serialize;
 
 use super::WORKSPACE_DIR;
-use super::manifest::{MANIFEST_ENTRY, MAX_MANIFEST_BYTES, Manifest};
+use super::manifest::{MANIFEST_ENTRY, MAX_MANIFEST_BYTES, Manifest, SnapshotIdentity};
 use super::name::{self, NameError};
 use crate::safefs::{self, Anchored, Dir};
 
@@ -52,6 +52,8 @@ pub struct CreateSpec {
     pub node: String,
     /// Creation time, in the archive name and manifest.
     pub created_at: Timestamp,
+    /// The Snapshot resource it belongs to, recorded in the manifest.
+    pub identity: Option<SnapshotIdentity>,
     /// Directories never archived (the snapshots and temp paths when they lie inside the
     /// storage directory), recognised by device and inode.
     pub exclude: Vec<PathBuf>,
@@ -169,6 +171,7 @@ pub fn plan(spec: &CreateSpec) -> Result<Manifest, CreateError> {
         spec.created_at,
         collections,
         aliases,
+        spec.identity.clone(),
     ))
 }
 

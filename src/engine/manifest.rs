@@ -45,6 +45,41 @@ pub struct Manifest {
     /// The aliases pointing at those collections (`alias -> collection`).
     #[serde(default)]
     pub aliases: BTreeMap<String, String>,
+    /// The Snapshot resource the archive belongs to, when the operator took it: what lets
+    /// another cluster rebuild its catalog from the storage alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<SnapshotIdentity>,
+}
+
+/// Which Snapshot an archive belongs to, and which of its nodes took it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SnapshotIdentity {
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+    /// The node's position among the Snapshot's nodes (a StatefulSet pod's ordinal order),
+    /// from 0.
+    pub index: u32,
+    /// How many nodes (archives) the Snapshot has.
+    pub nodes: u32,
+    /// The workload snapshotted: `statefulSet/<name>` or `persistentVolumeClaim/<name>`.
+    pub source: String,
+}
+
+impl std::str::FromStr for SnapshotIdentity {
+    type Err = serde_json::Error;
+
+    /// From its JSON form (as the controller passes it to a mover).
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        serde_json::from_str(text)
+    }
+}
+
+impl std::fmt::Display for SnapshotIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&serde_json::to_string(self).map_err(|_| std::fmt::Error)?)
+    }
 }
 
 impl Manifest {
@@ -55,6 +90,7 @@ impl Manifest {
         created_at: Timestamp,
         collections: Vec<String>,
         aliases: BTreeMap<String, String>,
+        snapshot: Option<SnapshotIdentity>,
     ) -> Self {
         Self {
             format_version: FORMAT_VERSION,
@@ -70,6 +106,7 @@ impl Manifest {
             tool_version: env!("CARGO_PKG_VERSION").into(),
             collections,
             aliases,
+            snapshot,
         }
     }
 }
@@ -86,6 +123,7 @@ mod tests {
             "2026-11-25T10:20:30Z".parse().unwrap(),
             vec!["products".into()],
             BTreeMap::from([("p".into(), "products".into())]),
+            None,
         );
         let json = serde_json::to_string(&m).unwrap();
         assert!(json.contains(r#""kind":"collection""#), "{json}");

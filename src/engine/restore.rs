@@ -778,6 +778,7 @@ mod tests {
             jiff::Timestamp::UNIX_EPOCH,
             collections.iter().map(|c| c.to_string()).collect(),
             BTreeMap::new(),
+            None,
         )
     }
 
