@@ -15,6 +15,7 @@
 //! * [`tls`]: the process's TLS crypto provider.
 
 pub mod api;
+pub mod catalog;
 pub mod cli;
 pub mod config;
 pub mod controller;
