@@ -25,9 +25,9 @@ pub struct Cluster {
     pub pods: Store<Pod>,
     pub snapshots: Store<Snapshot>,
     pub restores: Store<SnapshotRestore>,
-    /// True once the Job and pod stores hold a first full listing. (A store's own readiness
-    /// future wakes only the last of several tasks waiting on it.)
-    pub movers_listed: watch::Receiver<bool>,
+    /// True once the Job store, and the pod store, hold a first full listing. (A store's
+    /// own readiness future wakes only the last of several tasks waiting on it.)
+    pub listed: [watch::Receiver<bool>; 2],
 }
 
 /// Whether `meta` names `uid` as its controller.
@@ -51,15 +51,17 @@ impl Cluster {
             pods: filled(pods),
             snapshots: filled(snapshots),
             restores: filled(restores),
-            movers_listed: watch::channel(true).1,
+            listed: [watch::channel(true).1, watch::channel(true).1],
         }
     }
 
     /// Waits until the mover stores hold a first full listing: before that, a running mover
     /// would look absent and be started again.
     pub async fn ready(&self) {
-        // An error means the sender is gone, and with it the process.
-        let _ = self.movers_listed.clone().wait_for(|listed| *listed).await;
+        for listed in &self.listed {
+            // An error means the sender is gone, and with it the process.
+            let _ = listed.clone().wait_for(|listed| *listed).await;
+        }
     }
 
     /// The mover Job named `name` in `namespace` with its pods, if `owner_uid` controls it:

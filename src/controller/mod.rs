@@ -34,7 +34,6 @@ use kube::{Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use slots::{Busy, Claimant, Kind, Limits, Slots};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
@@ -192,7 +191,14 @@ impl Context {
 
     /// Whether `who` gets a mover slot now (its turn, under both caps), for the Job `job`
     /// it then creates; otherwise `who` waits in line and is reconciled when its turn comes.
-    pub fn take_slot(&self, who: Claimant, job: &str) -> bool {
+    pub fn take_slot<K: Reconciled>(&self, object: &K, node: &str, job: &str) -> bool {
+        let meta = object.meta();
+        let who = Claimant {
+            namespace: meta.namespace.clone().unwrap_or_default(),
+            kind: K::KIND,
+            name: meta.name.clone().unwrap_or_default(),
+            node: node.to_owned(),
+        };
         let job = Busy {
             namespace: who.namespace.clone(),
             job: job.to_owned(),
@@ -244,17 +250,12 @@ impl Context {
             .iter()
             .filter(|o| o.controller == Some(true))
         {
-            let woken = match owner.kind.as_str() {
-                "Snapshot" => self.wake.snapshots.as_ref().map(|tx| {
-                    tx.send(ObjectRef::new(&owner.name).within(&namespace))
-                        .is_ok()
-                }),
-                "SnapshotRestore" => self.wake.restores.as_ref().map(|tx| {
-                    tx.send(ObjectRef::new(&owner.name).within(&namespace))
-                        .is_ok()
-                }),
-                _ => None,
+            let kind = match owner.kind.as_str() {
+                "Snapshot" => Kind::Snapshot,
+                "SnapshotRestore" => Kind::SnapshotRestore,
+                _ => continue,
             };
+            let woken = self.wake(kind, &namespace, &owner.name);
             tracing::trace!(owner = %owner.name, ?woken, "a mover changed");
         }
         self.wake_waiters();
@@ -262,7 +263,7 @@ impl Context {
 
     /// Deletes the mover Jobs `names` of `owner` whose results are recorded: finished Jobs
     /// would pile up, and one still running there was given up as stuck.
-    pub async fn remove_finished_movers<K: Resource<DynamicType = ()>>(
+    pub async fn remove_recorded_movers<K: Resource<DynamicType = ()>>(
         &self,
         owner: &K,
         names: impl Iterator<Item = String>,
@@ -278,6 +279,22 @@ impl Context {
         Ok(())
     }
 
+    /// Triggers a reconcile of a resource; `None` without a controller to trigger (tests),
+    /// else whether it was queued.
+    fn wake(&self, kind: Kind, namespace: &str, name: &str) -> Option<bool> {
+        fn send<K: Resource<DynamicType = ()>>(
+            tx: Option<&mpsc::UnboundedSender<ObjectRef<K>>>,
+            namespace: &str,
+            name: &str,
+        ) -> Option<bool> {
+            tx.map(|tx| tx.send(ObjectRef::new(name).within(namespace)).is_ok())
+        }
+        match kind {
+            Kind::Snapshot => send(self.wake.snapshots.as_ref(), namespace, name),
+            Kind::SnapshotRestore => send(self.wake.restores.as_ref(), namespace, name),
+        }
+    }
+
     /// After a mover finished: reconciles those next in line for the free slots.
     pub fn wake_waiters(&self) {
         let next = {
@@ -286,16 +303,7 @@ impl Context {
             slots.next(&self.cluster.busy_slots(), self.limits(), Instant::now())
         };
         for who in next {
-            let sent = match who.kind {
-                Kind::Snapshot => self.wake.snapshots.as_ref().map(|tx| {
-                    tx.send(ObjectRef::new(&who.name).within(&who.namespace))
-                        .is_ok()
-                }),
-                Kind::SnapshotRestore => self.wake.restores.as_ref().map(|tx| {
-                    tx.send(ObjectRef::new(&who.name).within(&who.namespace))
-                        .is_ok()
-                }),
-            };
+            let sent = self.wake(who.kind, &who.namespace, &who.name);
             tracing::debug!(?who, ?sent, "a mover slot is free");
         }
     }
@@ -358,6 +366,8 @@ pub trait Reconciled:
     type Status: Serialize + PartialEq + Send + Sync;
     /// The name of its action in events (`Snapshot`, `Restore`).
     const ACTION: &'static str;
+    /// Its kind, as it waits for mover slots.
+    const KIND: Kind;
 
     /// Moves the resource towards its spec; writes its status.
     fn apply(&self, ctx: &Context) -> impl Future<Output = Result<Action, Error>> + Send;
@@ -622,13 +632,15 @@ pub async fn controllers(
     )
     .reconcile_on(received(woken_restores))
     .graceful_shutdown_on(shutdown.cancelled_owned());
-    let (movers_listed, listed) = watch::channel(false);
+    // Each mover store says when it holds a first full listing.
+    let (jobs_listed, jobs_listing) = watch::channel(false);
+    let (pods_listed, pods_listing) = watch::channel(false);
     let cluster = Cluster {
         jobs,
         pods,
         snapshots: snapshots.store(),
         restores: restores.store(),
-        movers_listed: listed,
+        listed: [jobs_listing, pods_listing],
     };
     let wake = Wake {
         snapshots: Some(wake_snapshots),
@@ -638,18 +650,6 @@ pub async fn controllers(
         client, config, metrics, identity, cluster, wake,
     ));
     let woken = ctx.clone();
-    let (jobs_listed, pods_listed) = (
-        Arc::new(AtomicBool::new(false)),
-        Arc::new(AtomicBool::new(false)),
-    );
-    let listed = move |this: &AtomicBool, other: &AtomicBool| {
-        this.store(true, Ordering::SeqCst);
-        if other.load(Ordering::SeqCst) {
-            movers_listed.send_replace(true);
-        }
-    };
-    let (listed_jobs, listed_pods) = (listed.clone(), listed);
-    let (jobs_flag, pods_flag) = (jobs_listed.clone(), pods_listed.clone());
     // Owners are woken from this stream, after the store took the change: a reconcile
     // woken by a Job's change sees that change.
     tokio::spawn(job_events.for_each(move |event| {
@@ -658,7 +658,7 @@ pub async fn controllers(
                 woken.mover_changed(&job);
             }
             Ok(watcher::Event::InitDone) => {
-                listed_jobs(&jobs_flag, &pods_listed);
+                jobs_listed.send_replace(true);
                 woken.wake_waiters();
             }
             Ok(_) => {}
@@ -672,7 +672,9 @@ pub async fn controllers(
     let watching = ctx.clone();
     tokio::spawn(pod_events.for_each(move |event| {
         match event {
-            Ok(watcher::Event::InitDone) => listed_pods(&pods_flag, &jobs_listed),
+            Ok(watcher::Event::InitDone) => {
+                pods_listed.send_replace(true);
+            }
             Ok(_) => {}
             Err(e) => {
                 watching.metrics.watch_failed("pods");

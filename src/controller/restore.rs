@@ -19,7 +19,7 @@ use serde_json::json;
 use super::config::OperatorConfig;
 use super::jobs::{self, Mover};
 use super::mover::{self, MoverJob};
-use super::slots::{Claimant, Kind};
+use super::slots::Kind;
 use super::snapshot::{effective_storage, inside_volume, validate_storage};
 use super::workload::{self, Node};
 use super::{Context, Error, Reconciled, patch_status, reject, write_status};
@@ -320,6 +320,7 @@ pub fn next_node(entry: &NodeRestore, mover: Option<&Mover>, started: bool) -> N
 
 impl Reconciled for SnapshotRestore {
     type Status = SnapshotRestoreStatus;
+    const KIND: Kind = Kind::SnapshotRestore;
     const ACTION: &'static str = "Restore";
 
     fn current(&self) -> Option<&SnapshotRestoreStatus> {
@@ -447,7 +448,7 @@ async fn apply(restore: &SnapshotRestore, ctx: &Context) -> Result<Action, Error
     let old = restore.status.clone().unwrap_or_default();
     // Finished movers whose results the status holds have done their part.
     let recorded = old.nodes.iter().filter(|n| is_final(n));
-    ctx.remove_finished_movers(restore, recorded.map(|n| job_name(restore, &n.node)))
+    ctx.remove_recorded_movers(restore, recorded.map(|n| job_name(restore, &n.node)))
         .await?;
     if matches!(
         old.phase,
@@ -712,7 +713,7 @@ async fn run_movers(
                 checksum,
                 ..
             }) = assignment
-            && ctx.take_slot(claimant(restore, entry), &job_name(restore, &entry.node))
+            && ctx.take_slot(restore, &entry.node, &job_name(restore, &entry.node))
         {
             let source = MoverSource {
                 location,
@@ -752,16 +753,6 @@ fn count_finished(
 /// The mover Job of a node.
 fn job_name(restore: &SnapshotRestore, node: &str) -> String {
     mover::job_name("rst", &restore.name_any(), node)
-}
-
-/// A node of a restore as it waits for a mover slot.
-fn claimant(restore: &SnapshotRestore, entry: &NodeRestore) -> Claimant {
-    Claimant {
-        namespace: restore.namespace().unwrap_or_default(),
-        kind: Kind::SnapshotRestore,
-        name: restore.name_any(),
-        node: entry.node.clone(),
-    }
 }
 
 /// What a node's mover restores.

@@ -14,7 +14,7 @@ use kube::{Resource, ResourceExt};
 
 use super::jobs::{self, Mover};
 use super::mover::{self, MoverJob};
-use super::slots::{Claimant, Kind};
+use super::slots::Kind;
 use super::{Context, Error, Reconciled, reject, workload, write_status};
 use crate::api::condition::{self, reason};
 use crate::api::snapshot::{
@@ -291,6 +291,7 @@ pub fn invalid_status(snap: &Snapshot, message: &str, now: Time) -> SnapshotStat
 
 impl Reconciled for Snapshot {
     type Status = SnapshotStatus;
+    const KIND: Kind = Kind::Snapshot;
     const ACTION: &'static str = "Snapshot";
 
     fn current(&self) -> Option<&SnapshotStatus> {
@@ -314,7 +315,7 @@ async fn apply(snap: &Snapshot, ctx: &Context) -> Result<Action, Error> {
     let old = snap.status.clone().unwrap_or_default();
     // Finished movers whose results the status holds have done their part.
     let recorded = old.archives.iter().filter(|a| is_final(a));
-    ctx.remove_finished_movers(snap, recorded.map(|a| job_name(snap, &a.node)))
+    ctx.remove_recorded_movers(snap, recorded.map(|a| job_name(snap, &a.node)))
         .await?;
     if matches!(old.phase, Some(Phase::Succeeded | Phase::Failed))
         && old.observed_generation == snap.meta().generation
@@ -418,7 +419,7 @@ async fn act(
     for (index, (archive, step)) in archives.iter().zip(steps).enumerate() {
         let mut started = false;
         if *step == NodeStep::Start
-            && ctx.take_slot(claimant(snap, archive), &job_name(snap, &archive.node))
+            && ctx.take_slot(snap, &archive.node, &job_name(snap, &archive.node))
         {
             if pods.is_none() {
                 let ns = snap.namespace().unwrap_or_default();
@@ -440,16 +441,6 @@ async fn act(
 /// The mover Job of a node.
 fn job_name(snap: &Snapshot, node: &str) -> String {
     mover::job_name("snap", &snap.name_any(), node)
-}
-
-/// A node of a Snapshot as it waits for a mover slot.
-fn claimant(snap: &Snapshot, archive: &ArchiveStatus) -> Claimant {
-    Claimant {
-        namespace: snap.namespace().unwrap_or_default(),
-        kind: Kind::Snapshot,
-        name: snap.name_any(),
-        node: archive.node.clone(),
-    }
 }
 
 async fn invalid(snap: &Snapshot, ctx: &Context, message: &str) -> Result<Action, Error> {
@@ -531,13 +522,7 @@ async fn cleanup(snap: &Snapshot, ctx: &Context) -> Result<Action, Error> {
     let uid = snap.uid().unwrap_or_default();
     let name = mover::job_name("del", &snap.name_any(), "all");
     let Some(m) = ctx.mover(&ns, &name, &uid).await? else {
-        let who = Claimant {
-            namespace: ns.clone(),
-            kind: Kind::Snapshot,
-            name: snap.name_any(),
-            node: "all".into(),
-        };
-        if ctx.take_slot(who, &name) {
+        if ctx.take_slot(snap, "all", &name) {
             let task = MoverTask::Delete(DeleteTask {
                 keys,
                 termination_log: TERMINATION_LOG.into(),
