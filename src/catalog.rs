@@ -1,13 +1,19 @@
 //! The catalog of a storage: which Snapshots its archives belong to, rebuilt from the
-//! archives' manifests alone (what a new cluster pointed at an old bucket needs). Pure:
-//! reading a manifest from the first bytes of an archive, and grouping archives into
-//! Snapshots node by node, a missing node or a missing checksum said, never papered over.
+//! archives' manifests alone (what a new cluster pointed at an old bucket needs). [`scan`]
+//! reads each archive's manifest from its first bytes (a ranged read) in an S3 storage laid
+//! out as the operator's default storage, `<prefix>/<namespace>/<key>`; [`group`] (pure)
+//! gathers the archives into Snapshots node by node, a missing node or a missing checksum
+//! said, never papered over.
 
 use std::cmp::Reverse;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+
+use futures_util::StreamExt;
 
 use crate::engine::manifest::{Manifest, SnapshotIdentity};
 use crate::engine::name;
+use crate::storage::s3::S3Storage;
+use crate::storage::{ObjectInfo, Storage, StorageError};
 
 /// How many bytes of an archive to read first for its manifest (the tar header and a
 /// manifest of ordinary size): a ranged read, the archive itself is not downloaded.
@@ -23,6 +29,97 @@ pub struct Found {
     /// Its checksum sidecar, if any.
     pub checksum: Option<String>,
     pub manifest: Manifest,
+}
+
+/// Manifests already read, by location, with the size and time of the object read: a
+/// storage is scanned again and again, its archives' manifests read once.
+#[derive(Debug, Default)]
+pub struct Manifests(HashMap<String, (u64, Option<jiff::Timestamp>, Manifest)>);
+
+/// Is `name` a Kubernetes namespace name (an RFC 1123 label)? Folders of other names in a
+/// storage are not a namespace's (pure).
+pub fn is_namespace(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    let inner = |b: &u8| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-';
+    let end = |b: Option<&u8>| b.is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+    name.len() <= 63 && bytes.iter().all(inner) && end(bytes.first()) && end(bytes.last())
+}
+
+/// The archives of each namespace folder of `storage` with their manifests, by namespace.
+/// An archive whose manifest cannot be read, or that names another namespace than its
+/// folder's, is left out with a warning: an archive is only ever a Snapshot of the
+/// namespace it is stored under.
+pub async fn scan(
+    storage: &S3Storage,
+    manifests: &mut Manifests,
+) -> Result<BTreeMap<String, Vec<Found>>, StorageError> {
+    let mut by_namespace = BTreeMap::new();
+    let mut seen = HashMap::new();
+    for namespace in storage.folders().await? {
+        if !is_namespace(&namespace) {
+            continue;
+        }
+        let folder = storage.within(&namespace);
+        let archives = folder.list("").await?;
+        let read: Vec<(ObjectInfo, Option<Manifest>)> = futures_util::stream::iter(archives)
+            .map(|info| {
+                let cached = manifests.0.get(&info.location).and_then(|(size, at, m)| {
+                    (*size == info.size && *at == info.modified).then(|| m.clone())
+                });
+                let folder = &folder;
+                async move {
+                    let manifest = match cached {
+                        Some(m) => Some(m),
+                        None => read_manifest(folder, &info).await,
+                    };
+                    (info, manifest)
+                }
+            })
+            .buffered(8)
+            .collect()
+            .await;
+        let mut found = Vec::new();
+        for (info, manifest) in read {
+            let Some(manifest) = manifest else { continue };
+            seen.insert(
+                info.location.clone(),
+                (info.size, info.modified, manifest.clone()),
+            );
+            let claimed = manifest.snapshot.as_ref().map(|s| s.namespace.as_str());
+            if claimed.is_some_and(|ns| ns != namespace) {
+                tracing::warn!(
+                    location = %info.location,
+                    "archive names another namespace than the folder it is in; not imported"
+                );
+                continue;
+            }
+            found.push(Found {
+                key: info.key,
+                location: info.location,
+                size: info.size,
+                checksum: info.checksum,
+                manifest,
+            });
+        }
+        by_namespace.insert(namespace, found);
+    }
+    // Forget the manifests of archives that are gone.
+    manifests.0 = seen;
+    Ok(by_namespace)
+}
+
+/// The manifest of one archive, from its first [`MANIFEST_PREFIX`] bytes; `None` (with a
+/// warning) when it cannot be read.
+async fn read_manifest(storage: &S3Storage, info: &ObjectInfo) -> Option<Manifest> {
+    let read = match storage.read_start(&info.key, MANIFEST_PREFIX).await {
+        Ok(bytes) => crate::engine::restore::manifest_of(std::io::Cursor::new(bytes))
+            .map_err(|e| crate::format::render_error(&e)),
+        Err(e) => Err(crate::format::render_error(&e)),
+    };
+    read.inspect_err(|error| {
+        tracing::warn!(location = %info.location, %error, "cannot read the archive's manifest");
+    })
+    .ok()
 }
 
 /// One node of an imported Snapshot: its archive, or why there is none to trust.
@@ -110,18 +207,28 @@ fn snapshot_of(mut archives: Vec<(SnapshotIdentity, Found)>) -> Imported {
     }
 }
 
+/// Archives for tests.
 #[cfg(test)]
-mod tests {
+pub mod fixtures {
     use super::*;
 
-    fn found(uid: &str, index: u32, nodes: u32, checksum: Option<&str>, second: i64) -> Found {
+    /// A valid checksum.
+    pub const SUM: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    /// The archive of node `index` of `nodes` of the Snapshot `snap-<uid>` of namespace
+    /// `ns` (StatefulSet `qdrant`, collection `products`), taken `second`s after a
+    /// fixed time.
+    pub fn found(uid: &str, index: u32, nodes: u32, checksum: Option<&str>, second: i64) -> Found {
         let identity = SnapshotIdentity {
-            namespace: "search".into(),
+            namespace: "ns".into(),
             name: format!("snap-{uid}"),
             uid: uid.into(),
             index,
             nodes,
             source: "statefulSet/qdrant".into(),
+            volume_claim_template: Some("data".into()),
+            claim: format!("data-qdrant-{index}"),
+            path: "/qdrant/storage".into(),
         };
         let manifest = Manifest::new(
             Some("products".into()),
@@ -131,16 +238,22 @@ mod tests {
             BTreeMap::new(),
             Some(identity),
         );
+        let key = format!("products/{uid}-{index}-{second}.snapshot");
         Found {
-            key: format!("search/products/{uid}-{index}-{second}.snapshot"),
-            location: String::new(),
+            location: format!("s3://backups/ns/{key}"),
+            key,
             size: 10,
             checksum: checksum.map(str::to_owned),
             manifest,
         }
     }
+}
 
-    const SUM: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use super::fixtures::{SUM, found};
 
     #[test]
     fn archives_group_into_their_snapshots_node_by_node() {

@@ -27,7 +27,7 @@ fn movers_snapshot_restore_and_delete_reporting_in_the_termination_log() {
     let report =
         || -> serde_json::Value { serde_json::from_slice(&fs::read(&log).unwrap()).unwrap() };
 
-    let identity = r#"{"namespace":"search","name":"nightly","uid":"u-1","index":0,"nodes":3,"source":"statefulSet/qdrant"}"#;
+    let identity = r#"{"namespace":"search","name":"nightly","uid":"u-1","index":0,"nodes":3,"source":"statefulSet/qdrant","volumeClaimTemplate":"data","claim":"data-qdrant-0","path":"/qdrant/storage"}"#;
     ok(mover(&[
         "snapshot",
         "--collection",

@@ -30,6 +30,38 @@ pub struct OperatorConfig {
     /// AWS. A Secret a resource names goes to its endpoint: this list bounds where.
     #[serde(default)]
     pub allowed_s3_endpoints: Option<Vec<String>>,
+    /// Rebuilding the catalog from the default storage (when it is S3).
+    #[serde(default)]
+    pub catalog_import: CatalogImport,
+}
+
+/// Snapshots imported from the archives in the default S3 storage: see `controller::import`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CatalogImport {
+    /// Import at all.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Seconds between two passes over the storage (the first at start).
+    #[serde(default = "default_import_interval")]
+    pub interval_seconds: u64,
+}
+
+impl Default for CatalogImport {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            interval_seconds: default_import_interval(),
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn default_import_interval() -> u64 {
+    300
 }
 
 /// How mover pods run.
@@ -84,6 +116,7 @@ impl Default for OperatorConfig {
             max_concurrent_movers: default_max_concurrent(),
             max_concurrent_movers_per_namespace: None,
             allowed_s3_endpoints: None,
+            catalog_import: CatalogImport::default(),
         }
     }
 }

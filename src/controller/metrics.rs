@@ -53,6 +53,8 @@ pub struct Metrics {
     restored: Counter,
     mover_duration: Histograms<OperationLabel>,
     watch_errors: Family<ResourceLabel, Counter>,
+    imported: Counter,
+    import_failures: Counter,
     ready: AtomicBool,
 }
 
@@ -103,6 +105,18 @@ impl Default for Metrics {
             "Failed list or watch requests (each retried with backoff), by resource",
             watch_errors.clone(),
         );
+        let imported = Counter::default();
+        registry.register(
+            "snapshot_operator_imported_snapshots",
+            "Snapshots created by the catalog import from the default storage",
+            imported.clone(),
+        );
+        let import_failures = Counter::default();
+        registry.register(
+            "snapshot_operator_import_failures",
+            "Catalog import passes that failed (each retried after the interval)",
+            import_failures.clone(),
+        );
         Self {
             registry,
             reconciliations,
@@ -112,6 +126,8 @@ impl Default for Metrics {
             restored,
             mover_duration,
             watch_errors,
+            imported,
+            import_failures,
             ready: AtomicBool::new(false),
         }
     }
@@ -136,6 +152,16 @@ impl Drop for ReconcileTimer<'_> {
 }
 
 impl Metrics {
+    /// A catalog import pass created `count` Snapshots.
+    pub fn imported(&self, count: usize) {
+        self.imported.inc_by(count as u64);
+    }
+
+    /// A catalog import pass failed.
+    pub fn import_failed(&self) {
+        self.import_failures.inc();
+    }
+
     /// A reconciliation of `resource` (`snapshot`, `snapshotrestore`) starts; its duration
     /// is observed when the returned guard goes.
     pub fn reconciling(&self, resource: &str) -> ReconcileTimer<'_> {

@@ -3,6 +3,7 @@
 
 pub mod cluster;
 pub mod config;
+pub mod import;
 pub mod jobs;
 pub mod leader;
 pub mod metrics;
@@ -631,7 +632,7 @@ pub async fn controllers(
         watcher::Config::default(),
     )
     .reconcile_on(received(woken_restores))
-    .graceful_shutdown_on(shutdown.cancelled_owned());
+    .graceful_shutdown_on(shutdown.clone().cancelled_owned());
     // Each mover store says when it holds a first full listing.
     let (jobs_listed, jobs_listing) = watch::channel(false);
     let (pods_listed, pods_listing) = watch::channel(false);
@@ -690,6 +691,7 @@ pub async fn controllers(
             outcome(result, &metrics, "snapshots");
             std::future::ready(())
         });
+    let imports = import::run(ctx.clone(), shutdown);
     let metrics = ctx.metrics.clone();
     let restores = restores
         .run(reconcile::<SnapshotRestore>, error_policy, ctx)
@@ -697,7 +699,7 @@ pub async fn controllers(
             outcome(result, &metrics, "snapshotrestores");
             std::future::ready(())
         });
-    tokio::join!(snapshots, restores);
+    tokio::join!(snapshots, restores, imports);
 }
 
 /// The values sent on a channel, as a stream.

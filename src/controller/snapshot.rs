@@ -312,6 +312,10 @@ impl Reconciled for Snapshot {
 }
 
 async fn apply(snap: &Snapshot, ctx: &Context) -> Result<Action, Error> {
+    // Its status comes from the storage (`import`); no mover ever runs for it.
+    if super::import::is_imported(snap) {
+        return Ok(Action::await_change());
+    }
     let old = snap.status.clone().unwrap_or_default();
     // Finished movers whose results the status holds have done their part.
     let recorded = old.archives.iter().filter(|a| is_final(a));
@@ -429,7 +433,7 @@ async fn act(
                 pods = Some(list.items);
             }
             let pods = pods.as_deref().unwrap_or_default();
-            let identity = identity(snap, index, archives.len());
+            let identity = identity(snap, index, archives.len(), &archive.claim);
             start_mover(snap, ctx, archive, storage, pods, identity).await?;
             started = true;
         }
@@ -452,13 +456,17 @@ async fn invalid(snap: &Snapshot, ctx: &Context, message: &str) -> Result<Action
 
 /// Which Snapshot an archive belongs to, and which of its nodes takes it (pure): recorded in
 /// the archive's manifest.
-pub fn identity(snap: &Snapshot, index: usize, nodes: usize) -> SnapshotIdentity {
+pub fn identity(snap: &Snapshot, index: usize, nodes: usize, claim: &str) -> SnapshotIdentity {
     let source = &snap.spec.source;
-    let source = match (&source.stateful_set, &source.persistent_volume_claim) {
-        (Some(sts), _) => format!("statefulSet/{}", sts.name),
-        (None, Some(claim)) => format!("persistentVolumeClaim/{}", claim.claim_name),
-        (None, None) => String::new(),
-    };
+    let (source, volume_claim_template) =
+        match (&source.stateful_set, &source.persistent_volume_claim) {
+            (Some(sts), _) => (
+                format!("statefulSet/{}", sts.name),
+                Some(sts.volume_claim_template.clone()),
+            ),
+            (None, Some(claim)) => (format!("persistentVolumeClaim/{}", claim.claim_name), None),
+            (None, None) => (String::new(), None),
+        };
     SnapshotIdentity {
         namespace: snap.namespace().unwrap_or_default(),
         name: snap.name_any(),
@@ -466,6 +474,9 @@ pub fn identity(snap: &Snapshot, index: usize, nodes: usize) -> SnapshotIdentity
         index: u32::try_from(index).unwrap_or(u32::MAX),
         nodes: u32::try_from(nodes).unwrap_or(u32::MAX),
         source,
+        volume_claim_template,
+        claim: claim.to_owned(),
+        path: snap.spec.path.clone(),
     }
 }
 
@@ -867,6 +878,16 @@ mod mock {
     }
 
     #[tokio::test]
+    async fn no_mover_ever_runs_for_an_imported_snapshot() {
+        // Created by the catalog import, its status not written yet: nothing to do here.
+        let mut snap = snapshot(true, Value::Null, false);
+        snap.labels_mut()
+            .insert(super::super::import::IMPORTED.into(), "true".into());
+        let (action, _) = reconcile_with(snap, nothing(), vec![]).await;
+        assert_eq!(action.unwrap(), Action::await_change());
+    }
+
+    #[tokio::test]
     async fn a_new_snapshot_gets_the_finalizer_first() {
         let script = vec![Expect::new("PATCH", SNAPS, stored()).check(|body| {
             assert!(body.to_string().contains(FINALIZER), "{body}");
@@ -884,7 +905,7 @@ mod mock {
             Expect::new("PATCH", format!("{JOBS}/{}", mover::job_name("snap", "s", "qdrant-0")), Value::Null).check(|job| {
                 let pod = &job["spec"]["template"]["spec"];
                 assert_eq!(pod["containers"][0]["args"], json!(["mover", "snapshot", "--storage-path", "/data/qdrant/storage", "--volume", "/data", "--node", "qdrant-0", "--collection", "products",
-                    "--identity", r#"{"namespace":"ns","name":"s","uid":"uid-1","index":0,"nodes":2,"source":"statefulSet/qdrant"}"#]));
+                    "--identity", r#"{"namespace":"ns","name":"s","uid":"uid-1","index":0,"nodes":2,"source":"statefulSet/qdrant","volumeClaimTemplate":"data","claim":"data-qdrant-0","path":"/qdrant/storage"}"#]));
                 assert_eq!(pod["volumes"][0]["persistentVolumeClaim"], json!({"claimName": "data-qdrant-0", "readOnly": true}));
                 assert_eq!(pod["volumes"][1]["persistentVolumeClaim"]["claimName"], "backups");
                 assert_eq!(pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"][0]["matchFields"][0]["values"], json!(["worker-a"]));

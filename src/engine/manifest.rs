@@ -65,6 +65,19 @@ pub struct SnapshotIdentity {
     pub nodes: u32,
     /// The workload snapshotted: `statefulSet/<name>` or `persistentVolumeClaim/<name>`.
     pub source: String,
+    /// The StatefulSet's volume claim template holding the data.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume_claim_template: Option<String>,
+    /// This node's PersistentVolumeClaim.
+    #[serde(default)]
+    pub claim: String,
+    /// The storage directory inside the volume (the Snapshot's `path`).
+    #[serde(default = "root")]
+    pub path: String,
+}
+
+fn root() -> String {
+    "/".into()
 }
 
 impl std::str::FromStr for SnapshotIdentity {

@@ -184,6 +184,53 @@ impl S3Storage {
         }
     }
 
+    /// The same storage one level down: keys under `<prefix><folder>/`.
+    pub fn within(&self, folder: &str) -> Self {
+        Self {
+            prefix: format!("{}{folder}/", self.prefix),
+            ..self.clone()
+        }
+    }
+
+    /// The names of the folders right under the prefix (`ListObjectsV2` with a delimiter:
+    /// one entry per folder, whatever it holds).
+    pub async fn folders(&self) -> Result<Vec<String>, StorageError> {
+        let mut pages = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(&self.prefix)
+            .delimiter("/")
+            .into_paginator()
+            .send();
+        let mut found = Vec::new();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| self.error("ListObjectsV2", "", e))?;
+            let names = page.common_prefixes().iter().filter_map(|p| {
+                let name = p.prefix()?.strip_prefix(&self.prefix)?;
+                Some(name.strip_suffix('/')?.to_owned())
+            });
+            found.extend(names);
+        }
+        Ok(found)
+    }
+
+    /// The first `len` bytes of the archive at `key` (fewer when it is shorter): a ranged
+    /// read, the rest is not downloaded.
+    pub async fn read_start(&self, key: &str, len: u64) -> Result<Vec<u8>, StorageError> {
+        validate_key(key)?;
+        let out = self.get_range(key, Some((0, len.max(1))), None).await?;
+        let body = out.body.collect().await.map_err(|e| StorageError::Io {
+            op: "read",
+            location: self.location(key),
+            source: std::io::Error::other(e),
+        })?;
+        let mut bytes = body.to_vec();
+        // A server that ignores the range sends everything.
+        bytes.truncate(usize::try_from(len).unwrap_or(usize::MAX));
+        Ok(bytes)
+    }
+
     fn object(&self, key: &str) -> String {
         format!("{}{key}", self.prefix)
     }
