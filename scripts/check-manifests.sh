@@ -15,6 +15,9 @@ maxConcurrentMoversPerNamespace: 2
 allowedS3Endpoints: [aws, "http://minio:9000"]
 defaultStorage:
   s3: {bucket: snapshots, endpointUrl: "http://minio:9000", credentialsSecret: {name: s3}}
+catalogImport:
+  intervalSeconds: 60
+  credentialsSecret: {name: operator-s3}
 mover:
   podSecurityContext: {runAsNonRoot: true, runAsUser: 1000}
 metrics:

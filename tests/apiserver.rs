@@ -3,6 +3,10 @@
 //! the mover's pod and writing the pod's and the Job's status, so it also runs against a bare
 //! kube-apiserver + etcd. Against a full cluster use tests/e2e instead.
 
+mod common;
+
+use std::path::Path;
+use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -171,6 +175,9 @@ async fn the_controller_against_a_real_api_server() {
         .expect("the controller stops when asked")
         .unwrap();
     eprintln!("stopped {:?} after being asked", asked.elapsed());
+    // With this controller stopped, the operator binary is the only one for the import.
+    catalog_import_brings_back_snapshots_node_by_node(&client).await;
+    eprintln!("import scenario done at {:?}", started.elapsed());
 }
 
 /// Two replicas: one leads, the other waits; when the leader releases the Lease (as it does
@@ -255,13 +262,13 @@ async fn sigterm_stops_the_operator_cleanly_and_frees_the_lease() {
     namespace.delete().await;
 }
 
-/// A client acting as the chart's service account with the chart's RBAC (rendered by the
-/// test script into `SNAPSHOT_OPERATOR_TEST_RBAC`), so that a permission the chart lacks
-/// fails here; without it, the admin client (and the RBAC goes unchecked, as printed).
-async fn operator_client(admin: &Client) -> Client {
+/// The chart's service account, with the chart's RBAC applied (rendered by the test script
+/// into `SNAPSHOT_OPERATOR_TEST_RBAC`), as a user and groups to impersonate; `None` without
+/// it (the admin's rights are used, and the RBAC goes unchecked, as printed).
+async fn chart_account(admin: &Client) -> Option<(String, Vec<String>)> {
     let Some(path) = std::env::var_os("SNAPSHOT_OPERATOR_TEST_RBAC") else {
         eprintln!("RBAC not checked: SNAPSHOT_OPERATOR_TEST_RBAC is not set (`make test` sets it)");
-        return admin.clone();
+        return None;
     };
     let docs: Vec<serde_json::Value> =
         serde_json::from_slice(&std::fs::read(path).expect("the rendered RBAC")).unwrap();
@@ -296,15 +303,42 @@ async fn operator_client(admin: &Client) -> Client {
         }
     }
     let account = account.expect("the chart binds its ClusterRole to a service account");
-    let mut config = kube::Config::infer().await.unwrap();
-    config.auth_info.impersonate = Some(format!("system:serviceaccount:{ns}:{account}"));
-    config.auth_info.impersonate_groups = Some(vec![
-        "system:serviceaccounts".into(),
-        format!("system:serviceaccounts:{ns}"),
-        "system:authenticated".into(),
-    ]);
     eprintln!("the controller runs as the chart's service account {ns}/{account}");
+    Some((
+        format!("system:serviceaccount:{ns}:{account}"),
+        vec![
+            "system:serviceaccounts".into(),
+            format!("system:serviceaccounts:{ns}"),
+            "system:authenticated".into(),
+        ],
+    ))
+}
+
+/// A client acting as the chart's service account (see [`chart_account`]): a permission the
+/// chart lacks fails here.
+async fn operator_client(admin: &Client) -> Client {
+    let Some((user, groups)) = chart_account(admin).await else {
+        return admin.clone();
+    };
+    let mut config = kube::Config::infer().await.unwrap();
+    config.auth_info.impersonate = Some(user);
+    config.auth_info.impersonate_groups = Some(groups);
     Client::try_from(config).unwrap()
+}
+
+/// A kubeconfig for the operator binary acting as the chart's service account, in `dir`.
+async fn operator_kubeconfig(admin: &Client, dir: &std::path::Path) -> std::path::PathBuf {
+    let mut kubeconfig = kube::config::Kubeconfig::read().unwrap();
+    if let Some((user, groups)) = chart_account(admin).await {
+        for named in &mut kubeconfig.auth_infos {
+            let auth = named.auth_info.get_or_insert_with(Default::default);
+            auth.impersonate = Some(user.clone());
+            auth.impersonate_groups = Some(groups.clone());
+        }
+    }
+    let path = dir.join("kubeconfig");
+    std::fs::write(&path, serde_json::to_vec(&kubeconfig).unwrap()).unwrap();
+    path
 }
 
 async fn install_crds(client: &Client) {
@@ -754,4 +788,308 @@ async fn snapshots_compete_for_the_slots(client: &Client) {
     })
     .await;
     namespace.delete().await;
+}
+
+/// Plays the kubelet for real: runs the mover command of `job` here, as a non-root user, its
+/// volume `/data` at `data`, with the Job's environment plus the S3 credentials a Secret would
+/// give it; returns its report (its termination message).
+fn run_mover_here(job: &Job, data: &Path, s3: &common::S3Env, work: &Path) -> String {
+    let pod = job.spec.clone().unwrap().template.spec.unwrap();
+    let container = &pod.containers[0];
+    let mut args: Vec<String> = container.args.clone().unwrap();
+    for arg in &mut args {
+        if arg == "/data" || arg.starts_with("/data/") {
+            *arg = format!("{}{}", data.display(), &arg["/data".len()..]);
+        }
+    }
+    let log = work.join(format!("{}.log", job.name_any()));
+    args.insert(2, "--termination-log".into());
+    args.insert(3, log.display().to_string());
+    let mut cmd = common::bin(work);
+    cmd.args(&args);
+    for var in container.env.iter().flatten() {
+        if let Some(value) = &var.value {
+            cmd.env(&var.name, value);
+        }
+    }
+    cmd.env("AWS_ACCESS_KEY_ID", &s3.access_key)
+        .env("AWS_SECRET_ACCESS_KEY", &s3.secret_key);
+    common::ok(&mut common::as_nobody(cmd, work));
+    std::fs::read_to_string(&log).unwrap()
+}
+
+/// The mover Jobs of `owner` (by its UID), once there are `count`.
+async fn movers_of(jobs: &Api<Job>, owner: &str, count: usize) -> Vec<Job> {
+    eventually("the mover Jobs", || async {
+        let all = jobs
+            .list(&ListParams::default().labels(&format!("{}={owner}", mover::OWNER_UID)))
+            .await
+            .unwrap()
+            .items;
+        (all.len() == count).then_some(all)
+    })
+    .await
+}
+
+/// A Snapshot's status once `Ready` is True.
+async fn ready(
+    snapshots: &Api<Snapshot>,
+    name: &str,
+) -> snapshot_operator::api::snapshot::SnapshotStatus {
+    eventually("Ready=True", || async {
+        let status = snapshots.get_opt(name).await.unwrap()?.status?;
+        status
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "True")
+            .then_some(status)
+    })
+    .await
+}
+
+/// One bucket shared by two namespaces, and a third namespace that does not exist here. The
+/// operator binary runs as the chart deploys it: the default storage's credentials in its
+/// environment, as the chart's service account. Snapshots taken through the operator (their
+/// movers run here for real, into the real S3 server) are not touched by the import; an
+/// archive set with no Snapshot is imported into its own namespace only, a missing node said;
+/// a deleted `Retain` Snapshot comes back imported, and a restore by `snapshotRef` of it
+/// gives each pod its own archive's data.
+async fn catalog_import_brings_back_snapshots_node_by_node(client: &Client) {
+    let Some(s3) = common::s3_env() else {
+        eprintln!("SKIPPED: the catalog import scenario needs the test S3 server");
+        return;
+    };
+    let pid = std::process::id();
+    let (a, b, gone) = (
+        format!("import-a-{pid}"),
+        format!("import-b-{pid}"),
+        format!("import-gone-{pid}"),
+    );
+    let ns_a = TestNamespace::create(client, &a).await;
+    let sets: Api<k8s_openapi::api::apps::v1::StatefulSet> = Api::namespaced(client.clone(), &a);
+    let sts = serde_json::from_value(json!({"metadata": {"name": "qdrant"}, "spec": {
+        "replicas": 2, "serviceName": "qdrant", "selector": {"matchLabels": {"app": "qdrant"}},
+        "template": {"metadata": {"labels": {"app": "qdrant"}}, "spec": {"containers": [{"name": "q", "image": "qdrant"}]}},
+        "volumeClaimTemplates": [{"metadata": {"name": "data"}, "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}}]}}))
+    .unwrap();
+    sets.create(&PostParams::default(), &sts).await.unwrap();
+    let ns_b = TestNamespace::with_claims(client, &b, &["data"]).await;
+
+    let work = tempfile::tempdir().unwrap();
+    let work = work.path();
+    let prefix = common::unique_prefix("import-it");
+    let config = work.join("operator.yaml");
+    let settings = json!({
+        "defaultStorage": {"s3": {"bucket": s3.bucket, "endpointUrl": s3.endpoint,
+            "prefix": prefix, "forcePathStyle": true}},
+        "catalogImport": {"intervalSeconds": 1},
+    });
+    std::fs::write(&config, settings.to_string()).unwrap();
+    let mut operator = Command::new(env!("CARGO_BIN_EXE_snapshot-operator"))
+        .args(["controller", "--metrics-address", "127.0.0.1:0"])
+        .args(["--leader-election", "false", "--operator-config"])
+        .arg(&config)
+        .env("KUBECONFIG", operator_kubeconfig(client, work).await)
+        .env("AWS_ACCESS_KEY_ID", &s3.access_key)
+        .env("AWS_SECRET_ACCESS_KEY", &s3.secret_key)
+        .env("SNAPSHOT_OPERATOR_LOG", "warn")
+        .spawn()
+        .unwrap();
+
+    // Taken through the operator, Retain, in both namespaces under one name.
+    let take = |ns: &str, source: serde_json::Value| {
+        serde_json::from_value::<Snapshot>(json!({
+            "apiVersion": "snapshot-operator.dev/v1alpha1", "kind": "Snapshot",
+            "metadata": {"name": "nightly", "namespace": ns},
+            "spec": {"source": source, "path": "/qdrant/storage", "collection": "products",
+                     "deletionPolicy": "Retain"}}))
+        .unwrap()
+    };
+    let (snaps_a, snaps_b): (Api<Snapshot>, Api<Snapshot>) = (
+        Api::namespaced(client.clone(), &a),
+        Api::namespaced(client.clone(), &b),
+    );
+    let sts_source = json!({"statefulSet": {"name": "qdrant", "volumeClaimTemplate": "data"}});
+    let pvc_source = json!({"persistentVolumeClaim": {"claimName": "data"}});
+    for (api, ns, source, count) in [(&snaps_a, &a, sts_source, 2), (&snaps_b, &b, pvc_source, 1)] {
+        let created = api
+            .create(&PostParams::default(), &take(ns, source))
+            .await
+            .unwrap();
+        let jobs: Api<Job> = Api::namespaced(client.clone(), ns);
+        for job in movers_of(&jobs, &created.uid().unwrap(), count).await {
+            let node = job.labels()[mover::NODE].clone();
+            let data = work.join(ns).join(&node);
+            common::make_collection(&data.join("qdrant/storage"), "products", &node);
+            let report = run_mover_here(&job, &data, &s3, work);
+            finish_job(client, ns, &job, &report, true).await;
+        }
+    }
+    let taken = ready(&snaps_a, "nightly").await;
+    ready(&snaps_b, "nightly").await;
+    let old_uid = snaps_a.get("nightly").await.unwrap().uid().unwrap();
+
+    // Archives with no Snapshot: node 0 of 2 in b; one in a namespace that does not exist.
+    for (ns, name) in [(&b, "partial"), (&gone, "lost")] {
+        let identity = json!({"namespace": ns, "name": name, "uid": format!("{name}-uid"),
+            "index": 0, "nodes": 2, "source": "persistentVolumeClaim/data", "claim": "data",
+            "path": "/"});
+        let data = work.join(format!("{ns}-{name}"));
+        common::make_collection(&data, "products", name);
+        let log = work.join(format!("{name}.log"));
+        let mut cmd = common::bin(work);
+        cmd.args([
+            "mover",
+            "snapshot",
+            "--node",
+            "data",
+            "--collection",
+            "products",
+        ])
+        .arg("--identity")
+        .arg(identity.to_string())
+        .arg("--termination-log")
+        .arg(&log)
+        .arg("--storage-path")
+        .arg(&data);
+        let storage = snapshot_operator::protocol::MoverStorage::S3 {
+            bucket: s3.bucket.clone(),
+            prefix: format!("{prefix}/{ns}"),
+            region: None,
+            endpoint_url: Some(s3.endpoint.clone()),
+            force_path_style: Some(true),
+            credentials: None,
+        };
+        for (name, value) in storage.env() {
+            if let snapshot_operator::protocol::EnvValue::Value(value) = value {
+                cmd.env(name, value);
+            }
+        }
+        cmd.env("AWS_ACCESS_KEY_ID", &s3.access_key)
+            .env("AWS_SECRET_ACCESS_KEY", &s3.secret_key);
+        common::ok(&mut cmd);
+    }
+    let partial = eventually("the partial set imported into b", || async {
+        let snap = snaps_b.get_opt("partial").await.unwrap()?;
+        snap.status.clone()?.phase?;
+        Some(snap)
+    })
+    .await;
+    assert_eq!(partial.labels()["snapshot-operator.dev/imported"], "true");
+    assert_eq!(
+        partial.spec.deletion_policy,
+        snapshot_operator::api::snapshot::DeletionPolicy::Retain
+    );
+    let status = partial.status.unwrap();
+    assert_eq!(format!("{:?}", status.phase), "Some(Failed)");
+    assert_eq!(format!("{:?}", status.archives[0].phase), "Succeeded");
+    assert_eq!(
+        status.archives[1].message.as_deref(),
+        Some("no archive of node 1 in the storage")
+    );
+    // Each namespace sees only its own; Snapshots taken here are left alone; no namespace
+    // is created for archives of one that does not exist.
+    assert!(snaps_a.get_opt("partial").await.unwrap().is_none());
+    for api in [&snaps_a, &snaps_b] {
+        let nightly = api.get("nightly").await.unwrap();
+        assert!(
+            !nightly
+                .labels()
+                .contains_key("snapshot-operator.dev/imported")
+        );
+    }
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    assert!(namespaces.get_opt(&gone).await.unwrap().is_none());
+
+    // Deleted (Retain: the archives stay), it comes back imported with the same archives.
+    snaps_a
+        .delete("nightly", &DeleteParams::default())
+        .await
+        .unwrap();
+    let back = eventually("nightly imported back", || async {
+        let snap = snaps_a.get_opt("nightly").await.unwrap()?;
+        (snap.uid().as_deref() != Some(&old_uid) && snap.status.as_ref()?.phase.is_some())
+            .then_some(snap)
+    })
+    .await;
+    assert_eq!(
+        back.annotations()["snapshot-operator.dev/imported-uid"],
+        old_uid
+    );
+    let status = ready(&snaps_a, "nightly").await;
+    let archive = |s: &snapshot_operator::api::snapshot::SnapshotStatus| -> Vec<_> {
+        s.archives
+            .iter()
+            .map(|x| {
+                (
+                    x.node.clone(),
+                    x.claim.clone(),
+                    x.key.clone(),
+                    x.size,
+                    x.checksum.clone(),
+                )
+            })
+            .collect()
+    };
+    assert_eq!(archive(&status), archive(&taken));
+    assert!(
+        status.archives[0]
+            .location
+            .as_deref()
+            .unwrap()
+            .contains(&format!("/{prefix}/{a}/products/")),
+        "{:?}",
+        status.archives[0].location
+    );
+
+    // A restore by snapshotRef of the imported Snapshot: each pod gets its own node's data.
+    let restores: Api<SnapshotRestore> = Api::namespaced(client.clone(), &a);
+    let restore: SnapshotRestore = serde_json::from_value(json!({
+        "apiVersion": "snapshot-operator.dev/v1alpha1", "kind": "SnapshotRestore",
+        "metadata": {"name": "back"},
+        "spec": {"source": {"snapshotRef": {"name": "nightly"}}, "path": "/qdrant/storage",
+                 "target": {"statefulSet": {"name": "qdrant", "volumeClaimTemplate": "data"}},
+                 "collection": "products"}}))
+    .unwrap();
+    let restore = restores
+        .create(&PostParams::default(), &restore)
+        .await
+        .unwrap();
+    let jobs: Api<Job> = Api::namespaced(client.clone(), &a);
+    for job in movers_of(&jobs, &restore.uid().unwrap(), 2).await {
+        let node = job.labels()[mover::NODE].clone();
+        let target = work.join("restored").join(&node);
+        std::fs::create_dir_all(target.join("qdrant/storage")).unwrap();
+        let report = run_mover_here(&job, &target, &s3, work);
+        finish_job(client, &a, &job, &report, true).await;
+        let collection =
+            |root: &Path| common::fingerprint(&root.join("qdrant/storage/collections/products"));
+        assert_eq!(
+            collection(&target),
+            collection(&work.join(&a).join(&node)),
+            "{node} got its own archive's data"
+        );
+    }
+    eventually("the restore to succeed", || async {
+        let status = restores.get("back").await.unwrap().status?;
+        status
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "True")
+            .then_some(())
+    })
+    .await;
+
+    rustix::process::kill_process(
+        rustix::process::Pid::from_child(&operator),
+        rustix::process::Signal::TERM,
+    )
+    .unwrap();
+    let status = tokio::task::spawn_blocking(move || operator.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "exit status {status}");
+    ns_a.delete().await;
+    ns_b.delete().await;
 }

@@ -271,8 +271,6 @@ pub async fn sync(
                     Err(kube::Error::Api(e)) if e.code == 409 => continue,
                     Err(e) => return Err(e.into()),
                 };
-                let storage = default_storage(ctx, &ns);
-                let status = status(&created, Some(&set), &storage);
                 let note = format!(
                     "imported from the archives in {}",
                     set.nodes
@@ -282,19 +280,37 @@ pub async fn sync(
                 );
                 ctx.publish(&created, EventType::Normal, "Imported", note, "Import")
                     .await;
-                write_status(ctx, &created, &status).await?;
+                write_imported_status(ctx, created, Some(&set)).await?;
                 summary.created += 1;
             }
             Step::Refresh(snap, set) => {
-                let storage = default_storage(ctx, &snap.namespace().unwrap_or_default());
-                let status = status(&snap, set.as_ref(), &storage);
-                if write_status(ctx, snap.as_ref(), &status).await? {
+                if write_imported_status(ctx, snap.as_ref().clone(), set.as_ref()).await? {
                     summary.refreshed += 1;
                 }
             }
         }
     }
     Ok(summary)
+}
+
+/// Writes an imported Snapshot's status as the storage has it; when the Snapshot changed
+/// meanwhile (the reconciler adding its finalizer to one just created), reads it again and
+/// writes on that version.
+async fn write_imported_status(
+    ctx: &Context,
+    mut snap: Snapshot,
+    set: Option<&Imported>,
+) -> Result<bool, Error> {
+    let ns = snap.namespace().unwrap_or_default();
+    let storage = default_storage(ctx, &ns);
+    let api: Api<Snapshot> = Api::namespaced(ctx.client.clone(), &ns);
+    for _ in 0..3 {
+        match write_status(ctx, &snap, &status(&snap, set, &storage)).await {
+            Err(Error::Stale) => snap = api.get(&snap.name_any()).await?,
+            written => return written,
+        }
+    }
+    Err(Error::Stale)
 }
 
 fn default_storage(ctx: &Context, namespace: &str) -> Storage {
@@ -385,7 +401,7 @@ mod tests {
     use crate::api::snapshot::Phase;
     use crate::catalog::fixtures::{SUM, found};
     use crate::controller::config::OperatorConfig;
-    use crate::controller::testing::{Expect, event, movers, not_found, scripted};
+    use crate::controller::testing::{Expect, conflict, event, movers, not_found, scripted};
 
     const SNAPS: &str = "/apis/snapshot-operator.dev/v1alpha1/namespaces/ns/snapshots";
 
@@ -659,6 +675,35 @@ mod tests {
         synced(
             vec![],
             vec![("ns", vec![found("a", 0, 2, Some(SUM), 0)])],
+            script,
+            created,
+        )
+        .await;
+    }
+
+    #[tokio::test]
+    async fn a_status_write_refused_as_stale_is_made_again_on_the_current_version() {
+        let stored =
+            serde_json::to_value(existing("snap-a", Some("a"), Value::Null).as_ref()).unwrap();
+        let script = vec![
+            Expect::new("POST", SNAPS, Value::Null),
+            event("Imported"),
+            // The reconciler added its finalizer meanwhile.
+            Expect::new("PATCH", format!("{SNAPS}/snap-a/status"), conflict()).status(409),
+            Expect::new("GET", format!("{SNAPS}/snap-a"), stored.clone()),
+            Expect::new("PATCH", format!("{SNAPS}/snap-a/status"), stored).check(|body| {
+                assert_eq!(body["metadata"]["resourceVersion"], "3", "{body}");
+                assert_eq!(body["status"]["phase"], "Succeeded", "{body}");
+            }),
+            event("Succeeded"),
+        ];
+        let created = Summary {
+            created: 1,
+            ..Summary::default()
+        };
+        synced(
+            vec![],
+            vec![("ns", vec![found("a", 0, 1, Some(SUM), 0)])],
             script,
             created,
         )
