@@ -20,6 +20,10 @@ use crate::storage::{ObjectInfo, Storage, StorageError};
 /// `engine::restore::manifest_of` on them fails when they end inside the manifest.
 pub const MANIFEST_PREFIX: u64 = 64 << 10;
 
+/// The most nodes an imported Snapshot may have: its status (one entry per node) must fit
+/// in one Kubernetes object, and a manifest claiming more is not to be believed.
+pub const MAX_NODES: u32 = 1000;
+
 /// An archive found in the storage.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Found {
@@ -31,10 +35,12 @@ pub struct Found {
     pub manifest: Manifest,
 }
 
-/// Manifests already read, by location, with the size and time of the object read: a
-/// storage is scanned again and again, its archives' manifests read once.
+/// Manifests already read (`None`: unreadable), by location, with the size and time of
+/// the object read: a storage is scanned again and again, its archives' manifests read once.
 #[derive(Debug, Default)]
-pub struct Manifests(HashMap<String, (u64, Option<jiff::Timestamp>, Manifest)>);
+pub struct Manifests(HashMap<String, Cached>);
+
+type Cached = (u64, Option<jiff::Timestamp>, Option<Manifest>);
 
 /// Is `name` a Kubernetes namespace name (an RFC 1123 label)? Folders of other names in a
 /// storage are not a namespace's (pure).
@@ -69,7 +75,7 @@ pub async fn scan(
                 let folder = &folder;
                 async move {
                     let manifest = match cached {
-                        Some(m) => Some(m),
+                        Some(known) => known,
                         None => read_manifest(folder, &info).await,
                     };
                     (info, manifest)
@@ -80,11 +86,11 @@ pub async fn scan(
             .await;
         let mut found = Vec::new();
         for (info, manifest) in read {
-            let Some(manifest) = manifest else { continue };
             seen.insert(
                 info.location.clone(),
                 (info.size, info.modified, manifest.clone()),
             );
+            let Some(manifest) = manifest else { continue };
             let claimed = manifest.snapshot.as_ref().map(|s| s.namespace.as_str());
             if claimed.is_some_and(|ns| ns != namespace) {
                 tracing::warn!(
@@ -111,15 +117,30 @@ pub async fn scan(
 /// The manifest of one archive, from its first [`MANIFEST_PREFIX`] bytes; `None` (with a
 /// warning) when it cannot be read.
 async fn read_manifest(storage: &S3Storage, info: &ObjectInfo) -> Option<Manifest> {
-    let read = match storage.read_start(&info.key, MANIFEST_PREFIX).await {
-        Ok(bytes) => crate::engine::restore::manifest_of(std::io::Cursor::new(bytes))
-            .map_err(|e| crate::format::render_error(&e)),
-        Err(e) => Err(crate::format::render_error(&e)),
-    };
+    let mut read = manifest_in_first(storage, info, MANIFEST_PREFIX).await;
+    // A manifest longer than the first read (thousands of collections): once more, as far
+    // as the largest manifest a restore accepts.
+    if read.is_err() && info.size > MANIFEST_PREFIX {
+        let most = crate::engine::manifest::MAX_MANIFEST_BYTES + MANIFEST_PREFIX;
+        read = manifest_in_first(storage, info, most).await;
+    }
     read.inspect_err(|error| {
         tracing::warn!(location = %info.location, %error, "cannot read the archive's manifest");
     })
     .ok()
+}
+
+async fn manifest_in_first(
+    storage: &S3Storage,
+    info: &ObjectInfo,
+    len: u64,
+) -> Result<Manifest, String> {
+    let bytes = storage
+        .read_start(&info.key, len)
+        .await
+        .map_err(|e| crate::format::render_error(&e))?;
+    crate::engine::restore::manifest_of(std::io::Cursor::new(bytes))
+        .map_err(|e| crate::format::render_error(&e))
 }
 
 /// One node of an imported Snapshot: its archive, or why there is none to trust.
@@ -151,12 +172,18 @@ pub struct Imported {
 pub fn group(found: impl IntoIterator<Item = Found>) -> Vec<Imported> {
     let mut by_uid: BTreeMap<String, Vec<(SnapshotIdentity, Found)>> = BTreeMap::new();
     for f in found {
-        if let Some(identity) = f.manifest.snapshot.clone() {
-            by_uid
-                .entry(identity.uid.clone())
-                .or_default()
-                .push((identity, f));
+        let Some(identity) = f.manifest.snapshot.clone() else {
+            continue;
+        };
+        if identity.nodes > MAX_NODES {
+            tracing::warn!(location = %f.location, nodes = identity.nodes,
+                "archive of a Snapshot of more nodes than the import takes; not imported");
+            continue;
         }
+        by_uid
+            .entry(identity.uid.clone())
+            .or_default()
+            .push((identity, f));
     }
     by_uid.into_values().map(snapshot_of).collect()
 }
@@ -299,6 +326,14 @@ mod tests {
                 .unwrap()
                 .contains("no valid checksum")
         );
+    }
+
+    #[test]
+    fn a_snapshot_of_implausibly_many_nodes_is_not_believed() {
+        let mut huge = found("a", 0, u32::MAX, Some(SUM), 0);
+        assert!(group([huge.clone()]).is_empty());
+        huge.manifest.snapshot.as_mut().unwrap().nodes = MAX_NODES;
+        assert_eq!(group([huge])[0].nodes.len(), MAX_NODES as usize);
     }
 
     #[test]

@@ -425,3 +425,75 @@ fn slow_s3_downloads_are_cut_by_the_minimum_rate_and_the_deadline() {
     assert!(err.contains("did not finish within 2s"), "{err}");
     assert!(!dir.path().join("copy").exists());
 }
+
+/// The catalog scan of a default storage laid out by namespace: each namespace folder's
+/// archives with their manifests read from their first bytes (a manifest longer than the
+/// first read too), unreadable archives and folders that are no namespace's left out, and
+/// the same answer from the manifests kept between passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_catalog_scan_reads_each_namespace_folders_manifests() {
+    use snapshot_operator::catalog::{MANIFEST_PREFIX, Manifests, scan};
+    use snapshot_operator::storage::Reader;
+    let Some(env) = s3_env() else { return };
+    let base = unique_prefix("catalog");
+    let dir = tempfile::tempdir().unwrap();
+    let small = dir.path().join("small");
+    make_collection(&small, "products", "a");
+    // Thousands of collections: a manifest longer than the first ranged read.
+    let many = dir.path().join("many");
+    for i in 0..4000 {
+        write(
+            &many.join(format!("collections/collection-with-a-long-name-{i:05}/x")),
+            b"x",
+            0o644,
+        );
+    }
+    for (ns, src, collection) in [
+        ("team-a", &small, Some("products")),
+        ("team-b", &many, None),
+    ] {
+        let mut cmd = s3_bin(&env, dir.path(), &format!("{base}/{ns}"));
+        cmd.args(["snapshot", "create", "--node", "n0", "--storage-path"])
+            .arg(src);
+        if let Some(c) = collection {
+            cmd.args(["--collection", c]);
+        }
+        ok(&mut cmd);
+    }
+    let put = |prefix: String, key: &'static str| {
+        let config = env.config();
+        async move {
+            let storage = S3Storage::connect(&config, prefix).await.unwrap();
+            let junk = Reader::stream(std::io::Cursor::new(b"not a tar archive".repeat(100)));
+            storage
+                .put(&|i| (i == 0).then(|| key.to_owned()), junk, None)
+                .await
+                .unwrap();
+        }
+    };
+    put(format!("{base}/team-a/"), "products/junk.snapshot").await;
+    put(format!("{base}/Not_A_Namespace/"), "x.snapshot").await;
+
+    let root = S3Storage::connect(&env.config(), format!("{base}/"))
+        .await
+        .unwrap();
+    let mut manifests = Manifests::default();
+    let first = scan(&root, &mut manifests).await.unwrap();
+    assert_eq!(first.keys().collect::<Vec<_>>(), ["team-a", "team-b"]);
+    let a = &first["team-a"];
+    assert_eq!(a.len(), 1, "the junk archive is left out: {a:?}");
+    assert_eq!(a[0].manifest.collection.as_deref(), Some("products"));
+    assert_eq!(a[0].manifest.node, "n0");
+    assert_eq!(a[0].checksum.as_ref().map(String::len), Some(64));
+    assert!(
+        a[0].location
+            .starts_with(&format!("s3://{}/{base}/team-a/products/", env.bucket))
+    );
+    let b = &first["team-b"][0];
+    assert_eq!(b.manifest.collections.len(), 4000);
+    assert!(
+        serde_json::to_vec(&b.manifest).unwrap().len() as u64 > MANIFEST_PREFIX,
+        "the manifest is longer than the first read"
+    );
+    assert_eq!(scan(&root, &mut manifests).await.unwrap(), first);
+}

@@ -229,7 +229,10 @@ pub struct Summary {
     pub refreshed: usize,
     /// Archive sets of namespaces that do not exist here.
     pub no_namespace: usize,
+    /// Archive sets that make no valid Snapshot.
     pub skipped: usize,
+    /// Snapshots that could not be written this pass.
+    pub failed: usize,
 }
 
 /// Carries out the plan for the archives found (by namespace), given the Snapshots listed
@@ -238,7 +241,7 @@ pub async fn sync(
     ctx: &Context,
     existing: &[Arc<Snapshot>],
     found: BTreeMap<String, Vec<Found>>,
-) -> Result<Summary, Error> {
+) -> Summary {
     let sets: BTreeMap<String, Vec<Imported>> = found
         .into_iter()
         .map(|(ns, archives)| (ns, catalog::group(archives)))
@@ -251,46 +254,62 @@ pub async fn sync(
     for (name, why) in skipped {
         tracing::warn!(snapshot = %name, reason = %why, "archives not imported");
     }
+    // One Snapshot that cannot be written (refused, or the API failing) holds up no other:
+    // it is tried again at the next pass.
     for step in steps {
-        match step {
-            Step::Create(snap, set) => {
-                let ns = snap.namespace().unwrap_or_default();
-                let api: Api<Snapshot> = Api::namespaced(ctx.client.clone(), &ns);
-                let params = PostParams {
-                    field_manager: Some(FIELD_MANAGER.into()),
-                    ..PostParams::default()
-                };
-                let created = match api.create(&params, &snap).await {
-                    Ok(created) => created,
-                    // The namespace does not exist here.
-                    Err(kube::Error::Api(e)) if e.code == 404 => {
-                        summary.no_namespace += 1;
-                        continue;
-                    }
-                    // Created since the listing: not ours.
-                    Err(kube::Error::Api(e)) if e.code == 409 => continue,
-                    Err(e) => return Err(e.into()),
-                };
-                let note = format!(
-                    "imported from the archives in {}",
-                    set.nodes
-                        .iter()
-                        .find_map(|n| n.archive.as_ref())
-                        .map_or("the storage", |a| a.location.as_str())
-                );
-                ctx.publish(&created, EventType::Normal, "Imported", note, "Import")
-                    .await;
-                write_imported_status(ctx, created, Some(&set)).await?;
-                summary.created += 1;
-            }
-            Step::Refresh(snap, set) => {
-                if write_imported_status(ctx, snap.as_ref().clone(), set.as_ref()).await? {
-                    summary.refreshed += 1;
+        let (namespace, name) = match &step {
+            Step::Create(snap, _) => (snap.namespace(), snap.name_any()),
+            Step::Refresh(snap, _) => (snap.namespace(), snap.name_any()),
+        };
+        if let Err(e) = take(ctx, step, &mut summary).await {
+            summary.failed += 1;
+            let error = crate::format::render_error(&e);
+            tracing::warn!(?namespace, %name, %error, "importing a Snapshot failed");
+        }
+    }
+    summary
+}
+
+/// Carries out one step, counting what it did in `summary`.
+async fn take(ctx: &Context, step: Step, summary: &mut Summary) -> Result<(), Error> {
+    match step {
+        Step::Create(snap, set) => {
+            let ns = snap.namespace().unwrap_or_default();
+            let api: Api<Snapshot> = Api::namespaced(ctx.client.clone(), &ns);
+            let params = PostParams {
+                field_manager: Some(FIELD_MANAGER.into()),
+                ..PostParams::default()
+            };
+            let created = match api.create(&params, &snap).await {
+                Ok(created) => created,
+                // The namespace does not exist here.
+                Err(kube::Error::Api(e)) if e.code == 404 => {
+                    summary.no_namespace += 1;
+                    return Ok(());
                 }
+                // Created since the listing: not ours.
+                Err(kube::Error::Api(e)) if e.code == 409 => return Ok(()),
+                Err(e) => return Err(e.into()),
+            };
+            let note = format!(
+                "imported from the archives in {}",
+                set.nodes
+                    .iter()
+                    .find_map(|n| n.archive.as_ref())
+                    .map_or("the storage", |a| a.location.as_str())
+            );
+            ctx.publish(&created, EventType::Normal, "Imported", note, "Import")
+                .await;
+            summary.created += 1;
+            write_imported_status(ctx, created, Some(&set)).await?;
+        }
+        Step::Refresh(snap, set) => {
+            if write_imported_status(ctx, snap.as_ref().clone(), set.as_ref()).await? {
+                summary.refreshed += 1;
             }
         }
     }
-    Ok(summary)
+    Ok(())
 }
 
 /// Writes an imported Snapshot's status as the storage has it; when the Snapshot changed
@@ -348,9 +367,7 @@ pub async fn pass(
     let found = catalog::scan(storage, manifests)
         .await
         .map_err(|e| crate::format::render_error(&e))?;
-    sync(ctx, &existing, found)
-        .await
-        .map_err(|e| crate::format::render_error(&e))
+    Ok(sync(ctx, &existing, found).await)
 }
 
 /// Imports at start and every `catalogImport.intervalSeconds` until `shutdown`, when the
@@ -636,7 +653,7 @@ mod tests {
             .map(|(ns, f)| (ns.to_owned(), f))
             .collect();
         let (result, _) = scripted(config(), movers(vec![], vec![]), script, |ctx| async move {
-            let summary = sync(&ctx, &existing, found).await?;
+            let summary = sync(&ctx, &existing, found).await;
             assert_eq!(summary, expected);
             Ok(Action::await_change())
         })
@@ -708,6 +725,36 @@ mod tests {
             created,
         )
         .await;
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_the_api_server_refuses_holds_up_no_other() {
+        let stored =
+            serde_json::to_value(existing("snap-b", Some("b"), Value::Null).as_ref()).unwrap();
+        let invalid = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+            "reason": "Invalid", "code": 422, "message": "metadata.name: Invalid value"});
+        let script = vec![
+            Expect::new("POST", SNAPS, invalid).status(422),
+            Expect::new("POST", SNAPS, Value::Null).check(|body| {
+                assert_eq!(body["metadata"]["name"], "snap-b");
+            }),
+            event("Imported"),
+            Expect::new("PATCH", format!("{SNAPS}/snap-b/status"), stored),
+            event("Succeeded"),
+        ];
+        let found = vec![(
+            "ns",
+            vec![
+                found("a", 0, 1, Some(SUM), 0),
+                found("b", 0, 1, Some(SUM), 0),
+            ],
+        )];
+        let one_of_two = Summary {
+            created: 1,
+            failed: 1,
+            ..Summary::default()
+        };
+        synced(vec![], found, script, one_of_two).await;
     }
 
     #[tokio::test]
