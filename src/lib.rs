@@ -25,6 +25,7 @@ pub mod ops;
 pub mod protocol;
 pub mod retention;
 pub mod safefs;
+pub mod schedule;
 pub mod source;
 pub mod storage;
 pub mod tls;

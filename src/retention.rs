@@ -228,7 +228,10 @@ mod tests {
             keep_monthly: Some(2),
             ..Policy::default()
         };
-        assert_eq!(kept(&monthly, &times, "UTC"), ["", "", "monthly", "monthly"]);
+        assert_eq!(
+            kept(&monthly, &times, "UTC"),
+            ["", "", "monthly", "monthly"]
+        );
         let yearly = Policy {
             keep_yearly: Some(3),
             ..Policy::default()
@@ -248,7 +251,10 @@ mod tests {
             keep_hourly: Some(10),
             ..Policy::default()
         };
-        assert_eq!(kept(&hourly, &times, "America/New_York"), ["", "hourly", "hourly"]);
+        assert_eq!(
+            kept(&hourly, &times, "America/New_York"),
+            ["", "hourly", "hourly"]
+        );
         assert_eq!(kept(&hourly, &times, "UTC"), ["hourly", "hourly", "hourly"]);
     }
 
