@@ -8,7 +8,7 @@ fn committed_crds_match_the_rust_types() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let update = std::env::var_os("UPDATE_CRDS").is_some();
     let documents = snapshot_operator::api::crd_documents();
-    assert_eq!(documents.len(), 2);
+    assert_eq!(documents.len(), 3);
     for dir in ["crds", "charts/snapshot-operator/crds"] {
         for (file, yaml) in &documents {
             let path = root.join(dir).join(file);

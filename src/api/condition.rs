@@ -21,6 +21,10 @@ pub mod reason {
     pub const INVALID_SPEC: &str = "InvalidSpec";
     /// The workload is being stopped or started.
     pub const STOPPING_WORKLOAD: &str = "StoppingWorkload";
+    /// A schedule takes its Snapshots.
+    pub const SCHEDULED: &str = "Scheduled";
+    /// A schedule is suspended.
+    pub const SUSPENDED: &str = "Suspended";
 }
 
 /// `status.conditions` as Kubernetes lists them: a list-map keyed by `type`.

@@ -4,9 +4,11 @@
 
 pub mod condition;
 pub mod restore;
+pub mod schedule;
 pub mod snapshot;
 
 pub use restore::SnapshotRestore;
+pub use schedule::SnapshotSchedule;
 pub use snapshot::Snapshot;
 
 /// The API group of the resources.
@@ -18,6 +20,7 @@ pub fn crd_documents() -> Vec<(String, String)> {
     [
         crate::api::Snapshot::crd(),
         crate::api::SnapshotRestore::crd(),
+        crate::api::SnapshotSchedule::crd(),
     ]
     .into_iter()
     .map(|crd| {

@@ -13,6 +13,7 @@ use axum::routing::get;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
@@ -36,6 +37,12 @@ struct FailureLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ScheduleLabels {
+    namespace: String,
+    schedule: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OperationLabel {
     operation: String,
 }
@@ -55,6 +62,8 @@ pub struct Metrics {
     watch_errors: Family<ResourceLabel, Counter>,
     imported: Counter,
     import_failures: Counter,
+    missed_runs: Family<ScheduleLabels, Counter>,
+    last_success: Family<ScheduleLabels, Gauge>,
     ready: AtomicBool,
 }
 
@@ -117,6 +126,18 @@ impl Default for Metrics {
             "Catalog import passes that failed (each retried after the interval)",
             import_failures.clone(),
         );
+        let missed_runs = Family::default();
+        registry.register(
+            "snapshot_operator_schedule_missed_runs",
+            "Runs of a SnapshotSchedule not taken (past the starting deadline, or the previous Snapshot still running)",
+            missed_runs.clone(),
+        );
+        let last_success = Family::default();
+        registry.register(
+            "snapshot_operator_schedule_last_success_timestamp_seconds",
+            "When the newest successful Snapshot of a SnapshotSchedule completed (Unix time)",
+            last_success.clone(),
+        );
         Self {
             registry,
             reconciliations,
@@ -128,8 +149,17 @@ impl Default for Metrics {
             watch_errors,
             imported,
             import_failures,
+            missed_runs,
+            last_success,
             ready: AtomicBool::new(false),
         }
+    }
+}
+
+fn schedule_labels(namespace: &str, schedule: &str) -> ScheduleLabels {
+    ScheduleLabels {
+        namespace: namespace.to_owned(),
+        schedule: schedule.to_owned(),
     }
 }
 
@@ -203,6 +233,20 @@ impl Metrics {
                 operation: operation.to_owned(),
             })
             .observe(seconds);
+    }
+
+    /// A schedule missed `count` runs.
+    pub fn missed_runs(&self, namespace: &str, schedule: &str, count: usize) {
+        self.missed_runs
+            .get_or_create(&schedule_labels(namespace, schedule))
+            .inc_by(count as u64);
+    }
+
+    /// The newest successful Snapshot of a schedule completed at `at`.
+    pub fn last_success(&self, namespace: &str, schedule: &str, at: jiff::Timestamp) {
+        self.last_success
+            .get_or_create(&schedule_labels(namespace, schedule))
+            .set(at.as_second());
     }
 
     /// A list or watch of `resource` failed (it is retried).

@@ -9,6 +9,7 @@ pub mod leader;
 pub mod metrics;
 pub mod mover;
 pub mod restore;
+pub mod schedule;
 pub mod slots;
 pub mod snapshot;
 #[cfg(test)]
@@ -146,7 +147,12 @@ pub struct Context {
     slots: std::sync::Mutex<Slots>,
     /// Reconciles those next in line when a slot frees.
     wake: Wake,
+    /// The time (the system's; a test's own clock in tests).
+    clock: Clock,
 }
+
+/// Where the reconcilers read the time.
+pub type Clock = Arc<dyn Fn() -> jiff::Timestamp + Send + Sync>;
 
 /// Senders that trigger a reconcile of a waiting resource.
 #[derive(Default)]
@@ -176,7 +182,18 @@ impl Context {
             cluster,
             slots: std::sync::Mutex::new(Slots::default()),
             wake,
+            clock: Arc::new(jiff::Timestamp::now),
         }
+    }
+
+    /// The same context reading the time from `clock`.
+    pub fn with_clock(self, clock: Clock) -> Self {
+        Self { clock, ..self }
+    }
+
+    /// The time now.
+    pub fn now(&self) -> jiff::Timestamp {
+        (self.clock)()
     }
 
     fn limits(&self) -> Limits {
@@ -691,6 +708,25 @@ pub async fn controllers(
             outcome(result, &metrics, "snapshots");
             std::future::ready(())
         });
+    // A schedule looks again when one of its Snapshots changes (to prune, and to record the
+    // last success).
+    let of_schedule = watcher::Config::default().labels(schedule::SCHEDULE);
+    let schedules = Controller::new(
+        Api::<crate::api::SnapshotSchedule>::all(ctx.client.clone()),
+        watcher::Config::default(),
+    )
+    .watches(Api::<Snapshot>::all(ctx.client.clone()), of_schedule, |snap| {
+        let name = snap.labels().get(schedule::SCHEDULE).cloned();
+        name.map(|n| ObjectRef::new(&n).within(snap.namespace().as_deref().unwrap_or_default()))
+    })
+    .graceful_shutdown_on(shutdown.clone().cancelled_owned());
+    let metrics = ctx.metrics.clone();
+    let schedules = schedules
+        .run(schedule::reconcile, error_policy, ctx.clone())
+        .for_each(move |result| {
+            outcome(result, &metrics, "snapshotschedules");
+            std::future::ready(())
+        });
     let imports = import::run(ctx.clone(), shutdown);
     let metrics = ctx.metrics.clone();
     let restores = restores
@@ -699,7 +735,7 @@ pub async fn controllers(
             outcome(result, &metrics, "snapshotrestores");
             std::future::ready(())
         });
-    tokio::join!(snapshots, restores, imports);
+    tokio::join!(snapshots, restores, schedules, imports);
 }
 
 /// The values sent on a channel, as a stream.
