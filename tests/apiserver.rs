@@ -147,11 +147,21 @@ async fn the_controller_against_a_real_api_server() {
     let metrics = Arc::new(Metrics::default());
     let shutdown = CancellationToken::new();
     let started = std::time::Instant::now();
+    // The controller's clock runs ahead by what the schedule scenario sets.
+    let ahead = Arc::new(std::sync::atomic::AtomicI64::new(0));
+    let clock = {
+        let ahead = ahead.clone();
+        Arc::new(move || {
+            let seconds = ahead.load(std::sync::atomic::Ordering::SeqCst);
+            jiff::Timestamp::now() + jiff::SignedDuration::from_secs(seconds)
+        })
+    };
     let controller = tokio::spawn(controllers(
         operator,
         config,
         metrics.clone(),
         "it",
+        clock,
         shutdown.clone(),
     ));
     a_snapshot_runs_its_movers_reports_ready_and_cleans_up(&client).await;
@@ -160,6 +170,8 @@ async fn the_controller_against_a_real_api_server() {
     eprintln!("restore scenario done at {:?}", started.elapsed());
     snapshots_compete_for_the_slots(&client).await;
     eprintln!("slots scenario done at {:?}", started.elapsed());
+    a_schedule_takes_its_snapshots_and_prunes_them(&client, &ahead, &metrics).await;
+    eprintln!("schedule scenario done at {:?}", started.elapsed());
     // Every list and watch the controller needs is allowed (a missing verb in the chart's
     // RBAC shows here: lists alone would keep it working, slowly).
     let text = metrics.render();
@@ -343,7 +355,11 @@ async fn operator_kubeconfig(admin: &Client, dir: &std::path::Path) -> std::path
 
 async fn install_crds(client: &Client) {
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    for crd in [Snapshot::crd(), SnapshotRestore::crd()] {
+    for crd in [
+        Snapshot::crd(),
+        SnapshotRestore::crd(),
+        snapshot_operator::api::SnapshotSchedule::crd(),
+    ] {
         // Create, not server-side apply: an old API server drops the CEL rules it does not
         // know on create, but refuses them in an apply patch.
         match crds.create(&PostParams::default(), &crd).await {
@@ -1092,4 +1108,122 @@ async fn catalog_import_brings_back_snapshots_node_by_node(client: &Client) {
     assert!(status.success(), "exit status {status}");
     ns_a.delete().await;
     ns_b.delete().await;
+}
+
+/// A nightly schedule keeping the last two: three nights pass on the controller's clock
+/// (each night a Snapshot named after its run, its mover finished here), then the oldest is
+/// pruned; deleting the schedule keeps its Snapshots.
+async fn a_schedule_takes_its_snapshots_and_prunes_them(
+    client: &Client,
+    ahead: &std::sync::atomic::AtomicI64,
+    metrics: &Metrics,
+) {
+    use snapshot_operator::api::SnapshotSchedule;
+    let ns = format!("schedule-it-{}", std::process::id());
+    let namespace = TestNamespace::with_claims(client, &ns, &["data", "backups"]).await;
+    // The controller's time: five seconds after the next 02:00 UTC.
+    let real = jiff::Timestamp::now();
+    let today = real.to_zoned(jiff::tz::TimeZone::UTC).date();
+    let mut first = today
+        .at(2, 0, 0, 0)
+        .to_zoned(jiff::tz::TimeZone::UTC)
+        .unwrap()
+        .timestamp();
+    if first <= real {
+        first += jiff::SignedDuration::from_hours(24);
+    }
+    let night = |n: i64| first + jiff::SignedDuration::from_hours(24 * n);
+    let set_night = |n: i64| {
+        let at = night(n) + jiff::SignedDuration::from_secs(5);
+        ahead.store(
+            at.duration_since(jiff::Timestamp::now()).as_secs(),
+            std::sync::atomic::Ordering::SeqCst,
+        );
+    };
+    set_night(0);
+    let schedules: Api<SnapshotSchedule> = Api::namespaced(client.clone(), &ns);
+    let sched: SnapshotSchedule = serde_json::from_value(json!({
+        "apiVersion": "snapshot-operator.dev/v1alpha1", "kind": "SnapshotSchedule",
+        "metadata": {"name": "nightly"},
+        "spec": {"schedule": "0 2 * * *",
+                 "template": {"source": {"persistentVolumeClaim": {"claimName": "data"}},
+                              "collection": "products", "deletionPolicy": "Retain"},
+                 "retention": {"keepLast": 2}}}))
+    .unwrap();
+    schedules
+        .create(&PostParams::default(), &sched)
+        .await
+        .unwrap();
+    let snapshots: Api<Snapshot> = Api::namespaced(client.clone(), &ns);
+    let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
+    let name_of = |n: i64| format!("nightly-{}", night(n).strftime("%Y%m%d-%H%M%S"));
+    for n in 0..3 {
+        if n > 0 {
+            set_night(n);
+            // The controller would look at the next run's time; its clock jumped: a change
+            // of the schedule makes it look now.
+            let poke = json!({"metadata": {"annotations": {"test/night": n.to_string()}}});
+            schedules
+                .patch("nightly", &PatchParams::default(), &Patch::Merge(&poke))
+                .await
+                .unwrap();
+        }
+        let taken = eventually("the night's Snapshot", || async {
+            snapshots.get_opt(&name_of(n)).await.unwrap()
+        })
+        .await;
+        assert_eq!(taken.labels()["snapshot-operator.dev/schedule"], "nightly");
+        assert!(
+            taken.owner_references().is_empty(),
+            "not owned by the schedule"
+        );
+        let job = &movers_of(&jobs, &taken.uid().unwrap(), 1).await[0];
+        let report = json!({"name": format!("{}.snapshot", name_of(n)),
+            "key": format!("products/{}.snapshot", name_of(n)), "size": 10});
+        finish_job(client, &ns, job, &report.to_string(), true).await;
+        ready(&snapshots, &name_of(n)).await;
+    }
+    // Three nights, the last two kept.
+    eventually("the first night's Snapshot pruned", || async {
+        snapshots
+            .get_opt(&name_of(0))
+            .await
+            .unwrap()
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    let status = eventually("the schedule's status", || async {
+        let status = schedules.get("nightly").await.unwrap().status?;
+        (status.last_successful_snapshot.as_deref() == Some(name_of(2).as_str())).then_some(status)
+    })
+    .await;
+    assert_eq!(status.last_schedule_time.map(|t| t.0), Some(night(2)));
+    assert_eq!(status.next_schedule_time.map(|t| t.0), Some(night(3)));
+    assert_eq!(status.missed_runs, 0);
+    for n in [1, 2] {
+        assert!(snapshots.get_opt(&name_of(n)).await.unwrap().is_some());
+    }
+    let text = metrics.render();
+    assert!(
+        text.contains(&format!("snapshot_operator_schedule_last_success_timestamp_seconds{{namespace=\"{ns}\",schedule=\"nightly\"}}")),
+        "{text}"
+    );
+    // Deleting the schedule keeps its Snapshots.
+    schedules
+        .delete("nightly", &DeleteParams::default())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        snapshots
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .len(),
+        2
+    );
+    ahead.store(0, std::sync::atomic::Ordering::SeqCst);
+    namespace.delete().await;
 }

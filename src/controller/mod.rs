@@ -583,7 +583,7 @@ pub async fn run(args: ControllerArgs) -> Result<(), ControllerError> {
         }
     };
     let result = tokio::select! {
-        () = controllers(client, config, metrics, &identity, shutdown.clone()) => Ok(()),
+        () = controllers(client, config, metrics, &identity, Arc::new(jiff::Timestamp::now), shutdown.clone()) => Ok(()),
         // Another replica leads now: this one must not reconcile any more.
         () = lost => Err(ControllerError::LostLease),
         failure = &mut server_failure => Err(failure),
@@ -618,6 +618,7 @@ pub async fn controllers(
     config: OperatorConfig,
     metrics: Arc<Metrics>,
     identity: &str,
+    clock: Clock,
     shutdown: CancellationToken,
 ) {
     let movers = watcher::Config::default().labels(&format!(
@@ -664,9 +665,8 @@ pub async fn controllers(
         snapshots: Some(wake_snapshots),
         restores: Some(wake_restores),
     };
-    let ctx = Arc::new(Context::new(
-        client, config, metrics, identity, cluster, wake,
-    ));
+    let ctx =
+        Arc::new(Context::new(client, config, metrics, identity, cluster, wake).with_clock(clock));
     let woken = ctx.clone();
     // Owners are woken from this stream, after the store took the change: a reconcile
     // woken by a Job's change sees that change.
@@ -715,10 +715,14 @@ pub async fn controllers(
         Api::<crate::api::SnapshotSchedule>::all(ctx.client.clone()),
         watcher::Config::default(),
     )
-    .watches(Api::<Snapshot>::all(ctx.client.clone()), of_schedule, |snap| {
-        let name = snap.labels().get(schedule::SCHEDULE).cloned();
-        name.map(|n| ObjectRef::new(&n).within(snap.namespace().as_deref().unwrap_or_default()))
-    })
+    .watches(
+        Api::<Snapshot>::all(ctx.client.clone()),
+        of_schedule,
+        |snap| {
+            let name = snap.labels().get(schedule::SCHEDULE).cloned();
+            name.map(|n| ObjectRef::new(&n).within(snap.namespace().as_deref().unwrap_or_default()))
+        },
+    )
     .graceful_shutdown_on(shutdown.clone().cancelled_owned());
     let metrics = ctx.metrics.clone();
     let schedules = schedules

@@ -146,16 +146,33 @@ pub async fn scripted<F>(
 where
     F: Future<Output = Result<Action, Error>>,
 {
+    scripted_at(config, cluster, jiff::Timestamp::now(), script, reconcile).await
+}
+
+/// [`scripted`] with the clock stopped at `now`.
+pub async fn scripted_at<F>(
+    config: OperatorConfig,
+    cluster: Cluster,
+    now: jiff::Timestamp,
+    script: Vec<Expect>,
+    reconcile: impl FnOnce(Arc<Context>) -> F,
+) -> (Result<Action, Error>, String)
+where
+    F: Future<Output = Result<Action, Error>>,
+{
     let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let client = Client::new(service, "default");
-    let ctx = Arc::new(Context::new(
-        client,
-        config,
-        Arc::new(Metrics::default()),
-        "test",
-        cluster,
-        Wake::default(),
-    ));
+    let ctx = Arc::new(
+        Context::new(
+            client,
+            config,
+            Arc::new(Metrics::default()),
+            "test",
+            cluster,
+            Wake::default(),
+        )
+        .with_clock(Arc::new(move || now)),
+    );
     let verifier = Verifier(handle).run(script);
     let result = reconcile(ctx.clone()).await;
     verifier.await.expect("every expected request was made");
