@@ -87,6 +87,9 @@ pub enum SnapshotCommand {
     Download(DownloadArgs),
     /// Put an existing archive (and its checksum) into the configured storage.
     Upload(UploadArgs),
+    /// Delete the archives a retention policy does not keep, per collection and node (the
+    /// newest of each always stays), with their checksums; says what it keeps and why.
+    Prune(PruneArgs),
 }
 
 /// Output format of results.
@@ -117,6 +120,23 @@ pub struct ListArgs {
     /// Only snapshots of this collection.
     #[arg(long)]
     pub collection: Option<String>,
+    #[arg(long, short, value_enum, default_value_t)]
+    pub output: Output,
+}
+
+#[derive(Debug, Args)]
+pub struct PruneArgs {
+    /// Only the archives of this collection.
+    #[arg(long)]
+    pub collection: Option<String>,
+    #[command(flatten)]
+    pub policy: crate::retention::Policy,
+    /// The IANA time zone the hours, days, weeks, months and years are counted in.
+    #[arg(long, default_value = "UTC")]
+    pub time_zone: String,
+    /// Say what would be deleted, delete nothing.
+    #[arg(long)]
+    pub dry_run: bool,
     #[arg(long, short, value_enum, default_value_t)]
     pub output: Output,
 }
@@ -336,7 +356,54 @@ async fn run_snapshot(cmd: SnapshotCommand, config: &Config) -> Result<ExitCode>
         }
         SnapshotCommand::Download(args) => download(args, storage.as_ref()).await,
         SnapshotCommand::Upload(args) => upload(args, storage.as_ref()).await,
+        SnapshotCommand::Prune(args) => prune(args, storage.as_ref()).await,
     }
+}
+
+async fn prune(args: PruneArgs, storage: &dyn Storage) -> Result<ExitCode> {
+    if args.policy.is_empty() {
+        return Err(Box::new(CliError::Usage(
+            "give at least one --keep-last/--keep-hourly/--keep-daily/--keep-weekly/\
+             --keep-monthly/--keep-yearly rule above 0; prune deletes nothing by default"
+                .into(),
+        )));
+    }
+    let tz = jiff::tz::TimeZone::get(&args.time_zone).map_err(|_| {
+        CliError::Usage(format!(
+            "--time-zone {:?} is not an IANA time zone name",
+            args.time_zone
+        ))
+    })?;
+    let prefix = match &args.collection {
+        Some(c) => {
+            name::validate("collection", c)?;
+            format!("{c}/")
+        }
+        None => String::new(),
+    };
+    let archives = storage.list(&prefix).await?;
+    let plan = ops::plan_prune(&archives, &args.policy, &tz);
+    for entry in plan.iter().filter(|p| !p.keep && !args.dry_run) {
+        storage.delete(&entry.key).await?;
+    }
+    if args.output == Output::Json {
+        print_json(&plan);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let removed = if args.dry_run {
+        "would remove"
+    } else {
+        "removed"
+    };
+    let table: Vec<[String; 3]> = plan
+        .iter()
+        .map(|p| {
+            let action = if p.keep { "keep" } else { removed };
+            [action.to_owned(), p.key.clone(), p.why.clone()]
+        })
+        .collect();
+    print_table(["ACTION", "ARCHIVE", "WHY"], &table);
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn resolve(args: &NameArgs, storage: &dyn Storage) -> Result<String> {

@@ -48,6 +48,72 @@ pub enum OpsError {
     Usage(String),
 }
 
+/// What `snapshot prune` decides for one archive.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Pruning {
+    pub key: String,
+    pub location: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub collection: Option<String>,
+    /// The node that took it (`None`: a name this program does not write; never removed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub taken: Option<Timestamp>,
+    pub keep: bool,
+    /// The retention rules that keep it, or why it is kept or removed.
+    pub why: String,
+}
+
+/// Applies `policy` to the archives of each collection (full-storage archives apart) and
+/// node, periods counted in `tz` (pure). The newest archive of each collection and node is
+/// always kept, and so is any archive whose name does not say its node and time.
+pub fn plan_prune(
+    archives: &[ObjectInfo],
+    policy: &crate::retention::Policy,
+    tz: &jiff::tz::TimeZone,
+) -> Vec<Pruning> {
+    use std::collections::BTreeMap;
+    let mut groups: BTreeMap<(Option<&str>, &str), Vec<(usize, Timestamp)>> = BTreeMap::new();
+    let mut plan: Vec<Pruning> = archives
+        .iter()
+        .enumerate()
+        .map(|(i, info)| {
+            let parsed = name::parse_archive(&info.key);
+            if let Some(p) = &parsed {
+                groups
+                    .entry((p.collection, p.node))
+                    .or_default()
+                    .push((i, p.taken));
+            }
+            Pruning {
+                key: info.key.clone(),
+                location: info.location.clone(),
+                collection: name::split_key(&info.key).0.map(str::to_owned),
+                node: parsed.as_ref().map(|p| p.node.to_owned()),
+                taken: parsed.map(|p| p.taken),
+                keep: true,
+                why: "its name does not say its node and time".into(),
+            }
+        })
+        .collect();
+    for members in groups.values() {
+        let times: Vec<Timestamp> = members.iter().map(|(_, t)| *t).collect();
+        let decided = crate::retention::decide(policy, &times, tz);
+        for ((i, _), rules) in members.iter().zip(decided) {
+            let entry = &mut plan[*i];
+            entry.keep = !rules.is_empty();
+            entry.why = if rules.is_empty() {
+                "kept by no rule".into()
+            } else {
+                let names: Vec<String> = rules.iter().map(ToString::to_string).collect();
+                names.join(",")
+            };
+        }
+    }
+    plan
+}
+
 /// A snapshot that was created.
 #[derive(Debug, Clone, Serialize)]
 pub struct Created {
@@ -269,4 +335,49 @@ async fn mover_restore(
         reason: (!skipped.is_empty()).then(|| skipped.join("; ")),
         ..MoverReport::default()
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prune_decides_per_collection_and_node_and_keeps_names_it_does_not_know() {
+        let info = |key: &str| ObjectInfo {
+            key: key.into(),
+            location: format!("/s/{key}"),
+            size: 1,
+            modified: None,
+            checksum: None,
+        };
+        let archives = [
+            info("products/products-n0-2026-03-05-02-00-00.snapshot"),
+            info("products/products-n0-2026-03-06-02-00-00.snapshot"),
+            info("products/products-n1-2026-03-01-02-00-00.snapshot"),
+            info("products/products-n0-2026-03-06-02-00-00-1.snapshot"),
+            info("products/someone-elses.snapshot"),
+            info("full-snapshot-n0-2026-03-04-02-00-00.snapshot"),
+            info("full-snapshot-n0-2026-03-05-02-00-00.snapshot"),
+        ];
+        let policy = crate::retention::Policy {
+            keep_last: Some(1),
+            ..Default::default()
+        };
+        let plan = plan_prune(&archives, &policy, &jiff::tz::TimeZone::UTC);
+        let decided: Vec<(bool, &str)> = plan.iter().map(|p| (p.keep, p.why.as_str())).collect();
+        assert_eq!(
+            decided,
+            [
+                (false, "kept by no rule"),
+                // Two in the same second: the one listed first counts as newer.
+                (true, "last"),
+                // The only one of node n1: its newest.
+                (true, "last"),
+                (false, "kept by no rule"),
+                (true, "its name does not say its node and time"),
+                (false, "kept by no rule"),
+                (true, "last"),
+            ]
+        );
+    }
 }

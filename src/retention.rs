@@ -11,26 +11,32 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// How many items to keep, by rule. Rules left out keep nothing.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema, clap::Args)]
 #[serde(rename_all = "camelCase")]
 pub struct Policy {
     /// The newest n.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[arg(long, value_name = "N")]
     pub keep_last: Option<u32>,
     /// The newest of each of the n newest hours that have one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[arg(long, value_name = "N")]
     pub keep_hourly: Option<u32>,
     /// The newest of each of the n newest days that have one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[arg(long, value_name = "N")]
     pub keep_daily: Option<u32>,
     /// The newest of each of the n newest ISO weeks that have one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[arg(long, value_name = "N")]
     pub keep_weekly: Option<u32>,
     /// The newest of each of the n newest months that have one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[arg(long, value_name = "N")]
     pub keep_monthly: Option<u32>,
     /// The newest of each of the n newest years that have one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[arg(long, value_name = "N")]
     pub keep_yearly: Option<u32>,
 }
 

@@ -977,3 +977,22 @@ fn configuration_comes_from_file_and_environment() {
         "{err}"
     );
 }
+
+#[test]
+fn prune_applies_the_retention_policy_to_local_storage() {
+    let dir = tempfile::tempdir().unwrap();
+    let cli = || bin(dir.path());
+    prune_keeps_two_days(dir.path(), &cli);
+    // The checksums of the removed archives went with them.
+    let sidecars = fs::read_dir(dir.path().join("snapshots/products"))
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .ends_with(".checksum")
+        })
+        .count();
+    assert_eq!(sidecars, 2);
+}

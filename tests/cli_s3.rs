@@ -497,3 +497,12 @@ async fn the_catalog_scan_reads_each_namespace_folders_manifests() {
     );
     assert_eq!(scan(&root, &mut manifests).await.unwrap(), first);
 }
+
+#[test]
+fn prune_applies_the_retention_policy_to_s3_storage() {
+    let Some(env) = s3_env() else { return };
+    let prefix = unique_prefix("prune");
+    let dir = tempfile::tempdir().unwrap();
+    let cli = || s3_bin(&env, dir.path(), &prefix);
+    prune_keeps_two_days(dir.path(), &cli);
+}

@@ -115,6 +115,47 @@ pub fn candidate_keys(name: &str) -> Vec<String> {
     keys
 }
 
+/// What an archive's key says of it: `<collection>/<collection>-<node>-<ts>[-n].snapshot`
+/// or `full-snapshot-<node>-<ts>[-n].snapshot`, the time in UTC.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArchiveName<'a> {
+    pub collection: Option<&'a str>,
+    pub node: &'a str,
+    pub taken: Timestamp,
+}
+
+/// Parses an archive key as this program names archives (pure); `None` for other names.
+pub fn parse_archive(key: &str) -> Option<ArchiveName<'_>> {
+    let (collection, file) = split_key(key);
+    let stem = file.strip_suffix(ARCHIVE_EXT)?;
+    let rest = stem
+        .strip_prefix(collection.unwrap_or(FULL_PREFIX))?
+        .strip_prefix('-')?;
+    // `<node>-<ts>`, or `<node>-<ts>-<n>` for a name taken twice in one second.
+    let without_attempt = rest
+        .rsplit_once('-')
+        .filter(|(_, n)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+        .map(|(before, _)| before);
+    [Some(rest), without_attempt]
+        .into_iter()
+        .flatten()
+        .find_map(|text| {
+            let split = text.len().checked_sub(TIME_LEN)?;
+            let (node, time) = (text.get(..split)?, text.get(split..)?);
+            let node = node.strip_suffix('-').filter(|n| !n.is_empty())?;
+            let civil = jiff::civil::DateTime::strptime("%Y-%m-%d-%H-%M-%S", time).ok()?;
+            let taken = civil.to_zoned(jiff::tz::TimeZone::UTC).ok()?.timestamp();
+            Some(ArchiveName {
+                collection,
+                node,
+                taken,
+            })
+        })
+}
+
+/// Length of the time in an archive name (`YYYY-MM-DD-HH-MM-SS`).
+const TIME_LEN: usize = 19;
+
 /// Lowercase hexadecimal of `bytes`.
 pub fn hex(bytes: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
@@ -137,6 +178,32 @@ pub fn parse_checksum(text: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn archive_names_give_their_collection_node_and_time() {
+        let at: Timestamp = "2026-03-07T02:00:00Z".parse().unwrap();
+        let stem = archive_stem(Some("products"), "qdrant-0", at);
+        for attempt in [0, 3] {
+            let key = key(Some("products"), &archive_name(&stem, attempt));
+            let parsed = parse_archive(&key).unwrap();
+            assert_eq!(
+                (parsed.collection, parsed.node, parsed.taken),
+                (Some("products"), "qdrant-0", at),
+                "{key}"
+            );
+        }
+        let full = archive_name(&archive_stem(None, "n-1", at), 0);
+        assert_eq!(parse_archive(&full).unwrap().node, "n-1");
+        for other in [
+            "products/other-n0-2026-03-07-02-00-00.snapshot",
+            "products/products-2026-03-07-02-00-00.snapshot",
+            "products/products-n0-2026-13-07-02-00-00.snapshot",
+            "products/products-n0-yesterday.snapshot",
+            "products/products-n0-2026-03-07-02-00-00.tar",
+        ] {
+            assert_eq!(parse_archive(other), None, "{other}");
+        }
+    }
 
     #[test]
     fn names_are_single_components() {

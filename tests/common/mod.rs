@@ -681,3 +681,96 @@ impl AsyncRead for Gated {
         Pin::new(&mut self.tail).poll_read(cx, buf)
     }
 }
+
+/// Puts into the storage `cli` configures one archive of collection `products` of node `n0`
+/// for each time of `times` (`YYYY-MM-DD-HH-MM-SS`, UTC), named as if taken then: one real
+/// archive, downloaded, deleted from the storage and uploaded under each name.
+pub fn archives_taken_at(cwd: &Path, cli: &dyn Fn() -> Command, times: &[&str]) {
+    let src = cwd.join("prune-source");
+    make_collection(&src, "products", "p");
+    let created: serde_json::Value = serde_json::from_str(&ok(cli()
+        .args([
+            "snapshot",
+            "create",
+            "--collection",
+            "products",
+            "--node",
+            "n0",
+            "-o",
+            "json",
+        ])
+        .arg("--storage-path")
+        .arg(&src)))
+    .unwrap();
+    let name = created["name"].as_str().unwrap().to_owned();
+    let base = cwd.join("base.snapshot");
+    ok(cli()
+        .args([
+            "snapshot",
+            "download",
+            "--collection",
+            "products",
+            &name,
+            "-o",
+        ])
+        .arg(&base));
+    ok(cli().args(["snapshot", "delete", "--collection", "products", &name]));
+    let forged = cwd.join("forged");
+    fs::create_dir_all(&forged).unwrap();
+    for time in times {
+        let file = forged.join(format!("products-n0-{time}.snapshot"));
+        fs::copy(&base, &file).unwrap();
+        ok(cli().args(["snapshot", "upload"]).arg(&file));
+    }
+}
+
+/// `snapshot prune` on the storage `cli` configures, keeping two days of archives: a dry
+/// run deletes nothing, the real one the three archives no rule keeps, with their
+/// checksums; without a rule it refuses. Returns the keys left.
+pub fn prune_keeps_two_days(cwd: &Path, cli: &dyn Fn() -> Command) -> Vec<String> {
+    let times = [
+        "2026-03-01-02-00-00",
+        "2026-03-01-14-00-00",
+        "2026-03-02-02-00-00",
+        "2026-03-03-02-00-00",
+        "2026-03-03-14-00-00",
+    ];
+    archives_taken_at(cwd, cli, &times);
+    let keys = || -> Vec<String> {
+        let listed: serde_json::Value =
+            serde_json::from_str(&ok(cli().args(["snapshot", "list", "-o", "json"]))).unwrap();
+        listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a["key"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let refused = fails(cli().args(["snapshot", "prune"]));
+    assert!(refused.contains("at least one --keep-"), "{refused}");
+    let plan: serde_json::Value = serde_json::from_str(&ok(cli().args([
+        "snapshot",
+        "prune",
+        "--keep-daily",
+        "2",
+        "--dry-run",
+        "-o",
+        "json",
+    ])))
+    .unwrap();
+    let removed: Vec<&str> = plan
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["keep"] == false)
+        .map(|p| p["key"].as_str().unwrap())
+        .collect();
+    let key = |t: &str| format!("products/products-n0-{t}.snapshot");
+    assert_eq!(removed, [key(times[0]), key(times[1]), key(times[3])]);
+    assert_eq!(keys().len(), 5, "a dry run deletes nothing");
+    let text = ok(cli().args(["snapshot", "prune", "--keep-daily", "2"]));
+    assert!(text.contains("removed") && text.contains("daily"), "{text}");
+    let left = keys();
+    assert_eq!(left, [key(times[2]), key(times[4])]);
+    left
+}
