@@ -73,8 +73,10 @@ pub fn plan_prune(
     policy: &crate::retention::Policy,
     tz: &jiff::tz::TimeZone,
 ) -> Vec<Pruning> {
-    use std::collections::BTreeMap;
-    let mut groups: BTreeMap<(Option<&str>, &str), Vec<(usize, Timestamp)>> = BTreeMap::new();
+    // (collection, node) -> (index in `archives`, time taken)
+    type Groups<'a> =
+        std::collections::BTreeMap<(Option<&'a str>, &'a str), Vec<(usize, Timestamp)>>;
+    let mut groups = Groups::new();
     let mut plan: Vec<Pruning> = archives
         .iter()
         .enumerate()
