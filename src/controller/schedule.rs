@@ -247,7 +247,13 @@ pub async fn reconcile(sched: Arc<SnapshotSchedule>, ctx: Arc<Context>) -> Resul
         .await?
         .items;
     let now = ctx.now();
-    let decision = match decide(&sched, &own, now) {
+    let template_s3 = sched.spec.template.storage.as_ref().and_then(|s| s.s3.as_ref());
+    let allowed = template_s3.map_or(Ok(()), |s3| {
+        ctx.config
+            .allow_endpoint(s3.endpoint_url.as_deref())
+            .map_err(|e| format!("template: {e}"))
+    });
+    let decision = match allowed.and_then(|()| decide(&sched, &own, now)) {
         Ok(decision) => decision,
         Err(message) => {
             let old = sched.status.clone().unwrap_or_default();
