@@ -374,13 +374,7 @@ async fn prune(args: PruneArgs, storage: &dyn Storage) -> Result<ExitCode> {
             args.time_zone
         ))
     })?;
-    let prefix = match &args.collection {
-        Some(c) => {
-            name::validate("collection", c)?;
-            format!("{c}/")
-        }
-        None => String::new(),
-    };
+    let prefix = collection_prefix(args.collection.as_deref())?;
     let archives = storage.list(&prefix).await?;
     let plan = ops::plan_prune(&archives, &args.policy, &tz);
     for entry in plan.iter().filter(|p| !p.keep && !args.dry_run) {
@@ -466,14 +460,19 @@ struct Listed<'a> {
     info: &'a ObjectInfo,
 }
 
-async fn list(args: ListArgs, storage: &dyn Storage) -> Result<ExitCode> {
-    let prefix = match &args.collection {
+/// The key prefix of a collection's archives (all archives without one).
+fn collection_prefix(collection: Option<&str>) -> Result<String> {
+    Ok(match collection {
         Some(c) => {
             name::validate("collection", c)?;
             format!("{c}/")
         }
         None => String::new(),
-    };
+    })
+}
+
+async fn list(args: ListArgs, storage: &dyn Storage) -> Result<ExitCode> {
+    let prefix = collection_prefix(args.collection.as_deref())?;
     let found = storage.list(&prefix).await?;
     let rows: Vec<Listed> = found
         .iter()

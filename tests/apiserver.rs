@@ -237,7 +237,7 @@ async fn sigterm_stops_the_operator_cleanly_and_frees_the_lease() {
     install_crds(&client).await;
     let ns = format!("sigterm-it-{}", std::process::id());
     let namespace = TestNamespace::create(&client, &ns).await;
-    let mut operator = std::process::Command::new(env!("CARGO_BIN_EXE_snapshot-operator"))
+    let operator = std::process::Command::new(env!("CARGO_BIN_EXE_snapshot-operator"))
         .args([
             "controller",
             "--metrics-address",
@@ -259,16 +259,7 @@ async fn sigterm_stops_the_operator_cleanly_and_frees_the_lease() {
     })
     .await;
     assert!(holder.starts_with("snapshot-operator-"), "{holder}");
-    rustix::process::kill_process(
-        rustix::process::Pid::from_child(&operator),
-        rustix::process::Signal::TERM,
-    )
-    .unwrap();
-    let status = tokio::task::spawn_blocking(move || operator.wait())
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(status.success(), "exit status {status}");
+    stops_cleanly_on_sigterm(operator).await;
     let lease = leases.get("snapshot-operator").await.unwrap();
     assert_eq!(lease.spec.unwrap().holder_identity, None, "released");
     namespace.delete().await;
@@ -324,6 +315,20 @@ async fn chart_account(admin: &Client) -> Option<(String, Vec<String>)> {
             "system:authenticated".into(),
         ],
     ))
+}
+
+/// Sends SIGTERM to the operator binary; it must exit with status 0.
+async fn stops_cleanly_on_sigterm(mut operator: std::process::Child) {
+    rustix::process::kill_process(
+        rustix::process::Pid::from_child(&operator),
+        rustix::process::Signal::TERM,
+    )
+    .unwrap();
+    let status = tokio::task::spawn_blocking(move || operator.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "exit status {status}");
 }
 
 /// A client acting as the chart's service account (see [`chart_account`]): a permission the
@@ -901,7 +906,7 @@ async fn catalog_import_brings_back_snapshots_node_by_node(client: &Client) {
         "catalogImport": {"intervalSeconds": 1},
     });
     std::fs::write(&config, settings.to_string()).unwrap();
-    let mut operator = Command::new(env!("CARGO_BIN_EXE_snapshot-operator"))
+    let operator = Command::new(env!("CARGO_BIN_EXE_snapshot-operator"))
         .args(["controller", "--metrics-address", "127.0.0.1:0"])
         .args(["--leader-election", "false", "--operator-config"])
         .arg(&config)
@@ -1096,16 +1101,7 @@ async fn catalog_import_brings_back_snapshots_node_by_node(client: &Client) {
     })
     .await;
 
-    rustix::process::kill_process(
-        rustix::process::Pid::from_child(&operator),
-        rustix::process::Signal::TERM,
-    )
-    .unwrap();
-    let status = tokio::task::spawn_blocking(move || operator.wait())
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(status.success(), "exit status {status}");
+    stops_cleanly_on_sigterm(operator).await;
     ns_a.delete().await;
     ns_b.delete().await;
 }

@@ -247,7 +247,12 @@ pub async fn reconcile(sched: Arc<SnapshotSchedule>, ctx: Arc<Context>) -> Resul
         .await?
         .items;
     let now = ctx.now();
-    let template_s3 = sched.spec.template.storage.as_ref().and_then(|s| s.s3.as_ref());
+    let template_s3 = sched
+        .spec
+        .template
+        .storage
+        .as_ref()
+        .and_then(|s| s.s3.as_ref());
     let allowed = template_s3.map_or(Ok(()), |s3| {
         ctx.config
             .allow_endpoint(s3.endpoint_url.as_deref())
