@@ -20,6 +20,7 @@ catalogImport:
   credentialsSecret: {name: operator-s3}
 mover:
   podSecurityContext: {runAsNonRoot: true, runAsUser: 1000}
+  allowRoot: true
 metrics:
   serviceMonitor: {enabled: true}
 YAML

@@ -7,7 +7,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::condition::conditions_schema;
-use super::snapshot::{Storage, Workload, root_path};
+use super::snapshot::{MoverSecurityContext, Storage, Workload, root_path};
 pub use crate::engine::restore::Priority;
 
 /// Restores a Snapshot's archives (or one archive from a location) into the volume(s) of a
@@ -69,6 +69,11 @@ pub struct SnapshotRestoreSpec {
     /// default storage.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub storage: Option<Storage>,
+    /// The user and groups the restore movers run as; default: those the StatefulSet's pod
+    /// template sets (so that restored files belong to the application), else the
+    /// operator's (65532).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mover_security_context: Option<MoverSecurityContext>,
 }
 
 /// Where the archives come from. Exactly one field is set.

@@ -52,6 +52,33 @@ pub struct SnapshotSpec {
     /// them and their checksums, `Retain` keeps them.
     #[serde(default)]
     pub deletion_policy: DeletionPolicy,
+    /// The user and groups the movers run as; default: those the StatefulSet's pod template
+    /// sets (so that they may read what the application may), else the operator's (65532).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mover_security_context: Option<MoverSecurityContext>,
+}
+
+/// The user and groups of mover pods (VolSync's `moverSecurityContext`, limited to identity).
+/// Root (`runAsUser: 0`) only where the operator's configuration allows it
+/// (`mover.allowRoot`).
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MoverSecurityContext {
+    /// The user the mover runs as.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub run_as_user: Option<i64>,
+    /// Its primary group.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub run_as_group: Option<i64>,
+    /// The group that owns the mounted volumes' files (Kubernetes' `fsGroup`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub fs_group: Option<i64>,
+    /// More groups.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub supplemental_groups: Vec<i64>,
 }
 
 pub(crate) fn root_path() -> String {

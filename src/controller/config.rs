@@ -91,6 +91,11 @@ pub struct MoverConfig {
     /// What a restore mover accepts from an archive.
     #[serde(default)]
     pub restore_limits: LimitArgs,
+    /// Whether a resource may run its movers as root (`moverSecurityContext.runAsUser: 0`,
+    /// or a workload whose pod template runs as root). Off: such movers run as the pod
+    /// security context's user.
+    #[serde(default)]
+    pub allow_root: bool,
 }
 
 impl Default for MoverConfig {
@@ -104,6 +109,7 @@ impl Default for MoverConfig {
             active_deadline_seconds: default_active_deadline(),
             start_timeout_seconds: default_start_timeout(),
             restore_limits: LimitArgs::default(),
+            allow_root: false,
         }
     }
 }

@@ -136,6 +136,7 @@ pub fn resource(set: &Imported) -> Result<Snapshot, String> {
         collection: set.collection.clone(),
         storage: None,
         deletion_policy: DeletionPolicy::Retain,
+        mover_security_context: None,
     };
     snapshots::validate(&spec)?;
     let mut snap = Snapshot::new(&set.name, spec);

@@ -11,14 +11,15 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::api::core::v1::{
     Affinity, Capabilities, Container, EnvVar, EnvVarSource, NodeAffinity, NodeSelector,
-    NodeSelectorRequirement, NodeSelectorTerm, PersistentVolumeClaimVolumeSource, PodSpec,
-    PodTemplateSpec, SecretKeySelector, SecurityContext, Volume, VolumeMount,
+    NodeSelectorRequirement, NodeSelectorTerm, PersistentVolumeClaimVolumeSource,
+    PodSecurityContext, PodSpec, PodTemplateSpec, SecretKeySelector, SecurityContext, Volume,
+    VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use sha2::{Digest, Sha256};
 
 use super::config::MoverConfig;
-use crate::api::snapshot::{LocalStorage, Storage};
+use crate::api::snapshot::{LocalStorage, MoverSecurityContext, Storage};
 use crate::engine::name;
 use crate::protocol::{EnvValue, MoverStorage, MoverTask, SecretKeys, TERMINATION_LOG};
 
@@ -162,6 +163,65 @@ fn claim_volume(name: &str, claim: &str, read_only: bool) -> Volume {
     }
 }
 
+/// Checks a resource's own `moverSecurityContext` against the configuration (pure): root
+/// only where `mover.allowRoot` says so.
+pub fn check_security(
+    explicit: Option<&MoverSecurityContext>,
+    config: &MoverConfig,
+) -> Result<(), String> {
+    match explicit {
+        Some(ids) if ids.run_as_user == Some(0) && !config.allow_root => Err(
+            "moverSecurityContext.runAsUser 0 runs the movers as root, which the operator's \
+             configuration does not allow (mover.allowRoot)"
+                .into(),
+        ),
+        _ => Ok(()),
+    }
+}
+
+/// The pod security context of a mover (pure): the configured one, with the user and groups
+/// of `explicit` (the resource's `moverSecurityContext`), else of the workload's pod
+/// `template` (its pod security context, its first container's overriding), so that movers
+/// act as the application. A template running as root, where the configuration does not
+/// allow root movers, leaves the configured user; [`check_security`] refuses an explicit one.
+pub fn security(
+    explicit: Option<&MoverSecurityContext>,
+    template: Option<&PodSpec>,
+    config: &MoverConfig,
+) -> PodSecurityContext {
+    let ids = explicit.cloned().unwrap_or_else(|| {
+        let Some(pod) = template else {
+            return MoverSecurityContext::default();
+        };
+        let sc = pod.security_context.clone().unwrap_or_default();
+        let container = pod
+            .containers
+            .first()
+            .and_then(|c| c.security_context.clone())
+            .unwrap_or_default();
+        MoverSecurityContext {
+            run_as_user: container.run_as_user.or(sc.run_as_user),
+            run_as_group: container.run_as_group.or(sc.run_as_group),
+            fs_group: sc.fs_group,
+            supplemental_groups: sc.supplemental_groups.unwrap_or_default(),
+        }
+    });
+    let mut context = config.pod_security_context.clone();
+    if ids.run_as_user == Some(0) && !config.allow_root {
+        return context;
+    }
+    if let Some(user) = ids.run_as_user {
+        context.run_as_user = Some(user);
+        context.run_as_non_root = Some(user != 0);
+    }
+    context.run_as_group = ids.run_as_group.or(context.run_as_group);
+    context.fs_group = ids.fs_group.or(context.fs_group);
+    if !ids.supplemental_groups.is_empty() {
+        context.supplemental_groups = Some(ids.supplemental_groups);
+    }
+    context
+}
+
 /// One mover Job to build.
 #[derive(Debug, Clone)]
 pub struct MoverJob<'a> {
@@ -177,6 +237,8 @@ pub struct MoverJob<'a> {
     pub storage: &'a Storage,
     /// Pin the pod to this Kubernetes node (where the data claim is attached).
     pub pin_to: Option<&'a str>,
+    /// The pod security context (see [`security`]).
+    pub security: PodSecurityContext,
 }
 
 /// The labels of a mover Job and its pod.
@@ -265,7 +327,7 @@ pub fn job(spec: &MoverJob<'_>, config: &MoverConfig) -> Job {
                     restart_policy: Some("Never".into()),
                     automount_service_account_token: Some(false),
                     enable_service_links: Some(false),
-                    security_context: Some(config.pod_security_context.clone()),
+                    security_context: Some(spec.security.clone()),
                     affinity,
                     containers: vec![Container {
                         name: "mover".into(),
@@ -280,7 +342,7 @@ pub fn job(spec: &MoverJob<'_>, config: &MoverConfig) -> Job {
                         security_context: Some(SecurityContext {
                             allow_privilege_escalation: Some(false),
                             read_only_root_filesystem: Some(true),
-                            run_as_non_root: Some(true),
+                            run_as_non_root: Some(spec.security.run_as_non_root != Some(false)),
                             capabilities: Some(Capabilities {
                                 drop: Some(vec!["ALL".into()]),
                                 ..Capabilities::default()
@@ -303,6 +365,108 @@ pub fn job(spec: &MoverJob<'_>, config: &MoverConfig) -> Job {
 mod tests {
     use super::*;
     use crate::api::snapshot::{ClaimRef, CredentialsSecret, S3Storage};
+
+    /// A pod template running as `user` (pod level) with `fs_group`, its container as
+    /// `container_user`.
+    fn template(user: Option<i64>, fs_group: Option<i64>, container_user: Option<i64>) -> PodSpec {
+        serde_json::from_value(serde_json::json!({
+            "securityContext": {"runAsUser": user, "runAsGroup": user, "fsGroup": fs_group},
+            "containers": [{"name": "qdrant", "securityContext": {"runAsUser": container_user}}],
+        }))
+        .unwrap()
+    }
+
+    fn ids(user: Option<i64>, group: Option<i64>, fs_group: Option<i64>) -> MoverSecurityContext {
+        MoverSecurityContext {
+            run_as_user: user,
+            run_as_group: group,
+            fs_group,
+            supplemental_groups: vec![],
+        }
+    }
+
+    #[test]
+    fn movers_act_as_the_workload_or_as_asked_and_as_root_only_where_allowed() {
+        let config = MoverConfig::default();
+        let root_ok = MoverConfig {
+            allow_root: true,
+            ..MoverConfig::default()
+        };
+        let seen = |sc: PodSecurityContext| {
+            (
+                sc.run_as_user,
+                sc.run_as_group,
+                sc.fs_group,
+                sc.run_as_non_root,
+            )
+        };
+        let cases = [
+            // (what, explicit, template, config, user, group, fs group, non-root)
+            (
+                "nothing said: the configured user",
+                None,
+                None,
+                &config,
+                (Some(65532), Some(65532), Some(65532), Some(true)),
+            ),
+            (
+                "the workload's user",
+                None,
+                Some(template(Some(1000), Some(2000), None)),
+                &config,
+                (Some(1000), Some(1000), Some(2000), Some(true)),
+            ),
+            (
+                "its container's user wins",
+                None,
+                Some(template(Some(1000), None, Some(1500))),
+                &config,
+                (Some(1500), Some(1000), Some(65532), Some(true)),
+            ),
+            (
+                "a template running as root: not allowed",
+                None,
+                Some(template(Some(0), Some(0), None)),
+                &config,
+                (Some(65532), Some(65532), Some(65532), Some(true)),
+            ),
+            (
+                "a template running as root: allowed",
+                None,
+                Some(template(Some(0), None, None)),
+                &root_ok,
+                (Some(0), Some(0), Some(65532), Some(false)),
+            ),
+            (
+                "asked for: wins over the workload",
+                Some(ids(Some(7), Some(8), Some(9))),
+                Some(template(Some(1000), None, None)),
+                &config,
+                (Some(7), Some(8), Some(9), Some(true)),
+            ),
+            (
+                "asked for a group only",
+                Some(ids(None, None, Some(9))),
+                None,
+                &config,
+                (Some(65532), Some(65532), Some(9), Some(true)),
+            ),
+        ];
+        for (what, explicit, template, config, expected) in cases {
+            let sc = security(explicit.as_ref(), template.as_ref(), config);
+            assert_eq!(seen(sc.clone()), expected, "{what}");
+            // The rest of the configured context stays (seccomp).
+            assert!(sc.seccomp_profile.is_some(), "{what}");
+        }
+        let root = ids(Some(0), None, None);
+        assert!(
+            check_security(Some(&root), &config)
+                .unwrap_err()
+                .contains("mover.allowRoot")
+        );
+        assert!(check_security(Some(&root), &root_ok).is_ok());
+        assert!(check_security(Some(&ids(Some(1000), None, None)), &config).is_ok());
+    }
 
     fn s3() -> Storage {
         Storage {
@@ -420,6 +584,7 @@ mod tests {
             data: Some(("qdrant-storage-qdrant-0", true)),
             storage: &storage,
             pin_to: Some("worker-2"),
+            security: MoverConfig::default().pod_security_context,
         };
         let job = job(&spec, &MoverConfig::default());
         let pod = job.spec.unwrap().template.spec.unwrap();

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Pod, PodSecurityContext};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
@@ -539,8 +539,10 @@ enum Resolved {
 async fn resolve(restore: &SnapshotRestore, ctx: &Context) -> Result<Resolved, Error> {
     let ns = restore.namespace().unwrap_or_default();
     let old = restore.status.clone().unwrap_or_default();
-    if let Err(message) =
-        validate(&restore.spec).and_then(|()| within_trust(&restore.spec, &ns, &ctx.config))
+    let explicit = restore.spec.mover_security_context.as_ref();
+    if let Err(message) = validate(&restore.spec)
+        .and_then(|()| within_trust(&restore.spec, &ns, &ctx.config))
+        .and_then(|()| mover::check_security(explicit, &ctx.config.mover))
     {
         return Ok(Resolved::Invalid(message));
     }
@@ -703,6 +705,8 @@ async fn run_movers(
         );
     }
     let mut next = Vec::new();
+    // Who the movers act as: read once a mover starts.
+    let mut security: Option<PodSecurityContext> = None;
     for (entry, mover) in plan.entries.iter().zip(&movers) {
         let mut started = false;
         let assignment = plan.assignments.iter().find(|a| a.node.name == entry.node);
@@ -715,10 +719,23 @@ async fn run_movers(
             }) = assignment
             && ctx.take_slot(restore, &entry.node, &job_name(restore, &entry.node))
         {
+            if security.is_none() {
+                let spec = &restore.spec;
+                let found = workload::mover_security(
+                    &ctx.client,
+                    &plan.namespace,
+                    spec.mover_security_context.as_ref(),
+                    &spec.target,
+                    &ctx.config.mover,
+                )
+                .await?;
+                security = Some(found);
+            }
             let source = MoverSource {
                 location,
                 checksum: checksum.as_deref(),
                 storage: plan.storage.as_ref(),
+                security: security.clone().unwrap_or_default(),
             };
             start_mover(restore, ctx, entry, source).await?;
             started = true;
@@ -760,6 +777,8 @@ struct MoverSource<'a> {
     location: &'a str,
     checksum: Option<&'a str>,
     storage: Option<&'a Storage>,
+    /// The movers' pod security context.
+    security: PodSecurityContext,
 }
 
 /// Starts the mover of one node (its slot taken).
@@ -793,6 +812,7 @@ async fn start_mover(
         data: Some((&entry.claim, false)),
         storage: source.storage.unwrap_or(&none),
         pin_to: None,
+        security: source.security,
     };
     jobs::create(&ctx.client, &mover::job(&job, &ctx.config.mover)).await
 }
@@ -888,6 +908,7 @@ mod tests {
             priority: Priority::Replica,
             stop_workload: false,
             storage: None,
+            mover_security_context: None,
         }
     }
 
@@ -1151,8 +1172,13 @@ mod mock {
 
     #[tokio::test]
     async fn stopped_workload_gets_one_restore_mover_per_node_with_its_archive() {
+        // The application runs as 1000: restored files must be its own.
+        let mut sts = statefulset(2);
+        sts["spec"]["template"] = json!({"spec": {"containers": [],
+            "securityContext": {"runAsUser": 1000, "runAsGroup": 1000, "fsGroup": 1000}}});
         let script = vec![
             Expect::new("GET", PODS, list("Pod", vec![])),
+            Expect::new("GET", STS, sts),
             Expect::new(
                 "PATCH",
                 format!("{JOBS}/{}", mover::job_name("rst", "r", "qdrant-0")),
@@ -1160,6 +1186,12 @@ mod mock {
             )
             .check(|job| {
                 let pod = &job["spec"]["template"]["spec"];
+                let ids = &pod["securityContext"];
+                assert_eq!(
+                    (&ids["runAsUser"], &ids["runAsGroup"], &ids["fsGroup"]),
+                    (&json!(1000), &json!(1000), &json!(1000)),
+                    "{ids}"
+                );
                 assert_eq!(
                     pod["containers"][0]["args"],
                     json!([

@@ -253,11 +253,13 @@ pub async fn reconcile(sched: Arc<SnapshotSchedule>, ctx: Arc<Context>) -> Resul
         .storage
         .as_ref()
         .and_then(|s| s.s3.as_ref());
-    let allowed = template_s3.map_or(Ok(()), |s3| {
-        ctx.config
-            .allow_endpoint(s3.endpoint_url.as_deref())
-            .map_err(|e| format!("template: {e}"))
-    });
+    let explicit = sched.spec.template.mover_security_context.as_ref();
+    let allowed = template_s3
+        .map_or(Ok(()), |s3| {
+            ctx.config.allow_endpoint(s3.endpoint_url.as_deref())
+        })
+        .and_then(|()| super::mover::check_security(explicit, &ctx.config.mover))
+        .map_err(|e| format!("template: {e}"));
     let decision = match allowed.and_then(|()| decide(&sched, &own, now)) {
         Ok(decision) => decision,
         Err(message) => {

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Pod, PodSecurityContext};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{Api, ListParams};
 use kube::runtime::controller::Action;
@@ -370,9 +370,14 @@ async fn resolve(
     let ns = snap.namespace().unwrap_or_default();
     let storage = effective_storage(snap, ctx.config.default_storage_for(&ns).as_ref());
     let own = snap.spec.storage.as_ref().and_then(|s| s.s3.as_ref());
-    let allowed = own.map_or(Ok(()), |s3| {
-        ctx.config.allow_endpoint(s3.endpoint_url.as_deref())
-    });
+    let allowed = own
+        .map_or(Ok(()), |s3| {
+            ctx.config.allow_endpoint(s3.endpoint_url.as_deref())
+        })
+        .and_then(|()| {
+            let explicit = snap.spec.mover_security_context.as_ref();
+            mover::check_security(explicit, &ctx.config.mover)
+        });
     let checked = validate(&snap.spec).and(allowed).and_then(|()| {
         storage.ok_or_else(|| {
             "no storage: set spec.storage, or defaultStorage in the operator's configuration"
@@ -417,24 +422,41 @@ async fn act(
     steps: &[NodeStep],
     storage: &Storage,
 ) -> Result<Vec<ArchiveStatus>, Error> {
-    // Pods tell where claims are attached, to pin new movers: listed once a mover starts.
-    let mut pods: Option<Vec<Pod>> = None;
+    // Pods tell where claims are attached, to pin new movers; the workload who the movers
+    // act as: both read once a mover starts.
+    let mut found: Option<(Vec<Pod>, PodSecurityContext)> = None;
     let mut next = Vec::new();
     for (index, (archive, step)) in archives.iter().zip(steps).enumerate() {
         let mut started = false;
         if *step == NodeStep::Start
             && ctx.take_slot(snap, &archive.node, &job_name(snap, &archive.node))
         {
-            if pods.is_none() {
+            if found.is_none() {
                 let ns = snap.namespace().unwrap_or_default();
                 let list = Api::<Pod>::namespaced(ctx.client.clone(), &ns)
                     .list(&ListParams::default())
                     .await?;
-                pods = Some(list.items);
+                let explicit = snap.spec.mover_security_context.as_ref();
+                let security = workload::mover_security(
+                    &ctx.client,
+                    &ns,
+                    explicit,
+                    &snap.spec.source,
+                    &ctx.config.mover,
+                )
+                .await?;
+                found = Some((list.items, security));
             }
-            let pods = pods.as_deref().unwrap_or_default();
+            let (pods, security) = found.as_ref().expect("read above");
             let identity = identity(snap, index, archives.len(), &archive.claim);
-            start_mover(snap, ctx, archive, storage, pods, identity).await?;
+            let mover = NewMover {
+                archive,
+                storage,
+                pods,
+                identity,
+                security: security.clone(),
+            };
+            start_mover(snap, ctx, mover).await?;
             started = true;
         }
         next.push(next_archive(archive, step, storage, started));
@@ -480,15 +502,24 @@ pub fn identity(snap: &Snapshot, index: usize, nodes: usize, claim: &str) -> Sna
     }
 }
 
-/// Starts the mover of one node (its slot taken).
-async fn start_mover(
-    snap: &Snapshot,
-    ctx: &Context,
-    archive: &ArchiveStatus,
-    storage: &Storage,
-    pods: &[Pod],
+/// What a node's new mover needs.
+struct NewMover<'a> {
+    archive: &'a ArchiveStatus,
+    storage: &'a Storage,
+    pods: &'a [Pod],
     identity: SnapshotIdentity,
-) -> Result<(), Error> {
+    security: PodSecurityContext,
+}
+
+/// Starts the mover of one node (its slot taken).
+async fn start_mover(snap: &Snapshot, ctx: &Context, new: NewMover<'_>) -> Result<(), Error> {
+    let NewMover {
+        archive,
+        storage,
+        pods,
+        identity,
+        security,
+    } = new;
     let task = MoverTask::Snapshot(SnapshotTask {
         dir: mover::data_dir(&snap.spec.path),
         collection: snap.spec.collection.clone(),
@@ -508,6 +539,7 @@ async fn start_mover(
         data: Some((&archive.claim, true)),
         storage,
         pin_to: workload::node_of_claim(pods, &archive.claim),
+        security,
     };
     jobs::create(&ctx.client, &mover::job(&spec, &ctx.config.mover)).await
 }
@@ -550,6 +582,7 @@ async fn cleanup(snap: &Snapshot, ctx: &Context) -> Result<Action, Error> {
                 data: None,
                 storage: &storage,
                 pin_to: None,
+                security: mover::security(None, None, &ctx.config.mover),
             };
             jobs::create(&ctx.client, &mover::job(&spec, &ctx.config.mover)).await?;
         }
@@ -626,6 +659,7 @@ mod tests {
             collection: collection.map(Into::into),
             storage: None,
             deletion_policy: DeletionPolicy::Delete,
+            mover_security_context: None,
         }
     }
 
@@ -645,6 +679,7 @@ mod tests {
             collection: None,
             storage: None,
             deletion_policy: DeletionPolicy::Delete,
+            mover_security_context: None,
         };
         assert!(validate(&spec).unwrap_err().contains("exactly one"));
         spec.source.persistent_volume_claim = None;
@@ -902,6 +937,7 @@ mod mock {
         let script = vec![
             Expect::new("GET", STS, statefulset(2)),
             Expect::new("GET", PODS, list("Pod", vec![workload_pod(0, "worker-a")])),
+            Expect::new("GET", STS, statefulset(2)),
             Expect::new("PATCH", format!("{JOBS}/{}", mover::job_name("snap", "s", "qdrant-0")), Value::Null).check(|job| {
                 let pod = &job["spec"]["template"]["spec"];
                 assert_eq!(pod["containers"][0]["args"], json!(["mover", "snapshot", "--storage-path", "/data/qdrant/storage", "--volume", "/data", "--node", "qdrant-0", "--collection", "products",
@@ -1180,6 +1216,47 @@ mod mock {
     }
 
     #[tokio::test]
+    async fn root_movers_only_where_the_configuration_allows_them() {
+        let mut snap = snapshot(true, Value::Null, false);
+        snap.spec.mover_security_context = serde_json::from_value(json!({"runAsUser": 0})).unwrap();
+        let script = vec![
+            Expect::new("PATCH", format!("{SNAPS}/status"), stored()).check(|body| {
+                let message = body["status"]["conditions"][0]["message"].as_str().unwrap();
+                assert!(message.contains("mover.allowRoot"), "{message}");
+            }),
+            event("InvalidSpec"),
+        ];
+        let (result, _) = reconcile_with(snap.clone(), nothing(), script).await;
+        assert_eq!(result.unwrap(), Action::await_change());
+        // Allowed: the movers run as root, as asked, without reading the workload.
+        let mut config = OperatorConfig::default();
+        config.mover.allow_root = true;
+        let script = vec![
+            Expect::new("GET", STS, statefulset(1)),
+            Expect::new("GET", PODS, list("Pod", vec![])),
+            Expect::new(
+                "PATCH",
+                format!("{JOBS}/{}", mover::job_name("snap", "s", "qdrant-0")),
+                Value::Null,
+            )
+            .check(|job| {
+                let pod = &job["spec"]["template"]["spec"];
+                assert_eq!(pod["securityContext"]["runAsUser"], 0);
+                assert_eq!(pod["securityContext"]["runAsNonRoot"], false);
+                assert_eq!(
+                    pod["containers"][0]["securityContext"]["runAsNonRoot"],
+                    false
+                );
+            }),
+            Expect::new("PATCH", format!("{SNAPS}/status"), stored()),
+            event("Running"),
+        ];
+        let cluster = movers(vec![], vec![]);
+        let (result, _) = reconcile_with(snap, (config, cluster), script).await;
+        result.unwrap();
+    }
+
+    #[tokio::test]
     async fn an_unknown_statefulset_is_an_invalid_spec() {
         let script = vec![
             Expect::new("GET", STS, not_found()).status(404),
@@ -1247,6 +1324,7 @@ mod mock {
         let script = vec![
             Expect::new("GET", STS, statefulset(1)),
             Expect::new("GET", PODS, list("Pod", vec![])),
+            Expect::new("GET", STS, statefulset(1)),
             Expect::new(
                 "PATCH",
                 format!("{JOBS}/{}", mover::job_name("snap", "s", "qdrant-0")),

@@ -2,12 +2,13 @@
 //! a claim is attached.
 
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, PodSecurityContext};
 use kube::api::Api;
 use kube::{Client, ResourceExt};
 
-use super::Error;
-use crate::api::snapshot::Workload;
+use super::config::MoverConfig;
+use super::{Error, mover};
+use crate::api::snapshot::{MoverSecurityContext, Workload};
 
 /// One node of a workload: its name (pod or claim) and its data claim.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,6 +86,26 @@ pub async fn nodes(
             claim.claim_name
         )),
     })
+}
+
+/// The pod security context of the movers that work on `workload`: `explicit` (the
+/// resource's `moverSecurityContext`), else the StatefulSet's pod template's user and groups
+/// (read only then), over the configured one; see [`mover::security`].
+pub async fn mover_security(
+    client: &Client,
+    namespace: &str,
+    explicit: Option<&MoverSecurityContext>,
+    workload: &Workload,
+    config: &MoverConfig,
+) -> Result<PodSecurityContext, Error> {
+    let template = match (explicit, &workload.stateful_set) {
+        (None, Some(sts)) => Api::<StatefulSet>::namespaced(client.clone(), namespace)
+            .get_opt(&sts.name)
+            .await?
+            .and_then(|found| found.spec.template.spec),
+        _ => None,
+    };
+    Ok(mover::security(explicit, template.as_ref(), config))
 }
 
 /// Pods not finished that mount `claim` (pure).
