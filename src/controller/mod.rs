@@ -12,6 +12,7 @@ pub mod restore;
 pub mod schedule;
 pub mod slots;
 pub mod snapshot;
+pub mod stop;
 #[cfg(test)]
 pub mod testing;
 pub mod workload;

@@ -6,23 +6,21 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{Pod, PodSecurityContext};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::api::{Api, ListParams};
 use kube::runtime::controller::Action;
-use kube::runtime::events::EventType;
 use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
-use serde_json::json;
 
 use super::config::OperatorConfig;
 use super::jobs::{self, Mover};
 use super::mover::{self, MoverJob};
 use super::slots::Kind;
 use super::snapshot::{effective_storage, inside_volume, validate_storage};
+use super::stop;
 use super::workload::{self, Node};
-use super::{Context, Error, Reconciled, patch_status, reject, write_status};
+use super::{Context, Error, Reconciled, reject, write_status};
 use crate::api::condition::{self, reason};
 use crate::api::restore::{
     NodePhase, NodeRestore, RestorePhase, SnapshotRestore, SnapshotRestoreSpec,
@@ -430,18 +428,13 @@ async fn archives(
     )))
 }
 
+/// Scales the target StatefulSet (if the target is one) to `replicas`.
 async fn scale(ctx: &Context, restore: &SnapshotRestore, replicas: i32) -> Result<(), Error> {
     let Some(sts) = &restore.spec.target.stateful_set else {
         return Ok(());
     };
-    let api: Api<StatefulSet> =
-        Api::namespaced(ctx.client.clone(), &restore.namespace().unwrap_or_default());
-    // A merge patch of the scale subresource: it does not take ownership of spec.replicas
-    // away from whoever manages the StatefulSet.
-    let patch = json!({"spec": {"replicas": replicas}});
-    api.patch_scale(&sts.name, &PatchParams::default(), &Patch::Merge(&patch))
-        .await?;
-    Ok(())
+    let ns = restore.namespace().unwrap_or_default();
+    stop::scale(ctx, &ns, &sts.name, replicas).await
 }
 
 async fn apply(restore: &SnapshotRestore, ctx: &Context) -> Result<Action, Error> {
@@ -479,7 +472,7 @@ async fn apply(restore: &SnapshotRestore, ctx: &Context) -> Result<Action, Error
         .items;
     match stop_workload_target(&restore.spec) {
         Some(sts) => {
-            if let Some(action) = stop_workload(restore, ctx, sts, &mut plan, &pods).await? {
+            if let Some(action) = stop_workload(restore, ctx, sts, &plan, &pods).await? {
                 return Ok(action);
             }
         }
@@ -615,64 +608,28 @@ fn stop_workload_target(spec: &SnapshotRestoreSpec) -> Option<&StatefulSetRef> {
         .filter(|_| spec.stop_workload)
 }
 
-/// Stops the workload: records its replicas, then scales it to zero, then waits for its
-/// pods to go. `Some(action)` while that is under way.
+/// Stops the workload (see [`stop::stop`]). `Some(action)` while that is under way.
 async fn stop_workload(
     restore: &SnapshotRestore,
     ctx: &Context,
     sts: &StatefulSetRef,
-    plan: &mut RestorePlan,
+    plan: &RestorePlan,
     pods: &[Pod],
 ) -> Result<Option<Action>, Error> {
-    if plan.stopped_replicas.is_none() {
-        let current = Api::<StatefulSet>::namespaced(ctx.client.clone(), &plan.namespace)
-            .get_scale(&sts.name)
-            .await?
-            .spec
-            .and_then(|s| s.replicas)
-            .unwrap_or(0);
-        plan.stopped_replicas = Some(current);
-        let message = format!("stopping StatefulSet {} ({current} replicas)", sts.name);
-        let status = next_status(
+    let claims: Vec<String> = plan.entries.iter().map(|n| n.claim.clone()).collect();
+    let status = |replicas: i32, message: String| {
+        let entries = plan.entries.clone();
+        next_status(
             restore,
-            plan.entries.clone(),
-            plan.stopped_replicas,
+            entries,
+            Some(replicas),
             false,
             Some(message),
             now(),
-        );
-        // Recorded before scaling: a restart finds the replicas to bring back.
-        let api: Api<SnapshotRestore> = Api::namespaced(ctx.client.clone(), &plan.namespace);
-        patch_status(&api, restore, &status).await?;
-        scale(ctx, restore, 0).await?;
-        let note = format!("scaled StatefulSet {} from {current} to 0", sts.name);
-        ctx.publish(
-            restore,
-            EventType::Normal,
-            reason::STOPPING_WORKLOAD,
-            note,
-            "Stop",
         )
-        .await;
-        return Ok(Some(Action::requeue(Duration::from_secs(2))));
-    }
-    let claims: Vec<String> = plan.entries.iter().map(|n| n.claim.clone()).collect();
-    let in_use = workload::pods_using(pods, &claims);
-    if in_use.is_empty() {
-        return Ok(None);
-    }
-    // Again, in case the operator stopped between recording and scaling.
-    scale(ctx, restore, 0).await?;
-    let status = next_status(
-        restore,
-        plan.entries.clone(),
-        plan.stopped_replicas,
-        false,
-        Some(format!("waiting for pods to stop: {}", in_use.join(", "))),
-        now(),
-    );
-    write_status(ctx, restore, &status).await?;
-    Ok(Some(Action::requeue(Duration::from_secs(3))))
+    };
+    let recorded = plan.stopped_replicas;
+    stop::stop(ctx, restore, &sts.name, recorded, (&claims, pods), status).await
 }
 
 /// Without `stopWorkload`, a node whose claim a running pod mounts fails (pure): restoring
