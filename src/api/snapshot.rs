@@ -52,6 +52,12 @@ pub struct SnapshotSpec {
     /// them and their checksums, `Retain` keeps them.
     #[serde(default)]
     pub deletion_policy: DeletionPolicy,
+    /// How the movers see the data: `Direct` (default) reads the live volume while the
+    /// application runs; `Stop` scales the StatefulSet to zero for the time of the snapshot and
+    /// back to its replicas afterwards (on success, failure, operator restart and deletion),
+    /// so that each archive is a picture of one moment.
+    #[serde(default)]
+    pub copy_method: CopyMethod,
     /// The user and groups the movers run as; default: those the StatefulSet's pod template
     /// sets (so that they may read what the application may), else the operator's (65532).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -202,6 +208,16 @@ fn secret_access_key_key() -> String {
     "AWS_SECRET_ACCESS_KEY".into()
 }
 
+/// How the movers see the data.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum CopyMethod {
+    /// The live volume, read while the application writes to it.
+    #[default]
+    Direct,
+    /// The StatefulSet stopped for the time of the snapshot.
+    Stop,
+}
+
 /// What deleting a Snapshot does to its archives.
 #[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
 pub enum DeletionPolicy {
@@ -258,6 +274,10 @@ pub struct SnapshotStatus {
     /// One entry per node.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub archives: Vec<ArchiveStatus>,
+    /// With `copyMethod: Stop`: the StatefulSet's replicas before it was stopped, scaled
+    /// back to once the archives are done.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stopped_replicas: Option<i32>,
 }
 
 /// Progress of one node's archive.

@@ -25,8 +25,8 @@ use super::snapshot::{self as snapshots, next_status};
 use super::{Context, Error, FIELD_MANAGER, write_status};
 use crate::api::Snapshot;
 use crate::api::snapshot::{
-    ArchivePhase, ArchiveStatus, ClaimRef, DeletionPolicy, SnapshotSpec, SnapshotStatus,
-    StatefulSetRef, Storage, Workload,
+    ArchivePhase, ArchiveStatus, ClaimRef, CopyMethod, DeletionPolicy, SnapshotSpec,
+    SnapshotStatus, StatefulSetRef, Storage, Workload,
 };
 use crate::catalog::{self, Found, Imported, Manifests};
 use crate::config::S3Config;
@@ -136,6 +136,7 @@ pub fn resource(set: &Imported) -> Result<Snapshot, String> {
         collection: set.collection.clone(),
         storage: None,
         deletion_policy: DeletionPolicy::Retain,
+        copy_method: CopyMethod::Direct,
         mover_security_context: None,
     };
     snapshots::validate(&spec)?;

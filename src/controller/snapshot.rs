@@ -15,11 +15,12 @@ use kube::{Resource, ResourceExt};
 use super::jobs::{self, Mover};
 use super::mover::{self, MoverJob};
 use super::slots::Kind;
+use super::stop;
 use super::{Context, Error, Reconciled, reject, workload, write_status};
 use crate::api::condition::{self, reason};
 use crate::api::snapshot::{
-    ArchivePhase, ArchiveStatus, DeletionPolicy, Phase, Snapshot, SnapshotSpec, SnapshotStatus,
-    Storage,
+    ArchivePhase, ArchiveStatus, CopyMethod, DeletionPolicy, Phase, Snapshot, SnapshotSpec,
+    SnapshotStatus, StatefulSetRef, Storage,
 };
 use crate::engine::manifest::SnapshotIdentity;
 use crate::engine::name;
@@ -40,7 +41,39 @@ pub fn validate(spec: &SnapshotSpec) -> Result<(), String> {
     if let Some(storage) = &spec.storage {
         validate_storage(storage)?;
     }
+    if spec.copy_method == CopyMethod::Stop && spec.source.stateful_set.is_none() {
+        return Err("copyMethod Stop needs a statefulSet source (it stops the StatefulSet)".into());
+    }
     Ok(())
+}
+
+/// The StatefulSet to stop for the time of the snapshot, if the spec asks for it (pure).
+fn stop_target(spec: &SnapshotSpec) -> Option<&StatefulSetRef> {
+    let sts = spec.source.stateful_set.as_ref();
+    sts.filter(|_| spec.copy_method == CopyMethod::Stop)
+}
+
+/// The status while the workload is being stopped (pure): its replicas recorded.
+fn stopping_status(
+    snap: &Snapshot,
+    archives: Vec<ArchiveStatus>,
+    storage: &Storage,
+    (replicas, message): (i32, String),
+    now: Time,
+) -> SnapshotStatus {
+    let old = snap.status.clone().unwrap_or_default();
+    SnapshotStatus {
+        stopped_replicas: Some(replicas),
+        conditions: vec![condition::ready(
+            false,
+            reason::STOPPING_WORKLOAD,
+            message,
+            snap.meta().generation,
+            &old.conditions,
+            now.clone(),
+        )],
+        ..next_status(snap, archives, storage, now)
+    }
 }
 
 /// Exactly one storage kind (pure).
@@ -268,6 +301,7 @@ pub fn next_status(
         size: (total_size > 0).then(|| crate::format::human_bytes(total_size as u64)),
         storage: Some(storage.clone()),
         archives,
+        stopped_replicas: old.stopped_replicas,
     }
 }
 
@@ -338,8 +372,33 @@ async fn apply(snap: &Snapshot, ctx: &Context) -> Result<Action, Error> {
     for a in &archives {
         movers.push(ctx.mover(&ns, &job_name(snap, &a.node), &uid).await?);
     }
+    // copyMethod Stop: the StatefulSet stopped before the movers start.
+    let mut pods = None;
+    if let Some(sts) = stop_target(&snap.spec) {
+        let listed = Api::<Pod>::namespaced(ctx.client.clone(), &ns)
+            .list(&ListParams::default())
+            .await?
+            .items;
+        let claims: Vec<String> = archives.iter().map(|a| a.claim.clone()).collect();
+        let status = |replicas: i32, message: String| {
+            let now = Time(jiff::Timestamp::now());
+            stopping_status(snap, archives.clone(), &storage, (replicas, message), now)
+        };
+        let recorded = old.stopped_replicas;
+        let stopping = (&claims[..], &listed[..]);
+        if let Some(action) = stop::stop(ctx, snap, &sts.name, recorded, stopping, status).await? {
+            return Ok(action);
+        }
+        pods = Some(listed);
+    }
     let steps = plan(&archives, &movers);
-    let next = act(snap, ctx, &archives, &steps, &storage).await?;
+    let next = act(snap, ctx, (&archives, &steps), &storage, pods).await?;
+    // Started again once every archive is done, whatever the outcome, before that is said.
+    if let (Some(sts), Some(replicas)) = (stop_target(&snap.spec), old.stopped_replicas)
+        && next.iter().all(is_final)
+    {
+        stop::scale(ctx, &ns, &sts.name, replicas).await?;
+    }
     let status = next_status(snap, next, &storage, Time(jiff::Timestamp::now()));
     if write_status(ctx, snap, &status).await? {
         // Written on condition of the status read: counted once.
@@ -418,12 +477,13 @@ fn pending_archive(node: workload::Node) -> ArchiveStatus {
 async fn act(
     snap: &Snapshot,
     ctx: &Context,
-    archives: &[ArchiveStatus],
-    steps: &[NodeStep],
+    (archives, steps): (&[ArchiveStatus], &[NodeStep]),
     storage: &Storage,
+    pods: Option<Vec<Pod>>,
 ) -> Result<Vec<ArchiveStatus>, Error> {
-    // Pods tell where claims are attached, to pin new movers; the workload who the movers
-    // act as: both read once a mover starts.
+    // Pods tell where claims are attached, to pin new movers (`pods`, if listed already);
+    // the workload who the movers act as: both read once a mover starts.
+    let mut pods = pods;
     let mut found: Option<(Vec<Pod>, PodSecurityContext)> = None;
     let mut next = Vec::new();
     for (index, (archive, step)) in archives.iter().zip(steps).enumerate() {
@@ -433,9 +493,15 @@ async fn act(
         {
             if found.is_none() {
                 let ns = snap.namespace().unwrap_or_default();
-                let list = Api::<Pod>::namespaced(ctx.client.clone(), &ns)
-                    .list(&ListParams::default())
-                    .await?;
+                let listed = match pods.take() {
+                    Some(listed) => listed,
+                    None => {
+                        Api::<Pod>::namespaced(ctx.client.clone(), &ns)
+                            .list(&ListParams::default())
+                            .await?
+                            .items
+                    }
+                };
                 let explicit = snap.spec.mover_security_context.as_ref();
                 let security = workload::mover_security(
                     &ctx.client,
@@ -445,7 +511,7 @@ async fn act(
                     &ctx.config.mover,
                 )
                 .await?;
-                found = Some((list.items, security));
+                found = Some((listed, security));
             }
             let (pods, security) = found.as_ref().expect("read above");
             let identity = identity(snap, index, archives.len(), &archive.claim);
@@ -472,6 +538,7 @@ fn job_name(snap: &Snapshot, node: &str) -> String {
 async fn invalid(snap: &Snapshot, ctx: &Context, message: &str) -> Result<Action, Error> {
     let api: Api<Snapshot> =
         Api::namespaced(ctx.client.clone(), &snap.namespace().unwrap_or_default());
+    start_again(snap, ctx).await?;
     let status = invalid_status(snap, message, Time(jiff::Timestamp::now()));
     reject(ctx, snap, &api, &status, message).await
 }
@@ -544,8 +611,22 @@ async fn start_mover(snap: &Snapshot, ctx: &Context, new: NewMover<'_>) -> Resul
     jobs::create(&ctx.client, &mover::job(&spec, &ctx.config.mover)).await
 }
 
-/// Deletes the archives (through a delete mover) when the policy says so.
+/// A StatefulSet this Snapshot stopped and has not started again is started again.
+async fn start_again(snap: &Snapshot, ctx: &Context) -> Result<(), Error> {
+    let status = snap.status.clone().unwrap_or_default();
+    let done = matches!(status.phase, Some(Phase::Succeeded | Phase::Failed));
+    let sts = snap.spec.source.stateful_set.as_ref();
+    if let (Some(sts), Some(replicas), false) = (sts, status.stopped_replicas, done) {
+        let ns = snap.namespace().unwrap_or_default();
+        stop::scale(ctx, &ns, &sts.name, replicas).await?;
+    }
+    Ok(())
+}
+
+/// Starts again a StatefulSet stopped for it, then deletes the archives (through a delete
+/// mover) when the policy says so.
 async fn cleanup(snap: &Snapshot, ctx: &Context) -> Result<Action, Error> {
+    start_again(snap, ctx).await?;
     let keys: Vec<String> = snap
         .status
         .iter()
@@ -659,6 +740,7 @@ mod tests {
             collection: collection.map(Into::into),
             storage: None,
             deletion_policy: DeletionPolicy::Delete,
+            copy_method: CopyMethod::Direct,
             mover_security_context: None,
         }
     }
@@ -679,6 +761,7 @@ mod tests {
             collection: None,
             storage: None,
             deletion_policy: DeletionPolicy::Delete,
+            copy_method: CopyMethod::Direct,
             mover_security_context: None,
         };
         assert!(validate(&spec).unwrap_err().contains("exactly one"));
@@ -1456,5 +1539,160 @@ mod mock {
         let script = vec![Expect::new("PATCH", SNAPS, stored())];
         let (result, _) = reconcile_with(snap, nothing(), script).await;
         result.unwrap();
+    }
+
+    fn scale(replicas: i32) -> Value {
+        json!({"apiVersion": "autoscaling/v1", "kind": "Scale", "metadata": {"name": "qdrant", "namespace": "ns"}, "spec": {"replicas": replicas}})
+    }
+
+    /// A Snapshot with `copyMethod: Stop`, its status `status`.
+    fn stopping(status: Value, deleting: bool) -> Snapshot {
+        let mut snap = snapshot(true, status, deleting);
+        snap.spec.copy_method = CopyMethod::Stop;
+        snap
+    }
+
+    /// `status` with the replicas recorded.
+    fn recorded(mut status: Value) -> Value {
+        status["stoppedReplicas"] = json!(2);
+        status
+    }
+
+    #[tokio::test]
+    async fn copy_method_stop_records_stops_snapshots_then_starts_again() {
+        // Replicas recorded before the scale to zero.
+        let pods = list("Pod", vec![workload_pod(0, "w"), workload_pod(1, "w")]);
+        let script = vec![
+            Expect::new("GET", STS, statefulset(2)),
+            Expect::new("GET", PODS, pods.clone()),
+            Expect::new("GET", format!("{STS}/scale"), scale(2)),
+            Expect::new("PATCH", format!("{SNAPS}/status"), stored()).check(|body| {
+                let status = &body["status"];
+                assert_eq!(status["stoppedReplicas"], 2);
+                assert_eq!(status["conditions"][0]["reason"], "StoppingWorkload");
+                assert_eq!(status["archives"][1]["phase"], "Pending");
+            }),
+            Expect::new("PATCH", format!("{STS}/scale"), scale(0))
+                .check(|b| assert_eq!(b["spec"]["replicas"], 0)),
+            event("StoppingWorkload"),
+        ];
+        let (action, _) = reconcile_with(stopping(Value::Null, false), nothing(), script).await;
+        assert_eq!(action.unwrap(), Action::requeue(Duration::from_secs(2)));
+
+        // A pod still running: no mover yet.
+        let pending = recorded(json!({"phase": "Pending", "observedGeneration": 1,
+            "storage": {"local": {"persistentVolumeClaim": {"claimName": "backups"}, "path": "/"}},
+            "archives": [{"node": "qdrant-0", "claim": "data-qdrant-0", "phase": "Pending"},
+                         {"node": "qdrant-1", "claim": "data-qdrant-1", "phase": "Pending"}]}));
+        let script = vec![
+            Expect::new("GET", PODS, list("Pod", vec![workload_pod(1, "w")])),
+            Expect::new("PATCH", format!("{STS}/scale"), scale(0)),
+            Expect::new("PATCH", format!("{SNAPS}/status"), stored()).check(|body| {
+                let message = &body["status"]["conditions"][0]["message"];
+                assert_eq!(message, "waiting for pods to stop: qdrant-1");
+            }),
+        ];
+        let (action, _) = reconcile_with(stopping(pending.clone(), false), nothing(), script).await;
+        assert_eq!(action.unwrap(), Action::requeue(Duration::from_secs(3)));
+
+        // Stopped: the movers start, not pinned (no pod holds the claims).
+        let unpinned = |job: &Value| {
+            assert_eq!(
+                job["spec"]["template"]["spec"].get("affinity"),
+                None,
+                "{job}"
+            );
+        };
+        let script = vec![
+            Expect::new("GET", PODS, list("Pod", vec![])),
+            Expect::new("GET", STS, statefulset(0)),
+            Expect::new(
+                "PATCH",
+                format!("{JOBS}/{}", mover::job_name("snap", "s", "qdrant-0")),
+                Value::Null,
+            )
+            .check(unpinned),
+            Expect::new(
+                "PATCH",
+                format!("{JOBS}/{}", mover::job_name("snap", "s", "qdrant-1")),
+                Value::Null,
+            )
+            .check(unpinned),
+            Expect::new("PATCH", format!("{SNAPS}/status"), stored()).check(|body| {
+                assert_eq!(body["status"]["phase"], "Running");
+                assert_eq!(body["status"]["stoppedReplicas"], 2);
+            }),
+            event("Running"),
+        ];
+        reconcile_with(stopping(pending, false), nothing(), script)
+            .await
+            .0
+            .unwrap();
+
+        // Both archives done (one failed): started again before the outcome is written.
+        let report =
+            r#"{"name":"a.snapshot","key":"products/a.snapshot","size":1,"checksum":"aa"}"#;
+        let (job0, pod0) = finished("qdrant-0", "Complete", report);
+        let (job1, pod1) = finished("qdrant-1", "Failed", "disk full");
+        let cluster = movers(vec![job0, job1], vec![pod0, pod1]);
+        let script = vec![
+            Expect::new("GET", PODS, list("Pod", vec![])),
+            Expect::new("PATCH", format!("{STS}/scale"), scale(2))
+                .check(|b| assert_eq!(b["spec"]["replicas"], 2)),
+            Expect::new("PATCH", format!("{SNAPS}/status"), stored()).check(|body| {
+                assert_eq!(body["status"]["phase"], "Failed");
+            }),
+            event("Failed"),
+        ];
+        let running = recorded(running_archives());
+        reconcile_with(
+            stopping(running, false),
+            (OperatorConfig::default(), cluster),
+            script,
+        )
+        .await
+        .0
+        .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_stopped_workload_is_started_again_when_the_snapshot_goes_or_turns_out_invalid() {
+        // Deleted while its movers run: the StatefulSet comes back, then the finalizer goes.
+        let script = vec![
+            Expect::new("PATCH", format!("{STS}/scale"), scale(2))
+                .check(|b| assert_eq!(b["spec"]["replicas"], 2)),
+            Expect::new("PATCH", SNAPS, stored()),
+        ];
+        let (result, _) = reconcile_with(
+            stopping(recorded(running_archives()), true),
+            nothing(),
+            script,
+        )
+        .await;
+        result.unwrap();
+        // Finished: nothing to bring back.
+        let mut done = recorded(succeeded_archives());
+        done["phase"] = json!("Succeeded");
+        let mut snap = stopping(done, true);
+        snap.spec.deletion_policy = DeletionPolicy::Retain;
+        let (result, _) =
+            reconcile_with(snap, nothing(), vec![Expect::new("PATCH", SNAPS, stored())]).await;
+        result.unwrap();
+        // A PersistentVolumeClaim cannot be stopped: refused before anything happens.
+        let mut claim = stopping(Value::Null, false);
+        claim.spec.source =
+            serde_json::from_value(json!({"persistentVolumeClaim": {"claimName": "data"}}))
+                .unwrap();
+        let script = vec![
+            Expect::new("PATCH", format!("{SNAPS}/status"), stored()).check(|body| {
+                let message = body["status"]["conditions"][0]["message"].as_str().unwrap();
+                assert!(
+                    message.contains("copyMethod Stop needs a statefulSet"),
+                    "{message}"
+                );
+            }),
+            event("InvalidSpec"),
+        ];
+        reconcile_with(claim, nothing(), script).await.0.unwrap();
     }
 }
