@@ -168,6 +168,8 @@ async fn the_controller_against_a_real_api_server() {
     eprintln!("snapshot scenario done at {:?}", started.elapsed());
     a_restore_stops_the_workload_runs_movers_and_starts_it_again(&client).await;
     eprintln!("restore scenario done at {:?}", started.elapsed());
+    a_stop_snapshot_stops_the_workload_for_its_movers(&client).await;
+    eprintln!("copyMethod Stop scenario done at {:?}", started.elapsed());
     snapshots_compete_for_the_slots(&client).await;
     eprintln!("slots scenario done at {:?}", started.elapsed());
     a_schedule_takes_its_snapshots_and_prunes_them(&client, &ahead, &metrics).await;
@@ -1221,5 +1223,72 @@ async fn a_schedule_takes_its_snapshots_and_prunes_them(
         2
     );
     ahead.store(0, std::sync::atomic::Ordering::SeqCst);
+    namespace.delete().await;
+}
+
+/// `copyMethod: Stop`: the StatefulSet's replicas recorded, scaled to zero, the movers run,
+/// then the StatefulSet is scaled back to the recorded count.
+async fn a_stop_snapshot_stops_the_workload_for_its_movers(client: &Client) {
+    let ns = format!("stop-it-{}", std::process::id());
+    let namespace = TestNamespace::with_claims(client, &ns, &["backups"]).await;
+    let sets: Api<k8s_openapi::api::apps::v1::StatefulSet> = Api::namespaced(client.clone(), &ns);
+    let sts = serde_json::from_value(json!({"metadata": {"name": "db"}, "spec": {
+        "replicas": 2, "serviceName": "db", "selector": {"matchLabels": {"app": "db"}},
+        "template": {"metadata": {"labels": {"app": "db"}}, "spec": {"containers": [{"name": "db", "image": "db"}]}},
+        "volumeClaimTemplates": [{"metadata": {"name": "data"}, "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}}]}}))
+    .unwrap();
+    sets.create(&PostParams::default(), &sts).await.unwrap();
+    let snapshots: Api<Snapshot> = Api::namespaced(client.clone(), &ns);
+    let snap: Snapshot = serde_json::from_value(json!({
+        "apiVersion": "snapshot-operator.dev/v1alpha1", "kind": "Snapshot",
+        "metadata": {"name": "still"},
+        "spec": {"source": {"statefulSet": {"name": "db", "volumeClaimTemplate": "data"}},
+                 "collection": "products", "copyMethod": "Stop"}}))
+    .unwrap();
+    let snap = snapshots
+        .create(&PostParams::default(), &snap)
+        .await
+        .unwrap();
+    eventually("the workload to be stopped", || async {
+        let recorded = snapshots
+            .get("still")
+            .await
+            .unwrap()
+            .status?
+            .stopped_replicas;
+        let replicas = sets
+            .get_scale("db")
+            .await
+            .unwrap()
+            .spec?
+            .replicas
+            .unwrap_or(0);
+        (recorded == Some(2) && replicas == 0).then_some(())
+    })
+    .await;
+    let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
+    for job in movers_of(&jobs, &snap.uid().unwrap(), 2).await {
+        let pod = job.spec.clone().unwrap().template.spec.unwrap();
+        assert!(pod.affinity.is_none(), "no pod holds the claim: not pinned");
+        let node = job.labels()[mover::NODE].clone();
+        let report = json!({"name": format!("{node}.snapshot"), "key": format!("products/{node}.snapshot"), "size": 1});
+        // Still stopped while movers run.
+        let replicas = sets
+            .get_scale("db")
+            .await
+            .unwrap()
+            .spec
+            .unwrap()
+            .replicas
+            .unwrap_or(0);
+        assert_eq!(replicas, 0);
+        finish_job(client, &ns, &job, &report.to_string(), true).await;
+    }
+    ready(&snapshots, "still").await;
+    assert_eq!(
+        sets.get_scale("db").await.unwrap().spec.unwrap().replicas,
+        Some(2),
+        "started again"
+    );
     namespace.delete().await;
 }
