@@ -275,7 +275,29 @@ async fn mover_snapshot(
         location: Some(created.archive.location),
         size: Some(created.archive.size),
         checksum: created.archive.checksum,
+        changed: changed_while_read(&created.content.changed),
         ..MoverReport::default()
+    })
+}
+
+/// How many files changed while they were read, with the first few names (pure): short
+/// enough for a termination message.
+pub fn changed_while_read(paths: &[String]) -> Option<String> {
+    const SHOWN: usize = 5;
+    let (first, more) = paths.split_at(paths.len().min(SHOWN));
+    let mut names: Vec<String> = first
+        .iter()
+        .map(|p| p.chars().take(120).collect())
+        .collect();
+    if !more.is_empty() {
+        names.push(format!("and {} more", more.len()));
+    }
+    (!paths.is_empty()).then(|| {
+        format!(
+            "{} file(s) changed while they were read: {}",
+            paths.len(),
+            names.join(", ")
+        )
     })
 }
 
@@ -342,6 +364,20 @@ async fn mover_restore(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn changed_files_are_counted_and_the_first_few_named() {
+        assert_eq!(changed_while_read(&[]), None);
+        let paths: Vec<String> = (0..7).map(|i| format!("collections/c/{i}")).collect();
+        let said = changed_while_read(&paths).unwrap();
+        assert!(
+            said.starts_with("7 file(s) changed while they were read: collections/c/0,"),
+            "{said}"
+        );
+        assert!(said.ends_with("collections/c/4, and 2 more"), "{said}");
+        let long = vec!["x".repeat(10_000); 100];
+        assert!(changed_while_read(&long).unwrap().len() < 1000);
+    }
 
     #[test]
     fn prune_decides_per_collection_and_node_and_keeps_names_it_does_not_know() {

@@ -332,6 +332,9 @@ pub struct MoverReport {
     /// Restores: why it was skipped.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// Snapshots: the files written to while they were read, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub changed: Option<String>,
 }
 
 /// The largest termination message Kubernetes keeps.

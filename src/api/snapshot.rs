@@ -319,7 +319,8 @@ pub struct ArchiveStatus {
     /// Lowercase hex SHA-256 of the archive.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checksum: Option<String>,
-    /// Why it failed, or what it is waiting for.
+    /// Why it failed, what it is waiting for, or, for a stored archive, which files changed
+    /// while they were read.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
 }

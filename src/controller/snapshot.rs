@@ -202,7 +202,10 @@ pub fn next_archive(
             };
             a.size = report.size.and_then(|s| i64::try_from(s).ok());
             a.checksum.clone_from(&report.checksum);
-            a.message = None;
+            a.message = report
+                .changed
+                .as_ref()
+                .map(|changed| format!("{changed}; copyMethod Stop takes a copy of one moment"));
         }
         NodeStep::Finished {
             succeeded: true, ..
@@ -743,6 +746,33 @@ mod tests {
             copy_method: CopyMethod::Direct,
             mover_security_context: None,
         }
+    }
+
+    #[test]
+    fn files_changed_while_read_are_said_beside_a_stored_archive() {
+        let report = MoverReport {
+            key: Some("products/a.snapshot".into()),
+            changed: Some(
+                "1 file(s) changed while they were read: collections/products/wal".into(),
+            ),
+            ..MoverReport::default()
+        };
+        let step = NodeStep::Finished {
+            succeeded: true,
+            report,
+        };
+        let a = next_archive(
+            &archive("qdrant-0", ArchivePhase::Running),
+            &step,
+            &storage(),
+            false,
+        );
+        assert_eq!(a.phase, ArchivePhase::Succeeded);
+        let message = a.message.unwrap();
+        assert!(
+            message.contains("collections/products/wal") && message.contains("copyMethod Stop"),
+            "{message}"
+        );
     }
 
     #[test]

@@ -82,6 +82,9 @@ pub struct Archived {
     pub sparse_files: u64,
     /// Entries skipped.
     pub skipped: Vec<Skipped>,
+    /// Files written to while they were read, at the same size (their entries may mix data
+    /// from before and after the write).
+    pub changed: Vec<String>,
 }
 
 /// Why an archive could not be written.
@@ -110,7 +113,7 @@ pub enum CreateError {
     Link { path: PathBuf },
     #[error(
         "{path} changed while it was being archived (it was {expected} bytes); \
-         stop writes to the storage directory or retry"
+         stop writes to the storage directory (in the cluster: copyMethod Stop) or retry"
     )]
     Changed { path: PathBuf, expected: u64 },
     #[error("failed to write the archive")]
@@ -233,6 +236,7 @@ pub fn write_archive<W: Write>(
             data_bytes: 0,
             sparse_files: 0,
             skipped: Vec::new(),
+            changed: Vec::new(),
         },
     };
     let json = serde_json::to_vec_pretty(manifest).expect("a manifest always serialises");
@@ -373,11 +377,11 @@ impl<W: Write> Walker<'_, W> {
             Some(regions) => {
                 self.done.sparse_files += 1;
                 self.tar
-                    .append_sparse(rel, meta.mode(), mtime, size, regions, file, on_read)
+                    .append_sparse(rel, meta.mode(), mtime, size, regions, &file, on_read)
             }
             None => self
                 .tar
-                .append_file(rel, meta.mode(), mtime, size, file, on_read),
+                .append_file(rel, meta.mode(), mtime, size, &file, on_read),
         };
         written.map_err(|e| match e {
             FileCopyError::Read(source) => CreateError::Read {
@@ -391,6 +395,17 @@ impl<W: Write> Walker<'_, W> {
             FileCopyError::Write(source) => CreateError::Write { source },
         })?;
         self.done.files += 1;
+        // Written to while it was read, at the same size: archived, and said.
+        let when = |m: &std::fs::Metadata| (m.mtime(), m.mtime_nsec(), m.ctime(), m.ctime_nsec());
+        if file
+            .metadata()
+            .is_ok_and(|after| when(&after) != when(&meta))
+        {
+            tracing::warn!(path = %abs.display(), "changed while it was being archived");
+            self.done
+                .changed
+                .push(String::from_utf8_lossy(rel).into_owned());
+        }
         Ok(())
     }
 }
@@ -550,12 +565,12 @@ impl<W: Write> TarWriter<W> {
         mode: u32,
         mtime: u64,
         size: u64,
-        file: File,
+        file: &File,
         mut on_read: impl FnMut(u64),
     ) -> Result<(), FileCopyError> {
         self.header(path, tar::EntryType::Regular, mode, mtime, size)
             .map_err(FileCopyError::Write)?;
-        self.copy_range(&file, 0, size, &mut on_read)?;
+        self.copy_range(file, 0, size, &mut on_read)?;
         self.pad(size).map_err(FileCopyError::Write)
     }
 
@@ -600,7 +615,7 @@ impl<W: Write> TarWriter<W> {
         mtime: u64,
         size: u64,
         regions: &[(u64, u64)],
-        file: File,
+        file: &File,
         mut on_read: impl FnMut(u64),
     ) -> Result<(), FileCopyError> {
         let mut map = regions.to_vec();
@@ -640,7 +655,7 @@ impl<W: Write> TarWriter<W> {
                 .map_err(FileCopyError::Write)?;
         }
         for &(at, len) in &map {
-            self.copy_range(&file, at, len, &mut on_read)?;
+            self.copy_range(file, at, len, &mut on_read)?;
         }
         self.pad(stored).map_err(FileCopyError::Write)
     }
@@ -649,5 +664,55 @@ impl<W: Write> TarWriter<W> {
     fn finish(&mut self) -> io::Result<()> {
         self.out.write_all(&[0; 2 * BLOCK])?;
         self.out.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::FileExt;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use super::*;
+
+    #[test]
+    fn a_file_written_to_while_it_is_read_is_archived_and_said() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = dir.path().join("storage");
+        let collection = storage.join("collections/products");
+        std::fs::create_dir_all(&collection).unwrap();
+        let (busy, still) = (collection.join("segment"), collection.join("config.json"));
+        std::fs::write(&busy, vec![1u8; 4 << 20]).unwrap();
+        std::fs::write(&still, b"{}").unwrap();
+        // An old modification time: any write from now on changes it.
+        let old = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_600_000_000);
+        for path in [&busy, &still] {
+            let file = File::options().write(true).open(path).unwrap();
+            file.set_modified(old).unwrap();
+        }
+        let spec = CreateSpec {
+            storage: Anchored::trusted(storage),
+            collection: Some("products".into()),
+            node: "n0".into(),
+            created_at: Timestamp::now(),
+            identity: None,
+            exclude: Vec::new(),
+        };
+        let manifest = plan(&spec).unwrap();
+        // Half-way through the segment (past the 2 bytes of the other file), the application
+        // writes one byte in place: same size.
+        let written = AtomicBool::new(false);
+        let progress = |read: u64| {
+            if read > 1 << 20 && !written.swap(true, Ordering::SeqCst) {
+                let file = File::options().write(true).open(&busy).unwrap();
+                file.write_all_at(b"2", 0).unwrap();
+            }
+        };
+        let archived = write_archive(&spec, &manifest, std::io::sink(), &progress).unwrap();
+        assert!(written.load(Ordering::SeqCst));
+        assert_eq!(archived.changed, ["collections/products/segment"]);
+        assert_eq!(archived.files, 2);
+        // Untouched, nothing is said.
+        let again = write_archive(&spec, &manifest, std::io::sink(), &|_| {}).unwrap();
+        assert!(again.changed.is_empty(), "{:?}", again.changed);
     }
 }
