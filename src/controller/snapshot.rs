@@ -127,7 +127,7 @@ pub enum NodeStep {
     /// Its mover finished: record the report.
     Finished {
         succeeded: bool,
-        report: MoverReport,
+        report: Box<MoverReport>,
     },
 }
 
@@ -154,7 +154,7 @@ pub fn plan(archives: &[ArchiveStatus], movers: &[Option<Mover>]) -> Vec<NodeSte
                     None => NodeStep::Running,
                     Some(succeeded) => NodeStep::Finished {
                         succeeded,
-                        report: m.report(),
+                        report: Box::new(m.report()),
                     },
                 },
             }
@@ -759,7 +759,7 @@ mod tests {
         };
         let step = NodeStep::Finished {
             succeeded: true,
-            report,
+            report: Box::new(report),
         };
         let a = next_archive(
             &archive("qdrant-0", ArchivePhase::Running),
@@ -853,7 +853,7 @@ mod tests {
             &a,
             &NodeStep::Finished {
                 succeeded: true,
-                report,
+                report: Box::new(report),
             },
             &storage(),
             false,
@@ -890,7 +890,7 @@ mod tests {
             &a,
             &NodeStep::Finished {
                 succeeded: true,
-                report: reported,
+                report: Box::new(reported),
             },
             &s3,
             false,
@@ -907,10 +907,10 @@ mod tests {
             &a,
             &NodeStep::Finished {
                 succeeded: false,
-                report: MoverReport {
+                report: Box::new(MoverReport {
                     error: Some("collection \"p\" not found".into()),
                     ..MoverReport::default()
-                },
+                }),
             },
             &storage(),
             false,
