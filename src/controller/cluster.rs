@@ -55,6 +55,47 @@ impl Cluster {
         }
     }
 
+    /// The resource, other than the one of UID `except`, that holds the StatefulSet `name`
+    /// of `namespace` stopped: a Snapshot with `copyMethod: Stop` or a SnapshotRestore with
+    /// `stopWorkload`, unfinished, whose status records the replicas to bring back. A second
+    /// one must wait: it would record zero replicas and leave the StatefulSet stopped.
+    pub fn stopped_by(&self, namespace: &str, name: &str, except: &str) -> Option<String> {
+        use crate::api::restore::RestorePhase;
+        use crate::api::snapshot::{CopyMethod, Phase};
+        let here = |meta: &ObjectMeta| {
+            meta.namespace.as_deref() == Some(namespace) && meta.uid.as_deref() != Some(except)
+        };
+        let snapshot = self.snapshots.state().into_iter().find(|s| {
+            let sts = s.spec.source.stateful_set.as_ref();
+            let status = s.status.as_ref();
+            here(s.meta())
+                && s.spec.copy_method == CopyMethod::Stop
+                && sts.is_some_and(|sts| sts.name == name)
+                && status.is_some_and(|st| {
+                    st.stopped_replicas.is_some()
+                        && !matches!(st.phase, Some(Phase::Succeeded | Phase::Failed))
+                })
+        });
+        if let Some(s) = snapshot {
+            return Some(format!("Snapshot {}", s.name_any()));
+        }
+        let restore = self.restores.state().into_iter().find(|r| {
+            let sts = r.spec.target.stateful_set.as_ref();
+            let status = r.status.as_ref();
+            here(r.meta())
+                && r.spec.stop_workload
+                && sts.is_some_and(|sts| sts.name == name)
+                && status.is_some_and(|st| {
+                    st.stopped_replicas.is_some()
+                        && !matches!(
+                            st.phase,
+                            Some(RestorePhase::Succeeded | RestorePhase::Failed)
+                        )
+                })
+        });
+        restore.map(|r| format!("SnapshotRestore {}", r.name_any()))
+    }
+
     /// Waits until the mover stores hold a first full listing: before that, a running mover
     /// would look absent and be started again.
     pub async fn ready(&self) {

@@ -39,9 +39,11 @@ pub const IMPORTED: &str = "snapshot-operator.dev/imported";
 /// The annotation holding the UID of the Snapshot the archives were taken for.
 pub const IMPORTED_UID: &str = "snapshot-operator.dev/imported-uid";
 
-/// Was this Snapshot imported?
+/// Was this Snapshot imported (the label, and the UID of the Snapshot it was imported
+/// from)?
 pub fn is_imported(snap: &Snapshot) -> bool {
     snap.labels().get(IMPORTED).map(String::as_str) == Some("true")
+        && snap.annotations().contains_key(IMPORTED_UID)
 }
 
 /// What a pass does about one archive set, or one imported Snapshot.

@@ -470,7 +470,10 @@ async fn apply(restore: &SnapshotRestore, ctx: &Context) -> Result<Action, Error
         .list(&ListParams::default())
         .await?
         .items;
-    match stop_workload_target(&restore.spec) {
+    // Once every node's mover has started, the workload is stopped already (or being started
+    // again): never stopped a second time.
+    let to_start = plan.entries.iter().any(|e| e.phase == NodePhase::Pending);
+    match stop_workload_target(&restore.spec).filter(|_| to_start) {
         Some(sts) => {
             if let Some(action) = stop_workload(restore, ctx, sts, &plan, &pods).await? {
                 return Ok(action);
@@ -617,16 +620,9 @@ async fn stop_workload(
     pods: &[Pod],
 ) -> Result<Option<Action>, Error> {
     let claims: Vec<String> = plan.entries.iter().map(|n| n.claim.clone()).collect();
-    let status = |replicas: i32, message: String| {
+    let status = |replicas: Option<i32>, message: String| {
         let entries = plan.entries.clone();
-        next_status(
-            restore,
-            entries,
-            Some(replicas),
-            false,
-            Some(message),
-            now(),
-        )
+        next_status(restore, entries, replicas, false, Some(message), now())
     };
     let recorded = plan.stopped_replicas;
     stop::stop(ctx, restore, &sts.name, recorded, (&claims, pods), status).await

@@ -17,6 +17,7 @@ use kube::{Resource, ResourceExt};
 
 use super::{Context, Error, FIELD_MANAGER, patch_status, reject};
 use crate::api::condition::{self, reason};
+use crate::api::restore::RestorePhase;
 use crate::api::schedule::{ConcurrencyPolicy, SnapshotSchedule, SnapshotScheduleStatus};
 use crate::api::snapshot::{Phase, Snapshot};
 use crate::retention;
@@ -48,6 +49,7 @@ pub struct Decision {
 pub fn decide(
     sched: &SnapshotSchedule,
     snapshots: &[Snapshot],
+    restoring: &[String],
     now: Timestamp,
 ) -> Result<Decision, String> {
     let spec = &sched.spec;
@@ -69,17 +71,18 @@ pub fn decide(
         None => TimeZone::UTC,
     };
     let old = sched.status.clone().unwrap_or_default();
+    // The schedule as counted: an edit of it, a suspension or a resumption starts counting
+    // afresh from that moment (nothing caught up, nothing counted as missed).
     let cadence = format!(
-        "{} {}",
+        "{} {}{}",
         spec.schedule,
-        spec.time_zone.as_deref().unwrap_or("UTC")
+        spec.time_zone.as_deref().unwrap_or("UTC"),
+        if spec.suspend { " (suspended)" } else { "" }
     );
-    // Runs are counted from the last one handled; a new schedule from its creation, an
-    // edited one from the edit.
-    let since = match (&old.observed_schedule, &old.last_schedule_time) {
-        (Some(seen), Some(last)) if *seen == cadence => last.0,
-        (Some(seen), _) if *seen != cadence => now,
-        _ => created,
+    let (since, afresh) = match (&old.observed_schedule, &old.last_schedule_time) {
+        (Some(seen), Some(last)) if *seen == cadence => (last.0, false),
+        (Some(seen), _) if *seen != cadence => (now, true),
+        _ => (created, false),
     };
     let (due, more) = schedule.runs_between(since, now, MOST_RUNS);
     let mut take = None;
@@ -88,9 +91,11 @@ pub fn decide(
         && let Some((&last, older)) = due.split_last()
     {
         missed.extend_from_slice(older);
-        let late = spec
-            .starting_deadline_seconds
-            .is_some_and(|d| now.duration_since(last).as_secs() > d);
+        // More runs due than one pass looks at: none of these is the latest.
+        let late = more
+            || spec
+                .starting_deadline_seconds
+                .is_some_and(|d| now.duration_since(last).as_secs() > d);
         let running = snapshots
             .iter()
             .any(|s| active(s) && s.meta().deletion_timestamp.is_none());
@@ -103,6 +108,7 @@ pub fn decide(
     let last_schedule_time = due
         .last()
         .map(|t| Time(*t))
+        .or_else(|| afresh.then(|| Time(now)))
         .or(old.last_schedule_time.clone());
     let next = if spec.suspend || more {
         None
@@ -147,7 +153,7 @@ pub fn decide(
         status,
         take,
         missed,
-        prune: prune(&spec.retention, snapshots, &tz),
+        prune: prune(&spec.retention, snapshots, restoring, &tz),
         requeue,
     })
 }
@@ -181,10 +187,12 @@ fn last_success(snapshots: &[Snapshot]) -> Option<(&Snapshot, Timestamp)> {
 
 /// The finished Snapshots the retention does not keep (pure): successful ones by the
 /// policy (none without rules; never the newest), failed ones beyond the newest
-/// `keepFailed`. Running ones and ones already being deleted are left alone.
+/// `keepFailed`. Running ones, ones already being deleted and ones a restore in progress
+/// reads (`restoring`, by name) are left alone.
 pub fn prune(
     retention: &crate::api::schedule::Retention,
     snapshots: &[Snapshot],
+    restoring: &[String],
     tz: &TimeZone,
 ) -> Vec<(String, String)> {
     let settled = |phase: Phase| {
@@ -197,22 +205,25 @@ pub fn prune(
         found
     };
     let mut pruned = Vec::new();
+    let mut remove = |snap: &Snapshot, why: String| {
+        if !restoring.contains(&snap.name_any()) {
+            pruned.push((snap.name_any(), why));
+        }
+    };
     let succeeded = settled(Phase::Succeeded);
     if !retention.policy.is_empty() {
         let times: Vec<Timestamp> = succeeded.iter().map(|s| run_time(s)).collect();
         let kept = retention::decide(&retention.policy, &times, tz);
         for (snap, rules) in succeeded.iter().zip(kept) {
             if rules.is_empty() {
-                pruned.push((snap.name_any(), "kept by no retention rule".to_owned()));
+                remove(snap, "kept by no retention rule".to_owned());
             }
         }
     }
     let failed = settled(Phase::Failed);
     for snap in failed.iter().skip(retention.keep_failed as usize) {
-        pruned.push((
-            snap.name_any(),
-            format!("failed, older than the newest {}", retention.keep_failed),
-        ));
+        let why = format!("failed, older than the newest {}", retention.keep_failed);
+        remove(snap, why);
     }
     pruned
 }
@@ -247,6 +258,19 @@ pub async fn reconcile(sched: Arc<SnapshotSchedule>, ctx: Arc<Context>) -> Resul
         .await?
         .items;
     let now = ctx.now();
+    // Snapshots a restore in progress reads are not pruned under it.
+    let restoring: Vec<String> = ctx
+        .cluster
+        .restores
+        .state()
+        .iter()
+        .filter(|r| r.namespace().as_deref() == Some(ns.as_str()))
+        .filter(|r| {
+            let phase = r.status.as_ref().and_then(|s| s.phase);
+            !matches!(phase, Some(RestorePhase::Succeeded | RestorePhase::Failed))
+        })
+        .filter_map(|r| r.spec.source.snapshot_ref.as_ref().map(|s| s.name.clone()))
+        .collect();
     let template_s3 = sched
         .spec
         .template
@@ -260,7 +284,7 @@ pub async fn reconcile(sched: Arc<SnapshotSchedule>, ctx: Arc<Context>) -> Resul
         })
         .and_then(|()| super::mover::check_security(explicit, &ctx.config.mover))
         .map_err(|e| format!("template: {e}"));
-    let decision = match allowed.and_then(|()| decide(&sched, &own, now)) {
+    let decision = match allowed.and_then(|()| decide(&sched, &own, &restoring, now)) {
         Ok(decision) => decision,
         Err(message) => {
             let old = sched.status.clone().unwrap_or_default();
@@ -279,18 +303,6 @@ pub async fn reconcile(sched: Arc<SnapshotSchedule>, ctx: Arc<Context>) -> Resul
             return reject(&ctx, sched.as_ref(), &api, &status, &message).await;
         }
     };
-    if !decision.missed.is_empty() {
-        ctx.metrics.missed_runs(&ns, &name, decision.missed.len());
-        let runs: Vec<String> = decision.missed.iter().map(Timestamp::to_string).collect();
-        ctx.publish(
-            sched.as_ref(),
-            EventType::Warning,
-            "Missed",
-            format!("runs not taken: {}", runs.join(", ")),
-            "Schedule",
-        )
-        .await;
-    }
     if let Some(at) = decision.take {
         let snap = snapshot_of(&sched, at);
         let params = PostParams {
@@ -335,6 +347,20 @@ pub async fn reconcile(sched: Arc<SnapshotSchedule>, ctx: Arc<Context>) -> Resul
     if sched.status.as_ref() != Some(&decision.status) {
         patch_status(&api, sched.as_ref(), &decision.status).await?;
     }
+    // Counted once the status that counts them is written.
+    if !decision.missed.is_empty() {
+        ctx.metrics.missed_runs(&ns, &name, decision.missed.len());
+        let runs: Vec<String> = decision.missed.iter().map(Timestamp::to_string).collect();
+        ctx.publish(
+            sched.as_ref(),
+            EventType::Warning,
+            "Missed",
+            format!("runs not taken: {}", runs.join(", ")),
+            "Schedule",
+        )
+        .await;
+    }
+
     Ok(decision
         .requeue
         .map_or_else(Action::await_change, Action::requeue))
@@ -521,7 +547,7 @@ mod tests {
         ];
         for case in cases {
             let sched = schedule(case.spec, case.status);
-            let decision = decide(&sched, &case.snapshots, at(case.now)).unwrap();
+            let decision = decide(&sched, &case.snapshots, &[], at(case.now)).unwrap();
             let what = case.what;
             assert_eq!(decision.take, case.take.map(at), "{what}");
             let missed: Vec<Timestamp> = case.missed.iter().map(|t| at(t)).collect();
@@ -547,12 +573,13 @@ mod tests {
     #[test]
     fn the_same_pass_twice_takes_the_run_once() {
         let sched = schedule(json!({}), Value::Null);
-        let first = decide(&sched, &[], at("2026-03-10T02:00:05Z")).unwrap();
+        let first = decide(&sched, &[], &[], at("2026-03-10T02:00:05Z")).unwrap();
         let mut after = sched.clone();
         after.status = Some(first.status);
         let again = decide(
             &after,
             &[snap("2026-03-10T02:00:00Z", None)],
+            &[],
             at("2026-03-10T02:00:09Z"),
         )
         .unwrap();
@@ -574,6 +601,7 @@ mod tests {
         let decision = decide(
             &schedule(spec, Value::Null),
             &snapshots,
+            &[],
             at("2026-03-09T02:00:30Z"),
         )
         .unwrap();
@@ -594,29 +622,118 @@ mod tests {
             decision.status.last_successful_time.map(|t| t.0),
             Some(at("2026-03-07T02:01:00Z"))
         );
-        // Without rules every success stays; keepFailed: 0 removes every failure. A
-        // policy keeping nothing still keeps the newest success.
+        // Without rules every success stays; keepFailed: 0 removes every failure.
+        let at_nine = at("2026-03-09T02:00:30Z");
         let keep_all = json!({"retention": {"keepFailed": 0}});
+        let decision = decide(&schedule(keep_all, Value::Null), &snapshots, &[], at_nine).unwrap();
+        assert_eq!(decision.prune.len(), 3, "{:?}", decision.prune);
+        // keepLast 1: only the newest success stays; one a restore reads stays too.
+        let last = json!({"retention": {"keepLast": 1}});
         let decision = decide(
-            &schedule(keep_all, Value::Null),
+            &schedule(last.clone(), Value::Null),
             &snapshots,
-            at("2026-03-09T02:00:30Z"),
+            &[],
+            at_nine,
         )
         .unwrap();
-        assert_eq!(decision.prune.len(), 3, "{:?}", decision.prune);
-        let nothing = json!({"retention": {"keepLast": 0, "keepHourly": 0}});
+        let pruned: Vec<&str> = decision.prune.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(
+            pruned,
+            [
+                "nightly-20260306-020000",
+                "nightly-20260305-020000",
+                "nightly-20260307-030000",
+                "nightly-20260306-140000"
+            ]
+        );
+        let restoring = ["nightly-20260305-020000".to_owned()];
         let decision = decide(
-            &schedule(nothing, Value::Null),
+            &schedule(last, Value::Null),
             &snapshots,
-            at("2026-03-09T02:00:30Z"),
+            &restoring,
+            at_nine,
         )
         .unwrap();
         assert!(
             decision
                 .prune
                 .iter()
-                .all(|(n, _)| n != "nightly-20260307-020000")
+                .all(|(n, _)| n != "nightly-20260305-020000")
         );
+        assert_eq!(decision.prune.len(), 3);
+    }
+
+    /// Passes one after the other, each reading the status the one before wrote.
+    fn passes(mut sched: SnapshotSchedule, at_times: &[(&str, Option<Value>)]) -> Vec<Decision> {
+        let mut decisions = Vec::new();
+        for (now, spec) in at_times {
+            if let Some(spec) = spec {
+                sched.spec = serde_json::from_value(spec.clone()).unwrap();
+            }
+            let decision = decide(&sched, &[], &[], at(now)).unwrap();
+            sched.status = Some(decision.status.clone());
+            decisions.push(decision);
+        }
+        decisions
+    }
+
+    #[test]
+    fn an_edit_a_suspension_and_a_resumption_start_counting_afresh() {
+        let daily = json!({"schedule": "0 2 * * *", "template": {"source": {"persistentVolumeClaim": {"claimName": "data"}}}});
+        let mut hourly = daily.clone();
+        hourly["schedule"] = json!("@hourly");
+        let mut suspended = daily.clone();
+        suspended["suspend"] = json!(true);
+        let seen = |d: &Decision| (d.take, d.missed.len());
+        // Edited at 10:30 to hourly: the pass the edit triggers and the one its status write
+        // triggers take nothing and count nothing; 11:00 is taken.
+        let edited = passes(
+            schedule(json!({}), handled("2026-03-10T02:00:00Z", "0 2 * * * UTC")),
+            &[
+                ("2026-03-10T10:30:00Z", Some(hourly.clone())),
+                ("2026-03-10T10:30:01Z", None),
+                ("2026-03-10T11:00:02Z", None),
+            ],
+        );
+        let seen_edit: Vec<_> = edited.iter().map(seen).collect();
+        assert_eq!(
+            seen_edit,
+            [(None, 0), (None, 0), (Some(at("2026-03-10T11:00:00Z")), 0)]
+        );
+        // Suspended for three nights, resumed at 14:00: nothing caught up, nothing missed; the
+        // next night is taken.
+        let resumed = passes(
+            schedule(json!({}), handled("2026-03-10T02:00:00Z", "0 2 * * * UTC")),
+            &[
+                ("2026-03-10T12:00:00Z", Some(suspended.clone())),
+                ("2026-03-12T12:00:00Z", None),
+                ("2026-03-13T14:00:00Z", Some(daily.clone())),
+                ("2026-03-13T14:00:01Z", None),
+                ("2026-03-14T02:00:03Z", None),
+            ],
+        );
+        let seen_resume: Vec<_> = resumed.iter().map(seen).collect();
+        assert_eq!(
+            seen_resume,
+            [
+                (None, 0),
+                (None, 0),
+                (None, 0),
+                (None, 0),
+                (Some(at("2026-03-14T02:00:00Z")), 0)
+            ]
+        );
+        assert_eq!(resumed[4].status.missed_runs, 0);
+    }
+
+    #[test]
+    fn more_runs_due_than_a_pass_looks_at_are_only_counted() {
+        // Three days of a run a minute: 4320 runs; the first pass counts 1000, takes none.
+        let every = json!({"schedule": "@every 1m", "template": {"source": {"persistentVolumeClaim": {"claimName": "data"}}}});
+        let sched = schedule(every, handled("2026-03-10T01:00:00Z", "@every 1m UTC"));
+        let first = decide(&sched, &[], &[], at("2026-03-13T01:00:30Z")).unwrap();
+        assert_eq!((first.take, first.missed.len()), (None, 1000));
+        assert_eq!(first.requeue, Some(Duration::from_secs(1)));
     }
 
     #[test]
@@ -631,6 +748,7 @@ mod tests {
         ] {
             let error = decide(
                 &schedule(spec, Value::Null),
+                &[],
                 &[],
                 at("2026-03-10T02:00:00Z"),
             )
@@ -706,7 +824,6 @@ mod tests {
         let items = [&old[0], &old[1], &running].map(|s| serde_json::to_value(s).unwrap());
         let script = vec![
             Expect::new("GET", SNAPS, list("Snapshot", items.to_vec())),
-            event("Missed"),
             Expect::new(
                 "DELETE",
                 format!("{SNAPS}/nightly-20260308-020000"),
@@ -720,6 +837,7 @@ mod tests {
                     "nightly-20260309-020000"
                 );
             }),
+            event("Missed"),
         ];
         pass(sched, "2026-03-11T02:00:01Z", script).await;
     }

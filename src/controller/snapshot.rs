@@ -58,12 +58,12 @@ fn stopping_status(
     snap: &Snapshot,
     archives: Vec<ArchiveStatus>,
     storage: &Storage,
-    (replicas, message): (i32, String),
+    (replicas, message): (Option<i32>, String),
     now: Time,
 ) -> SnapshotStatus {
     let old = snap.status.clone().unwrap_or_default();
     SnapshotStatus {
-        stopped_replicas: Some(replicas),
+        stopped_replicas: replicas,
         conditions: vec![condition::ready(
             false,
             reason::STOPPING_WORKLOAD,
@@ -349,8 +349,13 @@ impl Reconciled for Snapshot {
 }
 
 async fn apply(snap: &Snapshot, ctx: &Context) -> Result<Action, Error> {
-    // Its status comes from the storage (`import`); no mover ever runs for it.
-    if super::import::is_imported(snap) {
+    // Its status comes from the storage (`import`); no mover ever runs for it. (A label put
+    // on a Snapshot that holds its StatefulSet stopped does not stop its reconciliation.)
+    let holding = snap
+        .status
+        .as_ref()
+        .is_some_and(|s| s.stopped_replicas.is_some());
+    if super::import::is_imported(snap) && !holding {
         return Ok(Action::await_change());
     }
     let old = snap.status.clone().unwrap_or_default();
@@ -377,13 +382,16 @@ async fn apply(snap: &Snapshot, ctx: &Context) -> Result<Action, Error> {
     }
     // copyMethod Stop: the StatefulSet stopped before the movers start.
     let mut pods = None;
-    if let Some(sts) = stop_target(&snap.spec) {
+    // Once every node's mover has started, the workload is stopped already (or being started
+    // again): never stopped a second time.
+    let to_start = archives.iter().any(|a| a.phase == ArchivePhase::Pending);
+    if let Some(sts) = stop_target(&snap.spec).filter(|_| to_start) {
         let listed = Api::<Pod>::namespaced(ctx.client.clone(), &ns)
             .list(&ListParams::default())
             .await?
             .items;
         let claims: Vec<String> = archives.iter().map(|a| a.claim.clone()).collect();
-        let status = |replicas: i32, message: String| {
+        let status = |replicas: Option<i32>, message: String| {
             let now = Time(jiff::Timestamp::now());
             stopping_status(snap, archives.clone(), &storage, (replicas, message), now)
         };
@@ -1031,6 +1039,8 @@ mod mock {
         let mut snap = snapshot(true, Value::Null, false);
         snap.labels_mut()
             .insert(super::super::import::IMPORTED.into(), "true".into());
+        snap.annotations_mut()
+            .insert(super::super::import::IMPORTED_UID.into(), "uid-0".into());
         let (action, _) = reconcile_with(snap, nothing(), vec![]).await;
         assert_eq!(action.unwrap(), Action::await_change());
     }
@@ -1665,8 +1675,9 @@ mod mock {
         let (job0, pod0) = finished("qdrant-0", "Complete", report);
         let (job1, pod1) = finished("qdrant-1", "Failed", "disk full");
         let cluster = movers(vec![job0, job1], vec![pod0, pod1]);
+        // Every mover started: the stop is not looked at again (restarting pods are not
+        // stopped a second time).
         let script = vec![
-            Expect::new("GET", PODS, list("Pod", vec![])),
             Expect::new("PATCH", format!("{STS}/scale"), scale(2))
                 .check(|b| assert_eq!(b["spec"]["replicas"], 2)),
             Expect::new("PATCH", format!("{SNAPS}/status"), stored()).check(|body| {
@@ -1683,6 +1694,39 @@ mod mock {
         .await
         .0
         .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_statefulset_another_resource_holds_stopped_is_waited_for_not_stopped_again() {
+        // A restore stopped it: recording its replicas now would record zero.
+        let restore =
+            serde_json::from_value(json!({"apiVersion": "snapshot-operator.dev/v1alpha1",
+            "kind": "SnapshotRestore", "metadata": {"name": "r", "namespace": "ns", "uid": "uid-r"},
+            "spec": {"source": {"location": "x.snapshot"}, "stopWorkload": true,
+                     "target": {"statefulSet": {"name": "qdrant", "volumeClaimTemplate": "data"}}},
+            "status": {"phase": "Running", "stoppedReplicas": 2}}))
+            .unwrap();
+        let cluster = Cluster::of(vec![], vec![], vec![], vec![restore]);
+        let script = vec![
+            Expect::new("GET", STS, statefulset(2)),
+            Expect::new("GET", PODS, list("Pod", vec![])),
+            Expect::new("PATCH", format!("{SNAPS}/status"), stored()).check(|body| {
+                let status = &body["status"];
+                assert_eq!(status.get("stoppedReplicas"), None, "{status}");
+                assert_eq!(
+                    status["conditions"][0]["message"],
+                    "waiting for SnapshotRestore r, which holds StatefulSet qdrant stopped"
+                );
+            }),
+            event("StoppingWorkload"),
+        ];
+        let (action, _) = reconcile_with(
+            stopping(Value::Null, false),
+            (OperatorConfig::default(), cluster),
+            script,
+        )
+        .await;
+        assert_eq!(action.unwrap(), Action::requeue(Duration::from_secs(10)));
     }
 
     #[tokio::test]

@@ -29,16 +29,25 @@ pub async fn scale(ctx: &Context, namespace: &str, name: &str, replicas: i32) ->
 /// Stops the StatefulSet `name` of `object` before its movers start: records its replicas
 /// (in the status `status(replicas, message)` builds), scales it to zero, then waits for the
 /// pods mounting `claims` to go. `Some(action)` while that is under way; `recorded`: the
-/// replicas the status already holds.
+/// replicas the status already holds. While another resource holds the StatefulSet stopped,
+/// it waits (with no replicas recorded) until that one has started it again.
 pub async fn stop<K: Reconciled>(
     ctx: &Context,
     object: &K,
     name: &str,
     recorded: Option<i32>,
     (claims, pods): (&[String], &[Pod]),
-    status: impl Fn(i32, String) -> K::Status,
+    status: impl Fn(Option<i32>, String) -> K::Status,
 ) -> Result<Option<Action>, Error> {
     let namespace = object.meta().namespace.clone().unwrap_or_default();
+    let uid = object.meta().uid.clone().unwrap_or_default();
+    if recorded.is_none()
+        && let Some(holder) = ctx.cluster.stopped_by(&namespace, name, &uid)
+    {
+        let message = format!("waiting for {holder}, which holds StatefulSet {name} stopped");
+        write_status(ctx, object, &status(None, message)).await?;
+        return Ok(Some(Action::requeue(Duration::from_secs(10))));
+    }
     let Some(replicas) = recorded else {
         let current = Api::<StatefulSet>::namespaced(ctx.client.clone(), &namespace)
             .get_scale(name)
@@ -49,7 +58,7 @@ pub async fn stop<K: Reconciled>(
         // Recorded before scaling: a restart finds the replicas to bring back.
         let message = format!("stopping StatefulSet {name} ({current} replicas)");
         let api: Api<K> = Api::namespaced(ctx.client.clone(), &namespace);
-        patch_status(&api, object, &status(current, message)).await?;
+        patch_status(&api, object, &status(Some(current), message)).await?;
         scale(ctx, &namespace, name, 0).await?;
         let note = format!("scaled StatefulSet {name} from {current} to 0");
         ctx.publish(
@@ -69,6 +78,6 @@ pub async fn stop<K: Reconciled>(
     // Again, in case the operator stopped between recording and scaling.
     scale(ctx, &namespace, name, 0).await?;
     let message = format!("waiting for pods to stop: {}", in_use.join(", "));
-    write_status(ctx, object, &status(replicas, message)).await?;
+    write_status(ctx, object, &status(Some(replicas), message)).await?;
     Ok(Some(Action::requeue(Duration::from_secs(3))))
 }

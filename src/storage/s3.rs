@@ -219,15 +219,22 @@ impl S3Storage {
     /// read, the rest is not downloaded.
     pub async fn read_start(&self, key: &str, len: u64) -> Result<Vec<u8>, StorageError> {
         validate_key(key)?;
-        let out = self.get_range(key, Some((0, len.max(1))), None).await?;
-        let body = out.body.collect().await.map_err(|e| StorageError::Io {
-            op: "read",
-            location: self.location(key),
-            source: std::io::Error::other(e),
-        })?;
-        let mut bytes = body.to_vec();
-        // A server that ignores the range sends everything.
-        bytes.truncate(usize::try_from(len).unwrap_or(usize::MAX));
+        let mut out = self.get_range(key, Some((0, len.max(1))), None).await?;
+        let most = usize::try_from(len).unwrap_or(usize::MAX);
+        let mut bytes = Vec::new();
+        // A server that ignores the range would send everything: read no more than asked.
+        while bytes.len() < most {
+            let Some(chunk) = out.body.next().await else {
+                break;
+            };
+            let chunk = chunk.map_err(|e| StorageError::Io {
+                op: "read",
+                location: self.location(key),
+                source: std::io::Error::other(e),
+            })?;
+            bytes.extend_from_slice(&chunk);
+        }
+        bytes.truncate(most);
         Ok(bytes)
     }
 
@@ -299,17 +306,18 @@ impl S3Storage {
         let sidecar = name::checksum_key(key);
         match self.get_object(&sidecar).await {
             Ok((reader, _)) => {
-                let mut text = String::new();
+                let mut bytes = Vec::new();
                 let mut limited = reader.into_async().take(1024);
                 limited
-                    .read_to_string(&mut text)
+                    .read_to_end(&mut bytes)
                     .await
                     .map_err(|source| StorageError::Io {
                         op: "read",
                         location: self.location(&sidecar),
                         source,
                     })?;
-                Ok(name::parse_checksum(&text))
+                // Not text: not a checksum (said as such, not an error of the whole listing).
+                Ok(name::parse_checksum(&String::from_utf8_lossy(&bytes)))
             }
             Err(StorageError::NotFound { .. }) => Ok(None),
             Err(e) => Err(e),
