@@ -108,7 +108,7 @@ pub fn decide(
     let last_schedule_time = due
         .last()
         .map(|t| Time(*t))
-        .or_else(|| afresh.then(|| Time(now)))
+        .or_else(|| afresh.then_some(Time(now)))
         .or(old.last_schedule_time.clone());
     let next = if spec.suspend || more {
         None
