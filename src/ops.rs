@@ -73,9 +73,9 @@ pub fn plan_prune(
     policy: &crate::retention::Policy,
     tz: &jiff::tz::TimeZone,
 ) -> Vec<Pruning> {
-    // (collection, node) -> (index in `archives`, time taken)
+    // (collection, node) -> (index in `archives`, (time taken, collision suffix))
     type Groups<'a> =
-        std::collections::BTreeMap<(Option<&'a str>, &'a str), Vec<(usize, Timestamp)>>;
+        std::collections::BTreeMap<(Option<&'a str>, &'a str), Vec<(usize, (Timestamp, u32))>>;
     let mut groups = Groups::new();
     let mut plan: Vec<Pruning> = archives
         .iter()
@@ -86,7 +86,7 @@ pub fn plan_prune(
                 groups
                     .entry((p.collection, p.node))
                     .or_default()
-                    .push((i, p.taken));
+                    .push((i, (p.taken, p.attempt)));
             }
             Pruning {
                 key: info.key.clone(),
@@ -99,8 +99,10 @@ pub fn plan_prune(
             }
         })
         .collect();
-    for members in groups.values() {
-        let times: Vec<Timestamp> = members.iter().map(|(_, t)| *t).collect();
+    for members in groups.values_mut() {
+        // Newest first; of two taken in one second, the one named later.
+        members.sort_by_key(|(_, when)| std::cmp::Reverse(*when));
+        let times: Vec<Timestamp> = members.iter().map(|(_, (t, _))| *t).collect();
         let decided = crate::retention::decide(policy, &times, tz);
         for ((i, _), rules) in members.iter().zip(decided) {
             let entry = &mut plan[*i];
@@ -407,11 +409,11 @@ mod tests {
             decided,
             [
                 (false, "kept by no rule"),
-                // Two in the same second: the one listed first counts as newer.
-                (true, "last"),
+                // Two in the same second: the one named later (`-1`) is the newer.
+                (false, "kept by no rule"),
                 // The only one of node n1: its newest.
                 (true, "last"),
-                (false, "kept by no rule"),
+                (true, "last"),
                 (true, "its name does not say its node and time"),
                 (false, "kept by no rule"),
                 (true, "last"),

@@ -389,6 +389,23 @@ async fn install_crds(client: &Client) {
     tokio::time::sleep(Duration::from_secs(2)).await;
 }
 
+/// A StatefulSet `name` of two replicas with the claim template `data` (no pods: there is
+/// no kubelet); its API.
+async fn create_statefulset(
+    client: &Client,
+    ns: &str,
+    name: &str,
+) -> Api<k8s_openapi::api::apps::v1::StatefulSet> {
+    let sets: Api<k8s_openapi::api::apps::v1::StatefulSet> = Api::namespaced(client.clone(), ns);
+    let sts = serde_json::from_value(json!({"metadata": {"name": name}, "spec": {
+        "replicas": 2, "serviceName": name, "selector": {"matchLabels": {"app": name}},
+        "template": {"metadata": {"labels": {"app": name}}, "spec": {"containers": [{"name": "app", "image": "app"}]}},
+        "volumeClaimTemplates": [{"metadata": {"name": "data"}, "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}}]}}))
+    .unwrap();
+    sets.create(&PostParams::default(), &sts).await.unwrap();
+    sets
+}
+
 /// A namespace of one scenario.
 struct TestNamespace {
     api: Api<Namespace>,
@@ -596,13 +613,7 @@ async fn a_snapshot_runs_its_movers_reports_ready_and_cleans_up(client: &Client)
 async fn a_restore_stops_the_workload_runs_movers_and_starts_it_again(client: &Client) {
     let ns = format!("restore-it-{}", std::process::id());
     let namespace = TestNamespace::create(client, &ns).await;
-    let sets: Api<k8s_openapi::api::apps::v1::StatefulSet> = Api::namespaced(client.clone(), &ns);
-    let sts = serde_json::from_value(json!({"metadata": {"name": "db"}, "spec": {
-        "replicas": 2, "serviceName": "db", "selector": {"matchLabels": {"app": "db"}},
-        "template": {"metadata": {"labels": {"app": "db"}}, "spec": {"containers": [{"name": "db", "image": "db"}]}},
-        "volumeClaimTemplates": [{"metadata": {"name": "data"}, "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}}]}}))
-    .unwrap();
-    sets.create(&PostParams::default(), &sts).await.unwrap();
+    let sets = create_statefulset(client, &ns, "db").await;
 
     let restores: Api<SnapshotRestore> = Api::namespaced(client.clone(), &ns);
     let restore: SnapshotRestore = serde_json::from_value(json!({
@@ -889,13 +900,7 @@ async fn catalog_import_brings_back_snapshots_node_by_node(client: &Client) {
         format!("import-gone-{pid}"),
     );
     let ns_a = TestNamespace::create(client, &a).await;
-    let sets: Api<k8s_openapi::api::apps::v1::StatefulSet> = Api::namespaced(client.clone(), &a);
-    let sts = serde_json::from_value(json!({"metadata": {"name": "qdrant"}, "spec": {
-        "replicas": 2, "serviceName": "qdrant", "selector": {"matchLabels": {"app": "qdrant"}},
-        "template": {"metadata": {"labels": {"app": "qdrant"}}, "spec": {"containers": [{"name": "q", "image": "qdrant"}]}},
-        "volumeClaimTemplates": [{"metadata": {"name": "data"}, "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}}]}}))
-    .unwrap();
-    sets.create(&PostParams::default(), &sts).await.unwrap();
+    create_statefulset(client, &a, "qdrant").await;
     let ns_b = TestNamespace::with_claims(client, &b, &["data"]).await;
 
     let work = tempfile::tempdir().unwrap();
@@ -1231,13 +1236,7 @@ async fn a_schedule_takes_its_snapshots_and_prunes_them(
 async fn a_stop_snapshot_stops_the_workload_for_its_movers(client: &Client) {
     let ns = format!("stop-it-{}", std::process::id());
     let namespace = TestNamespace::with_claims(client, &ns, &["backups"]).await;
-    let sets: Api<k8s_openapi::api::apps::v1::StatefulSet> = Api::namespaced(client.clone(), &ns);
-    let sts = serde_json::from_value(json!({"metadata": {"name": "db"}, "spec": {
-        "replicas": 2, "serviceName": "db", "selector": {"matchLabels": {"app": "db"}},
-        "template": {"metadata": {"labels": {"app": "db"}}, "spec": {"containers": [{"name": "db", "image": "db"}]}},
-        "volumeClaimTemplates": [{"metadata": {"name": "data"}, "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}}]}}))
-    .unwrap();
-    sets.create(&PostParams::default(), &sts).await.unwrap();
+    let sets = create_statefulset(client, &ns, "db").await;
     let snapshots: Api<Snapshot> = Api::namespaced(client.clone(), &ns);
     let snap: Snapshot = serde_json::from_value(json!({
         "apiVersion": "snapshot-operator.dev/v1alpha1", "kind": "Snapshot",

@@ -122,6 +122,8 @@ pub struct ArchiveName<'a> {
     pub collection: Option<&'a str>,
     pub node: &'a str,
     pub taken: Timestamp,
+    /// The collision suffix: 0, or n for the (n+1)-th name taken in one second.
+    pub attempt: u32,
 }
 
 /// Parses an archive key as this program names archives (pure); `None` for other names.
@@ -132,14 +134,13 @@ pub fn parse_archive(key: &str) -> Option<ArchiveName<'_>> {
         .strip_prefix(collection.unwrap_or(FULL_PREFIX))?
         .strip_prefix('-')?;
     // `<node>-<ts>`, or `<node>-<ts>-<n>` for a name taken twice in one second.
-    let without_attempt = rest
+    let with_attempt = rest
         .rsplit_once('-')
-        .filter(|(_, n)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
-        .map(|(before, _)| before);
-    [Some(rest), without_attempt]
+        .and_then(|(before, n)| Some((before, n.parse::<u32>().ok().filter(|n| *n > 0)?)));
+    [Some((rest, 0)), with_attempt]
         .into_iter()
         .flatten()
-        .find_map(|text| {
+        .find_map(|(text, attempt)| {
             let split = text.len().checked_sub(TIME_LEN)?;
             let (node, time) = (text.get(..split)?, text.get(split..)?);
             let node = node.strip_suffix('-').filter(|n| !n.is_empty())?;
@@ -149,6 +150,7 @@ pub fn parse_archive(key: &str) -> Option<ArchiveName<'_>> {
                 collection,
                 node,
                 taken,
+                attempt,
             })
         })
 }
@@ -187,8 +189,8 @@ mod tests {
             let key = key(Some("products"), &archive_name(&stem, attempt));
             let parsed = parse_archive(&key).unwrap();
             assert_eq!(
-                (parsed.collection, parsed.node, parsed.taken),
-                (Some("products"), "qdrant-0", at),
+                (parsed.collection, parsed.node, parsed.taken, parsed.attempt),
+                (Some("products"), "qdrant-0", at, attempt),
                 "{key}"
             );
         }
