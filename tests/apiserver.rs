@@ -170,6 +170,8 @@ async fn the_controller_against_a_real_api_server() {
     eprintln!("restore scenario done at {:?}", started.elapsed());
     a_stop_snapshot_stops_the_workload_for_its_movers(&client).await;
     eprintln!("copyMethod Stop scenario done at {:?}", started.elapsed());
+    a_clone_snapshot_reads_a_clone_of_the_claim(&client).await;
+    eprintln!("copyMethod Clone scenario done at {:?}", started.elapsed());
     snapshots_compete_for_the_slots(&client).await;
     eprintln!("slots scenario done at {:?}", started.elapsed());
     a_schedule_takes_its_snapshots_and_prunes_them(&client, &ahead, &metrics).await;
@@ -1288,6 +1290,73 @@ async fn a_stop_snapshot_stops_the_workload_for_its_movers(client: &Client) {
         sets.get_scale("db").await.unwrap().spec.unwrap().replicas,
         Some(2),
         "started again"
+    );
+    namespace.delete().await;
+}
+
+/// `copyMethod: Clone`: the mover reads a clone of the claim (a claim whose dataSource is the
+/// source claim), which goes once the archive is done.
+async fn a_clone_snapshot_reads_a_clone_of_the_claim(client: &Client) {
+    let ns = format!("clone-it-{}", std::process::id());
+    let namespace = TestNamespace::with_claims(client, &ns, &["data", "backups"]).await;
+    let snapshots: Api<Snapshot> = Api::namespaced(client.clone(), &ns);
+    let snap: Snapshot = serde_json::from_value(json!({
+        "apiVersion": "snapshot-operator.dev/v1alpha1", "kind": "Snapshot",
+        "metadata": {"name": "cloned"},
+        "spec": {"source": {"persistentVolumeClaim": {"claimName": "data"}},
+                 "collection": "products", "copyMethod": "Clone"}}))
+    .unwrap();
+    let snap = snapshots
+        .create(&PostParams::default(), &snap)
+        .await
+        .unwrap();
+    let uid = snap.uid().unwrap();
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &ns);
+    let by_owner = format!("{}={uid}", mover::OWNER_UID);
+    let clone = eventually("the clone", || async {
+        claims
+            .list(&ListParams::default().labels(&by_owner))
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .next()
+    })
+    .await;
+    let source = clone.spec.clone().unwrap().data_source.unwrap();
+    assert_eq!(
+        (source.kind.as_str(), source.name.as_str()),
+        ("PersistentVolumeClaim", "data")
+    );
+    let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
+    let job = &movers_of(&jobs, &uid, 1).await[0];
+    let volume = job
+        .spec
+        .clone()
+        .unwrap()
+        .template
+        .spec
+        .unwrap()
+        .volumes
+        .unwrap()[0]
+        .persistent_volume_claim
+        .clone()
+        .unwrap();
+    assert_eq!(volume.claim_name, clone.name_any());
+    assert_eq!(volume.read_only, Some(true));
+    let report = json!({"name": "c.snapshot", "key": "products/c.snapshot", "size": 1});
+    finish_job(client, &ns, job, &report.to_string(), true).await;
+    let status = ready(&snapshots, "cloned").await;
+    assert_eq!(
+        status.archives[0].read_from.as_deref(),
+        Some(clone.name_any().as_str())
+    );
+    // Deleted (held only by Kubernetes' protection while a pod might use it).
+    let gone = claims.get_opt(&clone.name_any()).await.unwrap();
+    assert!(
+        gone.as_ref()
+            .is_none_or(|c| c.metadata.deletion_timestamp.is_some()),
+        "{gone:?}"
     );
     namespace.delete().await;
 }

@@ -55,7 +55,8 @@ pub struct SnapshotSpec {
     /// How the movers see the data: `Direct` (default) reads the live volume while the
     /// application runs; `Stop` scales the StatefulSet to zero for the time of the snapshot and
     /// back to its replicas afterwards (on success, failure, operator restart and deletion),
-    /// so that each archive is a picture of one moment.
+    /// so that each archive is a picture of one moment; `Clone` reads a clone of each claim
+    /// (CSI volume cloning) while the application keeps running.
     #[serde(default)]
     pub copy_method: CopyMethod,
     /// The user and groups the movers run as; default: those the StatefulSet's pod template
@@ -216,6 +217,10 @@ pub enum CopyMethod {
     Direct,
     /// The StatefulSet stopped for the time of the snapshot.
     Stop,
+    /// A clone of each claim (a claim whose `dataSource` is the source claim, in its storage
+    /// class), made when the node's mover starts, read by the mover, deleted when the node's
+    /// archive is done. Needs a CSI driver that can clone.
+    Clone,
 }
 
 /// What deleting a Snapshot does to its archives.
@@ -323,4 +328,8 @@ pub struct ArchiveStatus {
     /// while they were read.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// With `copyMethod: Clone`: the temporary claim the mover read (deleted once the
+    /// archive is done).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_from: Option<String>,
 }

@@ -190,6 +190,7 @@ pub fn status(snap: &Snapshot, set: Option<&Imported>, storage: &Storage) -> Sna
             size: archive.map(|a| i64::try_from(a.size).unwrap_or(i64::MAX)),
             checksum: archive.and_then(|a| a.checksum.clone()),
             message: n.problem.clone(),
+            read_from: None,
         }
     });
     let mut status = next_status(snap, nodes.collect(), storage, time(true));

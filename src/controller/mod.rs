@@ -1,6 +1,7 @@
 //! The Kubernetes operator: reconcilers for `Snapshot` (and `SnapshotRestore`), mover Jobs,
 //! leader election, metrics and health endpoints.
 
+pub mod clone;
 pub mod cluster;
 pub mod config;
 pub mod import;

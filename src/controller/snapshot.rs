@@ -12,6 +12,7 @@ use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::{Resource, ResourceExt};
 
+use super::clone;
 use super::jobs::{self, Mover};
 use super::mover::{self, MoverJob};
 use super::slots::Kind;
@@ -481,6 +482,7 @@ fn pending_archive(node: workload::Node) -> ArchiveStatus {
         size: None,
         checksum: None,
         message: None,
+        read_from: None,
     }
 }
 
@@ -525,9 +527,27 @@ async fn act(
                 found = Some((listed, security));
             }
             let (pods, security) = found.as_ref().expect("read above");
+            // copyMethod Clone: the mover reads a clone of the claim, made now.
+            let read_from = match snap.spec.copy_method {
+                CopyMethod::Clone => {
+                    match clone::ensure(ctx, snap, &archive.node, &archive.claim).await? {
+                        Ok(clone) => Some(clone),
+                        Err(why) => {
+                            next.push(ArchiveStatus {
+                                phase: ArchivePhase::Failed,
+                                message: Some(why),
+                                ..archive.clone()
+                            });
+                            continue;
+                        }
+                    }
+                }
+                CopyMethod::Direct | CopyMethod::Stop => None,
+            };
             let identity = identity(snap, index, archives.len(), &archive.claim);
             let mover = NewMover {
                 archive,
+                read_from: read_from.as_deref(),
                 storage,
                 pods,
                 identity,
@@ -535,6 +555,14 @@ async fn act(
             };
             start_mover(snap, ctx, mover).await?;
             started = true;
+            let mut entry = next_archive(archive, step, storage, started);
+            entry.read_from = read_from;
+            next.push(entry);
+            continue;
+        }
+        // A clone has served once its node's archive is done.
+        if snap.spec.copy_method == CopyMethod::Clone && matches!(step, NodeStep::Finished { .. }) {
+            clone::delete(ctx, snap, &archive.node).await?;
         }
         next.push(next_archive(archive, step, storage, started));
     }
@@ -583,6 +611,8 @@ pub fn identity(snap: &Snapshot, index: usize, nodes: usize, claim: &str) -> Sna
 /// What a node's new mover needs.
 struct NewMover<'a> {
     archive: &'a ArchiveStatus,
+    /// The claim it reads instead of the node's (a clone).
+    read_from: Option<&'a str>,
     storage: &'a Storage,
     pods: &'a [Pod],
     identity: SnapshotIdentity,
@@ -593,6 +623,7 @@ struct NewMover<'a> {
 async fn start_mover(snap: &Snapshot, ctx: &Context, new: NewMover<'_>) -> Result<(), Error> {
     let NewMover {
         archive,
+        read_from,
         storage,
         pods,
         identity,
@@ -614,9 +645,13 @@ async fn start_mover(snap: &Snapshot, ctx: &Context, new: NewMover<'_>) -> Resul
         owner_uid: snap.uid().unwrap_or_default(),
         node: &archive.node,
         task,
-        data: Some((&archive.claim, true)),
+        // A clone is a new volume: made where the mover runs.
+        data: Some((read_from.unwrap_or(&archive.claim), true)),
         storage,
-        pin_to: workload::node_of_claim(pods, &archive.claim),
+        pin_to: match read_from {
+            Some(_) => None,
+            None => workload::node_of_claim(pods, &archive.claim),
+        },
         security,
     };
     jobs::create(&ctx.client, &mover::job(&spec, &ctx.config.mover)).await
@@ -638,6 +673,11 @@ async fn start_again(snap: &Snapshot, ctx: &Context) -> Result<(), Error> {
 /// mover) when the policy says so.
 async fn cleanup(snap: &Snapshot, ctx: &Context) -> Result<Action, Error> {
     start_again(snap, ctx).await?;
+    if snap.spec.copy_method == CopyMethod::Clone {
+        for archive in snap.status.iter().flat_map(|s| &s.archives) {
+            clone::delete(ctx, snap, &archive.node).await?;
+        }
+    }
     let keys: Vec<String> = snap
         .status
         .iter()
@@ -1694,6 +1734,135 @@ mod mock {
         .await
         .0
         .unwrap();
+    }
+
+    const CLAIMS: &str = "/api/v1/namespaces/ns/persistentvolumeclaims";
+
+    /// A Snapshot with `copyMethod: Clone`, its status `status`.
+    fn cloning(status: Value, deleting: bool) -> Snapshot {
+        let mut snap = snapshot(true, status, deleting);
+        snap.spec.copy_method = CopyMethod::Clone;
+        snap
+    }
+
+    #[tokio::test]
+    async fn copy_method_clone_reads_a_clone_made_when_the_mover_starts_and_deleted_after() {
+        let clone = super::clone::name(&cloning(Value::Null, false), "qdrant-0");
+        let source = json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+            "metadata": {"name": "data-qdrant-0", "namespace": "ns"},
+            "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": "csi-rbd",
+                     "resources": {"requests": {"storage": "10Gi"}}},
+            "status": {"capacity": {"storage": "12Gi"}}});
+        let made = clone.clone();
+        let mounted = clone.clone();
+        let script = vec![
+            Expect::new("GET", STS, statefulset(1)),
+            Expect::new("GET", PODS, list("Pod", vec![workload_pod(0, "worker-a")])),
+            Expect::new("GET", STS, statefulset(1)),
+            Expect::new("GET", format!("{CLAIMS}/data-qdrant-0"), source),
+            Expect::new("POST", CLAIMS, Value::Null).check(move |pvc| {
+                assert_eq!(pvc["metadata"]["name"], made.as_str());
+                assert_eq!(
+                    pvc["spec"]["dataSource"],
+                    json!({"kind": "PersistentVolumeClaim", "name": "data-qdrant-0"})
+                );
+                assert_eq!(pvc["spec"]["storageClassName"], "csi-rbd");
+                assert_eq!(
+                    pvc["spec"]["resources"]["requests"]["storage"], "12Gi",
+                    "the source's size"
+                );
+                assert_eq!(pvc["metadata"]["ownerReferences"][0]["uid"], "uid-1");
+                assert_eq!(pvc["metadata"]["ownerReferences"][0]["controller"], false);
+            }),
+            Expect::new(
+                "PATCH",
+                format!("{JOBS}/{}", mover::job_name("snap", "s", "qdrant-0")),
+                Value::Null,
+            )
+            .check(move |job| {
+                let pod = &job["spec"]["template"]["spec"];
+                assert_eq!(
+                    pod["volumes"][0]["persistentVolumeClaim"],
+                    json!({"claimName": mounted.as_str(), "readOnly": true})
+                );
+                assert_eq!(
+                    pod.get("affinity"),
+                    None,
+                    "a new volume: not pinned to the workload's node"
+                );
+                // The archive still belongs to the node's own claim.
+                let args = pod["containers"][0]["args"].to_string();
+                assert!(args.contains(r#"\"claim\":\"data-qdrant-0\""#), "{args}");
+            }),
+            Expect::new("PATCH", format!("{SNAPS}/status"), stored()).check({
+                let clone = clone.clone();
+                move |body| {
+                    assert_eq!(body["status"]["archives"][0]["readFrom"], clone.as_str());
+                    assert_eq!(body["status"]["archives"][0]["phase"], "Running");
+                }
+            }),
+            event("Running"),
+        ];
+        reconcile_with(cloning(Value::Null, false), nothing(), script)
+            .await
+            .0
+            .unwrap();
+
+        // Its archive done: the clone goes, then the outcome is written.
+        let running = json!({"phase": "Running", "observedGeneration": 1,
+            "storage": {"local": {"persistentVolumeClaim": {"claimName": "backups"}, "path": "/"}},
+            "archives": [{"node": "qdrant-0", "claim": "data-qdrant-0", "phase": "Running", "readFrom": clone}]});
+        let report =
+            r#"{"name":"a.snapshot","key":"products/a.snapshot","size":1,"checksum":"aa"}"#;
+        let (job, pod) = finished("qdrant-0", "Complete", report);
+        let script = vec![
+            Expect::new("DELETE", format!("{CLAIMS}/{clone}"), deleted()),
+            Expect::new("PATCH", format!("{SNAPS}/status"), stored()).check(|body| {
+                assert_eq!(body["status"]["phase"], "Succeeded");
+            }),
+            event("Succeeded"),
+        ];
+        let cluster = movers(vec![job], vec![pod]);
+        reconcile_with(
+            cloning(running.clone(), false),
+            (OperatorConfig::default(), cluster),
+            script,
+        )
+        .await
+        .0
+        .unwrap();
+
+        // Deleted while its mover runs: the clone goes with it (already gone: fine).
+        let mut deleting = cloning(running, true);
+        deleting.spec.deletion_policy = DeletionPolicy::Retain;
+        let script = vec![
+            Expect::new("DELETE", format!("{CLAIMS}/{clone}"), not_found()).status(404),
+            Expect::new("PATCH", SNAPS, stored()),
+        ];
+        reconcile_with(deleting, nothing(), script).await.0.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_claim_that_is_not_there_cannot_be_cloned_and_fails_its_node() {
+        let script = vec![
+            Expect::new("GET", STS, statefulset(1)),
+            Expect::new("GET", PODS, list("Pod", vec![])),
+            Expect::new("GET", STS, statefulset(1)),
+            Expect::new("GET", format!("{CLAIMS}/data-qdrant-0"), not_found()).status(404),
+            Expect::new("PATCH", format!("{SNAPS}/status"), stored()).check(|body| {
+                let archive = &body["status"]["archives"][0];
+                assert_eq!(archive["phase"], "Failed");
+                assert_eq!(
+                    archive["message"],
+                    "claim data-qdrant-0 not found: nothing to clone"
+                );
+            }),
+            event("Failed"),
+        ];
+        reconcile_with(cloning(Value::Null, false), nothing(), script)
+            .await
+            .0
+            .unwrap();
     }
 
     #[tokio::test]
