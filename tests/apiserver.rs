@@ -172,6 +172,11 @@ async fn the_controller_against_a_real_api_server() {
     eprintln!("copyMethod Stop scenario done at {:?}", started.elapsed());
     a_clone_snapshot_reads_a_clone_of_the_claim(&client).await;
     eprintln!("copyMethod Clone scenario done at {:?}", started.elapsed());
+    a_volume_snapshot_snapshot_reads_a_claim_made_from_it(&client).await;
+    eprintln!(
+        "copyMethod Snapshot scenario done at {:?}",
+        started.elapsed()
+    );
     snapshots_compete_for_the_slots(&client).await;
     eprintln!("slots scenario done at {:?}", started.elapsed());
     a_schedule_takes_its_snapshots_and_prunes_them(&client, &ahead, &metrics).await;
@@ -362,12 +367,24 @@ async fn operator_kubeconfig(admin: &Client, dir: &std::path::Path) -> std::path
     path
 }
 
+/// The few fields of the CSI type the operator uses (the test plays its controller), in its
+/// group: a Kubernetes group, which needs the approval annotation the real CRD carries.
+fn volume_snapshot_crd() -> CustomResourceDefinition {
+    let mut crd = snapshot_operator::controller::csi::VolumeSnapshot::crd();
+    crd.annotations_mut().insert(
+        "api-approved.kubernetes.io".into(),
+        "https://github.com/kubernetes-csi/external-snapshotter/pull/419".into(),
+    );
+    crd
+}
+
 async fn install_crds(client: &Client) {
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
     for crd in [
         Snapshot::crd(),
         SnapshotRestore::crd(),
         snapshot_operator::api::SnapshotSchedule::crd(),
+        volume_snapshot_crd(),
     ] {
         // Create, not server-side apply: an old API server drops the CEL rules it does not
         // know on create, but refuses them in an apply patch.
@@ -1357,6 +1374,135 @@ async fn a_clone_snapshot_reads_a_clone_of_the_claim(client: &Client) {
         gone.as_ref()
             .is_none_or(|c| c.metadata.deletion_timestamp.is_some()),
         "{gone:?}"
+    );
+    namespace.delete().await;
+}
+
+/// `copyMethod: Snapshot`: a VolumeSnapshot of the claim first (the test plays the snapshot
+/// controller), no mover until it is ready, then a claim made from it that the mover reads;
+/// both go once the archive is done.
+async fn a_volume_snapshot_snapshot_reads_a_claim_made_from_it(client: &Client) {
+    use snapshot_operator::controller::csi::VolumeSnapshot;
+    let ns = format!("csi-it-{}", std::process::id());
+    let namespace = TestNamespace::with_claims(client, &ns, &["data", "backups"]).await;
+    let snapshots: Api<Snapshot> = Api::namespaced(client.clone(), &ns);
+    let snap: Snapshot = serde_json::from_value(json!({
+        "apiVersion": "snapshot-operator.dev/v1alpha1", "kind": "Snapshot",
+        "metadata": {"name": "pit"},
+        "spec": {"source": {"persistentVolumeClaim": {"claimName": "data"}},
+                 "collection": "products", "copyMethod": "Snapshot",
+                 "volumeSnapshotClassName": "csi-hostpath-snapclass"}}))
+    .unwrap();
+    let snap = snapshots
+        .create(&PostParams::default(), &snap)
+        .await
+        .unwrap();
+    let uid = snap.uid().unwrap();
+    let by_owner = format!("{}={uid}", mover::OWNER_UID);
+    let volume_snapshots: Api<VolumeSnapshot> = Api::namespaced(client.clone(), &ns);
+    let vs = eventually("the VolumeSnapshot", || async {
+        volume_snapshots
+            .list(&ListParams::default().labels(&by_owner))
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .next()
+    })
+    .await;
+    assert_eq!(
+        vs.spec.source.persistent_volume_claim_name.as_deref(),
+        Some("data")
+    );
+    assert_eq!(
+        vs.spec.volume_snapshot_class_name.as_deref(),
+        Some("csi-hostpath-snapclass")
+    );
+    // Not ready: no claim, no mover.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &ns);
+    let temp = || async {
+        claims
+            .list(&ListParams::default().labels(&by_owner))
+            .await
+            .unwrap()
+            .items
+    };
+    assert!(temp().await.is_empty());
+    let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
+    assert!(
+        jobs.list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
+    // The snapshot controller's part: ready. Then the Snapshot is looked at again.
+    let ready_status = json!({"status": {"readyToUse": true, "restoreSize": "1Gi"}});
+    volume_snapshots
+        .patch_status(
+            &vs.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&ready_status),
+        )
+        .await
+        .unwrap();
+    let poke = json!({"metadata": {"annotations": {"test/poke": "1"}}});
+    snapshots
+        .patch("pit", &PatchParams::default(), &Patch::Merge(&poke))
+        .await
+        .unwrap();
+    let made = eventually("the claim made from it", || async {
+        temp().await.into_iter().next()
+    })
+    .await;
+    let source = made.spec.clone().unwrap().data_source.unwrap();
+    assert_eq!(
+        (
+            source.kind.as_str(),
+            source.name.as_str(),
+            source.api_group.as_deref()
+        ),
+        (
+            "VolumeSnapshot",
+            vs.name_any().as_str(),
+            Some("snapshot.storage.k8s.io")
+        )
+    );
+    let job = &movers_of(&jobs, &uid, 1).await[0];
+    let volume = job
+        .spec
+        .clone()
+        .unwrap()
+        .template
+        .spec
+        .unwrap()
+        .volumes
+        .unwrap()[0]
+        .persistent_volume_claim
+        .clone()
+        .unwrap();
+    assert_eq!(volume.claim_name, made.name_any());
+    let report = json!({"name": "p.snapshot", "key": "products/p.snapshot", "size": 1});
+    finish_job(client, &ns, job, &report.to_string(), true).await;
+    let status = ready(&snapshots, "pit").await;
+    assert_eq!(
+        status.archives[0].volume_snapshot.as_deref(),
+        Some(vs.name_any().as_str())
+    );
+    assert!(
+        volume_snapshots
+            .get_opt(&vs.name_any())
+            .await
+            .unwrap()
+            .is_none(),
+        "the VolumeSnapshot went"
+    );
+    let left = claims.get_opt(&made.name_any()).await.unwrap();
+    assert!(
+        left.as_ref()
+            .is_none_or(|c| c.metadata.deletion_timestamp.is_some()),
+        "{left:?}"
     );
     namespace.delete().await;
 }

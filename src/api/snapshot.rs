@@ -56,9 +56,15 @@ pub struct SnapshotSpec {
     /// application runs; `Stop` scales the StatefulSet to zero for the time of the snapshot and
     /// back to its replicas afterwards (on success, failure, operator restart and deletion),
     /// so that each archive is a picture of one moment; `Clone` reads a clone of each claim
-    /// (CSI volume cloning) while the application keeps running.
+    /// (CSI volume cloning) and `Snapshot` a claim made from a CSI VolumeSnapshot of it, while
+    /// the application keeps running.
     #[serde(default)]
     pub copy_method: CopyMethod,
+    /// With `copyMethod: Snapshot`: the VolumeSnapshotClass (default: the cluster's default
+    /// class for the claims' driver).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub volume_snapshot_class_name: Option<String>,
     /// The user and groups the movers run as; default: those the StatefulSet's pod template
     /// sets (so that they may read what the application may), else the operator's (65532).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -221,6 +227,10 @@ pub enum CopyMethod {
     /// class), made when the node's mover starts, read by the mover, deleted when the node's
     /// archive is done. Needs a CSI driver that can clone.
     Clone,
+    /// A CSI VolumeSnapshot of each claim (of `volumeSnapshotClassName`), then a claim made
+    /// from it that the mover reads; both deleted when the node's archive is done. Needs a CSI
+    /// driver with snapshots and the snapshot controller.
+    Snapshot,
 }
 
 /// What deleting a Snapshot does to its archives.
@@ -328,8 +338,12 @@ pub struct ArchiveStatus {
     /// while they were read.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
-    /// With `copyMethod: Clone`: the temporary claim the mover read (deleted once the
-    /// archive is done).
+    /// With `copyMethod: Clone` or `Snapshot`: the temporary claim the mover read (deleted
+    /// once the archive is done).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub read_from: Option<String>,
+    /// With `copyMethod: Snapshot`: the VolumeSnapshot the archive was taken from (deleted
+    /// once the archive is done).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume_snapshot: Option<String>,
 }

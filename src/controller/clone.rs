@@ -1,8 +1,9 @@
-//! `copyMethod: Clone`: each node's mover reads a clone of its claim, a temporary claim whose
-//! `dataSource` is the source claim (CSI volume cloning), made when the mover starts and
-//! deleted once the node's archive is done or the Snapshot goes. Its name is derived from the
-//! Snapshot and the node, so that a restarted operator finds it; it is owned by the Snapshot,
-//! so that Kubernetes collects one the operator could not delete.
+//! `copyMethod: Clone` and `Snapshot`: each node's mover reads a temporary claim whose
+//! `dataSource` is the node's claim (CSI volume cloning) or its VolumeSnapshot (see `csi`),
+//! made when the mover starts and deleted once the node's archive is done or the Snapshot
+//! goes. Its name is derived from the Snapshot and the node, so that a restarted operator
+//! finds it; it is owned by the Snapshot, so that Kubernetes collects one the operator could
+//! not delete.
 
 use std::collections::BTreeMap;
 
@@ -21,9 +22,31 @@ pub fn name(snap: &Snapshot, node: &str) -> String {
     mover::job_name("clone", &snap.name_any(), node)
 }
 
-/// The clone of `source` for `node` (pure): in the source's storage class, of its size and
-/// access modes, labelled as the operator's and owned by the Snapshot.
-pub fn claim(snap: &Snapshot, node: &str, source: &PersistentVolumeClaim) -> PersistentVolumeClaim {
+/// Where a temporary claim's data comes from: the node's claim itself, or its VolumeSnapshot.
+pub fn data_source(claim: &str, volume_snapshot: Option<&str>) -> TypedLocalObjectReference {
+    match volume_snapshot {
+        Some(vs) => TypedLocalObjectReference {
+            api_group: Some("snapshot.storage.k8s.io".into()),
+            kind: "VolumeSnapshot".into(),
+            name: vs.to_owned(),
+        },
+        None => TypedLocalObjectReference {
+            api_group: None,
+            kind: "PersistentVolumeClaim".into(),
+            name: claim.to_owned(),
+        },
+    }
+}
+
+/// The temporary claim for `node` from `data_source` (pure): in the storage class of the
+/// node's claim `source`, of its size and access modes, labelled as the operator's and owned
+/// by the Snapshot.
+pub fn claim(
+    snap: &Snapshot,
+    node: &str,
+    source: &PersistentVolumeClaim,
+    data_source: TypedLocalObjectReference,
+) -> PersistentVolumeClaim {
     let spec = source.spec.clone().unwrap_or_default();
     let size = source
         .status
@@ -63,31 +86,28 @@ pub fn claim(snap: &Snapshot, node: &str, source: &PersistentVolumeClaim) -> Per
                     ..Default::default()
                 },
             ),
-            data_source: Some(TypedLocalObjectReference {
-                api_group: None,
-                kind: "PersistentVolumeClaim".into(),
-                name: source.name_any(),
-            }),
+            data_source: Some(data_source),
             ..PersistentVolumeClaimSpec::default()
         }),
         ..PersistentVolumeClaim::default()
     }
 }
 
-/// Makes the clone of `node`'s `source` claim if it is not there yet: its name, or why there
-/// is nothing to clone.
+/// Makes the temporary claim of `node` (of its claim `source`, or of its VolumeSnapshot
+/// `volume_snapshot`) if it is not there yet: its name, or why there is nothing to copy.
 pub async fn ensure(
     ctx: &Context,
     snap: &Snapshot,
     node: &str,
     source: &str,
+    volume_snapshot: Option<&str>,
 ) -> Result<Result<String, String>, Error> {
     let ns = snap.namespace().unwrap_or_default();
     let api: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ns);
     let Some(found) = api.get_opt(source).await? else {
         return Ok(Err(format!("claim {source} not found: nothing to clone")));
     };
-    let clone = claim(snap, node, &found);
+    let clone = claim(snap, node, &found, data_source(source, volume_snapshot));
     let params = PostParams {
         field_manager: Some(FIELD_MANAGER.into()),
         ..PostParams::default()

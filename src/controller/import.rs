@@ -139,6 +139,7 @@ pub fn resource(set: &Imported) -> Result<Snapshot, String> {
         storage: None,
         deletion_policy: DeletionPolicy::Retain,
         copy_method: CopyMethod::Direct,
+        volume_snapshot_class_name: None,
         mover_security_context: None,
     };
     snapshots::validate(&spec)?;
@@ -191,6 +192,7 @@ pub fn status(snap: &Snapshot, set: Option<&Imported>, storage: &Storage) -> Sna
             checksum: archive.and_then(|a| a.checksum.clone()),
             message: n.problem.clone(),
             read_from: None,
+            volume_snapshot: None,
         }
     });
     let mut status = next_status(snap, nodes.collect(), storage, time(true));

@@ -4,6 +4,7 @@
 pub mod clone;
 pub mod cluster;
 pub mod config;
+pub mod csi;
 pub mod import;
 pub mod jobs;
 pub mod leader;

@@ -13,6 +13,7 @@ use kube::runtime::events::EventType;
 use kube::{Resource, ResourceExt};
 
 use super::clone;
+use super::csi;
 use super::jobs::{self, Mover};
 use super::mover::{self, MoverJob};
 use super::slots::Kind;
@@ -483,6 +484,7 @@ fn pending_archive(node: workload::Node) -> ArchiveStatus {
         checksum: None,
         message: None,
         read_from: None,
+        volume_snapshot: None,
     }
 }
 
@@ -501,6 +503,32 @@ async fn act(
     let mut next = Vec::new();
     for (index, (archive, step)) in archives.iter().zip(steps).enumerate() {
         let mut started = false;
+        let method = snap.spec.copy_method;
+        // copyMethod Snapshot: a ready VolumeSnapshot of the claim before a slot is taken.
+        let mut volume_snapshot = archive.volume_snapshot.clone();
+        if *step == NodeStep::Start && method == CopyMethod::Snapshot {
+            let vs = csi::name(snap, &archive.node);
+            let (phase, message) = match csi::ensure(ctx, snap, &archive.node, &archive.claim)
+                .await?
+            {
+                csi::Readiness::Ready => (None, None),
+                csi::Readiness::Waiting(message) => (Some(ArchivePhase::Pending), Some(message)),
+                csi::Readiness::Failed(message) => {
+                    csi::delete(ctx, snap, &archive.node).await?;
+                    (Some(ArchivePhase::Failed), Some(message))
+                }
+            };
+            volume_snapshot = Some(vs);
+            if let Some(phase) = phase {
+                next.push(ArchiveStatus {
+                    phase,
+                    message,
+                    volume_snapshot,
+                    ..archive.clone()
+                });
+                continue;
+            }
+        }
         if *step == NodeStep::Start
             && ctx.take_slot(snap, &archive.node, &job_name(snap, &archive.node))
         {
@@ -527,10 +555,12 @@ async fn act(
                 found = Some((listed, security));
             }
             let (pods, security) = found.as_ref().expect("read above");
-            // copyMethod Clone: the mover reads a clone of the claim, made now.
-            let read_from = match snap.spec.copy_method {
-                CopyMethod::Clone => {
-                    match clone::ensure(ctx, snap, &archive.node, &archive.claim).await? {
+            // copyMethod Clone or Snapshot: the mover reads a claim made now, from the claim
+            // or from its VolumeSnapshot.
+            let read_from = match method {
+                CopyMethod::Clone | CopyMethod::Snapshot => {
+                    let from = volume_snapshot.as_deref();
+                    match clone::ensure(ctx, snap, &archive.node, &archive.claim, from).await? {
                         Ok(clone) => Some(clone),
                         Err(why) => {
                             next.push(ArchiveStatus {
@@ -557,12 +587,13 @@ async fn act(
             started = true;
             let mut entry = next_archive(archive, step, storage, started);
             entry.read_from = read_from;
+            entry.volume_snapshot = volume_snapshot;
             next.push(entry);
             continue;
         }
-        // A clone has served once its node's archive is done.
-        if snap.spec.copy_method == CopyMethod::Clone && matches!(step, NodeStep::Finished { .. }) {
-            clone::delete(ctx, snap, &archive.node).await?;
+        // What was made for the mover has served once its node's archive is done.
+        if matches!(step, NodeStep::Finished { .. }) {
+            release(ctx, snap, &archive.node).await?;
         }
         next.push(next_archive(archive, step, storage, started));
     }
@@ -657,6 +688,18 @@ async fn start_mover(snap: &Snapshot, ctx: &Context, new: NewMover<'_>) -> Resul
     jobs::create(&ctx.client, &mover::job(&spec, &ctx.config.mover)).await
 }
 
+/// Deletes what `copyMethod` Clone or Snapshot made for `node`'s mover.
+async fn release(ctx: &Context, snap: &Snapshot, node: &str) -> Result<(), Error> {
+    match snap.spec.copy_method {
+        CopyMethod::Clone => clone::delete(ctx, snap, node).await,
+        CopyMethod::Snapshot => {
+            clone::delete(ctx, snap, node).await?;
+            csi::delete(ctx, snap, node).await
+        }
+        CopyMethod::Direct | CopyMethod::Stop => Ok(()),
+    }
+}
+
 /// A StatefulSet this Snapshot stopped and has not started again is started again.
 async fn start_again(snap: &Snapshot, ctx: &Context) -> Result<(), Error> {
     let status = snap.status.clone().unwrap_or_default();
@@ -673,10 +716,8 @@ async fn start_again(snap: &Snapshot, ctx: &Context) -> Result<(), Error> {
 /// mover) when the policy says so.
 async fn cleanup(snap: &Snapshot, ctx: &Context) -> Result<Action, Error> {
     start_again(snap, ctx).await?;
-    if snap.spec.copy_method == CopyMethod::Clone {
-        for archive in snap.status.iter().flat_map(|s| &s.archives) {
-            clone::delete(ctx, snap, &archive.node).await?;
-        }
+    for archive in snap.status.iter().flat_map(|s| &s.archives) {
+        release(ctx, snap, &archive.node).await?;
     }
     let keys: Vec<String> = snap
         .status
@@ -792,6 +833,7 @@ mod tests {
             storage: None,
             deletion_policy: DeletionPolicy::Delete,
             copy_method: CopyMethod::Direct,
+            volume_snapshot_class_name: None,
             mover_security_context: None,
         }
     }
@@ -840,6 +882,7 @@ mod tests {
             storage: None,
             deletion_policy: DeletionPolicy::Delete,
             copy_method: CopyMethod::Direct,
+            volume_snapshot_class_name: None,
             mover_security_context: None,
         };
         assert!(validate(&spec).unwrap_err().contains("exactly one"));
@@ -1840,6 +1883,146 @@ mod mock {
             Expect::new("PATCH", SNAPS, stored()),
         ];
         reconcile_with(deleting, nothing(), script).await.0.unwrap();
+    }
+
+    const VOLUME_SNAPSHOTS: &str = "/apis/snapshot.storage.k8s.io/v1/namespaces/ns/volumesnapshots";
+
+    #[tokio::test]
+    async fn copy_method_snapshot_reads_a_claim_made_from_a_ready_volume_snapshot() {
+        let mut snap = snapshot(true, Value::Null, false);
+        snap.spec.copy_method = CopyMethod::Snapshot;
+        snap.spec.volume_snapshot_class_name = Some("csi-snapclass".into());
+        let vs = super::csi::name(&snap, "qdrant-0");
+        let temp = super::clone::name(&snap, "qdrant-0");
+        let volume_snapshot = |ready: Option<bool>, error: Option<&str>| {
+            json!({"apiVersion": "snapshot.storage.k8s.io/v1", "kind": "VolumeSnapshot",
+                "metadata": {"name": vs, "namespace": "ns"},
+                "spec": {"source": {"persistentVolumeClaimName": "data-qdrant-0"}},
+                "status": {"readyToUse": ready, "error": error.map(|m| json!({"message": m}))}})
+        };
+        // First pass: the VolumeSnapshot is made; no slot is held while it is not ready.
+        let made = vs.clone();
+        let script = vec![
+            Expect::new("GET", STS, statefulset(1)),
+            Expect::new("GET", format!("{VOLUME_SNAPSHOTS}/{vs}"), not_found()).status(404),
+            Expect::new("POST", VOLUME_SNAPSHOTS, Value::Null).check(move |body| {
+                assert_eq!(body["metadata"]["name"], made.as_str());
+                assert_eq!(
+                    body["spec"]["source"]["persistentVolumeClaimName"],
+                    "data-qdrant-0"
+                );
+                assert_eq!(body["spec"]["volumeSnapshotClassName"], "csi-snapclass");
+                assert_eq!(body["metadata"]["ownerReferences"][0]["uid"], "uid-1");
+            }),
+            Expect::new("PATCH", format!("{SNAPS}/status"), stored()).check({
+                let vs = vs.clone();
+                move |body| {
+                    let archive = &body["status"]["archives"][0];
+                    assert_eq!(archive["phase"], "Pending");
+                    assert_eq!(archive["volumeSnapshot"], vs.as_str());
+                    assert_eq!(
+                        archive["message"],
+                        format!("waiting for VolumeSnapshot {vs} to be ready")
+                    );
+                }
+            }),
+            event("Pending"),
+        ];
+        let (action, _) = reconcile_with(snap.clone(), nothing(), script).await;
+        assert_eq!(action.unwrap(), Action::requeue(PENDING_RECHECK));
+
+        // Ready: a claim is made from it and the mover reads that claim.
+        let pending = json!({"phase": "Pending", "observedGeneration": 1,
+            "storage": {"local": {"persistentVolumeClaim": {"claimName": "backups"}, "path": "/"}},
+            "archives": [{"node": "qdrant-0", "claim": "data-qdrant-0", "phase": "Pending", "volumeSnapshot": vs}]});
+        let mut waiting = snap.clone();
+        waiting.status = serde_json::from_value(pending).unwrap();
+        let source = json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+            "metadata": {"name": "data-qdrant-0", "namespace": "ns"},
+            "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": "csi-rbd",
+                     "resources": {"requests": {"storage": "10Gi"}}}});
+        let from = vs.clone();
+        let mounted = temp.clone();
+        let script = vec![
+            Expect::new("GET", format!("{VOLUME_SNAPSHOTS}/{vs}"), volume_snapshot(Some(true), None)),
+            Expect::new("GET", PODS, list("Pod", vec![])),
+            Expect::new("GET", STS, statefulset(1)),
+            Expect::new("GET", format!("{CLAIMS}/data-qdrant-0"), source),
+            Expect::new("POST", CLAIMS, Value::Null).check(move |pvc| {
+                assert_eq!(
+                    pvc["spec"]["dataSource"],
+                    json!({"apiGroup": "snapshot.storage.k8s.io", "kind": "VolumeSnapshot", "name": from.as_str()})
+                );
+                assert_eq!(pvc["spec"]["resources"]["requests"]["storage"], "10Gi");
+            }),
+            Expect::new("PATCH", format!("{JOBS}/{}", mover::job_name("snap", "s", "qdrant-0")), Value::Null)
+                .check(move |job| {
+                    let volume = &job["spec"]["template"]["spec"]["volumes"][0]["persistentVolumeClaim"];
+                    assert_eq!(volume, &json!({"claimName": mounted.as_str(), "readOnly": true}));
+                }),
+            Expect::new("PATCH", format!("{SNAPS}/status"), stored()).check(|body| {
+                let archive = &body["status"]["archives"][0];
+                assert_eq!(archive["phase"], "Running");
+                assert!(archive["volumeSnapshot"].is_string() && archive["readFrom"].is_string());
+            }),
+            event("Running"),
+        ];
+        reconcile_with(waiting.clone(), nothing(), script)
+            .await
+            .0
+            .unwrap();
+
+        // Done: the claim and the VolumeSnapshot go before the outcome is written.
+        let running = json!({"phase": "Running", "observedGeneration": 1,
+            "storage": {"local": {"persistentVolumeClaim": {"claimName": "backups"}, "path": "/"}},
+            "archives": [{"node": "qdrant-0", "claim": "data-qdrant-0", "phase": "Running", "volumeSnapshot": vs, "readFrom": temp}]});
+        let mut done = snap.clone();
+        done.status = serde_json::from_value(running).unwrap();
+        let report =
+            r#"{"name":"a.snapshot","key":"products/a.snapshot","size":1,"checksum":"aa"}"#;
+        let (job, pod) = finished("qdrant-0", "Complete", report);
+        let script = vec![
+            Expect::new("DELETE", format!("{CLAIMS}/{temp}"), deleted()),
+            Expect::new("DELETE", format!("{VOLUME_SNAPSHOTS}/{vs}"), deleted()),
+            Expect::new("PATCH", format!("{SNAPS}/status"), stored()).check(|body| {
+                assert_eq!(body["status"]["phase"], "Succeeded");
+                assert!(
+                    body["status"]["archives"][0]["volumeSnapshot"].is_string(),
+                    "said which"
+                );
+            }),
+            event("Succeeded"),
+        ];
+        reconcile_with(
+            done,
+            (OperatorConfig::default(), movers(vec![job], vec![pod])),
+            script,
+        )
+        .await
+        .0
+        .unwrap();
+
+        // A VolumeSnapshot that failed fails its node, and goes.
+        let script = vec![
+            Expect::new(
+                "GET",
+                format!("{VOLUME_SNAPSHOTS}/{vs}"),
+                volume_snapshot(None, Some("driver says no")),
+            ),
+            Expect::new("DELETE", format!("{VOLUME_SNAPSHOTS}/{vs}"), deleted()),
+            Expect::new("PATCH", format!("{SNAPS}/status"), stored()).check(|body| {
+                let archive = &body["status"]["archives"][0];
+                assert_eq!(archive["phase"], "Failed");
+                assert!(
+                    archive["message"]
+                        .as_str()
+                        .unwrap()
+                        .ends_with("failed: driver says no")
+                );
+            }),
+            event("Failed"),
+        ];
+        reconcile_with(waiting, nothing(), script).await.0.unwrap();
     }
 
     #[tokio::test]
