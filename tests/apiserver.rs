@@ -468,17 +468,75 @@ impl TestNamespace {
 }
 
 /// A Snapshot `name` of the collection `products` on the claim `data`.
-async fn create_snapshot(snapshots: &Api<Snapshot>, name: &str) {
+async fn create_snapshot(snapshots: &Api<Snapshot>, name: &str) -> Snapshot {
+    create_snapshot_with(snapshots, name, json!({})).await
+}
+
+/// A Snapshot `name` of the collection `products` on the claim `data`, with the spec fields
+/// of `more`.
+async fn create_snapshot_with(
+    snapshots: &Api<Snapshot>,
+    name: &str,
+    more: serde_json::Value,
+) -> Snapshot {
+    let mut spec = json!({"source": {"persistentVolumeClaim": {"claimName": "data"}}, "collection": "products"});
+    for (field, value) in more.as_object().unwrap() {
+        spec[field] = value.clone();
+    }
     let snap: Snapshot = serde_json::from_value(json!({
         "apiVersion": "snapshot-operator.dev/v1alpha1", "kind": "Snapshot",
-        "metadata": {"name": name},
-        "spec": {"source": {"persistentVolumeClaim": {"claimName": "data"}}, "collection": "products"},
+        "metadata": {"name": name}, "spec": spec,
     }))
     .unwrap();
     snapshots
         .create(&PostParams::default(), &snap)
         .await
+        .unwrap()
+}
+
+/// The only mover of the resource `uid` reads the claim `claim`, read-only; it is finished
+/// here with a report.
+async fn the_mover_reads(client: &Client, ns: &str, uid: &str, claim: &str) {
+    let jobs: Api<Job> = Api::namespaced(client.clone(), ns);
+    let job = &movers_of(&jobs, uid, 1).await[0];
+    let pod = job.spec.clone().unwrap().template.spec.unwrap();
+    let volume = pod.volumes.unwrap()[0]
+        .persistent_volume_claim
+        .clone()
         .unwrap();
+    assert_eq!(
+        (volume.claim_name.as_str(), volume.read_only),
+        (claim, Some(true))
+    );
+    let report = json!({"name": "x.snapshot", "key": "products/x.snapshot", "size": 1});
+    finish_job(client, ns, job, &report.to_string(), true).await;
+}
+
+/// The first object labelled as made for the resource `uid`, once there is one.
+async fn made_for<K>(api: &Api<K>, uid: &str, what: &str) -> K
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let by_owner = format!("{}={uid}", mover::OWNER_UID);
+    eventually(what, || async {
+        let found = api
+            .list(&ListParams::default().labels(&by_owner))
+            .await
+            .unwrap();
+        found.items.into_iter().next()
+    })
+    .await
+}
+
+/// The claim `name` is deleted: gone, or held only by Kubernetes' protection (no controller
+/// runs here to lift it).
+async fn claim_deleted(claims: &Api<PersistentVolumeClaim>, name: &str) {
+    let left = claims.get_opt(name).await.unwrap();
+    assert!(
+        left.as_ref()
+            .is_none_or(|c| c.metadata.deletion_timestamp.is_some()),
+        "{left:?}"
+    );
 }
 
 async fn a_snapshot_runs_its_movers_reports_ready_and_cleans_up(client: &Client) {
@@ -1317,64 +1375,25 @@ async fn a_clone_snapshot_reads_a_clone_of_the_claim(client: &Client) {
     let ns = format!("clone-it-{}", std::process::id());
     let namespace = TestNamespace::with_claims(client, &ns, &["data", "backups"]).await;
     let snapshots: Api<Snapshot> = Api::namespaced(client.clone(), &ns);
-    let snap: Snapshot = serde_json::from_value(json!({
-        "apiVersion": "snapshot-operator.dev/v1alpha1", "kind": "Snapshot",
-        "metadata": {"name": "cloned"},
-        "spec": {"source": {"persistentVolumeClaim": {"claimName": "data"}},
-                 "collection": "products", "copyMethod": "Clone"}}))
-    .unwrap();
-    let snap = snapshots
-        .create(&PostParams::default(), &snap)
+    let more = json!({"copyMethod": "Clone"});
+    let uid = create_snapshot_with(&snapshots, "cloned", more)
         .await
+        .uid()
         .unwrap();
-    let uid = snap.uid().unwrap();
     let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &ns);
-    let by_owner = format!("{}={uid}", mover::OWNER_UID);
-    let clone = eventually("the clone", || async {
-        claims
-            .list(&ListParams::default().labels(&by_owner))
-            .await
-            .unwrap()
-            .items
-            .into_iter()
-            .next()
-    })
-    .await;
+    let clone = made_for(&claims, &uid, "the clone").await;
     let source = clone.spec.clone().unwrap().data_source.unwrap();
     assert_eq!(
         (source.kind.as_str(), source.name.as_str()),
         ("PersistentVolumeClaim", "data")
     );
-    let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
-    let job = &movers_of(&jobs, &uid, 1).await[0];
-    let volume = job
-        .spec
-        .clone()
-        .unwrap()
-        .template
-        .spec
-        .unwrap()
-        .volumes
-        .unwrap()[0]
-        .persistent_volume_claim
-        .clone()
-        .unwrap();
-    assert_eq!(volume.claim_name, clone.name_any());
-    assert_eq!(volume.read_only, Some(true));
-    let report = json!({"name": "c.snapshot", "key": "products/c.snapshot", "size": 1});
-    finish_job(client, &ns, job, &report.to_string(), true).await;
+    the_mover_reads(client, &ns, &uid, &clone.name_any()).await;
     let status = ready(&snapshots, "cloned").await;
     assert_eq!(
         status.archives[0].read_from.as_deref(),
         Some(clone.name_any().as_str())
     );
-    // Deleted (held only by Kubernetes' protection while a pod might use it).
-    let gone = claims.get_opt(&clone.name_any()).await.unwrap();
-    assert!(
-        gone.as_ref()
-            .is_none_or(|c| c.metadata.deletion_timestamp.is_some()),
-        "{gone:?}"
-    );
+    claim_deleted(&claims, &clone.name_any()).await;
     namespace.delete().await;
 }
 
@@ -1386,30 +1405,14 @@ async fn a_volume_snapshot_snapshot_reads_a_claim_made_from_it(client: &Client) 
     let ns = format!("csi-it-{}", std::process::id());
     let namespace = TestNamespace::with_claims(client, &ns, &["data", "backups"]).await;
     let snapshots: Api<Snapshot> = Api::namespaced(client.clone(), &ns);
-    let snap: Snapshot = serde_json::from_value(json!({
-        "apiVersion": "snapshot-operator.dev/v1alpha1", "kind": "Snapshot",
-        "metadata": {"name": "pit"},
-        "spec": {"source": {"persistentVolumeClaim": {"claimName": "data"}},
-                 "collection": "products", "copyMethod": "Snapshot",
-                 "volumeSnapshotClassName": "csi-hostpath-snapclass"}}))
-    .unwrap();
-    let snap = snapshots
-        .create(&PostParams::default(), &snap)
+    let more =
+        json!({"copyMethod": "Snapshot", "volumeSnapshotClassName": "csi-hostpath-snapclass"});
+    let uid = create_snapshot_with(&snapshots, "pit", more)
         .await
+        .uid()
         .unwrap();
-    let uid = snap.uid().unwrap();
-    let by_owner = format!("{}={uid}", mover::OWNER_UID);
     let volume_snapshots: Api<VolumeSnapshot> = Api::namespaced(client.clone(), &ns);
-    let vs = eventually("the VolumeSnapshot", || async {
-        volume_snapshots
-            .list(&ListParams::default().labels(&by_owner))
-            .await
-            .unwrap()
-            .items
-            .into_iter()
-            .next()
-    })
-    .await;
+    let vs = made_for(&volume_snapshots, &uid, "the VolumeSnapshot").await;
     assert_eq!(
         vs.spec.source.persistent_volume_claim_name.as_deref(),
         Some("data")
@@ -1421,22 +1424,11 @@ async fn a_volume_snapshot_snapshot_reads_a_claim_made_from_it(client: &Client) 
     // Not ready: no claim, no mover.
     tokio::time::sleep(Duration::from_secs(1)).await;
     let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &ns);
-    let temp = || async {
-        claims
-            .list(&ListParams::default().labels(&by_owner))
-            .await
-            .unwrap()
-            .items
-    };
-    assert!(temp().await.is_empty());
+    let by_owner = format!("{}={uid}", mover::OWNER_UID);
+    let owned = ListParams::default().labels(&by_owner);
+    assert!(claims.list(&owned).await.unwrap().items.is_empty());
     let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
-    assert!(
-        jobs.list(&ListParams::default())
-            .await
-            .unwrap()
-            .items
-            .is_empty()
-    );
+    assert!(jobs.list(&owned).await.unwrap().items.is_empty());
     // The snapshot controller's part: ready. Then the Snapshot is looked at again.
     let ready_status = json!({"status": {"readyToUse": true, "restoreSize": "1Gi"}});
     volume_snapshots
@@ -1452,10 +1444,7 @@ async fn a_volume_snapshot_snapshot_reads_a_claim_made_from_it(client: &Client) 
         .patch("pit", &PatchParams::default(), &Patch::Merge(&poke))
         .await
         .unwrap();
-    let made = eventually("the claim made from it", || async {
-        temp().await.into_iter().next()
-    })
-    .await;
+    let made = made_for(&claims, &uid, "the claim made from it").await;
     let source = made.spec.clone().unwrap().data_source.unwrap();
     assert_eq!(
         (
@@ -1469,40 +1458,14 @@ async fn a_volume_snapshot_snapshot_reads_a_claim_made_from_it(client: &Client) 
             Some("snapshot.storage.k8s.io")
         )
     );
-    let job = &movers_of(&jobs, &uid, 1).await[0];
-    let volume = job
-        .spec
-        .clone()
-        .unwrap()
-        .template
-        .spec
-        .unwrap()
-        .volumes
-        .unwrap()[0]
-        .persistent_volume_claim
-        .clone()
-        .unwrap();
-    assert_eq!(volume.claim_name, made.name_any());
-    let report = json!({"name": "p.snapshot", "key": "products/p.snapshot", "size": 1});
-    finish_job(client, &ns, job, &report.to_string(), true).await;
+    the_mover_reads(client, &ns, &uid, &made.name_any()).await;
     let status = ready(&snapshots, "pit").await;
     assert_eq!(
         status.archives[0].volume_snapshot.as_deref(),
         Some(vs.name_any().as_str())
     );
-    assert!(
-        volume_snapshots
-            .get_opt(&vs.name_any())
-            .await
-            .unwrap()
-            .is_none(),
-        "the VolumeSnapshot went"
-    );
-    let left = claims.get_opt(&made.name_any()).await.unwrap();
-    assert!(
-        left.as_ref()
-            .is_none_or(|c| c.metadata.deletion_timestamp.is_some()),
-        "{left:?}"
-    );
+    let left = volume_snapshots.get_opt(&vs.name_any()).await.unwrap();
+    assert!(left.is_none(), "the VolumeSnapshot went: {left:?}");
+    claim_deleted(&claims, &made.name_any()).await;
     namespace.delete().await;
 }

@@ -595,7 +595,9 @@ async fn act(
         if matches!(step, NodeStep::Finished { .. }) {
             release(ctx, snap, &archive.node).await?;
         }
-        next.push(next_archive(archive, step, storage, started));
+        let mut entry = next_archive(archive, step, storage, started);
+        entry.volume_snapshot = volume_snapshot;
+        next.push(entry);
     }
     Ok(next)
 }
