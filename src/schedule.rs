@@ -76,6 +76,11 @@ impl Schedule {
         Ok(Self { cadence, tz })
     }
 
+    /// The time zone it is counted in.
+    pub fn time_zone(&self) -> &TimeZone {
+        &self.tz
+    }
+
     /// The first run strictly after `after`, if there is one.
     pub fn next_after(&self, after: Timestamp) -> Option<Timestamp> {
         match &self.cadence {

@@ -125,17 +125,6 @@ pub async fn ensure(
 pub async fn delete(ctx: &Context, snap: &Snapshot, node: &str) -> Result<(), Error> {
     let ns = snap.namespace().unwrap_or_default();
     let api: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ns);
-    delete_if_there(&api, &name(snap, node)).await
-}
-
-/// Deletes the object `name`; one that is not there is fine.
-pub async fn delete_if_there<K>(api: &Api<K>, name: &str) -> Result<(), Error>
-where
-    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
-{
-    match api.delete(name, &DeleteParams::default()).await {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
-        Err(e) => Err(e.into()),
-    }
+    super::delete_if_there(&api, &name(snap, node), &DeleteParams::default()).await?;
+    Ok(())
 }

@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::api::{Api, PostParams};
+use kube::api::{Api, DeleteParams, PostParams};
 use kube::{CustomResource, Resource, ResourceExt};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -149,5 +149,6 @@ pub async fn ensure(
 pub async fn delete(ctx: &Context, snap: &Snapshot, node: &str) -> Result<(), Error> {
     let ns = snap.namespace().unwrap_or_default();
     let api: Api<VolumeSnapshot> = Api::namespaced(ctx.client.clone(), &ns);
-    super::clone::delete_if_there(&api, &name(snap, node)).await
+    super::delete_if_there(&api, &name(snap, node), &DeleteParams::default()).await?;
+    Ok(())
 }

@@ -204,14 +204,9 @@ pub async fn delete(client: &Client, job: &Job) -> Result<(), Error> {
         propagation_policy: Some(PropagationPolicy::Background),
         ..DeleteParams::default()
     };
-    match Api::<Job>::namespaced(client.clone(), &ns)
-        .delete(&job.name_any(), &params)
-        .await
-    {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
-        Err(e) => Err(e.into()),
-    }
+    let api = Api::<Job>::namespaced(client.clone(), &ns);
+    super::delete_if_there(&api, &job.name_any(), &params).await?;
+    Ok(())
 }
 
 #[cfg(test)]

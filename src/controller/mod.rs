@@ -475,6 +475,22 @@ where
     }
 }
 
+/// Deletes the object `name`; one that is not there is fine. Tells whether it deleted one.
+pub async fn delete_if_there<K>(
+    api: &Api<K>,
+    name: &str,
+    params: &kube::api::DeleteParams,
+) -> Result<bool, Error>
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
+{
+    match api.delete(name, params).await {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// The `resource` label of a kind in the metrics: `snapshot`, `snapshotrestore`.
 pub fn resource_label<K: Resource<DynamicType = ()>>() -> String {
     K::kind(&()).to_ascii_lowercase()

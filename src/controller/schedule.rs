@@ -15,7 +15,7 @@ use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::{Resource, ResourceExt};
 
-use super::{Context, Error, FIELD_MANAGER, patch_status, reject};
+use super::{Context, Error, FIELD_MANAGER, delete_if_there, patch_status, reject};
 use crate::api::condition::{self, reason};
 use crate::api::restore::RestorePhase;
 use crate::api::schedule::{ConcurrencyPolicy, SnapshotSchedule, SnapshotScheduleStatus};
@@ -66,10 +66,7 @@ pub fn decide(
         .as_ref()
         .map_or(now, |t| t.0);
     let schedule = Schedule::parse(&spec.schedule, spec.time_zone.as_deref(), created)?;
-    let tz = match &spec.time_zone {
-        Some(zone) => TimeZone::get(zone).map_err(|e| e.to_string())?,
-        None => TimeZone::UTC,
-    };
+    let tz = schedule.time_zone();
     let old = sched.status.clone().unwrap_or_default();
     // The schedule as counted: an edit of it, a suspension or a resumption starts counting
     // afresh from that moment (nothing caught up, nothing counted as missed).
@@ -153,7 +150,7 @@ pub fn decide(
         status,
         take,
         missed,
-        prune: prune(&spec.retention, snapshots, restoring, &tz),
+        prune: prune(&spec.retention, snapshots, restoring, tz),
         requeue,
     })
 }
@@ -326,19 +323,15 @@ pub async fn reconcile(sched: Arc<SnapshotSchedule>, ctx: Arc<Context>) -> Resul
         }
     }
     for (victim, why) in &decision.prune {
-        match snapshots.delete(victim, &DeleteParams::default()).await {
-            Ok(_) => {
-                ctx.publish(
-                    sched.as_ref(),
-                    EventType::Normal,
-                    "Pruned",
-                    format!("Snapshot {victim} deleted: {why}"),
-                    "Prune",
-                )
-                .await;
-            }
-            Err(kube::Error::Api(e)) if e.code == 404 => {}
-            Err(e) => return Err(e.into()),
+        if delete_if_there(&snapshots, victim, &DeleteParams::default()).await? {
+            ctx.publish(
+                sched.as_ref(),
+                EventType::Normal,
+                "Pruned",
+                format!("Snapshot {victim} deleted: {why}"),
+                "Prune",
+            )
+            .await;
         }
     }
     if let Some(t) = &decision.status.last_successful_time {
