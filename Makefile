@@ -24,20 +24,22 @@ crds:
 	UPDATE_CRDS=1 cargo test --test crds
 
 # End-to-end tests on kind (needs Docker, kind, kubectl and helm): creates the cluster,
-# builds and loads the image, installs the CRDs and the chart, runs tests/e2e/run.sh.
+# builds and loads the image, installs the CSI hostpath driver (tests/e2e/csi.sh), the CRDs
+# and the chart, runs tests/e2e/run.sh.
 E2E_CLUSTER ?= snapshot-operator-e2e
 E2E_IMAGE ?= snapshot-operator:e2e
 e2e:
 	kind get clusters | grep -qx $(E2E_CLUSTER) || kind create cluster --config tests/e2e/kind.yaml --name $(E2E_CLUSTER)
 	docker build -t $(E2E_IMAGE) .
 	kind load docker-image $(E2E_IMAGE) --name $(E2E_CLUSTER)
+	bash tests/e2e/csi.sh
 	kubectl apply --server-side -f crds/
 	helm upgrade --install snapshot-operator charts/snapshot-operator \
 	  --namespace snapshot-system --create-namespace --wait \
 	  --set image.repository=$(firstword $(subst :, ,$(E2E_IMAGE))) \
 	  --set image.tag=$(lastword $(subst :, ,$(E2E_IMAGE))) --set image.pullPolicy=Never \
 	  --set-json 'allowedS3Endpoints=["http://s3:9000"]'
-	E2E_IMAGE=$(E2E_IMAGE) bash tests/e2e/run.sh
+	E2E_IMAGE=$(E2E_IMAGE) E2E_REQUIRE_CSI=1 bash tests/e2e/run.sh
 
 e2e-clean:
 	kind delete cluster --name $(E2E_CLUSTER)

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Checks what users install: `helm lint --strict`, the rendered chart and the CRDs against
-# Kubernetes 1.37's schemas (kubernetes-validate --strict), and the example custom resources
-# against our CRDs' schemas (check-jsonschema); and the GitHub workflows (actionlint).
+# Checks what users install: `helm lint --strict`, the rendered chart, the CRDs and the e2e
+# suite's workloads against Kubernetes 1.37's schemas (kubernetes-validate --strict), and the
+# example custom resources against our CRDs' schemas (check-jsonschema); and the GitHub
+# workflows (actionlint).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PATH="$(bash scripts/tools.sh):$PATH"
@@ -57,6 +58,9 @@ for example in examples/kubernetes/*.yaml; do
     kubernetes-validate --strict --kubernetes-version 1.37.0 "$example"
   fi
 done
+
+# The e2e suite's workloads.
+kubernetes-validate --strict --kubernetes-version 1.37.0 tests/e2e/manifests/*.yaml
 
 # Custom resources against the CRDs' own schemas.
 for crd in crds/*.yaml; do

@@ -203,4 +203,90 @@ k delete snapshot full-s3 --timeout=300s >/dev/null || fail "full-s3 not deleted
 storage_pod list-s3 s3 snapshot list -o json | grep -q "$full0" || fail "Retain lost the archive"
 pass "deletionPolicy Delete removes archives, Retain keeps them"
 
+# --- copyMethod Stop: the StatefulSet at zero while its movers read, then back -----------
+k apply -f - >/dev/null <<'YAML'
+apiVersion: snapshot-operator.dev/v1alpha1
+kind: Snapshot
+metadata: {name: products-stop}
+spec:
+  source: {statefulSet: {name: qdrant, volumeClaimTemplate: qdrant-storage}}
+  path: /
+  collection: products
+  copyMethod: Stop
+  storage: {local: {persistentVolumeClaim: {claimName: snapshots}, path: /archives}}
+  deletionPolicy: Delete
+YAML
+lowest=2 deadline=$((SECONDS + 300))
+until [ "$(jp snapshot/products-stop '{.status.conditions[?(@.type=="Ready")].status}')" = True ]; do
+  [ "$SECONDS" -lt "$deadline" ] || fail "products-stop not Ready"
+  replicas="$(jp statefulset/qdrant '{.spec.replicas}' || echo 2)"
+  [ "${replicas:-2}" -lt "$lowest" ] && lowest="$replicas"
+  sleep 1
+done
+[ "$lowest" = 0 ] || fail "copyMethod Stop: qdrant never scaled to 0 (lowest seen: $lowest)"
+[ "$(jp snapshot/products-stop '{.status.stoppedReplicas}')" = 2 ] || fail "stoppedReplicas not recorded"
+k rollout status statefulset/qdrant --timeout=300s >/dev/null
+[ "$(jp statefulset/qdrant '{.spec.replicas}')" = 2 ] || fail "qdrant not scaled back to 2"
+[ "$(exec_cat qdrant-1 /qdrant/storage/collections/products/data.txt)" = "products from qdrant-1" ] \
+  || fail "qdrant-1 lost its data"
+pass "copyMethod Stop: StatefulSet 2 -> 0 while the movers read, back to 2, data intact"
+
+# --- copyMethod Clone and Snapshot (the CSI hostpath driver: tests/e2e/csi.sh) -------------
+# Waits until a namespaced object is gone.
+wait_gone() { # kind/name [timeout-seconds]
+  local deadline=$((SECONDS + ${2:-180}))
+  while k get "$1" >/dev/null 2>&1; do
+    [ "$SECONDS" -lt "$deadline" ] || fail "$1 was not deleted"
+    sleep 2
+  done
+}
+# A Snapshot of the "csi" StatefulSet with a copy method; checks that its pods ran on
+# undisturbed, that each archive names its temporary claim (and VolumeSnapshot), that these
+# are deleted, and that a restore of it gives each pod of "fresh" its own node's data.
+copy_method() { # name method extra-spec
+  local uids
+  uids="$(k get pods -l app=csi -o jsonpath='{.items[*].metadata.uid}')"
+  k apply -f - >/dev/null <<YAML
+apiVersion: snapshot-operator.dev/v1alpha1
+kind: Snapshot
+metadata: {name: $1}
+spec:
+  source: {statefulSet: {name: csi, volumeClaimTemplate: qdrant-storage}}
+  path: /
+  collection: products
+  copyMethod: $2
+  $3
+  storage: {local: {persistentVolumeClaim: {claimName: snapshots}, path: /archives}}
+  deletionPolicy: Delete
+YAML
+  k wait --for=condition=Ready "snapshot/$1" --timeout=400s >/dev/null || fail "$1 not Ready"
+  [ "$(k get pods -l app=csi -o jsonpath='{.items[*].metadata.uid}')" = "$uids" ] || fail "$1: the csi pods were restarted"
+  local i claim vs
+  for i in 0 1; do
+    claim="$(jp "snapshot/$1" "{.status.archives[$i].readFrom}")"
+    [ -n "$claim" ] || fail "$1: archive $i names no claim it was read from"
+    wait_gone "pvc/$claim"
+    if [ "$2" = Snapshot ]; then
+      vs="$(jp "snapshot/$1" "{.status.archives[$i].volumeSnapshot}")"
+      [ -n "$vs" ] || fail "$1: archive $i names no VolumeSnapshot"
+      wait_gone "volumesnapshot/$vs"
+    fi
+  done
+  restore "r-$1" snapshot products "$1"
+  [ "$(exec_cat fresh-0 /qdrant/storage/collections/products/data.txt)" = "products from csi-0" ] || fail "r-$1: fresh-0 data"
+  [ "$(exec_cat fresh-1 /qdrant/storage/collections/products/data.txt)" = "products from csi-1" ] || fail "r-$1: fresh-1 data"
+  pass "copyMethod $2: pods undisturbed, temporary objects deleted, restored node by node"
+}
+if kubectl get storageclass csi-hostpath-sc >/dev/null 2>&1 \
+  && kubectl get volumesnapshotclass csi-hostpath-snapclass >/dev/null 2>&1; then
+  k apply -f manifests/csi.yaml >/dev/null
+  k rollout status statefulset/csi --timeout=300s >/dev/null
+  copy_method products-clone Clone ""
+  copy_method products-csi Snapshot "volumeSnapshotClassName: csi-hostpath-snapclass"
+elif [ "${E2E_REQUIRE_CSI:-}" = 1 ]; then
+  fail "no StorageClass csi-hostpath-sc or VolumeSnapshotClass csi-hostpath-snapclass (tests/e2e/csi.sh)"
+else
+  echo "e2e: copyMethod Clone and Snapshot: SKIPPED: no CSI hostpath driver (run tests/e2e/csi.sh)"
+fi
+
 echo "e2e: all passed"
