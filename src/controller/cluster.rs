@@ -6,6 +6,10 @@
 //! or Job in a namespace can carry the operator's labels, only the operator's Jobs are
 //! controlled by a Snapshot or SnapshotRestore, and only their pods by those Jobs.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -28,6 +32,26 @@ pub struct Cluster {
     /// True once the Job store, and the pod store, hold a first full listing. (A store's
     /// own readiness future wakes only the last of several tasks waiting on it.)
     pub listed: [watch::Receiver<bool>; 2],
+    /// StatefulSets this process began to stop, until the stores can show it.
+    pub stops: Stops,
+}
+
+/// How long a stop begun by this process is remembered: far longer than a watch event takes
+/// to reach the stores.
+const PENDING_STOP: Duration = Duration::from_secs(60);
+
+/// The StatefulSets (namespace, name) this process began to stop, with who did and when.
+/// Recording the replicas in a resource's status and the stores showing that record are not
+/// one step: without this, a second resource looking in between would find no holder, read
+/// the replicas the first had just scaled to zero, and leave the StatefulSet stopped.
+#[derive(Clone, Default)]
+pub struct Stops(Arc<Mutex<HashMap<(String, String), Begun>>>);
+
+/// A stop this process began: by whom (UID, and kind and name to show), when.
+struct Begun {
+    uid: String,
+    who: String,
+    at: Instant,
 }
 
 /// Whether `meta` names `uid` as its controller.
@@ -52,6 +76,32 @@ impl Cluster {
             snapshots: filled(snapshots),
             restores: filled(restores),
             listed: [watch::channel(true).1, watch::channel(true).1],
+            stops: Stops::default(),
+        }
+    }
+
+    /// Lets `who` (of UID `uid`) stop the StatefulSet `name` of `namespace` at `now`, unless
+    /// another resource holds it stopped (the stores say so) or began to stop it in the last
+    /// minute (this process remembers): then the holder, to wait for.
+    pub fn begin_stop(
+        &self,
+        (namespace, name): (&str, &str),
+        (uid, who): (&str, &str),
+        now: Instant,
+    ) -> Result<(), String> {
+        let mut begun = self.stops.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(holder) = self.stopped_by(namespace, name, uid) {
+            return Err(holder);
+        }
+        begun.retain(|_, b| now.saturating_duration_since(b.at) < PENDING_STOP);
+        let key = (namespace.to_owned(), name.to_owned());
+        match begun.get(&key) {
+            Some(other) if other.uid != uid => Err(other.who.clone()),
+            _ => {
+                let (uid, who) = (uid.to_owned(), who.to_owned());
+                begun.insert(key, Begun { uid, who, at: now });
+                Ok(())
+            }
         }
     }
 
@@ -179,4 +229,32 @@ where
     }
     writer.apply_watcher_event(&watcher::Event::InitDone);
     writer.as_reader()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stop_begun_here_holds_off_a_second_stopper_until_the_stores_can_show_it() {
+        let cluster = Cluster::of(vec![], vec![], vec![], vec![]);
+        let (a, b) = (("uid-a", "Snapshot a"), ("uid-b", "SnapshotRestore b"));
+        let sts = ("ns", "qdrant");
+        let now = Instant::now();
+        let at = |s| now + Duration::from_secs(s);
+        assert_eq!(cluster.begin_stop(sts, a, now), Ok(()));
+        // Its own next pass goes on; another resource waits for it.
+        assert_eq!(cluster.begin_stop(sts, a, at(1)), Ok(()));
+        assert_eq!(cluster.begin_stop(sts, b, at(2)), Err("Snapshot a".into()));
+        // Another StatefulSet, or one of the same name elsewhere, is free.
+        assert_eq!(cluster.begin_stop(("ns", "other"), b, at(2)), Ok(()));
+        assert_eq!(cluster.begin_stop(("ns2", "qdrant"), b, at(2)), Ok(()));
+        // A minute after the last pass, the stores answer alone.
+        assert_eq!(cluster.begin_stop(sts, b, at(60)), Err("Snapshot a".into()));
+        assert_eq!(cluster.begin_stop(sts, b, at(61)), Ok(()));
+        assert_eq!(
+            cluster.begin_stop(sts, a, at(62)),
+            Err("SnapshotRestore b".into())
+        );
+    }
 }

@@ -679,6 +679,7 @@ pub async fn controllers(
         snapshots: snapshots.store(),
         restores: restores.store(),
         listed: [jobs_listing, pods_listing],
+        stops: cluster::Stops::default(),
     };
     let wake = Wake {
         snapshots: Some(wake_snapshots),

@@ -4,7 +4,7 @@
 //! of the work, a failure, an operator restart or the resource's deletion brings back exactly
 //! as many.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::Pod;
@@ -30,7 +30,8 @@ pub async fn scale(ctx: &Context, namespace: &str, name: &str, replicas: i32) ->
 /// (in the status `status(replicas, message)` builds), scales it to zero, then waits for the
 /// pods mounting `claims` to go. `Some(action)` while that is under way; `recorded`: the
 /// replicas the status already holds. While another resource holds the StatefulSet stopped,
-/// it waits (with no replicas recorded) until that one has started it again.
+/// or has just begun to stop it (`Cluster::begin_stop`), it waits (with no replicas
+/// recorded) until that one has started it again.
 pub async fn stop<K: Reconciled>(
     ctx: &Context,
     object: &K,
@@ -41,8 +42,15 @@ pub async fn stop<K: Reconciled>(
 ) -> Result<Option<Action>, Error> {
     let namespace = object.meta().namespace.clone().unwrap_or_default();
     let uid = object.meta().uid.clone().unwrap_or_default();
+    let who = format!(
+        "{} {}",
+        K::kind(&()),
+        object.meta().name.as_deref().unwrap_or("")
+    );
     if recorded.is_none()
-        && let Some(holder) = ctx.cluster.stopped_by(&namespace, name, &uid)
+        && let Err(holder) =
+            ctx.cluster
+                .begin_stop((&namespace, name), (&uid, &who), Instant::now())
     {
         let message = format!("waiting for {holder}, which holds StatefulSet {name} stopped");
         write_status(ctx, object, &status(None, message)).await?;
