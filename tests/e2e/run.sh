@@ -33,6 +33,15 @@ wait_for() { # resource jsonpath expected [timeout-seconds]
   fail "$1 $2 never became $3 (it is '$(jp "$1" "$2" 2>/dev/null)')"
 }
 
+# Waits until a namespaced object is gone.
+wait_gone() { # kind/name [timeout-seconds]
+  local deadline=$((SECONDS + ${2:-180}))
+  while k get "$1" >/dev/null 2>&1; do
+    [ "$SECONDS" -lt "$deadline" ] || fail "$1 was not deleted"
+    sleep 2
+  done
+}
+
 # Runs a command in a throwaway pod of the operator image with S3 or local storage mounted.
 storage_pod() { # name storage(s3|local) command...
   local name="$1" storage="$2"; shift 2
@@ -231,15 +240,36 @@ k rollout status statefulset/qdrant --timeout=300s >/dev/null
   || fail "qdrant-1 lost its data"
 pass "copyMethod Stop: StatefulSet 2 -> 0 while the movers read, back to 2, data intact"
 
+# --- A schedule: a Snapshot a minute, only the newest kept; its Snapshots outlive it -------
+k apply -f - >/dev/null <<'YAML'
+apiVersion: snapshot-operator.dev/v1alpha1
+kind: SnapshotSchedule
+metadata: {name: minutely}
+spec:
+  schedule: "@every 1m"
+  template:
+    source: {statefulSet: {name: qdrant, volumeClaimTemplate: qdrant-storage}}
+    path: /
+    collection: reviews
+    storage: {local: {persistentVolumeClaim: {claimName: snapshots}, path: /archives}}
+    deletionPolicy: Delete
+  retention: {keepLast: 1}
+YAML
+first="" second="" deadline=$((SECONDS + 420))
+until [ -n "$second" ]; do
+  [ "$SECONDS" -lt "$deadline" ] || fail "schedule minutely: no second successful Snapshot"
+  last="$(jp snapshotschedule/minutely '{.status.lastSuccessfulSnapshot}')"
+  if [ -z "$first" ]; then first="$last"; elif [ "$last" != "$first" ]; then second="$last"; fi
+  sleep 5
+done
+wait_gone "snapshot/$first" 180
+k delete snapshotschedule minutely >/dev/null
+[ "$(jp "snapshot/$second" '{.metadata.labels.snapshot-operator\.dev/schedule}')" = minutely ] \
+  || fail "deleting the schedule took its Snapshot $second"
+k delete snapshot "$second" --timeout=300s >/dev/null
+pass "schedule: a Snapshot a minute, the older pruned by keepLast 1, its Snapshot kept when it goes"
+
 # --- copyMethod Clone and Snapshot (the CSI hostpath driver: tests/e2e/csi.sh) -------------
-# Waits until a namespaced object is gone.
-wait_gone() { # kind/name [timeout-seconds]
-  local deadline=$((SECONDS + ${2:-180}))
-  while k get "$1" >/dev/null 2>&1; do
-    [ "$SECONDS" -lt "$deadline" ] || fail "$1 was not deleted"
-    sleep 2
-  done
-}
 # A Snapshot of the "csi" StatefulSet with a copy method; checks that its pods ran on
 # undisturbed, that each archive names its temporary claim (and VolumeSnapshot), that these
 # are deleted, and that a restore of it gives each pod of "fresh" its own node's data.
