@@ -13,7 +13,7 @@ use futures_util::StreamExt;
 use crate::engine::manifest::{Manifest, SnapshotIdentity};
 use crate::engine::name;
 use crate::storage::s3::S3Storage;
-use crate::storage::{ObjectInfo, Storage, StorageError};
+use crate::storage::{ObjectInfo, StorageError};
 
 /// How many bytes of an archive to read first for its manifest (the tar header and a
 /// manifest of ordinary size): a ranged read, the archive itself is not downloaded.
@@ -35,12 +35,20 @@ pub struct Found {
     pub manifest: Manifest,
 }
 
-/// Manifests already read (`None`: unreadable), by location, with the size and time of
-/// the object read: a storage is scanned again and again, its archives' manifests read once.
+/// What earlier passes read of each archive, by location, kept while the listing shows the
+/// same object (size and time): its manifest (`None`: unreadable) and its checksum (read
+/// again while there is none). A storage is scanned again and again; an archive's first
+/// bytes and its sidecar are read once.
 #[derive(Debug, Default)]
-pub struct Manifests(HashMap<String, Cached>);
+pub struct Manifests(HashMap<String, Known>);
 
-type Cached = (u64, Option<jiff::Timestamp>, Option<Manifest>);
+#[derive(Debug, Clone)]
+struct Known {
+    size: u64,
+    modified: Option<jiff::Timestamp>,
+    manifest: Option<Manifest>,
+    checksum: Option<String>,
+}
 
 /// Is `name` a Kubernetes namespace name (an RFC 1123 label)? Folders of other names in a
 /// storage are not a namespace's (pure).
@@ -66,30 +74,31 @@ pub async fn scan(
             continue;
         }
         let folder = storage.within(&namespace);
-        let archives = folder.list("").await?;
-        let read: Vec<(ObjectInfo, Option<Manifest>)> = futures_util::stream::iter(archives)
+        let archives = folder.list_archives("").await?;
+        let read: Vec<(ObjectInfo, Known)> = futures_util::stream::iter(archives)
             .map(|info| {
-                let cached = manifests.0.get(&info.location).and_then(|(size, at, m)| {
-                    (*size == info.size && *at == info.modified).then(|| m.clone())
-                });
+                let known = manifests
+                    .0
+                    .get(&info.location)
+                    .filter(|k| k.size == info.size && k.modified == info.modified)
+                    .cloned();
                 let folder = &folder;
                 async move {
-                    let manifest = match cached {
-                        Some(known) => known,
-                        None => read_manifest(folder, &info).await,
-                    };
-                    (info, manifest)
+                    let known = read_archive(folder, &info, known).await?;
+                    Ok::<_, StorageError>((info, known))
                 }
             })
             .buffered(8)
-            .collect()
-            .await;
+            .collect::<Vec<_>>()
+            .await
+            .into_iter()
+            .collect::<Result<_, _>>()?;
         let mut found = Vec::new();
-        for (info, manifest) in read {
-            seen.insert(
-                info.location.clone(),
-                (info.size, info.modified, manifest.clone()),
-            );
+        for (info, known) in read {
+            seen.insert(info.location.clone(), known.clone());
+            let Known {
+                manifest, checksum, ..
+            } = known;
             let Some(manifest) = manifest else { continue };
             let claimed = manifest.snapshot.as_ref().map(|s| s.namespace.as_str());
             if claimed.is_some_and(|ns| ns != namespace) {
@@ -103,7 +112,7 @@ pub async fn scan(
                 key: info.key,
                 location: info.location,
                 size: info.size,
-                checksum: info.checksum,
+                checksum,
                 manifest,
             });
         }
@@ -112,6 +121,29 @@ pub async fn scan(
     // Forget the manifests of archives that are gone.
     manifests.0 = seen;
     Ok(by_namespace)
+}
+
+/// What is known of the archive `info` once `known` (an earlier pass's reading of the same
+/// object) is completed: its manifest and checksum, each read only when not known yet.
+async fn read_archive(
+    storage: &S3Storage,
+    info: &ObjectInfo,
+    known: Option<Known>,
+) -> Result<Known, StorageError> {
+    let manifest = match known.as_ref() {
+        Some(known) => known.manifest.clone(),
+        None => read_manifest(storage, info).await,
+    };
+    let checksum = match known.and_then(|k| k.checksum) {
+        Some(checksum) => Some(checksum),
+        None => storage.object_checksum(&info.key).await?,
+    };
+    Ok(Known {
+        size: info.size,
+        modified: info.modified,
+        manifest,
+        checksum,
+    })
 }
 
 /// The manifest of one archive, from its first [`MANIFEST_PREFIX`] bytes; `None` (with a

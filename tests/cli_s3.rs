@@ -429,11 +429,12 @@ fn slow_s3_downloads_are_cut_by_the_minimum_rate_and_the_deadline() {
 /// The catalog scan of a default storage laid out by namespace: each namespace folder's
 /// archives with their manifests read from their first bytes (a manifest longer than the
 /// first read too), unreadable archives and folders that are no namespace's left out, and
-/// the same answer from the manifests kept between passes.
+/// the same answer from what is kept between passes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_catalog_scan_reads_each_namespace_folders_manifests() {
-    use snapshot_operator::catalog::{MANIFEST_PREFIX, Manifests, scan};
+    use snapshot_operator::catalog::{Found, MANIFEST_PREFIX, Manifests, scan};
     use snapshot_operator::storage::Reader;
+    use std::collections::BTreeMap;
     let Some(env) = s3_env() else { return };
     let base = unique_prefix("catalog");
     let dir = tempfile::tempdir().unwrap();
@@ -460,19 +461,26 @@ async fn the_catalog_scan_reads_each_namespace_folders_manifests() {
         }
         ok(&mut cmd);
     }
-    let put = |prefix: String, key: &'static str| {
+    let put = |prefix: String, key: String, data: Vec<u8>| {
         let config = env.config();
         async move {
             let storage = S3Storage::connect(&config, prefix).await.unwrap();
-            let junk = Reader::stream(std::io::Cursor::new(b"not a tar archive".repeat(100)));
+            let data = Reader::stream(std::io::Cursor::new(data));
             storage
-                .put(&|i| (i == 0).then(|| key.to_owned()), junk, None)
+                .put(&|i| (i == 0).then(|| key.clone()), data, None)
                 .await
                 .unwrap();
         }
     };
-    put(format!("{base}/team-a/"), "products/junk.snapshot").await;
-    put(format!("{base}/Not_A_Namespace/"), "x.snapshot").await;
+    let junk = || b"not a tar archive".repeat(100);
+    let team_a = format!("{base}/team-a/");
+    put(team_a.clone(), "products/junk.snapshot".into(), junk()).await;
+    put(
+        format!("{base}/Not_A_Namespace/"),
+        "x.snapshot".into(),
+        junk(),
+    )
+    .await;
 
     let root = S3Storage::connect(&env.config(), format!("{base}/"))
         .await
@@ -495,7 +503,31 @@ async fn the_catalog_scan_reads_each_namespace_folders_manifests() {
         serde_json::to_vec(&b.manifest).unwrap().len() as u64 > MANIFEST_PREFIX,
         "the manifest is longer than the first read"
     );
-    assert_eq!(scan(&root, &mut manifests).await.unwrap(), first);
+    // (Compared whole, but not printed whole: 4000 collection names.)
+    let same = |found: BTreeMap<String, Vec<Found>>| found == first;
+    assert!(same(scan(&root, &mut manifests).await.unwrap()));
+
+    // A sidecar is read once per archive (it is final before its archive is visible):
+    // deleted behind the scan's back, a remembering scan still says what it read, a new one
+    // what is there now, and reads it again while there is none.
+    let folder = S3Storage::connect(&env.config(), team_a.clone())
+        .await
+        .unwrap();
+    let sidecar = format!("{}.checksum", a[0].key);
+    folder.delete_object(&sidecar).await.unwrap();
+    assert!(
+        same(scan(&root, &mut manifests).await.unwrap()),
+        "read again"
+    );
+    let mut later = Manifests::default();
+    let now = scan(&root, &mut later).await.unwrap();
+    assert_eq!(now["team-a"][0].checksum, None);
+    let sum = a[0].checksum.clone().unwrap();
+    put(team_a, sidecar, sum.into_bytes()).await;
+    assert!(
+        same(scan(&root, &mut later).await.unwrap()),
+        "not read again"
+    );
 }
 
 #[test]

@@ -406,6 +406,40 @@ impl S3Storage {
         self.read_checksum(key).await
     }
 
+    /// The archives under `prefix`, by key, from the listing alone: their checksums not read
+    /// (`checksum` is `None`; [`Self::object_checksum`] reads one).
+    pub async fn list_archives(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StorageError> {
+        let mut pages = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(self.object(prefix))
+            .into_paginator()
+            .send();
+        let mut found = Vec::new();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| self.error("ListObjectsV2", prefix, e))?;
+            for object in page.contents() {
+                let Some(key) = object.key().and_then(|k| k.strip_prefix(&self.prefix)) else {
+                    continue;
+                };
+                if is_archive_key(key) && validate_key(key).is_ok() {
+                    found.push(ObjectInfo {
+                        key: key.to_owned(),
+                        location: self.location(key),
+                        size: u64::try_from(object.size().unwrap_or(0)).unwrap_or(0),
+                        modified: object
+                            .last_modified()
+                            .and_then(|t| Timestamp::from_second(t.secs()).ok()),
+                        checksum: None,
+                    });
+                }
+            }
+        }
+        found.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(found)
+    }
+
     async fn put_small(&self, key: &str, data: Bytes) -> Result<(), StorageError> {
         self.client
             .put_object()
@@ -437,7 +471,9 @@ impl S3Storage {
         }
     }
 
-    async fn delete_object(&self, key: &str) -> Result<(), StorageError> {
+    /// Deletes one object of the bucket (under the prefix), there or not; `Storage::delete`
+    /// deletes an archive with its sidecar.
+    pub async fn delete_object(&self, key: &str) -> Result<(), StorageError> {
         self.client
             .delete_object()
             .bucket(&self.bucket)
@@ -914,33 +950,7 @@ impl Storage for S3Storage {
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StorageError> {
-        let mut pages = self
-            .client
-            .list_objects_v2()
-            .bucket(&self.bucket)
-            .prefix(self.object(prefix))
-            .into_paginator()
-            .send();
-        let mut found = Vec::new();
-        while let Some(page) = pages.next().await {
-            let page = page.map_err(|e| self.error("ListObjectsV2", prefix, e))?;
-            for object in page.contents() {
-                let Some(key) = object.key().and_then(|k| k.strip_prefix(&self.prefix)) else {
-                    continue;
-                };
-                if is_archive_key(key) && validate_key(key).is_ok() {
-                    found.push(ObjectInfo {
-                        key: key.to_owned(),
-                        location: self.location(key),
-                        size: u64::try_from(object.size().unwrap_or(0)).unwrap_or(0),
-                        modified: object
-                            .last_modified()
-                            .and_then(|t| Timestamp::from_second(t.secs()).ok()),
-                        checksum: None,
-                    });
-                }
-            }
-        }
+        let mut found = self.list_archives(prefix).await?;
         let keys: Vec<String> = found.iter().map(|info| info.key.clone()).collect();
         let checksums: Vec<Result<Option<String>, StorageError>> = futures_util::stream::iter(keys)
             .map(|key| {
@@ -953,7 +963,6 @@ impl Storage for S3Storage {
         for (info, checksum) in found.iter_mut().zip(checksums) {
             info.checksum = checksum?;
         }
-        found.sort_by(|a, b| a.key.cmp(&b.key));
         Ok(found)
     }
 
