@@ -625,7 +625,18 @@ async fn stop_workload(
         next_status(restore, entries, replicas, false, Some(message), now())
     };
     let recorded = plan.stopped_replicas;
-    stop::stop(ctx, restore, &sts.name, recorded, (&claims, pods), status).await
+    let first = plan.entries.iter().find(|e| e.phase == NodePhase::Pending);
+    let job = first.map(|e| job_name(restore, &e.node));
+    let first = first.map(|e| e.node.as_str()).zip(job.as_deref());
+    stop::stop(
+        ctx,
+        restore,
+        &sts.name,
+        recorded,
+        (&claims, pods, first),
+        status,
+    )
+    .await
 }
 
 /// Without `stopWorkload`, a node whose claim a running pod mounts fails (pure): restoring

@@ -398,7 +398,10 @@ async fn apply(snap: &Snapshot, ctx: &Context) -> Result<Action, Error> {
             stopping_status(snap, archives.clone(), &storage, (replicas, message), now)
         };
         let recorded = old.stopped_replicas;
-        let stopping = (&claims[..], &listed[..]);
+        let first = archives.iter().find(|a| a.phase == ArchivePhase::Pending);
+        let job = first.map(|a| job_name(snap, &a.node));
+        let first = first.map(|a| a.node.as_str()).zip(job.as_deref());
+        let stopping = (&claims[..], &listed[..], first);
         if let Some(action) = stop::stop(ctx, snap, &sts.name, recorded, stopping, status).await? {
             return Ok(action);
         }
@@ -1681,6 +1684,43 @@ mod mock {
     fn recorded(mut status: Value) -> Value {
         status["stoppedReplicas"] = json!(2);
         status
+    }
+
+    #[tokio::test]
+    async fn a_workload_is_not_stopped_while_other_movers_hold_every_slot() {
+        let config = OperatorConfig {
+            max_concurrent_movers: 1,
+            ..OperatorConfig::default()
+        };
+        let other = serde_json::from_value::<Snapshot>(
+            json!({"apiVersion": "snapshot-operator.dev/v1alpha1", "kind": "Snapshot",
+            "metadata": {"name": "other", "namespace": "x", "uid": "uid-o"},
+            "spec": {"source": {"persistentVolumeClaim": {"claimName": "d"}}}}),
+        )
+        .unwrap();
+        let busy = Cluster::of(
+            vec![mover_job("snap", ("other", "uid-o"), "n", None)],
+            vec![],
+            vec![other],
+            vec![],
+        );
+        let pods = list("Pod", vec![workload_pod(0, "w"), workload_pod(1, "w")]);
+        let script = vec![
+            Expect::new("GET", STS, statefulset(2)),
+            Expect::new("GET", PODS, pods),
+            Expect::new("PATCH", format!("{SNAPS}/status"), stored()).check(|body| {
+                let status = &body["status"];
+                assert_eq!(status.get("stoppedReplicas"), None, "{status}");
+                assert_eq!(
+                    status["conditions"][0]["message"],
+                    "waiting for a mover slot before stopping StatefulSet qdrant"
+                );
+            }),
+            event("StoppingWorkload"),
+        ];
+        let (action, _) =
+            reconcile_with(stopping(Value::Null, false), (config, busy), script).await;
+        assert_eq!(action.unwrap(), Action::requeue(Duration::from_secs(10)));
     }
 
     #[tokio::test]

@@ -31,13 +31,15 @@ pub async fn scale(ctx: &Context, namespace: &str, name: &str, replicas: i32) ->
 /// pods mounting `claims` to go. `Some(action)` while that is under way; `recorded`: the
 /// replicas the status already holds. While another resource holds the StatefulSet stopped,
 /// or has just begun to stop it (`Cluster::begin_stop`), it waits (with no replicas
-/// recorded) until that one has started it again.
+/// recorded) until that one has started it again. `first`: the node to start first and its
+/// mover Job, whose mover slot is taken before the StatefulSet is stopped (and kept while
+/// its pods go): the workload is not stopped while other movers hold every slot.
 pub async fn stop<K: Reconciled>(
     ctx: &Context,
     object: &K,
     name: &str,
     recorded: Option<i32>,
-    (claims, pods): (&[String], &[Pod]),
+    (claims, pods, first): (&[String], &[Pod], Option<(&str, &str)>),
     status: impl Fn(Option<i32>, String) -> K::Status,
 ) -> Result<Option<Action>, Error> {
     let namespace = object.meta().namespace.clone().unwrap_or_default();
@@ -56,7 +58,13 @@ pub async fn stop<K: Reconciled>(
         write_status(ctx, object, &status(None, message)).await?;
         return Ok(Some(Action::requeue(Duration::from_secs(10))));
     }
+    let slot = first.is_none_or(|(node, job)| ctx.take_slot(object, node, job));
     let Some(replicas) = recorded else {
+        if !slot {
+            let message = format!("waiting for a mover slot before stopping StatefulSet {name}");
+            write_status(ctx, object, &status(None, message)).await?;
+            return Ok(Some(Action::requeue(Duration::from_secs(10))));
+        }
         let current = Api::<StatefulSet>::namespaced(ctx.client.clone(), &namespace)
             .get_scale(name)
             .await?
