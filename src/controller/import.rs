@@ -152,8 +152,14 @@ pub fn resource(set: &Imported) -> Result<Snapshot, String> {
 }
 
 /// The status of an imported Snapshot (pure): its nodes as the storage has them, times
-/// from the manifests. `None`: none of its archives is left.
-pub fn status(snap: &Snapshot, set: Option<&Imported>, storage: &Storage) -> SnapshotStatus {
+/// from the manifests. `None`: none of its archives is left (it completes at `now` then, if
+/// it had not).
+pub fn status(
+    snap: &Snapshot,
+    set: Option<&Imported>,
+    storage: &Storage,
+    now: Time,
+) -> SnapshotStatus {
     let Some(set) = set else {
         let old = snap.status.clone().unwrap_or_default();
         let gone = old.archives.into_iter().map(|a| ArchiveStatus {
@@ -161,8 +167,8 @@ pub fn status(snap: &Snapshot, set: Option<&Imported>, storage: &Storage) -> Sna
             message: Some("the archive is no longer in the storage".into()),
             ..a
         });
-        let now = old.completion_time.unwrap_or(Time(jiff::Timestamp::now()));
-        return next_status(snap, gone.collect(), storage, now);
+        let at = old.completion_time.unwrap_or(now);
+        return next_status(snap, gone.collect(), storage, at);
     };
     let archives: Vec<&Found> = set
         .nodes
@@ -331,7 +337,7 @@ async fn write_imported_status(
     let storage = default_storage(ctx, &ns);
     let api: Api<Snapshot> = Api::namespaced(ctx.client.clone(), &ns);
     for _ in 0..3 {
-        match write_status(ctx, &snap, &status(&snap, set, &storage)).await {
+        match write_status(ctx, &snap, &status(&snap, set, &storage, Time(ctx.now()))).await {
             Err(Error::Stale) => snap = api.get(&snap.name_any()).await?,
             written => return written,
         }
@@ -428,6 +434,7 @@ mod tests {
     use crate::controller::testing::{Expect, conflict, event, movers, not_found, scripted};
 
     const SNAPS: &str = "/apis/snapshot-operator.dev/v1alpha1/namespaces/ns/snapshots";
+    const EPOCH: Time = Time(jiff::Timestamp::UNIX_EPOCH);
 
     fn storage() -> Storage {
         config().default_storage_for("ns").unwrap()
@@ -560,7 +567,7 @@ mod tests {
             found("a", 0, 2, Some(SUM), 0),
         ])[0];
         let snap = resource(set).unwrap();
-        let status = status(&snap, Some(set), &storage());
+        let status = status(&snap, Some(set), &storage(), EPOCH);
         assert_eq!(status.phase, Some(Phase::Succeeded));
         assert_eq!(status.conditions[0].status, "True");
         assert_eq!(
@@ -596,7 +603,10 @@ mod tests {
         // Computed again from the same archives: the same status, nothing to write.
         let mut written = snap.clone();
         written.status = Some(status.clone());
-        assert_eq!(super::status(&written, Some(set), &storage()), status);
+        assert_eq!(
+            super::status(&written, Some(set), &storage(), EPOCH),
+            status
+        );
     }
 
     #[test]
@@ -606,7 +616,7 @@ mod tests {
             found("a", 2, 3, Some("not hex"), 0),
         ])[0];
         let snap = resource(set).unwrap();
-        let status = status(&snap, Some(set), &storage());
+        let status = status(&snap, Some(set), &storage(), EPOCH);
         assert_eq!(status.phase, Some(Phase::Failed));
         let phases: Vec<_> = status
             .archives
@@ -634,8 +644,8 @@ mod tests {
     fn archives_gone_from_the_storage_fail_their_nodes() {
         let set = &catalog::group([found("a", 0, 1, Some(SUM), 0)])[0];
         let mut snap = resource(set).unwrap();
-        snap.status = Some(status(&snap, Some(set), &storage()));
-        let gone = status(&snap, None, &storage());
+        snap.status = Some(status(&snap, Some(set), &storage(), EPOCH));
+        let gone = status(&snap, None, &storage(), EPOCH);
         assert_eq!(gone.phase, Some(Phase::Failed));
         assert_eq!(
             gone.archives[0].key.as_deref(),

@@ -258,7 +258,10 @@ impl Context {
                 .collect();
         }
         let timeout = jiff::SignedDuration::from_secs(self.config.mover.start_timeout_seconds);
-        mover.stuck = jobs::stuck(&mover.job, &mover.pods, jiff::Timestamp::now(), timeout);
+        // Against the API server's own timestamps on the Job and pods: the wall clock, not
+        // the controller's (which tests move ahead).
+        let now = jiff::Timestamp::now();
+        mover.stuck = jobs::stuck(&mover.job, &mover.pods, now, timeout);
         Ok(Some(mover))
     }
 

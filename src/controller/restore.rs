@@ -345,7 +345,7 @@ async fn invalid(restore: &SnapshotRestore, ctx: &Context, message: &str) -> Res
     if let Some(replicas) = restore.status.as_ref().and_then(|s| s.stopped_replicas) {
         scale(ctx, restore, replicas).await?;
     }
-    let status = invalid_status(restore, message, now());
+    let status = invalid_status(restore, message, Time(ctx.now()));
     reject(ctx, restore, &api, &status, message).await
 }
 
@@ -459,7 +459,7 @@ async fn apply(restore: &SnapshotRestore, ctx: &Context) -> Result<Action, Error
                 old.stopped_replicas,
                 false,
                 Some(message),
-                now(),
+                Time(ctx.now()),
             );
             write_status(ctx, restore, &status).await?;
             return Ok(Action::requeue(RECHECK));
@@ -496,7 +496,7 @@ async fn apply(restore: &SnapshotRestore, ctx: &Context) -> Result<Action, Error
         plan.stopped_replicas,
         restarted,
         None,
-        now(),
+        Time(ctx.now()),
     );
     if write_status(ctx, restore, &status).await? {
         // Written on condition of the status read: counted once.
@@ -506,10 +506,6 @@ async fn apply(restore: &SnapshotRestore, ctx: &Context) -> Result<Action, Error
         Some(RestorePhase::Succeeded | RestorePhase::Failed) => Action::await_change(),
         _ => Action::requeue(RECHECK),
     })
-}
-
-fn now() -> Time {
-    Time(jiff::Timestamp::now())
 }
 
 /// What a pass acts on, once the source and the nodes are resolved.
@@ -622,7 +618,14 @@ async fn stop_workload(
     let claims: Vec<String> = plan.entries.iter().map(|n| n.claim.clone()).collect();
     let status = |replicas: Option<i32>, message: String| {
         let entries = plan.entries.clone();
-        next_status(restore, entries, replicas, false, Some(message), now())
+        next_status(
+            restore,
+            entries,
+            replicas,
+            false,
+            Some(message),
+            Time(ctx.now()),
+        )
     };
     let recorded = plan.stopped_replicas;
     let first = plan.entries.iter().find(|e| e.phase == NodePhase::Pending);

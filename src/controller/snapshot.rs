@@ -394,7 +394,7 @@ async fn apply(snap: &Snapshot, ctx: &Context) -> Result<Action, Error> {
             .items;
         let claims: Vec<String> = archives.iter().map(|a| a.claim.clone()).collect();
         let status = |replicas: Option<i32>, message: String| {
-            let now = Time(jiff::Timestamp::now());
+            let now = Time(ctx.now());
             stopping_status(snap, archives.clone(), &storage, (replicas, message), now)
         };
         let recorded = old.stopped_replicas;
@@ -415,7 +415,7 @@ async fn apply(snap: &Snapshot, ctx: &Context) -> Result<Action, Error> {
     {
         stop::scale(ctx, &ns, &sts.name, replicas).await?;
     }
-    let status = next_status(snap, next, &storage, Time(jiff::Timestamp::now()));
+    let status = next_status(snap, next, &storage, Time(ctx.now()));
     if write_status(ctx, snap, &status).await? {
         // Written on condition of the status read: counted once.
         for ((archive, step), mover) in archives.iter().zip(&steps).zip(&movers) {
@@ -614,7 +614,7 @@ async fn invalid(snap: &Snapshot, ctx: &Context, message: &str) -> Result<Action
     let api: Api<Snapshot> =
         Api::namespaced(ctx.client.clone(), &snap.namespace().unwrap_or_default());
     start_again(snap, ctx).await?;
-    let status = invalid_status(snap, message, Time(jiff::Timestamp::now()));
+    let status = invalid_status(snap, message, Time(ctx.now()));
     reject(ctx, snap, &api, &status, message).await
 }
 
