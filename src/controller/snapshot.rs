@@ -2109,7 +2109,7 @@ mod mock {
                 assert_eq!(status.get("stoppedReplicas"), None, "{status}");
                 assert_eq!(
                     status["conditions"][0]["message"],
-                    "waiting for SnapshotRestore r, which holds StatefulSet qdrant stopped"
+                    "waiting for SnapshotRestore r, which stops StatefulSet qdrant"
                 );
             }),
             event("StoppingWorkload"),

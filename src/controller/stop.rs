@@ -54,7 +54,7 @@ pub async fn stop<K: Reconciled>(
             ctx.cluster
                 .begin_stop((&namespace, name), (&uid, &who), Instant::now())
     {
-        let message = format!("waiting for {holder}, which holds StatefulSet {name} stopped");
+        let message = format!("waiting for {holder}, which stops StatefulSet {name}");
         write_status(ctx, object, &status(None, message)).await?;
         return Ok(Some(Action::requeue(Duration::from_secs(10))));
     }
