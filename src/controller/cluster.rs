@@ -146,6 +146,31 @@ impl Cluster {
         restore.map(|r| format!("SnapshotRestore {}", r.name_any()))
     }
 
+    /// Forgets that `uid` began to stop the StatefulSet `name` of `namespace` (it has not
+    /// stopped it after all).
+    pub fn forget_stop(&self, (namespace, name): (&str, &str), uid: &str) {
+        let mut begun = self.stops.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let key = (namespace.to_owned(), name.to_owned());
+        if begun.get(&key).is_some_and(|b| b.uid == uid) {
+            begun.remove(&key);
+        }
+    }
+
+    /// Whether `pod` is a pod of a mover Job of the resource of UID `owner_uid` (as the
+    /// stores show it: by ownership, not by label).
+    pub fn is_mover_pod_of(&self, pod: &Pod, owner_uid: &str) -> bool {
+        let Some(job) = pod
+            .owner_references()
+            .iter()
+            .find(|o| o.controller == Some(true) && o.kind == "Job")
+        else {
+            return false;
+        };
+        self.jobs
+            .find(|j| j.uid().as_deref() == Some(job.uid.as_str()))
+            .is_some_and(|j| controlled_by(j.meta(), owner_uid))
+    }
+
     /// Waits until the mover stores hold a first full listing: before that, a running mover
     /// would look absent and be started again.
     pub async fn ready(&self) {
@@ -256,5 +281,14 @@ mod tests {
             cluster.begin_stop(sts, a, at(62)),
             Err("SnapshotRestore b".into())
         );
+        // One that did not stop it after all (no mover slot) lets the other go at once;
+        // forgetting another's stop does nothing.
+        cluster.forget_stop(sts, "uid-a");
+        assert_eq!(
+            cluster.begin_stop(sts, a, at(63)),
+            Err("SnapshotRestore b".into())
+        );
+        cluster.forget_stop(sts, "uid-b");
+        assert_eq!(cluster.begin_stop(sts, a, at(64)), Ok(()));
     }
 }

@@ -91,12 +91,10 @@ impl Slots {
         }
     }
 
-    /// Records a mover Job just created, which the store may show only later, or about to be
-    /// (its slot kept while a workload stops): counted from `now`.
+    /// Records a mover Job just created, which the store may show only later.
     pub fn started(&mut self, job: Busy, now: Instant) {
-        match self.started.iter_mut().find(|(started, _)| *started == job) {
-            Some((_, at)) => *at = now,
-            None => self.started.push((job, now)),
+        if !self.started.iter().any(|(started, _)| *started == job) {
+            self.started.push((job, now));
         }
     }
 
@@ -227,24 +225,6 @@ mod tests {
             TWO,
             t
         ));
-    }
-
-    #[test]
-    fn a_slot_kept_for_a_job_to_come_counts_from_its_last_renewal() {
-        // Taken while a workload stops (its pods may take longer than FORGET_AFTER to go).
-        let mut slots = Slots::default();
-        let one = Limits {
-            total: 1,
-            per_namespace: 1,
-        };
-        let t = Instant::now();
-        let at = |s| t + Duration::from_secs(s);
-        assert!(slots.request(&who("a", "s1/n0"), &job("a", "s1/n0"), &[], one, t));
-        slots.started(job("a", "s1/n0"), t);
-        slots.started(job("a", "s1/n0"), at(25));
-        assert!(!slots.request(&who("b", "s2/n0"), &job("b", "s2/n0"), &[], one, at(40)));
-        // Not renewed, and no Job came: let go.
-        assert!(slots.request(&who("b", "s2/n0"), &job("b", "s2/n0"), &[], one, at(56)));
     }
 
     #[test]

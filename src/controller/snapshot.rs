@@ -1487,30 +1487,30 @@ mod mock {
         result.unwrap();
     }
 
-    #[tokio::test]
-    async fn movers_beyond_the_cap_wait_pending_and_foreign_jobs_hold_no_slot() {
+    /// One mover slot in all, held by a running mover of another Snapshot; `also`: more
+    /// Jobs in the store.
+    fn one_slot_held(also: Vec<Job>) -> (OperatorConfig, Cluster) {
         let config = OperatorConfig {
             max_concurrent_movers: 1,
             ..OperatorConfig::default()
         };
-        // A running mover of another Snapshot holds the one slot; a Job that only carries
-        // the operator's labels (its owner is no Snapshot the operator knows) holds none.
         let other = serde_json::from_value::<Snapshot>(
             json!({"apiVersion": "snapshot-operator.dev/v1alpha1", "kind": "Snapshot",
             "metadata": {"name": "other", "namespace": "x", "uid": "uid-o"},
             "spec": {"source": {"persistentVolumeClaim": {"claimName": "d"}}}}),
         )
         .unwrap();
+        let mut jobs = vec![mover_job("snap", ("other", "uid-o"), "n", None)];
+        jobs.extend(also);
+        (config, Cluster::of(jobs, vec![], vec![other], vec![]))
+    }
+
+    #[tokio::test]
+    async fn movers_beyond_the_cap_wait_pending_and_foreign_jobs_hold_no_slot() {
+        // A running mover of another Snapshot holds the one slot; a Job that only carries
+        // the operator's labels (its owner is no Snapshot the operator knows) holds none.
         let foreign = mover_job("snap", ("ghost", "uid-ghost"), "n", None);
-        let busy = Cluster::of(
-            vec![
-                mover_job("snap", ("other", "uid-o"), "n", None),
-                foreign.clone(),
-            ],
-            vec![],
-            vec![other],
-            vec![],
-        );
+        let (config, busy) = one_slot_held(vec![foreign.clone()]);
         let script = vec![
             Expect::new("GET", STS, statefulset(2)),
             Expect::new("PATCH", format!("{SNAPS}/status"), stored()).check(|body| {
@@ -1688,22 +1688,7 @@ mod mock {
 
     #[tokio::test]
     async fn a_workload_is_not_stopped_while_other_movers_hold_every_slot() {
-        let config = OperatorConfig {
-            max_concurrent_movers: 1,
-            ..OperatorConfig::default()
-        };
-        let other = serde_json::from_value::<Snapshot>(
-            json!({"apiVersion": "snapshot-operator.dev/v1alpha1", "kind": "Snapshot",
-            "metadata": {"name": "other", "namespace": "x", "uid": "uid-o"},
-            "spec": {"source": {"persistentVolumeClaim": {"claimName": "d"}}}}),
-        )
-        .unwrap();
-        let busy = Cluster::of(
-            vec![mover_job("snap", ("other", "uid-o"), "n", None)],
-            vec![],
-            vec![other],
-            vec![],
-        );
+        let (config, busy) = one_slot_held(vec![]);
         let pods = list("Pod", vec![workload_pod(0, "w"), workload_pod(1, "w")]);
         let script = vec![
             Expect::new("GET", STS, statefulset(2)),
@@ -1721,6 +1706,67 @@ mod mock {
         let (action, _) =
             reconcile_with(stopping(Value::Null, false), (config, busy), script).await;
         assert_eq!(action.unwrap(), Action::requeue(Duration::from_secs(10)));
+    }
+
+    #[tokio::test]
+    async fn its_own_movers_do_not_hold_back_a_stopped_workloads_other_nodes() {
+        // A running pod that mounts `claim`, controlled by the Job of UID `job_uid`.
+        let pod = |name: &str, claim: &str, job_uid: &str| {
+            json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": "ns",
+                "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job", "name": "j",
+                    "uid": job_uid, "controller": true}]},
+                "spec": {"containers": [], "volumes": [{"name": "data",
+                    "persistentVolumeClaim": {"claimName": claim}}]},
+                "status": {"phase": "Running"}})
+        };
+        // Node 0's mover runs (one slot: node 1 waited); node 1 is to start.
+        let one_left = recorded(json!({"phase": "Running", "observedGeneration": 1,
+            "storage": {"local": {"persistentVolumeClaim": {"claimName": "backups"}, "path": "/"}},
+            "archives": [{"node": "qdrant-0", "claim": "data-qdrant-0", "phase": "Running"},
+                         {"node": "qdrant-1", "claim": "data-qdrant-1", "phase": "Pending"}]}));
+        let running = job("qdrant-0", None);
+        let ours = pod("mover-0", "data-qdrant-0", &running.uid().unwrap());
+        let script = vec![
+            Expect::new("GET", PODS, list("Pod", vec![ours.clone()])),
+            Expect::new("GET", STS, statefulset(0)),
+            Expect::new(
+                "PATCH",
+                format!("{JOBS}/{}", mover::job_name("snap", "s", "qdrant-1")),
+                Value::Null,
+            ),
+            Expect::new("PATCH", format!("{SNAPS}/status"), stored()).check(|body| {
+                assert_eq!(body["status"]["archives"][1]["phase"], "Running");
+            }),
+        ];
+        let cluster = movers(vec![running.clone()], vec![]);
+        reconcile_with(
+            stopping(one_left.clone(), false),
+            (OperatorConfig::default(), cluster),
+            script,
+        )
+        .await
+        .0
+        .unwrap();
+
+        // A pod of another resource's Job (or of no known Job) mounting a claim still counts.
+        let other = mover_job("snap", ("t", "uid-2"), "qdrant-1", None);
+        let theirs = pod("other-1", "data-qdrant-1", &other.uid().unwrap());
+        let script = vec![
+            Expect::new("GET", PODS, list("Pod", vec![ours, theirs])),
+            Expect::new("PATCH", format!("{STS}/scale"), scale(0)),
+            Expect::new("PATCH", format!("{SNAPS}/status"), stored()).check(|body| {
+                let message = &body["status"]["conditions"][0]["message"];
+                assert_eq!(message, "waiting for pods to stop: other-1");
+            }),
+        ];
+        let cluster = movers(vec![running, other], vec![]);
+        let (action, _) = reconcile_with(
+            stopping(one_left, false),
+            (OperatorConfig::default(), cluster),
+            script,
+        )
+        .await;
+        assert_eq!(action.unwrap(), Action::requeue(Duration::from_secs(3)));
     }
 
     #[tokio::test]

@@ -28,12 +28,12 @@ pub async fn scale(ctx: &Context, namespace: &str, name: &str, replicas: i32) ->
 
 /// Stops the StatefulSet `name` of `object` before its movers start: records its replicas
 /// (in the status `status(replicas, message)` builds), scales it to zero, then waits for the
-/// pods mounting `claims` to go. `Some(action)` while that is under way; `recorded`: the
-/// replicas the status already holds. While another resource holds the StatefulSet stopped,
-/// or has just begun to stop it (`Cluster::begin_stop`), it waits (with no replicas
-/// recorded) until that one has started it again. `first`: the node to start first and its
-/// mover Job, whose mover slot is taken before the StatefulSet is stopped (and kept while
-/// its pods go): the workload is not stopped while other movers hold every slot.
+/// pods mounting `claims` to go (the resource's own movers aside). `Some(action)` while that
+/// is under way; `recorded`: the replicas the status already holds. While another resource
+/// stops the StatefulSet (`Cluster::begin_stop`), it waits (with no replicas recorded) until
+/// that one has started it again. `first`: the node to start first and its mover Job: the
+/// StatefulSet is stopped only once that mover's slot is taken, so that the workload is not
+/// stopped while other movers hold every slot.
 pub async fn stop<K: Reconciled>(
     ctx: &Context,
     object: &K,
@@ -44,23 +44,23 @@ pub async fn stop<K: Reconciled>(
 ) -> Result<Option<Action>, Error> {
     let namespace = object.meta().namespace.clone().unwrap_or_default();
     let uid = object.meta().uid.clone().unwrap_or_default();
-    let who = format!(
-        "{} {}",
-        K::kind(&()),
-        object.meta().name.as_deref().unwrap_or("")
-    );
-    if recorded.is_none()
-        && let Err(holder) =
-            ctx.cluster
-                .begin_stop((&namespace, name), (&uid, &who), Instant::now())
-    {
-        let message = format!("waiting for {holder}, which stops StatefulSet {name}");
-        write_status(ctx, object, &status(None, message)).await?;
-        return Ok(Some(Action::requeue(Duration::from_secs(10))));
-    }
-    let slot = first.is_none_or(|(node, job)| ctx.take_slot(object, node, job));
     let Some(replicas) = recorded else {
-        if !slot {
+        let who = format!(
+            "{} {}",
+            K::kind(&()),
+            object.meta().name.as_deref().unwrap_or("")
+        );
+        let sts = (namespace.as_str(), name);
+        if let Err(holder) = ctx.cluster.begin_stop(sts, (&uid, &who), Instant::now()) {
+            let message = format!("waiting for {holder}, which stops StatefulSet {name}");
+            write_status(ctx, object, &status(None, message)).await?;
+            return Ok(Some(Action::requeue(Duration::from_secs(10))));
+        }
+        if let Some((node, job)) = first
+            && !ctx.take_slot(object, node, job)
+        {
+            // Not stopping it after all, for now: another resource may.
+            ctx.cluster.forget_stop(sts, &uid);
             let message = format!("waiting for a mover slot before stopping StatefulSet {name}");
             write_status(ctx, object, &status(None, message)).await?;
             return Ok(Some(Action::requeue(Duration::from_secs(10))));
@@ -87,7 +87,12 @@ pub async fn stop<K: Reconciled>(
         .await;
         return Ok(Some(Action::requeue(Duration::from_secs(2))));
     };
-    let in_use = workload::pods_using(pods, claims);
+    let others: Vec<Pod> = pods
+        .iter()
+        .filter(|p| !ctx.cluster.is_mover_pod_of(p, &uid))
+        .cloned()
+        .collect();
+    let in_use = workload::pods_using(&others, claims);
     if in_use.is_empty() {
         return Ok(None);
     }

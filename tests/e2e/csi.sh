@@ -29,9 +29,9 @@ kubectl wait --for=condition=Established --timeout=60s \
 kubectl apply -k "$work/snapshotter/deploy/kubernetes/snapshot-controller"
 kubectl -n kube-system rollout status deployment/snapshot-controller --timeout=300s
 
-# Deploys the driver (and its VolumeSnapshotClass) into the default namespace and waits
-# until its StatefulSet is ready.
+# Deploys the driver (and its VolumeSnapshotClass) into the default namespace.
 "$work/hostpath/deploy/kubernetes-latest/deploy.sh"
+kubectl -n default rollout status statefulset/csi-hostpathplugin --timeout=300s
 
 kubectl apply -f - <<'YAML'
 apiVersion: storage.k8s.io/v1
