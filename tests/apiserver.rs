@@ -1314,6 +1314,11 @@ async fn a_stop_snapshot_stops_the_workload_for_its_movers(client: &Client) {
     let ns = format!("stop-it-{}", std::process::id());
     let namespace = TestNamespace::with_claims(client, &ns, &["backups"]).await;
     let sets = create_statefulset(client, &ns, "db").await;
+    // Three nodes, two mover slots in the namespace.
+    let three = json!({"spec": {"replicas": 3}});
+    sets.patch_scale("db", &PatchParams::default(), &Patch::Merge(&three))
+        .await
+        .unwrap();
     let snapshots: Api<Snapshot> = Api::namespaced(client.clone(), &ns);
     let snap: Snapshot = serde_json::from_value(json!({
         "apiVersion": "snapshot-operator.dev/v1alpha1", "kind": "Snapshot",
@@ -1325,6 +1330,10 @@ async fn a_stop_snapshot_stops_the_workload_for_its_movers(client: &Client) {
         .create(&PostParams::default(), &snap)
         .await
         .unwrap();
+    let replicas = || async {
+        let scale = sets.get_scale("db").await.unwrap();
+        scale.spec.and_then(|s| s.replicas).unwrap_or(0)
+    };
     eventually("the workload to be stopped", || async {
         let recorded = snapshots
             .get("still")
@@ -1332,41 +1341,66 @@ async fn a_stop_snapshot_stops_the_workload_for_its_movers(client: &Client) {
             .unwrap()
             .status?
             .stopped_replicas;
-        let replicas = sets
-            .get_scale("db")
-            .await
-            .unwrap()
-            .spec?
-            .replicas
-            .unwrap_or(0);
-        (recorded == Some(2) && replicas == 0).then_some(())
+        (recorded == Some(3) && replicas().await == 0).then_some(())
     })
     .await;
     let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
-    for job in movers_of(&jobs, &snap.uid().unwrap(), 2).await {
+    let uid = snap.uid().unwrap();
+    let first = movers_of(&jobs, &uid, 2).await;
+    for job in &first {
         let pod = job.spec.clone().unwrap().template.spec.unwrap();
         assert!(pod.affinity.is_none(), "no pod holds the claim: not pinned");
-        let node = job.labels()[mover::NODE].clone();
-        let report = json!({"name": format!("{node}.snapshot"), "key": format!("products/{node}.snapshot"), "size": 1});
-        // Still stopped while movers run.
-        let replicas = sets
-            .get_scale("db")
-            .await
-            .unwrap()
-            .spec
-            .unwrap()
-            .replicas
-            .unwrap_or(0);
-        assert_eq!(replicas, 0);
-        finish_job(client, &ns, &job, &report.to_string(), true).await;
     }
+    // One mover still reading its claim, the other done: the third node's mover starts
+    // (the first mover's pod is the Snapshot's own, not the workload's).
+    let reading = mover_running(client, &ns, &first[0]).await;
+    finish_mover(client, &ns, &first[1]).await;
+    let third = eventually("the third node's mover", || async {
+        let owned = ListParams::default().labels(&format!("{}={uid}", mover::OWNER_UID));
+        let all = jobs.list(&owned).await.unwrap().items;
+        all.into_iter()
+            .find(|j| !first.iter().any(|f| f.name_any() == j.name_any()))
+    })
+    .await;
+    assert_eq!(replicas().await, 0, "still stopped while movers run");
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    pods.delete(&reading, &DeleteParams::default())
+        .await
+        .unwrap();
+    finish_mover(client, &ns, &first[0]).await;
+    finish_mover(client, &ns, &third).await;
     ready(&snapshots, "still").await;
-    assert_eq!(
-        sets.get_scale("db").await.unwrap().spec.unwrap().replicas,
-        Some(2),
-        "started again"
-    );
+    assert_eq!(replicas().await, 3, "started again");
     namespace.delete().await;
+}
+
+/// Plays the kubelet: a running pod of the mover `job`, mounting the claim of its node; its
+/// name.
+async fn mover_running(client: &Client, ns: &str, job: &Job) -> String {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let name = format!("{}-running", job.name_any());
+    let claim = format!("data-{}", job.labels()[mover::NODE]);
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": name, "labels": job.labels(),
+            "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job",
+                "name": job.name_any(), "uid": job.uid().unwrap(), "controller": true}]},
+        "spec": {"restartPolicy": "Never", "containers": [{"name": "mover", "image": "mover"}],
+            "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": claim}}]},
+    }))
+    .unwrap();
+    pods.create(&PostParams::default(), &pod).await.unwrap();
+    let running = json!({"status": {"phase": "Running"}});
+    pods.patch_status(&name, &PatchParams::default(), &Patch::Merge(&running))
+        .await
+        .unwrap();
+    name
+}
+
+/// The snapshot mover `job` of a collection ended well, its archive named after its node.
+async fn finish_mover(client: &Client, ns: &str, job: &Job) {
+    let node = job.labels()[mover::NODE].clone();
+    let report = json!({"name": format!("{node}.snapshot"), "key": format!("products/{node}.snapshot"), "size": 1});
+    finish_job(client, ns, job, &report.to_string(), true).await;
 }
 
 /// `copyMethod: Clone`: the mover reads a clone of the claim (a claim whose dataSource is the
