@@ -159,16 +159,12 @@ impl Cluster {
     /// Whether `pod` is a pod of a mover Job of the resource of UID `owner_uid` (as the
     /// stores show it: by ownership, not by label).
     pub fn is_mover_pod_of(&self, pod: &Pod, owner_uid: &str) -> bool {
-        let Some(job) = pod
-            .owner_references()
-            .iter()
-            .find(|o| o.controller == Some(true) && o.kind == "Job")
-        else {
-            return false;
-        };
         self.jobs
-            .find(|j| j.uid().as_deref() == Some(job.uid.as_str()))
-            .is_some_and(|j| controlled_by(j.meta(), owner_uid))
+            .find(|j| {
+                controlled_by(j.meta(), owner_uid)
+                    && j.uid().is_some_and(|job| controlled_by(pod.meta(), &job))
+            })
+            .is_some()
     }
 
     /// Waits until the mover stores hold a first full listing: before that, a running mover

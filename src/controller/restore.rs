@@ -629,8 +629,7 @@ async fn stop_workload(
     };
     let recorded = plan.stopped_replicas;
     let first = plan.entries.iter().find(|e| e.phase == NodePhase::Pending);
-    let job = first.map(|e| job_name(restore, &e.node));
-    let first = first.map(|e| e.node.as_str()).zip(job.as_deref());
+    let first = first.map(|e| (e.node.as_str(), job_name(restore, &e.node)));
     stop::stop(
         ctx,
         restore,

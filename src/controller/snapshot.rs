@@ -399,8 +399,7 @@ async fn apply(snap: &Snapshot, ctx: &Context) -> Result<Action, Error> {
         };
         let recorded = old.stopped_replicas;
         let first = archives.iter().find(|a| a.phase == ArchivePhase::Pending);
-        let job = first.map(|a| job_name(snap, &a.node));
-        let first = first.map(|a| a.node.as_str()).zip(job.as_deref());
+        let first = first.map(|a| (a.node.as_str(), job_name(snap, &a.node)));
         let stopping = (&claims[..], &listed[..], first);
         if let Some(action) = stop::stop(ctx, snap, &sts.name, recorded, stopping, status).await? {
             return Ok(action);

@@ -39,7 +39,7 @@ pub async fn stop<K: Reconciled>(
     object: &K,
     name: &str,
     recorded: Option<i32>,
-    (claims, pods, first): (&[String], &[Pod], Option<(&str, &str)>),
+    (claims, pods, first): (&[String], &[Pod], Option<(&str, String)>),
     status: impl Fn(Option<i32>, String) -> K::Status,
 ) -> Result<Option<Action>, Error> {
     let namespace = object.meta().namespace.clone().unwrap_or_default();
@@ -56,7 +56,7 @@ pub async fn stop<K: Reconciled>(
             write_status(ctx, object, &status(None, message)).await?;
             return Ok(Some(Action::requeue(Duration::from_secs(10))));
         }
-        if let Some((node, job)) = first
+        if let Some((node, job)) = &first
             && !ctx.take_slot(object, node, job)
         {
             // Not stopping it after all, for now: another resource may.
@@ -87,12 +87,11 @@ pub async fn stop<K: Reconciled>(
         .await;
         return Ok(Some(Action::requeue(Duration::from_secs(2))));
     };
-    let others: Vec<Pod> = pods
-        .iter()
-        .filter(|p| !ctx.cluster.is_mover_pod_of(p, &uid))
-        .cloned()
-        .collect();
-    let in_use = workload::pods_using(&others, claims);
+    // The resource's own movers (by ownership, not label) are not the workload.
+    let mut in_use = workload::pods_using(pods, claims);
+    let own = pods.iter().filter(|p| ctx.cluster.is_mover_pod_of(p, &uid));
+    let own: Vec<&str> = own.filter_map(|p| p.metadata.name.as_deref()).collect();
+    in_use.retain(|name| !own.contains(name));
     if in_use.is_empty() {
         return Ok(None);
     }
