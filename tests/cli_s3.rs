@@ -32,19 +32,7 @@ fn every_command_works_on_s3() {
         c
     };
 
-    let created: serde_json::Value = serde_json::from_str(&ok(s3(&[
-        "snapshot",
-        "create",
-        "--collection",
-        "products",
-        "--node",
-        "n0",
-        "-o",
-        "json",
-    ])
-    .arg("--storage-path")
-    .arg(&src)))
-    .unwrap();
+    let created = create_products(s3(&[]), &src);
     let name = created["name"].as_str().unwrap().to_owned();
     let location = created["archive"]["location"].as_str().unwrap().to_owned();
     assert_eq!(

@@ -272,6 +272,15 @@ pub fn create(cwd: &Path, storage: &Path, collection: Option<&str>) -> serde_jso
     serde_json::from_str(&ok(&mut create_cmd(cwd, storage, collection))).unwrap()
 }
 
+/// `snapshot create` of the collection `products` of `storage`, as node `n0`, by `cmd` (the
+/// binary set up for some snapshot storage): its JSON result.
+pub fn create_products(mut cmd: Command, storage: &Path) -> serde_json::Value {
+    cmd.args(["snapshot", "create", "--collection", "products"])
+        .args(["--node", "n0", "-o", "json", "--storage-path"])
+        .arg(storage);
+    serde_json::from_str(&ok(&mut cmd)).unwrap()
+}
+
 /// The local path of a created archive.
 pub fn archive_path(created: &serde_json::Value) -> PathBuf {
     PathBuf::from(created["archive"]["location"].as_str().unwrap())
@@ -688,20 +697,7 @@ impl AsyncRead for Gated {
 pub fn archives_taken_at(cwd: &Path, cli: &dyn Fn() -> Command, times: &[&str]) {
     let src = cwd.join("prune-source");
     make_collection(&src, "products", "p");
-    let created: serde_json::Value = serde_json::from_str(&ok(cli()
-        .args([
-            "snapshot",
-            "create",
-            "--collection",
-            "products",
-            "--node",
-            "n0",
-            "-o",
-            "json",
-        ])
-        .arg("--storage-path")
-        .arg(&src)))
-    .unwrap();
+    let created = create_products(cli(), &src);
     let name = created["name"].as_str().unwrap().to_owned();
     let base = cwd.join("base.snapshot");
     ok(cli()
