@@ -136,7 +136,7 @@ async fn read_archive(
     };
     let checksum = match known.and_then(|k| k.checksum) {
         Some(checksum) => Some(checksum),
-        None => storage.object_checksum(&info.key).await?,
+        None => storage.object_sidecar(&info.key).await?.valid(),
     };
     Ok(Known {
         size: info.size,

@@ -376,27 +376,43 @@ async fn prune(args: PruneArgs, storage: &dyn Storage) -> Result<ExitCode> {
     })?;
     let prefix = collection_prefix(args.collection.as_deref())?;
     let archives = storage.list(&prefix).await?;
-    let plan = ops::plan_prune(&archives, &args.policy, &tz);
-    for entry in plan.iter().filter(|p| !p.keep && !args.dry_run) {
-        storage.delete(&entry.key).await?;
+    let mut plan = ops::plan_prune(&archives, &args.policy, &tz);
+    // One archive that cannot be deleted holds up no other: each failure is said, and the
+    // command fails at the end.
+    let mut failed = 0;
+    for entry in plan.iter_mut().filter(|p| !p.keep && !args.dry_run) {
+        if let Err(e) = storage.delete(&entry.key).await {
+            entry.error = Some(crate::format::error_line(&e));
+            failed += 1;
+        }
     }
     if args.output == Output::Json {
         print_json(&plan);
-        return Ok(ExitCode::SUCCESS);
-    }
-    let removed = if args.dry_run {
-        "would remove"
     } else {
-        "removed"
-    };
-    let table: Vec<[String; 3]> = plan
-        .iter()
-        .map(|p| {
-            let action = if p.keep { "keep" } else { removed };
-            [action.to_owned(), p.key.clone(), p.why.clone()]
-        })
-        .collect();
-    print_table(["ACTION", "ARCHIVE", "WHY"], &table);
+        let removed = if args.dry_run {
+            "would remove"
+        } else {
+            "removed"
+        };
+        let table: Vec<[String; 3]> = plan
+            .iter()
+            .map(|p| {
+                let (action, why) = match (&p.error, p.keep) {
+                    (Some(error), _) => ("failed", error.clone()),
+                    (None, true) => ("keep", p.why.clone()),
+                    (None, false) => (removed, p.why.clone()),
+                };
+                [action.to_owned(), p.key.clone(), why]
+            })
+            .collect();
+        print_table(["ACTION", "ARCHIVE", "WHY"], &table);
+    }
+    if failed > 0 {
+        return Err(Box::new(CliError::Usage(format!(
+            "{failed} archive(s) the policy removes could not be deleted (see above); the \
+             others were"
+        ))));
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -510,29 +526,39 @@ async fn list(args: ListArgs, storage: &dyn Storage) -> Result<ExitCode> {
 
 async fn download(args: DownloadArgs, storage: &dyn Storage) -> Result<ExitCode> {
     let key = resolve(&args.name, storage).await?;
-    let info = storage
-        .head(&key)
-        .await?
-        .ok_or_else(|| StorageError::NotFound {
-            location: storage.location(&key),
-        })?;
-    let (reader, size) = storage.get(&key).await?;
-    let reader = source::paced(reader, args.pace.pace(), &info.location);
+    let pace = args.pace.pace();
+    // The deadline covers the whole download, its first requests too.
+    let started = tokio::time::Instant::now();
+    let location = storage.location(&key);
+    let (expected, reader, size) =
+        source::within_deadline(pace, started, location.clone(), async {
+            let (reader, size) = storage.get(&key).await?;
+            let expected = storage
+                .sidecar(&key)
+                .await?
+                .expected(&storage.location(&name::checksum_key(&key)))?;
+            Ok::<_, Box<CliError>>((expected, reader, size))
+        })
+        .await?;
+    let reader = source::paced(reader, pace, &location, started);
     let (_, file_name) = name::split_key(&key);
     let target = args.output.unwrap_or_else(|| PathBuf::from(file_name));
     let to_stdout = target == Path::new("-");
-    let partial = partial_path(&target);
+    // Written into a file of a random name made for it (never one found there: a link
+    // planted in its place is not followed), renamed over the target once verified.
+    let partial = if to_stdout {
+        None
+    } else {
+        Some(partial_file(&target)?)
+    };
     let bar = ProgressBar::new(Some(size), "downloading");
     let progress = bar.progress();
-    let out: Box<dyn Write + Send> = if to_stdout {
-        Box::new(std::io::stdout())
-    } else {
-        Box::new(
-            std::fs::File::create(&partial).map_err(|source| CliError::Output {
-                path: partial.clone(),
-                source,
-            })?,
-        )
+    let out: Box<dyn Write + Send> = match &partial {
+        None => Box::new(std::io::stdout()),
+        Some(temp) => Box::new(temp.file().try_clone().map_err(|source| CliError::Output {
+            path: target.clone(),
+            source,
+        })?),
     };
     // Read and hash on one thread, write on another (see engine::readahead).
     let copied = tokio::task::spawn_blocking(move || {
@@ -541,49 +567,37 @@ async fn download(args: DownloadArgs, storage: &dyn Storage) -> Result<ExitCode>
             done: 0,
             progress,
         };
-        let (written, hashed) = readahead::with_read_ahead(reader.into_blocking(), |input| {
-            std::io::copy(input, &mut out).and_then(|n| out.flush().map(|()| n))
-        });
-        (written, hashed, out.inner)
+        let (written, hashed) =
+            readahead::with_read_ahead(reader.into_blocking(), u64::MAX, |input| {
+                std::io::copy(input, &mut out).and_then(|n| out.flush().map(|()| n))
+            });
+        (written, hashed)
     })
     .await
     .expect("the download does not panic");
     bar.finish();
-    let result = (|| {
-        let (written, hashed, out) = copied;
-        let done = written.map_err(|source| StorageError::Body { source })?;
-        let hashed = hashed.ok_or_else(|| StorageError::Body {
-            source: std::io::Error::other("the download ended early"),
-        })?;
-        crate::storage::check_digest(&info.location, info.checksum.as_deref(), &hashed.sha256)?;
-        if !to_stdout {
-            drop(out);
-            std::fs::File::open(&partial)
-                .and_then(|f| f.sync_all())
-                .and_then(|()| std::fs::rename(&partial, &target))
-                .map_err(|source| CliError::Output {
-                    path: target.clone(),
-                    source,
-                })?;
-        }
-        Ok::<u64, Box<CliError>>(done)
-    })();
-    let done = match result {
-        Ok(done) => done,
-        Err(e) => {
-            if !to_stdout {
-                let _ = std::fs::remove_file(&partial);
-            }
-            return Err(e);
-        }
-    };
-    if !to_stdout {
+    // A failure drops the partial file, which removes it.
+    let (written, hashed) = copied;
+    let done = written.map_err(|source| StorageError::Body { source })?;
+    let hashed = hashed.ok_or_else(|| StorageError::Body {
+        source: std::io::Error::other("the download ended early"),
+    })?;
+    crate::storage::check_digest(&location, expected.as_deref(), &hashed.sha256)?;
+    if let Some(temp) = &partial {
+        let file_name = target.file_name().unwrap_or_default();
+        temp.file()
+            .sync_all()
+            .and_then(|()| temp.persist(file_name))
+            .map_err(|source| CliError::Output {
+                path: target.clone(),
+                source,
+            })?;
         eprintln!(
             "downloaded {} to {} ({}, sha256 verified: {})",
-            info.location,
+            location,
             target.display(),
             human_bytes(done),
-            if info.checksum.is_some() {
+            if expected.is_some() {
                 "yes"
             } else {
                 "no checksum file"
@@ -591,6 +605,28 @@ async fn download(args: DownloadArgs, storage: &dyn Storage) -> Result<ExitCode>
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A new file of a random name beside `target` (in the directory named with it, as given).
+fn partial_file(target: &Path) -> Result<crate::safefs::TempFile> {
+    let output_err = |source| {
+        Box::new(CliError::Output {
+            path: target.to_owned(),
+            source,
+        })
+    };
+    if target.file_name().is_none() {
+        return Err(output_err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a file name",
+        )));
+    }
+    let parent = match target.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let dir = crate::safefs::Dir::open(parent).map_err(output_err)?;
+    crate::safefs::TempFile::create_named(&dir).map_err(output_err)
 }
 
 /// Reports the bytes written through it.
@@ -612,11 +648,6 @@ impl Write for ProgressWriter {
     }
 }
 
-fn partial_path(target: &Path) -> PathBuf {
-    let file_name = target.file_name().unwrap_or_default().to_string_lossy();
-    target.with_file_name(format!(".{file_name}.partial"))
-}
-
 async fn upload(args: UploadArgs, storage: &dyn Storage) -> Result<ExitCode> {
     let manifest = {
         let file = std::fs::File::open(&args.file).map_err(|source| {
@@ -631,10 +662,18 @@ async fn upload(args: UploadArgs, storage: &dyn Storage) -> Result<ExitCode> {
     let file_name = args
         .file
         .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let key = name::key(manifest.collection.as_deref(), &file_name);
-    crate::storage::validate_key(&key)?;
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| {
+            CliError::Usage(format!(
+                "{}: the archive's file name is not UTF-8 text; rename it",
+                args.file.display()
+            ))
+        })?;
+    let key = ops::upload_key(
+        manifest.collection.as_deref(),
+        file_name,
+        jiff::Timestamp::now(),
+    )?;
     let naming = move |attempt: u32| (attempt == 0).then(|| key.clone());
     let stored = storage
         .put(&naming, opened.reader, opened.checksum.as_deref())

@@ -13,6 +13,17 @@ pub fn render_error(error: &dyn std::error::Error) -> String {
     text
 }
 
+/// An error and its causes on one line, `: ` between them (for a table cell).
+pub fn error_line(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let _ = write!(text, ": {cause}");
+        source = cause.source();
+    }
+    text
+}
+
 /// Bytes in binary units: `12.3 MiB`.
 pub fn human_bytes(n: u64) -> String {
     const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];

@@ -63,48 +63,59 @@ pub struct Pruning {
     pub keep: bool,
     /// The retention rules that keep it, or why it is kept or removed.
     pub why: String,
+    /// Why it could not be deleted, when it could not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// Applies `policy` to the archives of each collection (full-storage archives apart) and
-/// node, periods counted in `tz` (pure). The newest archive of each collection and node is
-/// always kept, and so is any archive whose name does not say its node and time.
+/// node, periods counted in `tz` (pure). An archive counts at the time its name says, unless
+/// that is later than when it was stored (a name cannot make an archive newer than it is);
+/// the last one stored of each collection and node is always kept, and so is any archive
+/// whose name does not say its node and time.
 pub fn plan_prune(
     archives: &[ObjectInfo],
     policy: &crate::retention::Policy,
     tz: &jiff::tz::TimeZone,
 ) -> Vec<Pruning> {
-    // (collection, node) -> (index in `archives`, (time taken, collision suffix))
+    use crate::retention::Stored;
+    // (collection, node) -> (index in `archives`, its times, collision suffix)
     type Groups<'a> =
-        std::collections::BTreeMap<(Option<&'a str>, &'a str), Vec<(usize, (Timestamp, u32))>>;
+        std::collections::BTreeMap<(Option<&'a str>, &'a str), Vec<(usize, Stored, u32)>>;
     let mut groups = Groups::new();
     let mut plan: Vec<Pruning> = archives
         .iter()
         .enumerate()
         .map(|(i, info)| {
             let parsed = name::parse_archive(&info.key);
-            if let Some(p) = &parsed {
+            let times = parsed.as_ref().map(|p| Stored {
+                claimed: p.taken,
+                stored: info.modified.unwrap_or(p.taken),
+            });
+            if let (Some(p), Some(times)) = (&parsed, times) {
                 groups
                     .entry((p.collection, p.node))
                     .or_default()
-                    .push((i, (p.taken, p.attempt)));
+                    .push((i, times, p.attempt));
             }
             Pruning {
                 key: info.key.clone(),
                 location: info.location.clone(),
                 collection: name::split_key(&info.key).0.map(str::to_owned),
                 node: parsed.as_ref().map(|p| p.node.to_owned()),
-                taken: parsed.map(|p| p.taken),
+                taken: times.map(|t| t.at()),
                 keep: true,
                 why: "its name does not say its node and time".into(),
+                error: None,
             }
         })
         .collect();
     for members in groups.values_mut() {
         // Newest first; of two taken in one second, the one named later.
-        members.sort_by_key(|(_, when)| std::cmp::Reverse(*when));
-        let times: Vec<Timestamp> = members.iter().map(|(_, (t, _))| *t).collect();
-        let decided = crate::retention::decide(policy, &times, tz);
-        for ((i, _), rules) in members.iter().zip(decided) {
+        members.sort_by_key(|(_, times, attempt)| std::cmp::Reverse((times.at(), *attempt)));
+        let items: Vec<Stored> = members.iter().map(|(_, times, _)| *times).collect();
+        let decided = crate::retention::decide_stored(policy, &items, tz);
+        for ((i, _, _), rules) in members.iter().zip(decided) {
             let entry = &mut plan[*i];
             entry.keep = !rules.is_empty();
             entry.why = if rules.is_empty() {
@@ -116,6 +127,34 @@ pub fn plan_prune(
         }
     }
     plan
+}
+
+/// How far ahead of this machine's clock an uploaded archive's name may say it was taken
+/// (clocks of two machines disagree a little).
+pub const MAX_CLOCK_AHEAD: jiff::SignedDuration = jiff::SignedDuration::from_mins(15);
+
+/// The key an archive named `file_name` is uploaded under (its collection's folder, from its
+/// manifest), refusing names that are not archive names or that say the archive was taken
+/// in the future: retention counts an archive from when its name says it was taken (pure).
+pub fn upload_key(
+    collection: Option<&str>,
+    file_name: &str,
+    now: Timestamp,
+) -> Result<String, OpsError> {
+    let key = name::key(collection, file_name);
+    crate::storage::validate_archive_key(&key)?;
+    if let Some(parsed) = name::parse_archive(&key)
+        && parsed.taken > now + MAX_CLOCK_AHEAD
+    {
+        return Err(OpsError::Usage(format!(
+            "{file_name}: its name says it was taken at {}, in the future (this machine's \
+             clock says {}); archives are pruned by the time in their names: rename it with \
+             the time it was taken",
+            parsed.taken,
+            now.round(jiff::Unit::Second).unwrap_or(now)
+        )));
+    }
+    Ok(key)
 }
 
 /// A snapshot that was created.
@@ -379,6 +418,25 @@ mod tests {
         assert!(said.ends_with("collections/c/4, and 2 more"), "{said}");
         let long = vec!["x".repeat(10_000); 100];
         assert!(changed_while_read(&long).unwrap().len() < 1000);
+    }
+
+    #[test]
+    fn uploads_keep_archive_names_from_the_past() {
+        let now: Timestamp = "2026-03-07T10:00:00Z".parse().unwrap();
+        let key = |c, n| upload_key(c, n, now);
+        assert_eq!(
+            key(Some("c"), "c-n0-2026-03-07-09-00-00.snapshot").unwrap(),
+            "c/c-n0-2026-03-07-09-00-00.snapshot"
+        );
+        // A little ahead (another machine's clock): fine; far ahead: refused.
+        assert!(key(Some("c"), "c-n0-2026-03-07-10-10-00.snapshot").is_ok());
+        let future = key(Some("c"), "c-n0-2099-01-01-00-00-00.snapshot").unwrap_err();
+        assert!(future.to_string().contains("in the future"), "{future}");
+        // Other archive names are kept as they are; non-archive names are refused.
+        assert!(key(None, "qdrant-made.snapshot").is_ok());
+        for bad in ["x.snapshot.checksum", "x.tar", ".x.snapshot"] {
+            assert!(key(Some("c"), bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

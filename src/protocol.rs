@@ -82,18 +82,31 @@ pub struct RestoreTask {
     pub termination_log: PathBuf,
 }
 
-/// Bounds on what a restore accepts from an archive (the CLI's and the movers' flags).
+/// Bounds on what a restore accepts from an archive (the CLI's and the movers' flags; the
+/// controller's `mover.restoreLimits`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Args, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct LimitArgs {
-    /// Refuse archives with more entries than this.
+    /// Refuse archives with more entries (files and directories) than this.
     #[arg(long, default_value_t = Limits::default().max_entries)]
     #[serde(default = "default_max_entries")]
     pub max_entries: u64,
-    /// Refuse archives with more bytes of file data than this.
+    /// Refuse archives larger than this many bytes (every byte read from the source counts,
+    /// headers, padding and entries not restored included), or whose files restored would
+    /// be larger (their sizes, holes included).
     #[arg(long, default_value_t = Limits::default().max_bytes)]
     #[serde(default = "default_max_bytes")]
     pub max_bytes: u64,
+    /// Refuse archives whose sparse files have more than this many bytes of holes in all
+    /// (their apparent size beyond their data).
+    #[arg(long, default_value_t = Limits::default().max_hole_bytes)]
+    #[serde(default = "default_max_hole_bytes")]
+    pub max_hole_bytes: u64,
+    /// Refuse archives whose files would take more than this many bytes of disk (their data
+    /// in whole 4 KiB blocks); default: the space free on the target's filesystem.
+    #[arg(long)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_disk_bytes: Option<u64>,
 }
 
 fn default_max_entries() -> u64 {
@@ -102,6 +115,10 @@ fn default_max_entries() -> u64 {
 
 fn default_max_bytes() -> u64 {
     Limits::default().max_bytes
+}
+
+fn default_max_hole_bytes() -> u64 {
+    Limits::default().max_hole_bytes
 }
 
 impl Default for LimitArgs {
@@ -115,6 +132,8 @@ impl From<Limits> for LimitArgs {
         Self {
             max_entries: limits.max_entries,
             max_bytes: limits.max_bytes,
+            max_hole_bytes: limits.max_hole_bytes,
+            max_disk_bytes: limits.max_disk_bytes,
         }
     }
 }
@@ -124,6 +143,8 @@ impl From<LimitArgs> for Limits {
         Self {
             max_entries: args.max_entries,
             max_bytes: args.max_bytes,
+            max_hole_bytes: args.max_hole_bytes,
+            max_disk_bytes: args.max_disk_bytes,
         }
     }
 }
@@ -188,6 +209,11 @@ impl MoverTask {
                 a.maybe("--checksum", t.checksum.as_deref());
                 a.flag("--max-entries", t.limits.max_entries.to_string());
                 a.flag("--max-bytes", t.limits.max_bytes.to_string());
+                a.flag("--max-hole-bytes", t.limits.max_hole_bytes.to_string());
+                a.maybe(
+                    "--max-disk-bytes",
+                    t.limits.max_disk_bytes.map(|n| n.to_string()).as_deref(),
+                );
                 a.log(&t.termination_log);
             }
             Self::Delete(t) => {
@@ -418,6 +444,8 @@ mod tests {
                 limits: LimitArgs {
                     max_entries: 10,
                     max_bytes: 1 << 30,
+                    max_hole_bytes: 1 << 20,
+                    max_disk_bytes: Some(1 << 25),
                 },
                 termination_log: TERMINATION_LOG.into(),
             }),

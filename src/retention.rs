@@ -135,9 +135,75 @@ pub fn decide(policy: &Policy, times: &[Timestamp], tz: &TimeZone) -> Vec<Vec<Ru
     kept
 }
 
+/// An item to retain: the time it says it was taken (an archive's name, a schedule run's
+/// annotation: anyone who can write the item can write this), and the time it was stored
+/// (the storage's modification time, the API server's creation time), which it cannot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stored {
+    pub claimed: Timestamp,
+    pub stored: Timestamp,
+}
+
+impl Stored {
+    /// The time it counts at: the one claimed, unless that is later than its storing
+    /// (nothing is stored before it is taken: a name from the future says nothing).
+    pub fn at(&self) -> Timestamp {
+        self.claimed.min(self.stored)
+    }
+}
+
+/// [`decide`] for items whose claimed time cannot be trusted: each counts at
+/// [`Stored::at`], and the last one stored is always kept ([`Rule::Newest`]), whatever
+/// times the others claim.
+pub fn decide_stored(policy: &Policy, items: &[Stored], tz: &TimeZone) -> Vec<Vec<Rule>> {
+    let times: Vec<Timestamp> = items.iter().map(Stored::at).collect();
+    let mut kept = decide(policy, &times, tz);
+    // Of two stored at once, the one that claims the later time.
+    let last =
+        (0..items.len()).max_by_key(|&i| (items[i].stored, items[i].at(), std::cmp::Reverse(i)));
+    if let Some(last) = last
+        && kept[last].is_empty()
+    {
+        kept[last].push(Rule::Newest);
+    }
+    kept
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_claimed_time_never_outranks_the_last_stored() {
+        let t = |s: &str| -> Timestamp { s.parse().unwrap() };
+        let policy = Policy {
+            keep_last: Some(1),
+            ..Default::default()
+        };
+        let items = [
+            // Taken and stored on the 1st and the 2nd.
+            Stored {
+                claimed: t("2026-03-01T02:00:00Z"),
+                stored: t("2026-03-01T02:00:05Z"),
+            },
+            Stored {
+                claimed: t("2026-03-02T02:00:00Z"),
+                stored: t("2026-03-02T02:00:05Z"),
+            },
+            // Stored on the 1st, claiming 2099: it counts as the 1st.
+            Stored {
+                claimed: t("2099-01-01T00:00:00Z"),
+                stored: t("2026-03-01T12:00:00Z"),
+            },
+        ];
+        let kept = decide_stored(&policy, &items, &TimeZone::UTC);
+        assert_eq!(kept, [vec![], vec![Rule::Last], vec![]]);
+        // Stored last, claiming a time long before: kept all the same.
+        let mut late = items;
+        late[0].stored = t("2026-03-05T00:00:00Z");
+        let kept = decide_stored(&policy, &late, &TimeZone::UTC);
+        assert_eq!(kept, [vec![Rule::Newest], vec![Rule::Last], vec![]]);
+    }
 
     fn at(text: &str) -> Timestamp {
         text.parse().unwrap()

@@ -7,6 +7,7 @@
 //! minimum, so that a source trickling one byte a second cannot hold a restore forever.
 
 use std::io;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
@@ -78,6 +79,11 @@ pub enum SourceError {
     },
     #[error("invalid checksum {0:?}: expected 64 hexadecimal digits (SHA-256)")]
     BadChecksum(String),
+    #[error(
+        "the download from {location} did not finish within {secs}s (--download-deadline; \
+         redirects and response headers count too)"
+    )]
+    Deadline { location: String, secs: u64 },
     #[error(transparent)]
     Storage(#[from] StorageError),
 }
@@ -196,21 +202,53 @@ pub fn expected_checksum(
     }
 }
 
-/// Opens `location` for reading; remote streams are paced by `ctx.pace`.
+/// Opens `location` for reading; remote streams are paced by `ctx.pace`, its deadline
+/// counted from now: connecting, redirects and response headers take from it too.
 pub async fn open(
     location: &Location,
     checksum: Option<&str>,
     ctx: &Context,
 ) -> Result<Opened, SourceError> {
-    let mut opened = open_unpaced(location, checksum, ctx).await?;
-    opened.reader = paced(opened.reader, ctx.pace, &opened.location);
+    let started = Instant::now();
+    let mut opened = within_deadline(ctx.pace, started, location_text(location), async {
+        open_unpaced(location, checksum, ctx).await
+    })
+    .await?;
+    opened.reader = paced(opened.reader, ctx.pace, &opened.location, started);
     Ok(opened)
 }
 
-/// A stream bounded by `pace`; local files are read as they are.
-pub fn paced(reader: Reader, pace: Pace, location: &str) -> Reader {
+fn location_text(location: &Location) -> String {
+    match location {
+        Location::Local(text) => text.clone(),
+        Location::File(path) => path.display().to_string(),
+        Location::Http(url) => url.to_string(),
+        Location::S3 { bucket, key } => format!("s3://{bucket}/{key}"),
+    }
+}
+
+/// Runs `work` (opening a download) within what is left of `pace`'s deadline since
+/// `started`.
+pub async fn within_deadline<T, E: From<SourceError>>(
+    pace: Pace,
+    started: Instant,
+    location: String,
+    work: impl Future<Output = Result<T, E>>,
+) -> Result<T, E> {
+    match tokio::time::timeout_at(started + pace.deadline, work).await {
+        Ok(result) => result,
+        Err(_) => Err(SourceError::Deadline {
+            location,
+            secs: pace.deadline.as_secs(),
+        }
+        .into()),
+    }
+}
+
+/// A stream bounded by `pace` since `started`; local files are read as they are.
+pub fn paced(reader: Reader, pace: Pace, location: &str, started: Instant) -> Reader {
     match reader {
-        Reader::Stream(stream) => Reader::stream(Paced::new(stream, pace, location)),
+        Reader::Stream(stream) => Reader::stream(Paced::new(stream, pace, location, started)),
         local => local,
     }
 }
@@ -235,7 +273,9 @@ async fn open_unpaced(
                     location: text.clone(),
                     storage: ctx.storage.location(""),
                 })?;
-            let checksum = expected_checksum(&info.location, checksum, info.checksum)?;
+            let sidecar = ctx.storage.sidecar(&key).await?;
+            let sidecar = sidecar.expected(&ctx.storage.location(&name::checksum_key(&key)))?;
+            let checksum = expected_checksum(&info.location, checksum, sidecar)?;
             let (reader, size) = ctx.storage.get(&key).await?;
             Ok(Opened {
                 reader,
@@ -258,7 +298,10 @@ async fn open_unpaced(
                 }
             };
             let location = s3.location(key);
-            let sidecar = s3.object_checksum(key).await?;
+            let sidecar = s3
+                .object_sidecar(key)
+                .await?
+                .expected(&s3.location(&name::checksum_key(key)))?;
             let checksum = expected_checksum(&location, checksum, sidecar)?;
             let (reader, size) = s3.get_object(key).await?;
             Ok(Opened {
@@ -294,7 +337,11 @@ fn open_in_snapshots(
     let size = file.metadata().map_err(open_err(&real))?.len();
     let mut sidecar_rel = rel.as_os_str().to_owned();
     sidecar_rel.push(name::CHECKSUM_EXT);
-    let sidecar = read_sidecar(dir.open_file(Path::new(&sidecar_rel), OFlags::RDONLY));
+    let sidecar_path = root.join(&sidecar_rel);
+    let sidecar = read_sidecar(
+        dir.open_file(Path::new(&sidecar_rel), OFlags::RDONLY | OFlags::NONBLOCK),
+        &sidecar_path,
+    )?;
     let location = real.display().to_string();
     Ok(Opened {
         reader: Reader::File(file),
@@ -304,12 +351,36 @@ fn open_in_snapshots(
     })
 }
 
-/// The checksum in an opened sidecar, if it holds a valid one.
-fn read_sidecar(file: io::Result<std::fs::File>) -> Option<String> {
+/// The checksum in the sidecar at `path`, opened as `file`: none when there is no sidecar;
+/// one that is not a checksum file is an error, never taken for a missing one.
+fn read_sidecar(
+    file: io::Result<std::fs::File>,
+    path: &Path,
+) -> Result<Option<String>, SourceError> {
     use std::io::Read;
-    let mut text = String::new();
-    file.ok()?.take(1024).read_to_string(&mut text).ok()?;
-    name::parse_checksum(&text)
+    let open_err = |source| SourceError::Open {
+        path: path.to_owned(),
+        source,
+    };
+    let file = match file {
+        Ok(file) => file,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(open_err(e)),
+    };
+    let mut bytes = Vec::new();
+    let regular = file.metadata().map_err(open_err)?.is_file();
+    if regular {
+        file.take(name::MAX_CHECKSUM_FILE + 1)
+            .read_to_end(&mut bytes)
+            .map_err(open_err)?;
+    }
+    let location = path.display().to_string();
+    let sidecar = if regular {
+        crate::storage::Sidecar::of(&bytes)
+    } else {
+        crate::storage::Sidecar::Invalid
+    };
+    Ok(sidecar.expected(&location)?)
 }
 
 /// Finds the key of a snapshot given by name (`name`, or `collection/name`) in storage.
@@ -347,7 +418,13 @@ pub async fn open_file(path: &Path, checksum: Option<&str>) -> Result<Opened, So
     let size = file.metadata().map_err(open_err)?.len();
     let mut sidecar_path = path.as_os_str().to_owned();
     sidecar_path.push(name::CHECKSUM_EXT);
-    let sidecar = read_sidecar(std::fs::File::open(&sidecar_path));
+    let sidecar = read_sidecar(
+        std::fs::File::options()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&sidecar_path),
+        Path::new(&sidecar_path),
+    )?;
     let location = path.display().to_string();
     Ok(Opened {
         reader: Reader::File(file),
@@ -477,8 +554,8 @@ enum Bound {
 }
 
 impl<R> Paced<R> {
-    pub fn new(inner: R, pace: Pace, location: &str) -> Self {
-        let start = Instant::now();
+    /// `inner` bounded by `pace`, counted from `start` (when the download began).
+    pub fn new(inner: R, pace: Pace, location: &str, start: Instant) -> Self {
         let mut paced = Self {
             inner,
             pace,
@@ -488,7 +565,7 @@ impl<R> Paced<R> {
             timer: Box::pin(tokio::time::sleep_until(start)),
             bound: Bound::Stall,
         };
-        paced.arm(start);
+        paced.arm(Instant::now());
         paced
     }
 

@@ -511,7 +511,7 @@ async fn the_catalog_scan_reads_each_namespace_folders_manifests() {
     let now = scan(&root, &mut later).await.unwrap();
     assert_eq!(now["team-a"][0].checksum, None);
     let sum = a[0].checksum.clone().unwrap();
-    put(team_a, sidecar, sum.into_bytes()).await;
+    folder.put_object(&sidecar, sum.into()).await.unwrap();
     assert!(
         same(scan(&root, &mut later).await.unwrap()),
         "not read again"

@@ -1178,7 +1178,9 @@ mod mock {
                         "--max-entries",
                         "5000",
                         "--max-bytes",
-                        "1073741824"
+                        "1073741824",
+                        "--max-hole-bytes",
+                        "1099511627776"
                     ])
                 );
                 assert_eq!(

@@ -161,13 +161,26 @@ fn active(snap: &Snapshot) -> bool {
     !matches!(phase, Some(Phase::Succeeded | Phase::Failed))
 }
 
-/// The time of the run a Snapshot was taken for (else its creation).
-fn run_time(snap: &Snapshot) -> Timestamp {
-    snap.annotations()
+/// The time of the run a Snapshot says it was taken for (else its creation), and its
+/// creation, which only the API server writes.
+fn times(snap: &Snapshot) -> retention::Stored {
+    let created = snap.meta().creation_timestamp.as_ref().map(|t| t.0);
+    let claimed = snap
+        .annotations()
         .get(SCHEDULED_TIME)
         .and_then(|t| t.parse().ok())
-        .or_else(|| snap.meta().creation_timestamp.as_ref().map(|t| t.0))
-        .unwrap_or(Timestamp::UNIX_EPOCH)
+        .or(created)
+        .unwrap_or(Timestamp::UNIX_EPOCH);
+    retention::Stored {
+        claimed,
+        stored: created.unwrap_or(claimed),
+    }
+}
+
+/// The time of the run a Snapshot was taken for: the time its annotation says, unless that
+/// is later than its creation (an annotation cannot make a Snapshot newer than it is).
+fn run_time(snap: &Snapshot) -> Timestamp {
+    times(snap).at()
 }
 
 /// The newest successful Snapshot, and when it completed.
@@ -209,8 +222,8 @@ pub fn prune(
     };
     let succeeded = settled(Phase::Succeeded);
     if !retention.policy.is_empty() {
-        let times: Vec<Timestamp> = succeeded.iter().map(|s| run_time(s)).collect();
-        let kept = retention::decide(&retention.policy, &times, tz);
+        let items: Vec<retention::Stored> = succeeded.iter().map(|s| times(s)).collect();
+        let kept = retention::decide_stored(&retention.policy, &items, tz);
         for (snap, rules) in succeeded.iter().zip(kept) {
             if rules.is_empty() {
                 remove(snap, "kept by no retention rule".to_owned());

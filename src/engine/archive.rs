@@ -30,11 +30,12 @@ use rustix::fs::{FileType, OFlags};
 use serde::Serialize;
 
 use super::WORKSPACE_DIR;
-use super::manifest::{MANIFEST_ENTRY, MAX_MANIFEST_BYTES, Manifest, SnapshotIdentity};
+use super::limits::{self, MAX_MANIFEST_BYTES, MAX_SPARSE_REGIONS};
+use super::manifest::{MANIFEST_ENTRY, Manifest, SnapshotIdentity};
 use super::name::{self, NameError};
 use crate::safefs::{self, Anchored, Dir};
 
-const BLOCK: usize = 512;
+const BLOCK: usize = limits::BLOCK as usize;
 const COPY_BUF: usize = 1 << 20;
 /// Relative path of the collections directory inside a storage directory.
 pub const COLLECTIONS_DIR: &str = "collections";
@@ -116,6 +117,16 @@ pub enum CreateError {
          stop writes to the storage directory (in the cluster: copyMethod Stop) or retry"
     )]
     Changed { path: PathBuf, expected: u64 },
+    #[error(
+        "{path} cannot be archived: it is {why}, which no restore accepts; move or rename \
+         it, or snapshot a part of the storage directory without it"
+    )]
+    Unrestorable { path: PathBuf, why: &'static str },
+    #[error(
+        "the manifest would be {size} bytes, more than the {MAX_MANIFEST_BYTES} a restore \
+         reads: the storage directory has too many collections or aliases for one archive"
+    )]
+    ManifestTooLarge { size: usize },
     #[error("failed to write the archive")]
     Write { source: io::Error },
 }
@@ -202,12 +213,18 @@ pub fn read_aliases(storage: &Dir) -> Result<BTreeMap<String, String>, CreateErr
     let mut bytes = Vec::new();
     match storage.open_file(ALIASES_FILE, OFlags::RDONLY | OFlags::NONBLOCK) {
         Ok(file) => file
-            .take(MAX_MANIFEST_BYTES)
+            .take(MAX_MANIFEST_BYTES + 1)
             .read_to_end(&mut bytes)
             .map_err(read_err(storage, Path::new(ALIASES_FILE)))?,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(BTreeMap::new()),
         Err(e) => return Err(read_err(storage, Path::new(ALIASES_FILE))(e)),
     };
+    if bytes.len() as u64 > MAX_MANIFEST_BYTES {
+        return Err(CreateError::Unrestorable {
+            path,
+            why: "an aliases file larger than the manifest holds (16 MiB)",
+        });
+    }
     serde_json::from_slice(&bytes).map_err(|source| CreateError::Aliases { path, source })
 }
 
@@ -240,6 +257,9 @@ pub fn write_archive<W: Write>(
         },
     };
     let json = serde_json::to_vec_pretty(manifest).expect("a manifest always serialises");
+    if json.len() as u64 > MAX_MANIFEST_BYTES {
+        return Err(CreateError::ManifestTooLarge { size: json.len() });
+    }
     let mtime = u64::try_from(manifest.created_at.as_second()).unwrap_or(0);
     walker
         .tar
@@ -277,6 +297,7 @@ impl<W: Write> Walker<'_, W> {
         })?;
         let mut path = rel;
         path.push(b'/');
+        check_path(&path, dir.path())?;
         self.tar
             .append_dir(&path, st.st_mode, u64::try_from(st.st_mtime).unwrap_or(0))
             .map_err(|source| CreateError::Write { source })?;
@@ -300,6 +321,9 @@ impl<W: Write> Walker<'_, W> {
             let mut rel = prefix.clone();
             rel.extend_from_slice(name.as_bytes());
             let path = dir.join(&name);
+            if kind == FileType::RegularFile {
+                check_path(&rel, &path)?;
+            }
             // What was listed may be gone (a database's temporary file), or swapped for a
             // link, by the time it is opened: it is skipped and reported, as is anything that
             // is not a file or a directory.
@@ -410,8 +434,19 @@ impl<W: Write> Walker<'_, W> {
     }
 }
 
-/// The data regions of a file of `size` bytes, rounded out to 512-byte blocks, or `None`
-/// when it has no holes (or too many regions to be worth a sparse entry).
+/// Refuses to write an entry at `rel` (the file or directory `abs`) that a restore would
+/// refuse: the reader's own check of paths.
+fn check_path(rel: &[u8], abs: &Path) -> Result<(), CreateError> {
+    limits::path_components(rel)
+        .map(drop)
+        .map_err(|why| CreateError::Unrestorable {
+            path: abs.to_owned(),
+            why,
+        })
+}
+
+/// The data regions of a file of `size` bytes, rounded out to 512-byte blocks and merged
+/// down to at most [`MAX_SPARSE_REGIONS`], or `None` when it has no holes.
 fn data_regions(file: &File, size: u64) -> io::Result<Option<Vec<(u64, u64)>>> {
     use rustix::fs::SeekFrom;
     const B: u64 = BLOCK as u64;
@@ -434,9 +469,14 @@ fn data_regions(file: &File, size: u64) -> io::Result<Option<Vec<(u64, u64)>>> {
             _ => regions.push((start, end - start)),
         }
         pos = end;
+        // A file of countless small holes takes bounded memory: merged as it is mapped.
+        if regions.len() > 2 * MAX_SPARSE_REGIONS {
+            regions = limits::merge_regions(&regions, MAX_SPARSE_REGIONS);
+        }
     }
+    let regions = limits::merge_regions(&regions, MAX_SPARSE_REGIONS);
     let dense = regions.len() == 1 && regions[0] == (0, size);
-    Ok((!dense && regions.len() <= super::untar::MAX_SPARSE_REGIONS).then_some(regions))
+    Ok((!dense).then_some(regions))
 }
 
 fn kind_of(kind: FileType) -> &'static str {
@@ -618,16 +658,13 @@ impl<W: Write> TarWriter<W> {
         file: &File,
         mut on_read: impl FnMut(u64),
     ) -> Result<(), FileCopyError> {
-        let mut map = regions.to_vec();
-        if map.last().is_none_or(|(at, len)| at + len < size) {
-            map.push((size, 0));
-        }
+        let map = limits::sparse_map(regions, size);
         let set = |entry: &mut tar::GnuSparseHeader, (at, len): (u64, u64)| {
             entry.set_offset(at);
             entry.set_length(len);
         };
         let stored: u64 = map.iter().map(|(_, len)| len).sum();
-        let (first, rest) = map.split_at(map.len().min(4));
+        let (first, rest) = map.split_at(map.len().min(limits::SPARSE_IN_HEADER));
         self.header_with(
             path,
             tar::EntryType::GNUSparse,
@@ -643,7 +680,7 @@ impl<W: Write> TarWriter<W> {
             },
         )
         .map_err(FileCopyError::Write)?;
-        let blocks: Vec<&[(u64, u64)]> = rest.chunks(21).collect();
+        let blocks: Vec<&[(u64, u64)]> = rest.chunks(limits::SPARSE_IN_EXTENSION).collect();
         for (i, chunk) in blocks.iter().enumerate() {
             let mut ext = tar::GnuExtSparseHeader::new();
             for (entry, region) in ext.sparse.iter_mut().zip(chunk.iter()) {

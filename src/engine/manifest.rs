@@ -9,8 +9,7 @@ use serde::{Deserialize, Serialize};
 pub const MANIFEST_ENTRY: &str = "snapshot.json";
 /// The archive format version this build writes and reads.
 pub const FORMAT_VERSION: u32 = 1;
-/// Largest manifest accepted when reading an archive.
-pub const MAX_MANIFEST_BYTES: u64 = 16 << 20;
+pub use super::limits::MAX_MANIFEST_BYTES;
 
 /// What an archive holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

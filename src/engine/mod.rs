@@ -5,6 +5,7 @@
 pub mod apply;
 pub mod archive;
 pub mod flush;
+pub mod limits;
 pub mod manifest;
 pub mod name;
 pub mod pipe;

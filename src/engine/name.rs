@@ -31,6 +31,11 @@ pub enum NameError {
         name: String,
         len: usize,
     },
+    #[error(
+        "{name:?} is not an archive name: archives end in {ARCHIVE_EXT} (a checksum file goes \
+         with its archive, never alone)"
+    )]
+    NotArchive { name: String },
 }
 
 /// Checks that `name` is a single path component: non-empty, no `/`, `\` or NUL, not `.` or
@@ -169,6 +174,23 @@ pub fn hex(bytes: &[u8]) -> String {
     s
 }
 
+/// Longest checksum file read: ours is 64 bytes, `sha256sum`'s `<hex>  <file name>\n` at most
+/// 322. A longer one is not a checksum, and no more of it is read.
+pub const MAX_CHECKSUM_FILE: u64 = 512;
+
+/// Parses the content of a checksum file (ours, or `sha256sum`'s line): the lowercase hex
+/// digest, or `None` when it is longer than [`MAX_CHECKSUM_FILE`], not text, or does not
+/// start with 64 hex digits.
+pub fn parse_checksum_file(bytes: &[u8]) -> Option<String> {
+    let text = std::str::from_utf8(bytes).ok()?;
+    let printable = text
+        .chars()
+        .all(|c| !c.is_control() || matches!(c, '\n' | '\r' | '\t'));
+    (bytes.len() as u64 <= MAX_CHECKSUM_FILE && printable)
+        .then(|| parse_checksum(text))
+        .flatten()
+}
+
 /// Parses a SHA-256 checksum as written by us or by `sha256sum` (`<hex>  <file>`): returns the
 /// lowercase hex digest, or `None` when the text does not start with 64 hex digits.
 pub fn parse_checksum(text: &str) -> Option<String> {
@@ -289,6 +311,13 @@ mod tests {
             Some("ab".repeat(32))
         );
         assert_eq!(parse_checksum("xyz"), None);
+        let line = format!("{h}  file.snapshot\n");
+        assert_eq!(parse_checksum_file(line.as_bytes()), Some("ab".repeat(32)));
+        let mut binary = h.clone().into_bytes();
+        binary.extend_from_slice(b"\n\0\xff");
+        assert_eq!(parse_checksum_file(&binary), None);
+        let long = format!("{h} {}", "x".repeat(MAX_CHECKSUM_FILE as usize));
+        assert_eq!(parse_checksum_file(long.as_bytes()), None);
         assert_eq!(parse_checksum(""), None);
         assert_eq!(hex(&[0x00, 0xff, 0x1a]), "00ff1a");
     }

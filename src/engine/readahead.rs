@@ -21,10 +21,30 @@ pub struct Hashed {
     pub bytes: u64,
 }
 
-/// Runs `consume` over the bytes of `reader`, read and hashed on another thread. Returns what
-/// `consume` returned and, when the reading thread reached the end of the input, its hash.
+/// The error `consume` reads when the input holds more than the bytes allowed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the input holds more than {max} bytes")]
+pub struct TooLong {
+    pub max: u64,
+}
+
+impl TooLong {
+    /// The bound, when `error` is this one.
+    pub fn of(error: &io::Error) -> Option<u64> {
+        error
+            .get_ref()
+            .and_then(|e| e.downcast_ref::<Self>())
+            .map(|e| e.max)
+    }
+}
+
+/// Runs `consume` over the bytes of `reader`, read and hashed on another thread, which
+/// reads no more than `max` bytes of it: an input longer than that reads as an error
+/// ([`TooLong`]) once `max` bytes were consumed. Returns what `consume` returned and, when
+/// the reading thread reached the end of the input, its hash.
 pub fn with_read_ahead<R, T>(
     reader: R,
+    max: u64,
     consume: impl FnOnce(&mut ChunkReader) -> T,
 ) -> (T, Option<Hashed>)
 where
@@ -32,7 +52,7 @@ where
 {
     std::thread::scope(|scope| {
         let (tx, rx) = sync_channel(SLOTS);
-        let producer = scope.spawn(move || produce(reader, tx));
+        let producer = scope.spawn(move || produce(reader.take(max.saturating_add(1)), max, tx));
         let mut chunks = ChunkReader {
             rx,
             current: Vec::new(),
@@ -48,7 +68,11 @@ where
     })
 }
 
-fn produce<R: Read>(mut reader: R, tx: SyncSender<io::Result<Vec<u8>>>) -> Option<Hashed> {
+fn produce<R: Read>(
+    mut reader: R,
+    max: u64,
+    tx: SyncSender<io::Result<Vec<u8>>>,
+) -> Option<Hashed> {
     let mut hasher = Sha256::new();
     let mut bytes = 0u64;
     loop {
@@ -60,6 +84,15 @@ fn produce<R: Read>(mut reader: R, tx: SyncSender<io::Result<Vec<u8>>>) -> Optio
                 return None;
             }
         };
+        if bytes + n as u64 > max {
+            // What fits is handed on; the byte beyond the bound is an error.
+            buf.truncate(usize::try_from(max - bytes).expect("less than a chunk"));
+            if !buf.is_empty() {
+                let _ = tx.send(Ok(buf));
+            }
+            let _ = tx.send(Err(io::Error::other(TooLong { max })));
+            return None;
+        }
         if n == 0 {
             return Some(Hashed {
                 sha256: name::hex(&hasher.finalize()),
@@ -125,7 +158,7 @@ mod tests {
     #[test]
     fn hashes_everything() {
         let data: Vec<u8> = (0..3 * CHUNK + 5).map(|i| (i % 253) as u8).collect();
-        let (read, hashed) = with_read_ahead(&data[..], |r| {
+        let (read, hashed) = with_read_ahead(&data[..], u64::MAX, |r| {
             let mut out = Vec::new();
             r.read_to_end(&mut out).unwrap();
             out
@@ -144,7 +177,7 @@ mod tests {
     #[test]
     fn stopping_early_gives_no_hash_and_errors_pass_through() {
         let data = vec![1u8; 20 * CHUNK];
-        let (_, hashed) = with_read_ahead(&data[..], |r| {
+        let (_, hashed) = with_read_ahead(&data[..], u64::MAX, |r| {
             let mut first = [0; 10];
             r.read_exact(&mut first).unwrap();
         });
@@ -156,8 +189,30 @@ mod tests {
                 Err(io::Error::new(io::ErrorKind::TimedOut, "stalled"))
             }
         }
-        let (err, hashed) = with_read_ahead(Failing, |r| r.read(&mut [0; 4]).unwrap_err().kind());
+        let (err, hashed) = with_read_ahead(Failing, u64::MAX, |r| {
+            r.read(&mut [0; 4]).unwrap_err().kind()
+        });
         assert_eq!(err, io::ErrorKind::TimedOut);
         assert_eq!(hashed, None);
+    }
+
+    #[test]
+    fn reads_no_more_than_allowed() {
+        let data = vec![7u8; 3 * CHUNK];
+        for max in [0, 10, CHUNK as u64, 2 * CHUNK as u64 + 1] {
+            let (got, hashed) = with_read_ahead(&data[..], max, |r| {
+                let mut out = Vec::new();
+                let err = r.read_to_end(&mut out).unwrap_err();
+                (out.len() as u64, TooLong::of(&err))
+            });
+            assert_eq!(got, (max, Some(max)));
+            assert_eq!(hashed, None);
+        }
+        // Exactly the bound: fine.
+        let (n, hashed) = with_read_ahead(&data[..], data.len() as u64, |r| {
+            std::io::copy(r, &mut std::io::sink()).unwrap()
+        });
+        assert_eq!(n, data.len() as u64);
+        assert!(hashed.is_some());
     }
 }

@@ -23,10 +23,10 @@ use std::time::{Duration, SystemTime};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::WORKSPACE_DIR;
 use super::apply::{self, Fixup};
 use super::archive::COLLECTIONS_DIR;
 use super::flush::{Flusher, KICK_EVERY, start_writeback};
+use super::limits;
 use super::manifest::{FORMAT_VERSION, Kind, MANIFEST_ENTRY, MAX_MANIFEST_BYTES, Manifest};
 use super::name::{self, NameError};
 use super::readahead::{self, ChunkReader};
@@ -38,8 +38,6 @@ use crate::safefs::{self, Anchored, Dir};
 const COPY_BUF: usize = 1 << 20;
 /// Threads creating small files.
 const WRITERS: usize = 2;
-/// Deepest path accepted in an archive (components); every level holds a descriptor open.
-pub const MAX_DEPTH: usize = 256;
 
 /// What wins when the target collection already holds data (DESIGN §5); the same type
 /// serves the CLI and the `SnapshotRestore` resource.
@@ -85,23 +83,7 @@ impl FromStr for Priority {
     }
 }
 
-/// Bounds on an untrusted archive.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Limits {
-    /// Most entries (files and directories) an archive may hold.
-    pub max_entries: u64,
-    /// Most bytes of file data an archive may hold.
-    pub max_bytes: u64,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Self {
-            max_entries: 100_000_000,
-            max_bytes: 16 << 40,
-        }
-    }
-}
+pub use super::limits::Limits;
 
 /// What to restore from an archive.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -195,12 +177,26 @@ pub enum RestoreError {
     NotFull { collection: String },
     #[error("refused: archive entry {path:?} is {why}; nothing was changed")]
     Hostile { path: String, why: String },
-    #[error("refused: the archive holds more than {max} entries (the limit); nothing was changed")]
+    #[error(
+        "refused: the archive holds more than {max} entries (--max-entries); nothing was changed"
+    )]
     TooManyEntries { max: u64 },
     #[error(
-        "refused: the archive holds more than {max} bytes of data (the limit); nothing was changed"
+        "refused: the archive holds more than {max} bytes (--max-bytes bounds both the bytes \
+         read, headers and padding included, and the size of the files restored, holes \
+         included); nothing was changed"
     )]
     TooLarge { max: u64 },
+    #[error(
+        "refused: the archive's sparse files have more than {max} bytes of holes in all \
+         (--max-hole-bytes); nothing was changed"
+    )]
+    TooManyHoles { max: u64 },
+    #[error(
+        "refused: the archive's files would take more than {max} bytes of disk ({bound}); \
+         nothing was changed"
+    )]
+    TooMuchDisk { max: u64, bound: &'static str },
     #[error("the archive holds no data for collection {collection:?}")]
     Empty { collection: String },
     #[error(
@@ -293,9 +289,10 @@ fn extract<R: Read + Send>(
     staging: &Dir,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<Staged, RestoreError> {
-    let (parsed, hashed) =
-        readahead::with_read_ahead(reader, |input| unpack(spec, input, staging, progress));
-    let (mut restored, mapping, dirs) = parsed?;
+    let (parsed, hashed) = readahead::with_read_ahead(reader, spec.limits.max_bytes, |input| {
+        unpack(spec, input, staging, progress)
+    });
+    let (mut restored, mapping, dirs) = parsed.map_err(past_the_bound)?;
     let hashed = hashed.ok_or(RestoreError::Tar(TarError::Truncated))?;
     restored.archive_bytes = hashed.bytes;
     restored.checksum = hashed.sha256;
@@ -330,6 +327,18 @@ fn extract<R: Read + Send>(
         }
     }
     Ok(Staged { restored, fixups })
+}
+
+/// The error of reading past the archive's size bound is that bound's.
+fn past_the_bound(error: RestoreError) -> RestoreError {
+    let bound = match &error {
+        RestoreError::Tar(TarError::Read { source }) => readahead::TooLong::of(source),
+        _ => None,
+    };
+    match bound {
+        Some(max) => RestoreError::TooLarge { max },
+        None => error,
+    }
 }
 
 /// Staged directories (relative to the staging root) with their mode and time from the
@@ -369,10 +378,10 @@ fn unpack_with(
         files: 0,
         collections: Vec::new(),
     };
+    let mut budget = Budget::new(spec.limits, staging)?;
     let mut flusher = Flusher::start(staging);
     let mut tree = StagingTree::new(staging).map_err(write_err(staging.path()))?;
     let mut dirs = StagedDirs::new();
-    let mut entry_count = 0u64;
     let mut buf = vec![0; COPY_BUF];
     while let Some(entry) = tar.next_entry()? {
         let shown = || String::from_utf8_lossy(&entry.path).into_owned();
@@ -380,18 +389,14 @@ fn unpack_with(
             path: shown(),
             why: why.into(),
         };
-        let parts = safe_components(&entry.path).map_err(hostile)?;
+        let parts = limits::path_components(&entry.path).map_err(hostile)?;
         let is_dir = match entry.kind {
             EntryType::File => false,
-            EntryType::Directory => true,
+            EntryType::Directory if entry.size == 0 => true,
+            EntryType::Directory => return Err(hostile("a directory with data")),
             other => return Err(hostile(&other.describe())),
         };
-        entry_count += 1;
-        if entry_count > spec.limits.max_entries {
-            return Err(RestoreError::TooManyEntries {
-                max: spec.limits.max_entries,
-            });
-        }
+        budget.read(tar.position(), &entry)?;
         // A sparse file counts with its holes: it is that large once restored.
         let size = match (&entry.sparse, is_dir) {
             (_, true) => 0,
@@ -406,6 +411,7 @@ fn unpack_with(
         let Some(rel) = mapping.map(&parts).map_err(hostile)? else {
             continue;
         };
+        budget.staged(&entry)?;
         let twice = |e: io::Error| match e.kind() {
             io::ErrorKind::AlreadyExists | io::ErrorKind::NotADirectory => {
                 hostile("given twice in the archive (or as a file and as a directory)")
@@ -455,6 +461,84 @@ fn unpack_with(
     // What follows the end marker: a little zero padding at most (the checksum covers it).
     tar.finish()?;
     Ok((stats, mapping, dirs))
+}
+
+/// What an archive has cost so far, against its [`Limits`].
+struct Budget {
+    limits: Limits,
+    /// The disk the staged files may take, and which bound that is.
+    max_disk: (u64, &'static str),
+    entries: u64,
+    holes: u64,
+    disk: u64,
+}
+
+impl Budget {
+    /// The limits, the disk bound defaulting to the space free where `staging` is.
+    fn new(limits: Limits, staging: &Dir) -> Result<Self, RestoreError> {
+        let max_disk = match limits.max_disk_bytes {
+            Some(max) => (max, "--max-disk-bytes"),
+            None => {
+                let st = rustix::fs::fstatvfs(staging)
+                    .map_err(|e| write_err(staging.path())(e.into()))?;
+                (
+                    st.f_bavail.saturating_mul(st.f_frsize),
+                    "the space free on the target's filesystem; --max-disk-bytes sets another bound",
+                )
+            }
+        };
+        Ok(Self {
+            limits,
+            max_disk,
+            entries: 0,
+            holes: 0,
+            disk: 0,
+        })
+    }
+
+    /// Counts an entry whose header ends at `position` of the archive, refusing it when the
+    /// archive holds too many or when its data would take the archive past its size bound
+    /// (before any of it is read).
+    fn read(&mut self, position: u64, entry: &super::untar::Entry) -> Result<(), RestoreError> {
+        self.entries += 1;
+        if self.entries > self.limits.max_entries {
+            return Err(RestoreError::TooManyEntries {
+                max: self.limits.max_entries,
+            });
+        }
+        let end = position
+            .saturating_add(entry.size)
+            .saturating_add(entry.size.next_multiple_of(limits::BLOCK) - entry.size);
+        if end > self.limits.max_bytes {
+            return Err(RestoreError::TooLarge {
+                max: self.limits.max_bytes,
+            });
+        }
+        Ok(())
+    }
+
+    /// Counts the holes and the disk of an entry about to be staged.
+    fn staged(&mut self, entry: &super::untar::Entry) -> Result<(), RestoreError> {
+        let (holes, disk) = match (&entry.sparse, entry.kind) {
+            (_, EntryType::Directory) => (0, limits::DISK_BLOCK),
+            (Some(map), _) => (map.real_size - entry.size, limits::disk_use(&map.regions)),
+            (None, _) => (0, limits::disk_use(&[(0, entry.size)])),
+        };
+        self.holes = self.holes.saturating_add(holes);
+        if self.holes > self.limits.max_hole_bytes {
+            return Err(RestoreError::TooManyHoles {
+                max: self.limits.max_hole_bytes,
+            });
+        }
+        self.disk = self.disk.saturating_add(disk);
+        if self.disk > self.max_disk.0 {
+            return Err(RestoreError::TooMuchDisk {
+                max: self.max_disk.0,
+                bound: self.max_disk.1,
+            });
+        }
+        Ok(())
+    }
 }
 
 /// The staging tree's directories along the path last used, each opened from its parent
@@ -587,31 +671,6 @@ fn read_manifest<R: Read>(tar: &mut TarReader<R>) -> Result<Manifest, RestoreErr
         (Kind::Full, Some(_)) => return Err(inconsistent("a collection is set")),
     }
     Ok(manifest)
-}
-
-/// The components of an archive path, refusing anything that could leave the target:
-/// absolute paths, `..`, empty paths, paths into the restore workspace, and paths deeper
-/// than [`MAX_DEPTH`].
-fn safe_components(raw: &[u8]) -> Result<Vec<&[u8]>, &'static str> {
-    if raw.first() == Some(&b'/') {
-        return Err("an absolute path");
-    }
-    let mut parts = Vec::new();
-    for part in raw.split(|b| *b == b'/') {
-        match part {
-            b"" | b"." => {}
-            b".." => return Err("a path with `..`"),
-            p => parts.push(p),
-        }
-    }
-    if parts.len() > MAX_DEPTH {
-        return Err("a path deeper than 256 directories");
-    }
-    match parts.first() {
-        None => Err("an empty path"),
-        Some(first) if *first == WORKSPACE_DIR.as_bytes() => Err("inside the reserved workspace"),
-        Some(_) => Ok(parts),
-    }
 }
 
 /// Maps archive paths to staging paths for the selection.
@@ -756,20 +815,6 @@ pub(super) fn to_time(secs: u64) -> SystemTime {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn hostile_paths_are_refused() {
-        assert_eq!(
-            safe_components(b"collections/c/a").unwrap(),
-            vec![&b"collections"[..], b"c", b"a"]
-        );
-        assert_eq!(safe_components(b"./collections//c/").unwrap().len(), 2);
-        assert!(safe_components(b"/etc/passwd").is_err());
-        assert!(safe_components(b"collections/../../x").is_err());
-        assert!(safe_components(b"..").is_err());
-        assert!(safe_components(b"./").is_err());
-        assert!(safe_components(b".snapshot-operator/lock").is_err());
-    }
 
     fn manifest(collection: Option<&str>, collections: &[&str]) -> Manifest {
         Manifest::new(

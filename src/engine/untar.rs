@@ -9,28 +9,20 @@
 //!   anything else is refused.
 //! * Numbers are octal or GNU base-256; header checksums are verified.
 //! * GNU sparse files (type `S`, as `tar -cS` writes them and the tar crate reads them) come
-//!   with their map of data regions, at most [`MAX_SPARSE_REGIONS`], checked to be in order,
-//!   not overlapping, inside the file and adding up to the data stored. The PAX forms of
-//!   sparse files are not read.
+//!   with their map of data regions, at most [`MAX_SPARSE_ENTRIES`] entries in at most
+//!   [`MAX_SPARSE_EXTENSIONS`] extension blocks (the writer's limits), checked to be in
+//!   order, not overlapping, inside the file and adding up to the data stored. The PAX forms
+//!   of sparse files are not read.
 //!
 //! The reader only reads: what an entry may be (files and directories only, paths that stay
 //! inside the target) is for the caller to decide.
 
 use std::io::{self, Read};
 
-/// The tar block size.
-pub const BLOCK: u64 = 512;
-/// Largest extension header (GNU long name or link, PAX record set) read into memory.
-pub const MAX_EXTENSION: u64 = 64 << 10;
-/// Most extension headers in a row (before one entry).
-pub const MAX_EXTENSIONS: usize = 8;
-/// Most bytes after the end-of-archive marker, which must all be zero.
-pub const MAX_TRAILER: u64 = 1 << 20;
-/// Most data regions in the map of a sparse file.
-pub const MAX_SPARSE_REGIONS: usize = 1 << 16;
-/// Sparse map entries in a GNU header, and in each extension block after it.
-const SPARSE_IN_HEADER: usize = 4;
-const SPARSE_IN_EXTENSION: usize = 21;
+pub use super::limits::{BLOCK, MAX_EXTENSION, MAX_EXTENSIONS, MAX_TRAILER};
+use super::limits::{
+    MAX_SPARSE_ENTRIES, MAX_SPARSE_EXTENSIONS, SPARSE_IN_EXTENSION, SPARSE_IN_HEADER,
+};
 
 /// What an entry is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -264,16 +256,22 @@ impl<R: Read> TarReader<R> {
         let mut regions = Vec::new();
         sparse_entries(&block[386..386 + SPARSE_IN_HEADER * 24], &mut regions).map_err(bad)?;
         let mut extended = block[482] == 1;
+        let mut blocks = 0;
         while extended {
-            if regions.len() > MAX_SPARSE_REGIONS {
+            if regions.len() > MAX_SPARSE_ENTRIES {
                 return Err(bad("has too many regions"));
+            }
+            // Empty extension blocks count too: a chain of them is bounded like a full one.
+            blocks += 1;
+            if blocks > MAX_SPARSE_EXTENSIONS {
+                return Err(bad("has more extension blocks than any sparse map needs"));
             }
             let mut ext = [0u8; BLOCK as usize];
             self.read_exact(&mut ext)?;
             sparse_entries(&ext[..SPARSE_IN_EXTENSION * 24], &mut regions).map_err(bad)?;
             extended = ext[SPARSE_IN_EXTENSION * 24] == 1;
         }
-        if regions.len() > MAX_SPARSE_REGIONS {
+        if regions.len() > MAX_SPARSE_ENTRIES {
             return Err(bad("has too many regions"));
         }
         let (mut end, mut total) = (0u64, 0u64);

@@ -130,6 +130,25 @@ impl TempFile {
     }
 }
 
+impl TempFile {
+    /// Renames the file (made by [`create_named`](Self::create_named)) to `to_name` in its
+    /// directory, replacing what has that name: a link there is replaced, never followed.
+    pub fn persist(&self, to_name: impl AsRef<Path>) -> io::Result<()> {
+        let name = self.name.as_ref().ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "an unnamed file has no name to rename",
+            )
+        })?;
+        Ok(rustix::fs::renameat(
+            &self.dir,
+            name,
+            &self.dir,
+            to_name.as_ref(),
+        )?)
+    }
+}
+
 impl Drop for TempFile {
     fn drop(&mut self) {
         if let Some(name) = &self.name

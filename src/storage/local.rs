@@ -16,6 +16,7 @@
 
 use std::fs::File;
 use std::io::{self, Read, Seek, Write};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -25,7 +26,8 @@ use rustix::fs::OFlags;
 use sha2::{Digest, Sha256};
 
 use super::{
-    ObjectInfo, Reader, Storage, StorageError, check_digest, is_archive_key, validate_key,
+    ObjectInfo, Reader, Sidecar, Storage, StorageError, check_digest, is_archive_key,
+    validate_archive_key, validate_key,
 };
 use crate::engine::flush::{KICK_EVERY, start_writeback};
 use crate::engine::name;
@@ -34,8 +36,6 @@ use crate::safefs::{self, Dir, TempFile};
 /// Default temp directory, inside the snapshots directory.
 pub const DEFAULT_TEMP_DIR: &str = ".tmp";
 const COPY_BUF: usize = 1 << 20;
-/// Longest checksum sidecar read.
-const MAX_SIDECAR: u64 = 1024;
 
 /// Archives in a local directory.
 #[derive(Debug, Clone)]
@@ -60,18 +60,25 @@ fn not_found(dir: &Dir, name: &str) -> StorageError {
 }
 
 impl LocalStorage {
-    /// Storage in `root`, building archives in `temp` (default `<root>/.tmp`); creates both
-    /// and removes what interrupted puts left.
+    /// Storage in `root`, building archives in `temp` (default `<root>/.tmp`, reached from
+    /// `root` without following a link); creates both and removes what interrupted puts
+    /// left. The directories given are taken as they are, links included.
     pub fn open(root: PathBuf, temp: Option<PathBuf>) -> Result<Self, StorageError> {
-        let temp = temp.unwrap_or_else(|| root.join(DEFAULT_TEMP_DIR));
         let open = |path: &Path| {
             std::fs::create_dir_all(path)
                 .and_then(|()| Dir::open(path))
                 .map_err(io_err("open", path))
         };
+        let root = open(&root)?;
+        let temp = match temp {
+            Some(temp) => open(&temp)?,
+            None => root
+                .create_dir_all(DEFAULT_TEMP_DIR, 0o777)
+                .map_err(io_err("open", &root.join(DEFAULT_TEMP_DIR)))?,
+        };
         let storage = Self {
-            root: Arc::new(open(&root)?),
-            temp: Arc::new(open(&temp)?),
+            root: Arc::new(root),
+            temp: Arc::new(temp),
         };
         storage.clean();
         Ok(storage)
@@ -184,7 +191,7 @@ impl LocalStorage {
         digest: &str,
     ) -> Result<String, StorageError> {
         for key in keys {
-            validate_key(key)?;
+            validate_archive_key(key)?;
             let (collection, file_name) = name::split_key(key);
             let sidecar_name = name::checksum_key(file_name);
             let dir = match collection {
@@ -235,7 +242,7 @@ impl LocalStorage {
             location: self.location(key),
             size: u64::try_from(st.st_size).unwrap_or(0),
             modified: Timestamp::from_second(st.st_mtime).ok(),
-            checksum: read_sidecar(dir, &name::checksum_key(file_name)),
+            checksum: read_sidecar(dir, &name::checksum_key(file_name)).valid(),
         }
     }
 }
@@ -247,9 +254,12 @@ fn clean_dir(dir: &Dir, with_archives: bool) -> io::Result<()> {
         if kind != rustix::fs::FileType::RegularFile {
             continue;
         }
-        let text = entry.to_string_lossy();
-        let archive = text.strip_suffix(name::CHECKSUM_EXT);
-        let removed = if text.ends_with(safefs::TEMP_SUFFIX) {
+        // By the name's bytes: a lossy conversion could point at another archive.
+        let bytes = entry.as_encoded_bytes();
+        let archive = bytes
+            .strip_suffix(name::CHECKSUM_EXT.as_bytes())
+            .map(|a| Path::new(std::ffi::OsStr::from_bytes(a)));
+        let removed = if bytes.ends_with(safefs::TEMP_SUFFIX.as_bytes()) {
             safefs::remove_if_abandoned(dir, &entry, || true)?
         } else if let Some(archive) = archive.filter(|_| with_archives) {
             let absent = || dir.stat(archive).is_ok_and(|st| st.is_none());
@@ -264,12 +274,40 @@ fn clean_dir(dir: &Dir, with_archives: bool) -> io::Result<()> {
     Ok(())
 }
 
-/// The checksum in the sidecar `name` of `dir`, if there is a valid one.
-fn read_sidecar(dir: &Dir, sidecar: &str) -> Option<String> {
-    let file = dir.open_file(sidecar, OFlags::RDONLY).ok()?;
-    let mut text = String::new();
-    file.take(MAX_SIDECAR).read_to_string(&mut text).ok()?;
-    name::parse_checksum(&text)
+/// What the sidecar `sidecar` of `dir` holds (a link, or anything but a regular file, is no
+/// checksum; no more is read than a checksum file can be long).
+fn read_sidecar(dir: &Dir, sidecar: &str) -> Sidecar {
+    let file = match dir.open_file(sidecar, OFlags::RDONLY | OFlags::NONBLOCK) {
+        Ok(file) => file,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Sidecar::Missing,
+        Err(_) => return Sidecar::Invalid,
+    };
+    let mut bytes = Vec::new();
+    match file.metadata() {
+        Ok(meta) if meta.is_file() => {}
+        _ => return Sidecar::Invalid,
+    }
+    match file
+        .take(name::MAX_CHECKSUM_FILE + 1)
+        .read_to_end(&mut bytes)
+    {
+        Ok(_) => Sidecar::of(&bytes),
+        Err(_) => Sidecar::Invalid,
+    }
+}
+
+/// `entry` of `dir` as a `what` name (UTF-8, a valid name), or `None`, said in the log.
+fn valid_name<'e>(dir: &Dir, entry: &'e std::ffi::OsStr, what: &'static str) -> Option<&'e str> {
+    let valid = entry
+        .to_str()
+        .filter(|text| name::validate(what, text).is_ok());
+    if valid.is_none() {
+        tracing::warn!(
+            path = %dir.join(entry).display(),
+            "not listed: not a valid {what} name (left alone)"
+        );
+    }
+    valid
 }
 
 /// Links the archive in `temp` as `file_name` in `dir`; when `dir` is on another filesystem,
@@ -360,24 +398,49 @@ impl Storage for LocalStorage {
             String::new(),
         )];
         for (entry, kind) in self.root.entries().map_err(list_err(&self.root))? {
-            let entry = entry.to_string_lossy().into_owned();
-            if kind == rustix::fs::FileType::Directory && !entry.starts_with('.') {
-                let dir = self.root.open_dir(&entry).map_err(list_err(&self.root))?;
-                dirs.push((dir, format!("{entry}/")));
+            if kind != rustix::fs::FileType::Directory || entry.as_encoded_bytes().starts_with(b".")
+            {
+                continue;
+            }
+            // Only a collection's name is a collection folder: other names are said and left
+            // alone, never mapped onto another (a lossy conversion could name a real one).
+            let Some(collection) = valid_name(&self.root, &entry, "collection") else {
+                continue;
+            };
+            match self.root.open_dir(collection) {
+                Ok(dir) => dirs.push((dir, format!("{collection}/"))),
+                Err(e) => tracing::warn!(
+                    path = %self.root.join(collection).display(), error = %e,
+                    "not listed: the folder cannot be opened"
+                ),
             }
         }
         for (dir, key_prefix) in dirs {
-            for (entry, kind) in dir.entries().map_err(list_err(&dir))? {
-                let file_name = entry.to_string_lossy();
-                let key = format!("{key_prefix}{file_name}");
+            let entries = match dir.entries() {
+                Ok(entries) => entries,
+                Err(e) if !key_prefix.is_empty() => {
+                    tracing::warn!(path = %dir.path().display(), error = %e, "not listed: the folder cannot be read");
+                    continue;
+                }
+                Err(e) => return Err(list_err(&dir)(e)),
+            };
+            for (entry, kind) in entries {
                 if kind != rustix::fs::FileType::RegularFile
-                    || !is_archive_key(&key)
-                    || !key.starts_with(prefix)
+                    || !entry
+                        .as_encoded_bytes()
+                        .ends_with(name::ARCHIVE_EXT.as_bytes())
                 {
                     continue;
                 }
-                if let Some(st) = dir.stat(&entry).map_err(list_err(&dir))? {
-                    found.push(self.info(&key, &dir, &file_name, &st));
+                let Some(file_name) = valid_name(&dir, &entry, "snapshot") else {
+                    continue;
+                };
+                let key = format!("{key_prefix}{file_name}");
+                if !is_archive_key(&key) || !key.starts_with(prefix) {
+                    continue;
+                }
+                if let Some(st) = dir.stat(file_name).map_err(list_err(&dir))? {
+                    found.push(self.info(&key, &dir, file_name, &st));
                 }
             }
         }
@@ -385,7 +448,16 @@ impl Storage for LocalStorage {
         Ok(found)
     }
 
+    async fn sidecar(&self, key: &str) -> Result<Sidecar, StorageError> {
+        let (dir, file_name) = match self.locate(key) {
+            Err(StorageError::NotFound { .. }) => return Ok(Sidecar::Missing),
+            other => other?,
+        };
+        Ok(read_sidecar(&dir, &name::checksum_key(file_name)))
+    }
+
     async fn delete(&self, key: &str) -> Result<(), StorageError> {
+        validate_archive_key(key)?;
         let (dir, file_name) = self.locate(key)?;
         match dir.stat(file_name) {
             Ok(Some(st)) if safefs::is_file(&st) => {}

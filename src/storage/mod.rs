@@ -107,6 +107,11 @@ pub enum StorageError {
     },
     #[error("reading the data to store failed")]
     Body { source: io::Error },
+    #[error(
+        "{location} is not a checksum file (64 hexadecimal digits, as sha256sum writes them); \
+         replace it with the archive's SHA-256, or delete it"
+    )]
+    BadSidecar { location: String },
     #[error("checksum mismatch for {location}: the data has SHA-256 {actual}, expected {expected}")]
     Checksum {
         location: String,
@@ -122,6 +127,45 @@ pub enum StorageError {
         #[source]
         source: Option<Box<dyn std::error::Error + Send + Sync>>,
     },
+}
+
+/// What an archive's checksum sidecar holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Sidecar {
+    /// There is none (an archive written by another tool).
+    Missing,
+    /// There is one, but it is not a checksum ([`name::parse_checksum_file`]).
+    Invalid,
+    /// A SHA-256, lowercase hex.
+    Sha256(String),
+}
+
+impl Sidecar {
+    /// Of what was read of a sidecar (at most [`name::MAX_CHECKSUM_FILE`] + 1 bytes).
+    pub fn of(bytes: &[u8]) -> Self {
+        name::parse_checksum_file(bytes).map_or(Self::Invalid, Self::Sha256)
+    }
+
+    /// The checksum to verify against: none when missing; an invalid sidecar (at
+    /// `location`) is an error, never taken for a missing one.
+    pub fn expected(self, location: &str) -> Result<Option<String>, StorageError> {
+        match self {
+            Self::Missing => Ok(None),
+            Self::Invalid => Err(StorageError::BadSidecar {
+                location: location.to_owned(),
+            }),
+            Self::Sha256(sum) => Ok(Some(sum)),
+        }
+    }
+
+    /// The checksum, when there is a valid one (listings, which say an invalid one is
+    /// none rather than fail).
+    pub fn valid(self) -> Option<String> {
+        match self {
+            Self::Sha256(sum) => Some(sum),
+            Self::Missing | Self::Invalid => None,
+        }
+    }
 }
 
 /// A place to keep archives.
@@ -144,13 +188,18 @@ pub trait Storage: Send + Sync + fmt::Debug {
     /// Streams the archive at `key`, with its size.
     async fn get(&self, key: &str) -> Result<(Reader, u64), StorageError>;
 
-    /// The archive at `key` (with its checksum), or `None`.
+    /// The archive at `key` (with its checksum, if valid), or `None`.
     async fn head(&self, key: &str) -> Result<Option<ObjectInfo>, StorageError>;
+
+    /// The checksum sidecar of the archive at `key`, read no further than a checksum file
+    /// can be long.
+    async fn sidecar(&self, key: &str) -> Result<Sidecar, StorageError>;
 
     /// The archives whose key starts with `prefix`, sorted by key.
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StorageError>;
 
-    /// Deletes the archive at `key` and its sidecar; `NotFound` when there is no archive.
+    /// Deletes the archive at `key` (an archive key, never a sidecar's) and its sidecar;
+    /// `NotFound` when there is no archive.
     async fn delete(&self, key: &str) -> Result<(), StorageError>;
 }
 
@@ -205,6 +254,20 @@ pub fn is_archive_key(key: &str) -> bool {
     key.ends_with(name::ARCHIVE_EXT) && !key.split('/').any(|part| part.starts_with('.'))
 }
 
+/// Checks a key that names an archive to store or delete: a valid key ([`validate_key`])
+/// ending in `.snapshot`, no part hidden. Sidecars go with their archive, never alone, and
+/// an archive under another name would never be listed.
+pub fn validate_archive_key(key: &str) -> Result<(), StorageError> {
+    validate_key(key)?;
+    if is_archive_key(key) {
+        return Ok(());
+    }
+    Err(StorageError::Key {
+        key: key.into(),
+        source: NameError::NotArchive { name: key.into() },
+    })
+}
+
 /// Turns a digest into the error a put returns when it does not match the expected one.
 pub fn check_digest(
     location: &str,
@@ -236,5 +299,17 @@ mod tests {
         assert!(!is_archive_key("c/x.snapshot.checksum"));
         assert!(!is_archive_key(".tmp/x.snapshot"));
         assert!(!is_archive_key("c/.x.snapshot"));
+        assert!(validate_archive_key("c/x.snapshot").is_ok());
+        for bad in [
+            "c/x.snapshot.checksum",
+            "c/x.tar",
+            ".tmp/x.snapshot",
+            "c/.x.snapshot",
+        ] {
+            assert!(validate_archive_key(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(Sidecar::of(b"x"), Sidecar::Invalid);
+        assert!(Sidecar::Invalid.expected("l").is_err());
+        assert_eq!(Sidecar::Missing.expected("l").unwrap(), None);
     }
 }

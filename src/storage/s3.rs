@@ -5,8 +5,10 @@
 //! parts are in, it writes the `.checksum` sidecar object and only then completes the
 //! multipart upload, which makes the archive visible. Any failure, a checksum
 //! mismatch or an interruption aborts the multipart upload (retrying the abort while the
-//! server is unreachable), so nothing is left behind: no object, no dangling upload. Small
-//! archives (one part) are a single `PutObject` after their sidecar.
+//! server is unreachable), so nothing is left behind: no object, no dangling upload. Every
+//! archive, a small one too, is a multipart upload, started before its name is claimed:
+//! whatever a writer killed at any moment leaves (an upload, its claimed sidecar) is found
+//! by the next writer's sweep of stale uploads, which removes both.
 //!
 //! Requests are retried with exponential backoff on throttling, 5xx and connection errors by
 //! the SDK's standard retry policy. Credentials come from the configuration or the SDK's
@@ -30,7 +32,8 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::task::JoinSet;
 
 use super::{
-    Naming, ObjectInfo, Reader, Storage, StorageError, check_digest, is_archive_key, validate_key,
+    Naming, ObjectInfo, Reader, Sidecar, Storage, StorageError, check_digest, is_archive_key,
+    validate_archive_key, validate_key,
 };
 use crate::config::S3Config;
 use crate::engine::name;
@@ -219,6 +222,11 @@ impl S3Storage {
     /// read, the rest is not downloaded.
     pub async fn read_start(&self, key: &str, len: u64) -> Result<Vec<u8>, StorageError> {
         validate_key(key)?;
+        self.read_prefix(key, len).await
+    }
+
+    /// The first `len` bytes of any object under the prefix (fewer when it is shorter).
+    async fn read_prefix(&self, key: &str, len: u64) -> Result<Vec<u8>, StorageError> {
         let mut out = self.get_range(key, Some((0, len.max(1))), None).await?;
         let most = usize::try_from(len).unwrap_or(usize::MAX);
         let mut bytes = Vec::new();
@@ -301,25 +309,20 @@ impl S3Storage {
         }
     }
 
-    /// Reads the sidecar of `key`, if any.
-    async fn read_checksum(&self, key: &str) -> Result<Option<String>, StorageError> {
+    /// Reads the sidecar of `key`: a ranged read of no more than a checksum file can hold.
+    async fn read_sidecar(&self, key: &str) -> Result<Sidecar, StorageError> {
         let sidecar = name::checksum_key(key);
-        match self.get_object(&sidecar).await {
-            Ok((reader, _)) => {
-                let mut bytes = Vec::new();
-                let mut limited = reader.into_async().take(1024);
-                limited
-                    .read_to_end(&mut bytes)
-                    .await
-                    .map_err(|source| StorageError::Io {
-                        op: "read",
-                        location: self.location(&sidecar),
-                        source,
-                    })?;
-                // Not text: not a checksum (said as such, not an error of the whole listing).
-                Ok(name::parse_checksum(&String::from_utf8_lossy(&bytes)))
+        match self
+            .read_prefix(&sidecar, name::MAX_CHECKSUM_FILE + 1)
+            .await
+        {
+            Ok(bytes) => Ok(Sidecar::of(&bytes)),
+            Err(StorageError::NotFound { .. }) => Ok(Sidecar::Missing),
+            // An empty object (a name claimed by a writer still at work) has no byte to
+            // range over: not a checksum.
+            Err(StorageError::S3 { detail, .. }) if detail.starts_with("InvalidRange") => {
+                Ok(Sidecar::Invalid)
             }
-            Err(StorageError::NotFound { .. }) => Ok(None),
             Err(e) => Err(e),
         }
     }
@@ -401,13 +404,13 @@ impl S3Storage {
             })
     }
 
-    /// The checksum of any object, from its sidecar.
-    pub async fn object_checksum(&self, key: &str) -> Result<Option<String>, StorageError> {
-        self.read_checksum(key).await
+    /// The sidecar of any object.
+    pub async fn object_sidecar(&self, key: &str) -> Result<Sidecar, StorageError> {
+        self.read_sidecar(key).await
     }
 
     /// The archives under `prefix`, by key, from the listing alone: their checksums not read
-    /// (`checksum` is `None`; [`Self::object_checksum`] reads one).
+    /// (`checksum` is `None`; [`Self::object_sidecar`] reads one).
     pub async fn list_archives(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StorageError> {
         let mut pages = self
             .client
@@ -440,7 +443,9 @@ impl S3Storage {
         Ok(found)
     }
 
-    async fn put_small(&self, key: &str, data: Bytes) -> Result<(), StorageError> {
+    /// Writes one small object of the bucket (under the prefix), replacing it; `Storage::put`
+    /// stores an archive with its sidecar.
+    pub async fn put_object(&self, key: &str, data: Bytes) -> Result<(), StorageError> {
         self.client
             .put_object()
             .bucket(&self.bucket)
@@ -484,33 +489,48 @@ impl S3Storage {
         Ok(())
     }
 
-    /// Claims the first free key of `naming`: creates its sidecar, holding `content` (the
-    /// digest, or nothing until it is known), only if no writer has (`If-None-Match: *`).
-    /// Whoever created the sidecar owns the key; the others take the next one.
-    async fn claim(&self, naming: Naming<'_>, content: &str) -> Result<String, StorageError> {
+    /// Starts the archive's multipart upload under the first free key of `naming` and claims
+    /// the key: creates its sidecar, empty until the digest is known, only if no writer has
+    /// (`If-None-Match: *`). Whoever created the sidecar owns the key; the others abort their
+    /// upload and take the next one. The upload comes first, so that every claim a writer
+    /// leaves behind has an upload the stale sweep finds.
+    async fn claim(&self, naming: Naming<'_>, guard: &mut PutGuard) -> Result<(), StorageError> {
         for attempt in 0.. {
             let Some(key) = naming(attempt) else { break };
-            validate_key(&key)?;
+            validate_archive_key(&key)?;
             // An archive written by another tool may have no sidecar.
             if self.head_object(&key).await?.is_some() {
                 continue;
             }
+            let created = self
+                .client
+                .create_multipart_upload()
+                .bucket(&self.bucket)
+                .key(self.object(&key))
+                .send()
+                .await
+                .map_err(|e| self.error("CreateMultipartUpload", &key, e))?;
+            let upload_id = created.upload_id().unwrap_or_default().to_owned();
+            guard.key.clone_from(&key);
+            guard.upload_id = Some(upload_id.clone());
             let sidecar = name::checksum_key(&key);
-            if self
-                .create_small(&sidecar, Bytes::from(content.to_owned()))
-                .await?
-            {
-                return Ok(key);
+            if self.create_small(&sidecar, Bytes::new()).await? {
+                guard.claim = Some(sidecar);
+                return Ok(());
             }
+            guard.upload_id = None;
+            self.abort(&key, &upload_id).await;
         }
         Err(StorageError::Exists {
             location: naming(0).map(|k| self.location(&k)).unwrap_or_default(),
         })
     }
 
-    /// Aborts multipart uploads under the prefix started longer ago than the configured age:
-    /// uploads whose writer died (SIGKILL, or the server down for longer than the abort was
-    /// retried). Failures are logged: a bucket lifecycle rule is the second line of defence.
+    /// Aborts multipart uploads under the prefix started longer ago than the configured age
+    /// (uploads whose writer died: SIGKILL, or the server down for longer than the abort was
+    /// retried), and deletes the name each one claimed when its archive never appeared and
+    /// no younger upload is at work on it. Failures are logged: a bucket lifecycle rule is
+    /// the second line of defence.
     async fn abort_stale_uploads(&self) {
         let Some(age) = self.stale_upload_age else {
             return;
@@ -518,36 +538,56 @@ impl S3Storage {
         let cutoff = Timestamp::now()
             .checked_sub(jiff::SignedDuration::try_from(age).unwrap_or(jiff::SignedDuration::MAX))
             .unwrap_or(Timestamp::MIN);
-        let stale = match self.uploads_started_before(cutoff).await {
-            Ok(stale) => stale,
+        let uploads = match self.uploads().await {
+            Ok(uploads) => uploads,
             Err(e) => {
                 tracing::warn!(error = %e, "could not list abandoned multipart uploads");
                 return;
             }
         };
-        for (key, upload_id) in stale {
+        let (stale, live): (Vec<_>, Vec<_>) = uploads
+            .into_iter()
+            .partition(|(_, _, started)| *started < cutoff);
+        for (object, upload_id, _) in &stale {
             let aborted = self
                 .client
                 .abort_multipart_upload()
                 .bucket(&self.bucket)
-                .key(&key)
-                .upload_id(&upload_id)
+                .key(object)
+                .upload_id(upload_id)
                 .send()
                 .await;
             match aborted {
-                Ok(_) => tracing::info!(key, "aborted an abandoned multipart upload"),
+                Ok(_) => tracing::info!(key = object, "aborted an abandoned multipart upload"),
                 Err(e) => {
-                    tracing::warn!(key, error = %DisplayErrorContext(&e), "could not abort an abandoned multipart upload")
+                    tracing::warn!(key = object, error = %DisplayErrorContext(&e), "could not abort an abandoned multipart upload");
+                    continue;
+                }
+            }
+            let Some(key) = object.strip_prefix(&self.prefix) else {
+                continue;
+            };
+            if validate_archive_key(key).is_err() || live.iter().any(|(o, _, _)| o == object) {
+                continue;
+            }
+            match self.head_object(key).await {
+                Ok(None) => {}
+                _ => continue,
+            }
+            let claim = name::checksum_key(key);
+            match self.delete_object(&claim).await {
+                Ok(()) => {
+                    tracing::info!(key = claim, "removed the name an abandoned upload claimed")
+                }
+                Err(e) => {
+                    tracing::warn!(key = claim, error = %e, "could not remove the name an abandoned upload claimed")
                 }
             }
         }
     }
 
-    /// Multipart uploads under the prefix started before `cutoff` (object key, upload id).
-    async fn uploads_started_before(
-        &self,
-        cutoff: Timestamp,
-    ) -> Result<Vec<(String, String)>, StorageError> {
+    /// Multipart uploads under the prefix (object key, upload id, when started).
+    async fn uploads(&self) -> Result<Vec<(String, String, Timestamp)>, StorageError> {
         let mut found = Vec::new();
         let (mut key_marker, mut id_marker) = (None, None);
         loop {
@@ -567,9 +607,8 @@ impl S3Storage {
                     .and_then(|t| Timestamp::from_second(t.secs()).ok());
                 if let (Some(key), Some(id), Some(started)) =
                     (upload.key(), upload.upload_id(), started)
-                    && started < cutoff
                 {
-                    found.push((key.to_owned(), id.to_owned()));
+                    found.push((key.to_owned(), id.to_owned(), started));
                 }
             }
             if !page.is_truncated().unwrap_or(false) {
@@ -583,28 +622,24 @@ impl S3Storage {
         }
     }
 
-    /// Uploads a multipart archive whose first part is `first`; returns size and digest.
-    async fn put_multipart(
+    /// Uploads the archive `body` as the parts of the upload `guard` holds; returns size and
+    /// digest once the archive is complete (its sidecar written, then the upload completed).
+    async fn upload(
         &self,
-        key: &str,
-        first: Bytes,
-        mut hasher: Sha256,
         mut body: Box<dyn AsyncRead + Send + Unpin>,
         expected: Option<&str>,
         guard: &mut PutGuard,
     ) -> Result<(u64, String), StorageError> {
-        let created = self
-            .client
-            .create_multipart_upload()
-            .bucket(&self.bucket)
-            .key(self.object(key))
-            .send()
-            .await
-            .map_err(|e| self.error("CreateMultipartUpload", key, e))?;
-        let upload_id = created.upload_id().unwrap_or_default().to_owned();
-        guard.upload_id = Some(upload_id.clone());
+        let key = guard.key.clone();
+        let key = key.as_str();
+        let upload_id = guard.upload_id.clone().unwrap_or_default();
+        let mut hasher = Sha256::new();
         let mut parts = JoinSet::new();
         let mut done: Vec<CompletedPart> = Vec::new();
+        let first = read_part(&mut body, self.part_size)
+            .await
+            .map_err(|source| StorageError::Body { source })?;
+        hasher.update(&first);
         let mut size = first.len() as u64;
         let mut next = Some(first);
         let mut number = 0i32;
@@ -658,7 +693,7 @@ impl S3Storage {
         done.sort_by_key(|p| p.part_number());
         // The claimed sidecar gets the digest, then the archive appears (only if absent).
         let sidecar = name::checksum_key(key);
-        self.put_small(&sidecar, Bytes::from(digest.clone()))
+        self.put_object(&sidecar, Bytes::from(digest.clone()))
             .await?;
         let completed = self
             .client
@@ -677,6 +712,7 @@ impl S3Storage {
         match completed {
             Ok(_) => {
                 guard.upload_id = None;
+                guard.claim = None;
                 Ok((size, digest))
             }
             Err(e) if precondition_failed(&e) => Err(StorageError::Exists {
@@ -877,53 +913,24 @@ impl Storage for S3Storage {
         checksum: Option<&str>,
     ) -> Result<ObjectInfo, StorageError> {
         self.abort_stale_uploads().await;
-        let mut body = body.into_async();
-        let first = read_part(&mut body, self.part_size)
-            .await
-            .map_err(|source| StorageError::Body { source })?;
-        let mut hasher = Sha256::new();
-        hasher.update(&first);
-        let small = first.len() < self.part_size;
-        // A small archive's digest is known now: its claim is its final sidecar.
-        let digest = small.then(|| name::hex(&hasher.clone().finalize()));
-        if let Some(digest) = &digest {
-            let first_key = naming(0).unwrap_or_default();
-            check_digest(&self.location(&first_key), checksum, digest)?;
-        }
-        let key = self
-            .claim(naming, digest.as_deref().unwrap_or_default())
-            .await?;
         let mut guard = PutGuard {
             storage: self.clone(),
-            key: key.clone(),
-            claim: Some(name::checksum_key(&key)),
+            key: String::new(),
+            claim: None,
             upload_id: None,
         };
-        let stored = match digest {
-            Some(digest) => {
-                let size = first.len() as u64;
-                match self.create_small(&key, first).await {
-                    Ok(true) => Ok((size, digest)),
-                    Ok(false) => Err(StorageError::Exists {
-                        location: self.location(&key),
-                    }),
-                    Err(e) => Err(e),
-                }
-            }
-            None => {
-                self.put_multipart(&key, first, hasher, body, checksum, &mut guard)
-                    .await
-            }
+        let stored = match self.claim(naming, &mut guard).await {
+            Ok(()) => self.upload(body.into_async(), checksum, &mut guard).await,
+            Err(e) => Err(e),
         };
         if stored.is_err() {
-            // Release the claim now, so that a retry may take the name; an upload still open
-            // is aborted in the background (retried while the server is unreachable).
+            // Release the claim now, so that a retry may take the name; the upload still
+            // open is aborted in the background (retried while the server is unreachable).
             if let Some(claim) = guard.claim.take() {
                 let _ = self.delete_object(&claim).await;
             }
-        } else {
-            guard.claim = None;
         }
+        let key = guard.key.clone();
         drop(guard);
         let (size, digest) = stored?;
         let location = self.location(&key);
@@ -945,29 +952,34 @@ impl Storage for S3Storage {
             location: self.location(key),
             size,
             modified,
-            checksum: self.read_checksum(key).await?,
+            checksum: self.read_sidecar(key).await?.valid(),
         }))
+    }
+
+    async fn sidecar(&self, key: &str) -> Result<Sidecar, StorageError> {
+        validate_key(key)?;
+        self.read_sidecar(key).await
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StorageError> {
         let mut found = self.list_archives(prefix).await?;
         let keys: Vec<String> = found.iter().map(|info| info.key.clone()).collect();
-        let checksums: Vec<Result<Option<String>, StorageError>> = futures_util::stream::iter(keys)
+        let sidecars: Vec<Result<Sidecar, StorageError>> = futures_util::stream::iter(keys)
             .map(|key| {
                 let this = self.clone();
-                async move { this.read_checksum(&key).await }
+                async move { this.read_sidecar(&key).await }
             })
             .buffered(8)
             .collect()
             .await;
-        for (info, checksum) in found.iter_mut().zip(checksums) {
-            info.checksum = checksum?;
+        for (info, sidecar) in found.iter_mut().zip(sidecars) {
+            info.checksum = sidecar?.valid();
         }
         Ok(found)
     }
 
     async fn delete(&self, key: &str) -> Result<(), StorageError> {
-        validate_key(key)?;
+        validate_archive_key(key)?;
         if self.head_object(key).await?.is_none() {
             return Err(StorageError::NotFound {
                 location: self.location(key),
