@@ -8,8 +8,8 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use snapshot_operator::storage::Storage;
 use snapshot_operator::storage::s3::S3Storage;
+use snapshot_operator::storage::{Sidecar, Storage};
 
 use common::*;
 
@@ -292,8 +292,9 @@ async fn an_interrupted_upload_leaves_no_object_and_no_upload() {
     assert!(storage.list("").await.unwrap().is_empty());
 }
 
-/// A writer killed outright leaves its multipart upload; the next put aborts it once it is
-/// older than `abort_incomplete_uploads_after_secs`, and not before.
+/// A writer killed outright leaves its multipart upload and the name it claimed; the next
+/// put removes both once the upload is older than `abort_incomplete_uploads_after_secs`,
+/// and not before.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upload_left_by_a_killed_writer_is_aborted_by_a_later_put() {
     let Some(env) = s3_env() else { return };
@@ -310,6 +311,14 @@ async fn an_upload_left_by_a_killed_writer_is_aborted_by_a_later_put() {
     child.wait().unwrap();
     let left = storage.uploads_in_progress().await.unwrap();
     assert_eq!(left.len(), 1, "{left:?}");
+    // It left the name it claimed too: an empty sidecar, its archive never completed.
+    let key = left[0]
+        .0
+        .strip_prefix(&format!("{prefix}/"))
+        .unwrap()
+        .to_owned();
+    let claim = || async { storage.object_sidecar(&key).await.unwrap() };
+    assert_eq!(claim().await, Sidecar::Invalid, "{key}");
 
     let create = |age: Option<&str>| {
         let mut cmd = s3_bin(&env, dir.path(), &prefix);
@@ -327,8 +336,14 @@ async fn an_upload_left_by_a_killed_writer_is_aborted_by_a_later_put() {
     create(None);
     assert_eq!(storage.uploads_in_progress().await.unwrap(), left);
     tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(claim().await, Sidecar::Invalid, "kept while it may be live");
     create(Some("2"));
     assert_eq!(storage.uploads_in_progress().await.unwrap(), vec![]);
+    assert_eq!(
+        claim().await,
+        Sidecar::Missing,
+        "the claim goes with its upload"
+    );
     assert_eq!(storage.list("").await.unwrap().len(), 2);
 }
 

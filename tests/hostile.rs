@@ -446,32 +446,6 @@ fn an_archive_giving_a_path_twice_is_refused_every_time() {
     );
 }
 
-/// Runs `cmd` and returns its output and peak resident memory (KiB), from `wait4` (which
-/// reaps the child instead of `Child::wait`).
-#[allow(clippy::zombie_processes)]
-fn run_measured(cmd: &mut Command) -> (std::process::ExitStatus, String, i64) {
-    use std::os::unix::process::ExitStatusExt;
-    let child = cmd
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let pid = child.id() as libc::pid_t;
-    let mut stderr = child.stderr.unwrap();
-    let mut err = String::new();
-    std::io::Read::read_to_string(&mut stderr, &mut err).unwrap();
-    let mut status = 0;
-    // SAFETY: a plain wait for our own child; `usage` is written by the kernel.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    let waited = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
-    assert_eq!(waited, pid);
-    (
-        std::process::ExitStatus::from_raw(status),
-        err,
-        usage.ru_maxrss,
-    )
-}
-
 /// A raw header block of type `flag` announcing `size` bytes.
 fn header_block(path: &str, flag: u8, size: u64) -> Vec<u8> {
     let mut h = tar::Header::new_gnu();
@@ -580,4 +554,97 @@ fn leftovers_of_interrupted_puts_are_removed_at_the_next_start() {
         Path::new(&sidecar).is_file(),
         "a sidecar with its archive was removed"
     );
+}
+
+#[test]
+fn temp_and_partial_files_are_never_reached_through_a_link() {
+    let (dir, archive) = fixture();
+    let snapshots = dir.path().join("snapshots");
+    // A link planted as the temp path, pointing where other files end in `.partial`.
+    let elsewhere = dir.path().join("elsewhere");
+    fs::create_dir_all(&elsewhere).unwrap();
+    fs::write(elsewhere.join(".precious.partial"), b"keep").unwrap();
+    fs::remove_dir_all(snapshots.join(".tmp")).unwrap();
+    symlink(&elsewhere, snapshots.join(".tmp")).unwrap();
+    for args in [
+        &["snapshot", "list"][..],
+        &["snapshot", "prune", "--keep-last", "1"],
+    ] {
+        let err = fails(bin(dir.path()).args(args));
+        assert!(err.contains("symbolic link"), "{args:?}: {err}");
+        assert_eq!(
+            fs::read(elsewhere.join(".precious.partial")).unwrap(),
+            b"keep"
+        );
+    }
+    fs::remove_file(snapshots.join(".tmp")).unwrap();
+
+    // A link planted where a download's partial file used to be named: never followed,
+    // the file it points to untouched; the download lands where it was asked to.
+    let out = dir.path().join("out");
+    fs::create_dir_all(&out).unwrap();
+    let name = archive.file_name().unwrap().to_string_lossy().into_owned();
+    fs::write(dir.path().join("precious"), b"keep").unwrap();
+    symlink(
+        dir.path().join("precious"),
+        out.join(format!(".{name}.partial")),
+    )
+    .unwrap();
+    ok(bin(dir.path())
+        .args(["snapshot", "download", &name, "-o"])
+        .arg(out.join(&name)));
+    assert_eq!(fs::read(dir.path().join("precious")).unwrap(), b"keep");
+    assert_eq!(
+        fs::read(out.join(&name)).unwrap(),
+        fs::read(&archive).unwrap()
+    );
+    let left: Vec<_> = fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(
+        left.len(),
+        2,
+        "the download and the planted link only: {left:?}"
+    );
+}
+
+#[test]
+fn checksum_files_are_never_deleted_alone_nor_uploaded_when_not_checksums() {
+    let (dir, archive) = fixture();
+    let name = archive.file_name().unwrap().to_string_lossy().into_owned();
+    let sidecar = format!("{}.checksum", archive.display());
+    for key in [
+        format!("products/{name}.checksum"),
+        format!("{name}.checksum"),
+    ] {
+        let err = fails(bin(dir.path()).args(["snapshot", "delete", &key]));
+        assert!(
+            err.contains("not an archive name") || err.contains("not found"),
+            "{err}"
+        );
+        assert!(archive.is_file() && Path::new(&sidecar).is_file(), "{key}");
+    }
+    // An archive elsewhere whose sidecar is not a checksum: the upload fails, nothing
+    // stored, rather than a fresh checksum taken for the given one.
+    let other = dir.path().join("other");
+    fs::create_dir_all(&other).unwrap();
+    let copy = other.join(name.replace("products-", "products-copy-"));
+    fs::copy(&archive, &copy).unwrap();
+    let mut junk = b"\0\xff binary junk".to_vec();
+    junk.extend_from_slice(&fs::read(&sidecar).unwrap());
+    fs::write(format!("{}.checksum", copy.display()), &junk).unwrap();
+    let before = ok(bin(dir.path()).args(["snapshot", "list", "-o", "json"]));
+    let err = fails(bin(dir.path()).args(["snapshot", "upload"]).arg(&copy));
+    assert!(err.contains("is not a checksum file"), "{err}");
+    assert_eq!(
+        ok(bin(dir.path()).args(["snapshot", "list", "-o", "json"])),
+        before
+    );
+    // Restores from it refuse it too.
+    let target = dir.path().join("target");
+    let arg = format!("{}:products", copy.display());
+    let err = fails(&mut restore(dir.path(), &target, &["--snapshot", &arg]));
+    assert!(err.contains("is not a checksum file"), "{err}");
+    assert!(!target.exists());
 }

@@ -205,33 +205,12 @@ fn sparse_archive(map: &[(u64, u64)], real_size: u64, stored: u64) -> Vec<u8> {
         RawEntry::dir("collections/products/"),
     ]);
     out.truncate(out.len() - 1024);
-    let mut h = tar::Header::new_gnu();
-    let (first, rest) = map.split_at(map.len().min(4));
-    {
-        let gnu = h.as_gnu_mut().unwrap();
-        gnu.name[..24].copy_from_slice(b"collections/products/big");
-        for (entry, (at, len)) in gnu.sparse.iter_mut().zip(first) {
-            entry.set_offset(*at);
-            entry.set_length(*len);
-        }
-        gnu.set_is_extended(!rest.is_empty());
-        gnu.set_real_size(real_size);
-    }
-    h.set_entry_type(tar::EntryType::GNUSparse);
-    h.set_mode(0o644);
-    h.set_size(stored);
-    h.set_cksum();
-    out.extend_from_slice(h.as_bytes());
-    let blocks: Vec<&[(u64, u64)]> = rest.chunks(21).collect();
-    for (i, chunk) in blocks.iter().enumerate() {
-        let mut ext = tar::GnuExtSparseHeader::new();
-        for (entry, (at, len)) in ext.sparse.iter_mut().zip(chunk.iter()) {
-            entry.set_offset(*at);
-            entry.set_length(*len);
-        }
-        ext.set_is_extended(i + 1 < blocks.len());
-        out.extend_from_slice(ext.as_bytes());
-    }
+    out.extend(sparse_header(
+        "collections/products/big",
+        map,
+        real_size,
+        stored,
+    ));
     out.resize(out.len() + stored as usize, 7);
     out.resize(out.len().div_ceil(512) * 512, 0);
     out.extend_from_slice(&[0; 1024]);

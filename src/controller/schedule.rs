@@ -593,6 +593,52 @@ mod tests {
     }
 
     #[test]
+    fn an_annotation_from_the_future_never_outranks_the_snapshots_created_after_it() {
+        // Created with the 5th's run, its annotation edited to say 2099; the 6th's and the
+        // 7th's created after it.
+        let created = |mut snap: Snapshot, at_: &str| {
+            snap.meta_mut().creation_timestamp = Some(Time(at(at_)));
+            snap
+        };
+        let mut forged = created(
+            snap("2026-03-05T02:00:00Z", Some("Succeeded")),
+            "2026-03-05T02:00:01Z",
+        );
+        forged
+            .annotations_mut()
+            .insert(SCHEDULED_TIME.into(), "2099-01-01T00:00:00Z".into());
+        let snapshots = vec![
+            forged,
+            created(
+                snap("2026-03-06T02:00:00Z", Some("Succeeded")),
+                "2026-03-06T02:00:01Z",
+            ),
+            created(
+                snap("2026-03-07T02:00:00Z", Some("Succeeded")),
+                "2026-03-07T02:00:01Z",
+            ),
+        ];
+        let last = json!({"retention": {"keepLast": 1}});
+        let decision = decide(
+            &schedule(last, Value::Null),
+            &snapshots,
+            &[],
+            at("2026-03-07T03:00:00Z"),
+        )
+        .unwrap();
+        let pruned: Vec<&str> = decision.prune.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(
+            pruned,
+            ["nightly-20260306-020000", "nightly-20260305-020000"],
+            "the last created stays"
+        );
+        assert_eq!(
+            decision.status.last_successful_snapshot.as_deref(),
+            Some("nightly-20260307-020000")
+        );
+    }
+
+    #[test]
     fn retention_prunes_finished_snapshots_only_and_keeps_the_newest_success() {
         let spec = json!({"retention": {"keepDaily": 2, "keepFailed": 1}});
         let snapshots = vec![

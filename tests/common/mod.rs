@@ -196,14 +196,35 @@ pub fn as_nobody(cmd: Command, tree: &Path) -> Command {
     wrapped
 }
 
-/// Makes `uid` the owner of everything under `path` (links themselves, not their targets).
+/// Makes `uid` the owner of everything under `path` (links themselves, not their targets),
+/// walking from each directory's descriptor: trees deeper than a path may be long too.
 pub fn give_to(path: &Path, uid: u32) {
-    std::os::unix::fs::lchown(path, Some(uid), Some(uid)).unwrap();
-    let meta = fs::symlink_metadata(path).unwrap();
-    if meta.is_dir() {
-        for entry in fs::read_dir(path).unwrap() {
-            give_to(&entry.unwrap().path(), uid);
+    use rustix::fs::{AtFlags, FileType, Mode, OFlags};
+    fn chown_in(dir: &std::os::fd::OwnedFd, uid: u32) {
+        let ids = Some(rustix::process::Uid::from_raw(uid));
+        let gid = Some(rustix::process::Gid::from_raw(uid));
+        let mut names = Vec::new();
+        let mut list = rustix::fs::Dir::read_from(dir).unwrap();
+        while let Some(entry) = list.read() {
+            let entry = entry.unwrap();
+            let name = entry.file_name().to_owned();
+            if name.as_bytes() != b"." && name.as_bytes() != b".." {
+                names.push((name, entry.file_type()));
+            }
         }
+        for (name, kind) in names {
+            rustix::fs::chownat(dir, &name, ids, gid, AtFlags::SYMLINK_NOFOLLOW).unwrap();
+            if kind == FileType::Directory {
+                let flags = OFlags::DIRECTORY | OFlags::RDONLY | OFlags::NOFOLLOW;
+                let sub = rustix::fs::openat(dir, &name, flags, Mode::empty()).unwrap();
+                chown_in(&sub, uid);
+            }
+        }
+    }
+    std::os::unix::fs::lchown(path, Some(uid), Some(uid)).unwrap();
+    if fs::symlink_metadata(path).unwrap().is_dir() {
+        let flags = OFlags::DIRECTORY | OFlags::RDONLY | OFlags::NOFOLLOW;
+        chown_in(&rustix::fs::open(path, flags, Mode::empty()).unwrap(), uid);
     }
 }
 
@@ -218,6 +239,32 @@ fn carry_over(from: &Command, to: &mut Command) {
     if let Some(dir) = from.get_current_dir() {
         to.current_dir(dir);
     }
+}
+
+/// Runs `cmd` and returns its output and peak resident memory (KiB), from `wait4` (which
+/// reaps the child instead of `Child::wait`).
+#[allow(clippy::zombie_processes)]
+pub fn run_measured(cmd: &mut Command) -> (std::process::ExitStatus, String, i64) {
+    use std::os::unix::process::ExitStatusExt;
+    let child = cmd
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id() as libc::pid_t;
+    let mut stderr = child.stderr.unwrap();
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut err).unwrap();
+    let mut status = 0;
+    // SAFETY: a plain wait for our own child; `usage` is written by the kernel.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let waited = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    assert_eq!(waited, pid);
+    (
+        std::process::ExitStatus::from_raw(status),
+        err,
+        usage.ru_maxrss,
+    )
 }
 
 /// Runs and returns the output, whatever the exit status.
@@ -370,6 +417,40 @@ pub fn raw_tar(entries: &[RawEntry]) -> Vec<u8> {
         out.resize(out.len().div_ceil(512) * 512, 0);
     }
     out.extend_from_slice(&[0; 1024]);
+    out
+}
+
+/// The header of a GNU sparse entry at `path` with this map (as given, unchecked), real size
+/// and stored data size, with its extension blocks: what precedes its data.
+pub fn sparse_header(path: &str, map: &[(u64, u64)], real_size: u64, stored: u64) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut h = tar::Header::new_gnu();
+    let (first, rest) = map.split_at(map.len().min(4));
+    {
+        let gnu = h.as_gnu_mut().unwrap();
+        gnu.name[..path.len()].copy_from_slice(path.as_bytes());
+        for (entry, (at, len)) in gnu.sparse.iter_mut().zip(first) {
+            entry.set_offset(*at);
+            entry.set_length(*len);
+        }
+        gnu.set_is_extended(!rest.is_empty());
+        gnu.set_real_size(real_size);
+    }
+    h.set_entry_type(tar::EntryType::GNUSparse);
+    h.set_mode(0o644);
+    h.set_size(stored);
+    h.set_cksum();
+    out.extend_from_slice(h.as_bytes());
+    let blocks: Vec<&[(u64, u64)]> = rest.chunks(21).collect();
+    for (i, chunk) in blocks.iter().enumerate() {
+        let mut ext = tar::GnuExtSparseHeader::new();
+        for (entry, (at, len)) in ext.sparse.iter_mut().zip(chunk.iter()) {
+            entry.set_offset(*at);
+            entry.set_length(*len);
+        }
+        ext.set_is_extended(i + 1 < blocks.len());
+        out.extend_from_slice(ext.as_bytes());
+    }
     out
 }
 
@@ -553,10 +634,12 @@ impl S3Env {
 }
 
 /// A TCP proxy to `target` that answers the first `failures` requests itself with
-/// `503 SlowDown` (as a throttled S3 does) and forwards everything else.
+/// `503 SlowDown` (as a throttled S3 does) and forwards everything else, counting the bytes
+/// the server answered.
 pub struct FaultProxy {
     pub endpoint: String,
     pub injected: std::sync::Arc<std::sync::atomic::AtomicU32>,
+    pub answered: Arc<AtomicU64>,
 }
 
 pub fn fault_proxy(target: &str, failures: u32) -> FaultProxy {
@@ -568,6 +651,8 @@ pub fn fault_proxy(target: &str, failures: u32) -> FaultProxy {
     let endpoint = format!("http://{}", listener.local_addr().unwrap());
     let injected = std::sync::Arc::new(AtomicU32::new(0));
     let counter = injected.clone();
+    let answered = Arc::new(AtomicU64::new(0));
+    let tally = answered.clone();
     std::thread::spawn(move || {
         for client in listener.incoming() {
             let Ok(mut client) = client else { continue };
@@ -595,13 +680,28 @@ pub fn fault_proxy(target: &str, failures: u32) -> FaultProxy {
                 let _ = std::io::copy(&mut c2, &mut server);
                 let _ = server.shutdown(std::net::Shutdown::Write);
             });
+            let tally = tally.clone();
             std::thread::spawn(move || {
-                let _ = std::io::copy(&mut s2, &mut client);
+                let mut buf = [0u8; 16 << 10];
+                loop {
+                    let n = match s2.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => n,
+                    };
+                    tally.fetch_add(n as u64, Ordering::SeqCst);
+                    if client.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
                 let _ = client.shutdown(std::net::Shutdown::Write);
             });
         }
     });
-    FaultProxy { endpoint, injected }
+    FaultProxy {
+        endpoint,
+        injected,
+        answered,
+    }
 }
 
 /// A TCP proxy to `target` that passes requests on at once and answers at most
