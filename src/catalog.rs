@@ -296,6 +296,7 @@ pub mod fixtures {
             vec!["products".into()],
             BTreeMap::new(),
             Some(identity),
+            crate::engine::manifest::Format::Files,
         );
         let key = format!("products/{uid}-{index}-{second}.snapshot");
         Found {

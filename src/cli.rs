@@ -12,6 +12,7 @@ use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
 use serde::Serialize;
 
 use crate::config::{Config, ConfigError};
+use crate::engine::manifest::Format;
 use crate::engine::restore::{Limits, Outcome, Priority, RestoreSpec, Selection};
 use crate::engine::{name, readahead};
 use crate::format::human_bytes;
@@ -111,6 +112,11 @@ pub struct CreateArgs {
     /// Node name in the archive name and manifest (default: the host name).
     #[arg(long)]
     pub node: Option<String>,
+    /// The archive's format: qdrant (Qdrant's own snapshot, which Qdrant recovers) or files
+    /// (the storage directory's files). Default: qdrant for a Qdrant storage directory.
+    #[arg(long, value_parser = PossibleValuesParser::new(Format::NAMES)
+        .map(|s| s.parse::<Format>().expect("listed values parse")))]
+    pub format: Option<Format>,
     #[arg(long, short, value_enum, default_value_t)]
     pub output: Output,
 }
@@ -195,6 +201,9 @@ pub struct UploadArgs {
     /// Expected SHA-256; default: FILE.checksum when present. The upload fails on mismatch.
     #[arg(long)]
     pub checksum: Option<String>,
+    /// The collection a collection or shard snapshot Qdrant made belongs to (ours say it).
+    #[arg(long)]
+    pub collection: Option<String>,
     #[arg(long, short, value_enum, default_value_t)]
     pub output: Output,
 }
@@ -215,6 +224,9 @@ pub struct RestoreArgs {
     /// Take this collection out of a full-storage snapshot (default: COLLECTION).
     #[arg(long, value_name = "NAME")]
     pub from_collection: Option<String>,
+    /// Restore a Qdrant shard snapshot as this shard of COLLECTION (default 0).
+    #[arg(long, value_name = "N", requires = "snapshot")]
+    pub shard: Option<u32>,
     /// What wins when a collection already exists: replica keeps existing data (and exits 0:
     /// the choice for an initContainer that runs at every pod start), snapshot replaces it
     /// atomically, no_sync writes snapshot files over existing ones. Without it (or
@@ -441,6 +453,7 @@ async fn create(args: CreateArgs, config: &Config, storage: &dyn Storage) -> Res
         node: args.node.unwrap_or_else(host_name),
         exclude,
         identity: None,
+        format: args.format,
     };
     let bar = ProgressBar::new(None, "archiving");
     let created = ops::create_snapshot(storage, request, bar.progress()).await?;
@@ -649,15 +662,16 @@ impl Write for ProgressWriter {
 }
 
 async fn upload(args: UploadArgs, storage: &dyn Storage) -> Result<ExitCode> {
-    let manifest = {
+    let described = {
         let file = std::fs::File::open(&args.file).map_err(|source| {
             OpsError::Source(source::SourceError::Open {
                 path: args.file.clone(),
                 source,
             })
         })?;
-        crate::engine::restore::manifest_of(std::io::BufReader::new(file))?
+        crate::engine::restore::describe(std::io::BufReader::new(file))?
     };
+    let collection = ops::upload_collection(&described, args.collection.as_deref())?;
     let opened = source::open_file(&args.file, args.checksum.as_deref()).await?;
     let file_name = args
         .file
@@ -669,11 +683,7 @@ async fn upload(args: UploadArgs, storage: &dyn Storage) -> Result<ExitCode> {
                 args.file.display()
             ))
         })?;
-    let key = ops::upload_key(
-        manifest.collection.as_deref(),
-        file_name,
-        jiff::Timestamp::now(),
-    )?;
+    let key = ops::upload_key(collection.as_deref(), file_name, jiff::Timestamp::now())?;
     let naming = move |attempt: u32| (attempt == 0).then(|| key.clone());
     let stored = storage
         .put(&naming, opened.reader, opened.checksum.as_deref())
@@ -753,6 +763,7 @@ async fn restore(args: RestoreArgs, config: &Config) -> Result<ExitCode> {
             priority,
             checksum: None,
             limits,
+            shard: args.shard,
         };
         let bar = ProgressBar::new(opened.size, "restoring");
         let restored = ops::restore_snapshot(opened, spec, bar.progress()).await;

@@ -157,6 +157,41 @@ pub fn upload_key(
     Ok(key)
 }
 
+/// The collection an uploaded archive belongs to (its folder in the storage), from what its
+/// start says (pure): ours say it; a collection or shard snapshot Qdrant made needs
+/// `--collection`; full snapshots have none.
+pub fn upload_collection(
+    described: &crate::engine::restore::Described,
+    given: Option<&str>,
+) -> Result<Option<String>, OpsError> {
+    use crate::engine::qdrant::Kind;
+    use crate::engine::restore::Described;
+    if let Some(given) = given {
+        name::validate("collection", given)?;
+    }
+    match (described, given) {
+        (Described::Ours(manifest), given) => match (&manifest.collection, given) {
+            (Some(c), Some(given)) if c != given => Err(OpsError::Usage(format!(
+                "the archive is a snapshot of collection {c:?}, not {given:?}"
+            ))),
+            (None, Some(_)) => Err(OpsError::Usage(
+                "the archive is a full-storage snapshot: it goes without --collection".into(),
+            )),
+            (collection, _) => Ok(collection.clone()),
+        },
+        (Described::Qdrant(Some(Kind::Full)), None) => Ok(None),
+        (Described::Qdrant(Some(Kind::Full)), Some(_)) => Err(OpsError::Usage(
+            "the archive is a Qdrant full snapshot: it goes without --collection".into(),
+        )),
+        (Described::Qdrant(_), Some(given)) => Ok(Some(given.to_owned())),
+        (Described::Qdrant(_), None) => Err(OpsError::Usage(
+            "the archive is a collection or shard snapshot Qdrant made, which does not say its \
+             collection: give it with --collection"
+                .into(),
+        )),
+    }
+}
+
 /// A snapshot that was created.
 #[derive(Debug, Clone, Serialize)]
 pub struct Created {
@@ -183,6 +218,8 @@ pub struct SnapshotRequest {
     pub exclude: Vec<PathBuf>,
     /// The Snapshot resource it belongs to (movers), recorded in the manifest.
     pub identity: Option<SnapshotIdentity>,
+    /// The archive's format (`None`: Qdrant's for a Qdrant storage directory, else files).
+    pub format: Option<crate::engine::manifest::Format>,
 }
 
 /// Creates a snapshot of `request` in `storage`.
@@ -198,6 +235,7 @@ pub async fn create_snapshot(
         created_at: Timestamp::now(),
         exclude: request.exclude,
         identity: request.identity,
+        format: request.format,
     };
     let manifest = archive::plan(&spec)?;
     let stem = name::archive_stem(spec.collection.as_deref(), &spec.node, spec.created_at);
@@ -308,6 +346,7 @@ async fn mover_snapshot(
         node: task.node,
         exclude: Vec::new(),
         identity: task.identity,
+        format: task.format,
     };
     let created = create_snapshot(store.as_ref(), request, no_progress()).await?;
     Ok(MoverReport {
@@ -382,6 +421,7 @@ async fn mover_restore(
         priority: Some(task.priority),
         checksum: None,
         limits: task.limits.into(),
+        shard: task.shard,
     };
     let restored = restore_snapshot(opened, spec, no_progress()).await?;
     let skipped: Vec<String> = restored

@@ -12,7 +12,7 @@ use clap::{Args, Subcommand};
 use serde::{Deserialize, Serialize};
 
 use crate::config::ENV_PREFIX;
-use crate::engine::manifest::SnapshotIdentity;
+use crate::engine::manifest::{Format, SnapshotIdentity};
 use crate::engine::restore::{Limits, Priority};
 
 /// Where a mover writes its report (the container's termination message).
@@ -53,6 +53,10 @@ pub struct SnapshotTask {
     /// The Snapshot resource the archive belongs to (JSON), recorded in its manifest.
     #[arg(long)]
     pub identity: Option<SnapshotIdentity>,
+    /// The archive's format; omit for Qdrant's with a Qdrant storage directory, else files.
+    #[arg(long, value_parser = PossibleValuesParser::new(Format::NAMES)
+        .map(|s| s.parse::<Format>().expect("listed values parse")))]
+    pub format: Option<Format>,
     #[arg(long, default_value = TERMINATION_LOG)]
     pub termination_log: PathBuf,
 }
@@ -76,6 +80,10 @@ pub struct RestoreTask {
     /// Expected SHA-256 of the archive.
     #[arg(long)]
     pub checksum: Option<String>,
+    /// For a Qdrant shard snapshot: the shard of the collection it is restored as (default
+    /// 0).
+    #[arg(long)]
+    pub shard: Option<u32>,
     #[command(flatten)]
     pub limits: LimitArgs,
     #[arg(long, default_value = TERMINATION_LOG)]
@@ -197,6 +205,7 @@ impl MoverTask {
                 if let Some(identity) = &t.identity {
                     a.flag("--identity", identity.to_string());
                 }
+                a.maybe("--format", t.format.map(Format::name));
                 a.log(&t.termination_log);
             }
             Self::Restore(t) => {
@@ -207,6 +216,7 @@ impl MoverTask {
                 a.maybe("--collection", t.collection.as_deref());
                 a.maybe("--source-collection", t.source_collection.as_deref());
                 a.maybe("--checksum", t.checksum.as_deref());
+                a.maybe("--shard", t.shard.map(|n| n.to_string()).as_deref());
                 a.flag("--max-entries", t.limits.max_entries.to_string());
                 a.flag("--max-bytes", t.limits.max_bytes.to_string());
                 a.flag("--max-hole-bytes", t.limits.max_hole_bytes.to_string());
@@ -414,6 +424,7 @@ mod tests {
                 dir: dir(true),
                 collection: Some("products".into()),
                 node: "qdrant-0".into(),
+                format: Some(Format::Qdrant),
                 identity: Some(SnapshotIdentity {
                     namespace: "search".into(),
                     name: "nightly \"1\"".into(),
@@ -432,6 +443,7 @@ mod tests {
                 collection: None,
                 node: "a b".into(),
                 identity: None,
+                format: None,
                 termination_log: "/tmp/log".into(),
             }),
             MoverTask::Restore(RestoreTask {
@@ -441,6 +453,7 @@ mod tests {
                 source_collection: Some("products".into()),
                 priority: Priority::NoSync,
                 checksum: Some("ab".repeat(32)),
+                shard: Some(3),
                 limits: LimitArgs {
                     max_entries: 10,
                     max_bytes: 1 << 30,
@@ -456,6 +469,7 @@ mod tests {
                 source_collection: None,
                 priority: Priority::Replica,
                 checksum: None,
+                shard: None,
                 limits: LimitArgs::default(),
                 termination_log: TERMINATION_LOG.into(),
             }),

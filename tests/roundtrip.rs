@@ -375,6 +375,7 @@ fn round_trip(storage: &Path, archive: &Path, target: &Path) -> Result<(), Strin
         created_at: jiff::Timestamp::now(),
         identity: None,
         exclude: Vec::new(),
+        format: None,
     };
     let manifest = archive::plan(&spec).map_err(|e| e.to_string())?;
     let mut out = std::io::BufWriter::new(File::create(archive).unwrap());
@@ -387,6 +388,7 @@ fn round_trip(storage: &Path, archive: &Path, target: &Path) -> Result<(), Strin
         priority: Some(Priority::Snapshot),
         checksum: None,
         limits: Limits::default(),
+        shard: None,
     };
     restore::restore(&spec, File::open(archive).unwrap(), &|_| {})
         .map(drop)

@@ -61,6 +61,11 @@ pub struct SnapshotRestoreSpec {
     /// over the existing ones.
     #[serde(default)]
     pub priority: Priority,
+    /// For a Qdrant shard snapshot: the shard of `collection` it is restored as (default 0);
+    /// other archives refuse it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 65535))]
+    pub shard: Option<i32>,
     /// Scale the StatefulSet to zero during the restore and back afterwards (required for a
     /// full-storage restore, and to restore into claims mounted by running pods).
     #[serde(default)]

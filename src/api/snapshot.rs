@@ -7,6 +7,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::condition::conditions_schema;
+pub use crate::engine::manifest::Format;
 
 /// A snapshot of a workload's data: one archive per node (pod of a StatefulSet, or the one
 /// PersistentVolumeClaim), of one collection or of the whole storage directory, with a
@@ -69,6 +70,11 @@ pub struct SnapshotSpec {
     /// sets (so that they may read what the application may), else the operator's (65532).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mover_security_context: Option<MoverSecurityContext>,
+    /// The archives' format: `qdrant` (Qdrant's own collection or full snapshot, which
+    /// Qdrant's recovery, upload and startup flags take) or `files` (the storage directory's
+    /// files, for any application). Omit to use Qdrant's for a Qdrant storage directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<Format>,
 }
 
 /// The user and groups of mover pods (VolSync's `moverSecurityContext`, limited to identity).

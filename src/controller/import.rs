@@ -141,6 +141,11 @@ pub fn resource(set: &Imported) -> Result<Snapshot, String> {
         copy_method: CopyMethod::Direct,
         volume_snapshot_class_name: None,
         mover_security_context: None,
+        format: set
+            .nodes
+            .iter()
+            .find_map(|n| n.archive.as_ref())
+            .map(|a| a.manifest.format),
     };
     snapshots::validate(&spec)?;
     let mut snap = Snapshot::new(&set.name, spec);

@@ -579,6 +579,7 @@ mod tests {
                 collection: None,
                 node: "qdrant-0".into(),
                 identity: None,
+                format: None,
                 termination_log: TERMINATION_LOG.into(),
             }),
             data: Some(("qdrant-storage-qdrant-0", true)),

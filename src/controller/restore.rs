@@ -762,6 +762,7 @@ async fn start_mover(
         source_collection: spec.source_collection.clone(),
         priority: spec.priority,
         checksum: source.checksum.map(str::to_owned),
+        shard: spec.shard.and_then(|n| u32::try_from(n).ok()),
         limits: ctx.config.mover.restore_limits,
         termination_log: TERMINATION_LOG.into(),
     });
@@ -872,6 +873,7 @@ mod tests {
             collection: Some("products".into()),
             source_collection: None,
             priority: Priority::Replica,
+            shard: None,
             stop_workload: false,
             storage: None,
             mover_security_context: None,

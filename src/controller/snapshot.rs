@@ -669,6 +669,7 @@ async fn start_mover(snap: &Snapshot, ctx: &Context, new: NewMover<'_>) -> Resul
         collection: snap.spec.collection.clone(),
         node: archive.node.clone(),
         identity: Some(identity),
+        format: snap.spec.format,
         termination_log: TERMINATION_LOG.into(),
     });
     let spec = MoverJob {
@@ -839,6 +840,7 @@ mod tests {
             copy_method: CopyMethod::Direct,
             volume_snapshot_class_name: None,
             mover_security_context: None,
+            format: None,
         }
     }
 
@@ -888,6 +890,7 @@ mod tests {
             copy_method: CopyMethod::Direct,
             volume_snapshot_class_name: None,
             mover_security_context: None,
+            format: None,
         };
         assert!(validate(&spec).unwrap_err().contains("exactly one"));
         spec.source.persistent_volume_claim = None;

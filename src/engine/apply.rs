@@ -100,11 +100,57 @@ enum Step {
     Skip { reason: String },
 }
 
+/// What one step restores: a collection, or one shard of it (a Qdrant shard snapshot).
+struct Unit {
+    collection: String,
+    /// Its path, relative to both roots.
+    rel: PathBuf,
+    /// For messages: `collection "products"`, `shard 0 of collection "products"`.
+    described: String,
+}
+
+/// The units a restore has: the selected collection (or one of its shards), or every
+/// collection staged.
+fn units(spec: &RestoreSpec, staging: &Dir, shard: Option<u32>) -> Result<Vec<Unit>, RestoreError> {
+    let collections = Path::new(COLLECTIONS_DIR);
+    let names = match &spec.selection {
+        Selection::Collection { into, .. } => vec![into.clone()],
+        Selection::Full => collections_in(staging).map_err(write_err(staging.path()))?,
+    };
+    Ok(names
+        .into_iter()
+        .map(|name| match shard {
+            Some(n) => Unit {
+                rel: collections.join(&name).join(n.to_string()),
+                described: format!("shard {n} of collection {name:?}"),
+                collection: name,
+            },
+            None => Unit {
+                rel: collections.join(&name),
+                described: format!("collection {name:?}"),
+                collection: name,
+            },
+        })
+        .collect())
+}
+
+/// The parents of `rel` below the storage directory, outermost first.
+fn parents(rel: &Path) -> Vec<&Path> {
+    let mut parents: Vec<&Path> = rel
+        .ancestors()
+        .skip(1)
+        .filter(|p| !p.as_os_str().is_empty())
+        .collect();
+    parents.reverse();
+    parents
+}
+
 /// Plans every step and checks the whole target before anything is changed.
 fn plan(
     spec: &RestoreSpec,
     root: &Dir,
     staging: &Dir,
+    units: Vec<Unit>,
 ) -> Result<Vec<(Option<String>, Step)>, RestoreError> {
     let collections = Path::new(COLLECTIONS_DIR);
     match inspect(root, collections)? {
@@ -117,37 +163,47 @@ fn plan(
         must_write(root, Path::new(""))?;
     }
     let mut steps = Vec::new();
-    let names = match &spec.selection {
-        Selection::Collection { into, .. } => vec![into.clone()],
-        Selection::Full => collections_in(staging).map_err(write_err(staging.path()))?,
-    };
-    for name in names {
-        let rel = collections.join(&name);
+    for Unit {
+        collection,
+        rel,
+        described,
+    } in units
+    {
+        // A shard's collection may be absent, or a file, or a link: found before anything
+        // changes.
+        let mut closest = Path::new("");
+        for parent in parents(&rel) {
+            match inspect(root, parent)? {
+                Found::Absent => break,
+                Found::EmptyDir | Found::Dir => closest = parent,
+                Found::File => return Err(refuse(root, parent, "a file, not a directory")),
+                Found::Other(why) => return Err(refuse(root, parent, why)),
+            }
+        }
+        let parent = rel.parent().unwrap_or(Path::new(""));
         let step = match (inspect(root, &rel)?, spec.priority) {
             (Found::Other(why), _) => return Err(refuse(root, &rel, why)),
             (Found::File, _) => {
-                return Err(refuse(root, &rel, "a file, not a collection directory"));
+                return Err(refuse(
+                    root,
+                    &rel,
+                    "a file, not a directory to restore into",
+                ));
             }
             (Found::Absent | Found::EmptyDir, _) => {
-                if root
-                    .stat(collections)
-                    .map_err(write_err(&root.join(collections)))?
-                    .is_some()
-                {
-                    must_write(root, collections)?;
-                }
+                must_write(root, closest)?;
                 Step::Place(rel)
             }
             (Found::Dir, None) => return Err(refuse(root, &rel, EXISTS)),
             (Found::Dir, Some(Priority::Replica)) => Step::Skip {
                 reason: format!(
-                    "collection {name:?} already exists on this node; priority replica keeps \
+                    "{described} already exists on this node; priority replica keeps \
                      existing data (use priority snapshot to replace it)"
                 ),
             },
             (Found::Dir, Some(Priority::Snapshot)) => {
                 // Both directories change parents: both must be writable, and their parent.
-                must_write(root, collections)?;
+                must_write(root, parent)?;
                 must_write(root, &rel)?;
                 Step::Exchange(rel)
             }
@@ -159,7 +215,7 @@ fn plan(
                 }
             }
         };
-        steps.push((Some(name), step));
+        steps.push((Some(collection), step));
     }
     if spec.selection == Selection::Full {
         if let Some(priority) = spec.priority
@@ -289,22 +345,38 @@ fn merge_aliases(
     }))
 }
 
-/// Applies the plan; returns what happened to each collection.
+/// Applies the plan; returns what happened to each collection. `shard`: the shard of the
+/// selected collection a Qdrant shard snapshot was staged as.
 pub fn apply(
     spec: &RestoreSpec,
     root: &Dir,
     staging: &Dir,
     fixups: &[Fixup],
+    shard: Option<u32>,
 ) -> Result<Vec<CollectionResult>, RestoreError> {
-    let steps = plan(spec, root, staging)?;
-    let collections = Path::new(COLLECTIONS_DIR);
-    // Read before the moves below change it.
-    let staged_collections = staging.stat(collections).ok().flatten();
-    let create_collections =
-        inspect(root, collections)? == Found::Absent && steps.iter().any(|(c, _)| c.is_some());
-    if create_collections {
-        root.create_dir(COLLECTIONS_DIR, 0o700)
-            .map_err(write_err(&root.join(collections)))?;
+    let units = units(spec, staging, shard)?;
+    // The directories holding what is placed that the target lacks (`collections/`, a
+    // shard's collection), made first and given their staged modes last; their modes read
+    // before the moves below change them.
+    let mut created = Vec::new();
+    for unit in &units {
+        for parent in parents(&unit.rel) {
+            if inspect(root, parent)? == Found::Absent && !created.iter().any(|(p, _)| p == parent)
+            {
+                created.push((parent.to_owned(), staging.stat(parent).ok().flatten()));
+            }
+        }
+    }
+    let steps = plan(spec, root, staging, units)?;
+    let placing = steps
+        .iter()
+        .any(|(c, step)| c.is_some() && !matches!(step, Step::Skip { .. }));
+    if !placing {
+        created.clear();
+    }
+    for (parent, _) in &created {
+        root.create_dir(parent, 0o700)
+            .map_err(write_err(&root.join(parent)))?;
     }
     let mut results = Vec::new();
     for (collection, step) in steps {
@@ -343,10 +415,11 @@ pub fn apply(
             });
         }
     }
-    if create_collections && let Some(st) = staged_collections {
+    for (parent, staged) in created.iter().rev() {
+        let Some(st) = staged else { continue };
         let dir = root
-            .open_dir(collections)
-            .map_err(write_err(&root.join(collections)))?;
+            .open_dir(parent)
+            .map_err(write_err(&root.join(parent)))?;
         dir.set_mode(st.st_mode & 0o1777)
             .and_then(|()| dir.set_mtime(u64::try_from(st.st_mtime).unwrap_or(0)))
             .map_err(write_err(dir.path()))?;

@@ -14,6 +14,15 @@
 //!   mmap'd storage) are written as GNU sparse entries (type `S`, as `tar -cS` writes them):
 //!   their data regions only, rounded out to 512-byte blocks, and their size.
 //!
+//! For a Qdrant storage directory ([`Format::Qdrant`]), the entries after the manifest are
+//! Qdrant's own snapshot instead ([`super::qdrant`]): a collection snapshot is the
+//! collection's directory with each segment `<shard>/segments/<id>/` as a tar in the tar,
+//! `<shard>/segments/<id>.tar` holding `snapshot/files/...`; a full snapshot is one such
+//! collection snapshot per collection (`<name>.snapshot`) and the `config.json` naming them
+//! and the aliases. A tar in a tar needs its size in its header, so these archives are
+//! planned (every file's size and holes) before they are written, and a file that changed
+//! between the two fails the snapshot.
+//!
 //! The storage directory belongs to the workload: the walk opens every directory and file
 //! from its parent's descriptor without following links ([`crate::safefs`]), so a link
 //! planted anywhere, or swapped in during the walk, is skipped or refused, never followed.
@@ -31,12 +40,13 @@ use serde::Serialize;
 
 use super::WORKSPACE_DIR;
 use super::limits::{self, MAX_MANIFEST_BYTES, MAX_SPARSE_REGIONS};
-use super::manifest::{MANIFEST_ENTRY, Manifest, SnapshotIdentity};
+use super::manifest::{Format, MANIFEST_ENTRY, Manifest, SnapshotIdentity};
 use super::name::{self, NameError};
+use super::qdrant;
+use super::tarwrite::{self, FileCopyError, TarWriter};
 use crate::safefs::{self, Anchored, Dir};
 
 const BLOCK: usize = limits::BLOCK as usize;
-const COPY_BUF: usize = 1 << 20;
 /// Relative path of the collections directory inside a storage directory.
 pub const COLLECTIONS_DIR: &str = "collections";
 /// Relative path of the aliases file inside a storage directory.
@@ -58,6 +68,8 @@ pub struct CreateSpec {
     /// Directories never archived (the snapshots and temp paths when they lie inside the
     /// storage directory), recognised by device and inode.
     pub exclude: Vec<PathBuf>,
+    /// The archive's format; `None`: Qdrant's for a Qdrant storage directory, else files.
+    pub format: Option<Format>,
 }
 
 /// An entry that was not archived because it is not a directory or a regular file.
@@ -65,8 +77,9 @@ pub struct CreateSpec {
 pub struct Skipped {
     /// Path relative to the storage directory.
     pub path: String,
-    /// `symlink`, `fifo`, `socket`, `block device`, `char device`, or `vanished` (listed, but
-    /// gone by the time it was read).
+    /// `symlink`, `fifo`, `socket`, `block device`, `char device`, `vanished` (listed, but
+    /// gone by the time it was read), or `manifest` (the manifest of an archive Qdrant
+    /// recovered, left in the collection's directory).
     pub kind: &'static str,
 }
 
@@ -127,6 +140,11 @@ pub enum CreateError {
          reads: the storage directory has too many collections or aliases for one archive"
     )]
     ManifestTooLarge { size: usize },
+    #[error(
+        "{path} is not a Qdrant collection (it has no config.json, or no shard directory with \
+         segments/); snapshot it with --format files"
+    )]
+    NotQdrant { path: PathBuf },
     #[error("failed to write the archive")]
     Write { source: io::Error },
 }
@@ -179,6 +197,7 @@ pub fn plan(spec: &CreateSpec) -> Result<Manifest, CreateError> {
         collections = vec![c.clone()];
         aliases.retain(|_, target| target == c);
     }
+    let format = choose_format(&root, spec.format, &collections)?;
     Ok(Manifest::new(
         spec.collection.clone(),
         spec.node.clone(),
@@ -186,7 +205,62 @@ pub fn plan(spec: &CreateSpec) -> Result<Manifest, CreateError> {
         collections,
         aliases,
         spec.identity.clone(),
+        format,
     ))
+}
+
+/// The format an archive of `collections` takes: the one asked for (Qdrant's only for
+/// Qdrant collections), else Qdrant's when there are collections and each is Qdrant's.
+fn choose_format(
+    root: &Dir,
+    asked: Option<Format>,
+    collections: &[String],
+) -> Result<Format, CreateError> {
+    let not_qdrant = || -> Result<Option<PathBuf>, CreateError> {
+        for c in collections {
+            let rel = Path::new(COLLECTIONS_DIR).join(c);
+            let dir = root.open_dir(&rel).map_err(read_err(root, &rel))?;
+            if !is_qdrant_collection(&dir).map_err(read_err(root, &rel))? {
+                return Ok(Some(root.join(&rel)));
+            }
+        }
+        Ok(None)
+    };
+    match asked {
+        Some(Format::Files) => Ok(Format::Files),
+        Some(Format::Qdrant) => match not_qdrant()? {
+            None => Ok(Format::Qdrant),
+            Some(path) => Err(CreateError::NotQdrant { path }),
+        },
+        None if collections.is_empty() => Ok(Format::Files),
+        None => Ok(match not_qdrant()? {
+            None => Format::Qdrant,
+            Some(_) => Format::Files,
+        }),
+    }
+}
+
+/// Is `dir` a Qdrant collection's directory, as the Qdrant server keeps one: its
+/// `config.json`, and a shard directory with its `shard_config.json` and `segments/`
+/// (qdrant-edge's shards have neither file: they are not)?
+pub fn is_qdrant_collection(dir: &Dir) -> io::Result<bool> {
+    let is = |rel: &Path, kind: fn(&rustix::fs::Stat) -> bool| -> io::Result<bool> {
+        Ok(dir.stat(rel)?.is_some_and(|st| kind(&st)))
+    };
+    if !is(Path::new(qdrant::CONFIG_FILE), safefs::is_file)? {
+        return Ok(false);
+    }
+    for (name, kind) in dir.entries()? {
+        let shard = Path::new(&name);
+        if kind == FileType::Directory
+            && qdrant::is_shard_dir(name.as_bytes())
+            && is(&shard.join(qdrant::SHARD_CONFIG_FILE), safefs::is_file)?
+            && is(&shard.join(qdrant::SEGMENTS_DIR), safefs::is_dir)?
+        {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 /// The collection directories of a storage directory, sorted (none when there is no
@@ -264,20 +338,175 @@ pub fn write_archive<W: Write>(
     walker
         .tar
         .append_bytes(MANIFEST_ENTRY.as_bytes(), 0o644, mtime, &json)
-        .map_err(|source| CreateError::Write { source })?;
-    match &spec.collection {
-        Some(c) => {
+        .map_err(write_err)?;
+    match (manifest.format, &spec.collection) {
+        (Format::Files, Some(c)) => {
             let rel = Path::new(COLLECTIONS_DIR).join(c);
             let dir = root.open_dir(&rel).map_err(read_err(&root, &rel))?;
             walker.dir(&dir, rel.into_os_string().into_encoded_bytes())?;
         }
-        None => walker.children(&root, Vec::new())?,
+        (Format::Files, None) => walker.children(&root, Vec::new())?,
+        (Format::Qdrant, collection) => {
+            let planned = walker.plan_qdrant(&root, collection.as_deref(), manifest, mtime)?;
+            for entry in &planned {
+                walker.write_planned(&root, entry)?;
+            }
+        }
     }
-    walker
-        .tar
-        .finish()
-        .map_err(|source| CreateError::Write { source })?;
+    walker.tar.finish().map_err(write_err)?;
     Ok(walker.done)
+}
+
+fn write_err(source: io::Error) -> CreateError {
+    CreateError::Write { source }
+}
+
+/// What a directory's child is, opened without following a link.
+enum Child {
+    File(File),
+    Dir(Dir),
+    /// Not archived, for this reason (see [`Skipped::kind`]).
+    Skip(&'static str),
+}
+
+/// Opens the child `name` of `dir`, listed as `kind`. What was listed may be gone (a
+/// database's temporary file), or swapped for a link, by the time it is opened: it is
+/// skipped, as is anything that is not a file or a directory.
+fn open_child(dir: &Dir, name: &std::ffi::OsStr, kind: FileType) -> Result<Child, CreateError> {
+    let opened = match kind {
+        // No following a link, no blocking on a FIFO swapped in since the listing.
+        FileType::RegularFile => dir
+            .open_file(name, OFlags::RDONLY | OFlags::NONBLOCK)
+            .map(Child::File),
+        FileType::Directory => dir.open_dir(name).map(Child::Dir),
+        other => return Ok(Child::Skip(kind_of(other))),
+    };
+    match opened {
+        Ok(child) => Ok(child),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Child::Skip("vanished")),
+        Err(e) if safefs::is_link_refused(&e) => Ok(Child::Skip("symlink")),
+        Err(source) => Err(CreateError::Read {
+            path: dir.join(name),
+            source,
+        }),
+    }
+}
+
+/// The children of `dir`, sorted by their name's bytes (the type from the listing: no
+/// `lstat` per file).
+fn sorted_children(dir: &Dir) -> Result<Vec<(std::ffi::OsString, FileType)>, CreateError> {
+    let mut children = dir.entries().map_err(|source| CreateError::Read {
+        path: dir.path().to_owned(),
+        source,
+    })?;
+    children.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+    Ok(children)
+}
+
+/// A file as it is about to be archived: its metadata, and its data regions when it has
+/// holes.
+struct Opened {
+    meta: std::fs::Metadata,
+    regions: Option<Vec<(u64, u64)>>,
+}
+
+fn inspect(file: &File, abs: &Path) -> Result<Opened, CreateError> {
+    let read = |source| CreateError::Read {
+        path: abs.to_owned(),
+        source,
+    };
+    let meta = file.metadata().map_err(read)?;
+    if !meta.is_file() {
+        return Err(CreateError::Changed {
+            path: abs.to_owned(),
+            expected: 0,
+        });
+    }
+    let size = meta.len();
+    // Fewer blocks than bytes: the file may have holes.
+    let regions = if meta.blocks().saturating_mul(512) < size {
+        data_regions(file, size).map_err(read)?
+    } else {
+        None
+    };
+    Ok(Opened { meta, regions })
+}
+
+/// The times that change when a file is written.
+fn times(meta: &std::fs::Metadata) -> (i64, i64, i64, i64) {
+    (
+        meta.mtime(),
+        meta.mtime_nsec(),
+        meta.ctime(),
+        meta.ctime_nsec(),
+    )
+}
+
+/// An entry of a Qdrant-format archive, planned before it is written: a tar in the tar
+/// needs its size in its header.
+#[derive(Debug)]
+enum Planned {
+    Dir {
+        path: Vec<u8>,
+        mode: u32,
+        mtime: u64,
+    },
+    File {
+        path: Vec<u8>,
+        /// Where it is, relative to the storage directory.
+        src: PathBuf,
+        /// Device and inode, size, data regions and times when it was planned.
+        identity: (u64, u64),
+        size: u64,
+        regions: Option<Vec<(u64, u64)>>,
+        times: (i64, i64, i64, i64),
+        mode: u32,
+        mtime: u64,
+    },
+    Data {
+        path: Vec<u8>,
+        mtime: u64,
+        data: Vec<u8>,
+    },
+    Tar {
+        path: Vec<u8>,
+        mtime: u64,
+        entries: Vec<Planned>,
+    },
+}
+
+impl Planned {
+    /// Bytes it takes in the archive.
+    fn size(&self) -> u64 {
+        match self {
+            Self::Dir { path, .. } => tarwrite::header_size(path),
+            Self::File {
+                path,
+                size,
+                regions: Some(regions),
+                ..
+            } => tarwrite::sparse_entry_size(path, *size, regions),
+            Self::File { path, size, .. } => tarwrite::entry_size(path, *size),
+            Self::Data { path, data, .. } => tarwrite::entry_size(path, data.len() as u64),
+            Self::Tar { path, entries, .. } => tarwrite::entry_size(path, tar_size(entries)),
+        }
+    }
+}
+
+/// Bytes a tar of `entries` takes, its end marker included.
+fn tar_size(entries: &[Planned]) -> u64 {
+    entries.iter().map(Planned::size).sum::<u64>() + tarwrite::END
+}
+
+/// The name of a collection's snapshot inside a full snapshot: `<name>.snapshot`, or, for a
+/// name too long for that to be a file name, by its position (pure).
+fn nested_name(collection: &str, index: usize) -> String {
+    let name = format!("{collection}{}", name::ARCHIVE_EXT);
+    if name.len() <= name::MAX_NAME_LEN {
+        name
+    } else {
+        format!("collection-{index}{}", name::ARCHIVE_EXT)
+    }
 }
 
 struct Walker<'a, W: Write> {
@@ -300,7 +529,7 @@ impl<W: Write> Walker<'_, W> {
         check_path(&path, dir.path())?;
         self.tar
             .append_dir(&path, st.st_mode, u64::try_from(st.st_mtime).unwrap_or(0))
-            .map_err(|source| CreateError::Write { source })?;
+            .map_err(write_err)?;
         self.done.directories += 1;
         self.children(dir, path)
     }
@@ -308,13 +537,7 @@ impl<W: Write> Walker<'_, W> {
     /// Archives the children of the open directory `dir`, whose archive path is `prefix`
     /// (empty for the root, else ending in `/`).
     fn children(&mut self, dir: &Dir, prefix: Vec<u8>) -> Result<(), CreateError> {
-        // The type comes from the directory listing (no `lstat` per file).
-        let mut children = dir.entries().map_err(|source| CreateError::Read {
-            path: dir.path().to_owned(),
-            source,
-        })?;
-        children.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
-        for (name, kind) in children {
+        for (name, kind) in sorted_children(dir)? {
             if prefix.is_empty() && name == WORKSPACE_DIR {
                 continue;
             }
@@ -324,42 +547,23 @@ impl<W: Write> Walker<'_, W> {
             if kind == FileType::RegularFile {
                 check_path(&rel, &path)?;
             }
-            // What was listed may be gone (a database's temporary file), or swapped for a
-            // link, by the time it is opened: it is skipped and reported, as is anything that
-            // is not a file or a directory.
-            let opened = match kind {
-                // No following a link, no blocking on a FIFO swapped in since the listing.
-                FileType::RegularFile => dir
-                    .open_file(&name, OFlags::RDONLY | OFlags::NONBLOCK)
-                    .map(|file| self.file(file, path.clone(), &rel)),
-                FileType::Directory => dir
-                    .open_dir(&name)
-                    .map(|sub| self.subdir(&sub, rel.clone())),
-                other => {
-                    self.skip(&rel, kind_of(other));
-                    continue;
-                }
-            };
-            match opened {
-                Ok(archived) => archived?,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => self.skip(&rel, "vanished"),
-                Err(e) if safefs::is_link_refused(&e) => self.skip(&rel, "symlink"),
-                Err(source) => return Err(CreateError::Read { path, source }),
+            match open_child(dir, &name, kind)? {
+                Child::File(file) => self.file(file, path, &rel)?,
+                Child::Dir(sub) if !self.excluded(&sub)? => self.dir(&sub, rel)?,
+                Child::Dir(_) => {}
+                Child::Skip(kind) => self.skip(&rel, kind),
             }
         }
         Ok(())
     }
 
-    /// Archives the open subdirectory `sub` unless it is excluded.
-    fn subdir(&mut self, sub: &Dir, rel: Vec<u8>) -> Result<(), CreateError> {
+    /// Is the directory `sub` one never archived?
+    fn excluded(&self, sub: &Dir) -> Result<bool, CreateError> {
         let st = sub.metadata().map_err(|source| CreateError::Read {
             path: sub.path().to_owned(),
             source,
         })?;
-        if self.exclude.contains(&safefs::identity(&st)) {
-            return Ok(());
-        }
-        self.dir(sub, rel)
+        Ok(self.exclude.contains(&safefs::identity(&st)))
     }
 
     fn skip(&mut self, rel: &[u8], kind: &'static str) {
@@ -372,63 +576,274 @@ impl<W: Write> Walker<'_, W> {
     }
 
     fn file(&mut self, file: File, abs: PathBuf, rel: &[u8]) -> Result<(), CreateError> {
-        let meta = file.metadata().map_err(|source| CreateError::Read {
-            path: abs.clone(),
-            source,
-        })?;
-        if !meta.is_file() {
-            return Err(CreateError::Changed {
-                path: abs,
-                expected: 0,
-            });
-        }
-        let size = meta.len();
-        let mtime = u64::try_from(meta.mtime()).unwrap_or(0);
-        // Fewer blocks than bytes: the file may have holes.
-        let regions = if meta.blocks().saturating_mul(512) < size {
-            data_regions(&file, size).map_err(|source| CreateError::Read {
-                path: abs.clone(),
-                source,
-            })?
-        } else {
-            None
-        };
+        let opened = inspect(&file, &abs)?;
+        let mode = opened.meta.mode();
+        let mtime = u64::try_from(opened.meta.mtime()).unwrap_or(0);
+        let size = opened.meta.len();
+        self.copy(
+            &file,
+            &abs,
+            rel,
+            (mode, mtime, size),
+            opened.regions.as_deref(),
+        )?;
+        self.said_if_changed(&file, &abs, rel, times(&opened.meta));
+        Ok(())
+    }
+
+    /// Writes the entry of `file` (`abs`) at `rel`: `size` bytes with these mode and time,
+    /// its data `regions` only when it has holes.
+    fn copy(
+        &mut self,
+        file: &File,
+        abs: &Path,
+        rel: &[u8],
+        (mode, mtime, size): (u32, u64, u64),
+        regions: Option<&[(u64, u64)]>,
+    ) -> Result<(), CreateError> {
         let on_read = |n| {
             self.done.data_bytes += n;
             (self.progress)(self.done.data_bytes);
         };
-        let written = match &regions {
+        let written = match regions {
             Some(regions) => {
                 self.done.sparse_files += 1;
                 self.tar
-                    .append_sparse(rel, meta.mode(), mtime, size, regions, &file, on_read)
+                    .append_sparse(rel, mode, mtime, size, regions, file, on_read)
             }
-            None => self
-                .tar
-                .append_file(rel, meta.mode(), mtime, size, &file, on_read),
+            None => self.tar.append_file(rel, mode, mtime, size, file, on_read),
         };
         written.map_err(|e| match e {
             FileCopyError::Read(source) => CreateError::Read {
-                path: abs.clone(),
+                path: abs.to_owned(),
                 source,
             },
             FileCopyError::Short => CreateError::Changed {
-                path: abs.clone(),
+                path: abs.to_owned(),
                 expected: size,
             },
             FileCopyError::Write(source) => CreateError::Write { source },
         })?;
         self.done.files += 1;
-        // Written to while it was read, at the same size: archived, and said.
-        let when = |m: &std::fs::Metadata| (m.mtime(), m.mtime_nsec(), m.ctime(), m.ctime_nsec());
-        if file
-            .metadata()
-            .is_ok_and(|after| when(&after) != when(&meta))
-        {
+        Ok(())
+    }
+
+    /// Says `file` (at `rel`) changed when its times are no longer `before`: written to
+    /// while it was read, at the same size (archived all the same).
+    fn said_if_changed(
+        &mut self,
+        file: &File,
+        abs: &Path,
+        rel: &[u8],
+        before: (i64, i64, i64, i64),
+    ) {
+        if file.metadata().is_ok_and(|after| times(&after) != before) {
             tracing::warn!(path = %abs.display(), "changed while it was being archived");
             self.done
                 .changed
                 .push(String::from_utf8_lossy(rel).into_owned());
+        }
+    }
+
+    /// Plans the Qdrant snapshot of `collection` (its directory's entries, each segment a
+    /// tar in the tar), or, for `None`, Qdrant's full snapshot of the manifest's
+    /// collections: their `config.json` and one collection snapshot each.
+    fn plan_qdrant(
+        &mut self,
+        root: &Dir,
+        collection: Option<&str>,
+        manifest: &Manifest,
+        mtime: u64,
+    ) -> Result<Vec<Planned>, CreateError> {
+        let mut plan_collection = |c: &str| {
+            let src = Path::new(COLLECTIONS_DIR).join(c);
+            let dir = root.open_dir(&src).map_err(read_err(root, &src))?;
+            self.plan_tree(&dir, src, Vec::new(), true)
+        };
+        if let Some(c) = collection {
+            return plan_collection(c);
+        }
+        let mut config = qdrant::FullConfig {
+            collections_aliases: manifest.aliases.clone(),
+            ..Default::default()
+        };
+        let mut nested = Vec::new();
+        for (i, c) in manifest.collections.iter().enumerate() {
+            let file = nested_name(c, i);
+            config.collections_mapping.insert(c.clone(), file.clone());
+            nested.push(Planned::Tar {
+                path: file.into_bytes(),
+                mtime,
+                entries: plan_collection(c)?,
+            });
+        }
+        let data = serde_json::to_vec_pretty(&config).expect("a config always serialises");
+        let mut planned = vec![Planned::Data {
+            path: qdrant::CONFIG_FILE.into(),
+            mtime,
+            data,
+        }];
+        planned.extend(nested);
+        Ok(planned)
+    }
+
+    /// Plans the entries of the open directory `dir` (at `src` in the storage directory)
+    /// under the archive path `prefix`; in a collection's directory (`collection`), each
+    /// `<shard>/segments/<id>/` as the segment tar Qdrant writes.
+    fn plan_tree(
+        &mut self,
+        dir: &Dir,
+        src: PathBuf,
+        prefix: Vec<u8>,
+        collection: bool,
+    ) -> Result<Vec<Planned>, CreateError> {
+        let mut planned = Vec::new();
+        let parts: Vec<&[u8]> = prefix
+            .split(|b| *b == b'/')
+            .filter(|p| !p.is_empty())
+            .collect();
+        let in_segments = collection && qdrant::is_segments_dir(&parts);
+        for (name, kind) in sorted_children(dir)? {
+            let bytes = name.as_bytes();
+            let mut path = prefix.clone();
+            path.extend_from_slice(bytes);
+            let child_src = src.join(&name);
+            let abs = dir.join(&name);
+            if collection && prefix.is_empty() && name == MANIFEST_ENTRY {
+                // Left by Qdrant's recovery of one of these archives: not the collection's.
+                self.skip(&path, "manifest");
+                continue;
+            }
+            match open_child(dir, &name, kind)? {
+                Child::Skip(kind) => self.skip(&path, kind),
+                Child::File(file) => {
+                    check_path(&path, &abs)?;
+                    check_path(child_src.as_os_str().as_bytes(), &abs)?;
+                    let opened = inspect(&file, &abs)?;
+                    let meta = &opened.meta;
+                    planned.push(Planned::File {
+                        path,
+                        src: child_src,
+                        identity: (meta.dev(), meta.ino()),
+                        size: meta.len(),
+                        times: times(meta),
+                        mode: meta.mode(),
+                        mtime: u64::try_from(meta.mtime()).unwrap_or(0),
+                        regions: opened.regions,
+                    });
+                }
+                Child::Dir(sub) if self.excluded(&sub)? => {}
+                Child::Dir(sub) => {
+                    let st = sub.metadata().map_err(read_err(dir, Path::new(&name)))?;
+                    let (mode, mtime) = (st.st_mode, u64::try_from(st.st_mtime).unwrap_or(0));
+                    if in_segments && qdrant::is_segment_id(bytes) {
+                        path.extend_from_slice(b".tar");
+                        check_path(&path, &abs)?;
+                        let mut entries = vec![
+                            Planned::Dir {
+                                path: b"snapshot/".to_vec(),
+                                mode,
+                                mtime,
+                            },
+                            Planned::Dir {
+                                path: b"snapshot/files/".to_vec(),
+                                mode,
+                                mtime,
+                            },
+                        ];
+                        let files = b"snapshot/files/".to_vec();
+                        entries.extend(self.plan_tree(&sub, child_src, files, false)?);
+                        planned.push(Planned::Tar {
+                            path,
+                            mtime,
+                            entries,
+                        });
+                        continue;
+                    }
+                    path.push(b'/');
+                    check_path(&path, &abs)?;
+                    check_path(child_src.as_os_str().as_bytes(), &abs)?;
+                    planned.push(Planned::Dir {
+                        path: path.clone(),
+                        mode,
+                        mtime,
+                    });
+                    planned.extend(self.plan_tree(&sub, child_src, path, collection)?);
+                }
+            }
+        }
+        Ok(planned)
+    }
+
+    /// Writes a planned entry; a file that is no longer what was planned (another file, of
+    /// another size) fails the snapshot.
+    fn write_planned(&mut self, root: &Dir, entry: &Planned) -> Result<(), CreateError> {
+        match entry {
+            Planned::Dir { path, mode, mtime } => {
+                self.tar
+                    .append_dir(path, *mode, *mtime)
+                    .map_err(write_err)?;
+                self.done.directories += 1;
+            }
+            Planned::Data { path, mtime, data } => {
+                self.tar
+                    .append_bytes(path, 0o644, *mtime, data)
+                    .map_err(write_err)?;
+            }
+            Planned::Tar {
+                path,
+                mtime,
+                entries,
+            } => {
+                self.tar
+                    .header(
+                        path,
+                        tar::EntryType::Regular,
+                        0o644,
+                        *mtime,
+                        tar_size(entries),
+                    )
+                    .map_err(write_err)?;
+                for entry in entries {
+                    self.write_planned(root, entry)?;
+                }
+                // A tar is whole blocks: no padding after it.
+                self.tar.end().map_err(write_err)?;
+            }
+            Planned::File {
+                path,
+                src,
+                identity,
+                size,
+                regions,
+                times: before,
+                mode,
+                mtime,
+            } => {
+                let abs = root.join(src);
+                let changed = || CreateError::Changed {
+                    path: abs.clone(),
+                    expected: *size,
+                };
+                let file = root
+                    .open_file(src, OFlags::RDONLY | OFlags::NONBLOCK)
+                    .map_err(|e| match e.kind() {
+                        io::ErrorKind::NotFound => changed(),
+                        _ => read_err(root, src)(e),
+                    })?;
+                let meta = file.metadata().map_err(read_err(root, src))?;
+                if (meta.dev(), meta.ino()) != *identity || meta.len() != *size {
+                    return Err(changed());
+                }
+                self.copy(
+                    &file,
+                    &abs,
+                    path,
+                    (*mode, *mtime, *size),
+                    regions.as_deref(),
+                )?;
+                self.said_if_changed(&file, &abs, path, *before);
+            }
         }
         Ok(())
     }
@@ -490,220 +905,6 @@ fn kind_of(kind: FileType) -> &'static str {
     }
 }
 
-enum FileCopyError {
-    Read(io::Error),
-    Short,
-    Write(io::Error),
-}
-
-/// A minimal streaming tar writer (GNU headers, long names as GNU long-name entries).
-struct TarWriter<W: Write> {
-    out: W,
-    buf: Vec<u8>,
-}
-
-impl<W: Write> TarWriter<W> {
-    fn new(out: W) -> Self {
-        Self {
-            out,
-            buf: vec![0; COPY_BUF],
-        }
-    }
-
-    fn header(
-        &mut self,
-        path: &[u8],
-        kind: tar::EntryType,
-        mode: u32,
-        mtime: u64,
-        size: u64,
-    ) -> io::Result<()> {
-        self.header_with(path, kind, mode, mtime, size, |_| {})
-    }
-
-    /// Writes the header of an entry (after a long-name entry when `path` needs one), with
-    /// `extra` filling GNU fields beyond the common ones.
-    fn header_with(
-        &mut self,
-        path: &[u8],
-        kind: tar::EntryType,
-        mode: u32,
-        mtime: u64,
-        size: u64,
-        extra: impl FnOnce(&mut tar::GnuHeader),
-    ) -> io::Result<()> {
-        if path.len() > 100 {
-            let mut data = path.to_vec();
-            data.push(0);
-            let mut long = tar::Header::new_gnu();
-            long.as_gnu_mut().expect("gnu header").name[..13].copy_from_slice(b"././@LongLink");
-            self.raw_header(
-                &mut long,
-                tar::EntryType::GNULongName,
-                0o644,
-                0,
-                data.len() as u64,
-            )?;
-            self.out.write_all(&data)?;
-            self.pad(data.len() as u64)?;
-        }
-        let mut h = tar::Header::new_gnu();
-        let n = path.len().min(100);
-        let gnu = h.as_gnu_mut().expect("gnu header");
-        gnu.name[..n].copy_from_slice(&path[..n]);
-        extra(gnu);
-        self.raw_header(&mut h, kind, mode, mtime, size)
-    }
-
-    fn raw_header(
-        &mut self,
-        h: &mut tar::Header,
-        kind: tar::EntryType,
-        mode: u32,
-        mtime: u64,
-        size: u64,
-    ) -> io::Result<()> {
-        h.set_entry_type(kind);
-        h.set_mode(mode & 0o7777);
-        h.set_uid(0);
-        h.set_gid(0);
-        h.set_mtime(mtime);
-        h.set_size(size);
-        h.set_cksum();
-        self.out.write_all(h.as_bytes())
-    }
-
-    fn pad(&mut self, len: u64) -> io::Result<()> {
-        let rem = (len % BLOCK as u64) as usize;
-        if rem != 0 {
-            self.out.write_all(&[0; BLOCK][..BLOCK - rem])?;
-        }
-        Ok(())
-    }
-
-    fn append_bytes(&mut self, path: &[u8], mode: u32, mtime: u64, data: &[u8]) -> io::Result<()> {
-        self.header(
-            path,
-            tar::EntryType::Regular,
-            mode,
-            mtime,
-            data.len() as u64,
-        )?;
-        self.out.write_all(data)?;
-        self.pad(data.len() as u64)
-    }
-
-    fn append_dir(&mut self, path: &[u8], mode: u32, mtime: u64) -> io::Result<()> {
-        self.header(path, tar::EntryType::Directory, mode, mtime, 0)
-    }
-
-    /// Writes a file entry of `size` bytes read from `file`; a file shorter than that is an
-    /// error (it changed), bytes beyond it are not read.
-    fn append_file(
-        &mut self,
-        path: &[u8],
-        mode: u32,
-        mtime: u64,
-        size: u64,
-        file: &File,
-        mut on_read: impl FnMut(u64),
-    ) -> Result<(), FileCopyError> {
-        self.header(path, tar::EntryType::Regular, mode, mtime, size)
-            .map_err(FileCopyError::Write)?;
-        self.copy_range(file, 0, size, &mut on_read)?;
-        self.pad(size).map_err(FileCopyError::Write)
-    }
-
-    /// Copies `len` bytes of `file` from `at` into the archive; a file shorter than that is
-    /// an error (it changed).
-    fn copy_range(
-        &mut self,
-        file: &File,
-        at: u64,
-        len: u64,
-        on_read: &mut impl FnMut(u64),
-    ) -> Result<(), FileCopyError> {
-        use std::os::unix::fs::FileExt;
-        let mut done = 0u64;
-        while done < len {
-            let want = usize::try_from(len - done)
-                .unwrap_or(usize::MAX)
-                .min(self.buf.len());
-            let n = match file.read_at(&mut self.buf[..want], at + done) {
-                Ok(0) => return Err(FileCopyError::Short),
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(FileCopyError::Read(e)),
-            };
-            self.out
-                .write_all(&self.buf[..n])
-                .map_err(FileCopyError::Write)?;
-            done += n as u64;
-            on_read(n as u64);
-        }
-        Ok(())
-    }
-
-    /// Writes a GNU sparse entry: the header with the first regions of the map, extension
-    /// blocks with the rest, then the data of each region read from `file`. The map ends at
-    /// the file's size (an empty last region marks it when the file ends in a hole).
-    #[allow(clippy::too_many_arguments)]
-    fn append_sparse(
-        &mut self,
-        path: &[u8],
-        mode: u32,
-        mtime: u64,
-        size: u64,
-        regions: &[(u64, u64)],
-        file: &File,
-        mut on_read: impl FnMut(u64),
-    ) -> Result<(), FileCopyError> {
-        let map = limits::sparse_map(regions, size);
-        let set = |entry: &mut tar::GnuSparseHeader, (at, len): (u64, u64)| {
-            entry.set_offset(at);
-            entry.set_length(len);
-        };
-        let stored: u64 = map.iter().map(|(_, len)| len).sum();
-        let (first, rest) = map.split_at(map.len().min(limits::SPARSE_IN_HEADER));
-        self.header_with(
-            path,
-            tar::EntryType::GNUSparse,
-            mode,
-            mtime,
-            stored,
-            |gnu| {
-                for (entry, region) in gnu.sparse.iter_mut().zip(first) {
-                    set(entry, *region);
-                }
-                gnu.set_is_extended(!rest.is_empty());
-                gnu.set_real_size(size);
-            },
-        )
-        .map_err(FileCopyError::Write)?;
-        let blocks: Vec<&[(u64, u64)]> = rest.chunks(limits::SPARSE_IN_EXTENSION).collect();
-        for (i, chunk) in blocks.iter().enumerate() {
-            let mut ext = tar::GnuExtSparseHeader::new();
-            for (entry, region) in ext.sparse.iter_mut().zip(chunk.iter()) {
-                set(entry, *region);
-            }
-            ext.set_is_extended(i + 1 < blocks.len());
-            self.out
-                .write_all(ext.as_bytes())
-                .map_err(FileCopyError::Write)?;
-        }
-        for &(at, len) in &map {
-            self.copy_range(file, at, len, &mut on_read)?;
-        }
-        self.pad(stored).map_err(FileCopyError::Write)
-    }
-
-    /// Writes the end-of-archive marker (two zero blocks) and flushes.
-    fn finish(&mut self) -> io::Result<()> {
-        self.out.write_all(&[0; 2 * BLOCK])?;
-        self.out.flush()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::os::unix::fs::FileExt;
@@ -733,6 +934,7 @@ mod tests {
             created_at: Timestamp::now(),
             identity: None,
             exclude: Vec::new(),
+            format: None,
         };
         let manifest = plan(&spec).unwrap();
         // Half-way through the segment (past the 2 bytes of the other file), the application

@@ -7,9 +7,58 @@ use serde::{Deserialize, Serialize};
 
 /// Name of the manifest entry, always the first entry of an archive.
 pub const MANIFEST_ENTRY: &str = "snapshot.json";
-/// The archive format version this build writes and reads.
-pub const FORMAT_VERSION: u32 = 1;
+/// The format version of archives in our own layout ([`Format::Files`]); older builds read
+/// them too.
+pub const FILES_VERSION: u32 = 1;
+/// The format version of archives in Qdrant's layout ([`Format::Qdrant`]): a build that
+/// only knows version 1 says it needs a newer one instead of misreading them.
+pub const QDRANT_VERSION: u32 = 2;
 pub use super::limits::MAX_MANIFEST_BYTES;
+
+/// How an archive lays out what it holds.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Format {
+    /// Paths of the storage directory (`collections/<name>/...`): any application's data.
+    #[default]
+    Files,
+    /// Qdrant's own snapshot (its collection or full snapshot), which Qdrant's recovery,
+    /// upload and startup flags take; our manifest first, where Qdrant ignores it.
+    Qdrant,
+}
+
+impl Format {
+    /// The names the CLI takes.
+    pub const NAMES: [&'static str; 2] = ["files", "qdrant"];
+
+    /// Its name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Files => "files",
+            Self::Qdrant => "qdrant",
+        }
+    }
+
+    /// The format version of its archives.
+    pub fn version(self) -> u32 {
+        match self {
+            Self::Files => FILES_VERSION,
+            Self::Qdrant => QDRANT_VERSION,
+        }
+    }
+}
+
+impl std::str::FromStr for Format {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        [Self::Files, Self::Qdrant]
+            .into_iter()
+            .find(|f| f.name() == s)
+            .ok_or_else(|| format!("unknown format {s:?}; expected files or qdrant"))
+    }
+}
 
 /// What an archive holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -24,8 +73,11 @@ pub enum Kind {
 /// The content of `snapshot.json`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Manifest {
-    /// Archive format version ([`FORMAT_VERSION`]).
+    /// Archive format version ([`FILES_VERSION`], [`QDRANT_VERSION`]).
     pub format_version: u32,
+    /// The layout of the entries after the manifest.
+    #[serde(default)]
+    pub format: Format,
     /// Collection or full-storage archive.
     pub kind: Kind,
     /// The collection of a collection archive.
@@ -103,9 +155,11 @@ impl Manifest {
         collections: Vec<String>,
         aliases: BTreeMap<String, String>,
         snapshot: Option<SnapshotIdentity>,
+        format: Format,
     ) -> Self {
         Self {
-            format_version: FORMAT_VERSION,
+            format_version: format.version(),
+            format,
             kind: if collection.is_some() {
                 Kind::Collection
             } else {
@@ -136,9 +190,14 @@ mod tests {
             vec!["products".into()],
             BTreeMap::from([("p".into(), "products".into())]),
             None,
+            Format::Qdrant,
         );
         let json = serde_json::to_string(&m).unwrap();
         assert!(json.contains(r#""kind":"collection""#), "{json}");
+        assert!(
+            json.contains(r#""format_version":2,"format":"qdrant""#),
+            "{json}"
+        );
         assert!(
             json.contains(r#""created_at":"2026-11-25T10:20:30Z""#),
             "{json}"

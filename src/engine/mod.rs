@@ -4,13 +4,17 @@
 
 pub mod apply;
 pub mod archive;
+pub mod arrange;
 pub mod flush;
 pub mod limits;
 pub mod manifest;
 pub mod name;
 pub mod pipe;
+pub mod qdrant;
 pub mod readahead;
 pub mod restore;
+pub mod stage;
+pub mod tarwrite;
 pub mod untar;
 pub mod workspace;
 pub mod writers;

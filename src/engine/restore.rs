@@ -3,21 +3,24 @@
 //! priority (DESIGN §5). Nothing in the target changes until the whole archive has been read,
 //! checked and made durable; a refused archive changes nothing.
 //!
+//! Archives come in our own layout (the storage directory's paths, [`Format::Files`]) or in
+//! Qdrant's ([`super::qdrant`]): ours in Qdrant's layout ([`Format::Qdrant`]), and any
+//! collection, shard or full snapshot Qdrant made, recognised from its entries (it has no
+//! manifest). Qdrant's are staged as Qdrant's recovery unpacks them, segment tars and
+//! collection snapshots read as streams inside the archive, then arranged as the storage
+//! directory holds them ([`super::arrange`]) before anything in the target changes.
+//!
 //! The target belongs to the workload, which may plant symbolic links there before or during
 //! a restore: every directory and file the restore creates, opens, changes or removes is
 //! reached from the storage directory's descriptor without following links
 //! ([`crate::safefs`]). Staged files are created exclusively, so an archive holding a path
 //! twice is refused.
 
-use std::collections::BTreeMap;
-use std::ffi::{OsStr, OsString};
-use std::fs::File;
-use std::io::{self, Read, Write};
+use std::ffi::OsStr;
+use std::io::{self, Read};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use schemars::JsonSchema;
@@ -25,17 +28,18 @@ use serde::{Deserialize, Serialize};
 
 use super::apply::{self, Fixup};
 use super::archive::COLLECTIONS_DIR;
-use super::flush::{Flusher, KICK_EVERY, start_writeback};
+use super::arrange;
 use super::limits;
-use super::manifest::{FORMAT_VERSION, Kind, MANIFEST_ENTRY, MAX_MANIFEST_BYTES, Manifest};
+use super::manifest::{Format, Kind, MANIFEST_ENTRY, MAX_MANIFEST_BYTES, Manifest};
 use super::name::{self, NameError};
+use super::qdrant;
 use super::readahead::{self, ChunkReader};
-use super::untar::{EntryType, SparseMap, TarError, TarReader};
+use super::stage::{Scope, StagedDirs, Stager, Tar, current_umask};
+use super::untar::{Entry, EntryType, TarError, TarReader};
 use super::workspace::{Workspace, WorkspaceError};
-use super::writers::{SMALL_FILE, SmallFile, Writers};
+use super::writers::Writers;
 use crate::safefs::{self, Anchored, Dir};
 
-const COPY_BUF: usize = 1 << 20;
 /// Threads creating small files.
 const WRITERS: usize = 2;
 
@@ -108,6 +112,9 @@ pub struct RestoreSpec {
     /// Expected SHA-256 (lowercase hex) of the whole archive.
     pub checksum: Option<String>,
     pub limits: Limits,
+    /// For a Qdrant shard snapshot: the shard of the collection it is restored as (default
+    /// 0); other archives refuse it.
+    pub shard: Option<u32>,
 }
 
 /// The outcome for one collection on this node.
@@ -129,7 +136,12 @@ pub struct CollectionResult {
 /// What a restore did.
 #[derive(Debug, Clone, Serialize)]
 pub struct Restored {
-    pub manifest: Manifest,
+    /// The archive's manifest; none for a snapshot Qdrant made.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub manifest: Option<Manifest>,
+    /// What Qdrant snapshot it was, when it was in Qdrant's layout.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub qdrant: Option<qdrant::Kind>,
     /// SHA-256 of the archive as read.
     pub checksum: String,
     /// Size of the archive.
@@ -152,11 +164,21 @@ pub enum RestoreError {
     Tar(#[from] TarError),
     #[error("the archive does not start with {MANIFEST_ENTRY}: it is not a snapshot archive")]
     NoManifest,
+    #[error(
+        "the archive is not a snapshot: it does not start with {MANIFEST_ENTRY} (ours), nor does \
+         it hold a Qdrant snapshot (a collection's config.json and shards, a shard's segments/, \
+         or a full snapshot's config.json)"
+    )]
+    NotASnapshot,
+    #[error("refused: {what} of the archive is {why}; nothing was changed")]
+    Qdrant { what: String, why: String },
+    #[error("--shard goes with a Qdrant shard snapshot; this archive is a {found} snapshot")]
+    NotAShard { found: &'static str },
     #[error("the archive's {MANIFEST_ENTRY} is not valid")]
     BadManifest { source: serde_json::Error },
     #[error(
-        "the archive has format version {found}; this snapshot-operator reads version \
-         {FORMAT_VERSION}: use a newer snapshot-operator"
+        "the archive has format version {found}; this snapshot-operator reads versions 1 and 2: \
+         use a newer snapshot-operator"
     )]
     UnknownVersion { found: u32 },
     #[error("the archive is a {kind:?} snapshot but its manifest says otherwise: {detail}")]
@@ -212,13 +234,13 @@ pub enum RestoreError {
     Write { path: PathBuf, source: io::Error },
 }
 
-pub(super) fn write_err(path: &Path) -> impl FnOnce(io::Error) -> RestoreError + use<> {
+pub fn write_err(path: &Path) -> impl FnOnce(io::Error) -> RestoreError + use<> {
     let path = path.to_owned();
     move |source| RestoreError::Write { path, source }
 }
 
 /// An error reading an entry's data: the end of the input is a truncated archive.
-fn data_err(source: io::Error) -> RestoreError {
+pub fn data_err(source: io::Error) -> RestoreError {
     RestoreError::Tar(if source.kind() == io::ErrorKind::UnexpectedEof {
         TarError::Truncated
     } else {
@@ -257,7 +279,8 @@ pub fn restore<R: Read + Send>(
                     staging
                         .sync_filesystem()
                         .map_err(write_err(staging.path()))?;
-                    let collections = apply::apply(spec, &root, &staging, &staged.fixups)?;
+                    let collections =
+                        apply::apply(spec, &root, &staging, &staged.fixups, staged.shard)?;
                     Ok(Restored {
                         collections,
                         ..staged.restored
@@ -279,6 +302,8 @@ struct Staged {
     /// Directories whose mode from the archive withholds from their owner what moving them
     /// into place needs: set once they are in place.
     fixups: Vec<Fixup>,
+    /// The shard of the collection a Qdrant shard snapshot is restored as.
+    shard: Option<u32>,
 }
 
 /// Reads the whole archive into `staging`, checking every entry, the limits, the end marker
@@ -292,7 +317,7 @@ fn extract<R: Read + Send>(
     let (parsed, hashed) = readahead::with_read_ahead(reader, spec.limits.max_bytes, |input| {
         unpack(spec, input, staging, progress)
     });
-    let (mut restored, mapping, dirs) = parsed.map_err(past_the_bound)?;
+    let (mut restored, layout, mut dirs) = parsed.map_err(past_the_bound)?;
     let hashed = hashed.ok_or(RestoreError::Tar(TarError::Truncated))?;
     restored.archive_bytes = hashed.bytes;
     restored.checksum = hashed.sha256;
@@ -304,7 +329,26 @@ fn extract<R: Read + Send>(
             actual: restored.checksum,
         });
     }
-    mapping.check_present(staging)?;
+    let shard = match layout {
+        Layout::Files(mapping) => {
+            if spec.shard.is_some() {
+                return Err(RestoreError::NotAShard { found: "files" });
+            }
+            mapping.check_present(staging)?;
+            None
+        }
+        Layout::Qdrant => {
+            let arranged = arrange::arrange(
+                staging,
+                restored.manifest.as_ref(),
+                &spec.selection,
+                spec.shard,
+            )?;
+            restored.qdrant = Some(arranged.kind);
+            dirs = arranged.moved(dirs);
+            arranged.shard
+        }
+    };
     // Directory modes and times last, deepest first: writing into a directory changes its
     // time, and a read-only mode would block its own content. Staged directories keep
     // owner access, so that they can be moved into place; the others are fixed up there.
@@ -326,7 +370,11 @@ fn extract<R: Read + Send>(
             });
         }
     }
-    Ok(Staged { restored, fixups })
+    Ok(Staged {
+        restored,
+        fixups,
+        shard,
+    })
 }
 
 /// The error of reading past the archive's size bound is that bound's.
@@ -341,9 +389,13 @@ fn past_the_bound(error: RestoreError) -> RestoreError {
     }
 }
 
-/// Staged directories (relative to the staging root) with their mode and time from the
-/// archive; the last entry for a directory wins, as with GNU tar.
-type StagedDirs = BTreeMap<PathBuf, (u32, u64)>;
+/// How an archive's entries were staged.
+enum Layout {
+    /// Our own: the storage directory's paths, mapped for the selection.
+    Files(Mapping),
+    /// Qdrant's: below [`arrange::STAGED`] as Qdrant's recovery unpacks it.
+    Qdrant,
+}
 
 /// Parses the archive from `input` into `staging`, then reads the input to its end.
 fn unpack(
@@ -351,295 +403,101 @@ fn unpack(
     input: &mut ChunkReader,
     staging: &Dir,
     progress: &(dyn Fn(u64) + Sync),
-) -> Result<(Restored, Mapping, StagedDirs), RestoreError> {
+) -> Result<(Restored, Layout, StagedDirs), RestoreError> {
     let umask = current_umask();
     std::thread::scope(|scope| {
         let writers = Writers::start(scope, WRITERS, umask);
-        unpack_with(spec, input, staging, progress, writers, umask)
+        let mut stager = Stager::new(spec.limits, staging, writers, umask, progress)?;
+        let input: &mut dyn Read = input;
+        let mut tar: Tar<'_> = TarReader::new(input);
+        let staged: Result<_, RestoreError> = (|| {
+            let (manifest, first) = match read_first(&mut tar)? {
+                First::Manifest(manifest) => (Some(*manifest), None),
+                First::Entry(entry) => (None, Some(entry)),
+            };
+            let layout = match manifest.as_ref().map(|m| m.format) {
+                Some(Format::Files) => {
+                    let manifest = manifest.as_ref().expect("a files manifest");
+                    Layout::Files(Mapping::new(manifest, &spec.selection)?)
+                }
+                Some(Format::Qdrant) | None => Layout::Qdrant,
+            };
+            let scope = match &layout {
+                Layout::Files(mapping) => Scope::Files(mapping),
+                Layout::Qdrant => Scope::Qdrant {
+                    prefix: PathBuf::from(arrange::STAGED),
+                    top: true,
+                },
+            };
+            stager.entries(&mut tar, first, &scope, true)?;
+            Ok((manifest, layout))
+        })();
+        // The writers finish (and say their first error) whatever happened.
+        let finished = stager.finish();
+        let (manifest, layout) = staged?;
+        let (counts, dirs) = finished?;
+        // What follows the end marker: a little zero padding at most (the checksum covers it).
+        tar.finish()?;
+        let restored = Restored {
+            manifest,
+            qdrant: None,
+            checksum: String::new(),
+            archive_bytes: 0,
+            data_bytes: counts.data_bytes,
+            files: counts.files,
+            collections: Vec::new(),
+        };
+        Ok((restored, layout, dirs))
     })
 }
 
-fn unpack_with(
-    spec: &RestoreSpec,
-    input: &mut ChunkReader,
-    staging: &Dir,
-    progress: &(dyn Fn(u64) + Sync),
-    mut writers: Writers<'_>,
-    umask: u32,
-) -> Result<(Restored, Mapping, StagedDirs), RestoreError> {
-    let mut tar = TarReader::new(input);
-    let manifest = read_manifest(&mut tar)?;
-    let mapping = Mapping::new(&manifest, &spec.selection)?;
-    let mut stats = Restored {
-        manifest,
-        checksum: String::new(),
-        archive_bytes: 0,
-        data_bytes: 0,
-        files: 0,
-        collections: Vec::new(),
-    };
-    let mut budget = Budget::new(spec.limits, staging)?;
-    let mut flusher = Flusher::start(staging);
-    let mut tree = StagingTree::new(staging).map_err(write_err(staging.path()))?;
-    let mut dirs = StagedDirs::new();
-    let mut buf = vec![0; COPY_BUF];
-    while let Some(entry) = tar.next_entry()? {
-        let shown = || String::from_utf8_lossy(&entry.path).into_owned();
-        let hostile = |why: &str| RestoreError::Hostile {
-            path: shown(),
-            why: why.into(),
-        };
-        let parts = limits::path_components(&entry.path).map_err(hostile)?;
-        let is_dir = match entry.kind {
-            EntryType::File => false,
-            EntryType::Directory if entry.size == 0 => true,
-            EntryType::Directory => return Err(hostile("a directory with data")),
-            other => return Err(hostile(&other.describe())),
-        };
-        budget.read(tar.position(), &entry)?;
-        // A sparse file counts with its holes: it is that large once restored.
-        let size = match (&entry.sparse, is_dir) {
-            (_, true) => 0,
-            (Some(map), false) => map.real_size,
-            (None, false) => entry.size,
-        };
-        if stats.data_bytes.saturating_add(size) > spec.limits.max_bytes {
-            return Err(RestoreError::TooLarge {
-                max: spec.limits.max_bytes,
-            });
-        }
-        let Some(rel) = mapping.map(&parts).map_err(hostile)? else {
-            continue;
-        };
-        budget.staged(&entry)?;
-        let twice = |e: io::Error| match e.kind() {
-            io::ErrorKind::AlreadyExists | io::ErrorKind::NotADirectory => {
-                hostile("given twice in the archive (or as a file and as a directory)")
-            }
-            _ => write_err(&staging.join(&rel))(e),
-        };
-        if is_dir {
-            tree.dir(&rel).map_err(twice)?;
-            dirs.insert(rel, (entry.mode & 0o1777, entry.mtime));
-        } else {
-            let name = rel
-                .file_name()
-                .expect("paths have a last component")
-                .to_owned();
-            let dir = tree
-                .dir(rel.parent().unwrap_or(Path::new("")))
-                .map_err(twice)?;
-            let path = staging.join(&rel);
-            let perm = entry.mode & 0o777;
-            if let Some(map) = &entry.sparse {
-                write_file(&dir, &name, &path, perm, entry.mtime, umask, |file| {
-                    write_sparse(&mut tar, file, map, &mut buf, &path)
-                })?;
-            } else if size <= SMALL_FILE {
-                let mut data = vec![0; size as usize];
-                tar.read_exact(&mut data).map_err(data_err)?;
-                writers.write(SmallFile {
-                    dir,
-                    name,
-                    path,
-                    data,
-                    perm,
-                    mtime: entry.mtime,
-                })?;
-            } else {
-                write_file(&dir, &name, &path, perm, entry.mtime, umask, |file| {
-                    copy(&mut tar, file, &mut buf, &path)
-                })?;
-            }
-            stats.files += 1;
-            stats.data_bytes += size;
-            flusher.wrote(size);
-        }
-        progress(tar.position());
-    }
-    writers.finish()?;
-    // What follows the end marker: a little zero padding at most (the checksum covers it).
-    tar.finish()?;
-    Ok((stats, mapping, dirs))
+/// What an archive starts with: our manifest, or (a snapshot Qdrant made) its first entry.
+enum First {
+    Manifest(Box<Manifest>),
+    Entry(Entry),
 }
 
-/// What an archive has cost so far, against its [`Limits`].
-struct Budget {
-    limits: Limits,
-    /// The disk the staged files may take, and which bound that is.
-    max_disk: (u64, &'static str),
-    entries: u64,
-    holes: u64,
-    disk: u64,
+/// What an archive is, from its start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Described {
+    /// One of ours, with its manifest.
+    Ours(Box<Manifest>),
+    /// A snapshot Qdrant made, of the kind its first entry says (when it says).
+    Qdrant(Option<qdrant::Kind>),
 }
 
-impl Budget {
-    /// The limits, the disk bound defaulting to the space free where `staging` is.
-    fn new(limits: Limits, staging: &Dir) -> Result<Self, RestoreError> {
-        let max_disk = match limits.max_disk_bytes {
-            Some(max) => (max, "--max-disk-bytes"),
-            None => {
-                let st = rustix::fs::fstatvfs(staging)
-                    .map_err(|e| write_err(staging.path())(e.into()))?;
-                (
-                    st.f_bavail.saturating_mul(st.f_frsize),
-                    "the space free on the target's filesystem; --max-disk-bytes sets another bound",
-                )
-            }
-        };
-        Ok(Self {
-            limits,
-            max_disk,
-            entries: 0,
-            holes: 0,
-            disk: 0,
-        })
-    }
-
-    /// Counts an entry whose header ends at `position` of the archive, refusing it when the
-    /// archive holds too many or when its data would take the archive past its size bound
-    /// (before any of it is read).
-    fn read(&mut self, position: u64, entry: &super::untar::Entry) -> Result<(), RestoreError> {
-        self.entries += 1;
-        if self.entries > self.limits.max_entries {
-            return Err(RestoreError::TooManyEntries {
-                max: self.limits.max_entries,
-            });
+/// Reads the start of an archive (and nothing more): its manifest, or what Qdrant snapshot
+/// it is.
+pub fn describe<R: Read>(reader: R) -> Result<Described, RestoreError> {
+    let mut reader = reader;
+    let input: &mut dyn Read = &mut reader;
+    Ok(match read_first(&mut TarReader::new(input))? {
+        First::Manifest(manifest) => Described::Ours(manifest),
+        First::Entry(entry) => {
+            let parts = limits::path_components(&entry.path).unwrap_or_default();
+            Described::Qdrant(qdrant::kind_from_first(
+                &parts,
+                entry.kind == EntryType::File,
+            ))
         }
-        let end = position
-            .saturating_add(entry.size)
-            .saturating_add(entry.size.next_multiple_of(limits::BLOCK) - entry.size);
-        if end > self.limits.max_bytes {
-            return Err(RestoreError::TooLarge {
-                max: self.limits.max_bytes,
-            });
-        }
-        Ok(())
-    }
-
-    /// Counts the holes and the disk of an entry about to be staged.
-    fn staged(&mut self, entry: &super::untar::Entry) -> Result<(), RestoreError> {
-        let (holes, disk) = match (&entry.sparse, entry.kind) {
-            (_, EntryType::Directory) => (0, limits::DISK_BLOCK),
-            (Some(map), _) => (map.real_size - entry.size, limits::disk_use(&map.regions)),
-            (None, _) => (0, limits::disk_use(&[(0, entry.size)])),
-        };
-        self.holes = self.holes.saturating_add(holes);
-        if self.holes > self.limits.max_hole_bytes {
-            return Err(RestoreError::TooManyHoles {
-                max: self.limits.max_hole_bytes,
-            });
-        }
-        self.disk = self.disk.saturating_add(disk);
-        if self.disk > self.max_disk.0 {
-            return Err(RestoreError::TooMuchDisk {
-                max: self.max_disk.0,
-                bound: self.max_disk.1,
-            });
-        }
-        Ok(())
-    }
+    })
 }
 
-/// The staging tree's directories along the path last used, each opened from its parent
-/// without following links: consecutive entries of one directory cost no lookups, and
-/// nothing the workload swaps in below the staging root is followed.
-struct StagingTree {
-    root: Arc<Dir>,
-    chain: Vec<(OsString, Arc<Dir>)>,
-}
-
-impl StagingTree {
-    fn new(root: &Dir) -> io::Result<Self> {
-        Ok(Self {
-            root: Arc::new(root.try_clone()?),
-            chain: Vec::new(),
-        })
-    }
-
-    /// The directory `rel` of the staging tree, created where missing with the default mode
-    /// (`0777` through the umask, as `mkdir -p` and GNU tar do; an entry of the archive for
-    /// it sets its mode later).
-    fn dir(&mut self, rel: &Path) -> io::Result<Arc<Dir>> {
-        let parts: Vec<&OsStr> = rel
-            .components()
-            .filter_map(|c| match c {
-                Component::Normal(name) => Some(name),
-                _ => None,
-            })
-            .collect();
-        let common = self
-            .chain
-            .iter()
-            .zip(&parts)
-            .take_while(|((held, _), part)| held.as_os_str() == **part)
-            .count();
-        self.chain.truncate(common);
-        for part in &parts[common..] {
-            let parent = self.chain.last().map_or(&self.root, |(_, dir)| dir);
-            let dir = match parent.create_dir(part, 0o777) {
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => parent.open_dir(part)?,
-                other => other?,
-            };
-            self.chain.push(((*part).to_owned(), Arc::new(dir)));
-        }
-        Ok(self
-            .chain
-            .last()
-            .map_or_else(|| self.root.clone(), |(_, dir)| dir.clone()))
-    }
-}
-
-/// Creates the file `name` in `dir` (`path` for messages) with permission bits `perm` and
-/// modification time `mtime`, its content written by `content`. The file must not exist:
-/// an archive that holds a path twice is refused.
-pub(super) fn write_file(
-    dir: &Dir,
-    name: &OsStr,
-    path: &Path,
-    perm: u32,
-    mtime: u64,
-    umask: u32,
-    content: impl FnOnce(&mut File) -> Result<(), RestoreError>,
-) -> Result<(), RestoreError> {
-    let mut file = dir.create_file(name, perm).map_err(|e| {
-        if e.kind() == io::ErrorKind::AlreadyExists {
-            RestoreError::Hostile {
-                path: path.display().to_string(),
-                why: "given twice in the archive".into(),
-            }
-        } else {
-            write_err(path)(e)
-        }
-    })?;
-    content(&mut file)?;
-    // The umask may have taken bits away.
-    if perm & !umask != perm {
-        file.set_permissions(std::fs::Permissions::from_mode(perm))
-            .map_err(write_err(path))?;
-    }
-    file.set_modified(to_time(mtime)).map_err(write_err(path))
-}
-
-/// The process's umask (read by setting it and putting it back).
-fn current_umask() -> u32 {
-    let mode = rustix::fs::Mode::from_bits_truncate(0o022);
-    let old = rustix::process::umask(mode);
-    rustix::process::umask(old);
-    old.bits()
-}
-
-/// Reads the manifest at the start of an archive (and nothing more).
+/// Reads the manifest at the start of an archive (and nothing more); an archive without
+/// one (Qdrant's) is refused.
 pub fn manifest_of<R: Read>(reader: R) -> Result<Manifest, RestoreError> {
-    read_manifest(&mut TarReader::new(reader))
+    match describe(reader)? {
+        Described::Ours(manifest) => Ok(*manifest),
+        Described::Qdrant(_) => Err(RestoreError::NoManifest),
+    }
 }
 
-fn read_manifest<R: Read>(tar: &mut TarReader<R>) -> Result<Manifest, RestoreError> {
-    let entry = tar.next_entry()?.ok_or(RestoreError::NoManifest)?;
-    if entry.path != MANIFEST_ENTRY.as_bytes()
-        || entry.kind != EntryType::File
-        || entry.size > MAX_MANIFEST_BYTES
-    {
+fn read_first(tar: &mut Tar<'_>) -> Result<First, RestoreError> {
+    let entry = tar.next_entry()?.ok_or(RestoreError::NotASnapshot)?;
+    if entry.path != MANIFEST_ENTRY.as_bytes() {
+        return Ok(First::Entry(entry));
+    }
+    if entry.kind != EntryType::File || entry.size > MAX_MANIFEST_BYTES {
         return Err(RestoreError::NoManifest);
     }
     let mut json = vec![0; entry.size as usize];
@@ -650,13 +508,12 @@ fn read_manifest<R: Read>(tar: &mut TarReader<R>) -> Result<Manifest, RestoreErr
     }
     let version: Version =
         serde_json::from_slice(&json).map_err(|source| RestoreError::BadManifest { source })?;
-    if version.format_version != FORMAT_VERSION {
-        return Err(RestoreError::UnknownVersion {
-            found: version.format_version,
-        });
-    }
-    let manifest: Manifest =
-        serde_json::from_slice(&json).map_err(|source| RestoreError::BadManifest { source })?;
+    let manifest: Manifest = match version.format_version {
+        1 | 2 => {
+            serde_json::from_slice(&json).map_err(|source| RestoreError::BadManifest { source })?
+        }
+        found => return Err(RestoreError::UnknownVersion { found }),
+    };
     for c in &manifest.collections {
         name::validate("collection", c)?;
     }
@@ -664,18 +521,21 @@ fn read_manifest<R: Read>(tar: &mut TarReader<R>) -> Result<Manifest, RestoreErr
         kind: manifest.kind,
         detail: detail.into(),
     };
+    if manifest.format.version() != manifest.format_version {
+        return Err(inconsistent("its format and its version disagree"));
+    }
     match (manifest.kind, &manifest.collection) {
         (Kind::Collection, Some(c)) if manifest.collections == [c.clone()] => {}
         (Kind::Collection, _) => return Err(inconsistent("collection / collections")),
         (Kind::Full, None) => {}
         (Kind::Full, Some(_)) => return Err(inconsistent("a collection is set")),
     }
-    Ok(manifest)
+    Ok(First::Manifest(Box::new(manifest)))
 }
 
 /// Maps archive paths to staging paths for the selection.
 #[derive(Debug)]
-struct Mapping {
+pub struct Mapping {
     /// For a collection restore: (collection in the archive, collection in the target).
     collection: Option<(String, String)>,
 }
@@ -716,7 +576,7 @@ impl Mapping {
     }
 
     /// The staging path of an archive entry, or `None` when the selection does not take it.
-    fn map(&self, parts: &[&[u8]]) -> Result<Option<PathBuf>, &'static str> {
+    pub fn map(&self, parts: &[&[u8]]) -> Result<Option<PathBuf>, &'static str> {
         let under_collections = parts.first() == Some(&COLLECTIONS_DIR.as_bytes());
         if under_collections && parts.len() >= 2 {
             let name = String::from_utf8_lossy(parts[1]);
@@ -760,55 +620,7 @@ impl Mapping {
     }
 }
 
-fn copy(
-    from: &mut impl Read,
-    to: &mut File,
-    buf: &mut [u8],
-    path: &Path,
-) -> Result<(), RestoreError> {
-    let (mut written, mut kicked) = (0u64, 0u64);
-    loop {
-        let n = match from.read(buf) {
-            Ok(0) => return Ok(()),
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(source) => return Err(data_err(source)),
-        };
-        to.write_all(&buf[..n]).map_err(write_err(path))?;
-        written += n as u64;
-        if written - kicked >= KICK_EVERY {
-            start_writeback(to, kicked, written - kicked);
-            kicked = written;
-        }
-    }
-}
-
-/// Writes the data of a sparse entry at its regions' offsets and sets the file's size: the
-/// holes stay holes.
-fn write_sparse(
-    from: &mut impl Read,
-    to: &mut File,
-    map: &SparseMap,
-    buf: &mut [u8],
-    path: &Path,
-) -> Result<(), RestoreError> {
-    use std::os::unix::fs::FileExt;
-    for &(offset, len) in &map.regions {
-        let mut done = 0u64;
-        while done < len {
-            let want = usize::try_from(len - done)
-                .unwrap_or(usize::MAX)
-                .min(buf.len());
-            from.read_exact(&mut buf[..want]).map_err(data_err)?;
-            to.write_all_at(&buf[..want], offset + done)
-                .map_err(write_err(path))?;
-            done += want as u64;
-        }
-    }
-    to.set_len(map.real_size).map_err(write_err(path))
-}
-
-pub(super) fn to_time(secs: u64) -> SystemTime {
+pub fn to_time(secs: u64) -> SystemTime {
     SystemTime::UNIX_EPOCH + Duration::from_secs(secs)
 }
 
@@ -822,8 +634,9 @@ mod tests {
             "n".into(),
             jiff::Timestamp::UNIX_EPOCH,
             collections.iter().map(|c| c.to_string()).collect(),
-            BTreeMap::new(),
+            std::collections::BTreeMap::new(),
             None,
+            Format::Files,
         )
     }
 

@@ -157,6 +157,9 @@ pub struct TarReader<R> {
     left: u64,
     /// Padding after the current entry's data.
     pad: u64,
+    /// For a tar inside a tar: its size, whose end, between entries, ends it as an end
+    /// marker would (the tars inside Qdrant's snapshots, written by the tar crate, have none).
+    size: Option<u64>,
 }
 
 impl<R: Read> TarReader<R> {
@@ -166,6 +169,16 @@ impl<R: Read> TarReader<R> {
             pos: 0,
             left: 0,
             pad: 0,
+            size: None,
+        }
+    }
+
+    /// A reader of a tar of `size` bytes inside a tar (the data of one entry, whose size the
+    /// outer tar fixes): its end marker may be missing, the end of that data ending it.
+    pub fn nested(inner: R, size: u64) -> Self {
+        Self {
+            size: Some(size),
+            ..Self::new(inner)
         }
     }
 
@@ -186,6 +199,9 @@ impl<R: Read> TarReader<R> {
         loop {
             let offset = self.pos;
             let mut block = [0u8; BLOCK as usize];
+            if extensions == 0 && self.size == Some(offset) {
+                return Ok(None);
+            }
             self.read_exact(&mut block)?;
             if block.iter().all(|b| *b == 0) {
                 return Ok(None);

@@ -8,7 +8,8 @@ use std::sync::mpsc::{SyncSender, sync_channel};
 use std::sync::{Arc, Mutex};
 use std::thread::{Scope, ScopedJoinHandle};
 
-use super::restore::{RestoreError, write_file};
+use super::restore::RestoreError;
+use super::stage::write_file;
 use crate::safefs::Dir;
 
 /// Files up to this size go to the writers; larger ones are streamed by the parser.
