@@ -648,3 +648,232 @@ fn checksum_files_are_never_deleted_alone_nor_uploaded_when_not_checksums() {
     assert!(err.contains("is not a checksum file"), "{err}");
     assert!(!target.exists());
 }
+
+/// A tar without its end marker (as the tar crate writes the tars inside Qdrant's
+/// snapshots).
+fn unterminated(entries: &[RawEntry]) -> Vec<u8> {
+    let mut tar = raw_tar(entries);
+    tar.truncate(tar.len() - 1024);
+    tar
+}
+
+/// A Qdrant shard snapshot whose segment `s1` is the tar `segment` (and a WAL file).
+fn shard_snapshot(segment: Vec<u8>) -> Vec<u8> {
+    raw_tar(&[
+        RawEntry::file("segments/s1.tar", &segment),
+        RawEntry::file("wal/open-1", b"wal"),
+        RawEntry::file("shard_config.json", br#"{"type":"ReplicaSet"}"#),
+    ])
+}
+
+#[test]
+fn hostile_tars_inside_qdrant_snapshots_change_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("target");
+    make_collection(&target, "keep", "k");
+    let outside = dir.path().join("outside");
+    fs::create_dir_all(&outside).unwrap();
+    let before = (fingerprint(&target), fingerprint(&outside));
+    let file = |p: &str| RawEntry::file(p, b"data");
+    let mut huge_name = header_block("././@LongLink", b'L', 1 << 30);
+    huge_name.resize(huge_name.len() + 4096, b'a');
+    let mut long_entry = unterminated(&[file("snapshot/files/a")]);
+    // Its header says 1 MiB of data; the outer entry holds 4 bytes of it.
+    long_entry.truncate(512);
+    let mut h = tar::Header::from_byte_slice(&long_entry).clone();
+    h.set_size(1 << 20);
+    h.set_cksum();
+    long_entry = h.as_bytes().to_vec();
+    long_entry.extend_from_slice(b"data");
+    let mut junk_after = raw_tar(&[file("snapshot/files/a")]);
+    junk_after.extend_from_slice(b"junk");
+    let cases: Vec<(&str, Vec<u8>, Vec<&str>, &str)> = vec![
+        (
+            "dotdot",
+            shard_snapshot(unterminated(&[file("snapshot/files/../../../outside/x")])),
+            vec![],
+            "a path with `..`",
+        ),
+        (
+            "absolute",
+            shard_snapshot(unterminated(&[file("/tmp/evil")])),
+            vec![],
+            "an absolute path",
+        ),
+        (
+            "symlink",
+            shard_snapshot(unterminated(&[RawEntry::special(
+                "snapshot/files/l",
+                tar::EntryType::Symlink,
+                "/etc",
+            )])),
+            vec![],
+            "a symbolic link",
+        ),
+        (
+            "hardlink",
+            shard_snapshot(unterminated(&[RawEntry::special(
+                "snapshot/files/h",
+                tar::EntryType::Link,
+                "/etc/passwd",
+            )])),
+            vec![],
+            "a hard link",
+        ),
+        (
+            "device",
+            shard_snapshot(unterminated(&[RawEntry::special(
+                "snapshot/files/c",
+                tar::EntryType::Char,
+                "",
+            )])),
+            vec![],
+            "a character device",
+        ),
+        (
+            "extension",
+            shard_snapshot(huge_name),
+            vec![],
+            "extension header",
+        ),
+        (
+            "past-its-end",
+            shard_snapshot(long_entry),
+            vec![],
+            "truncated",
+        ),
+        (
+            "junk",
+            shard_snapshot(junk_after),
+            vec![],
+            "data follows the end-of-archive marker",
+        ),
+        (
+            "twice",
+            shard_snapshot(unterminated(&[
+                file("snapshot/files/x"),
+                file("snapshot/x"),
+            ])),
+            vec![],
+            "given twice",
+        ),
+        (
+            "entries",
+            shard_snapshot(unterminated(
+                &(0..20)
+                    .map(|i| file(&format!("snapshot/files/f{i}")))
+                    .collect::<Vec<_>>(),
+            )),
+            vec!["--max-entries", "10"],
+            "more than 10 entries",
+        ),
+        (
+            "not-local",
+            raw_tar(&[
+                RawEntry::file(
+                    "segments/s1.tar",
+                    &unterminated(&[file("snapshot/files/a")]),
+                ),
+                RawEntry::file(
+                    "replica_state.json",
+                    br#"{"is_local":false,"this_peer_id":1,"peers":{"2":"Active"}}"#,
+                ),
+            ]),
+            vec![],
+            "holds no data of",
+        ),
+    ];
+    for (case, bytes, extra, message) in &cases {
+        let path = dir.path().join(format!("nested-{case}.snapshot"));
+        fs::write(&path, bytes).unwrap();
+        let arg = format!("{}:products", path.display());
+        let mut args = vec!["--snapshot", &arg, "--priority", "snapshot"];
+        args.extend(extra.iter());
+        let err = fails(&mut restore(dir.path(), &target, &args));
+        assert!(err.contains(message), "{case}: {err}");
+        assert_eq!(
+            (fingerprint(&target), fingerprint(&outside)),
+            before,
+            "{case} changed something"
+        );
+        assert!(!Path::new("/tmp/evil").exists());
+        let left: Vec<_> = fs::read_dir(target.join(".snapshot-operator"))
+            .map(|d| d.map(|e| e.unwrap().file_name()).collect())
+            .unwrap_or_default();
+        assert!(left.iter().all(|n| n == "lock"), "{case} left {left:?}");
+    }
+    // Deeper than 256 once unpacked: a path the tar inside says is shallow enough.
+    let deep_nested = {
+        let mut parts = vec!["snapshot/files".to_owned()];
+        parts.extend((0..252).map(|i| format!("{}", i % 10)));
+        let path = parts.join("/");
+        let mut entry = Vec::new();
+        let mut long = tar::Header::new_gnu();
+        long.as_gnu_mut().unwrap().name[..13].copy_from_slice(b"././@LongLink");
+        long.set_entry_type(tar::EntryType::GNULongName);
+        long.set_size(path.len() as u64 + 1);
+        long.set_cksum();
+        entry.extend_from_slice(long.as_bytes());
+        entry.extend_from_slice(path.as_bytes());
+        entry.push(0);
+        entry.resize(entry.len().div_ceil(512) * 512, 0);
+        entry.extend(header_block("x", b'0', 1));
+        entry.extend_from_slice(&[b'x']);
+        entry.resize(entry.len().div_ceil(512) * 512, 0);
+        entry
+    };
+    let path = dir.path().join("nested-deeper.snapshot");
+    fs::write(&path, shard_snapshot(deep_nested)).unwrap();
+    let arg = format!("{}:products", path.display());
+    let err = fails(&mut restore(dir.path(), &target, &["--snapshot", &arg]));
+    assert!(err.contains("deeper than 256"), "{err}");
+    assert_eq!((fingerprint(&target), fingerprint(&outside)), before);
+
+    // Full snapshots whose config names what is not there, or names that are not names.
+    let collection = raw_tar(&[
+        RawEntry::file("config.json", b"{}"),
+        RawEntry::file(
+            "0/segments/s1.tar",
+            &unterminated(&[file("snapshot/files/a")]),
+        ),
+    ]);
+    for (case, config, message) in [
+        (
+            "missing",
+            r#"{"collections_mapping":{"a":"gone.snapshot"}}"#,
+            "missing",
+        ),
+        (
+            "escape",
+            r#"{"collections_mapping":{"a":"../a.snapshot"}}"#,
+            "single path component",
+        ),
+        (
+            "bad-name",
+            r#"{"collections_mapping":{"..":"a.snapshot"}}"#,
+            "is `.` or `..`",
+        ),
+        (
+            "bad-alias",
+            r#"{"collections_mapping":{"a":"a.snapshot"},"collections_aliases":{"x/y":"a"}}"#,
+            "contains '/'",
+        ),
+    ] {
+        let full = raw_tar(&[
+            RawEntry::file("a.snapshot", &collection),
+            RawEntry::file("config.json", config.as_bytes()),
+        ]);
+        let path = dir.path().join(format!("full-{case}.snapshot"));
+        fs::write(&path, full).unwrap();
+        let mut args = vec!["--storage-snapshot".to_owned(), path.display().to_string()];
+        args.extend(["--priority".into(), "snapshot".into()]);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let err = fails(&mut restore(dir.path(), &target, &args));
+        assert!(err.contains(message), "{case}: {err}");
+        assert_eq!(
+            (fingerprint(&target), fingerprint(&outside)),
+            before,
+            "{case}"
+        );
+    }
+}

@@ -22,6 +22,7 @@ use std::path::Path;
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, SeekFrom};
 use snapshot_operator::engine::archive::{self, CreateSpec};
 use snapshot_operator::engine::limits::{MAX_DEPTH, MAX_SPARSE_REGIONS};
+use snapshot_operator::engine::manifest::Format;
 use snapshot_operator::engine::restore::{self, Limits, Priority, RestoreSpec, Selection};
 use snapshot_operator::safefs::Anchored;
 
@@ -171,6 +172,83 @@ fn random_tree(rng: &mut Rng) -> Vec<Item> {
             }
             path.push(OsString::from("deepest"));
             items.push(Item::File(path, 0o644, content(rng)));
+        }
+    }
+    items
+}
+
+/// A random Qdrant storage directory: collections as the Qdrant server keeps them (a
+/// `config.json`, shards with `shard_config.json`, segments of random content, a WAL),
+/// some of their paths as deep as a restore takes.
+fn random_qdrant_tree(rng: &mut Rng) -> Vec<Item> {
+    let name = |s: &str| OsString::from(s);
+    let mut items = Vec::new();
+    for c in 0..1 + rng.below(3) {
+        let base = vec![name("collections"), name(&format!("q{c}"))];
+        items.push(Item::Dir(base.clone(), 0o755));
+        let mut config = base.clone();
+        config.push(name("config.json"));
+        items.push(Item::File(
+            config,
+            0o644,
+            Content {
+                size: 2,
+                writes: vec![(0, b"{}".to_vec())],
+            },
+        ));
+        for shard in 0..1 + rng.below(2) {
+            let mut shard_dir = base.clone();
+            shard_dir.push(name(&shard.to_string()));
+            items.push(Item::Dir(shard_dir.clone(), mode(rng, true) | 0o700));
+            let mut file = shard_dir.clone();
+            file.push(name("shard_config.json"));
+            items.push(Item::File(
+                file,
+                0o644,
+                Content {
+                    size: 2,
+                    writes: vec![(0, b"{}".to_vec())],
+                },
+            ));
+            let mut wal = shard_dir.clone();
+            wal.push(name("wal"));
+            items.push(Item::Dir(wal.clone(), 0o755));
+            wal.push(name("open-1"));
+            items.push(Item::File(wal, 0o644, content(rng)));
+            let mut segments = shard_dir.clone();
+            segments.push(name("segments"));
+            items.push(Item::Dir(segments.clone(), 0o755));
+            for s in 0..rng.below(4) {
+                let mut segment = segments.clone();
+                segment.push(name(&format!("{:08x}-{s}", rng.next() as u32)));
+                items.push(Item::Dir(segment.clone(), mode(rng, true) | 0o700));
+                let mut dirs = vec![segment];
+                for _ in 0..rng.below(12) {
+                    let mut path = dirs[rng.below(dirs.len() as u64) as usize].clone();
+                    path.push(component(rng));
+                    if items
+                        .iter()
+                        .any(|i| matches!(i, Item::Dir(p, _) | Item::File(p, _, _) if *p == path))
+                    {
+                        continue;
+                    }
+                    if rng.chance(30) {
+                        items.push(Item::Dir(path.clone(), mode(rng, true) | 0o700));
+                        dirs.push(path);
+                    } else {
+                        items.push(Item::File(path, mode(rng, false), content(rng)));
+                    }
+                }
+                if rng.chance(20) {
+                    let mut path = dirs.last().cloned().unwrap_or_default();
+                    while path.len() < MAX_DEPTH - 1 {
+                        path.push(OsString::from(format!("d{}", path.len())));
+                        items.push(Item::Dir(path.clone(), 0o755));
+                    }
+                    path.push(OsString::from("deepest"));
+                    items.push(Item::File(path, 0o644, content(rng)));
+                }
+            }
         }
     }
     items
@@ -366,8 +444,9 @@ fn as_stored(regions: &[(u64, u64)], size: u64) -> Vec<(u64, u64)> {
     out
 }
 
-/// Archives `storage` with the engine into `archive` and restores it into `target`.
-fn round_trip(storage: &Path, archive: &Path, target: &Path) -> Result<(), String> {
+/// Archives `storage` with the engine into `archive` in `format`, and restores it into
+/// `target`.
+fn round_trip(storage: &Path, archive: &Path, target: &Path, format: Format) -> Result<(), String> {
     let spec = CreateSpec {
         storage: Anchored::trusted(storage.to_owned()),
         collection: None,
@@ -375,9 +454,10 @@ fn round_trip(storage: &Path, archive: &Path, target: &Path) -> Result<(), Strin
         created_at: jiff::Timestamp::now(),
         identity: None,
         exclude: Vec::new(),
-        format: None,
+        format: Some(format),
     };
     let manifest = archive::plan(&spec).map_err(|e| e.to_string())?;
+    assert_eq!(manifest.format, format);
     let mut out = std::io::BufWriter::new(File::create(archive).unwrap());
     archive::write_archive(&spec, &manifest, &mut out, &|_| {}).map_err(|e| e.to_string())?;
     out.flush().unwrap();
@@ -402,70 +482,64 @@ fn env_u64(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-#[test]
-fn any_tree_the_engine_archives_restores_byte_for_byte_and_hole_for_hole() {
+/// Random trees (`make` of what `generate` gives) archived in `format` and restored come
+/// back byte for byte and hole for hole.
+fn property(format: Format, generate: fn(&mut Rng) -> Vec<Item>) {
     let seed = env_u64("SNAPSHOT_OPERATOR_ROUNDTRIP_SEED", 0x5eed_2026_1202);
     let cases = env_u64("SNAPSHOT_OPERATOR_ROUNDTRIP_CASES", 8);
     for case in 0..cases {
         let mut rng = Rng(seed ^ (case + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
         let dir = tempfile::tempdir().unwrap();
         let (storage, target) = (dir.path().join("storage"), dir.path().join("target"));
-        let items = random_tree(&mut rng);
+        let items = generate(&mut rng);
         make(&storage, &items);
         let archive = dir.path().join("a.snapshot");
-        if let Err(e) = round_trip(&storage, &archive, &target) {
-            panic!("seed {seed:#x} case {case}: {e}");
+        if let Err(e) = round_trip(&storage, &archive, &target, format) {
+            panic!("seed {seed:#x} case {case} ({format:?}): {e}");
         }
         let (before, after) = (seen(&storage), seen(&target));
         assert_eq!(
             before.keys().collect::<Vec<_>>(),
             after.keys().collect::<Vec<_>>(),
-            "seed {seed:#x} case {case}: the same paths"
+            "seed {seed:#x} case {case} ({format:?}): the same paths"
         );
+        // Holes come back where they were: the data regions as stored (whole 512-byte
+        // blocks), the same bytes everywhere.
+        let stored = |seen: &Seen| match seen.clone() {
+            Seen::File {
+                mode,
+                mtime,
+                size,
+                regions,
+                digest,
+            } => Seen::File {
+                mode,
+                mtime,
+                size,
+                regions: as_stored(&regions, size),
+                digest,
+            },
+            dir => dir,
+        };
         for (path, was) in &before {
-            let now = &after[path];
-            let expected = match was.clone() {
-                Seen::File {
-                    mode,
-                    mtime,
-                    size,
-                    regions,
-                    digest,
-                } => Seen::File {
-                    mode,
-                    mtime,
-                    size,
-                    regions: as_stored(&regions, size),
-                    digest,
-                },
-                dir => dir,
-            };
-            // Holes come back where they were: the data regions as stored (whole 512-byte
-            // blocks), the same bytes everywhere.
-            let now = match now.clone() {
-                Seen::File {
-                    mode,
-                    mtime,
-                    size,
-                    regions,
-                    digest,
-                } => Seen::File {
-                    mode,
-                    mtime,
-                    size,
-                    regions: as_stored(&regions, size),
-                    digest,
-                },
-                dir => dir,
-            };
             assert_eq!(
-                now,
-                expected,
-                "seed {seed:#x} case {case}: {}",
+                stored(&after[path]),
+                stored(was),
+                "seed {seed:#x} case {case} ({format:?}): {}",
                 String::from_utf8_lossy(path)
             );
         }
     }
+}
+
+#[test]
+fn any_tree_the_engine_archives_restores_byte_for_byte_and_hole_for_hole() {
+    property(Format::Files, random_tree);
+}
+
+#[test]
+fn any_qdrant_storage_archived_in_qdrants_format_restores_byte_for_byte() {
+    property(Format::Qdrant, random_qdrant_tree);
 }
 
 /// A file of `size` bytes holding a block of data every 8 KiB for `regions` blocks, the

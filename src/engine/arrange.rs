@@ -25,6 +25,18 @@ use crate::safefs::{self, Dir};
 /// Where a Qdrant snapshot is staged, in the staging directory.
 pub const STAGED: &str = "qdrant";
 
+/// How much deeper than staged (below [`STAGED`]) the entries of a snapshot of `kind` end
+/// up (`None`: not known yet; the most): a collection's below `collections/<name>/`, a
+/// shard's below `collections/<name>/<n>/`, a full snapshot's collections below
+/// `collections/` as they were below [`STAGED`].
+pub fn deeper(kind: Option<Kind>) -> usize {
+    match kind {
+        Some(Kind::Full) => 0,
+        Some(Kind::Collection) => 1,
+        Some(Kind::Shard) | None => 2,
+    }
+}
+
 /// How a staged Qdrant snapshot was arranged.
 #[derive(Debug)]
 pub struct Arranged {
@@ -113,13 +125,25 @@ fn classify(staging: &Dir) -> Result<(Kind, Option<FullConfig>), RestoreError> {
 
 /// Arranges the staged snapshot for `selection` (see the module's header); `manifest`: ours,
 /// when the archive is one of ours in Qdrant's layout, which must agree with what it holds.
+/// `checked`: how much deeper than staged the entries were checked to end up.
 pub fn arrange(
     staging: &Dir,
     manifest: Option<&Manifest>,
     selection: &Selection,
     shard: Option<u32>,
+    checked: usize,
 ) -> Result<Arranged, RestoreError> {
     let (kind, full) = classify(staging)?;
+    if deeper(Some(kind)) > checked {
+        return Err(invalid(
+            "the archive",
+            format!(
+                "a Qdrant {} snapshot its first entry did not say it was (its paths were \
+                 checked for another kind)",
+                what(kind)
+            ),
+        ));
+    }
     if let Some(manifest) = manifest {
         let agrees = matches!(
             (manifest.kind, kind),

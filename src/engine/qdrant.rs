@@ -116,11 +116,9 @@ pub fn place<'a>(parts: &[&'a [u8]], is_file: bool, top: bool) -> Place<'a> {
         // A streamable segment: `<id>/files/...` hoisted into `<id>/`.
         [id, first, rest @ ..] if is_segment_id(id) => {
             if *first == SEGMENT_FILES {
+                // `files/` itself is the segment's directory once hoisted.
                 let mut path = parts[..at + 2].to_vec();
                 path.extend_from_slice(rest);
-                if rest.is_empty() {
-                    return Place::Drop;
-                }
                 Place::At(path)
             } else if DROPPED.contains(first) {
                 Place::Drop
@@ -133,21 +131,18 @@ pub fn place<'a>(parts: &[&'a [u8]], is_file: bool, top: bool) -> Place<'a> {
 }
 
 /// Where the entry at `parts` of a segment tar goes, relative to the segment's directory
-/// (pure): `snapshot/files/x` and `snapshot/x` to `x`, the RocksDB backups nowhere; an
-/// ancient tar (no `snapshot/`) as it is.
+/// (pure): `snapshot/files/x` and `snapshot/x` to `x` (`snapshot/files` itself is the
+/// segment's directory), the RocksDB backups nowhere; an ancient tar (no `snapshot/`) as
+/// it is.
 pub fn in_segment_tar<'a>(parts: &[&'a [u8]]) -> Place<'a> {
-    let Some(rest) = parts.strip_prefix(&[SEGMENT_TAR_ROOT]) else {
-        return Place::At(parts.to_vec());
-    };
-    let rest = match rest {
-        [files, below @ ..] if *files == SEGMENT_FILES => below,
-        [first, ..] if DROPPED.contains(first) => return Place::Drop,
-        other => other,
-    };
-    if rest.is_empty() {
-        Place::Drop
-    } else {
-        Place::At(rest.to_vec())
+    match parts {
+        [root] if *root == SEGMENT_TAR_ROOT => Place::Drop,
+        [root, files, below @ ..] if *root == SEGMENT_TAR_ROOT && *files == SEGMENT_FILES => {
+            Place::At(below.to_vec())
+        }
+        [root, first, ..] if *root == SEGMENT_TAR_ROOT && DROPPED.contains(first) => Place::Drop,
+        [root, rest @ ..] if *root == SEGMENT_TAR_ROOT => Place::At(rest.to_vec()),
+        other => Place::At(other.to_vec()),
     }
 }
 
@@ -231,7 +226,7 @@ mod tests {
                 true,
                 at("segments/abc/v/chunk_0.mmap"),
             ),
-            ("segments/abc/files", false, Place::Drop),
+            ("segments/abc/files", false, at("segments/abc")),
             ("segments/abc/db_backup/x", true, Place::Drop),
             ("segments/abc/other", true, at("segments/abc/other")),
             // Full snapshot: collection snapshots at the top only.
@@ -262,7 +257,7 @@ mod tests {
             in_segment_tar(&split("snapshot/files/v/c.mmap")),
             at("v/c.mmap")
         );
-        assert_eq!(in_segment_tar(&split("snapshot/files")), Place::Drop);
+        assert_eq!(in_segment_tar(&split("snapshot/files")), Place::At(vec![]));
         assert_eq!(in_segment_tar(&split("snapshot")), Place::Drop);
         assert_eq!(in_segment_tar(&split("snapshot/db_backup/x")), Place::Drop);
         assert_eq!(in_segment_tar(&split("snapshot/extra")), at("extra"));

@@ -317,7 +317,7 @@ fn extract<R: Read + Send>(
     let (parsed, hashed) = readahead::with_read_ahead(reader, spec.limits.max_bytes, |input| {
         unpack(spec, input, staging, progress)
     });
-    let (mut restored, layout, mut dirs) = parsed.map_err(past_the_bound)?;
+    let (mut restored, layout, mut dirs, deeper) = parsed.map_err(past_the_bound)?;
     let hashed = hashed.ok_or(RestoreError::Tar(TarError::Truncated))?;
     restored.archive_bytes = hashed.bytes;
     restored.checksum = hashed.sha256;
@@ -343,6 +343,7 @@ fn extract<R: Read + Send>(
                 restored.manifest.as_ref(),
                 &spec.selection,
                 spec.shard,
+                deeper,
             )?;
             restored.qdrant = Some(arranged.kind);
             dirs = arranged.moved(dirs);
@@ -403,7 +404,7 @@ fn unpack(
     input: &mut ChunkReader,
     staging: &Dir,
     progress: &(dyn Fn(u64) + Sync),
-) -> Result<(Restored, Layout, StagedDirs), RestoreError> {
+) -> Result<(Restored, Layout, StagedDirs, usize), RestoreError> {
     let umask = current_umask();
     std::thread::scope(|scope| {
         let writers = Writers::start(scope, WRITERS, umask);
@@ -429,12 +430,29 @@ fn unpack(
                     top: true,
                 },
             };
+            let deeper = match (&layout, &manifest, &first) {
+                (Layout::Files(_), ..) => 0,
+                _ if spec.shard.is_some() => arrange::deeper(None),
+                (_, Some(manifest), _) => arrange::deeper(Some(match manifest.kind {
+                    Kind::Collection => qdrant::Kind::Collection,
+                    Kind::Full => qdrant::Kind::Full,
+                })),
+                (_, None, Some(entry)) => {
+                    let parts = limits::path_components(&entry.path).unwrap_or_default();
+                    arrange::deeper(qdrant::kind_from_first(
+                        &parts,
+                        entry.kind == EntryType::File,
+                    ))
+                }
+                (_, None, None) => arrange::deeper(None),
+            };
+            stager.arranged_deeper(deeper);
             stager.entries(&mut tar, first, &scope, true)?;
-            Ok((manifest, layout))
+            Ok((manifest, layout, deeper))
         })();
         // The writers finish (and say their first error) whatever happened.
         let finished = stager.finish();
-        let (manifest, layout) = staged?;
+        let (manifest, layout, deeper) = staged?;
         let (counts, dirs) = finished?;
         // What follows the end marker: a little zero padding at most (the checksum covers it).
         tar.finish()?;
@@ -447,7 +465,7 @@ fn unpack(
             files: counts.files,
             collections: Vec::new(),
         };
-        Ok((restored, layout, dirs))
+        Ok((restored, layout, dirs, deeper))
     })
 }
 

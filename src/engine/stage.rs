@@ -103,6 +103,8 @@ pub struct Stager<'a, 'w> {
     umask: u32,
     counts: Counts,
     progress: &'a (dyn Fn(u64) + Sync),
+    /// How much deeper than staged entries end up once arranged ([`super::arrange`]).
+    deeper: usize,
 }
 
 impl<'a, 'w> Stager<'a, 'w> {
@@ -125,7 +127,13 @@ impl<'a, 'w> Stager<'a, 'w> {
             umask,
             counts: Counts::default(),
             progress,
+            deeper: 0,
         })
+    }
+
+    /// Says how much deeper than staged the entries end up once arranged.
+    pub fn arranged_deeper(&mut self, by: usize) {
+        self.deeper = by;
     }
 
     /// Stages `first` (an entry already read) and the rest of `tar`'s entries as `scope`
@@ -177,9 +185,13 @@ impl<'a, 'w> Stager<'a, 'w> {
         match scope.target(&parts, !is_dir).map_err(hostile)? {
             Target::Skip => Ok(()),
             Target::Stage(rel) => {
-                // Where it lands counts too: a tar inside may put it deeper than it says.
+                // Where it lands counts too: a tar inside may put it deeper than it says, and
+                // arranging may put it deeper still.
                 let staged = rel.as_os_str().as_bytes();
-                limits::path_components(staged).map_err(hostile)?;
+                let depth = limits::path_components(staged).map_err(hostile)?.len();
+                if depth + self.deeper > limits::MAX_DEPTH {
+                    return Err(hostile("a path deeper than 256 directories once restored"));
+                }
                 self.stage(tar, entry, rel, is_dir)
             }
             Target::Nested(nested) => {
