@@ -22,6 +22,14 @@ if ! "$QDRANT_VENV/bin/python" -c "import qdrant_edge" 2>/dev/null; then
 fi
 export SNAPSHOT_OPERATOR_TEST_QDRANT_PYTHON="$QDRANT_VENV/bin/python"
 
+# The real Qdrant server for tests/qdrant_server.rs: built once per machine, outside the
+# repository (../shared/tools/build-qdrant.sh, about 35 minutes); never built here.
+QDRANT_SERVER="${QDRANT_SERVER:-/var/cache/snapshot-operator/qdrant/qdrant}"
+if [ -x "$QDRANT_SERVER" ]; then
+  export SNAPSHOT_OPERATOR_TEST_QDRANT_SERVER="$QDRANT_SERVER"
+  echo "Qdrant-server tier: $("$QDRANT_SERVER" --version 2>/dev/null | head -1) at $QDRANT_SERVER"
+fi
+
 # shellcheck source=scripts/s3-server.sh
 source scripts/s3-server.sh
 # shellcheck source=scripts/apiserver.sh
@@ -49,6 +57,9 @@ cargo test --locked
 # Tiers this script cannot run say so (a skipped tier is not a pass).
 if [ -z "${KUBECONFIG:-}" ]; then
   echo "API-server tier (tests/apiserver.rs): SKIPPED: no API server (KUBECONFIG is not set)"
+fi
+if [ -z "${SNAPSHOT_OPERATOR_TEST_QDRANT_SERVER:-}" ]; then
+  echo "Qdrant-server tier (tests/qdrant_server.rs): SKIPPED: no Qdrant binary at $QDRANT_SERVER (build it once with ../shared/tools/build-qdrant.sh)"
 fi
 echo "e2e tier (tests/e2e, make e2e): SKIPPED: needs a kind cluster (Docker); run make e2e where there is one"
 

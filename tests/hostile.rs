@@ -818,7 +818,7 @@ fn hostile_tars_inside_qdrant_snapshots_change_nothing() {
         entry.push(0);
         entry.resize(entry.len().div_ceil(512) * 512, 0);
         entry.extend(header_block("x", b'0', 1));
-        entry.extend_from_slice(&[b'x']);
+        entry.extend_from_slice(b"x");
         entry.resize(entry.len().div_ceil(512) * 512, 0);
         entry
     };
