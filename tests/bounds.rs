@@ -67,12 +67,10 @@ fn endless(start: Vec<u8>, more: fn(u64) -> Vec<u8>) -> (String, Arc<AtomicU64>)
 
 /// A restore of `location` into `target` as nobody, with `args`; its error.
 fn refused(dir: &Path, target: &Path, location: &str, args: &[&str]) -> String {
-    let mut cmd = bin(dir);
-    cmd.args(["restore", "--storage-path"])
-        .arg(target)
-        .args(["--snapshot", &format!("{location}:products")])
-        .args(args);
-    fails(&mut as_nobody(cmd, dir))
+    let snapshot = format!("{location}:products");
+    let mut all = vec!["--snapshot", &snapshot];
+    all.extend(args);
+    fails(&mut restore_as_nobody(dir, target, &all))
 }
 
 /// A 1 KiB file entry of another collection: read past, never restored.
@@ -205,12 +203,9 @@ fn sparse_files_are_bounded_by_their_holes_and_their_disk() {
     );
     assert_eq!(fingerprint(&target), before);
     // Allowed, it restores, and takes no disk.
-    let mut cmd = bin(dir.path());
-    cmd.args(["restore", "--storage-path"])
-        .arg(&target)
-        .args(["--snapshot", &format!("{huge}:products")])
-        .args(["--max-hole-bytes", &(16u64 << 40).to_string()]);
-    ok(&mut as_nobody(cmd, dir.path()));
+    let (arg, max) = (format!("{huge}:products"), (16u64 << 40).to_string());
+    let args = ["--snapshot", &arg, "--max-hole-bytes", &max];
+    ok(&mut restore_as_nobody(dir.path(), &target, &args));
     let restored = target.join("collections/products/s0");
     use std::os::unix::fs::MetadataExt;
     let meta = fs::metadata(&restored).unwrap();

@@ -15,15 +15,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-/// A restore into `target` as nobody (when root); `dir` is given to nobody.
-fn restore(dir: &Path, target: &Path, args: &[&str]) -> Command {
-    let mut cmd = bin(dir);
-    cmd.args(["restore", "--storage-path"])
-        .arg(target)
-        .args(args);
-    as_nobody(cmd, dir)
-}
-
 /// A test directory with a storage directory `storage` holding `products` and its archive
 /// in `./snapshots`; returns the directory and the archive's path.
 fn fixture() -> (tempfile::TempDir, PathBuf) {
@@ -65,7 +56,11 @@ fn links_planted_in_the_restore_workspace_are_never_followed() {
     let t1 = dir.path().join("t1");
     fs::create_dir_all(&t1).unwrap();
     symlink(&snapshots, t1.join(".snapshot-operator")).unwrap();
-    let err = fails(&mut restore(dir.path(), &t1, &["--snapshot", &arg]));
+    let err = fails(&mut restore_as_nobody(
+        dir.path(),
+        &t1,
+        &["--snapshot", &arg],
+    ));
     assert!(err.contains("symbolic link"), "{err}");
     assert!(
         fs::symlink_metadata(t1.join(".snapshot-operator"))
@@ -77,7 +72,11 @@ fn links_planted_in_the_restore_workspace_are_never_followed() {
     let t2 = dir.path().join("t2");
     fs::create_dir_all(t2.join(".snapshot-operator")).unwrap();
     symlink(&archive, t2.join(".snapshot-operator/lock")).unwrap();
-    let err = fails(&mut restore(dir.path(), &t2, &["--snapshot", &arg]));
+    let err = fails(&mut restore_as_nobody(
+        dir.path(),
+        &t2,
+        &["--snapshot", &arg],
+    ));
     assert!(err.contains("symbolic link"), "{err}");
 
     // Leftovers of an "interrupted restore" are links into the snapshots volume, and a
@@ -90,7 +89,11 @@ fn links_planted_in_the_restore_workspace_are_never_followed() {
         t3.join(".snapshot-operator/restore-old/products"),
     )
     .unwrap();
-    ok(&mut restore(dir.path(), &t3, &["--snapshot", &arg]));
+    ok(&mut restore_as_nobody(
+        dir.path(),
+        &t3,
+        &["--snapshot", &arg],
+    ));
     assert!(!t3.join(".snapshot-operator").exists());
     assert!(t3.join("collections/products/config.json").is_file());
 
@@ -123,7 +126,7 @@ fn a_directory_swapped_for_a_link_while_staging_is_never_followed() {
     ]);
     let (first, rest) = whole.split_at(2 << 20);
     let location = format!("file://{}:products", fifo.display());
-    let mut cmd = restore(dir.path(), &target, &["--snapshot", &location]);
+    let mut cmd = restore_as_nobody(dir.path(), &target, &["--snapshot", &location]);
     let child = cmd
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -351,7 +354,7 @@ fn read_only_directories_restore_as_gnu_tar_extracts_them_and_leave_no_mess() {
     // Into an absent collection, then over it (snapshot priority swaps, and removes the old
     // read-only tree), then again with the default: skipped.
     for priority in ["replica", "snapshot", "replica"] {
-        ok(&mut restore(
+        ok(&mut restore_as_nobody(
             dir.path(),
             &target,
             &["--snapshot", &arg, "--priority", priority],
@@ -365,7 +368,7 @@ fn read_only_directories_restore_as_gnu_tar_extracts_them_and_leave_no_mess() {
     // Merging files into read-only directories cannot be done as this user: refused before
     // anything changes (as root it succeeds).
     let before = fingerprint(&target);
-    let merged = run(&mut restore(
+    let merged = run(&mut restore_as_nobody(
         dir.path(),
         &target,
         &["--snapshot", &arg, "--priority", "no_sync"],
@@ -377,7 +380,11 @@ fn read_only_directories_restore_as_gnu_tar_extracts_them_and_leave_no_mess() {
     }
     // The volume still takes restores.
     let other = format!("{}:other", archive.display());
-    ok(&mut restore(dir.path(), &target, &["--snapshot", &other]));
+    ok(&mut restore_as_nobody(
+        dir.path(),
+        &target,
+        &["--snapshot", &other],
+    ));
     assert_eq!(subtree(&fingerprint(&target), "collections/other"), want);
     assert!(!target.join(".snapshot-operator").exists());
 }
@@ -417,7 +424,11 @@ fn an_archive_giving_a_path_twice_is_refused_every_time() {
         fs::write(&archive, collection_archive(entries)).unwrap();
         let arg = format!("{}:products", archive.display());
         for _ in 0..5 {
-            let err = fails(&mut restore(dir.path(), &target, &["--snapshot", &arg]));
+            let err = fails(&mut restore_as_nobody(
+                dir.path(),
+                &target,
+                &["--snapshot", &arg],
+            ));
             assert!(err.contains("given twice"), "{case}: {err}");
             assert_eq!(fingerprint(&target), before, "{case}");
         }
@@ -435,7 +446,7 @@ fn an_archive_giving_a_path_twice_is_refused_every_time() {
     .unwrap();
     let reference = dir.path().join("gnu");
     gnu_extract(dir.path(), &archive, &reference);
-    ok(&mut restore(
+    ok(&mut restore_as_nobody(
         dir.path(),
         &target,
         &["--snapshot", &format!("{}:products", archive.display())],
@@ -483,7 +494,7 @@ fn huge_extension_headers_are_refused_before_they_are_read() {
             run_measured(
                 // Far less than the header announces: refused from its size field all
                 // the same, before the bound on the archive's bytes comes into play.
-                restore(dir.path(), &target, &["--snapshot", &arg])
+                restore_as_nobody(dir.path(), &target, &["--snapshot", &arg])
                     .arg("--max-bytes")
                     .arg("1000000"),
             )
@@ -515,7 +526,11 @@ fn data_after_the_end_marker_is_bounded() {
         (b"appended".to_vec(), "junk"),
     ] {
         let arg = with(&tail, name);
-        let err = fails(&mut restore(dir.path(), &target, &["--snapshot", &arg]));
+        let err = fails(&mut restore_as_nobody(
+            dir.path(),
+            &target,
+            &["--snapshot", &arg],
+        ));
         assert!(
             err.contains("follows the end-of-archive marker"),
             "{name}: {err}"
@@ -524,7 +539,11 @@ fn data_after_the_end_marker_is_bounded() {
     }
     // Record padding, as tar writers add, is fine.
     let arg = with(&[0u8; 9216], "record");
-    ok(&mut restore(dir.path(), &target, &["--snapshot", &arg]));
+    ok(&mut restore_as_nobody(
+        dir.path(),
+        &target,
+        &["--snapshot", &arg],
+    ));
 }
 
 #[test]
@@ -644,7 +663,11 @@ fn checksum_files_are_never_deleted_alone_nor_uploaded_when_not_checksums() {
     // Restores from it refuse it too.
     let target = dir.path().join("target");
     let arg = format!("{}:products", copy.display());
-    let err = fails(&mut restore(dir.path(), &target, &["--snapshot", &arg]));
+    let err = fails(&mut restore_as_nobody(
+        dir.path(),
+        &target,
+        &["--snapshot", &arg],
+    ));
     assert!(err.contains("is not a checksum file"), "{err}");
     assert!(!target.exists());
 }
@@ -789,7 +812,7 @@ fn hostile_tars_inside_qdrant_snapshots_change_nothing() {
         let arg = format!("{}:products", path.display());
         let mut args = vec!["--snapshot", &arg, "--priority", "snapshot"];
         args.extend(extra.iter());
-        let err = fails(&mut restore(dir.path(), &target, &args));
+        let err = fails(&mut restore_as_nobody(dir.path(), &target, &args));
         assert!(err.contains(message), "{case}: {err}");
         assert_eq!(
             (fingerprint(&target), fingerprint(&outside)),
@@ -825,7 +848,11 @@ fn hostile_tars_inside_qdrant_snapshots_change_nothing() {
     let path = dir.path().join("nested-deeper.snapshot");
     fs::write(&path, shard_snapshot(deep_nested)).unwrap();
     let arg = format!("{}:products", path.display());
-    let err = fails(&mut restore(dir.path(), &target, &["--snapshot", &arg]));
+    let err = fails(&mut restore_as_nobody(
+        dir.path(),
+        &target,
+        &["--snapshot", &arg],
+    ));
     assert!(err.contains("deeper than 256"), "{err}");
     assert_eq!((fingerprint(&target), fingerprint(&outside)), before);
 
@@ -868,7 +895,7 @@ fn hostile_tars_inside_qdrant_snapshots_change_nothing() {
         let mut args = vec!["--storage-snapshot".to_owned(), path.display().to_string()];
         args.extend(["--priority".into(), "snapshot".into()]);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let err = fails(&mut restore(dir.path(), &target, &args));
+        let err = fails(&mut restore_as_nobody(dir.path(), &target, &args));
         assert!(err.contains(message), "{case}: {err}");
         assert_eq!(
             (fingerprint(&target), fingerprint(&outside)),

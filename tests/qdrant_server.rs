@@ -128,11 +128,7 @@ fn points(described: &Value) -> (Value, Value) {
 
 /// A restore by the binary, as nobody (as movers run).
 fn restore(dir: &Path, target: &Path, args: &[&str]) {
-    let mut cmd = bin(dir);
-    cmd.args(["restore", "--storage-path"])
-        .arg(target)
-        .args(args);
-    ok(&mut as_nobody(cmd, dir));
+    ok(&mut restore_as_nobody(dir, target, args));
 }
 
 /// A Qdrant with two collections (one of two shards), aliases and payload indexes.

@@ -26,29 +26,9 @@ fn listed(cli: &dyn Fn() -> Command) -> Vec<String> {
         .collect()
 }
 
-/// A real archive of `products` on node n0, downloaded to `dir/base.snapshot`, and its
-/// name.
-fn one_archive(dir: &Path, cli: &dyn Fn() -> Command) -> String {
-    let src = dir.join("source");
-    make_collection(&src, "products", "p");
-    let created = create_products(cli(), &src);
-    created["name"].as_str().unwrap().to_owned()
-}
-
 /// Uploads an archive named in the future: refused, nothing stored.
 fn future_uploads_are_refused(dir: &Path, cli: &dyn Fn() -> Command) {
-    let name = one_archive(dir, cli);
-    let base = dir.join("base.snapshot");
-    ok(cli()
-        .args([
-            "snapshot",
-            "download",
-            "--collection",
-            "products",
-            &name,
-            "-o",
-        ])
-        .arg(&base));
+    let (_, base) = downloaded_products(dir, cli);
     let before = listed(cli);
     let forged = dir.join("products-n0-2099-01-01-00-00-00.snapshot");
     fs::copy(&base, &forged).unwrap();
@@ -82,7 +62,12 @@ fn a_name_from_the_future_never_outlives_the_archives_stored_after_it() {
     // Put there by hand (not through upload): an archive whose name says 2099.
     let dir = tempfile::tempdir().unwrap();
     let cli = || bin(dir.path());
-    let first = one_archive(dir.path(), &cli);
+    let src = dir.path().join("source");
+    make_collection(&src, "products", "p");
+    let first = create_products(cli(), &src)["name"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let snapshots = dir.path().join("snapshots/products");
     let forged = "products-n0-2099-01-01-00-00-00.snapshot";
     fs::copy(snapshots.join(&first), snapshots.join(forged)).unwrap();
@@ -99,7 +84,6 @@ fn a_name_from_the_future_never_outlives_the_archives_stored_after_it() {
         .unwrap()
         .set_modified(old)
         .unwrap();
-    let src = dir.path().join("source");
     std::thread::sleep(std::time::Duration::from_millis(1100));
     let latest = create_products(cli(), &src)["name"]
         .as_str()
@@ -167,14 +151,9 @@ fn names_that_are_not_valid_are_said_and_left_alone() {
         .to_owned();
     let locked = snapshots.join("locked");
     fs::create_dir_all(&locked).unwrap();
-    give_to(
-        dir.path(),
-        if is_root() {
-            NOBODY
-        } else {
-            rustix::process::getuid().as_raw()
-        },
-    );
+    if is_root() {
+        give_to(dir.path(), NOBODY);
+    }
     fs::set_permissions(&locked, fs::Permissions::from_mode(0o000)).unwrap();
     let as_user = |args: &[&str]| {
         let mut cmd = bin(dir.path());
@@ -247,14 +226,9 @@ fn one_archive_that_cannot_be_deleted_holds_up_no_other() {
         std::thread::sleep(std::time::Duration::from_millis(1100));
     }
     // The products folder is read-only for the user pruning: its old archive stays.
-    give_to(
-        dir.path(),
-        if is_root() {
-            NOBODY
-        } else {
-            rustix::process::getuid().as_raw()
-        },
-    );
+    if is_root() {
+        give_to(dir.path(), NOBODY);
+    }
     let products = dir.path().join("snapshots/products");
     fs::set_permissions(&products, fs::Permissions::from_mode(0o555)).unwrap();
     let mut cmd = bin(dir.path());

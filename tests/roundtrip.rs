@@ -134,6 +134,46 @@ fn mode(rng: &mut Rng, dir: bool) -> u32 {
     modes[rng.below(modes.len() as u64) as usize]
 }
 
+/// Adds to `items` up to `entries` random directories (`dirs` in a hundred of them, their
+/// modes from `dir_mode`) and files below the directory `base`, and in `deep` of a hundred
+/// cases a chain of directories to a file as deep as an archive path may be.
+fn random_subtree(
+    rng: &mut Rng,
+    items: &mut Vec<Item>,
+    base: Vec<OsString>,
+    (entries, dirs_percent, deep): (u64, u64, u64),
+    dir_mode: fn(&mut Rng) -> u32,
+) {
+    let mut dirs = vec![base];
+    for _ in 0..rng.below(entries) {
+        let mut path = dirs[rng.below(dirs.len() as u64) as usize].clone();
+        path.push(component(rng));
+        if items
+            .iter()
+            .any(|i| matches!(i, Item::Dir(p, _) | Item::File(p, _, _) if *p == path))
+        {
+            continue;
+        }
+        if rng.chance(dirs_percent) {
+            items.push(Item::Dir(path.clone(), dir_mode(rng)));
+            dirs.push(path);
+        } else {
+            items.push(Item::File(path, mode(rng, false), content(rng)));
+        }
+    }
+    if rng.chance(deep) {
+        // The file itself the last component, at most MAX_DEPTH of them.
+        let mut path = dirs.last().cloned().unwrap_or_default();
+        let depth = MAX_DEPTH - rng.below(3) as usize;
+        while path.len() < depth - 1 {
+            path.push(OsString::from(format!("d{}", path.len())));
+            items.push(Item::Dir(path.clone(), 0o755));
+        }
+        path.push(OsString::from("deepest"));
+        items.push(Item::File(path, 0o644, content(rng)));
+    }
+}
+
 /// A random storage directory: collections of nested directories and files, one of them
 /// sometimes as deep as an archive path may be.
 fn random_tree(rng: &mut Rng) -> Vec<Item> {
@@ -144,35 +184,7 @@ fn random_tree(rng: &mut Rng) -> Vec<Item> {
             OsString::from(format!("c{c}")),
         ];
         items.push(Item::Dir(base.clone(), mode(rng, true)));
-        let mut dirs = vec![base];
-        for _ in 0..rng.below(30) {
-            let parent = dirs[rng.below(dirs.len() as u64) as usize].clone();
-            let mut path = parent;
-            path.push(component(rng));
-            if items
-                .iter()
-                .any(|i| matches!(i, Item::Dir(p, _) | Item::File(p, _, _) if *p == path))
-            {
-                continue;
-            }
-            if rng.chance(35) {
-                items.push(Item::Dir(path.clone(), mode(rng, true)));
-                dirs.push(path);
-            } else {
-                items.push(Item::File(path, mode(rng, false), content(rng)));
-            }
-        }
-        if rng.chance(25) {
-            // A chain to the deepest a path may be (the file itself the last component).
-            let mut path = dirs.last().cloned().unwrap_or_default();
-            let depth = MAX_DEPTH - rng.below(3) as usize;
-            while path.len() < depth - 1 {
-                path.push(OsString::from(format!("d{}", path.len())));
-                items.push(Item::Dir(path.clone(), 0o755));
-            }
-            path.push(OsString::from("deepest"));
-            items.push(Item::File(path, 0o644, content(rng)));
-        }
+        random_subtree(rng, &mut items, base, (30, 35, 25), |rng| mode(rng, true));
     }
     items
 }
@@ -222,32 +234,8 @@ fn random_qdrant_tree(rng: &mut Rng) -> Vec<Item> {
                 let mut segment = segments.clone();
                 segment.push(name(&format!("{:08x}-{s}", rng.next() as u32)));
                 items.push(Item::Dir(segment.clone(), mode(rng, true) | 0o700));
-                let mut dirs = vec![segment];
-                for _ in 0..rng.below(12) {
-                    let mut path = dirs[rng.below(dirs.len() as u64) as usize].clone();
-                    path.push(component(rng));
-                    if items
-                        .iter()
-                        .any(|i| matches!(i, Item::Dir(p, _) | Item::File(p, _, _) if *p == path))
-                    {
-                        continue;
-                    }
-                    if rng.chance(30) {
-                        items.push(Item::Dir(path.clone(), mode(rng, true) | 0o700));
-                        dirs.push(path);
-                    } else {
-                        items.push(Item::File(path, mode(rng, false), content(rng)));
-                    }
-                }
-                if rng.chance(20) {
-                    let mut path = dirs.last().cloned().unwrap_or_default();
-                    while path.len() < MAX_DEPTH - 1 {
-                        path.push(OsString::from(format!("d{}", path.len())));
-                        items.push(Item::Dir(path.clone(), 0o755));
-                    }
-                    path.push(OsString::from("deepest"));
-                    items.push(Item::File(path, 0o644, content(rng)));
-                }
+                let dir_mode = |rng: &mut Rng| mode(rng, true) | 0o700;
+                random_subtree(rng, &mut items, segment, (12, 30, 20), dir_mode);
             }
         }
     }
@@ -574,11 +562,12 @@ fn files_at_and_around_the_region_limit_restore_with_the_binary_as_nobody() {
     assert_eq!(created["content"]["sparse_files"], 3, "{created}");
     let archive = dir.path().join(archive_path(&created));
     let target = dir.path().join("target");
-    let mut cmd = bin(dir.path());
-    cmd.args(["restore", "--storage-path"])
-        .arg(&target)
-        .args(["--snapshot", &format!("{}:products", archive.display())]);
-    ok(&mut as_nobody(cmd, dir.path()));
+    let arg = format!("{}:products", archive.display());
+    ok(&mut restore_as_nobody(
+        dir.path(),
+        &target,
+        &["--snapshot", &arg],
+    ));
     let (before, after) = (seen(&c), seen(&target.join("collections/products")));
     for name in ["at-limit-hole", "at-limit-data", "over-limit"] {
         let (
@@ -633,11 +622,12 @@ fn paths_past_the_readers_limits_are_refused_at_create_not_at_restore() {
     let created = create(dir.path(), &src, Some("products"));
     let archive = dir.path().join(archive_path(&created));
     let target = dir.path().join("target");
-    let mut cmd = bin(dir.path());
-    cmd.args(["restore", "--storage-path"])
-        .arg(&target)
-        .args(["--snapshot", &format!("{}:products", archive.display())]);
-    ok(&mut as_nobody(cmd, dir.path()));
+    let arg = format!("{}:products", archive.display());
+    ok(&mut restore_as_nobody(
+        dir.path(),
+        &target,
+        &["--snapshot", &arg],
+    ));
     assert_eq!(seen(&src).len(), seen(&target).len());
 
     // One level deeper: create refuses, naming the path, and stores nothing.
@@ -683,11 +673,12 @@ fn paths_past_the_readers_limits_are_refused_at_create_not_at_restore() {
     let created = create(dir.path(), &storage, None);
     let archive = dir.path().join(archive_path(&created));
     let target = dir.path().join("long-target");
-    let mut cmd = bin(dir.path());
-    cmd.args(["restore", "--storage-path"])
-        .arg(&target)
-        .args(["--storage-snapshot", &archive.display().to_string()]);
-    ok(&mut as_nobody(cmd, dir.path()));
+    let arg = archive.display().to_string();
+    ok(&mut restore_as_nobody(
+        dir.path(),
+        &target,
+        &["--storage-snapshot", &arg],
+    ));
     assert_eq!(seen(&storage), seen(&target));
     rustix::fs::mkdirat(&last, long(255).as_os_str(), Mode::from_raw_mode(0o755)).unwrap();
     let err = fails(&mut create_cmd(dir.path(), &storage, None));

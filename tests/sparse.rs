@@ -185,11 +185,12 @@ fn gnu_tars_own_sparse_archives_restore_with_their_holes() {
         .arg(&src)
         .args(["snapshot.json", "collections/products"]));
     let target = dir.path().join("target");
-    let mut cmd = bin(dir.path());
-    cmd.args(["restore", "--storage-path"])
-        .arg(&target)
-        .args(["--snapshot", &format!("{}:products", archive.display())]);
-    ok(&mut as_nobody(cmd, dir.path()));
+    let arg = format!("{}:products", archive.display());
+    ok(&mut restore_as_nobody(
+        dir.path(),
+        &target,
+        &["--snapshot", &arg],
+    ));
     assert_same_and_as_sparse(
         &src.join("collections/products"),
         &target.join("collections/products"),

@@ -423,28 +423,31 @@ fn unpack(
                 }
                 Some(Format::Qdrant) | None => Layout::Qdrant,
             };
+            // What Qdrant snapshot it is, as far as its start says: its paths are checked
+            // at the depth that kind puts them, and only a full snapshot holds collection
+            // snapshots at its top.
+            let known = match (&manifest, &first) {
+                (Some(manifest), _) => Some(match manifest.kind {
+                    Kind::Collection => qdrant::Kind::Collection,
+                    Kind::Full => qdrant::Kind::Full,
+                }),
+                (None, Some(entry)) => {
+                    let parts = limits::path_components(&entry.path).unwrap_or_default();
+                    qdrant::kind_from_first(&parts, entry.kind == EntryType::File)
+                }
+                (None, None) => None,
+            };
             let scope = match &layout {
                 Layout::Files(mapping) => Scope::Files(mapping),
                 Layout::Qdrant => Scope::Qdrant {
                     prefix: PathBuf::from(arrange::STAGED),
-                    top: true,
+                    top: known.is_none_or(|k| k == qdrant::Kind::Full),
                 },
             };
-            let deeper = match (&layout, &manifest, &first) {
-                (Layout::Files(_), ..) => 0,
-                _ if spec.shard.is_some() => arrange::deeper(None),
-                (_, Some(manifest), _) => arrange::deeper(Some(match manifest.kind {
-                    Kind::Collection => qdrant::Kind::Collection,
-                    Kind::Full => qdrant::Kind::Full,
-                })),
-                (_, None, Some(entry)) => {
-                    let parts = limits::path_components(&entry.path).unwrap_or_default();
-                    arrange::deeper(qdrant::kind_from_first(
-                        &parts,
-                        entry.kind == EntryType::File,
-                    ))
-                }
-                (_, None, None) => arrange::deeper(None),
+            let deeper = match &layout {
+                Layout::Files(_) => 0,
+                Layout::Qdrant if spec.shard.is_some() => arrange::deeper(None),
+                Layout::Qdrant => arrange::deeper(known),
             };
             stager.arranged_deeper(deeper);
             stager.entries(&mut tar, first, &scope, true)?;

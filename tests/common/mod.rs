@@ -205,19 +205,25 @@ pub fn give_to(path: &Path, uid: u32) {
         let gid = Some(rustix::process::Gid::from_raw(uid));
         let mut names = Vec::new();
         let mut list = rustix::fs::Dir::read_from(dir).unwrap();
-        while let Some(entry) = list.read() {
-            let entry = entry.unwrap();
+        while let Some(Ok(entry)) = list.read() {
             let name = entry.file_name().to_owned();
             if name.as_bytes() != b"." && name.as_bytes() != b".." {
                 names.push((name, entry.file_type()));
             }
         }
+        // What vanished meanwhile (a live workload's temporary files) needs no owner.
+        let gone = |e: &rustix::io::Errno| *e == rustix::io::Errno::NOENT;
         for (name, kind) in names {
-            rustix::fs::chownat(dir, &name, ids, gid, AtFlags::SYMLINK_NOFOLLOW).unwrap();
+            match rustix::fs::chownat(dir, &name, ids, gid, AtFlags::SYMLINK_NOFOLLOW) {
+                Err(e) if gone(&e) => continue,
+                other => other.unwrap(),
+            }
             if kind == FileType::Directory {
                 let flags = OFlags::DIRECTORY | OFlags::RDONLY | OFlags::NOFOLLOW;
-                let sub = rustix::fs::openat(dir, &name, flags, Mode::empty()).unwrap();
-                chown_in(&sub, uid);
+                match rustix::fs::openat(dir, &name, flags, Mode::empty()) {
+                    Err(e) if gone(&e) => {}
+                    other => chown_in(&other.unwrap(), uid),
+                }
             }
         }
     }
@@ -791,10 +797,9 @@ impl AsyncRead for Gated {
     }
 }
 
-/// Puts into the storage `cli` configures one archive of collection `products` of node `n0`
-/// for each time of `times` (`YYYY-MM-DD-HH-MM-SS`, UTC), named as if taken then: one real
-/// archive, downloaded, deleted from the storage and uploaded under each name.
-pub fn archives_taken_at(cwd: &Path, cli: &dyn Fn() -> Command, times: &[&str]) {
+/// Creates an archive of a collection `products` of node `n0` in the storage `cli`
+/// configures, and downloads it to `cwd/base.snapshot`; its name and the download.
+pub fn downloaded_products(cwd: &Path, cli: &dyn Fn() -> Command) -> (String, PathBuf) {
     let src = cwd.join("prune-source");
     make_collection(&src, "products", "p");
     let created = create_products(cli(), &src);
@@ -810,6 +815,24 @@ pub fn archives_taken_at(cwd: &Path, cli: &dyn Fn() -> Command, times: &[&str]) 
             "-o",
         ])
         .arg(&base));
+    (name, base)
+}
+
+/// A restore by the binary into `target` with `args`, as nobody when the tests run as root
+/// (as movers run); `cwd` is given to nobody.
+pub fn restore_as_nobody(cwd: &Path, target: &Path, args: &[&str]) -> Command {
+    let mut cmd = bin(cwd);
+    cmd.args(["restore", "--storage-path"])
+        .arg(target)
+        .args(args);
+    as_nobody(cmd, cwd)
+}
+
+/// Puts into the storage `cli` configures one archive of collection `products` of node `n0`
+/// for each time of `times` (`YYYY-MM-DD-HH-MM-SS`, UTC), named as if taken then: one real
+/// archive, downloaded, deleted from the storage and uploaded under each name.
+pub fn archives_taken_at(cwd: &Path, cli: &dyn Fn() -> Command, times: &[&str]) {
+    let (name, base) = downloaded_products(cwd, cli);
     ok(cli().args(["snapshot", "delete", "--collection", "products", &name]));
     let forged = cwd.join("forged");
     fs::create_dir_all(&forged).unwrap();
