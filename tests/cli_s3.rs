@@ -238,7 +238,8 @@ fn big_tree(dir: &Path) -> std::path::PathBuf {
     src
 }
 
-/// Starts `snapshot create` of `src` and returns once its multipart upload is in progress.
+/// Starts `snapshot create` of `src` and returns once its multipart upload is in progress
+/// and the name it takes claimed.
 async fn start_upload(
     env: &S3Env,
     storage: &S3Storage,
@@ -260,8 +261,13 @@ async fn start_upload(
     .stderr(Stdio::piped());
     let mut child = cmd.spawn().unwrap();
     for _ in 0..200 {
-        if storage.uploads_in_progress().await.unwrap().len() > before {
-            return child;
+        let uploads = storage.uploads_in_progress().await.unwrap();
+        if uploads.len() > before {
+            let (object, _) = uploads.last().unwrap();
+            let key = object.strip_prefix(&format!("{prefix}/")).unwrap();
+            if storage.object_sidecar(key).await.unwrap() != Sidecar::Missing {
+                return child;
+            }
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
