@@ -1,4 +1,4 @@
-.PHONY: build test bench bench-sparse bench-s3 crds e2e e2e-clean
+.PHONY: build test bench bench-sparse bench-s3 crds e2e e2e-node e2e-clean
 
 build:
 	cargo build --release --locked
@@ -38,8 +38,14 @@ e2e:
 	  --namespace snapshot-system --create-namespace --wait \
 	  --set image.repository=$(firstword $(subst :, ,$(E2E_IMAGE))) \
 	  --set image.tag=$(lastword $(subst :, ,$(E2E_IMAGE))) --set image.pullPolicy=Never \
-	  --set-json 'allowedS3Endpoints=["http://s3:9000"]'
+	  --set replicaCount=2 --set-json 'allowedS3Endpoints=["http://s3:9000"]'
 	E2E_IMAGE=$(E2E_IMAGE) E2E_REQUIRE_CSI=1 bash tests/e2e/run.sh
+
+# End-to-end tests on a real node built on this machine (kubelet, containerd, the image
+# built without Docker; see scripts/node.sh): needs root.
+e2e-node:
+	cargo build --release --locked
+	bash tests/e2e/node.sh
 
 e2e-clean:
 	kind delete cluster --name $(E2E_CLUSTER)

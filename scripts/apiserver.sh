@@ -2,13 +2,14 @@
 # A real Kubernetes API server for tests/apiserver.rs: kube-apiserver 1.20 (built once per
 # machine from Debian bookworm's `kubernetes` source package with Go 1.15 from bullseye) and
 # etcd 3.4 (Debian's etcd-server), on 127.0.0.1 only. No controller manager, scheduler or
-# kubelet: the tests play those parts themselves.
+# kubelet: the tests play those parts themselves. The same build makes the kubelet,
+# kube-controller-manager, kube-scheduler and kube-proxy that scripts/node.sh runs.
 #
 #   source scripts/apiserver.sh && apiserver_start   # exports KUBECONFIG (cluster-admin)
 #   apiserver_stop                                   # stops both, removes their data
 #
 # apiserver_install (called by apiserver_start) builds into a cache directory outside the
-# repository, ${SNAPSHOT_OPERATOR_K8S_CACHE:-/var/cache/snapshot-operator/k8s}: ~10 minutes
+# repository, ${SNAPSHOT_OPERATOR_K8S_CACHE:-/var/cache/snapshot-operator/k8s}: about 6 minutes
 # the first time on 2 cores, a no-op after that. It needs root (apt-get) and Debian's
 # archive; when it cannot build, it and apiserver_start fail (non-zero) and say why.
 #
@@ -24,6 +25,17 @@ APISERVER_CACHE="${SNAPSHOT_OPERATOR_K8S_CACHE:-/var/cache/snapshot-operator/k8s
 # Logs of the running servers, kept after apiserver_stop for a post-mortem.
 APISERVER_LOG_DIR="${APISERVER_LOG_DIR:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/target/apiserver}"
 APISERVER_K8S_VERSION="1.20.2"
+# What the build makes (all from one source tree, one Go cache).
+APISERVER_COMMANDS="kube-apiserver kubelet kube-controller-manager kube-scheduler kube-proxy kubectl"
+
+# Are all the binaries built?
+_apiserver_built() {
+  local cmd
+  [ -x "$APISERVER_CACHE/bin/etcd" ] || return 1
+  for cmd in $APISERVER_COMMANDS; do
+    [ -x "$APISERVER_CACHE/bin/$cmd" ] || return 1
+  done
+}
 
 # The build runs in its own bash process: `set -e` holds there even when the caller tests
 # apiserver_install's status (inside `if` or `||`, bash ignores -e in functions).
@@ -87,8 +99,11 @@ EOF
     ldflags+=" -X $v.gitVersion=v$APISERVER_K8S_VERSION -X $v.gitMajor=1 -X $v.gitMinor=20"
     ldflags+=" -X $v.gitTreeState=clean -X $v.buildDate=$(date -u +%Y-%m-%dT%H:%M:%SZ)"
   done
-  nice go build -trimpath -ldflags "$ldflags" -o "$bin.new/kube-apiserver" ./cmd/kube-apiserver
-  "$bin.new/kube-apiserver" --version
+  local cmd
+  for cmd in $APISERVER_COMMANDS; do
+    nice go build -trimpath -ldflags "$ldflags" -o "$bin.new/$cmd" "./cmd/$cmd"
+    if [ "$cmd" = kubectl ]; then "$bin.new/$cmd" version --client; else "$bin.new/$cmd" --version; fi
+  done
 
   rm -rf "$bin"
   mv "$bin.new" "$bin"
@@ -100,7 +115,7 @@ EOF
 }
 
 apiserver_install() {
-  if [ -x "$APISERVER_CACHE/bin/kube-apiserver" ] && [ -x "$APISERVER_CACHE/bin/etcd" ]; then
+  if _apiserver_built; then
     return 0
   fi
   if ! mkdir -p "$APISERVER_CACHE"; then
@@ -108,13 +123,14 @@ apiserver_install() {
     return 1
   fi
   local log="$APISERVER_CACHE/install.log"
-  echo "apiserver: building kube-apiserver $APISERVER_K8S_VERSION and etcd into $APISERVER_CACHE (~10 min; log: $log)"
+  echo "apiserver: building Kubernetes $APISERVER_K8S_VERSION ($APISERVER_COMMANDS) and etcd into $APISERVER_CACHE (about 6 minutes on 2 cores; log: $log)"
   # One build at a time per cache directory; a waiter finds the binaries when it gets the lock.
-  if ! APISERVER_K8S_VERSION="$APISERVER_K8S_VERSION" flock "$APISERVER_CACHE/.lock" bash -c "
-      $(declare -f _apiserver_build)
+  if ! APISERVER_K8S_VERSION="$APISERVER_K8S_VERSION" APISERVER_COMMANDS="$APISERVER_COMMANDS" \
+      APISERVER_CACHE="$APISERVER_CACHE" flock "$APISERVER_CACHE/.lock" bash -c "
+      $(declare -f _apiserver_build _apiserver_built)
       set -euxo pipefail
       PS4='+ \$(date +%T) '
-      if [ -x '$APISERVER_CACHE/bin/kube-apiserver' ] && [ -x '$APISERVER_CACHE/bin/etcd' ]; then exit 0; fi
+      if _apiserver_built; then exit 0; fi
       _apiserver_build '$APISERVER_CACHE'" > "$log" 2>&1; then
     echo "apiserver: the build of kube-apiserver/etcd FAILED; the end of $log:" >&2
     tail -40 "$log" >&2
@@ -140,25 +156,29 @@ print(*ports)
 PY
 }
 
-# A CA, a serving certificate for 127.0.0.1/localhost signed by it (rustls refuses a
-# self-signed CA as the server's own certificate), the service-account signing key and the
-# token file, in $1. Run in its own bash process (see _apiserver_build).
+# In $1: a CA, a serving certificate for the names and addresses $2 (subjectAltName syntax)
+# signed by it (rustls refuses a self-signed CA as the server's own certificate), the
+# service-account signing key, and a token file with a line per "user,group" that follows
+# (the token random). Run in its own bash process (see _apiserver_build).
 _apiserver_certs() {
   cd "$1" || exit 1
+  local sans="$2" user
+  shift 2
   local ec=(-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes)
   openssl req -x509 "${ec[@]}" -keyout ca.key -out ca.crt -days 365 \
     -subj "/CN=snapshot-operator-test-ca" \
     -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign"
   openssl req -new "${ec[@]}" -keyout serving.key -out serving.csr -subj "/CN=kube-apiserver"
   printf '%s\n' "basicConstraints=critical,CA:FALSE" "keyUsage=critical,digitalSignature" \
-    "extendedKeyUsage=serverAuth" \
-    "subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,IP:10.0.0.1" \
-    > serving.ext
+    "extendedKeyUsage=serverAuth" "subjectAltName=$sans" > serving.ext
   openssl x509 -req -in serving.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 365 \
     -extfile serving.ext -out serving.crt
   openssl genrsa -out sa.key 2048
   openssl rsa -in sa.key -pubout -out sa.pub
-  echo "$(openssl rand -hex 24),snapshot-test-admin,snapshot-test-admin,\"system:masters\"" > tokens.csv
+  : > tokens.csv
+  for user in "$@"; do
+    echo "$(openssl rand -hex 24),${user%%,*},${user%%,*},\"${user#*,}\"" >> tokens.csv
+  done
   chmod 600 ./*.key tokens.csv
 }
 
@@ -178,7 +198,8 @@ apiserver_start() {
   mkdir -p "$APISERVER_LOG_DIR" "$APISERVER_DIR/pki" || return 1
   echo "$APISERVER_DIR" > "$APISERVER_LOG_DIR/run-dir"
   local pki="$APISERVER_DIR/pki"
-  if ! bash -c "$(declare -f _apiserver_certs); set -euo pipefail; _apiserver_certs '$pki'" \
+  local sans="IP:127.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,IP:10.0.0.1"
+  if ! bash -c "$(declare -f _apiserver_certs); set -euo pipefail; _apiserver_certs '$pki' '$sans' 'snapshot-test-admin,system:masters'" \
       > "$APISERVER_LOG_DIR/certs.log" 2>&1; then
     echo "apiserver: generating certificates failed:" >&2
     tail -20 "$APISERVER_LOG_DIR/certs.log" >&2

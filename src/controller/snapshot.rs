@@ -717,6 +717,33 @@ async fn start_again(snap: &Snapshot, ctx: &Context) -> Result<(), Error> {
     Ok(())
 }
 
+/// The archives of a Snapshot whose namespace is being deleted, where no delete mover can
+/// run: on a claim of that namespace they go with it; in S3 they stay (the namespace's
+/// Secret, which holds the credentials, goes too), and the log says where. The finalizer
+/// goes either way, so that the namespace is not held up.
+fn left_with_namespace(snap: &Snapshot, storage: &Storage) {
+    let (ns, name) = (snap.namespace().unwrap_or_default(), snap.name_any());
+    if let Some(local) = &storage.local {
+        let claim = &local.persistent_volume_claim.claim_name;
+        tracing::info!(
+            namespace = ns,
+            snapshot = name,
+            claim,
+            "namespace deleted: the archives go with the claim that holds them"
+        );
+    } else if let Some(s3) = &storage.s3 {
+        tracing::warn!(
+            namespace = ns,
+            snapshot = name,
+            bucket = s3.bucket,
+            prefix = s3.prefix.as_deref().unwrap_or_default(),
+            "namespace deleted: no mover can delete the archives; they stay in the bucket \
+             (delete them with `snapshot-operator snapshot delete`, or delete Snapshots before \
+             their namespace)"
+        );
+    }
+}
+
 /// Starts again a StatefulSet stopped for it, then deletes the archives (through a delete
 /// mover) when the policy says so.
 async fn cleanup(snap: &Snapshot, ctx: &Context) -> Result<Action, Error> {
@@ -762,7 +789,13 @@ async fn cleanup(snap: &Snapshot, ctx: &Context) -> Result<Action, Error> {
                 pin_to: None,
                 security: mover::security(None, None, &ctx.config.mover),
             };
-            jobs::create(&ctx.client, &mover::job(&spec, &ctx.config.mover)).await?;
+            match jobs::create(&ctx.client, &mover::job(&spec, &ctx.config.mover)).await {
+                Err(e) if jobs::namespace_terminating(&e) => {
+                    left_with_namespace(snap, &storage);
+                    return Ok(Action::await_change());
+                }
+                other => other?,
+            }
         }
         return Err(Error::CleanupPending);
     };
@@ -1632,6 +1665,39 @@ mod mock {
             matches!(err.inner(), Error::CleanupFailed(m) if m == "access denied"),
             "{err}"
         );
+    }
+
+    #[tokio::test]
+    async fn in_a_namespace_being_deleted_the_finalizer_goes_without_a_mover() {
+        let delete_job = mover::job_name("del", "s", "all");
+        let terminating = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+            "reason": "Forbidden", "code": 403,
+            "message": "jobs.batch \"x\" is forbidden: unable to create new content in namespace ns because it is being terminated"});
+        let script = vec![
+            Expect::new("PATCH", format!("{JOBS}/{delete_job}"), terminating).status(403),
+            Expect::new("PATCH", SNAPS, stored()).check(|body| {
+                assert!(body.to_string().contains("remove"), "{body}");
+            }),
+        ];
+        let (result, _) = reconcile_with(
+            snapshot(true, succeeded_archives(), true),
+            (OperatorConfig::default(), movers(vec![], vec![])),
+            script,
+        )
+        .await;
+        result.unwrap();
+        // Any other refusal keeps it.
+        let forbidden = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+            "reason": "Forbidden", "code": 403, "message": "jobs.batch is forbidden: RBAC"});
+        let script =
+            vec![Expect::new("PATCH", format!("{JOBS}/{delete_job}"), forbidden).status(403)];
+        let (result, _) = reconcile_with(
+            snapshot(true, succeeded_archives(), true),
+            (OperatorConfig::default(), movers(vec![], vec![])),
+            script,
+        )
+        .await;
+        assert!(result.is_err());
     }
 
     #[tokio::test]
