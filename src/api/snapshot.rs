@@ -353,3 +353,19 @@ pub struct ArchiveStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub volume_snapshot: Option<String>,
 }
+
+/// The label of an imported Snapshot (`"true"`): its status comes from the storage, and no
+/// mover ever runs for it.
+pub const IMPORTED: &str = "snapshot-operator.dev/imported";
+/// The annotation holding the UID of the Snapshot the archives were taken for.
+pub const IMPORTED_UID: &str = "snapshot-operator.dev/imported-uid";
+
+impl Snapshot {
+    /// Was this Snapshot imported (the label, and the UID of the Snapshot it was imported
+    /// from)?
+    pub fn is_imported(&self) -> bool {
+        use kube::ResourceExt;
+        self.labels().get(IMPORTED).map(String::as_str) == Some("true")
+            && self.annotations().contains_key(IMPORTED_UID)
+    }
+}

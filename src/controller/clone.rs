@@ -11,10 +11,10 @@ use k8s_openapi::api::core::v1::{
     PersistentVolumeClaim, PersistentVolumeClaimSpec, TypedLocalObjectReference,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::api::{Api, DeleteParams, PostParams};
+use kube::api::{Api, DeleteParams};
 use kube::{Resource, ResourceExt};
 
-use super::{Context, Error, FIELD_MANAGER, mover};
+use super::{Context, Error, create_if_absent, mover};
 use crate::api::snapshot::Snapshot;
 
 /// The name of the clone of `node`'s claim (pure).
@@ -108,16 +108,8 @@ pub async fn ensure(
         return Ok(Err(format!("claim {source} not found: nothing to clone")));
     };
     let clone = claim(snap, node, &found, data_source(source, volume_snapshot));
-    let params = PostParams {
-        field_manager: Some(FIELD_MANAGER.into()),
-        ..PostParams::default()
-    };
-    match api.create(&params, &clone).await {
-        Ok(_) => {}
-        // Made by an earlier pass.
-        Err(kube::Error::Api(e)) if e.code == 409 => {}
-        Err(e) => return Err(e.into()),
-    }
+    // None: made by an earlier pass.
+    create_if_absent(&api, &clone).await?;
     Ok(Ok(clone.name_any()))
 }
 

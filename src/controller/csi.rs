@@ -7,12 +7,12 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::api::{Api, DeleteParams, PostParams};
+use kube::api::{Api, DeleteParams};
 use kube::{CustomResource, Resource, ResourceExt};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::{Context, Error, FIELD_MANAGER, mover};
+use super::{Context, Error, create_if_absent, mover};
 use crate::api::snapshot::Snapshot;
 
 /// A CSI snapshot of a claim (the fields the operator uses).
@@ -131,18 +131,13 @@ pub async fn ensure(
         return Ok(readiness(&found));
     }
     let vs = volume_snapshot(snap, node, claim);
-    let params = PostParams {
-        field_manager: Some(FIELD_MANAGER.into()),
-        ..PostParams::default()
-    };
-    match api.create(&params, &vs).await {
-        Ok(created) => Ok(readiness(&created)),
-        Err(kube::Error::Api(e)) if e.code == 409 => Ok(Readiness::Waiting(format!(
+    Ok(match create_if_absent(&api, &vs).await? {
+        Some(created) => readiness(&created),
+        None => Readiness::Waiting(format!(
             "waiting for VolumeSnapshot {} to be ready",
             vs.name_any()
-        ))),
-        Err(e) => Err(e.into()),
-    }
+        )),
+    })
 }
 
 /// Deletes the VolumeSnapshot of `node`'s claim, if there is one.

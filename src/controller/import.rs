@@ -16,35 +16,23 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{Api, ListParams, PostParams};
+use kube::api::{Api, ListParams};
 use kube::runtime::events::EventType;
 use kube::{Resource, ResourceExt};
 use tokio_util::sync::CancellationToken;
 
 use super::snapshot::{self as snapshots, next_status};
-use super::{Context, Error, FIELD_MANAGER, write_status};
+use super::{Context, Error, create_if_absent, write_status};
 use crate::api::Snapshot;
 use crate::api::snapshot::{
     ArchivePhase, ArchiveStatus, ClaimRef, CopyMethod, DeletionPolicy, SnapshotSpec,
     SnapshotStatus, StatefulSetRef, Storage, Workload,
 };
+use crate::api::snapshot::{IMPORTED, IMPORTED_UID};
 use crate::catalog::{self, Found, Imported, Manifests};
 use crate::config::S3Config;
 use crate::storage::StorageError;
 use crate::storage::s3::{S3Storage, prefix_of};
-
-/// The label of an imported Snapshot (`"true"`): its status comes from the storage, and no
-/// mover ever runs for it.
-pub const IMPORTED: &str = "snapshot-operator.dev/imported";
-/// The annotation holding the UID of the Snapshot the archives were taken for.
-pub const IMPORTED_UID: &str = "snapshot-operator.dev/imported-uid";
-
-/// Was this Snapshot imported (the label, and the UID of the Snapshot it was imported
-/// from)?
-pub fn is_imported(snap: &Snapshot) -> bool {
-    snap.labels().get(IMPORTED).map(String::as_str) == Some("true")
-        && snap.annotations().contains_key(IMPORTED_UID)
-}
 
 /// What a pass does about one archive set, or one imported Snapshot.
 #[derive(Debug, Clone)]
@@ -99,7 +87,7 @@ pub fn plan(
 
 /// The UID an imported Snapshot's archives were taken for.
 fn imported_from(snap: &Snapshot) -> Option<&str> {
-    if !is_imported(snap) {
+    if !snap.is_imported() {
         return None;
     }
     snap.annotations().get(IMPORTED_UID).map(String::as_str)
@@ -294,20 +282,16 @@ async fn take(ctx: &Context, step: Step, summary: &mut Summary) -> Result<(), Er
         Step::Create(snap, set) => {
             let ns = snap.namespace().unwrap_or_default();
             let api: Api<Snapshot> = Api::namespaced(ctx.client.clone(), &ns);
-            let params = PostParams {
-                field_manager: Some(FIELD_MANAGER.into()),
-                ..PostParams::default()
-            };
-            let created = match api.create(&params, &snap).await {
-                Ok(created) => created,
+            let created = match create_if_absent(&api, snap.as_ref()).await {
+                Ok(Some(created)) => created,
+                // Created since the listing: not ours.
+                Ok(None) => return Ok(()),
                 // The namespace does not exist here.
-                Err(kube::Error::Api(e)) if e.code == 404 => {
+                Err(Error::Kube(kube::Error::Api(e))) if e.code == 404 => {
                     summary.no_namespace += 1;
                     return Ok(());
                 }
-                // Created since the listing: not ours.
-                Err(kube::Error::Api(e)) if e.code == 409 => return Ok(()),
-                Err(e) => return Err(e.into()),
+                Err(e) => return Err(e),
             };
             let note = format!(
                 "imported from the archives in {}",
@@ -537,7 +521,7 @@ mod tests {
         let Step::Create(snap, _) = &steps[0] else {
             unreachable!()
         };
-        assert!(is_imported(snap));
+        assert!(snap.is_imported());
         assert_eq!(snap.annotations()[IMPORTED_UID], "a");
         assert_eq!(snap.spec.deletion_policy, DeletionPolicy::Retain);
         assert_eq!(

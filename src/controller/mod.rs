@@ -7,6 +7,7 @@ pub mod config;
 pub mod csi;
 pub mod import;
 pub mod jobs;
+pub mod kernel;
 pub mod leader;
 pub mod metrics;
 pub mod mover;
@@ -22,37 +23,25 @@ pub mod workload;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use cluster::Cluster;
 use futures_util::StreamExt;
-use jobs::Mover;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::Api;
-use kube::api::{ListParams, Patch, PatchParams};
-use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, reflector};
-use kube::runtime::{Controller, WatchStreamExt, finalizer, watcher};
-use kube::{Client, Resource, ResourceExt};
-use serde::Serialize;
-use serde::de::DeserializeOwned;
-use slots::{Busy, Claimant, Kind, Limits, Slots};
-use std::time::Instant;
+use kube::runtime::{Controller, WatchStreamExt, watcher};
+use kube::{Client, ResourceExt};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::api::condition::reason;
 use crate::api::{Snapshot, SnapshotRestore};
 use config::OperatorConfig;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+pub use kernel::{
+    Clock, Context, Error, FIELD_MANAGER, FINALIZER, Reconciled, Wake, create_if_absent,
+    delete_if_there, error_policy, patch_status, reconcile, reject, resource_label, write_status,
+};
 use metrics::Metrics;
-
-/// The field manager of every write.
-pub const FIELD_MANAGER: &str = "snapshot-operator";
-/// The finalizer on resources whose cleanup the operator owes.
-pub const FINALIZER: &str = "snapshot-operator.dev/cleanup";
 
 /// `snapshot-operator controller`.
 #[derive(Debug, Clone, clap::Args)]
@@ -77,47 +66,6 @@ pub struct ControllerArgs {
     pub check_config: bool,
 }
 
-/// Why a reconciliation failed.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("Kubernetes API request failed: {0}")]
-    Kube(#[from] kube::Error),
-    #[error("the delete mover is still running or waits for a slot")]
-    CleanupPending,
-    #[error("the object changed since it was read")]
-    Stale,
-    #[error("deleting the archives failed: {0}")]
-    CleanupFailed(String),
-    #[error(transparent)]
-    Finalizer(#[from] Box<finalizer::Error<Error>>),
-}
-
-impl Error {
-    /// The error that caused this one, through the finalizer's wrapping.
-    pub fn inner(&self) -> &Error {
-        match self {
-            Error::Finalizer(e) => match e.as_ref() {
-                finalizer::Error::ApplyFailed(inner) | finalizer::Error::CleanupFailed(inner) => {
-                    inner.inner()
-                }
-                _ => self,
-            },
-            other => other,
-        }
-    }
-
-    /// A metrics label.
-    pub fn reason(&self) -> &'static str {
-        match self.inner() {
-            Error::Kube(_) => "KubeApi",
-            Error::CleanupPending => "CleanupPending",
-            Error::Stale => "Stale",
-            Error::CleanupFailed(_) => "CleanupFailed",
-            Error::Finalizer(_) => "Finalizer",
-        }
-    }
-}
-
 /// Why the controller stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum ControllerError {
@@ -136,413 +84,6 @@ pub enum ControllerError {
         "the lease was lost (taken over, or not renewed in time); stopping so that only one replica reconciles"
     )]
     LostLease,
-}
-
-/// What every reconciliation shares.
-pub struct Context {
-    pub client: Client,
-    pub config: OperatorConfig,
-    pub metrics: Arc<Metrics>,
-    /// Mover Jobs and pods, Snapshots and SnapshotRestores, as the watches last saw them.
-    pub cluster: Cluster,
-    recorder: Recorder,
-    /// Who waits for a mover slot; serialises "count running movers, then start one".
-    slots: std::sync::Mutex<Slots>,
-    /// Reconciles those next in line when a slot frees.
-    wake: Wake,
-    /// The time (the system's; a test's own clock in tests).
-    clock: Clock,
-}
-
-/// Where the reconcilers read the time.
-pub type Clock = Arc<dyn Fn() -> jiff::Timestamp + Send + Sync>;
-
-/// Senders that trigger a reconcile of a waiting resource.
-#[derive(Default)]
-pub struct Wake {
-    pub snapshots: Option<mpsc::UnboundedSender<ObjectRef<Snapshot>>>,
-    pub restores: Option<mpsc::UnboundedSender<ObjectRef<SnapshotRestore>>>,
-}
-
-impl Context {
-    pub fn new(
-        client: Client,
-        config: OperatorConfig,
-        metrics: Arc<Metrics>,
-        identity: &str,
-        cluster: Cluster,
-        wake: Wake,
-    ) -> Self {
-        let reporter = Reporter {
-            controller: FIELD_MANAGER.into(),
-            instance: Some(identity.into()),
-        };
-        Self {
-            recorder: Recorder::new(client.clone(), reporter),
-            client,
-            config,
-            metrics,
-            cluster,
-            slots: std::sync::Mutex::new(Slots::default()),
-            wake,
-            clock: Arc::new(jiff::Timestamp::now),
-        }
-    }
-
-    /// The same context reading the time from `clock`.
-    pub fn with_clock(self, clock: Clock) -> Self {
-        Self { clock, ..self }
-    }
-
-    /// The time now.
-    pub fn now(&self) -> jiff::Timestamp {
-        (self.clock)()
-    }
-
-    fn limits(&self) -> Limits {
-        let total = self.config.max_concurrent_movers as usize;
-        Limits {
-            total,
-            per_namespace: self
-                .config
-                .max_concurrent_movers_per_namespace
-                .map_or(total, |n| n as usize),
-        }
-    }
-
-    /// Whether `who` gets a mover slot now (its turn, under both caps), for the Job `job`
-    /// it then creates; otherwise `who` waits in line and is reconciled when its turn comes.
-    pub fn take_slot<K: Reconciled>(&self, object: &K, node: &str, job: &str) -> bool {
-        let meta = object.meta();
-        let who = Claimant {
-            namespace: meta.namespace.clone().unwrap_or_default(),
-            kind: K::KIND,
-            name: meta.name.clone().unwrap_or_default(),
-            node: node.to_owned(),
-        };
-        let job = Busy {
-            namespace: who.namespace.clone(),
-            job: job.to_owned(),
-        };
-        let mut slots = self.slots.lock().expect("slots lock");
-        let now = Instant::now();
-        let granted = slots.request(&who, &job, &self.cluster.busy_slots(), self.limits(), now);
-        if granted {
-            // Counted until the store shows the Job.
-            slots.started(job, now);
-        }
-        granted
-    }
-
-    /// The mover Job `name` of the resource `owner_uid`, with its pods. The two come from
-    /// different watches: when the Job has finished but the pod whose report it calls for is
-    /// not in the store yet, the Job's pods are read from the API server.
-    pub async fn mover(
-        &self,
-        namespace: &str,
-        name: &str,
-        owner_uid: &str,
-    ) -> Result<Option<Mover>, Error> {
-        let Some(mut mover) = self.cluster.mover(namespace, name, owner_uid) else {
-            return Ok(None);
-        };
-        if mover.outcome().is_some() && jobs::reporting(&mover.job, &mover.pods).is_none() {
-            let job_uid = mover.job.uid().unwrap_or_default();
-            mover.pods = Api::<Pod>::namespaced(self.client.clone(), namespace)
-                .list(&ListParams::default().labels(&format!("job-name={name}")))
-                .await?
-                .items
-                .into_iter()
-                .filter(|p| cluster::controlled_by(&p.metadata, &job_uid))
-                .map(Arc::new)
-                .collect();
-        }
-        let timeout = jiff::SignedDuration::from_secs(self.config.mover.start_timeout_seconds);
-        // Against the API server's own timestamps on the Job and pods: the wall clock, not
-        // the controller's (which tests move ahead).
-        let now = jiff::Timestamp::now();
-        mover.stuck = jobs::stuck(&mover.job, &mover.pods, now, timeout);
-        Ok(Some(mover))
-    }
-
-    /// A mover Job changed (as the store now shows it): its owner looks at it, and a slot
-    /// it freed goes to the next in line.
-    fn mover_changed(&self, job: &Job) {
-        let namespace = job.metadata.namespace.clone().unwrap_or_default();
-        for owner in job
-            .owner_references()
-            .iter()
-            .filter(|o| o.controller == Some(true))
-        {
-            let kind = match owner.kind.as_str() {
-                "Snapshot" => Kind::Snapshot,
-                "SnapshotRestore" => Kind::SnapshotRestore,
-                _ => continue,
-            };
-            let woken = self.wake(kind, &namespace, &owner.name);
-            tracing::trace!(owner = %owner.name, ?woken, "a mover changed");
-        }
-        self.wake_waiters();
-    }
-
-    /// Deletes the mover Jobs `names` of `owner` whose results are recorded: finished Jobs
-    /// would pile up, and one still running there was given up as stuck.
-    pub async fn remove_recorded_movers<K: Resource<DynamicType = ()>>(
-        &self,
-        owner: &K,
-        names: impl Iterator<Item = String>,
-    ) -> Result<(), Error> {
-        let meta = owner.meta();
-        let ns = meta.namespace.clone().unwrap_or_default();
-        let uid = meta.uid.clone().unwrap_or_default();
-        for name in names {
-            if let Some(m) = self.cluster.mover(&ns, &name, &uid) {
-                jobs::delete(&self.client, &m.job).await?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Triggers a reconcile of a resource; `None` without a controller to trigger (tests),
-    /// else whether it was queued.
-    fn wake(&self, kind: Kind, namespace: &str, name: &str) -> Option<bool> {
-        fn send<K: Resource<DynamicType = ()>>(
-            tx: Option<&mpsc::UnboundedSender<ObjectRef<K>>>,
-            namespace: &str,
-            name: &str,
-        ) -> Option<bool> {
-            tx.map(|tx| tx.send(ObjectRef::new(name).within(namespace)).is_ok())
-        }
-        match kind {
-            Kind::Snapshot => send(self.wake.snapshots.as_ref(), namespace, name),
-            Kind::SnapshotRestore => send(self.wake.restores.as_ref(), namespace, name),
-        }
-    }
-
-    /// After a mover finished: reconciles those next in line for the free slots.
-    pub fn wake_waiters(&self) {
-        let next = {
-            let mut slots = self.slots.lock().expect("slots lock");
-            slots.retain(|who| self.cluster.exists(who));
-            slots.next(&self.cluster.busy_slots(), self.limits(), Instant::now())
-        };
-        for who in next {
-            let sent = self.wake(who.kind, &who.namespace, &who.name);
-            tracing::debug!(?who, ?sent, "a mover slot is free");
-        }
-    }
-
-    /// Publishes an event about `object`; failures are logged, never fatal.
-    pub async fn publish<K: Resource<DynamicType = ()>>(
-        &self,
-        object: &K,
-        type_: EventType,
-        reason: &str,
-        note: impl Into<String>,
-        action: &str,
-    ) {
-        let event = Event {
-            type_,
-            reason: reason.into(),
-            note: Some(note.into()),
-            action: action.into(),
-            secondary: None,
-        };
-        if let Err(e) = self.recorder.publish(&event, &object.object_ref(&())).await {
-            tracing::warn!(reason = %event.reason, error = %e, "could not publish an event");
-        }
-    }
-}
-
-impl Context {
-    /// An event for a phase change, from the new `Ready` condition: its reason and message.
-    pub async fn publish_ready<K: Resource<DynamicType = ()>>(
-        &self,
-        object: &K,
-        ready: Option<&Condition>,
-        action: &str,
-    ) {
-        let Some(c) = ready else { return };
-        let failed = [reason::FAILED, reason::INVALID_SPEC].contains(&c.reason.as_str());
-        let type_ = if failed {
-            EventType::Warning
-        } else {
-            EventType::Normal
-        };
-        self.publish(object, type_, &c.reason, c.message.clone(), action)
-            .await;
-    }
-}
-
-/// A resource the operator reconciles: applied while it exists, cleaned up (behind the
-/// finalizer) when deleted.
-pub trait Reconciled:
-    Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
-    + Clone
-    + DeserializeOwned
-    + Serialize
-    + std::fmt::Debug
-    + Send
-    + Sync
-    + 'static
-{
-    /// Its status.
-    type Status: Serialize + PartialEq + Send + Sync;
-    /// The name of its action in events (`Snapshot`, `Restore`).
-    const ACTION: &'static str;
-    /// Its kind, as it waits for mover slots.
-    const KIND: Kind;
-
-    /// Moves the resource towards its spec; writes its status.
-    fn apply(&self, ctx: &Context) -> impl Future<Output = Result<Action, Error>> + Send;
-    /// Releases what the resource holds before it goes.
-    fn cleanup(&self, ctx: &Context) -> impl Future<Output = Result<Action, Error>> + Send;
-    /// The status as read.
-    fn current(&self) -> Option<&Self::Status>;
-    /// A status's phase, and its `Ready` condition.
-    fn phase_and_ready(status: &Self::Status) -> (String, Option<&Condition>);
-}
-
-/// Writes `status` if it differs from the one read (on condition that the object is still
-/// the version read: see [`patch_status`]) and publishes an event when the phase changed.
-/// Tells whether it wrote: what a pass counts in the metrics, it counts only then.
-pub async fn write_status<K: Reconciled>(
-    ctx: &Context,
-    object: &K,
-    status: &K::Status,
-) -> Result<bool, Error> {
-    if object.current() == Some(status) {
-        return Ok(false);
-    }
-    let api: Api<K> = Api::namespaced(
-        ctx.client.clone(),
-        object.meta().namespace.as_deref().unwrap_or_default(),
-    );
-    patch_status(&api, object, status).await?;
-    let (phase, ready) = K::phase_and_ready(status);
-    if object.current().map(|s| K::phase_and_ready(s).0) != Some(phase) {
-        ctx.publish_ready(object, ready, K::ACTION).await;
-    }
-    Ok(true)
-}
-
-/// Reconciles one resource: timed, once the mover stores are filled, through the finalizer.
-#[tracing::instrument(skip_all, fields(
-    kind = K::kind(&()).as_ref(),
-    namespace = object.meta().namespace.as_deref(),
-    name = object.meta().name.as_deref(),
-))]
-pub async fn reconcile<K: Reconciled>(object: Arc<K>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let _timer = ctx.metrics.reconciling(&resource_label::<K>());
-    ctx.cluster.ready().await;
-    let api: Api<K> = Api::namespaced(
-        ctx.client.clone(),
-        object.meta().namespace.as_deref().unwrap_or_default(),
-    );
-    finalizer(&api, FINALIZER, object, |event| async {
-        match event {
-            finalizer::Event::Apply(object) => object.apply(&ctx).await,
-            finalizer::Event::Cleanup(object) => object.cleanup(&ctx).await,
-        }
-    })
-    .await
-    .map_err(|e| Error::Finalizer(Box::new(e)))
-}
-
-/// Writes a resource's status (server-side apply, with `apiVersion` and `kind`), on
-/// condition that the object is still the version read: a pass that worked from an older one
-/// fails with [`Error::Stale`] and changes nothing.
-pub async fn patch_status<K>(api: &Api<K>, object: &K, status: &impl Serialize) -> Result<(), Error>
-where
-    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
-{
-    let meta = object.meta();
-    let patch = serde_json::json!({
-        "apiVersion": K::api_version(&()),
-        "kind": K::kind(&()),
-        "metadata": {"resourceVersion": meta.resource_version},
-        "status": status,
-    });
-    let name = meta.name.clone().unwrap_or_default();
-    match api
-        .patch_status(
-            &name,
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&patch),
-        )
-        .await
-    {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(e)) if e.code == 409 => Err(Error::Stale),
-        Err(e) => Err(e.into()),
-    }
-}
-
-/// Deletes the object `name`; one that is not there is fine. Tells whether it deleted one.
-pub async fn delete_if_there<K>(
-    api: &Api<K>,
-    name: &str,
-    params: &kube::api::DeleteParams,
-) -> Result<bool, Error>
-where
-    K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
-{
-    match api.delete(name, params).await {
-        Ok(_) => Ok(true),
-        Err(kube::Error::Api(e)) if e.code == 404 => Ok(false),
-        Err(e) => Err(e.into()),
-    }
-}
-
-/// The `resource` label of a kind in the metrics: `snapshot`, `snapshotrestore`.
-pub fn resource_label<K: Resource<DynamicType = ()>>() -> String {
-    K::kind(&()).to_ascii_lowercase()
-}
-
-/// Records a spec that cannot be acted on: its `status` (`Ready=False`, `InvalidSpec`), the
-/// failure in the metrics and a Warning event. Nothing is retried until the spec changes.
-pub async fn reject<K>(
-    ctx: &Context,
-    object: &K,
-    api: &Api<K>,
-    status: &impl Serialize,
-    message: &str,
-) -> Result<Action, Error>
-where
-    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
-{
-    patch_status(api, object, status).await?;
-    ctx.metrics
-        .failed(&resource_label::<K>(), reason::INVALID_SPEC);
-    ctx.publish(
-        object,
-        EventType::Warning,
-        reason::INVALID_SPEC,
-        message,
-        "Validate",
-    )
-    .await;
-    Ok(Action::await_change())
-}
-
-/// Transient errors are retried with backoff; a cleanup in progress is looked at soon.
-pub fn error_policy<K: Resource<DynamicType = ()>>(
-    object: Arc<K>,
-    error: &Error,
-    ctx: Arc<Context>,
-) -> Action {
-    // Waiting for a delete mover is a normal state, not a failure (the finalizer helper
-    // keeps the finalizer only when cleanup returns an error).
-    match error.inner() {
-        Error::CleanupPending => return Action::requeue(Duration::from_secs(5)),
-        // The watch brings the newer version; look again soon.
-        Error::Stale => return Action::requeue(Duration::from_secs(1)),
-        _ => {}
-    }
-    let kind = resource_label::<K>();
-    ctx.metrics.failed(&kind, error.reason());
-    tracing::warn!(kind = %kind, name = ?object.meta().name, error = %error, "reconcile failed");
-    Action::requeue(Duration::from_secs(30))
 }
 
 /// Runs the operator until SIGTERM or SIGINT: reconciliations in flight finish, the Lease
@@ -690,79 +231,95 @@ pub async fn controllers(
     };
     let ctx =
         Arc::new(Context::new(client, config, metrics, identity, cluster, wake).with_clock(clock));
-    let woken = ctx.clone();
-    // Owners are woken from this stream, after the store took the change: a reconcile
-    // woken by a Job's change sees that change.
-    tokio::spawn(job_events.for_each(move |event| {
-        match event {
-            Ok(watcher::Event::Apply(job) | watcher::Event::Delete(job)) => {
-                woken.mover_changed(&job);
+    tokio::spawn(follow_jobs(ctx.clone(), job_events, jobs_listed));
+    tokio::spawn(follow_pods(ctx.clone(), pod_events, pods_listed));
+    let snapshots = counted(
+        snapshots.run(reconcile::<Snapshot>, error_policy, ctx.clone()),
+        ctx.metrics.clone(),
+        "snapshots",
+    );
+    let schedules = schedule_controller(&ctx.client, &shutdown);
+    let schedules = counted(
+        schedules.run(schedule::reconcile, error_policy, ctx.clone()),
+        ctx.metrics.clone(),
+        "snapshotschedules",
+    );
+    let imports = import::run(ctx.clone(), shutdown);
+    let restores = counted(
+        restores.run(reconcile::<SnapshotRestore>, error_policy, ctx.clone()),
+        ctx.metrics.clone(),
+        "snapshotrestores",
+    );
+    tokio::join!(snapshots, restores, schedules, imports);
+}
+
+/// Follows the mover Jobs' watch: owners are woken from this stream, after the store took
+/// the change (a reconcile woken by a Job's change sees that change).
+async fn follow_jobs(
+    ctx: Arc<Context>,
+    events: impl futures_util::Stream<Item = Result<watcher::Event<Job>, watcher::Error>>,
+    listed: watch::Sender<bool>,
+) {
+    events
+        .for_each(move |event| {
+            match event {
+                Ok(watcher::Event::Apply(job) | watcher::Event::Delete(job)) => {
+                    ctx.mover_changed(&job);
+                }
+                Ok(watcher::Event::InitDone) => {
+                    listed.send_replace(true);
+                    ctx.wake_waiters();
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    ctx.metrics.watch_failed("jobs");
+                    tracing::warn!(error = %e, "watching mover Jobs");
+                }
             }
-            Ok(watcher::Event::InitDone) => {
-                jobs_listed.send_replace(true);
-                woken.wake_waiters();
-            }
-            Ok(_) => {}
-            Err(e) => {
-                woken.metrics.watch_failed("jobs");
-                tracing::warn!(error = %e, "watching mover Jobs");
-            }
-        }
-        std::future::ready(())
-    }));
-    let watching = ctx.clone();
-    tokio::spawn(pod_events.for_each(move |event| {
-        match event {
-            Ok(watcher::Event::InitDone) => {
-                pods_listed.send_replace(true);
-            }
-            Ok(_) => {}
-            Err(e) => {
-                watching.metrics.watch_failed("pods");
-                tracing::warn!(error = %e, "watching mover pods");
-            }
-        }
-        std::future::ready(())
-    }));
-    let metrics = ctx.metrics.clone();
-    let snapshots = snapshots
-        .run(reconcile::<Snapshot>, error_policy, ctx.clone())
-        .for_each(move |result| {
-            outcome(result, &metrics, "snapshots");
             std::future::ready(())
-        });
-    // A schedule looks again when one of its Snapshots changes (to prune, and to record the
-    // last success).
+        })
+        .await
+}
+
+/// Follows the mover pods' watch.
+async fn follow_pods(
+    ctx: Arc<Context>,
+    events: impl futures_util::Stream<Item = Result<watcher::Event<Pod>, watcher::Error>>,
+    listed: watch::Sender<bool>,
+) {
+    events
+        .for_each(move |event| {
+            match event {
+                Ok(watcher::Event::InitDone) => {
+                    listed.send_replace(true);
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    ctx.metrics.watch_failed("pods");
+                    tracing::warn!(error = %e, "watching mover pods");
+                }
+            }
+            std::future::ready(())
+        })
+        .await
+}
+
+/// The SnapshotSchedule controller: a schedule looks again when one of its Snapshots
+/// changes (to prune, and to record the last success).
+fn schedule_controller(
+    client: &Client,
+    shutdown: &CancellationToken,
+) -> Controller<crate::api::SnapshotSchedule> {
     let of_schedule = watcher::Config::default().labels(schedule::SCHEDULE);
-    let schedules = Controller::new(
-        Api::<crate::api::SnapshotSchedule>::all(ctx.client.clone()),
+    Controller::new(
+        Api::<crate::api::SnapshotSchedule>::all(client.clone()),
         watcher::Config::default(),
     )
-    .watches(
-        Api::<Snapshot>::all(ctx.client.clone()),
-        of_schedule,
-        |snap| {
-            let name = snap.labels().get(schedule::SCHEDULE).cloned();
-            name.map(|n| ObjectRef::new(&n).within(snap.namespace().as_deref().unwrap_or_default()))
-        },
-    )
-    .graceful_shutdown_on(shutdown.clone().cancelled_owned());
-    let metrics = ctx.metrics.clone();
-    let schedules = schedules
-        .run(schedule::reconcile, error_policy, ctx.clone())
-        .for_each(move |result| {
-            outcome(result, &metrics, "snapshotschedules");
-            std::future::ready(())
-        });
-    let imports = import::run(ctx.clone(), shutdown);
-    let metrics = ctx.metrics.clone();
-    let restores = restores
-        .run(reconcile::<SnapshotRestore>, error_policy, ctx)
-        .for_each(move |result| {
-            outcome(result, &metrics, "snapshotrestores");
-            std::future::ready(())
-        });
-    tokio::join!(snapshots, restores, schedules, imports);
+    .watches(Api::<Snapshot>::all(client.clone()), of_schedule, |snap| {
+        let name = snap.labels().get(schedule::SCHEDULE).cloned();
+        name.map(|n| ObjectRef::new(&n).within(snap.namespace().as_deref().unwrap_or_default()))
+    })
+    .graceful_shutdown_on(shutdown.clone().cancelled_owned())
 }
 
 /// The values sent on a channel, as a stream.
@@ -772,6 +329,22 @@ fn received<T: Send + 'static>(
     futures_util::stream::unfold(receiver, |mut receiver| async move {
         receiver.recv().await.map(|item| (item, receiver))
     })
+}
+
+/// A controller's results, its failed watches counted.
+async fn counted<T, E: std::error::Error + 'static>(
+    results: impl futures_util::Stream<
+        Item = Result<T, kube::runtime::controller::Error<E, watcher::Error>>,
+    >,
+    metrics: Arc<Metrics>,
+    resource: &'static str,
+) {
+    results
+        .for_each(move |result| {
+            outcome(result, &metrics, resource);
+            std::future::ready(())
+        })
+        .await
 }
 
 /// Counts a controller's failed watches; other errors were handled by the error policy.

@@ -16,7 +16,6 @@ use kube::{Resource, ResourceExt};
 use super::config::OperatorConfig;
 use super::jobs::{self, Mover};
 use super::mover::{self, MoverJob};
-use super::slots::Kind;
 use super::snapshot::{effective_storage, inside_volume, validate_storage};
 use super::stop;
 use super::workload::{self, Node};
@@ -318,7 +317,6 @@ pub fn next_node(entry: &NodeRestore, mover: Option<&Mover>, started: bool) -> N
 
 impl Reconciled for SnapshotRestore {
     type Status = SnapshotRestoreStatus;
-    const KIND: Kind = Kind::SnapshotRestore;
     const ACTION: &'static str = "Restore";
 
     fn current(&self) -> Option<&SnapshotRestoreStatus> {

@@ -10,12 +10,12 @@ use std::time::Duration;
 use jiff::Timestamp;
 use jiff::tz::TimeZone;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::{Resource, ResourceExt};
 
-use super::{Context, Error, FIELD_MANAGER, delete_if_there, patch_status, reject};
+use super::{Context, Error, create_if_absent, delete_if_there, patch_status, reject};
 use crate::api::condition::{self, reason};
 use crate::api::restore::RestorePhase;
 use crate::api::schedule::{ConcurrencyPolicy, SnapshotSchedule, SnapshotScheduleStatus};
@@ -315,24 +315,16 @@ pub async fn reconcile(sched: Arc<SnapshotSchedule>, ctx: Arc<Context>) -> Resul
     };
     if let Some(at) = decision.take {
         let snap = snapshot_of(&sched, at);
-        let params = PostParams {
-            field_manager: Some(FIELD_MANAGER.into()),
-            ..PostParams::default()
-        };
-        match snapshots.create(&params, &snap).await {
-            Ok(_) => {
-                ctx.publish(
-                    sched.as_ref(),
-                    EventType::Normal,
-                    "Scheduled",
-                    format!("Snapshot {} taken for the run at {at}", snap.name_any()),
-                    "Schedule",
-                )
-                .await;
-            }
-            // Taken by an earlier pass that did not get to write the status.
-            Err(kube::Error::Api(e)) if e.code == 409 => {}
-            Err(e) => return Err(e.into()),
+        // None: taken by an earlier pass that did not get to write the status.
+        if create_if_absent(&snapshots, &snap).await?.is_some() {
+            ctx.publish(
+                sched.as_ref(),
+                EventType::Normal,
+                "Scheduled",
+                format!("Snapshot {} taken for the run at {at}", snap.name_any()),
+                "Schedule",
+            )
+            .await;
         }
     }
     for (victim, why) in &decision.prune {

@@ -19,6 +19,19 @@ pub enum Kind {
     SnapshotRestore,
 }
 
+/// A resource whose movers wait in line for slots.
+pub trait Queued: kube::Resource<DynamicType = ()> {
+    const KIND: Kind;
+}
+
+impl Queued for crate::api::Snapshot {
+    const KIND: Kind = Kind::Snapshot;
+}
+
+impl Queued for crate::api::SnapshotRestore {
+    const KIND: Kind = Kind::SnapshotRestore;
+}
+
 /// Something that wants a slot: one node of one resource.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Claimant {

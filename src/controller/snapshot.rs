@@ -16,7 +16,6 @@ use super::clone;
 use super::csi;
 use super::jobs::{self, Mover};
 use super::mover::{self, MoverJob};
-use super::slots::Kind;
 use super::stop;
 use super::{Context, Error, Reconciled, reject, workload, write_status};
 use crate::api::condition::{self, reason};
@@ -330,7 +329,6 @@ pub fn invalid_status(snap: &Snapshot, message: &str, now: Time) -> SnapshotStat
 
 impl Reconciled for Snapshot {
     type Status = SnapshotStatus;
-    const KIND: Kind = Kind::Snapshot;
     const ACTION: &'static str = "Snapshot";
 
     fn current(&self) -> Option<&SnapshotStatus> {
@@ -357,7 +355,7 @@ async fn apply(snap: &Snapshot, ctx: &Context) -> Result<Action, Error> {
         .status
         .as_ref()
         .is_some_and(|s| s.stopped_replicas.is_some());
-    if super::import::is_imported(snap) && !holding {
+    if snap.is_imported() && !holding {
         return Ok(Action::await_change());
     }
     let old = snap.status.clone().unwrap_or_default();
@@ -1161,9 +1159,9 @@ mod mock {
         // Created by the catalog import, its status not written yet: nothing to do here.
         let mut snap = snapshot(true, Value::Null, false);
         snap.labels_mut()
-            .insert(super::super::import::IMPORTED.into(), "true".into());
+            .insert(crate::api::snapshot::IMPORTED.into(), "true".into());
         snap.annotations_mut()
-            .insert(super::super::import::IMPORTED_UID.into(), "uid-0".into());
+            .insert(crate::api::snapshot::IMPORTED_UID.into(), "uid-0".into());
         let (action, _) = reconcile_with(snap, nothing(), vec![]).await;
         assert_eq!(action.unwrap(), Action::await_change());
     }

@@ -16,9 +16,8 @@ use rustix::fs::{OFlags, RenameFlags};
 
 use super::archive::{ALIASES_FILE, COLLECTIONS_DIR, collections_in};
 use super::manifest::MAX_MANIFEST_BYTES;
-use super::restore::{
-    CollectionResult, Outcome, Priority, RestoreError, RestoreSpec, Selection, write_err,
-};
+use super::restore::error::{RestoreError, write_err};
+use super::restore::spec::{CollectionResult, Outcome, Priority, RestoreSpec, Selection};
 use crate::safefs::{self, Dir};
 
 /// A staged directory whose archive mode withholds from its owner the access moving it

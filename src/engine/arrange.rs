@@ -18,7 +18,8 @@ use super::limits::MAX_MANIFEST_BYTES;
 use super::manifest::{self, Manifest};
 use super::name;
 use super::qdrant::{self, FullConfig, Kind};
-use super::restore::{RestoreError, Selection, write_err};
+use super::restore::error::{RestoreError, write_err};
+use super::restore::spec::Selection;
 use super::stage::StagedDirs;
 use crate::safefs::{self, Dir};
 

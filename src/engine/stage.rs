@@ -10,15 +10,16 @@ use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 
 use super::flush::{Flusher, KICK_EVERY, start_writeback};
 use super::limits::{self, Limits};
 use super::qdrant::{self, Place};
-use super::restore::{Mapping, RestoreError, data_err, to_time, write_err};
+use super::restore::error::{RestoreError, data_err, write_err};
+use super::restore::mapping::Mapping;
 use super::untar::{Entry, EntryType, SparseMap, TarReader};
+use super::writers::write_file;
 use super::writers::{SMALL_FILE, SmallFile, Writers};
 use crate::safefs::Dir;
 
@@ -424,37 +425,6 @@ impl StagingTree {
             .last()
             .map_or_else(|| self.root.clone(), |(_, dir)| dir.clone()))
     }
-}
-
-/// Creates the file `name` in `dir` (`path` for messages) with permission bits `perm` and
-/// modification time `mtime`, its content written by `content`. The file must not exist:
-/// an archive that holds a path twice is refused.
-pub fn write_file(
-    dir: &Dir,
-    name: &OsStr,
-    path: &Path,
-    perm: u32,
-    mtime: u64,
-    umask: u32,
-    content: impl FnOnce(&mut File) -> Result<(), RestoreError>,
-) -> Result<(), RestoreError> {
-    let mut file = dir.create_file(name, perm).map_err(|e| {
-        if e.kind() == io::ErrorKind::AlreadyExists {
-            RestoreError::Hostile {
-                path: path.display().to_string(),
-                why: "given twice in the archive".into(),
-            }
-        } else {
-            write_err(path)(e)
-        }
-    })?;
-    content(&mut file)?;
-    // The umask may have taken bits away.
-    if perm & !umask != perm {
-        file.set_permissions(std::fs::Permissions::from_mode(perm))
-            .map_err(write_err(path))?;
-    }
-    file.set_modified(to_time(mtime)).map_err(write_err(path))
 }
 
 /// The process's umask (read by setting it and putting it back).

@@ -2,14 +2,17 @@
 //! few threads that create them, so file creation, the costly part of restoring many small
 //! files, uses every core. Memory stays bounded by the queue length times the size limit.
 
-use std::ffi::OsString;
-use std::path::PathBuf;
+use std::ffi::{OsStr, OsString};
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
 use std::sync::mpsc::{SyncSender, sync_channel};
 use std::sync::{Arc, Mutex};
 use std::thread::{Scope, ScopedJoinHandle};
+use std::time::{Duration, SystemTime};
 
-use super::restore::RestoreError;
-use super::stage::write_file;
+use super::restore::error::{RestoreError, write_err};
 use crate::safefs::Dir;
 
 /// Files up to this size go to the writers; larger ones are streamed by the parser.
@@ -108,4 +111,40 @@ impl<'scope> Writers<'scope> {
             None => Ok(()),
         }
     }
+}
+
+/// A tar entry's modification time.
+pub fn to_time(secs: u64) -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_secs(secs)
+}
+
+/// Creates the file `name` in `dir` (`path` for messages) with permission bits `perm` and
+/// modification time `mtime`, its content written by `content`. The file must not exist:
+/// an archive that holds a path twice is refused.
+pub fn write_file(
+    dir: &Dir,
+    name: &OsStr,
+    path: &Path,
+    perm: u32,
+    mtime: u64,
+    umask: u32,
+    content: impl FnOnce(&mut File) -> Result<(), RestoreError>,
+) -> Result<(), RestoreError> {
+    let mut file = dir.create_file(name, perm).map_err(|e| {
+        if e.kind() == io::ErrorKind::AlreadyExists {
+            RestoreError::Hostile {
+                path: path.display().to_string(),
+                why: "given twice in the archive".into(),
+            }
+        } else {
+            write_err(path)(e)
+        }
+    })?;
+    content(&mut file)?;
+    // The umask may have taken bits away.
+    if perm & !umask != perm {
+        file.set_permissions(std::fs::Permissions::from_mode(perm))
+            .map_err(write_err(path))?;
+    }
+    file.set_modified(to_time(mtime)).map_err(write_err(path))
 }

@@ -5,19 +5,20 @@
 //! each part a valid name. Every archive `<key>` has a sidecar `<key>.checksum` holding its
 //! SHA-256; an archive becomes visible under its key only once complete with its sidecar.
 
+mod configured;
 pub mod local;
 pub mod s3;
 
+pub use configured::open;
+
 use std::fmt;
 use std::io;
-use std::sync::Arc;
 
 use async_trait::async_trait;
 use jiff::Timestamp;
 use serde::Serialize;
 use tokio::io::AsyncRead;
 
-use crate::config::{StorageConfig, StorageKind};
 use crate::engine::name::{self, NameError};
 
 /// Bytes read from or written to storage: a local file, which blocking code reads directly
@@ -201,38 +202,6 @@ pub trait Storage: Send + Sync + fmt::Debug {
     /// Deletes the archive at `key` (an archive key, never a sidecar's) and its sidecar;
     /// `NotFound` when there is no archive.
     async fn delete(&self, key: &str) -> Result<(), StorageError>;
-}
-
-/// The configured storage, and the S3 connection when it is S3 (also used for `s3://` sources).
-pub async fn open(
-    config: &StorageConfig,
-) -> Result<(Arc<dyn Storage>, Option<s3::S3Storage>), StorageError> {
-    match config.snapshots_config.snapshots_storage {
-        StorageKind::Local => Ok((
-            Arc::new(local::LocalStorage::open(
-                config.snapshots_path.clone(),
-                config.temp_path.clone(),
-            )?),
-            None,
-        )),
-        StorageKind::S3 => {
-            let s3_config =
-                config
-                    .snapshots_config
-                    .s3_config
-                    .clone()
-                    .ok_or_else(|| StorageError::S3 {
-                        op: "configure",
-                        location: "s3://".into(),
-                        endpoint: "-".into(),
-                        detail: "snapshots_storage is s3 but s3_config is missing".into(),
-                        source: None,
-                    })?;
-            let prefix = s3::prefix_of(&config.snapshots_path.to_string_lossy());
-            let s3 = s3::S3Storage::connect(&s3_config, prefix).await?;
-            Ok((Arc::new(s3.clone()), Some(s3)))
-        }
-    }
 }
 
 /// Checks a key: one or two `/`-separated parts, each a valid name.

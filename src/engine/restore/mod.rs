@@ -16,237 +16,32 @@
 //! ([`crate::safefs`]). Staged files are created exclusively, so an archive holding a path
 //! twice is refused.
 
-use std::ffi::OsStr;
-use std::io::{self, Read};
-use std::os::unix::ffi::OsStrExt;
-use std::path::{Path, PathBuf};
-use std::str::FromStr;
-use std::time::{Duration, SystemTime};
+pub mod error;
+pub mod mapping;
+pub mod spec;
 
-use schemars::JsonSchema;
-use serde::{Deserialize, Serialize};
+use std::io::Read;
+use std::path::PathBuf;
+
+pub use error::{RestoreError, data_err, write_err};
+use mapping::Mapping;
+pub use spec::{CollectionResult, Limits, Outcome, Priority, RestoreSpec, Restored, Selection};
 
 use super::apply::{self, Fixup};
-use super::archive::COLLECTIONS_DIR;
 use super::arrange;
 use super::limits;
 use super::manifest::{Format, Kind, MANIFEST_ENTRY, MAX_MANIFEST_BYTES, Manifest};
-use super::name::{self, NameError};
+use super::name;
 use super::qdrant;
 use super::readahead::{self, ChunkReader};
 use super::stage::{Scope, StagedDirs, Stager, Tar, current_umask};
 use super::untar::{Entry, EntryType, TarError, TarReader};
-use super::workspace::{Workspace, WorkspaceError};
+use super::workspace::Workspace;
 use super::writers::Writers;
-use crate::safefs::{self, Anchored, Dir};
+use crate::safefs::{self, Dir};
 
 /// Threads creating small files.
 const WRITERS: usize = 2;
-
-/// What wins when the target collection already holds data (DESIGN §5); the same type
-/// serves the CLI and the `SnapshotRestore` resource.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum Priority {
-    /// Existing data wins: an existing collection is left untouched (the default).
-    #[default]
-    Replica,
-    /// The snapshot wins: an existing collection is replaced atomically.
-    Snapshot,
-    /// No synchronisation: snapshot files are written over existing ones, nothing removed.
-    NoSync,
-}
-
-impl Priority {
-    const ALL: [Self; 3] = [Self::Replica, Self::Snapshot, Self::NoSync];
-    /// The names accepted by [`FromStr`], as Qdrant spells them.
-    pub const NAMES: [&'static str; 3] = ["replica", "snapshot", "no_sync"];
-
-    /// Its name, as Qdrant spells it (and the CLI takes it).
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Replica => "replica",
-            Self::Snapshot => "snapshot",
-            Self::NoSync => "no_sync",
-        }
-    }
-}
-
-impl FromStr for Priority {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Self::ALL
-            .into_iter()
-            .find(|p| p.name() == s)
-            .ok_or_else(|| {
-                format!(
-                    "unknown priority {s:?}; expected one of {}",
-                    Self::NAMES.join(", ")
-                )
-            })
-    }
-}
-
-pub use super::limits::Limits;
-
-/// What to restore from an archive.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Selection {
-    /// One collection, restored as `into`. `from` picks the collection out of a full-storage
-    /// archive (default: `into`); for a collection archive it must match the archive's.
-    Collection { from: Option<String>, into: String },
-    /// Everything a full-storage archive holds.
-    Full,
-}
-
-/// A restore to run.
-#[derive(Debug, Clone)]
-pub struct RestoreSpec {
-    /// The storage directory restored into (created when absent).
-    pub storage: Anchored,
-    pub selection: Selection,
-    /// What wins when the target already holds a collection (or, for a full-storage
-    /// restore, anything the archive holds); `None`: nothing does, the restore is refused
-    /// (Qdrant's startup contract).
-    pub priority: Option<Priority>,
-    /// Expected SHA-256 (lowercase hex) of the whole archive.
-    pub checksum: Option<String>,
-    pub limits: Limits,
-    /// For a Qdrant shard snapshot: the shard of the collection it is restored as (default
-    /// 0); other archives refuse it.
-    pub shard: Option<u32>,
-}
-
-/// The outcome for one collection on this node.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub enum Outcome {
-    Restored,
-    Skipped,
-}
-
-/// What happened to one collection.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct CollectionResult {
-    pub collection: String,
-    pub outcome: Outcome,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
-}
-
-/// What a restore did.
-#[derive(Debug, Clone, Serialize)]
-pub struct Restored {
-    /// The archive's manifest; none for a snapshot Qdrant made.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub manifest: Option<Manifest>,
-    /// What Qdrant snapshot it was, when it was in Qdrant's layout.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub qdrant: Option<qdrant::Kind>,
-    /// SHA-256 of the archive as read.
-    pub checksum: String,
-    /// Size of the archive.
-    pub archive_bytes: u64,
-    /// Bytes of file data staged.
-    pub data_bytes: u64,
-    /// Files staged.
-    pub files: u64,
-    pub collections: Vec<CollectionResult>,
-}
-
-/// Why a restore was refused or failed. Every error before "apply" leaves the target as it was.
-#[derive(Debug, thiserror::Error)]
-pub enum RestoreError {
-    #[error(transparent)]
-    Workspace(#[from] WorkspaceError),
-    #[error(transparent)]
-    Name(#[from] NameError),
-    #[error(transparent)]
-    Tar(#[from] TarError),
-    #[error("the archive does not start with {MANIFEST_ENTRY}: it is not a snapshot archive")]
-    NoManifest,
-    #[error(
-        "the archive is not a snapshot: it does not start with {MANIFEST_ENTRY} (ours), nor does \
-         it hold a Qdrant snapshot (a collection's config.json and shards, a shard's segments/, \
-         or a full snapshot's config.json)"
-    )]
-    NotASnapshot,
-    #[error("refused: {what} of the archive is {why}; nothing was changed")]
-    Qdrant { what: String, why: String },
-    #[error("--shard goes with a Qdrant shard snapshot; this archive is a {found} snapshot")]
-    NotAShard { found: &'static str },
-    #[error("the archive's {MANIFEST_ENTRY} is not valid")]
-    BadManifest { source: serde_json::Error },
-    #[error(
-        "the archive has format version {found}; this snapshot-operator reads versions 1 and 2: \
-         use a newer snapshot-operator"
-    )]
-    UnknownVersion { found: u32 },
-    #[error("the archive is a {kind:?} snapshot but its manifest says otherwise: {detail}")]
-    InconsistentManifest { kind: Kind, detail: String },
-    #[error("the archive holds collection {found:?}, not {wanted:?}")]
-    WrongCollection { wanted: String, found: String },
-    #[error(
-        "collection {wanted:?} is not in this full-storage snapshot; it holds: {}",
-        .available.join(", ")
-    )]
-    NotInArchive {
-        wanted: String,
-        available: Vec<String>,
-    },
-    #[error(
-        "a full-storage restore needs a full-storage snapshot; this one holds collection {collection:?}"
-    )]
-    NotFull { collection: String },
-    #[error("refused: archive entry {path:?} is {why}; nothing was changed")]
-    Hostile { path: String, why: String },
-    #[error(
-        "refused: the archive holds more than {max} entries (--max-entries); nothing was changed"
-    )]
-    TooManyEntries { max: u64 },
-    #[error(
-        "refused: the archive holds more than {max} bytes (--max-bytes bounds both the bytes \
-         read, headers and padding included, and the size of the files restored, holes \
-         included); nothing was changed"
-    )]
-    TooLarge { max: u64 },
-    #[error(
-        "refused: the archive's sparse files have more than {max} bytes of holes in all \
-         (--max-hole-bytes); nothing was changed"
-    )]
-    TooManyHoles { max: u64 },
-    #[error(
-        "refused: the archive's files would take more than {max} bytes of disk ({bound}); \
-         nothing was changed"
-    )]
-    TooMuchDisk { max: u64, bound: &'static str },
-    #[error("the archive holds no data for collection {collection:?}")]
-    Empty { collection: String },
-    #[error(
-        "checksum mismatch: the archive's SHA-256 is {actual}, expected {expected}; \
-         nothing was changed"
-    )]
-    Checksum { expected: String, actual: String },
-    #[error("refused: {path} is {why}; nothing was changed")]
-    Target { path: PathBuf, why: String },
-    #[error("failed to open the storage directory {path}")]
-    Storage { path: PathBuf, source: io::Error },
-    #[error("failed to write {path}")]
-    Write { path: PathBuf, source: io::Error },
-}
-
-pub fn write_err(path: &Path) -> impl FnOnce(io::Error) -> RestoreError + use<> {
-    let path = path.to_owned();
-    move |source| RestoreError::Write { path, source }
-}
-
-/// An error reading an entry's data: the end of the input is a truncated archive.
-pub fn data_err(source: io::Error) -> RestoreError {
-    RestoreError::Tar(if source.kind() == io::ErrorKind::UnexpectedEof {
-        TarError::Truncated
-    } else {
-        TarError::Read { source }
-    })
-}
 
 /// Restores the archive read from `reader` as `spec` says. `progress` is called with the
 /// number of archive bytes read so far.
@@ -552,97 +347,6 @@ fn read_first(tar: &mut Tar<'_>) -> Result<First, RestoreError> {
         (Kind::Full, Some(_)) => return Err(inconsistent("a collection is set")),
     }
     Ok(First::Manifest(Box::new(manifest)))
-}
-
-/// Maps archive paths to staging paths for the selection.
-#[derive(Debug)]
-pub struct Mapping {
-    /// For a collection restore: (collection in the archive, collection in the target).
-    collection: Option<(String, String)>,
-}
-
-impl Mapping {
-    fn new(manifest: &Manifest, selection: &Selection) -> Result<Self, RestoreError> {
-        let collection = match (selection, manifest.kind) {
-            (Selection::Full, Kind::Full) => None,
-            (Selection::Full, Kind::Collection) => {
-                return Err(RestoreError::NotFull {
-                    collection: manifest.collection.clone().unwrap_or_default(),
-                });
-            }
-            (Selection::Collection { from, into }, Kind::Collection) => {
-                let found = manifest.collection.clone().unwrap_or_default();
-                match from {
-                    Some(wanted) if *wanted != found => {
-                        return Err(RestoreError::WrongCollection {
-                            wanted: wanted.clone(),
-                            found,
-                        });
-                    }
-                    _ => Some((found, into.clone())),
-                }
-            }
-            (Selection::Collection { from, into }, Kind::Full) => {
-                let wanted = from.clone().unwrap_or_else(|| into.clone());
-                if !manifest.collections.contains(&wanted) {
-                    return Err(RestoreError::NotInArchive {
-                        wanted,
-                        available: manifest.collections.clone(),
-                    });
-                }
-                Some((wanted, into.clone()))
-            }
-        };
-        Ok(Self { collection })
-    }
-
-    /// The staging path of an archive entry, or `None` when the selection does not take it.
-    pub fn map(&self, parts: &[&[u8]]) -> Result<Option<PathBuf>, &'static str> {
-        let under_collections = parts.first() == Some(&COLLECTIONS_DIR.as_bytes());
-        if under_collections && parts.len() >= 2 {
-            let name = String::from_utf8_lossy(parts[1]);
-            if name::validate("collection", &name).is_err() {
-                return Err("not under a valid collection name");
-            }
-        }
-        let mut path = PathBuf::new();
-        match &self.collection {
-            None => {
-                for p in parts {
-                    path.push(OsStr::from_bytes(p));
-                }
-            }
-            Some((from, into)) => {
-                if !under_collections || parts.len() < 2 || parts[1] != from.as_bytes() {
-                    return Ok(None);
-                }
-                path.push(COLLECTIONS_DIR);
-                path.push(into);
-                for p in &parts[2..] {
-                    path.push(OsStr::from_bytes(p));
-                }
-            }
-        }
-        Ok(Some(path))
-    }
-
-    /// A collection restore must have staged the collection.
-    fn check_present(&self, staging: &Dir) -> Result<(), RestoreError> {
-        if let Some((from, into)) = &self.collection {
-            let rel = Path::new(COLLECTIONS_DIR).join(into);
-            let staged = staging.stat(&rel).map_err(write_err(&staging.join(&rel)))?;
-            if !staged.is_some_and(|st| safefs::is_dir(&st)) {
-                return Err(RestoreError::Empty {
-                    collection: from.clone(),
-                });
-            }
-        }
-        Ok(())
-    }
-}
-
-pub fn to_time(secs: u64) -> SystemTime {
-    SystemTime::UNIX_EPOCH + Duration::from_secs(secs)
 }
 
 #[cfg(test)]

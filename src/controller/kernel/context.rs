@@ -1,0 +1,260 @@
+//! What every reconciliation shares: the client, the configuration, the watch stores, the
+//! mover slots, events and the clock.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::api::{Api, ListParams};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::ObjectRef;
+use kube::{Client, Resource, ResourceExt};
+use tokio::sync::mpsc;
+
+use super::FIELD_MANAGER;
+use super::error::Error;
+use crate::api::condition::reason;
+use crate::api::{Snapshot, SnapshotRestore};
+use crate::controller::cluster::{self, Cluster};
+use crate::controller::config::OperatorConfig;
+use crate::controller::jobs::{self, Mover};
+use crate::controller::metrics::Metrics;
+use crate::controller::slots::{Busy, Claimant, Kind, Limits, Queued, Slots};
+
+/// What every reconciliation shares.
+pub struct Context {
+    pub client: Client,
+    pub config: OperatorConfig,
+    pub metrics: Arc<Metrics>,
+    /// Mover Jobs and pods, Snapshots and SnapshotRestores, as the watches last saw them.
+    pub cluster: Cluster,
+    recorder: Recorder,
+    /// Who waits for a mover slot; serialises "count running movers, then start one".
+    slots: std::sync::Mutex<Slots>,
+    /// Reconciles those next in line when a slot frees.
+    wake: Wake,
+    /// The time (the system's; a test's own clock in tests).
+    clock: Clock,
+}
+
+/// Where the reconcilers read the time.
+pub type Clock = Arc<dyn Fn() -> jiff::Timestamp + Send + Sync>;
+
+/// Senders that trigger a reconcile of a waiting resource.
+#[derive(Default)]
+pub struct Wake {
+    pub snapshots: Option<mpsc::UnboundedSender<ObjectRef<Snapshot>>>,
+    pub restores: Option<mpsc::UnboundedSender<ObjectRef<SnapshotRestore>>>,
+}
+
+impl Context {
+    pub fn new(
+        client: Client,
+        config: OperatorConfig,
+        metrics: Arc<Metrics>,
+        identity: &str,
+        cluster: Cluster,
+        wake: Wake,
+    ) -> Self {
+        let reporter = Reporter {
+            controller: FIELD_MANAGER.into(),
+            instance: Some(identity.into()),
+        };
+        Self {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            config,
+            metrics,
+            cluster,
+            slots: std::sync::Mutex::new(Slots::default()),
+            wake,
+            clock: Arc::new(jiff::Timestamp::now),
+        }
+    }
+
+    /// The same context reading the time from `clock`.
+    pub fn with_clock(self, clock: Clock) -> Self {
+        Self { clock, ..self }
+    }
+
+    /// The time now.
+    pub fn now(&self) -> jiff::Timestamp {
+        (self.clock)()
+    }
+
+    fn limits(&self) -> Limits {
+        let total = self.config.max_concurrent_movers as usize;
+        Limits {
+            total,
+            per_namespace: self
+                .config
+                .max_concurrent_movers_per_namespace
+                .map_or(total, |n| n as usize),
+        }
+    }
+
+    /// Whether `who` gets a mover slot now (its turn, under both caps), for the Job `job`
+    /// it then creates; otherwise `who` waits in line and is reconciled when its turn comes.
+    pub fn take_slot<K: Queued>(&self, object: &K, node: &str, job: &str) -> bool {
+        let meta = object.meta();
+        let who = Claimant {
+            namespace: meta.namespace.clone().unwrap_or_default(),
+            kind: K::KIND,
+            name: meta.name.clone().unwrap_or_default(),
+            node: node.to_owned(),
+        };
+        let job = Busy {
+            namespace: who.namespace.clone(),
+            job: job.to_owned(),
+        };
+        let mut slots = self.slots.lock().expect("slots lock");
+        let now = Instant::now();
+        let granted = slots.request(&who, &job, &self.cluster.busy_slots(), self.limits(), now);
+        if granted {
+            // Counted until the store shows the Job.
+            slots.started(job, now);
+        }
+        granted
+    }
+
+    /// The mover Job `name` of the resource `owner_uid`, with its pods. The two come from
+    /// different watches: when the Job has finished but the pod whose report it calls for is
+    /// not in the store yet, the Job's pods are read from the API server.
+    pub async fn mover(
+        &self,
+        namespace: &str,
+        name: &str,
+        owner_uid: &str,
+    ) -> Result<Option<Mover>, Error> {
+        let Some(mut mover) = self.cluster.mover(namespace, name, owner_uid) else {
+            return Ok(None);
+        };
+        if mover.outcome().is_some() && jobs::reporting(&mover.job, &mover.pods).is_none() {
+            let job_uid = mover.job.uid().unwrap_or_default();
+            mover.pods = Api::<Pod>::namespaced(self.client.clone(), namespace)
+                .list(&ListParams::default().labels(&format!("job-name={name}")))
+                .await?
+                .items
+                .into_iter()
+                .filter(|p| cluster::controlled_by(&p.metadata, &job_uid))
+                .map(Arc::new)
+                .collect();
+        }
+        let timeout = jiff::SignedDuration::from_secs(self.config.mover.start_timeout_seconds);
+        // Against the API server's own timestamps on the Job and pods: the wall clock, not
+        // the controller's (which tests move ahead).
+        let now = jiff::Timestamp::now();
+        mover.stuck = jobs::stuck(&mover.job, &mover.pods, now, timeout);
+        Ok(Some(mover))
+    }
+
+    /// A mover Job changed (as the store now shows it): its owner looks at it, and a slot
+    /// it freed goes to the next in line.
+    pub(in crate::controller) fn mover_changed(&self, job: &Job) {
+        let namespace = job.metadata.namespace.clone().unwrap_or_default();
+        for owner in job
+            .owner_references()
+            .iter()
+            .filter(|o| o.controller == Some(true))
+        {
+            let kind = match owner.kind.as_str() {
+                "Snapshot" => Kind::Snapshot,
+                "SnapshotRestore" => Kind::SnapshotRestore,
+                _ => continue,
+            };
+            let woken = self.wake(kind, &namespace, &owner.name);
+            tracing::trace!(owner = %owner.name, ?woken, "a mover changed");
+        }
+        self.wake_waiters();
+    }
+
+    /// Deletes the mover Jobs `names` of `owner` whose results are recorded: finished Jobs
+    /// would pile up, and one still running there was given up as stuck.
+    pub async fn remove_recorded_movers<K: Resource<DynamicType = ()>>(
+        &self,
+        owner: &K,
+        names: impl Iterator<Item = String>,
+    ) -> Result<(), Error> {
+        let meta = owner.meta();
+        let ns = meta.namespace.clone().unwrap_or_default();
+        let uid = meta.uid.clone().unwrap_or_default();
+        for name in names {
+            if let Some(m) = self.cluster.mover(&ns, &name, &uid) {
+                jobs::delete(&self.client, &m.job).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Triggers a reconcile of a resource; `None` without a controller to trigger (tests),
+    /// else whether it was queued.
+    fn wake(&self, kind: Kind, namespace: &str, name: &str) -> Option<bool> {
+        fn send<K: Resource<DynamicType = ()>>(
+            tx: Option<&mpsc::UnboundedSender<ObjectRef<K>>>,
+            namespace: &str,
+            name: &str,
+        ) -> Option<bool> {
+            tx.map(|tx| tx.send(ObjectRef::new(name).within(namespace)).is_ok())
+        }
+        match kind {
+            Kind::Snapshot => send(self.wake.snapshots.as_ref(), namespace, name),
+            Kind::SnapshotRestore => send(self.wake.restores.as_ref(), namespace, name),
+        }
+    }
+
+    /// After a mover finished: reconciles those next in line for the free slots.
+    pub fn wake_waiters(&self) {
+        let next = {
+            let mut slots = self.slots.lock().expect("slots lock");
+            slots.retain(|who| self.cluster.exists(who));
+            slots.next(&self.cluster.busy_slots(), self.limits(), Instant::now())
+        };
+        for who in next {
+            let sent = self.wake(who.kind, &who.namespace, &who.name);
+            tracing::debug!(?who, ?sent, "a mover slot is free");
+        }
+    }
+
+    /// Publishes an event about `object`; failures are logged, never fatal.
+    pub async fn publish<K: Resource<DynamicType = ()>>(
+        &self,
+        object: &K,
+        type_: EventType,
+        reason: &str,
+        note: impl Into<String>,
+        action: &str,
+    ) {
+        let event = Event {
+            type_,
+            reason: reason.into(),
+            note: Some(note.into()),
+            action: action.into(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&event, &object.object_ref(&())).await {
+            tracing::warn!(reason = %event.reason, error = %e, "could not publish an event");
+        }
+    }
+}
+
+impl Context {
+    /// An event for a phase change, from the new `Ready` condition: its reason and message.
+    pub async fn publish_ready<K: Resource<DynamicType = ()>>(
+        &self,
+        object: &K,
+        ready: Option<&Condition>,
+        action: &str,
+    ) {
+        let Some(c) = ready else { return };
+        let failed = [reason::FAILED, reason::INVALID_SPEC].contains(&c.reason.as_str());
+        let type_ = if failed {
+            EventType::Warning
+        } else {
+            EventType::Normal
+        };
+        self.publish(object, type_, &c.reason, c.message.clone(), action)
+            .await;
+    }
+}

@@ -1,0 +1,18 @@
+//! What every reconciler shares: the [`Context`] of a reconciliation, its [`Error`], the
+//! [`Reconciled`] trait and the driver that runs it behind the finalizer, status writing,
+//! and the object helpers (`create_if_absent`, `delete_if_there`).
+
+mod context;
+mod error;
+mod objects;
+mod reconciled;
+
+pub use context::{Clock, Context, Wake};
+pub use error::Error;
+pub use objects::{create_if_absent, delete_if_there, patch_status};
+pub use reconciled::{Reconciled, error_policy, reconcile, reject, resource_label, write_status};
+
+/// The field manager of every write.
+pub const FIELD_MANAGER: &str = "snapshot-operator";
+/// The finalizer on resources whose cleanup the operator owes.
+pub const FINALIZER: &str = "snapshot-operator.dev/cleanup";
