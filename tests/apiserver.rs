@@ -370,7 +370,7 @@ async fn operator_kubeconfig(admin: &Client, dir: &std::path::Path) -> std::path
 /// The few fields of the CSI type the operator uses (the test plays its controller), in its
 /// group: a Kubernetes group, which needs the approval annotation the real CRD carries.
 fn volume_snapshot_crd() -> CustomResourceDefinition {
-    let mut crd = snapshot_operator::controller::csi::VolumeSnapshot::crd();
+    let mut crd = snapshot_operator::controller::copy::snapshot::VolumeSnapshot::crd();
     crd.annotations_mut().insert(
         "api-approved.kubernetes.io".into(),
         "https://github.com/kubernetes-csi/external-snapshotter/pull/419".into(),
@@ -1435,7 +1435,7 @@ async fn a_clone_snapshot_reads_a_clone_of_the_claim(client: &Client) {
 /// controller), no mover until it is ready, then a claim made from it that the mover reads;
 /// both go once the archive is done.
 async fn a_volume_snapshot_snapshot_reads_a_claim_made_from_it(client: &Client) {
-    use snapshot_operator::controller::csi::VolumeSnapshot;
+    use snapshot_operator::controller::copy::snapshot::VolumeSnapshot;
     let ns = format!("csi-it-{}", std::process::id());
     let namespace = TestNamespace::with_claims(client, &ns, &["data", "backups"]).await;
     let snapshots: Api<Snapshot> = Api::namespaced(client.clone(), &ns);

@@ -111,15 +111,15 @@ impl Cluster {
     /// one must wait: it would record zero replicas and leave the StatefulSet stopped.
     pub fn stopped_by(&self, namespace: &str, name: &str, except: &str) -> Option<String> {
         use crate::api::restore::RestorePhase;
-        use crate::api::snapshot::{CopyMethod, Phase};
+        use crate::api::snapshot::Phase;
         let here = |meta: &ObjectMeta| {
             meta.namespace.as_deref() == Some(namespace) && meta.uid.as_deref() != Some(except)
         };
         let snapshot = self.snapshots.state().into_iter().find(|s| {
             let sts = s.spec.source.stateful_set.as_ref();
             let status = s.status.as_ref();
+            // Only a Snapshot whose copy method stops the workload records replicas.
             here(s.meta())
-                && s.spec.copy_method == CopyMethod::Stop
                 && sts.is_some_and(|sts| sts.name == name)
                 && status.is_some_and(|st| {
                     st.stopped_replicas.is_some()

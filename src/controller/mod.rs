@@ -1,10 +1,9 @@
 //! The Kubernetes operator: reconcilers for `Snapshot` (and `SnapshotRestore`), mover Jobs,
 //! leader election, metrics and health endpoints.
 
-pub mod clone;
 pub mod cluster;
 pub mod config;
-pub mod csi;
+pub mod copy;
 pub mod import;
 pub mod jobs;
 pub mod kernel;
@@ -39,7 +38,8 @@ use crate::api::{Snapshot, SnapshotRestore};
 use config::OperatorConfig;
 pub use kernel::{
     Clock, Context, Error, FIELD_MANAGER, FINALIZER, Reconciled, Wake, create_if_absent,
-    delete_if_there, error_policy, patch_status, reconcile, reject, resource_label, write_status,
+    delete_if_there, error_policy, patch_status, reconcile, reject, resource_label, trusted,
+    write_status,
 };
 use metrics::Metrics;
 

@@ -19,7 +19,7 @@ use super::mover::{self, MoverJob};
 use super::snapshot::{effective_storage, inside_volume, validate_storage};
 use super::stop;
 use super::workload::{self, Node};
-use super::{Context, Error, Reconciled, reject, write_status};
+use super::{Context, Error, Reconciled, reject, trusted, write_status};
 use crate::api::condition::{self, reason};
 use crate::api::restore::{
     NodePhase, NodeRestore, RestorePhase, SnapshotRestore, SnapshotRestoreSpec,
@@ -223,18 +223,17 @@ fn invalid_status(restore: &SnapshotRestore, message: &str, now: Time) -> Snapsh
     }
 }
 
-/// What creating this restore may make a mover read (pure): its own S3 storage only at an
-/// endpoint the operator allows, and an `s3://` location outside the storage's bucket only
-/// with credentials the resource names (never the operator's or the nodes' own).
+/// What creating this restore may make a mover do (pure): what [`trusted`] allows (its own S3
+/// storage only at an endpoint the operator allows, its mover security context), and read an
+/// `s3://` location outside the storage's bucket only with credentials the resource names
+/// (never the operator's or the nodes' own).
 pub fn within_trust(
     spec: &SnapshotRestoreSpec,
     namespace: &str,
     config: &OperatorConfig,
 ) -> Result<(), String> {
     let own = spec.storage.as_ref().and_then(|s| s.s3.as_ref());
-    if let Some(s3) = own {
-        config.allow_endpoint(s3.endpoint_url.as_deref())?;
-    }
+    trusted(config, own, spec.mover_security_context.as_ref())?;
     let Some(location) = &spec.source.location else {
         return Ok(());
     };
@@ -529,10 +528,8 @@ enum Resolved {
 async fn resolve(restore: &SnapshotRestore, ctx: &Context) -> Result<Resolved, Error> {
     let ns = restore.namespace().unwrap_or_default();
     let old = restore.status.clone().unwrap_or_default();
-    let explicit = restore.spec.mover_security_context.as_ref();
-    if let Err(message) = validate(&restore.spec)
-        .and_then(|()| within_trust(&restore.spec, &ns, &ctx.config))
-        .and_then(|()| mover::check_security(explicit, &ctx.config.mover))
+    if let Err(message) =
+        validate(&restore.spec).and_then(|()| within_trust(&restore.spec, &ns, &ctx.config))
     {
         return Ok(Resolved::Invalid(message));
     }

@@ -15,10 +15,12 @@ use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::{Resource, ResourceExt};
 
-use super::{Context, Error, create_if_absent, delete_if_there, patch_status, reject};
+use super::{Context, Error, create_if_absent, delete_if_there, patch_status, reject, trusted};
 use crate::api::condition::{self, reason};
 use crate::api::restore::RestorePhase;
-use crate::api::schedule::{ConcurrencyPolicy, SnapshotSchedule, SnapshotScheduleStatus};
+use crate::api::schedule::{
+    ConcurrencyPolicy, SnapshotSchedule, SnapshotScheduleSpec, SnapshotScheduleStatus,
+};
 use crate::api::snapshot::{Phase, Snapshot};
 use crate::retention;
 use crate::schedule::Schedule;
@@ -82,26 +84,7 @@ pub fn decide(
         _ => (created, false),
     };
     let (due, more) = schedule.runs_between(since, now, MOST_RUNS);
-    let mut take = None;
-    let mut missed = Vec::new();
-    if !spec.suspend
-        && let Some((&last, older)) = due.split_last()
-    {
-        missed.extend_from_slice(older);
-        // More runs due than one pass looks at: none of these is the latest.
-        let late = more
-            || spec
-                .starting_deadline_seconds
-                .is_some_and(|d| now.duration_since(last).as_secs() > d);
-        let running = snapshots
-            .iter()
-            .any(|s| active(s) && s.meta().deletion_timestamp.is_none());
-        if late || (running && spec.concurrency_policy == ConcurrencyPolicy::Forbid) {
-            missed.push(last);
-        } else {
-            take = Some(last);
-        }
-    }
+    let (take, missed) = take_or_miss(spec, snapshots, &due, more, now);
     let last_schedule_time = due
         .last()
         .map(|t| Time(*t))
@@ -113,14 +96,7 @@ pub fn decide(
         schedule.next_after(due.last().copied().unwrap_or(since).max(now))
     };
     let successful = last_success(snapshots);
-    let (ready_reason, message) = match (spec.suspend, next) {
-        (true, _) => (
-            reason::SUSPENDED,
-            "suspended: no Snapshots are taken".to_owned(),
-        ),
-        (false, Some(at)) => (reason::SCHEDULED, format!("next run at {at}")),
-        (false, None) => (reason::SCHEDULED, "no further run".to_owned()),
-    };
+    let (ready_reason, message) = readiness(spec.suspend, next);
     let status = SnapshotScheduleStatus {
         observed_generation: sched.meta().generation,
         last_schedule_time,
@@ -138,21 +114,66 @@ pub fn decide(
             Time(now),
         )],
     };
-    let requeue = match (more, next) {
-        // More runs than one pass looks at: the rest at once.
-        (true, _) => Some(Duration::from_secs(1)),
-        (false, Some(at)) => Some(Duration::from_secs(
-            u64::try_from(at.duration_since(now).as_secs()).unwrap_or(0) + 1,
-        )),
-        (false, None) => None,
-    };
     Ok(Decision {
         status,
         take,
         missed,
         prune: prune(&spec.retention, snapshots, restoring, tz),
-        requeue,
+        requeue: requeue_after(more, next, now),
     })
+}
+
+/// Of the runs `due` (`more`: more were due than one pass looks at), the one to take now,
+/// and those missed.
+fn take_or_miss(
+    spec: &SnapshotScheduleSpec,
+    snapshots: &[Snapshot],
+    due: &[Timestamp],
+    more: bool,
+    now: Timestamp,
+) -> (Option<Timestamp>, Vec<Timestamp>) {
+    let Some((&last, older)) = due.split_last().filter(|_| !spec.suspend) else {
+        return (None, Vec::new());
+    };
+    let mut missed = older.to_vec();
+    // More runs due than one pass looks at: none of these is the latest.
+    let late = more
+        || spec
+            .starting_deadline_seconds
+            .is_some_and(|d| now.duration_since(last).as_secs() > d);
+    let running = snapshots
+        .iter()
+        .any(|s| active(s) && s.meta().deletion_timestamp.is_none());
+    if late || (running && spec.concurrency_policy == ConcurrencyPolicy::Forbid) {
+        missed.push(last);
+        (None, missed)
+    } else {
+        (Some(last), missed)
+    }
+}
+
+/// The `Ready` condition's reason and message.
+fn readiness(suspend: bool, next: Option<Timestamp>) -> (&'static str, String) {
+    match (suspend, next) {
+        (true, _) => (
+            reason::SUSPENDED,
+            "suspended: no Snapshots are taken".to_owned(),
+        ),
+        (false, Some(at)) => (reason::SCHEDULED, format!("next run at {at}")),
+        (false, None) => (reason::SCHEDULED, "no further run".to_owned()),
+    }
+}
+
+/// When to look again: the next run, or at once when more runs were due than one pass
+/// looks at.
+fn requeue_after(more: bool, next: Option<Timestamp>, now: Timestamp) -> Option<Duration> {
+    match (more, next) {
+        (true, _) => Some(Duration::from_secs(1)),
+        (false, Some(at)) => Some(Duration::from_secs(
+            u64::try_from(at.duration_since(now).as_secs()).unwrap_or(0) + 1,
+        )),
+        (false, None) => None,
+    }
 }
 
 /// Is the Snapshot still to finish?
@@ -268,77 +289,15 @@ pub async fn reconcile(sched: Arc<SnapshotSchedule>, ctx: Arc<Context>) -> Resul
         .await?
         .items;
     let now = ctx.now();
-    // Snapshots a restore in progress reads are not pruned under it.
-    let restoring: Vec<String> = ctx
-        .cluster
-        .restores
-        .state()
-        .iter()
-        .filter(|r| r.namespace().as_deref() == Some(ns.as_str()))
-        .filter(|r| {
-            let phase = r.status.as_ref().and_then(|s| s.phase);
-            !matches!(phase, Some(RestorePhase::Succeeded | RestorePhase::Failed))
-        })
-        .filter_map(|r| r.spec.source.snapshot_ref.as_ref().map(|s| s.name.clone()))
-        .collect();
-    let template_s3 = sched
-        .spec
-        .template
-        .storage
-        .as_ref()
-        .and_then(|s| s.s3.as_ref());
-    let explicit = sched.spec.template.mover_security_context.as_ref();
-    let allowed = template_s3
-        .map_or(Ok(()), |s3| {
-            ctx.config.allow_endpoint(s3.endpoint_url.as_deref())
-        })
-        .and_then(|()| super::mover::check_security(explicit, &ctx.config.mover))
-        .map_err(|e| format!("template: {e}"));
-    let decision = match allowed.and_then(|()| decide(&sched, &own, &restoring, now)) {
+    let restoring = restoring(&ctx, &ns);
+    let decision = match admit(&ctx, &sched).and_then(|()| decide(&sched, &own, &restoring, now)) {
         Ok(decision) => decision,
         Err(message) => {
-            let old = sched.status.clone().unwrap_or_default();
-            let status = SnapshotScheduleStatus {
-                observed_generation: sched.meta().generation,
-                conditions: vec![condition::ready(
-                    false,
-                    reason::INVALID_SPEC,
-                    &message,
-                    sched.meta().generation,
-                    &old.conditions,
-                    Time(now),
-                )],
-                ..old
-            };
+            let status = invalid_status(&sched, &message, now);
             return reject(&ctx, sched.as_ref(), &api, &status, &message).await;
         }
     };
-    if let Some(at) = decision.take {
-        let snap = snapshot_of(&sched, at);
-        // None: taken by an earlier pass that did not get to write the status.
-        if create_if_absent(&snapshots, &snap).await?.is_some() {
-            ctx.publish(
-                sched.as_ref(),
-                EventType::Normal,
-                "Scheduled",
-                format!("Snapshot {} taken for the run at {at}", snap.name_any()),
-                "Schedule",
-            )
-            .await;
-        }
-    }
-    for (victim, why) in &decision.prune {
-        if delete_if_there(&snapshots, victim, &DeleteParams::default()).await? {
-            ctx.publish(
-                sched.as_ref(),
-                EventType::Normal,
-                "Pruned",
-                format!("Snapshot {victim} deleted: {why}"),
-                "Prune",
-            )
-            .await;
-        }
-    }
+    carry_out(&ctx, &sched, &snapshots, &decision).await?;
     if let Some(t) = &decision.status.last_successful_time {
         ctx.metrics.last_success(&ns, &name, t.0);
     }
@@ -362,6 +321,87 @@ pub async fn reconcile(sched: Arc<SnapshotSchedule>, ctx: Arc<Context>) -> Resul
     Ok(decision
         .requeue
         .map_or_else(Action::await_change, Action::requeue))
+}
+
+/// The Snapshots of namespace `ns` that a restore in progress reads: they are not pruned
+/// under it.
+fn restoring(ctx: &Context, ns: &str) -> Vec<String> {
+    ctx.cluster
+        .restores
+        .state()
+        .iter()
+        .filter(|r| r.namespace().as_deref() == Some(ns))
+        .filter(|r| {
+            let phase = r.status.as_ref().and_then(|s| s.phase);
+            !matches!(phase, Some(RestorePhase::Succeeded | RestorePhase::Failed))
+        })
+        .filter_map(|r| r.spec.source.snapshot_ref.as_ref().map(|s| s.name.clone()))
+        .collect()
+}
+
+/// Whether the operator may act on the template: its S3 endpoint and mover security context.
+fn admit(ctx: &Context, sched: &SnapshotSchedule) -> Result<(), String> {
+    let template = &sched.spec.template;
+    let s3 = template.storage.as_ref().and_then(|s| s.s3.as_ref());
+    trusted(&ctx.config, s3, template.mover_security_context.as_ref())
+        .map_err(|e| format!("template: {e}"))
+}
+
+/// The status of a schedule whose spec cannot be acted on.
+fn invalid_status(
+    sched: &SnapshotSchedule,
+    message: &str,
+    now: Timestamp,
+) -> SnapshotScheduleStatus {
+    let old = sched.status.clone().unwrap_or_default();
+    SnapshotScheduleStatus {
+        observed_generation: sched.meta().generation,
+        conditions: vec![condition::ready(
+            false,
+            reason::INVALID_SPEC,
+            message,
+            sched.meta().generation,
+            &old.conditions,
+            Time(now),
+        )],
+        ..old
+    }
+}
+
+/// Takes the run the decision says, and prunes what it says, with an event for each.
+async fn carry_out(
+    ctx: &Context,
+    sched: &SnapshotSchedule,
+    snapshots: &Api<Snapshot>,
+    decision: &Decision,
+) -> Result<(), Error> {
+    if let Some(at) = decision.take {
+        let snap = snapshot_of(sched, at);
+        // None: taken by an earlier pass that did not get to write the status.
+        if create_if_absent(snapshots, &snap).await?.is_some() {
+            ctx.publish(
+                sched,
+                EventType::Normal,
+                "Scheduled",
+                format!("Snapshot {} taken for the run at {at}", snap.name_any()),
+                "Schedule",
+            )
+            .await;
+        }
+    }
+    for (victim, why) in &decision.prune {
+        if delete_if_there(snapshots, victim, &DeleteParams::default()).await? {
+            ctx.publish(
+                sched,
+                EventType::Normal,
+                "Pruned",
+                format!("Snapshot {victim} deleted: {why}"),
+                "Prune",
+            )
+            .await;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

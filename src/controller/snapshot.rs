@@ -12,16 +12,15 @@ use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::{Resource, ResourceExt};
 
-use super::clone;
-use super::csi;
+use super::copy::{self, Prepared};
 use super::jobs::{self, Mover};
 use super::mover::{self, MoverJob};
 use super::stop;
-use super::{Context, Error, Reconciled, reject, workload, write_status};
+use super::{Context, Error, Reconciled, reject, trusted, workload, write_status};
 use crate::api::condition::{self, reason};
 use crate::api::snapshot::{
-    ArchivePhase, ArchiveStatus, CopyMethod, DeletionPolicy, Phase, Snapshot, SnapshotSpec,
-    SnapshotStatus, StatefulSetRef, Storage,
+    ArchivePhase, ArchiveStatus, DeletionPolicy, Phase, Snapshot, SnapshotSpec, SnapshotStatus,
+    StatefulSetRef, Storage,
 };
 use crate::engine::manifest::SnapshotIdentity;
 use crate::engine::name;
@@ -42,7 +41,7 @@ pub fn validate(spec: &SnapshotSpec) -> Result<(), String> {
     if let Some(storage) = &spec.storage {
         validate_storage(storage)?;
     }
-    if spec.copy_method == CopyMethod::Stop && spec.source.stateful_set.is_none() {
+    if copy::of(spec.copy_method).stops_workload() && spec.source.stateful_set.is_none() {
         return Err("copyMethod Stop needs a statefulSet source (it stops the StatefulSet)".into());
     }
     Ok(())
@@ -51,7 +50,7 @@ pub fn validate(spec: &SnapshotSpec) -> Result<(), String> {
 /// The StatefulSet to stop for the time of the snapshot, if the spec asks for it (pure).
 fn stop_target(spec: &SnapshotSpec) -> Option<&StatefulSetRef> {
     let sts = spec.source.stateful_set.as_ref();
-    sts.filter(|_| spec.copy_method == CopyMethod::Stop)
+    sts.filter(|_| copy::of(spec.copy_method).stops_workload())
 }
 
 /// The status while the workload is being stopped (pure): its replicas recorded.
@@ -442,14 +441,7 @@ async fn resolve(
     let ns = snap.namespace().unwrap_or_default();
     let storage = effective_storage(snap, ctx.config.default_storage_for(&ns).as_ref());
     let own = snap.spec.storage.as_ref().and_then(|s| s.s3.as_ref());
-    let allowed = own
-        .map_or(Ok(()), |s3| {
-            ctx.config.allow_endpoint(s3.endpoint_url.as_deref())
-        })
-        .and_then(|()| {
-            let explicit = snap.spec.mover_security_context.as_ref();
-            mover::check_security(explicit, &ctx.config.mover)
-        });
+    let allowed = trusted(&ctx.config, own, snap.spec.mover_security_context.as_ref());
     let checked = validate(&snap.spec).and(allowed).and_then(|()| {
         storage.ok_or_else(|| {
             "no storage: set spec.storage, or defaultStorage in the operator's configuration"
@@ -496,96 +488,59 @@ async fn act(
     storage: &Storage,
     pods: Option<Vec<Pod>>,
 ) -> Result<Vec<ArchiveStatus>, Error> {
+    let method = copy::of(snap.spec.copy_method);
     // Pods tell where claims are attached, to pin new movers (`pods`, if listed already);
     // the workload who the movers act as: both read once a mover starts.
-    let mut pods = pods;
-    let mut found: Option<(Vec<Pod>, PodSecurityContext)> = None;
+    let mut inputs = MoverInputs::Unread(pods);
     let mut next = Vec::new();
     for (index, (archive, step)) in archives.iter().zip(steps).enumerate() {
-        let mut started = false;
-        let method = snap.spec.copy_method;
-        // copyMethod Snapshot: a ready VolumeSnapshot of the claim before a slot is taken.
-        let mut volume_snapshot = archive.volume_snapshot.clone();
-        if *step == NodeStep::Start && method == CopyMethod::Snapshot {
-            let vs = csi::name(snap, &archive.node);
-            let (phase, message) = match csi::ensure(ctx, snap, &archive.node, &archive.claim)
-                .await?
-            {
-                csi::Readiness::Ready => (None, None),
-                csi::Readiness::Waiting(message) => (Some(ArchivePhase::Pending), Some(message)),
-                csi::Readiness::Failed(message) => {
-                    csi::delete(ctx, snap, &archive.node).await?;
-                    (Some(ArchivePhase::Failed), Some(message))
+        let starting = *step == NodeStep::Start;
+        let volume_snapshot = method
+            .volume_snapshot(snap, &archive.node)
+            .filter(|_| starting)
+            .or_else(|| archive.volume_snapshot.clone());
+        let waiting = |phase, message| ArchiveStatus {
+            phase,
+            message: Some(message),
+            volume_snapshot: volume_snapshot.clone(),
+            ..archive.clone()
+        };
+        if starting {
+            match method.prepare(ctx, snap, archive).await? {
+                Prepared::Ready => {}
+                Prepared::Waiting(why) => {
+                    next.push(waiting(ArchivePhase::Pending, why));
+                    continue;
                 }
-            };
-            volume_snapshot = Some(vs);
-            if let Some(phase) = phase {
-                next.push(ArchiveStatus {
-                    phase,
-                    message,
-                    volume_snapshot,
-                    ..archive.clone()
-                });
-                continue;
+                Prepared::Failed(why) => {
+                    next.push(waiting(ArchivePhase::Failed, why));
+                    continue;
+                }
             }
         }
-        if *step == NodeStep::Start
-            && ctx.take_slot(snap, &archive.node, &job_name(snap, &archive.node))
-        {
-            if found.is_none() {
-                let ns = snap.namespace().unwrap_or_default();
-                let listed = match pods.take() {
-                    Some(listed) => listed,
-                    None => {
-                        Api::<Pod>::namespaced(ctx.client.clone(), &ns)
-                            .list(&ListParams::default())
-                            .await?
-                            .items
-                    }
-                };
-                let explicit = snap.spec.mover_security_context.as_ref();
-                let security = workload::mover_security(
-                    &ctx.client,
-                    &ns,
-                    explicit,
-                    &snap.spec.source,
-                    &ctx.config.mover,
-                )
-                .await?;
-                found = Some((listed, security));
-            }
-            let (pods, security) = found.as_ref().expect("read above");
-            // copyMethod Clone or Snapshot: the mover reads a claim made now, from the claim
-            // or from its VolumeSnapshot.
-            let read_from = match method {
-                CopyMethod::Clone | CopyMethod::Snapshot => {
-                    let from = volume_snapshot.as_deref();
-                    match clone::ensure(ctx, snap, &archive.node, &archive.claim, from).await? {
-                        Ok(clone) => Some(clone),
-                        Err(why) => {
-                            next.push(ArchiveStatus {
-                                phase: ArchivePhase::Failed,
-                                message: Some(why),
-                                ..archive.clone()
-                            });
-                            continue;
-                        }
-                    }
+        if starting && ctx.take_slot(snap, &archive.node, &job_name(snap, &archive.node)) {
+            let (pods, security) = inputs.read(ctx, snap).await?;
+            let read_from = match method.source_claim(ctx, snap, archive).await? {
+                Ok(read_from) => read_from,
+                Err(why) => {
+                    next.push(ArchiveStatus {
+                        phase: ArchivePhase::Failed,
+                        message: Some(why),
+                        ..archive.clone()
+                    });
+                    continue;
                 }
-                CopyMethod::Direct | CopyMethod::Stop => None,
             };
-            let identity = identity(snap, index, archives.len(), &archive.claim);
             let mover = NewMover {
                 archive,
                 read_from: read_from.as_deref(),
                 storage,
                 pods,
-                identity,
+                identity: identity(snap, index, archives.len(), &archive.claim),
                 security: security.clone(),
             };
             start_mover(snap, ctx, mover).await?;
-            started = true;
-            let mut entry = next_archive(archive, step, storage, started);
+            let mut entry = next_archive(archive, step, storage, true);
             entry.read_from = read_from;
             entry.volume_snapshot = volume_snapshot;
             next.push(entry);
@@ -593,13 +548,55 @@ async fn act(
         }
         // What was made for the mover has served once its node's archive is done.
         if matches!(step, NodeStep::Finished { .. }) {
-            release(ctx, snap, &archive.node).await?;
+            method.release(ctx, snap, &archive.node).await?;
         }
-        let mut entry = next_archive(archive, step, storage, started);
+        let mut entry = next_archive(archive, step, storage, false);
         entry.volume_snapshot = volume_snapshot;
         next.push(entry);
     }
     Ok(next)
+}
+
+/// What starting movers needs, read from the API server when the first one starts: the
+/// namespace's pods (where claims are attached) and who the movers act as.
+enum MoverInputs {
+    /// Not read yet (the pods, if listed already).
+    Unread(Option<Vec<Pod>>),
+    Read(Vec<Pod>, Box<PodSecurityContext>),
+}
+
+impl MoverInputs {
+    async fn read(
+        &mut self,
+        ctx: &Context,
+        snap: &Snapshot,
+    ) -> Result<(&[Pod], &PodSecurityContext), Error> {
+        if let MoverInputs::Unread(pods) = self {
+            let ns = snap.namespace().unwrap_or_default();
+            let listed = match pods.take() {
+                Some(listed) => listed,
+                None => {
+                    Api::<Pod>::namespaced(ctx.client.clone(), &ns)
+                        .list(&ListParams::default())
+                        .await?
+                        .items
+                }
+            };
+            let security = workload::mover_security(
+                &ctx.client,
+                &ns,
+                snap.spec.mover_security_context.as_ref(),
+                &snap.spec.source,
+                &ctx.config.mover,
+            )
+            .await?;
+            *self = MoverInputs::Read(listed, Box::new(security));
+        }
+        match self {
+            MoverInputs::Read(pods, security) => Ok((pods, security)),
+            MoverInputs::Unread(_) => unreachable!("read above"),
+        }
+    }
 }
 
 /// The mover Job of a node.
@@ -691,18 +688,6 @@ async fn start_mover(snap: &Snapshot, ctx: &Context, new: NewMover<'_>) -> Resul
     jobs::create(&ctx.client, &mover::job(&spec, &ctx.config.mover)).await
 }
 
-/// Deletes what `copyMethod` Clone or Snapshot made for `node`'s mover.
-async fn release(ctx: &Context, snap: &Snapshot, node: &str) -> Result<(), Error> {
-    match snap.spec.copy_method {
-        CopyMethod::Clone => clone::delete(ctx, snap, node).await,
-        CopyMethod::Snapshot => {
-            clone::delete(ctx, snap, node).await?;
-            csi::delete(ctx, snap, node).await
-        }
-        CopyMethod::Direct | CopyMethod::Stop => Ok(()),
-    }
-}
-
 /// A StatefulSet this Snapshot stopped and has not started again is started again.
 async fn start_again(snap: &Snapshot, ctx: &Context) -> Result<(), Error> {
     let status = snap.status.clone().unwrap_or_default();
@@ -747,7 +732,9 @@ fn left_with_namespace(snap: &Snapshot, storage: &Storage) {
 async fn cleanup(snap: &Snapshot, ctx: &Context) -> Result<Action, Error> {
     start_again(snap, ctx).await?;
     for archive in snap.status.iter().flat_map(|s| &s.archives) {
-        release(ctx, snap, &archive.node).await?;
+        copy::of(snap.spec.copy_method)
+            .release(ctx, snap, &archive.node)
+            .await?;
     }
     let keys: Vec<String> = snap
         .status
@@ -832,7 +819,7 @@ async fn cleanup(snap: &Snapshot, ctx: &Context) -> Result<Action, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::snapshot::{ClaimRef, LocalStorage, StatefulSetRef, Workload};
+    use crate::api::snapshot::{ClaimRef, CopyMethod, LocalStorage, StatefulSetRef, Workload};
 
     pub(crate) fn storage() -> Storage {
         Storage {
@@ -1067,6 +1054,7 @@ mod tests {
 mod mock {
     //! Reconciliations against a mock API server: every request asserted.
     use super::*;
+    use crate::api::snapshot::CopyMethod;
     use crate::controller::FINALIZER;
     use crate::controller::cluster::Cluster;
     use crate::controller::config::OperatorConfig;
@@ -1944,7 +1932,7 @@ mod mock {
 
     #[tokio::test]
     async fn copy_method_clone_reads_a_clone_made_when_the_mover_starts_and_deleted_after() {
-        let clone = super::clone::name(&cloning(Value::Null, false), "qdrant-0");
+        let clone = super::copy::clone::name(&cloning(Value::Null, false), "qdrant-0");
         let source = json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
             "metadata": {"name": "data-qdrant-0", "namespace": "ns"},
             "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": "csi-rbd",
@@ -2046,8 +2034,8 @@ mod mock {
         let mut snap = snapshot(true, Value::Null, false);
         snap.spec.copy_method = CopyMethod::Snapshot;
         snap.spec.volume_snapshot_class_name = Some("csi-snapclass".into());
-        let vs = super::csi::name(&snap, "qdrant-0");
-        let temp = super::clone::name(&snap, "qdrant-0");
+        let vs = super::copy::snapshot::name(&snap, "qdrant-0");
+        let temp = super::copy::clone::name(&snap, "qdrant-0");
         let volume_snapshot = |ready: Option<bool>, error: Option<&str>| {
             json!({"apiVersion": "snapshot.storage.k8s.io/v1", "kind": "VolumeSnapshot",
                 "metadata": {"name": vs, "namespace": "ns"},

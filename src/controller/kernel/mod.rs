@@ -2,11 +2,13 @@
 //! [`Reconciled`] trait and the driver that runs it behind the finalizer, status writing,
 //! and the object helpers (`create_if_absent`, `delete_if_there`).
 
+mod admission;
 mod context;
 mod error;
 mod objects;
 mod reconciled;
 
+pub use admission::trusted;
 pub use context::{Clock, Context, Wake};
 pub use error::Error;
 pub use objects::{create_if_absent, delete_if_there, patch_status};

@@ -1,5 +1,6 @@
-//! `copyMethod: Clone` and `Snapshot`: each node's mover reads a temporary claim whose
-//! `dataSource` is the node's claim (CSI volume cloning) or its VolumeSnapshot (see `csi`),
+//! `copyMethod: Clone` (and the claim `Snapshot` makes): each node's mover reads a temporary
+//! claim whose `dataSource` is the node's claim (CSI volume cloning) or its VolumeSnapshot
+//! (see [`super::snapshot`]),
 //! made when the mover starts and deleted once the node's archive is done or the Snapshot
 //! goes. Its name is derived from the Snapshot and the node, so that a restarted operator
 //! finds it; it is owned by the Snapshot, so that Kubernetes collects one the operator could
@@ -14,8 +15,11 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, DeleteParams};
 use kube::{Resource, ResourceExt};
 
-use super::{Context, Error, create_if_absent, mover};
-use crate::api::snapshot::Snapshot;
+use async_trait::async_trait;
+
+use super::method::Method;
+use crate::api::snapshot::{ArchiveStatus, Snapshot};
+use crate::controller::{Context, Error, create_if_absent, delete_if_there, mover};
 
 /// The name of the clone of `node`'s claim (pure).
 pub fn name(snap: &Snapshot, node: &str) -> String {
@@ -117,6 +121,27 @@ pub async fn ensure(
 pub async fn delete(ctx: &Context, snap: &Snapshot, node: &str) -> Result<(), Error> {
     let ns = snap.namespace().unwrap_or_default();
     let api: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ns);
-    super::delete_if_there(&api, &name(snap, node), &DeleteParams::default()).await?;
+    delete_if_there(&api, &name(snap, node), &DeleteParams::default()).await?;
     Ok(())
+}
+
+/// `copyMethod: Clone`: the mover reads a clone of the node's claim.
+pub struct Cloned;
+
+#[async_trait]
+impl Method for Cloned {
+    async fn source_claim(
+        &self,
+        ctx: &Context,
+        snap: &Snapshot,
+        archive: &ArchiveStatus,
+    ) -> Result<Result<Option<String>, String>, Error> {
+        Ok(ensure(ctx, snap, &archive.node, &archive.claim, None)
+            .await?
+            .map(Some))
+    }
+
+    async fn release(&self, ctx: &Context, snap: &Snapshot, node: &str) -> Result<(), Error> {
+        delete(ctx, snap, node).await
+    }
 }

@@ -1,6 +1,6 @@
 //! `copyMethod: Snapshot`: each node's claim is first snapshotted by its CSI driver (a
 //! `VolumeSnapshot`, `snapshot.storage.k8s.io/v1`), and the mover reads a claim made from
-//! that VolumeSnapshot (see `clone`); both are deleted once the node's archive is done or the
+//! that VolumeSnapshot (see [`super::clone`]); both are deleted once the node's archive is done or the
 //! Snapshot goes. Only the few fields used are defined here: the types are not in
 //! k8s-openapi.
 
@@ -12,8 +12,12 @@ use kube::{CustomResource, Resource, ResourceExt};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::{Context, Error, create_if_absent, mover};
-use crate::api::snapshot::Snapshot;
+use async_trait::async_trait;
+
+use super::clone;
+use super::method::{Method, Prepared};
+use crate::api::snapshot::{ArchiveStatus, Snapshot};
+use crate::controller::{Context, Error, create_if_absent, delete_if_there, mover};
 
 /// A CSI snapshot of a claim (the fields the operator uses).
 #[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
@@ -64,28 +68,17 @@ pub fn name(snap: &Snapshot, node: &str) -> String {
     mover::job_name("vs", &snap.name_any(), node)
 }
 
-/// Where a node's VolumeSnapshot stands.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Readiness {
-    /// Ready to make a claim from.
-    Ready,
-    /// Not yet: what it waits for.
-    Waiting(String),
-    /// It failed: why.
-    Failed(String),
-}
-
 /// Where `found` stands (pure).
-pub fn readiness(found: &VolumeSnapshot) -> Readiness {
+pub fn readiness(found: &VolumeSnapshot) -> Prepared {
     let name = found.name_any();
     let status = found.status.clone().unwrap_or_default();
     if let Some(message) = status.error.and_then(|e| e.message) {
-        return Readiness::Failed(format!("VolumeSnapshot {name} failed: {message}"));
+        return Prepared::Failed(format!("VolumeSnapshot {name} failed: {message}"));
     }
     if status.ready_to_use == Some(true) {
-        Readiness::Ready
+        Prepared::Ready
     } else {
-        Readiness::Waiting(format!("waiting for VolumeSnapshot {name} to be ready"))
+        Prepared::Waiting(format!("waiting for VolumeSnapshot {name} to be ready"))
     }
 }
 
@@ -124,7 +117,7 @@ pub async fn ensure(
     snap: &Snapshot,
     node: &str,
     claim: &str,
-) -> Result<Readiness, Error> {
+) -> Result<Prepared, Error> {
     let ns = snap.namespace().unwrap_or_default();
     let api: Api<VolumeSnapshot> = Api::namespaced(ctx.client.clone(), &ns);
     if let Some(found) = api.get_opt(&name(snap, node)).await? {
@@ -133,7 +126,7 @@ pub async fn ensure(
     let vs = volume_snapshot(snap, node, claim);
     Ok(match create_if_absent(&api, &vs).await? {
         Some(created) => readiness(&created),
-        None => Readiness::Waiting(format!(
+        None => Prepared::Waiting(format!(
             "waiting for VolumeSnapshot {} to be ready",
             vs.name_any()
         )),
@@ -144,6 +137,49 @@ pub async fn ensure(
 pub async fn delete(ctx: &Context, snap: &Snapshot, node: &str) -> Result<(), Error> {
     let ns = snap.namespace().unwrap_or_default();
     let api: Api<VolumeSnapshot> = Api::namespaced(ctx.client.clone(), &ns);
-    super::delete_if_there(&api, &name(snap, node), &DeleteParams::default()).await?;
+    delete_if_there(&api, &name(snap, node), &DeleteParams::default()).await?;
     Ok(())
+}
+
+/// `copyMethod: Snapshot`: a VolumeSnapshot of the node's claim, ready before the mover takes
+/// a slot, then a claim made from it that the mover reads.
+pub struct FromVolumeSnapshot;
+
+#[async_trait]
+impl Method for FromVolumeSnapshot {
+    fn volume_snapshot(&self, snap: &Snapshot, node: &str) -> Option<String> {
+        Some(name(snap, node))
+    }
+
+    async fn prepare(
+        &self,
+        ctx: &Context,
+        snap: &Snapshot,
+        archive: &ArchiveStatus,
+    ) -> Result<Prepared, Error> {
+        let readiness = ensure(ctx, snap, &archive.node, &archive.claim).await?;
+        if let Prepared::Failed(_) = readiness {
+            delete(ctx, snap, &archive.node).await?;
+        }
+        Ok(readiness)
+    }
+
+    async fn source_claim(
+        &self,
+        ctx: &Context,
+        snap: &Snapshot,
+        archive: &ArchiveStatus,
+    ) -> Result<Result<Option<String>, String>, Error> {
+        let from = name(snap, &archive.node);
+        Ok(
+            clone::ensure(ctx, snap, &archive.node, &archive.claim, Some(&from))
+                .await?
+                .map(Some),
+        )
+    }
+
+    async fn release(&self, ctx: &Context, snap: &Snapshot, node: &str) -> Result<(), Error> {
+        clone::delete(ctx, snap, node).await?;
+        delete(ctx, snap, node).await
+    }
 }

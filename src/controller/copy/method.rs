@@ -1,0 +1,58 @@
+//! The interface of a copy method.
+
+use async_trait::async_trait;
+
+use crate::api::snapshot::{ArchiveStatus, Snapshot};
+use crate::controller::{Context, Error};
+
+/// Where a node's preparation stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Prepared {
+    /// Its mover may start.
+    Ready,
+    /// Not yet: what it waits for.
+    Waiting(String),
+    /// It failed: why.
+    Failed(String),
+}
+
+/// What a copy method does around each node's mover. Every step has a default that does
+/// nothing: a method overrides what it needs.
+#[async_trait]
+pub trait Method: Send + Sync {
+    /// Whether the workload is stopped for the time of the snapshot.
+    fn stops_workload(&self) -> bool {
+        false
+    }
+
+    /// The VolumeSnapshot the method makes of `node`'s claim, if it makes one.
+    fn volume_snapshot(&self, _snap: &Snapshot, _node: &str) -> Option<String> {
+        None
+    }
+
+    /// Makes what the node needs before its mover takes a slot.
+    async fn prepare(
+        &self,
+        _ctx: &Context,
+        _snap: &Snapshot,
+        _archive: &ArchiveStatus,
+    ) -> Result<Prepared, Error> {
+        Ok(Prepared::Ready)
+    }
+
+    /// The claim the node's mover reads instead of the node's own (`None`: its own), or why
+    /// there is nothing to read.
+    async fn source_claim(
+        &self,
+        _ctx: &Context,
+        _snap: &Snapshot,
+        _archive: &ArchiveStatus,
+    ) -> Result<Result<Option<String>, String>, Error> {
+        Ok(Ok(None))
+    }
+
+    /// Deletes what was made for the node's mover.
+    async fn release(&self, _ctx: &Context, _snap: &Snapshot, _node: &str) -> Result<(), Error> {
+        Ok(())
+    }
+}
