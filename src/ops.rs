@@ -436,7 +436,11 @@ async fn mover_restore(
         location: Some(from),
         size: Some(restored.archive_bytes),
         checksum: Some(restored.checksum),
-        outcome: Some(if all_skipped { "Skipped" } else { "Restored" }.into()),
+        outcome: Some(if all_skipped {
+            Outcome::Skipped
+        } else {
+            Outcome::Restored
+        }),
         reason: (!skipped.is_empty()).then(|| skipped.join("; ")),
         ..MoverReport::default()
     })

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::ENV_PREFIX;
 use crate::engine::manifest::{Format, SnapshotIdentity};
-use crate::engine::restore::{Limits, Priority};
+use crate::engine::restore::{Limits, Outcome, Priority};
 
 /// Where a mover writes its report (the container's termination message).
 pub const TERMINATION_LOG: &str = "/dev/termination-log";
@@ -364,7 +364,7 @@ pub struct MoverReport {
     pub checksum: Option<String>,
     /// Restores: `Restored` or `Skipped`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub outcome: Option<String>,
+    pub outcome: Option<Outcome>,
     /// Restores: why it was skipped.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,

@@ -27,6 +27,7 @@ use crate::api::restore::{
 };
 use crate::api::snapshot::{ArchivePhase, Phase, Snapshot, StatefulSetRef, Storage};
 use crate::engine::name;
+use crate::engine::restore::Outcome;
 use crate::protocol::{MoverTask, RestoreTask, TERMINATION_LOG};
 
 const RECHECK: Duration = Duration::from_secs(10);
@@ -295,7 +296,7 @@ pub fn next_node(entry: &NodeRestore, mover: Option<&Mover>, started: bool) -> N
             let report = mover.report();
             n.bytes = report.size.and_then(|s| i64::try_from(s).ok());
             if succeeded {
-                n.phase = if report.outcome.as_deref() == Some("Skipped") {
+                n.phase = if report.outcome == Some(Outcome::Skipped) {
                     NodePhase::Skipped
                 } else {
                     NodePhase::Restored
@@ -316,14 +317,17 @@ pub fn next_node(entry: &NodeRestore, mover: Option<&Mover>, started: bool) -> N
 
 impl Reconciled for SnapshotRestore {
     type Status = SnapshotRestoreStatus;
+    type Phase = RestorePhase;
     const ACTION: &'static str = "Restore";
 
     fn current(&self) -> Option<&SnapshotRestoreStatus> {
         self.status.as_ref()
     }
 
-    fn phase_and_ready(status: &SnapshotRestoreStatus) -> (String, Option<&Condition>) {
-        (format!("{:?}", status.phase), status.conditions.first())
+    fn phase_and_ready(
+        status: &SnapshotRestoreStatus,
+    ) -> (Option<RestorePhase>, Option<&Condition>) {
+        (status.phase, status.conditions.first())
     }
 
     async fn apply(&self, ctx: &Context) -> Result<Action, Error> {
@@ -657,14 +661,8 @@ async fn run_movers(
     ctx: &Context,
     plan: &RestorePlan,
 ) -> Result<(Vec<NodeRestore>, Vec<Option<Mover>>), Error> {
-    let uid = restore.uid().unwrap_or_default();
-    let mut movers: Vec<Option<Mover>> = Vec::new();
-    for e in &plan.entries {
-        movers.push(
-            ctx.mover(&plan.namespace, &job_name(restore, &e.node), &uid)
-                .await?,
-        );
-    }
+    let names = plan.entries.iter().map(|e| job_name(restore, &e.node));
+    let movers = ctx.movers_of(restore, names).await?;
     let mut next = Vec::new();
     // Who the movers act as: read once a mover starts.
     let mut security: Option<PodSecurityContext> = None;

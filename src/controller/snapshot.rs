@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Pod, PodSecurityContext};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{Api, ListParams};
@@ -328,14 +329,15 @@ pub fn invalid_status(snap: &Snapshot, message: &str, now: Time) -> SnapshotStat
 
 impl Reconciled for Snapshot {
     type Status = SnapshotStatus;
+    type Phase = Phase;
     const ACTION: &'static str = "Snapshot";
 
     fn current(&self) -> Option<&SnapshotStatus> {
         self.status.as_ref()
     }
 
-    fn phase_and_ready(status: &SnapshotStatus) -> (String, Option<&Condition>) {
-        (format!("{:?}", status.phase), status.conditions.first())
+    fn phase_and_ready(status: &SnapshotStatus) -> (Option<Phase>, Option<&Condition>) {
+        (status.phase, status.conditions.first())
     }
 
     async fn apply(&self, ctx: &Context) -> Result<Action, Error> {
@@ -371,38 +373,14 @@ async fn apply(snap: &Snapshot, ctx: &Context) -> Result<Action, Error> {
         Ok(resolved) => resolved,
         Err(message) => return invalid(snap, ctx, &message).await,
     };
-    let (ns, uid) = (
-        snap.namespace().unwrap_or_default(),
-        snap.uid().unwrap_or_default(),
-    );
-    let mut movers: Vec<Option<Mover>> = Vec::new();
-    for a in &archives {
-        movers.push(ctx.mover(&ns, &job_name(snap, &a.node), &uid).await?);
-    }
+    let ns = snap.namespace().unwrap_or_default();
+    let names = archives.iter().map(|a| job_name(snap, &a.node));
+    let movers = ctx.movers_of(snap, names).await?;
     // copyMethod Stop: the StatefulSet stopped before the movers start.
-    let mut pods = None;
-    // Once every node's mover has started, the workload is stopped already (or being started
-    // again): never stopped a second time.
-    let to_start = archives.iter().any(|a| a.phase == ArchivePhase::Pending);
-    if let Some(sts) = stop_target(&snap.spec).filter(|_| to_start) {
-        let listed = Api::<Pod>::namespaced(ctx.client.clone(), &ns)
-            .list(&ListParams::default())
-            .await?
-            .items;
-        let claims: Vec<String> = archives.iter().map(|a| a.claim.clone()).collect();
-        let status = |replicas: Option<i32>, message: String| {
-            let now = Time(ctx.now());
-            stopping_status(snap, archives.clone(), &storage, (replicas, message), now)
-        };
-        let recorded = old.stopped_replicas;
-        let first = archives.iter().find(|a| a.phase == ArchivePhase::Pending);
-        let first = first.map(|a| (a.node.as_str(), job_name(snap, &a.node)));
-        let stopping = (&claims[..], &listed[..], first);
-        if let Some(action) = stop::stop(ctx, snap, &sts.name, recorded, stopping, status).await? {
-            return Ok(action);
-        }
-        pods = Some(listed);
-    }
+    let pods = match stop_first(snap, ctx, &archives, &storage).await? {
+        Stopping::Done(pods) => pods,
+        Stopping::Waiting(action) => return Ok(action),
+    };
     let steps = plan(&archives, &movers);
     let next = act(snap, ctx, (&archives, &steps), &storage, pods).await?;
     // Started again once every archive is done, whatever the outcome, before that is said.
@@ -414,22 +392,75 @@ async fn apply(snap: &Snapshot, ctx: &Context) -> Result<Action, Error> {
     let status = next_status(snap, next, &storage, Time(ctx.now()));
     if write_status(ctx, snap, &status).await? {
         // Written on condition of the status read: counted once.
-        for ((archive, step), mover) in archives.iter().zip(&steps).zip(&movers) {
-            if let (NodeStep::Finished { succeeded, report }, Some(m)) = (step, mover) {
-                ctx.metrics
-                    .mover_finished("snapshot", jobs::duration(&m.job));
-                if *succeeded && report.key.is_some() {
-                    ctx.metrics.archived(report.size.unwrap_or(0));
-                }
-                tracing::info!(node = %archive.node, succeeded, "snapshot mover finished");
-            }
-        }
+        count_finished(ctx, &archives, &steps, &movers);
     }
     Ok(match status.phase {
         Some(Phase::Running) => Action::requeue(RUNNING_RECHECK),
         Some(Phase::Pending) => Action::requeue(PENDING_RECHECK),
         _ => Action::await_change(),
     })
+}
+
+/// Where stopping the workload stands before the movers start.
+enum Stopping {
+    /// Stopped, or nothing to stop: the namespace's pods, if they were listed.
+    Done(Option<Vec<Pod>>),
+    /// Not yet: look again then.
+    Waiting(Action),
+}
+
+/// Stops the StatefulSet first when the copy method says so, until every node's mover has
+/// started (after that, the workload is stopped already or being started again: never
+/// stopped a second time).
+async fn stop_first(
+    snap: &Snapshot,
+    ctx: &Context,
+    archives: &[ArchiveStatus],
+    storage: &Storage,
+) -> Result<Stopping, Error> {
+    let to_start = archives.iter().any(|a| a.phase == ArchivePhase::Pending);
+    let Some(sts) = stop_target(&snap.spec).filter(|_| to_start) else {
+        return Ok(Stopping::Done(None));
+    };
+    let ns = snap.namespace().unwrap_or_default();
+    let listed = Api::<Pod>::namespaced(ctx.client.clone(), &ns)
+        .list(&ListParams::default())
+        .await?
+        .items;
+    let claims: Vec<String> = archives.iter().map(|a| a.claim.clone()).collect();
+    let status = |replicas: Option<i32>, message: String| {
+        let now = Time(ctx.now());
+        stopping_status(snap, archives.to_vec(), storage, (replicas, message), now)
+    };
+    let recorded = snap.status.as_ref().and_then(|s| s.stopped_replicas);
+    let first = archives.iter().find(|a| a.phase == ArchivePhase::Pending);
+    let first = first.map(|a| (a.node.as_str(), job_name(snap, &a.node)));
+    let stopping = (&claims[..], &listed[..], first);
+    Ok(
+        match stop::stop(ctx, snap, &sts.name, recorded, stopping, status).await? {
+            Some(action) => Stopping::Waiting(action),
+            None => Stopping::Done(Some(listed)),
+        },
+    )
+}
+
+/// Counts the movers that finished in this pass, in the metrics.
+fn count_finished(
+    ctx: &Context,
+    archives: &[ArchiveStatus],
+    steps: &[NodeStep],
+    movers: &[Option<Mover>],
+) {
+    for ((archive, step), mover) in archives.iter().zip(steps).zip(movers) {
+        if let (NodeStep::Finished { succeeded, report }, Some(m)) = (step, mover) {
+            ctx.metrics
+                .mover_finished("snapshot", jobs::duration(&m.job));
+            if *succeeded && report.key.is_some() {
+                ctx.metrics.archived(report.size.unwrap_or(0));
+            }
+            tracing::info!(node = %archive.node, succeeded, "snapshot mover finished");
+        }
+    }
 }
 
 /// The storage and the nodes' archive entries (as first resolved), or why the spec cannot be
@@ -756,25 +787,8 @@ async fn cleanup(snap: &Snapshot, ctx: &Context) -> Result<Action, Error> {
     let name = mover::job_name("del", &snap.name_any(), "all");
     let Some(m) = ctx.mover(&ns, &name, &uid).await? else {
         if ctx.take_slot(snap, "all", &name) {
-            let task = MoverTask::Delete(DeleteTask {
-                keys,
-                termination_log: TERMINATION_LOG.into(),
-            });
-            let spec = MoverJob {
-                name,
-                namespace: ns,
-                owner: snap
-                    .controller_owner_ref(&())
-                    .expect("a stored Snapshot has a UID"),
-                owner_uid: uid,
-                node: "all",
-                task,
-                data: None,
-                storage: &storage,
-                pin_to: None,
-                security: mover::security(None, None, &ctx.config.mover),
-            };
-            match jobs::create(&ctx.client, &mover::job(&spec, &ctx.config.mover)).await {
+            let job = delete_mover(snap, ctx, name, keys, &storage);
+            match jobs::create(&ctx.client, &job).await {
                 Err(e) if jobs::namespace_terminating(&e) => {
                     left_with_namespace(snap, &storage);
                     return Ok(Action::await_change());
@@ -814,6 +828,35 @@ async fn cleanup(snap: &Snapshot, ctx: &Context) -> Result<Action, Error> {
             Err(Error::CleanupFailed(message))
         }
     }
+}
+
+/// The Job of the mover `name` that deletes the archives `keys` of `storage`.
+fn delete_mover(
+    snap: &Snapshot,
+    ctx: &Context,
+    name: String,
+    keys: Vec<String>,
+    storage: &Storage,
+) -> Job {
+    let task = MoverTask::Delete(DeleteTask {
+        keys,
+        termination_log: TERMINATION_LOG.into(),
+    });
+    let spec = MoverJob {
+        name,
+        namespace: snap.namespace().unwrap_or_default(),
+        owner: snap
+            .controller_owner_ref(&())
+            .expect("a stored Snapshot has a UID"),
+        owner_uid: snap.uid().unwrap_or_default(),
+        node: "all",
+        task,
+        data: None,
+        storage,
+        pin_to: None,
+        security: mover::security(None, None, &ctx.config.mover),
+    };
+    mover::job(&spec, &ctx.config.mover)
 }
 
 #[cfg(test)]

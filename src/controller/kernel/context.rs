@@ -150,6 +150,22 @@ impl Context {
         Ok(Some(mover))
     }
 
+    /// The mover Jobs `names` of `owner`, each with its pods, if it exists.
+    pub async fn movers_of<K: Resource<DynamicType = ()>>(
+        &self,
+        owner: &K,
+        names: impl Iterator<Item = String>,
+    ) -> Result<Vec<Option<Mover>>, Error> {
+        let meta = owner.meta();
+        let ns = meta.namespace.clone().unwrap_or_default();
+        let uid = meta.uid.clone().unwrap_or_default();
+        let mut movers = Vec::new();
+        for name in names {
+            movers.push(self.mover(&ns, &name, &uid).await?);
+        }
+        Ok(movers)
+    }
+
     /// A mover Job changed (as the store now shows it): its owner looks at it, and a slot
     /// it freed goes to the next in line.
     pub(in crate::controller) fn mover_changed(&self, job: &Job) {

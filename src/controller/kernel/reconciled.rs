@@ -35,6 +35,8 @@ pub trait Reconciled:
 {
     /// Its status.
     type Status: Serialize + PartialEq + Send + Sync;
+    /// Its phase.
+    type Phase: PartialEq;
     /// The name of its action in events (`Snapshot`, `Restore`).
     const ACTION: &'static str;
 
@@ -45,7 +47,7 @@ pub trait Reconciled:
     /// The status as read.
     fn current(&self) -> Option<&Self::Status>;
     /// A status's phase, and its `Ready` condition.
-    fn phase_and_ready(status: &Self::Status) -> (String, Option<&Condition>);
+    fn phase_and_ready(status: &Self::Status) -> (Option<Self::Phase>, Option<&Condition>);
 }
 
 /// Writes `status` if it differs from the one read (on condition that the object is still

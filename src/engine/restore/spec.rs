@@ -85,7 +85,7 @@ pub struct RestoreSpec {
 }
 
 /// The outcome for one collection on this node.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Outcome {
     Restored,
     Skipped,
