@@ -13,7 +13,7 @@ use serde::Serialize;
 
 use crate::config::{Config, ConfigError};
 use crate::engine::manifest::Format;
-use crate::engine::restore::{Limits, Outcome, Priority, RestoreSpec, Selection};
+use crate::engine::restore::{Limits, Outcome, Priority, RestoreSpec, Restored, Selection};
 use crate::engine::{name, readahead};
 use crate::format::human_bytes;
 use crate::ops::{self, OpsError, Progress, SnapshotRequest};
@@ -597,14 +597,7 @@ async fn download(args: DownloadArgs, storage: &dyn Storage) -> Result<ExitCode>
     })?;
     crate::storage::check_digest(&location, expected.as_deref(), &hashed.sha256)?;
     if let Some(temp) = &partial {
-        let file_name = target.file_name().unwrap_or_default();
-        temp.file()
-            .sync_all()
-            .and_then(|()| temp.persist(file_name))
-            .map_err(|source| CliError::Output {
-                path: target.clone(),
-                source,
-            })?;
+        keep(temp, &target)?;
         eprintln!(
             "downloaded {} to {} ({}, sha256 verified: {})",
             location,
@@ -618,6 +611,20 @@ async fn download(args: DownloadArgs, storage: &dyn Storage) -> Result<ExitCode>
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Makes the verified download `temp` durable, renamed over `target`.
+fn keep(temp: &crate::safefs::TempFile, target: &Path) -> Result<()> {
+    let file_name = target.file_name().unwrap_or_default();
+    temp.file()
+        .sync_all()
+        .and_then(|()| temp.persist(file_name))
+        .map_err(|source| {
+            Box::new(CliError::Output {
+                path: target.to_owned(),
+                source,
+            })
+        })
 }
 
 /// A new file of a random name beside `target` (in the directory named with it, as given).
@@ -712,13 +719,8 @@ fn split_snapshot_arg(arg: &str) -> Result<(&str, &str)> {
         })
 }
 
-async fn restore(args: RestoreArgs, config: &Config) -> Result<ExitCode> {
-    let (storage, s3) = crate::storage::open(&config.storage).await?;
-    let priority = if args.force_snapshot {
-        Some(Priority::Snapshot)
-    } else {
-        args.priority
-    };
+/// The restores `args` ask for: each archive's location and what to restore from it.
+fn restore_jobs(args: &RestoreArgs) -> Result<Vec<(String, Selection)>> {
     let mut jobs = Vec::new();
     for arg in &args.snapshot {
         let (location, collection) = split_snapshot_arg(arg)?;
@@ -743,6 +745,43 @@ async fn restore(args: RestoreArgs, config: &Config) -> Result<ExitCode> {
             "--checksum applies to one snapshot; restore them one at a time".into(),
         )));
     }
+    Ok(jobs)
+}
+
+/// What a restore did, as text.
+fn print_restored(restored: &Restored, from: &str, storage_path: &Path) {
+    for c in &restored.collections {
+        match c.outcome {
+            Outcome::Restored => println!(
+                "restored {} into {} from {from} ({}, sha256 {})",
+                c.collection,
+                storage_path.display(),
+                human_bytes(restored.archive_bytes),
+                restored.checksum
+            ),
+            Outcome::Skipped => println!(
+                "skipped {}: {}",
+                c.collection,
+                c.reason.as_deref().unwrap_or_default()
+            ),
+        }
+    }
+    if restored.collections.is_empty() {
+        println!(
+            "restored {} from {from} (no collections in it)",
+            storage_path.display()
+        );
+    }
+}
+
+async fn restore(args: RestoreArgs, config: &Config) -> Result<ExitCode> {
+    let (storage, s3) = crate::storage::open(&config.storage).await?;
+    let priority = if args.force_snapshot {
+        Some(Priority::Snapshot)
+    } else {
+        args.priority
+    };
+    let jobs = restore_jobs(&args)?;
     let ctx = Context {
         storage,
         snapshots_path: config.storage.snapshots_path.clone(),
@@ -770,28 +809,7 @@ async fn restore(args: RestoreArgs, config: &Config) -> Result<ExitCode> {
         bar.finish();
         let restored = restored?;
         if args.output == Output::Text {
-            for c in &restored.collections {
-                match c.outcome {
-                    Outcome::Restored => println!(
-                        "restored {} into {} from {from} ({}, sha256 {})",
-                        c.collection,
-                        args.storage_path.display(),
-                        human_bytes(restored.archive_bytes),
-                        restored.checksum
-                    ),
-                    Outcome::Skipped => println!(
-                        "skipped {}: {}",
-                        c.collection,
-                        c.reason.as_deref().unwrap_or_default()
-                    ),
-                }
-            }
-            if restored.collections.is_empty() {
-                println!(
-                    "restored {} from {from} (no collections in it)",
-                    args.storage_path.display()
-                );
-            }
+            print_restored(&restored, &from, &args.storage_path);
         }
         results.push(restored);
     }

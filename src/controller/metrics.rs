@@ -70,73 +70,61 @@ pub struct Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         let mut registry = Registry::default();
-        let reconciliations = Family::default();
-        registry.register(
+        let mut reg = Registrar(&mut registry);
+        let reconciliations = reg.add(
             "snapshot_operator_reconciliations",
             "Reconciliations, by resource",
-            reconciliations.clone(),
+            Family::default(),
         );
-        let failures = Family::default();
-        registry.register(
+        let failures = reg.add(
             "snapshot_operator_reconcile_failures",
             "Failed reconciliations and invalid specs, by resource and reason",
-            failures.clone(),
+            Family::default(),
         );
-        let reconcile_duration: Histograms<ResourceLabel> =
-            Family::new_with_constructor(|| Histogram::new(RECONCILE_BUCKETS));
-        registry.register(
+        let reconcile_duration: Histograms<ResourceLabel> = reg.add(
             "snapshot_operator_reconcile_duration_seconds",
             "Time one reconciliation takes, by resource",
-            reconcile_duration.clone(),
+            Family::new_with_constructor(|| Histogram::new(RECONCILE_BUCKETS)),
         );
-        let archived = Counter::default();
-        registry.register(
+        let archived = reg.add(
             "snapshot_operator_archived_bytes",
             "Bytes of archives stored by snapshot movers",
-            archived.clone(),
+            Counter::default(),
         );
-        let restored = Counter::default();
-        registry.register(
+        let restored = reg.add(
             "snapshot_operator_restored_bytes",
             "Bytes of archives restored by restore movers",
-            restored.clone(),
+            Counter::default(),
         );
-        let mover_duration: Histograms<OperationLabel> =
-            Family::new_with_constructor(|| Histogram::new(MOVER_BUCKETS));
-        registry.register(
+        let mover_duration: Histograms<OperationLabel> = reg.add(
             "snapshot_operator_mover_duration_seconds",
             "Time from a mover Job's start to its end, by operation",
-            mover_duration.clone(),
+            Family::new_with_constructor(|| Histogram::new(MOVER_BUCKETS)),
         );
-        let watch_errors = Family::default();
-        registry.register(
+        let watch_errors = reg.add(
             "snapshot_operator_watch_errors",
             "Failed list or watch requests (each retried with backoff), by resource",
-            watch_errors.clone(),
+            Family::default(),
         );
-        let imported = Counter::default();
-        registry.register(
+        let imported = reg.add(
             "snapshot_operator_imported_snapshots",
             "Snapshots created by the catalog import from the default storage",
-            imported.clone(),
+            Counter::default(),
         );
-        let import_failures = Counter::default();
-        registry.register(
+        let import_failures = reg.add(
             "snapshot_operator_import_failures",
             "Catalog import passes that failed (each retried after the interval)",
-            import_failures.clone(),
+            Counter::default(),
         );
-        let missed_runs = Family::default();
-        registry.register(
+        let missed_runs = reg.add(
             "snapshot_operator_schedule_missed_runs",
             "Runs of a SnapshotSchedule not taken (past the starting deadline, or the previous Snapshot still running)",
-            missed_runs.clone(),
+            Family::default(),
         );
-        let last_success = Family::default();
-        registry.register(
+        let last_success = reg.add(
             "snapshot_operator_schedule_last_success_timestamp_seconds",
             "When the newest successful Snapshot of a SnapshotSchedule completed (Unix time)",
-            last_success.clone(),
+            Family::default(),
         );
         Self {
             registry,
@@ -153,6 +141,22 @@ impl Default for Metrics {
             last_success,
             ready: AtomicBool::new(false),
         }
+    }
+}
+
+/// Registers metrics.
+struct Registrar<'r>(&'r mut Registry);
+
+impl Registrar<'_> {
+    /// `metric`, registered as `name` with `help`.
+    fn add<M: prometheus_client::registry::Metric + Clone>(
+        &mut self,
+        name: &str,
+        help: &str,
+        metric: M,
+    ) -> M {
+        self.0.register(name, help, metric.clone());
+        metric
     }
 }
 

@@ -162,83 +162,102 @@ fn plan(
         must_write(root, Path::new(""))?;
     }
     let mut steps = Vec::new();
-    for Unit {
-        collection,
-        rel,
-        described,
-    } in units
-    {
-        // A shard's collection may be absent, or a file, or a link: found before anything
-        // changes.
-        let mut closest = Path::new("");
-        for parent in parents(&rel) {
-            match inspect(root, parent)? {
-                Found::Absent => break,
-                Found::EmptyDir | Found::Dir => closest = parent,
-                Found::File => return Err(refuse(root, parent, "a file, not a directory")),
-                Found::Other(why) => return Err(refuse(root, parent, why)),
-            }
-        }
-        let parent = rel.parent().unwrap_or(Path::new(""));
-        let step = match (inspect(root, &rel)?, spec.priority) {
-            (Found::Other(why), _) => return Err(refuse(root, &rel, why)),
-            (Found::File, _) => {
-                return Err(refuse(
-                    root,
-                    &rel,
-                    "a file, not a directory to restore into",
-                ));
-            }
-            (Found::Absent | Found::EmptyDir, _) => {
-                must_write(root, closest)?;
-                Step::Place(rel)
-            }
-            (Found::Dir, None) => return Err(refuse(root, &rel, EXISTS)),
-            (Found::Dir, Some(Priority::Replica)) => Step::Skip {
-                reason: format!(
-                    "{described} already exists on this node; priority replica keeps \
-                     existing data (use priority snapshot to replace it)"
-                ),
-            },
-            (Found::Dir, Some(Priority::Snapshot)) => {
-                // Both directories change parents: both must be writable, and their parent.
-                must_write(root, parent)?;
-                must_write(root, &rel)?;
-                Step::Exchange(rel)
-            }
-            (Found::Dir, Some(Priority::NoSync)) => {
-                check_merge(root, staging, &rel)?;
-                Step::Merge {
-                    rel,
-                    overwrite: true,
-                }
-            }
-        };
-        steps.push((Some(collection), step));
+    for unit in units {
+        let step = unit_step(spec, root, staging, unit.rel, &unit.described)?;
+        steps.push((Some(unit.collection), step));
     }
     if spec.selection == Selection::Full {
-        if let Some(priority) = spec.priority
-            && let Some(step) = merge_aliases(root, staging, priority)?
-        {
-            steps.push((None, step));
+        steps.extend(storage_steps(spec, root, staging)?);
+    }
+    Ok(steps)
+}
+
+/// The step that restores one collection (or shard) into `rel`, what is in the target
+/// checked first.
+fn unit_step(
+    spec: &RestoreSpec,
+    root: &Dir,
+    staging: &Dir,
+    rel: PathBuf,
+    described: &str,
+) -> Result<Step, RestoreError> {
+    // A shard's collection may be absent, or a file, or a link: found before anything
+    // changes.
+    let mut closest = Path::new("");
+    for parent in parents(&rel) {
+        match inspect(root, parent)? {
+            Found::Absent => break,
+            Found::EmptyDir | Found::Dir => closest = parent,
+            Found::File => return Err(refuse(root, parent, "a file, not a directory")),
+            Found::Other(why) => return Err(refuse(root, parent, why)),
         }
-        for (entry, _) in staging.entries().map_err(write_err(staging.path()))? {
-            if entry == COLLECTIONS_DIR {
-                continue;
-            }
-            let rel = PathBuf::from(entry);
-            check_merge(root, staging, &rel)?;
-            if spec.priority.is_none() && inspect(root, &rel)? != Found::Absent {
-                return Err(refuse(root, &rel, EXISTS));
-            }
-            steps.push((
-                None,
-                Step::Merge {
-                    rel,
-                    overwrite: spec.priority != Some(Priority::Replica),
-                },
+    }
+    let parent = rel.parent().unwrap_or(Path::new(""));
+    Ok(match (inspect(root, &rel)?, spec.priority) {
+        (Found::Other(why), _) => return Err(refuse(root, &rel, why)),
+        (Found::File, _) => {
+            return Err(refuse(
+                root,
+                &rel,
+                "a file, not a directory to restore into",
             ));
         }
+        (Found::Absent | Found::EmptyDir, _) => {
+            must_write(root, closest)?;
+            Step::Place(rel)
+        }
+        (Found::Dir, None) => return Err(refuse(root, &rel, EXISTS)),
+        (Found::Dir, Some(Priority::Replica)) => Step::Skip {
+            reason: format!(
+                "{described} already exists on this node; priority replica keeps \
+                 existing data (use priority snapshot to replace it)"
+            ),
+        },
+        (Found::Dir, Some(Priority::Snapshot)) => {
+            // Both directories change parents: both must be writable, and their parent.
+            must_write(root, parent)?;
+            must_write(root, &rel)?;
+            Step::Exchange(rel)
+        }
+        (Found::Dir, Some(Priority::NoSync)) => {
+            check_merge(root, staging, &rel)?;
+            Step::Merge {
+                rel,
+                overwrite: true,
+            }
+        }
+    })
+}
+
+/// A full-storage restore's steps beside the collections: the aliases, and what else the
+/// storage directory holds.
+fn storage_steps(
+    spec: &RestoreSpec,
+    root: &Dir,
+    staging: &Dir,
+) -> Result<Vec<(Option<String>, Step)>, RestoreError> {
+    let mut steps = Vec::new();
+    if let Some(priority) = spec.priority
+        && let Some(step) = merge_aliases(root, staging, priority)?
+    {
+        steps.push((None, step));
+    }
+    for (entry, _) in staging.entries().map_err(write_err(staging.path()))? {
+        if entry == COLLECTIONS_DIR {
+            continue;
+        }
+        let rel = PathBuf::from(entry);
+        check_merge(root, staging, &rel)?;
+        if spec.priority.is_none() && inspect(root, &rel)? != Found::Absent {
+            return Err(refuse(root, &rel, EXISTS));
+        }
+        steps.push((
+            None,
+            Step::Merge {
+                rel,
+                overwrite: spec.priority != Some(Priority::Replica),
+            },
+        ));
     }
     Ok(steps)
 }
@@ -379,29 +398,7 @@ pub fn apply(
     }
     let mut results = Vec::new();
     for (collection, step) in steps {
-        let reason = match step {
-            Step::Place(rel) => {
-                let (target_dir, staged_dir, name) = both_parents(root, staging, &rel)?;
-                if inspect(root, &rel)? == Found::EmptyDir {
-                    target_dir
-                        .remove_dir(name)
-                        .map_err(write_err(&root.join(&rel)))?;
-                }
-                rename(&staged_dir, &target_dir, name, RenameFlags::NOREPLACE)?;
-                None
-            }
-            Step::Exchange(rel) => {
-                let (target_dir, staged_dir, name) = both_parents(root, staging, &rel)?;
-                rename(&staged_dir, &target_dir, name, RenameFlags::EXCHANGE)?;
-                None
-            }
-            Step::Merge { rel, overwrite } => {
-                let (target_dir, staged_dir, name) = both_parents(root, staging, &rel)?;
-                merge(&staged_dir, &target_dir, name, overwrite)?;
-                None
-            }
-            Step::Skip { reason } => Some(reason),
-        };
+        let reason = take(root, staging, step)?;
         if let Some(collection) = collection {
             results.push(CollectionResult {
                 collection,
@@ -426,6 +423,33 @@ pub fn apply(
     apply_fixups(root, fixups)?;
     root.sync_filesystem().map_err(write_err(root.path()))?;
     Ok(results)
+}
+
+/// Carries out one step: `Some(reason)` when it skips.
+fn take(root: &Dir, staging: &Dir, step: Step) -> Result<Option<String>, RestoreError> {
+    Ok(match step {
+        Step::Place(rel) => {
+            let (target_dir, staged_dir, name) = both_parents(root, staging, &rel)?;
+            if inspect(root, &rel)? == Found::EmptyDir {
+                target_dir
+                    .remove_dir(name)
+                    .map_err(write_err(&root.join(&rel)))?;
+            }
+            rename(&staged_dir, &target_dir, name, RenameFlags::NOREPLACE)?;
+            None
+        }
+        Step::Exchange(rel) => {
+            let (target_dir, staged_dir, name) = both_parents(root, staging, &rel)?;
+            rename(&staged_dir, &target_dir, name, RenameFlags::EXCHANGE)?;
+            None
+        }
+        Step::Merge { rel, overwrite } => {
+            let (target_dir, staged_dir, name) = both_parents(root, staging, &rel)?;
+            merge(&staged_dir, &target_dir, name, overwrite)?;
+            None
+        }
+        Step::Skip { reason } => Some(reason),
+    })
 }
 
 /// Gives the directories moved into place the modes they were staged without (deepest

@@ -739,25 +739,7 @@ impl<W: Write> Walker<'_, W> {
                     if in_segments && qdrant::is_segment_id(bytes) {
                         path.extend_from_slice(b".tar");
                         check_path(&path, &abs)?;
-                        let mut entries = vec![
-                            Planned::Dir {
-                                path: b"snapshot/".to_vec(),
-                                mode,
-                                mtime,
-                            },
-                            Planned::Dir {
-                                path: b"snapshot/files/".to_vec(),
-                                mode,
-                                mtime,
-                            },
-                        ];
-                        let files = b"snapshot/files/".to_vec();
-                        entries.extend(self.plan_tree(&sub, child_src, files, false)?);
-                        planned.push(Planned::Tar {
-                            path,
-                            mtime,
-                            entries,
-                        });
+                        planned.push(self.plan_segment(&sub, child_src, path, (mode, mtime))?);
                         continue;
                     }
                     path.push(b'/');
@@ -773,6 +755,36 @@ impl<W: Write> Walker<'_, W> {
             }
         }
         Ok(planned)
+    }
+
+    /// Plans a segment's directory `dir` as the segment tar `path` Qdrant writes: its files
+    /// under `snapshot/files/`, both directories with the segment's mode and time.
+    fn plan_segment(
+        &mut self,
+        dir: &Dir,
+        src: PathBuf,
+        path: Vec<u8>,
+        (mode, mtime): (u32, u64),
+    ) -> Result<Planned, CreateError> {
+        let files = b"snapshot/files/".to_vec();
+        let mut entries = vec![
+            Planned::Dir {
+                path: b"snapshot/".to_vec(),
+                mode,
+                mtime,
+            },
+            Planned::Dir {
+                path: files.clone(),
+                mode,
+                mtime,
+            },
+        ];
+        entries.extend(self.plan_tree(dir, src, files, false)?);
+        Ok(Planned::Tar {
+            path,
+            mtime,
+            entries,
+        })
     }
 
     /// Writes a planned entry; a file that is no longer what was planned (another file, of

@@ -135,6 +135,38 @@ pub fn arrange(
     checked: usize,
 ) -> Result<Arranged, RestoreError> {
     let (kind, full) = classify(staging)?;
+    check_kind(kind, manifest, shard, checked)?;
+    let arranged = plan_moves(staging, kind, full, manifest, selection, shard)?;
+    for (from, to) in &arranged.moves {
+        place(staging, from, to, kind)?;
+    }
+    staging
+        .remove_tree(STAGED)
+        .map_err(write_err(&staging.join(STAGED)))?;
+    for (_, to) in &arranged.moves {
+        match arranged.shard {
+            Some(_) => single_node(staging, to)?,
+            None => {
+                let dir = staging.open_dir(to).map_err(write_err(&staging.join(to)))?;
+                for (entry, kind) in dir.entries().map_err(write_err(dir.path()))? {
+                    if kind == FileType::Directory && qdrant::is_shard_dir(entry.as_bytes()) {
+                        single_node(staging, &to.join(&entry))?;
+                    }
+                }
+            }
+        }
+    }
+    Ok(arranged)
+}
+
+/// Refuses a snapshot whose kind its paths were not checked for, its manifest disagrees
+/// with, or `--shard` does not go with.
+fn check_kind(
+    kind: Kind,
+    manifest: Option<&Manifest>,
+    shard: Option<u32>,
+    checked: usize,
+) -> Result<(), RestoreError> {
     if deeper(Some(kind)) > checked {
         return Err(invalid(
             "the archive",
@@ -160,11 +192,24 @@ pub fn arrange(
     if shard.is_some() && kind != Kind::Shard {
         return Err(RestoreError::NotAShard { found: what(kind) });
     }
+    Ok(())
+}
+
+/// Where each staged directory goes for `selection` (writing a full restore's aliases),
+/// and the shard a shard snapshot is restored as.
+fn plan_moves(
+    staging: &Dir,
+    kind: Kind,
+    full: Option<FullConfig>,
+    manifest: Option<&Manifest>,
+    selection: &Selection,
+    shard: Option<u32>,
+) -> Result<Arranged, RestoreError> {
     let staged = PathBuf::from(STAGED);
     let collections = Path::new(COLLECTIONS_DIR);
     let mut moves = Vec::new();
     let mut shard_of_snapshot = None;
-    match (kind, selection, full) {
+    match (kind, selection, full.as_ref()) {
         (Kind::Collection | Kind::Shard, Selection::Full, _) => {
             return Err(RestoreError::NotFull {
                 collection: manifest
@@ -217,25 +262,6 @@ pub fn arrange(
             }
         }
         (Kind::Full, _, None) => unreachable!("a full snapshot is classified with its config"),
-    }
-    for (from, to) in &moves {
-        place(staging, from, to, kind)?;
-    }
-    staging
-        .remove_tree(STAGED)
-        .map_err(write_err(&staging.join(STAGED)))?;
-    for (_, to) in &moves {
-        match shard_of_snapshot {
-            Some(_) => single_node(staging, to)?,
-            None => {
-                let dir = staging.open_dir(to).map_err(write_err(&staging.join(to)))?;
-                for (entry, kind) in dir.entries().map_err(write_err(dir.path()))? {
-                    if kind == FileType::Directory && qdrant::is_shard_dir(entry.as_bytes()) {
-                        single_node(staging, &to.join(&entry))?;
-                    }
-                }
-            }
-        }
     }
     Ok(Arranged {
         kind,

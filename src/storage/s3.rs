@@ -78,6 +78,64 @@ pub fn prefix_of(path: &str) -> String {
     }
 }
 
+/// The S3 client of `config`: its credentials, region and endpoint, with retries and
+/// timeouts; else what is wrong with `config`.
+async fn sdk_client(config: &S3Config) -> Result<Client, &'static str> {
+    crate::tls::install_crypto_provider();
+    let http = aws_smithy_http_client::Builder::new()
+        .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
+            aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
+        ))
+        .build_https();
+    // The region: configured, else the environment's, else us-east-1 (which S3-compatible
+    // servers accept) -- never a slow instance-metadata lookup.
+    let region = config
+        .region
+        .clone()
+        .or_else(|| std::env::var("AWS_REGION").ok())
+        .or_else(|| std::env::var("AWS_DEFAULT_REGION").ok())
+        .unwrap_or_else(|| "us-east-1".to_owned());
+    let mut loader = aws_config::defaults(BehaviorVersion::latest())
+        .http_client(http)
+        .region(Region::new(region));
+    match (&config.access_key, &config.secret_key) {
+        (Some(access), Some(secret)) => {
+            loader = loader.credentials_provider(Credentials::new(
+                access.expose(),
+                secret.expose(),
+                None,
+                None,
+                "snapshot-operator configuration",
+            ));
+        }
+        (None, None) => {}
+        _ => return Err("set both access_key and secret_key, or neither"),
+    }
+    if let Some(url) = &config.endpoint_url {
+        loader = loader.endpoint_url(url);
+    }
+    let shared = loader.load().await;
+    let builder = aws_sdk_s3::config::Builder::from(&shared)
+        .force_path_style(config.force_path_style.unwrap_or(
+            // S3-compatible servers usually need path-style addressing.
+            config.endpoint_url.is_some() || std::env::var_os("AWS_ENDPOINT_URL").is_some(),
+        ))
+        .retry_config(
+            RetryConfig::standard()
+                .with_max_attempts(5)
+                .with_initial_backoff(Duration::from_millis(200)),
+        )
+        .timeout_config(
+            TimeoutConfig::builder()
+                .connect_timeout(Duration::from_secs(10))
+                .read_timeout(Duration::from_secs(120))
+                .build(),
+        )
+        .request_checksum_calculation(aws_sdk_s3::config::RequestChecksumCalculation::WhenRequired)
+        .response_checksum_validation(aws_sdk_s3::config::ResponseChecksumValidation::WhenRequired);
+    Ok(Client::from_conf(builder.build()))
+}
+
 impl S3Storage {
     /// Connects to the bucket of `config`, keys under `prefix` (see [`prefix_of`]).
     pub async fn connect(config: &S3Config, prefix: String) -> Result<Self, StorageError> {
@@ -107,64 +165,9 @@ impl S3Storage {
         if concurrency == 0 {
             return Err(invalid("upload_concurrency must be at least 1"));
         }
-        crate::tls::install_crypto_provider();
-        let http = aws_smithy_http_client::Builder::new()
-            .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
-                aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
-            ))
-            .build_https();
-        // The region: configured, else the environment's, else us-east-1 (which S3-compatible
-        // servers accept) -- never a slow instance-metadata lookup.
-        let region = config
-            .region
-            .clone()
-            .or_else(|| std::env::var("AWS_REGION").ok())
-            .or_else(|| std::env::var("AWS_DEFAULT_REGION").ok())
-            .unwrap_or_else(|| "us-east-1".to_owned());
-        let mut loader = aws_config::defaults(BehaviorVersion::latest())
-            .http_client(http)
-            .region(Region::new(region));
-        match (&config.access_key, &config.secret_key) {
-            (Some(access), Some(secret)) => {
-                loader = loader.credentials_provider(Credentials::new(
-                    access.expose(),
-                    secret.expose(),
-                    None,
-                    None,
-                    "snapshot-operator configuration",
-                ));
-            }
-            (None, None) => {}
-            _ => return Err(invalid("set both access_key and secret_key, or neither")),
-        }
-        if let Some(url) = &config.endpoint_url {
-            loader = loader.endpoint_url(url);
-        }
-        let shared = loader.load().await;
-        let builder = aws_sdk_s3::config::Builder::from(&shared)
-            .force_path_style(config.force_path_style.unwrap_or(
-                // S3-compatible servers usually need path-style addressing.
-                config.endpoint_url.is_some() || std::env::var_os("AWS_ENDPOINT_URL").is_some(),
-            ))
-            .retry_config(
-                RetryConfig::standard()
-                    .with_max_attempts(5)
-                    .with_initial_backoff(Duration::from_millis(200)),
-            )
-            .timeout_config(
-                TimeoutConfig::builder()
-                    .connect_timeout(Duration::from_secs(10))
-                    .read_timeout(Duration::from_secs(120))
-                    .build(),
-            )
-            .request_checksum_calculation(
-                aws_sdk_s3::config::RequestChecksumCalculation::WhenRequired,
-            )
-            .response_checksum_validation(
-                aws_sdk_s3::config::ResponseChecksumValidation::WhenRequired,
-            );
+        let client = sdk_client(config).await.map_err(invalid)?;
         Ok(Self {
-            client: Client::from_conf(builder.build()),
+            client,
             bucket: config.bucket.clone(),
             prefix,
             endpoint,
@@ -647,17 +650,7 @@ impl S3Storage {
             while let Some(part) = next.take() {
                 number += 1;
                 if number > MAX_PARTS {
-                    return Err(StorageError::S3 {
-                        op: "UploadPart",
-                        location: self.location(key),
-                        endpoint: self.endpoint.clone(),
-                        detail: format!(
-                            "the archive is larger than {MAX_PARTS} parts of {} MiB; raise \
-                             s3_config.part_size_mib",
-                            self.part_size >> 20
-                        ),
-                        source: None,
-                    });
+                    return Err(self.too_many_parts(key));
                 }
                 let this = self.clone();
                 let (key, id) = (key.to_owned(), upload_id.clone());
@@ -691,9 +684,38 @@ impl S3Storage {
             }
         };
         done.sort_by_key(|p| p.part_number());
-        // The claimed sidecar gets the digest, then the archive appears (only if absent).
+        self.complete(key, &upload_id, done, &digest).await?;
+        guard.upload_id = None;
+        guard.claim = None;
+        Ok((size, digest))
+    }
+
+    /// An archive larger than S3 takes in parts of the configured size.
+    fn too_many_parts(&self, key: &str) -> StorageError {
+        StorageError::S3 {
+            op: "UploadPart",
+            location: self.location(key),
+            endpoint: self.endpoint.clone(),
+            detail: format!(
+                "the archive is larger than {MAX_PARTS} parts of {} MiB; raise \
+                 s3_config.part_size_mib",
+                self.part_size >> 20
+            ),
+            source: None,
+        }
+    }
+
+    /// Completes the upload `upload_id` of `key` from its parts `done`: the claimed sidecar
+    /// gets the digest, then the archive appears (only if absent).
+    async fn complete(
+        &self,
+        key: &str,
+        upload_id: &str,
+        done: Vec<CompletedPart>,
+        digest: &str,
+    ) -> Result<(), StorageError> {
         let sidecar = name::checksum_key(key);
-        self.put_object(&sidecar, Bytes::from(digest.clone()))
+        self.put_object(&sidecar, Bytes::from(digest.to_owned()))
             .await?;
         let completed = self
             .client
@@ -701,7 +723,7 @@ impl S3Storage {
             .bucket(&self.bucket)
             .key(self.object(key))
             .if_none_match("*")
-            .upload_id(&upload_id)
+            .upload_id(upload_id)
             .multipart_upload(
                 CompletedMultipartUpload::builder()
                     .set_parts(Some(done))
@@ -710,11 +732,7 @@ impl S3Storage {
             .send()
             .await;
         match completed {
-            Ok(_) => {
-                guard.upload_id = None;
-                guard.claim = None;
-                Ok((size, digest))
-            }
+            Ok(_) => Ok(()),
             Err(e) if precondition_failed(&e) => Err(StorageError::Exists {
                 location: self.location(key),
             }),
