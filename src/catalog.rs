@@ -1,7 +1,7 @@
 //! The catalog of a storage: which Snapshots its archives belong to, rebuilt from the
 //! archives' manifests alone (what a new cluster pointed at an old bucket needs). [`scan`]
-//! reads each archive's manifest from its first bytes (a ranged read) in an S3 storage laid
-//! out as the operator's default storage, `<prefix>/<namespace>/<key>`; [`group`] (pure)
+//! reads each archive's manifest from its first bytes (a ranged read) in any [`Storage`]
+//! laid out as the operator's default storage, `<namespace>/<key>`; [`group`] (pure)
 //! gathers the archives into Snapshots node by node, a missing node or a missing checksum
 //! said, never papered over.
 
@@ -12,8 +12,7 @@ use futures_util::StreamExt;
 
 use crate::engine::manifest::{Manifest, SnapshotIdentity};
 use crate::engine::name;
-use crate::storage::s3::S3Storage;
-use crate::storage::{ObjectInfo, StorageError};
+use crate::storage::{ObjectInfo, Storage, StorageError};
 
 /// How many bytes of an archive to read first for its manifest (the tar header and a
 /// manifest of ordinary size): a ranged read, the archive itself is not downloaded.
@@ -64,7 +63,7 @@ pub fn is_namespace(name: &str) -> bool {
 /// folder's, is left out with a warning: an archive is only ever a Snapshot of the
 /// namespace it is stored under.
 pub async fn scan(
-    storage: &S3Storage,
+    storage: &dyn Storage,
     manifests: &mut Manifests,
 ) -> Result<BTreeMap<String, Vec<Found>>, StorageError> {
     let mut by_namespace = BTreeMap::new();
@@ -73,7 +72,7 @@ pub async fn scan(
         if !is_namespace(&namespace) {
             continue;
         }
-        let folder = storage.within(&namespace);
+        let folder = storage.within(&namespace)?;
         let archives = folder.list_archives("").await?;
         let read: Vec<(ObjectInfo, Known)> = futures_util::stream::iter(archives)
             .map(|info| {
@@ -82,7 +81,7 @@ pub async fn scan(
                     .get(&info.location)
                     .filter(|k| k.size == info.size && k.modified == info.modified)
                     .cloned();
-                let folder = &folder;
+                let folder = folder.as_ref();
                 async move {
                     let known = read_archive(folder, &info, known).await?;
                     Ok::<_, StorageError>((info, known))
@@ -126,7 +125,7 @@ pub async fn scan(
 /// What is known of the archive `info` once `known` (an earlier pass's reading of the same
 /// object) is completed: its manifest and checksum, each read only when not known yet.
 async fn read_archive(
-    storage: &S3Storage,
+    storage: &dyn Storage,
     info: &ObjectInfo,
     known: Option<Known>,
 ) -> Result<Known, StorageError> {
@@ -136,7 +135,7 @@ async fn read_archive(
     };
     let checksum = match known.and_then(|k| k.checksum) {
         Some(checksum) => Some(checksum),
-        None => storage.object_sidecar(&info.key).await?.valid(),
+        None => storage.sidecar(&info.key).await?.valid(),
     };
     Ok(Known {
         size: info.size,
@@ -148,7 +147,7 @@ async fn read_archive(
 
 /// The manifest of one archive, from its first [`MANIFEST_PREFIX`] bytes; `None` (with a
 /// warning) when it cannot be read.
-async fn read_manifest(storage: &S3Storage, info: &ObjectInfo) -> Option<Manifest> {
+async fn read_manifest(storage: &dyn Storage, info: &ObjectInfo) -> Option<Manifest> {
     let mut read = manifest_in_first(storage, info, MANIFEST_PREFIX).await;
     // A manifest longer than the first read (thousands of collections): once more, as far
     // as the largest manifest a restore accepts.
@@ -163,7 +162,7 @@ async fn read_manifest(storage: &S3Storage, info: &ObjectInfo) -> Option<Manifes
 }
 
 async fn manifest_in_first(
-    storage: &S3Storage,
+    storage: &dyn Storage,
     info: &ObjectInfo,
     len: u64,
 ) -> Result<Manifest, String> {

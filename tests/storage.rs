@@ -209,6 +209,96 @@ async fn conformance(storage: &dyn Storage, in_progress: impl AsyncFn() -> usize
     }
 }
 
+/// The catalog on a storage laid out as the operator's default storage (`<namespace>/<key>`):
+/// each namespace folder's archives with their manifests and checksums, a junk archive and a
+/// folder that is no namespace's left out, the same answer from what a pass keeps.
+async fn catalog_conformance(root: &dyn Storage) {
+    use snapshot_operator::catalog::{Manifests, scan};
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    make_collection(&data, "products", "a");
+    let archive = |collection| {
+        let created = create(dir.path(), &data, collection);
+        std::fs::read(dir.path().join(archive_path(&created))).unwrap()
+    };
+    let (collection, full) = (archive(Some("products")), archive(None));
+    let put = async |folder: &str, key: &str, bytes: Vec<u8>| {
+        let key = key.to_owned();
+        let naming = move |i: u32| (i == 0).then(|| key.clone());
+        let folder = root.within(folder).unwrap();
+        folder.put(&naming, reader(bytes), None).await.unwrap()
+    };
+    let a = put(
+        "team-a",
+        "products/products-n0.snapshot",
+        collection.clone(),
+    )
+    .await;
+    put("team-a", "products/junk.snapshot", b"not a tar".repeat(100)).await;
+    let b = put("team-b", "full-snapshot-n0.snapshot", full).await;
+    put("Not_A_Namespace", "x.snapshot", collection.clone()).await;
+
+    let mut manifests = Manifests::default();
+    let first = scan(root, &mut manifests).await.unwrap();
+    assert_eq!(first.keys().collect::<Vec<_>>(), ["team-a", "team-b"]);
+    let found = &first["team-a"];
+    assert_eq!(found.len(), 1, "the junk archive is left out: {found:?}");
+    assert_eq!(found[0].key, a.key);
+    assert_eq!(found[0].location, a.location);
+    assert_eq!(found[0].manifest.collection.as_deref(), Some("products"));
+    assert_eq!(found[0].manifest.node, "node-0");
+    assert_eq!(
+        found[0].checksum.as_deref(),
+        Some(&*sha256_hex(&collection))
+    );
+    let found = &first["team-b"];
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0].key, b.key);
+    assert_eq!(found[0].manifest.collection, None);
+    assert_eq!(found[0].manifest.collections, ["products"]);
+    assert_eq!(scan(root, &mut manifests).await.unwrap(), first);
+    assert_eq!(scan(root, &mut Manifests::default()).await.unwrap(), first);
+
+    // What the scan reads with: folders, a folder's storage, an archive's first bytes.
+    let folders = root.folders().await.unwrap();
+    assert_eq!(folders, ["Not_A_Namespace", "team-a", "team-b"]);
+    for bad in ["..", ".", "a/b", ""] {
+        assert!(
+            matches!(root.within(bad), Err(StorageError::Key { .. })),
+            "{bad:?}"
+        );
+    }
+    let team_a = root.within("team-a").unwrap();
+    assert_eq!(
+        team_a.read_start(&a.key, 10).await.unwrap(),
+        collection[..10]
+    );
+    let whole = team_a.read_start(&a.key, 1 << 40).await.unwrap();
+    assert_eq!(
+        whole, collection,
+        "a shorter archive is read whole, no further"
+    );
+    assert!(matches!(
+        team_a.read_start("products/absent.snapshot", 10).await,
+        Err(StorageError::NotFound { .. })
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_storage_catalog_conforms() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = LocalStorage::open(dir.path().join("snapshots"), None).unwrap();
+    catalog_conformance(&storage).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_storage_catalog_conforms() {
+    let Some(env) = s3_env() else { return };
+    let prefix = format!("{}/", unique_prefix("catalog-conformance"));
+    let storage = S3Storage::connect(&env.config(), prefix).await.unwrap();
+    catalog_conformance(&storage).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn local_storage_conforms() {
     let dir = tempfile::tempdir().unwrap();

@@ -31,7 +31,7 @@ use crate::api::snapshot::{
 use crate::api::snapshot::{IMPORTED, IMPORTED_UID};
 use crate::catalog::{self, Found, Imported, Manifests};
 use crate::config::S3Config;
-use crate::storage::StorageError;
+use crate::storage::{self, StorageError};
 use crate::storage::s3::{S3Storage, prefix_of};
 
 /// What a pass does about one archive set, or one imported Snapshot.
@@ -358,7 +358,7 @@ async fn connect(ctx: &Context) -> Option<Result<S3Storage, StorageError>> {
 /// One pass: the Snapshots, then the storage, then the plan carried out.
 pub async fn pass(
     ctx: &Context,
-    storage: &S3Storage,
+    storage: &dyn storage::Storage,
     manifests: &mut Manifests,
 ) -> Result<Summary, String> {
     let listed = Api::<Snapshot>::all(ctx.client.clone())

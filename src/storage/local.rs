@@ -456,6 +456,55 @@ impl Storage for LocalStorage {
         Ok(read_sidecar(&dir, &name::checksum_key(file_name)))
     }
 
+    async fn read_start(&self, key: &str, len: u64) -> Result<Vec<u8>, StorageError> {
+        let (dir, file_name) = self.locate(key)?;
+        let (file, _) = match open_archive(&dir, file_name) {
+            Ok(opened) => opened,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(not_found(&dir, file_name));
+            }
+            Err(e) => return Err(io_err("open", &dir.join(file_name))(e)),
+        };
+        let mut bytes = Vec::new();
+        file.take(len)
+            .read_to_end(&mut bytes)
+            .map_err(io_err("read", &dir.join(file_name)))?;
+        Ok(bytes)
+    }
+
+    async fn folders(&self) -> Result<Vec<String>, StorageError> {
+        let entries = self
+            .root
+            .entries()
+            .map_err(io_err("list", self.root.path()))?;
+        let mut found: Vec<String> = entries
+            .into_iter()
+            .filter(|(entry, kind)| {
+                *kind == rustix::fs::FileType::Directory
+                    && !entry.as_encoded_bytes().starts_with(b".")
+            })
+            .filter_map(|(entry, _)| valid_name(&self.root, &entry, "folder").map(str::to_owned))
+            .collect();
+        found.sort();
+        Ok(found)
+    }
+
+    /// The folder's directory (made when absent), opened without following links.
+    fn within(&self, folder: &str) -> Result<Arc<dyn Storage>, StorageError> {
+        name::validate("folder", folder).map_err(|source| StorageError::Key {
+            key: folder.to_owned(),
+            source,
+        })?;
+        let root = self
+            .root
+            .create_dir_all(folder, 0o777)
+            .map_err(io_err("open", &self.root.join(folder)))?;
+        Ok(Arc::new(Self {
+            root: Arc::new(root),
+            temp: self.temp.clone(),
+        }))
+    }
+
     async fn delete(&self, key: &str) -> Result<(), StorageError> {
         validate_archive_key(key)?;
         let (dir, file_name) = self.locate(key)?;

@@ -13,6 +13,7 @@ pub use configured::open;
 
 use std::fmt;
 use std::io;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use jiff::Timestamp;
@@ -198,6 +199,24 @@ pub trait Storage: Send + Sync + fmt::Debug {
 
     /// The archives whose key starts with `prefix`, sorted by key.
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StorageError>;
+
+    /// The same from the listing alone: `checksum` may be `None` where reading it costs a
+    /// request per archive ([`Storage::sidecar`] reads one).
+    async fn list_archives(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StorageError> {
+        self.list(prefix).await
+    }
+
+    /// The first `len` bytes of the archive at `key` (fewer when it is shorter), read no
+    /// further: a ranged read.
+    async fn read_start(&self, key: &str, len: u64) -> Result<Vec<u8>, StorageError>;
+
+    /// The names of the folders right under this storage (a listing with a delimiter: one
+    /// per folder, whatever it holds), sorted; names that are no valid name are left out.
+    async fn folders(&self) -> Result<Vec<String>, StorageError>;
+
+    /// The storage of the folder `folder` (a valid name) of this one: its keys are below
+    /// the folder.
+    fn within(&self, folder: &str) -> Result<Arc<dyn Storage>, StorageError>;
 
     /// Deletes the archive at `key` (an archive key, never a sidecar's) and its sidecar;
     /// `NotFound` when there is no archive.

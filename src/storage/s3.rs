@@ -14,6 +14,7 @@
 //! the SDK's standard retry policy. Credentials come from the configuration or the SDK's
 //! default chain (environment, web identity, instance metadata), and never appear in errors.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -188,44 +189,6 @@ impl S3Storage {
             prefix: String::new(),
             ..self.clone()
         }
-    }
-
-    /// The same storage one level down: keys under `<prefix><folder>/`.
-    pub fn within(&self, folder: &str) -> Self {
-        Self {
-            prefix: format!("{}{folder}/", self.prefix),
-            ..self.clone()
-        }
-    }
-
-    /// The names of the folders right under the prefix (`ListObjectsV2` with a delimiter:
-    /// one entry per folder, whatever it holds).
-    pub async fn folders(&self) -> Result<Vec<String>, StorageError> {
-        let mut pages = self
-            .client
-            .list_objects_v2()
-            .bucket(&self.bucket)
-            .prefix(&self.prefix)
-            .delimiter("/")
-            .into_paginator()
-            .send();
-        let mut found = Vec::new();
-        while let Some(page) = pages.next().await {
-            let page = page.map_err(|e| self.error("ListObjectsV2", "", e))?;
-            let names = page.common_prefixes().iter().filter_map(|p| {
-                let name = p.prefix()?.strip_prefix(&self.prefix)?;
-                Some(name.strip_suffix('/')?.to_owned())
-            });
-            found.extend(names);
-        }
-        Ok(found)
-    }
-
-    /// The first `len` bytes of the archive at `key` (fewer when it is shorter): a ranged
-    /// read, the rest is not downloaded.
-    pub async fn read_start(&self, key: &str, len: u64) -> Result<Vec<u8>, StorageError> {
-        validate_key(key)?;
-        self.read_prefix(key, len).await
     }
 
     /// The first `len` bytes of any object under the prefix (fewer when it is shorter).
@@ -414,7 +377,7 @@ impl S3Storage {
 
     /// The archives under `prefix`, by key, from the listing alone: their checksums not read
     /// (`checksum` is `None`; [`Self::object_sidecar`] reads one).
-    pub async fn list_archives(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StorageError> {
+    async fn listing(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StorageError> {
         let mut pages = self
             .client
             .list_objects_v2()
@@ -980,7 +943,7 @@ impl Storage for S3Storage {
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StorageError> {
-        let mut found = self.list_archives(prefix).await?;
+        let mut found = self.listing(prefix).await?;
         let keys: Vec<String> = found.iter().map(|info| info.key.clone()).collect();
         let sidecars: Vec<Result<Sidecar, StorageError>> = futures_util::stream::iter(keys)
             .map(|key| {
@@ -994,6 +957,50 @@ impl Storage for S3Storage {
             info.checksum = sidecar?.valid();
         }
         Ok(found)
+    }
+
+    async fn list_archives(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StorageError> {
+        self.listing(prefix).await
+    }
+
+    async fn read_start(&self, key: &str, len: u64) -> Result<Vec<u8>, StorageError> {
+        validate_key(key)?;
+        self.read_prefix(key, len).await
+    }
+
+    /// `ListObjectsV2` with a delimiter: one entry per folder, whatever it holds.
+    async fn folders(&self) -> Result<Vec<String>, StorageError> {
+        let mut pages = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(&self.prefix)
+            .delimiter("/")
+            .into_paginator()
+            .send();
+        let mut found = Vec::new();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| self.error("ListObjectsV2", "", e))?;
+            let names = page.common_prefixes().iter().filter_map(|p| {
+                let name = p.prefix()?.strip_prefix(&self.prefix)?;
+                Some(name.strip_suffix('/')?.to_owned())
+            });
+            found.extend(names.filter(|n| name::validate("folder", n).is_ok()));
+        }
+        found.sort();
+        Ok(found)
+    }
+
+    /// Keys under `<prefix><folder>/`.
+    fn within(&self, folder: &str) -> Result<Arc<dyn Storage>, StorageError> {
+        name::validate("folder", folder).map_err(|source| StorageError::Key {
+            key: folder.to_owned(),
+            source,
+        })?;
+        Ok(Arc::new(Self {
+            prefix: format!("{}{folder}/", self.prefix),
+            ..self.clone()
+        }))
     }
 
     async fn delete(&self, key: &str) -> Result<(), StorageError> {
