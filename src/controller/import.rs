@@ -31,8 +31,8 @@ use crate::api::snapshot::{
 use crate::api::snapshot::{IMPORTED, IMPORTED_UID};
 use crate::catalog::{self, Found, Imported, Manifests};
 use crate::config::S3Config;
-use crate::storage::{self, StorageError};
 use crate::storage::s3::{S3Storage, prefix_of};
+use crate::storage::{self, StorageError};
 
 /// What a pass does about one archive set, or one imported Snapshot.
 #[derive(Debug, Clone)]

@@ -38,8 +38,8 @@ use crate::api::{Snapshot, SnapshotRestore};
 use config::OperatorConfig;
 pub use kernel::{
     Clock, Context, Error, FIELD_MANAGER, FINALIZER, Reconciled, Wake, create_if_absent,
-    delete_if_there, error_policy, patch_status, reconcile, reject, resource_label, trusted,
-    write_status,
+    delete_if_there, delete_named, error_policy, patch_status, reconcile, reject, resource_label,
+    trusted, write_status,
 };
 use metrics::Metrics;
 

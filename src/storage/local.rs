@@ -27,7 +27,7 @@ use sha2::{Digest, Sha256};
 
 use super::{
     ObjectInfo, Reader, Sidecar, Storage, StorageError, check_digest, is_archive_key,
-    validate_archive_key, validate_key,
+    validate_archive_key, validate_folder, validate_key,
 };
 use crate::engine::flush::{KICK_EVERY, start_writeback};
 use crate::engine::name;
@@ -491,10 +491,7 @@ impl Storage for LocalStorage {
 
     /// The folder's directory (made when absent), opened without following links.
     fn within(&self, folder: &str) -> Result<Arc<dyn Storage>, StorageError> {
-        name::validate("folder", folder).map_err(|source| StorageError::Key {
-            key: folder.to_owned(),
-            source,
-        })?;
+        validate_folder(folder)?;
         let root = self
             .root
             .create_dir_all(folder, 0o777)

@@ -223,6 +223,14 @@ pub trait Storage: Send + Sync + fmt::Debug {
     async fn delete(&self, key: &str) -> Result<(), StorageError>;
 }
 
+/// Checks a folder's name: one valid name.
+pub fn validate_folder(folder: &str) -> Result<(), StorageError> {
+    name::validate("folder", folder).map_err(|source| StorageError::Key {
+        key: folder.to_owned(),
+        source,
+    })
+}
+
 /// Checks a key: one or two `/`-separated parts, each a valid name.
 pub fn validate_key(key: &str) -> Result<(), StorageError> {
     let parts: Vec<&str> = key.split('/').collect();

@@ -34,7 +34,7 @@ use tokio::task::JoinSet;
 
 use super::{
     Naming, ObjectInfo, Reader, Sidecar, Storage, StorageError, check_digest, is_archive_key,
-    validate_archive_key, validate_key,
+    validate_archive_key, validate_folder, validate_key,
 };
 use crate::config::S3Config;
 use crate::engine::name;
@@ -993,10 +993,7 @@ impl Storage for S3Storage {
 
     /// Keys under `<prefix><folder>/`.
     fn within(&self, folder: &str) -> Result<Arc<dyn Storage>, StorageError> {
-        name::validate("folder", folder).map_err(|source| StorageError::Key {
-            key: folder.to_owned(),
-            source,
-        })?;
+        validate_folder(folder)?;
         Ok(Arc::new(Self {
             prefix: format!("{}{folder}/", self.prefix),
             ..self.clone()

@@ -12,14 +12,14 @@ use k8s_openapi::api::core::v1::{
     PersistentVolumeClaim, PersistentVolumeClaimSpec, TypedLocalObjectReference,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::api::{Api, DeleteParams};
+use kube::api::Api;
 use kube::{Resource, ResourceExt};
 
 use async_trait::async_trait;
 
 use super::method::Method;
 use crate::api::snapshot::{ArchiveStatus, Snapshot};
-use crate::controller::{Context, Error, create_if_absent, delete_if_there, mover};
+use crate::controller::{Context, Error, create_if_absent, delete_named, mover};
 
 /// The name of the clone of `node`'s claim (pure).
 pub fn name(snap: &Snapshot, node: &str) -> String {
@@ -120,9 +120,7 @@ pub async fn ensure(
 /// Deletes the clone of `node`'s claim, if there is one.
 pub async fn delete(ctx: &Context, snap: &Snapshot, node: &str) -> Result<(), Error> {
     let ns = snap.namespace().unwrap_or_default();
-    let api: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ns);
-    delete_if_there(&api, &name(snap, node), &DeleteParams::default()).await?;
-    Ok(())
+    delete_named::<PersistentVolumeClaim>(&ctx.client, &ns, &name(snap, node)).await
 }
 
 /// `copyMethod: Clone`: the mover reads a clone of the node's claim.

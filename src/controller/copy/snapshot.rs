@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::api::{Api, DeleteParams};
+use kube::api::Api;
 use kube::{CustomResource, Resource, ResourceExt};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -17,7 +17,7 @@ use async_trait::async_trait;
 use super::clone;
 use super::method::{Method, Prepared};
 use crate::api::snapshot::{ArchiveStatus, Snapshot};
-use crate::controller::{Context, Error, create_if_absent, delete_if_there, mover};
+use crate::controller::{Context, Error, create_if_absent, delete_named, mover};
 
 /// A CSI snapshot of a claim (the fields the operator uses).
 #[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
@@ -136,9 +136,7 @@ pub async fn ensure(
 /// Deletes the VolumeSnapshot of `node`'s claim, if there is one.
 pub async fn delete(ctx: &Context, snap: &Snapshot, node: &str) -> Result<(), Error> {
     let ns = snap.namespace().unwrap_or_default();
-    let api: Api<VolumeSnapshot> = Api::namespaced(ctx.client.clone(), &ns);
-    delete_if_there(&api, &name(snap, node), &DeleteParams::default()).await?;
-    Ok(())
+    delete_named::<VolumeSnapshot>(&ctx.client, &ns, &name(snap, node)).await
 }
 
 /// `copyMethod: Snapshot`: a VolumeSnapshot of the node's claim, ready before the mover takes

@@ -11,7 +11,7 @@ mod reconciled;
 pub use admission::trusted;
 pub use context::{Clock, Context, Wake};
 pub use error::Error;
-pub use objects::{create_if_absent, delete_if_there, patch_status};
+pub use objects::{create_if_absent, delete_if_there, delete_named, patch_status};
 pub use reconciled::{Reconciled, error_policy, reconcile, reject, resource_label, write_status};
 
 /// The field manager of every write.

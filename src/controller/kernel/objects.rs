@@ -1,7 +1,8 @@
 //! Writes to the API server that every reconciler makes the same way.
 
-use kube::Resource;
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::core::NamespaceResourceScope;
+use kube::{Client, Resource};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -51,6 +52,20 @@ where
         Err(kube::Error::Api(e)) if e.code == 404 => Ok(false),
         Err(e) => Err(e.into()),
     }
+}
+
+/// Deletes the object `name` of `namespace` (with its dependents in the background); one
+/// that is not there is fine.
+pub async fn delete_named<K>(client: &Client, namespace: &str, name: &str) -> Result<(), Error>
+where
+    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug,
+{
+    let api: Api<K> = Api::namespaced(client.clone(), namespace);
+    delete_if_there(&api, name, &DeleteParams::default()).await?;
+    Ok(())
 }
 
 /// Creates `object` (as the operator's field manager); one of that name that is already
