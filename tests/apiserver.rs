@@ -24,8 +24,15 @@ use snapshot_operator::controller::metrics::Metrics;
 use snapshot_operator::controller::{controllers, leader, mover};
 use tokio_util::sync::CancellationToken;
 
+/// The API server's client; `None` (the tier skipped, and said so) without one, unless the
+/// test script started one (`SNAPSHOT_OPERATOR_TEST_APISERVER=required`): then its absence
+/// fails the test.
 async fn client_or_skip() -> Option<Client> {
     if std::env::var_os("KUBECONFIG").is_none() {
+        assert!(
+            std::env::var("SNAPSHOT_OPERATOR_TEST_APISERVER").as_deref() != Ok("required"),
+            "this tier needs the API server the test script started, and KUBECONFIG is not set"
+        );
         eprintln!(
             "SKIPPED: KUBECONFIG is not set (`make test` starts a real kube-apiserver for this \
              tier; or point KUBECONFIG at one)"
@@ -123,82 +130,165 @@ async fn complete_job(client: &Client, ns: &str, job: &Job, succeeded: bool) {
     .unwrap();
 }
 
-/// One controller (as one operator replica would) for both scenarios, in turn.
+/// One test at a time: each runs a controller (or the operator binary) that reconciles
+/// every namespace, and one must not act on another's resources.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().await
+}
+
+/// A controller running against the API server (as one operator replica would), with a
+/// clock that runs ahead by what a test sets.
+struct Running {
+    client: Client,
+    ahead: Arc<std::sync::atomic::AtomicI64>,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+    controller: tokio::task::JoinHandle<()>,
+    _serial: tokio::sync::MutexGuard<'static, ()>,
+}
+
+impl Running {
+    /// `None` without an API server (the tier is skipped, and says so).
+    async fn start() -> Option<Self> {
+        let client = client_or_skip().await?;
+        let serial = serial().await;
+        install_crds(&client).await;
+        // Movers never finish here unless a test finishes them: no cap from earlier runs'
+        // Jobs.
+        let config: OperatorConfig = serde_json::from_value(json!({
+            "defaultStorage": {"local": {"persistentVolumeClaim": {"claimName": "backups"}}},
+            "maxConcurrentMovers": 1000,
+            "maxConcurrentMoversPerNamespace": 2,
+        }))
+        .unwrap();
+        if let Ok(filter) = std::env::var("RUST_LOG") {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+                .with_test_writer()
+                .try_init();
+        }
+        let operator = operator_client(&client).await;
+        let metrics = Arc::new(Metrics::default());
+        let shutdown = CancellationToken::new();
+        let ahead = Arc::new(std::sync::atomic::AtomicI64::new(0));
+        let clock = {
+            let ahead = ahead.clone();
+            Arc::new(move || {
+                let seconds = ahead.load(std::sync::atomic::Ordering::SeqCst);
+                jiff::Timestamp::now() + jiff::SignedDuration::from_secs(seconds)
+            })
+        };
+        let controller = tokio::spawn(controllers(
+            operator,
+            config,
+            metrics.clone(),
+            "it",
+            clock,
+            shutdown.clone(),
+        ));
+        Some(Self {
+            client,
+            ahead,
+            metrics,
+            shutdown,
+            controller,
+            _serial: serial,
+        })
+    }
+
+    /// Every list and watch the controller needed was allowed (a missing verb in the
+    /// chart's RBAC shows here: lists alone would keep it working, slowly); asked to stop,
+    /// it stops.
+    async fn stop(self) {
+        let text = self.metrics.render();
+        assert!(
+            !text.contains("snapshot_operator_watch_errors_total{"),
+            "{text}"
+        );
+        self.shutdown.cancel();
+        let asked = std::time::Instant::now();
+        tokio::time::timeout(Duration::from_secs(100), self.controller)
+            .await
+            .expect("the controller stops when asked")
+            .unwrap();
+        eprintln!("stopped {:?} after being asked", asked.elapsed());
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_controller_against_a_real_api_server() {
+async fn a_snapshot_runs_its_movers_reports_ready_and_cleans_up() {
+    let Some(run) = Running::start().await else {
+        return;
+    };
+    snapshot_scenario(&run.client).await;
+    run.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restore_stops_the_workload_runs_movers_and_starts_it_again() {
+    let Some(run) = Running::start().await else {
+        return;
+    };
+    restore_scenario(&run.client).await;
+    run.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_snapshot_stops_the_workload_for_its_movers() {
+    let Some(run) = Running::start().await else {
+        return;
+    };
+    stop_scenario(&run.client).await;
+    run.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clone_snapshot_reads_a_clone_of_the_claim() {
+    let Some(run) = Running::start().await else {
+        return;
+    };
+    clone_scenario(&run.client).await;
+    run.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_volume_snapshot_snapshot_reads_a_claim_made_from_it() {
+    let Some(run) = Running::start().await else {
+        return;
+    };
+    volume_snapshot_scenario(&run.client).await;
+    run.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshots_compete_for_the_slots() {
+    let Some(run) = Running::start().await else {
+        return;
+    };
+    slots_scenario(&run.client).await;
+    run.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schedule_takes_its_snapshots_and_prunes_them() {
+    let Some(run) = Running::start().await else {
+        return;
+    };
+    schedule_scenario(&run.client, &run.ahead, &run.metrics).await;
+    run.stop().await;
+}
+
+/// The operator binary is the only one running for the import.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn catalog_import_brings_back_snapshots_node_by_node() {
     let Some(client) = client_or_skip().await else {
         return;
     };
+    let _serial = serial().await;
     install_crds(&client).await;
-    // Movers never finish here unless a test finishes them: no cap from earlier runs' Jobs.
-    let config: OperatorConfig = serde_json::from_value(json!({
-        "defaultStorage": {"local": {"persistentVolumeClaim": {"claimName": "backups"}}},
-        "maxConcurrentMovers": 1000,
-        "maxConcurrentMoversPerNamespace": 2,
-    }))
-    .unwrap();
-    if let Ok(filter) = std::env::var("RUST_LOG") {
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
-            .with_test_writer()
-            .try_init();
-    }
-    let operator = operator_client(&client).await;
-    let metrics = Arc::new(Metrics::default());
-    let shutdown = CancellationToken::new();
-    let started = std::time::Instant::now();
-    // The controller's clock runs ahead by what the schedule scenario sets.
-    let ahead = Arc::new(std::sync::atomic::AtomicI64::new(0));
-    let clock = {
-        let ahead = ahead.clone();
-        Arc::new(move || {
-            let seconds = ahead.load(std::sync::atomic::Ordering::SeqCst);
-            jiff::Timestamp::now() + jiff::SignedDuration::from_secs(seconds)
-        })
-    };
-    let controller = tokio::spawn(controllers(
-        operator,
-        config,
-        metrics.clone(),
-        "it",
-        clock,
-        shutdown.clone(),
-    ));
-    a_snapshot_runs_its_movers_reports_ready_and_cleans_up(&client).await;
-    eprintln!("snapshot scenario done at {:?}", started.elapsed());
-    a_restore_stops_the_workload_runs_movers_and_starts_it_again(&client).await;
-    eprintln!("restore scenario done at {:?}", started.elapsed());
-    a_stop_snapshot_stops_the_workload_for_its_movers(&client).await;
-    eprintln!("copyMethod Stop scenario done at {:?}", started.elapsed());
-    a_clone_snapshot_reads_a_clone_of_the_claim(&client).await;
-    eprintln!("copyMethod Clone scenario done at {:?}", started.elapsed());
-    a_volume_snapshot_snapshot_reads_a_claim_made_from_it(&client).await;
-    eprintln!(
-        "copyMethod Snapshot scenario done at {:?}",
-        started.elapsed()
-    );
-    snapshots_compete_for_the_slots(&client).await;
-    eprintln!("slots scenario done at {:?}", started.elapsed());
-    a_schedule_takes_its_snapshots_and_prunes_them(&client, &ahead, &metrics).await;
-    eprintln!("schedule scenario done at {:?}", started.elapsed());
-    // Every list and watch the controller needs is allowed (a missing verb in the chart's
-    // RBAC shows here: lists alone would keep it working, slowly).
-    let text = metrics.render();
-    assert!(
-        !text.contains("snapshot_operator_watch_errors_total{"),
-        "{text}"
-    );
-    // Asked to stop, it stops.
-    shutdown.cancel();
-    let asked = std::time::Instant::now();
-    tokio::time::timeout(Duration::from_secs(100), controller)
-        .await
-        .expect("the controller stops when asked")
-        .unwrap();
-    eprintln!("stopped {:?} after being asked", asked.elapsed());
-    // With this controller stopped, the operator binary is the only one for the import.
-    catalog_import_brings_back_snapshots_node_by_node(&client).await;
-    eprintln!("import scenario done at {:?}", started.elapsed());
+    import_scenario(&client).await;
 }
 
 /// Two replicas: one leads, the other waits; when the leader releases the Lease (as it does
@@ -208,6 +298,7 @@ async fn a_released_lease_passes_to_the_standby_at_once() {
     let Some(admin) = client_or_skip().await else {
         return;
     };
+    let _serial = serial().await;
     let leases: Api<Lease> = Api::namespaced(operator_client(&admin).await, "snapshot-system");
     let name = format!("lease-it-{}", std::process::id());
     let first = leader::acquire(leases.clone(), &name, "replica-a").await;
@@ -243,6 +334,7 @@ async fn sigterm_stops_the_operator_cleanly_and_frees_the_lease() {
     let Some(client) = client_or_skip().await else {
         return;
     };
+    let _serial = serial().await;
     install_crds(&client).await;
     let ns = format!("sigterm-it-{}", std::process::id());
     let namespace = TestNamespace::create(&client, &ns).await;
@@ -539,7 +631,7 @@ async fn claim_deleted(claims: &Api<PersistentVolumeClaim>, name: &str) {
     );
 }
 
-async fn a_snapshot_runs_its_movers_reports_ready_and_cleans_up(client: &Client) {
+async fn snapshot_scenario(client: &Client) {
     let ns = format!("snapshot-it-{}", std::process::id());
     let namespace = TestNamespace::with_claims(client, &ns, &["data", "backups"]).await;
 
@@ -687,7 +779,7 @@ async fn a_snapshot_runs_its_movers_reports_ready_and_cleans_up(client: &Client)
     namespace.delete().await;
 }
 
-async fn a_restore_stops_the_workload_runs_movers_and_starts_it_again(client: &Client) {
+async fn restore_scenario(client: &Client) {
     let ns = format!("restore-it-{}", std::process::id());
     let namespace = TestNamespace::create(client, &ns).await;
     let sets = create_statefulset(client, &ns, "db").await;
@@ -778,7 +870,7 @@ async fn a_restore_stops_the_workload_runs_movers_and_starts_it_again(client: &C
 /// only carries the operator's labels takes no slot, a slot that frees goes to a waiting
 /// node at once (not at its next periodic look, 10 s later), and delete movers keep to the
 /// cap too.
-async fn snapshots_compete_for_the_slots(client: &Client) {
+async fn slots_scenario(client: &Client) {
     let ns = format!("slots-it-{}", std::process::id());
     let namespace = TestNamespace::with_claims(client, &ns, &["data", "backups"]).await;
     let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
@@ -965,7 +1057,7 @@ async fn ready(
 /// archive set with no Snapshot is imported into its own namespace only, a missing node said;
 /// a deleted `Retain` Snapshot comes back imported, and a restore by `snapshotRef` of it
 /// gives each pod its own archive's data.
-async fn catalog_import_brings_back_snapshots_node_by_node(client: &Client) {
+async fn import_scenario(client: &Client) {
     let Some(s3) = common::s3_env() else {
         eprintln!("SKIPPED: the catalog import scenario needs the test S3 server");
         return;
@@ -1193,7 +1285,7 @@ async fn catalog_import_brings_back_snapshots_node_by_node(client: &Client) {
 /// A nightly schedule keeping the last two: three nights pass on the controller's clock
 /// (each night a Snapshot named after its run, its mover finished here), then the oldest is
 /// pruned; deleting the schedule keeps its Snapshots.
-async fn a_schedule_takes_its_snapshots_and_prunes_them(
+async fn schedule_scenario(
     client: &Client,
     ahead: &std::sync::atomic::AtomicI64,
     metrics: &Metrics,
@@ -1310,7 +1402,7 @@ async fn a_schedule_takes_its_snapshots_and_prunes_them(
 
 /// `copyMethod: Stop`: the StatefulSet's replicas recorded, scaled to zero, the movers run,
 /// then the StatefulSet is scaled back to the recorded count.
-async fn a_stop_snapshot_stops_the_workload_for_its_movers(client: &Client) {
+async fn stop_scenario(client: &Client) {
     let ns = format!("stop-it-{}", std::process::id());
     let namespace = TestNamespace::with_claims(client, &ns, &["backups"]).await;
     let sets = create_statefulset(client, &ns, "db").await;
@@ -1405,7 +1497,7 @@ async fn finish_mover(client: &Client, ns: &str, job: &Job) {
 
 /// `copyMethod: Clone`: the mover reads a clone of the claim (a claim whose dataSource is the
 /// source claim), which goes once the archive is done.
-async fn a_clone_snapshot_reads_a_clone_of_the_claim(client: &Client) {
+async fn clone_scenario(client: &Client) {
     let ns = format!("clone-it-{}", std::process::id());
     let namespace = TestNamespace::with_claims(client, &ns, &["data", "backups"]).await;
     let snapshots: Api<Snapshot> = Api::namespaced(client.clone(), &ns);
@@ -1434,7 +1526,7 @@ async fn a_clone_snapshot_reads_a_clone_of_the_claim(client: &Client) {
 /// `copyMethod: Snapshot`: a VolumeSnapshot of the claim first (the test plays the snapshot
 /// controller), no mover until it is ready, then a claim made from it that the mover reads;
 /// both go once the archive is done.
-async fn a_volume_snapshot_snapshot_reads_a_claim_made_from_it(client: &Client) {
+async fn volume_snapshot_scenario(client: &Client) {
     use snapshot_operator::controller::copy::snapshot::VolumeSnapshot;
     let ns = format!("csi-it-{}", std::process::id());
     let namespace = TestNamespace::with_claims(client, &ns, &["data", "backups"]).await;
