@@ -2,6 +2,7 @@
 """Checks the structure of src/: no import circle between files, no function over 80 lines.
 
   structure.py [SRC]      prints every circle and every long function; exits 1 if there are any
+  structure.py --self-test   checks that the circles below are found and their fixes pass
 
 Test code (`#[cfg(test)]` modules and files) is left out. A file's imports are the paths it
 names through `use` and inline (`crate::…`, `super::…`, `self::…`, or a child module of its
@@ -130,11 +131,14 @@ def use_paths(tree, prefix=()):
     return [(prefix + (head,), rename or head)]
 
 
-def absolute(module, path, children):
-    """The absolute module path a path names from `module`, or None if outside the crate."""
+def absolute(module, path, children, imported=None):
+    """The absolute module path a path names from `module`, or None if outside the crate;
+    `imported` maps the names the file's own `use` brought in to their absolute paths."""
     if not path:
         return None
     head, rest = path[0], list(path[1:])
+    if imported and head in imported and len(path) > 1:
+        return imported[head] + tuple(rest)
     if head == "crate":
         return tuple(rest)
     if head in ("self", "super"):
@@ -153,15 +157,61 @@ def absolute(module, path, children):
     return None
 
 
-def resolve(modules, aliases, path, hops=0):
-    """The deepest module file a path reaches, through re-exports (`pub use`) to where the
-    item is defined."""
+def resolve(modules, aliases, globs, defined, path, hops=0):
+    """The deepest module file a path reaches, through re-exports (`pub use`, named or glob)
+    to where the item is defined."""
     for k in range(len(path), -1, -1):
         if path[:k] in aliases and hops < 16:
-            return resolve(modules, aliases, aliases[path[:k]] + path[k:], hops + 1)
+            return resolve(modules, aliases, globs, defined, aliases[path[:k]] + path[k:], hops + 1)
         if path[:k] in modules:
+            module, rest = path[:k], path[k:]
+            if rest and rest[0] not in defined.get(module, ()) and hops < 16:
+                # Not defined here: one of the module's glob re-exports brings it.
+                for glob in globs.get(module, ()):
+                    target = glob + rest
+                    file = resolve(modules, aliases, globs, defined, target, hops + 1)
+                    if file is not None and file != modules[module] and (
+                            rest[0] in defined.get(glob, ()) or target[:len(glob) + 1] in aliases):
+                        return file
             return modules[path[:k]]
     return None
+
+
+ITEM = re.compile(r"\b(?:fn|struct|enum|trait|type|const|static|mod|union|macro_rules!)\s+(" + IDENT + r")")
+
+
+def scan(src, files, code):
+    """Per file: the paths it imports; for the crate: named re-exports (aliases), glob
+    re-exports (globs) and the names each module defines."""
+    uses, aliases, globs, defined = {}, {}, {}, {}
+    for path in files:
+        text, module = code[path], module_of(src, path)
+        defined[module] = set(ITEM.findall(text))
+        children = set(re.findall(r"\bmod\s+(" + IDENT + r")\s*;", text))
+        found_paths, imported = [], {}
+        for m in re.finditer(r"\b(pub(\([^)]*\))?\s+)?use\s+([^;]+);", text):
+            for p, name in use_paths(m.group(3)):
+                target = absolute(module, p, children)
+                if target is None:
+                    continue
+                reexport = m.group(1) is not None
+                if name is not None:
+                    imported[name] = target
+                    if reexport:
+                        aliases[tuple(module) + (name,)] = target
+                elif reexport:
+                    globs.setdefault(tuple(module), []).append(target)
+                # A module's facade (re-exporting what lies below it) is not an import.
+                if not (reexport and target[:len(module)] == module):
+                    found_paths.append(target)
+        body = re.sub(r"\buse\s+[^;]+;", "", text)
+        for m in re.finditer(r"(?<![\w:])(" + IDENT + r"(?:\s*::\s*" + IDENT + r")+)", body):
+            path_named = tuple(re.split(r"\s*::\s*", m.group(1)))
+            target = absolute(module, path_named, children, imported)
+            if target is not None:
+                found_paths.append(target)
+        uses[path] = found_paths
+    return uses, aliases, globs, defined
 
 
 def functions(code, path):
@@ -221,50 +271,79 @@ def circles(graph):
     return found
 
 
+# Small crates, each with one circle between a.rs and b/ written one way a path can be
+# named: (files, the line of a.rs that closes the circle). Without that line, none is left.
+SELF_TESTS = {
+    "use": ({"lib.rs": "mod a; mod b;", "b/mod.rs": "mod c; pub use c::C;",
+             "b/c.rs": "use crate::a::A; pub struct C;", "a.rs": "pub struct A;"},
+            "use crate::b::C;"),
+    "through a module's name": ({"lib.rs": "mod a; mod b;", "b/mod.rs": "mod c; pub use c::C;",
+                                 "b/c.rs": "use crate::a::A; pub struct C;", "a.rs": "use crate::b;"},
+                                "fn f() { b::C::new(); }"),
+    "through a glob re-export": ({"lib.rs": "mod a; mod b;", "b/mod.rs": "mod c; pub use c::*;",
+                                  "b/c.rs": "use crate::a::A; pub struct C;", "a.rs": "pub struct A;"},
+                                 "use crate::b::C;"),
+    # b's facade is no import of b's: a using b's own D closes no circle.
+    "through pub(in …) use": ({"lib.rs": "mod a; mod b;",
+                               "b/mod.rs": "mod c; pub(in crate) use c::C; pub struct D;",
+                               "b/c.rs": "use crate::a::A; pub struct C;",
+                               "a.rs": "use crate::b::D; pub struct A;"},
+                              "use crate::b::C;"),
+}
+
+
+def self_test():
+    import tempfile
+    failed = 0
+    for name, (tree, closing) in SELF_TESTS.items():
+        for with_closing in (True, False):
+            with tempfile.TemporaryDirectory() as root:
+                for rel, text in tree.items():
+                    path = Path(root) / rel
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    extra = "\n" + closing if rel == "a.rs" and with_closing else ""
+                    path.write_text(text + extra + "\n")
+                files = sorted(Path(root).rglob("*.rs"))
+                code = {f: strip_tests(blank_strings_and_comments(f.read_text()))[0] for f in files}
+                graph = dependencies(Path(root), files, code)
+                if bool(circles(graph)) != with_closing:
+                    failed += 1
+                    print(f"self-test {name!r}: circle {'missed' if with_closing else 'invented'}")
+    print(f"structure self-test: {len(SELF_TESTS) * 2 - failed} of {len(SELF_TESTS) * 2} cases right")
+    return 1 if failed else 0
+
+
+def dependencies(src, files, code):
+    """The import graph between files."""
+    modules = {module_of(src, p): p for p in files}
+    uses, aliases, globs, defined = scan(src, files, code)
+    graph = {p: set() for p in files}
+    for path in files:
+        for target in uses[path]:
+            file = resolve(modules, aliases, globs, defined, target)
+            if file is not None and file != path:
+                graph[path].add(file)
+    return graph
+
+
 def main():
+    if sys.argv[1:] == ["--self-test"]:
+        return self_test()
     src = Path(sys.argv[1] if len(sys.argv) > 1 else "src")
     files = sorted(src.rglob("*.rs"))
     code, test_only = {}, set()
     for path in files:
         text, test_mods = strip_tests(blank_strings_and_comments(path.read_text()))
-        # A visibility (`pub(in crate::a)`) names a module but imports nothing.
-        text = re.sub(r"pub\(\s*in\s+[^)]*\)", lambda m: " " * len(m.group(0)), text)
+        # A visibility (`pub(in crate::a)`) names a module but imports nothing: its path is
+        # blanked, the `pub(…)` kept (a `pub(in …) use` is still a re-export).
+        text = re.sub(r"pub\(\s*in\s+[^)]*\)", lambda m: "pub(" + " " * (len(m.group(0)) - 5) + ")", text)
         code[path] = text
         for name in test_mods:
             base = path.parent if path.name in ("mod.rs", "lib.rs", "main.rs") else path.with_suffix("")
             test_only.update({base / f"{name}.rs", base / name / "mod.rs"})
     files = [p for p in files if p not in test_only]
-    modules = {module_of(src, p): p for p in files}
-
-    uses, aliases = {}, {}
+    graph, long = dependencies(src, files, code), []
     for path in files:
-        text, module = code[path], module_of(src, path)
-        children = set(re.findall(r"\bmod\s+(" + IDENT + r")\s*;", text))
-        found_paths = []
-        for m in re.finditer(r"\b(pub(\([^)]*\))?\s+)?use\s+([^;]+);", text):
-            for p, name in use_paths(m.group(3)):
-                target = absolute(module, p, children)
-                if target is None:
-                    continue
-                reexport = m.group(1) is not None
-                if reexport and name is not None:
-                    aliases[tuple(module) + (name,)] = target
-                # A module's facade (re-exporting what lies below it) is not an import.
-                if not (reexport and target[:len(module)] == module):
-                    found_paths.append(target)
-        body = re.sub(r"\buse\s+[^;]+;", "", text)
-        for m in re.finditer(r"(?<![\w:])(" + IDENT + r"(?:\s*::\s*" + IDENT + r")+)", body):
-            target = absolute(module, tuple(re.split(r"\s*::\s*", m.group(1))), children)
-            if target is not None:
-                found_paths.append(target)
-        uses[path] = found_paths
-
-    graph, long = {p: set() for p in files}, []
-    for path in files:
-        for target in uses[path]:
-            file = resolve(modules, aliases, target)
-            if file is not None and file != path:
-                graph[path].add(file)
         long += [(path, n, first, size) for n, first, size in functions(code[path], path)
                  if size > MAX_FN_LINES]
 

@@ -14,7 +14,7 @@ unset AWS_CA_BUNDLE
 cargo fmt --check
 cargo clippy --locked --all-targets -- -D warnings
 # The structure of src/: no import circle between files, no function over 80 lines.
-python3 scripts/structure.py src
+python3 scripts/structure.py --self-test && python3 scripts/structure.py src
 
 # Qdrant's own shard engine (qdrant-edge-py from PyPI) for tests/qdrant.rs, in a venv under
 # target/.
