@@ -93,7 +93,11 @@ impl Cluster {
         if let Some(holder) = self.stopped_by(namespace, name, uid) {
             return Err(holder);
         }
-        begun.retain(|_, b| now.saturating_duration_since(b.at) < PENDING_STOP);
+        // A stop ends when its resource is finished or gone (it started the StatefulSet
+        // again before saying so, or in its cleanup), at the latest after PENDING_STOP.
+        begun.retain(|_, b| {
+            now.saturating_duration_since(b.at) < PENDING_STOP && self.unfinished(&b.uid)
+        });
         let key = (namespace.to_owned(), name.to_owned());
         match begun.get(&key) {
             Some(other) if other.uid != uid => Err(other.who.clone()),
@@ -144,6 +148,24 @@ impl Cluster {
                 })
         });
         restore.map(|r| format!("SnapshotRestore {}", r.name_any()))
+    }
+
+    /// Whether the stores show a Snapshot or SnapshotRestore of UID `uid` that is not
+    /// finished (Succeeded or Failed).
+    fn unfinished(&self, uid: &str) -> bool {
+        use crate::api::restore::RestorePhase;
+        use crate::api::snapshot::Phase;
+        let is = |meta: &ObjectMeta| meta.uid.as_deref() == Some(uid);
+        let snapshot = self.snapshots.state().into_iter().find(|s| is(s.meta()));
+        if let Some(s) = snapshot {
+            let phase = s.status.as_ref().and_then(|st| st.phase);
+            return !matches!(phase, Some(Phase::Succeeded | Phase::Failed));
+        }
+        let restore = self.restores.state().into_iter().find(|r| is(r.meta()));
+        restore.is_some_and(|r| {
+            let phase = r.status.as_ref().and_then(|st| st.phase);
+            !matches!(phase, Some(RestorePhase::Succeeded | RestorePhase::Failed))
+        })
     }
 
     /// Forgets that `uid` began to stop the StatefulSet `name` of `namespace` (it has not
@@ -256,9 +278,41 @@ where
 mod tests {
     use super::*;
 
+    /// A Snapshot (uid `uid-a`) in `phase`, or a SnapshotRestore (`uid-b`, `uid-c`) in it:
+    /// a stopper of StatefulSet qdrant as the stores show it.
+    fn stopper(kind: &str, uid: &str, phase: &str) -> serde_json::Value {
+        let spec = match kind {
+            "Snapshot" => serde_json::json!({"copyMethod": "Stop", "storage": {},
+                "source": {"statefulSet": {"name": "qdrant", "volumeClaimTemplate": "data"}}}),
+            _ => serde_json::json!({"source": {"location": "x.snapshot"}, "stopWorkload": true,
+                "target": {"statefulSet": {"name": "qdrant", "volumeClaimTemplate": "data"}}}),
+        };
+        serde_json::json!({"apiVersion": "snapshot-operator.dev/v1alpha1", "kind": kind,
+            "metadata": {"name": uid.trim_start_matches("uid-"), "namespace": "ns", "uid": uid},
+            "spec": spec, "status": {"phase": phase}})
+    }
+
+    /// The stores showing Snapshot a and SnapshotRestores b and c in these phases (None:
+    /// not there), sharing the stops begun in `stops`.
+    fn showing(stops: &Stops, phases: [Option<&str>; 3]) -> Cluster {
+        let [a, b, c] = phases;
+        let snapshots = a.map(|p| serde_json::from_value(stopper("Snapshot", "uid-a", p)).unwrap());
+        let restores = [("uid-b", b), ("uid-c", c)]
+            .into_iter()
+            .filter_map(|(uid, p)| p.map(|p| stopper("SnapshotRestore", uid, p)))
+            .map(|v| serde_json::from_value(v).unwrap())
+            .collect();
+        let cluster = Cluster::of(vec![], vec![], snapshots.into_iter().collect(), restores);
+        Cluster {
+            stops: stops.clone(),
+            ..cluster
+        }
+    }
+
     #[test]
     fn a_stop_begun_here_holds_off_a_second_stopper_until_the_stores_can_show_it() {
-        let cluster = Cluster::of(vec![], vec![], vec![], vec![]);
+        let stops = Stops::default();
+        let cluster = showing(&stops, [Some("Pending"), Some("Pending"), None]);
         let (a, b) = (("uid-a", "Snapshot a"), ("uid-b", "SnapshotRestore b"));
         let sts = ("ns", "qdrant");
         let now = Instant::now();
@@ -286,5 +340,41 @@ mod tests {
         );
         cluster.forget_stop(sts, "uid-b");
         assert_eq!(cluster.begin_stop(sts, a, at(64)), Ok(()));
+    }
+
+    #[test]
+    fn three_stoppers_one_after_another_each_start_as_the_one_before_finishes() {
+        let stops = Stops::default();
+        let sts = ("ns", "qdrant");
+        let (a, b, c) = (
+            ("uid-a", "Snapshot a"),
+            ("uid-b", "SnapshotRestore b"),
+            ("uid-c", "SnapshotRestore c"),
+        );
+        let now = Instant::now();
+        let at = |s| now + Duration::from_secs(s);
+        // a stops it; b and c, created meanwhile, wait.
+        let cluster = showing(&stops, [Some("Running"), Some("Pending"), Some("Pending")]);
+        assert_eq!(cluster.begin_stop(sts, a, now), Ok(()));
+        assert_eq!(cluster.begin_stop(sts, b, at(1)), Err("Snapshot a".into()));
+        assert_eq!(cluster.begin_stop(sts, c, at(1)), Err("Snapshot a".into()));
+        // a succeeded (it started the StatefulSet again first): b goes a second later, not
+        // a minute; c waits for b.
+        let cluster = showing(
+            &stops,
+            [Some("Succeeded"), Some("Pending"), Some("Pending")],
+        );
+        assert_eq!(cluster.begin_stop(sts, b, at(2)), Ok(()));
+        assert_eq!(
+            cluster.begin_stop(sts, c, at(3)),
+            Err("SnapshotRestore b".into())
+        );
+        // b failed: c goes at once.
+        let cluster = showing(&stops, [Some("Succeeded"), Some("Failed"), Some("Pending")]);
+        assert_eq!(cluster.begin_stop(sts, c, at(4)), Ok(()));
+        // c deleted while it ran (its cleanup started the StatefulSet again): a Snapshot
+        // created next goes at once.
+        let cluster = showing(&stops, [Some("Pending"), Some("Failed"), None]);
+        assert_eq!(cluster.begin_stop(sts, a, at(5)), Ok(()));
     }
 }
