@@ -787,7 +787,7 @@ async fn cleanup(snap: &Snapshot, ctx: &Context) -> Result<Action, Error> {
     let name = mover::job_name("del", &snap.name_any(), "all");
     let Some(m) = ctx.mover(&ns, &name, &uid).await? else {
         if ctx.take_slot(snap, "all", &name) {
-            let job = delete_mover(snap, ctx, name, keys, &storage);
+            let job = delete_mover(snap, ctx, name, keys, &storage).await?;
             match jobs::create(&ctx.client, &job).await {
                 Err(e) if jobs::namespace_terminating(&e) => {
                     left_with_namespace(snap, &storage);
@@ -831,20 +831,32 @@ async fn cleanup(snap: &Snapshot, ctx: &Context) -> Result<Action, Error> {
 }
 
 /// The Job of the mover `name` that deletes the archives `keys` of `storage`.
-fn delete_mover(
+/// The delete mover acts as the Snapshot's movers did (its `moverSecurityContext`, else the
+/// workload's user while it exists): on a volume that takes no `fsGroup` only the user who
+/// wrote an archive may delete it.
+async fn delete_mover(
     snap: &Snapshot,
     ctx: &Context,
     name: String,
     keys: Vec<String>,
     storage: &Storage,
-) -> Job {
+) -> Result<Job, Error> {
+    let namespace = snap.namespace().unwrap_or_default();
+    let security = workload::mover_security(
+        &ctx.client,
+        &namespace,
+        snap.spec.mover_security_context.as_ref(),
+        &snap.spec.source,
+        &ctx.config.mover,
+    )
+    .await?;
     let task = MoverTask::Delete(DeleteTask {
         keys,
         termination_log: TERMINATION_LOG.into(),
     });
     let spec = MoverJob {
         name,
-        namespace: snap.namespace().unwrap_or_default(),
+        namespace,
         owner: snap
             .controller_owner_ref(&())
             .expect("a stored Snapshot has a UID"),
@@ -854,9 +866,9 @@ fn delete_mover(
         data: None,
         storage,
         pin_to: None,
-        security: mover::security(None, None, &ctx.config.mover),
+        security,
     };
-    mover::job(&spec, &ctx.config.mover)
+    Ok(mover::job(&spec, &ctx.config.mover))
 }
 
 #[cfg(test)]
@@ -1627,7 +1639,12 @@ mod mock {
     #[tokio::test]
     async fn deletion_runs_a_delete_mover_then_removes_the_finalizer() {
         let delete_job = mover::job_name("del", "s", "all");
+        // It acts as the workload's user, who wrote the archives.
+        let mut sts = statefulset(2);
+        sts["spec"]["template"] = json!({"spec": {"containers": [],
+            "securityContext": {"runAsUser": 1000, "runAsGroup": 1000}}});
         let script = vec![
+            Expect::new("GET", STS, sts),
             Expect::new("PATCH", format!("{JOBS}/{delete_job}"), Value::Null).check(|job| {
                 let pod = &job["spec"]["template"]["spec"];
                 assert_eq!(
@@ -1638,6 +1655,8 @@ mod mock {
                     pod["volumes"][0]["persistentVolumeClaim"]["claimName"],
                     "backups"
                 );
+                assert_eq!(pod["securityContext"]["runAsUser"], 1000, "{pod}");
+                assert_eq!(pod["securityContext"]["runAsGroup"], 1000, "{pod}");
             }),
         ];
         let snap = Arc::new(snapshot(true, succeeded_archives(), true));
@@ -1703,6 +1722,7 @@ mod mock {
             "reason": "Forbidden", "code": 403,
             "message": "jobs.batch \"x\" is forbidden: unable to create new content in namespace ns because it is being terminated"});
         let script = vec![
+            Expect::new("GET", STS, statefulset(2)),
             Expect::new("PATCH", format!("{JOBS}/{delete_job}"), terminating).status(403),
             Expect::new("PATCH", SNAPS, stored()).check(|body| {
                 assert!(body.to_string().contains("remove"), "{body}");
@@ -1718,8 +1738,10 @@ mod mock {
         // Any other refusal keeps it.
         let forbidden = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
             "reason": "Forbidden", "code": 403, "message": "jobs.batch is forbidden: RBAC"});
-        let script =
-            vec![Expect::new("PATCH", format!("{JOBS}/{delete_job}"), forbidden).status(403)];
+        let script = vec![
+            Expect::new("GET", STS, statefulset(2)),
+            Expect::new("PATCH", format!("{JOBS}/{delete_job}"), forbidden).status(403),
+        ];
         let (result, _) = reconcile_with(
             snapshot(true, succeeded_archives(), true),
             (OperatorConfig::default(), movers(vec![], vec![])),
