@@ -8,6 +8,8 @@
   images.py pause OUT               the sandbox image: busybox-static sleeping
   images.py busybox OUT             busybox (Debian's busybox-static) as docker.io/library/busybox
   images.py seaweedfs WEED OUT      an S3 server: SeaweedFS's `weed` binary
+  images.py qdrant QDRANT OUT       the real Qdrant server: its binary (debug info stripped)
+                                    and the shared libraries it needs, busybox, user 1000
   images.py dockerfile              the user and entrypoint of the Dockerfile's final stage
                                     (JSON), which the operator image takes
   images.py check OUT               the operator image OUT runs as the Dockerfile's final stage
@@ -27,6 +29,7 @@ import re
 import subprocess
 import sys
 import tarfile
+import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Names the e2e manifests use; the kubelet takes these local images (IfNotPresent).
@@ -34,6 +37,7 @@ OPERATOR_REF = os.environ.get("E2E_IMAGE", "snapshot-operator:e2e")
 PAUSE_REF = "snapshot-operator.local/pause:1"
 BUSYBOX_REF = "docker.io/library/busybox:1.37"
 SEAWEEDFS_REF = "snapshot-operator.local/seaweedfs:e2e"
+QDRANT_REF = "snapshot-operator.local/qdrant:e2e"
 MTIME = 1_700_000_000
 
 
@@ -53,6 +57,7 @@ class Layer:
         self.buf = io.BytesIO()
         self.tar = tarfile.open(fileobj=self.buf, mode="w", format=tarfile.GNU_FORMAT)
         self.dirs = set()
+        self.files = set()
 
     def _dirs(self, path):
         parts = path.strip("/").split("/")[:-1]
@@ -75,6 +80,7 @@ class Layer:
 
     def data(self, path, data, mode=0o644):
         self._dirs(path)
+        self.files.add(path.strip("/"))
         info = tarfile.TarInfo(path.strip("/"))
         info.size, info.mode, info.mtime = len(data), mode, MTIME
         self.tar.addfile(info, io.BytesIO(data))
@@ -86,6 +92,7 @@ class Layer:
 
     def link(self, path, target):
         self._dirs(path)
+        self.files.add(path.strip("/"))
         info = tarfile.TarInfo(path.strip("/"))
         info.type, info.linkname, info.mtime = tarfile.SYMTYPE, target, MTIME
         self.tar.addfile(info)
@@ -108,7 +115,8 @@ def write_image(out, ref, layer, config):
     """An OCI image archive at `out` of one layer, named `ref` (in full)."""
     ref = full_name(ref)
     diff = layer.bytes()
-    blob = gzip.compress(diff, mtime=0)
+    # Images stay on this machine: compressed fast rather than small.
+    blob = gzip.compress(diff, compresslevel=1, mtime=0)
     digest = lambda b: "sha256:" + hashlib.sha256(b).hexdigest()
     image_config = json.dumps({
         "architecture": "amd64",
@@ -165,6 +173,23 @@ def shared_libraries(binary):
     return libs
 
 
+def add_libraries(layer, binary):
+    """The shared libraries `binary` loads, at their paths (links to where they are)."""
+    for lib in shared_libraries(binary):
+        real = os.path.realpath(lib)
+        if real.strip("/") not in layer.files:
+            layer.file(real, real, 0o755)
+        if real != lib and lib.strip("/") not in layer.files:
+            layer.link(lib, real)
+
+
+def add_ca_certificates(layer):
+    """This machine's CA bundle, where TLS clients look for it."""
+    certs = "/etc/ssl/certs/ca-certificates.crt"
+    if os.path.exists(certs):
+        layer.file(certs, certs, 0o644)
+
+
 def operator(binary, out):
     runtime = dockerfile_runtime()
     uid = int(runtime["User"].split(":")[0])
@@ -172,28 +197,27 @@ def operator(binary, out):
     base_files(layer, "nonroot", uid)
     target = runtime["Entrypoint"][0]
     layer.file(target, binary, 0o755)
-    for lib in shared_libraries(binary):
-        real = os.path.realpath(lib)
-        layer.file(real, real, 0o755)
-        if real != lib:
-            layer.link(lib, real)
-    for certs in ["/etc/ssl/certs/ca-certificates.crt"]:
-        if os.path.exists(certs):
-            layer.file(certs, certs, 0o644)
+    add_libraries(layer, binary)
+    add_ca_certificates(layer)
     config = {"User": runtime["User"], "Entrypoint": runtime["Entrypoint"],
               "Env": ["PATH=/usr/local/bin:/usr/bin:/bin", "SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt"],
               "WorkingDir": f"/home/nonroot"}
     write_image(out, OPERATOR_REF, layer, config)
 
 
-def busybox_layer():
-    layer = Layer()
+def add_busybox(layer):
+    """Debian's busybox-static and its applets in /bin."""
     layer.file("bin/busybox", "/bin/busybox", 0o755)
     applets = subprocess.run(["/bin/busybox", "--list"], capture_output=True, text=True,
                              check=True).stdout.split()
     for applet in applets:
         if applet != "busybox":
             layer.link(f"bin/{applet}", "busybox")
+
+
+def busybox_layer():
+    layer = Layer()
+    add_busybox(layer)
     base_files(layer, "nobody", 65534)
     return layer
 
@@ -212,6 +236,23 @@ def seaweedfs(weed, out):
     layer = busybox_layer()
     layer.file("usr/bin/weed", weed, 0o755)
     write_image(out, SEAWEEDFS_REF, layer, {"Entrypoint": ["/usr/bin/weed"], "Env": ["PATH=/usr/bin:/bin"]})
+
+
+def qdrant(binary, out):
+    layer = Layer()
+    add_busybox(layer)
+    base_files(layer, "qdrant", 1000)
+    with tempfile.TemporaryDirectory() as tmp:
+        stripped = os.path.join(tmp, "qdrant")
+        subprocess.run(["strip", "--strip-debug", "-o", stripped, binary], check=True)
+        layer.file("qdrant/qdrant", stripped, 0o755)
+    add_libraries(layer, binary)
+    # Qdrant builds its HTTP clients at start, and they refuse to without CA certificates.
+    add_ca_certificates(layer)
+    config = {"User": "1000:1000", "Entrypoint": ["/qdrant/qdrant"], "WorkingDir": "/qdrant",
+              "Env": ["PATH=/qdrant:/bin", "QDRANT__TELEMETRY_DISABLED=true",
+                      "QDRANT_INIT_FILE_PATH=/tmp/.qdrant-initialized"]}
+    write_image(out, QDRANT_REF, layer, config)
 
 
 def check(archive):
@@ -256,6 +297,8 @@ if __name__ == "__main__":
         busybox(args[0])
     elif command == "seaweedfs":
         seaweedfs(args[0], args[1])
+    elif command == "qdrant":
+        qdrant(args[0], args[1])
     elif command == "check":
         check(args[0])
     elif command == "dockerfile":

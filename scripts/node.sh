@@ -197,6 +197,12 @@ EOF
     && python3 "$NODE_ROOT/scripts/images.py" seaweedfs "$(readlink -f "$weed")" "$images/seaweedfs.tar" \
     && python3 "$NODE_ROOT/scripts/images.py" check "$images/operator.tar" \
     > "$NODE_LOG_DIR/images.log" 2>&1 || { _node_say "building images failed"; tail "$NODE_LOG_DIR/images.log"; return 1; }
+  # The real Qdrant server, where it was built (see scripts/test.sh).
+  local qdrant="${SNAPSHOT_OPERATOR_TEST_QDRANT_SERVER:-}"
+  if [ -n "$qdrant" ] && [ -x "$qdrant" ]; then
+    python3 "$NODE_ROOT/scripts/images.py" qdrant "$qdrant" "$images/qdrant.tar" >> "$NODE_LOG_DIR/images.log" 2>&1 \
+      || { _node_say "building the Qdrant image failed"; tail "$NODE_LOG_DIR/images.log"; return 1; }
+  fi
   local image
   for image in "$images"/*.tar; do
     ctr --address "$sock" -n k8s.io images import --all-platforms "$image" >> "$NODE_LOG_DIR/images.log" 2>&1 \

@@ -29,5 +29,9 @@ helm install snapshot-operator charts/snapshot-operator --namespace snapshot-sys
   --set image.repository=snapshot-operator --set image.tag=e2e --set image.pullPolicy=Never \
   --set replicaCount=2 --set-json 'allowedS3Endpoints=["http://s3:9000"]' > /dev/null
 kubectl -n snapshot-system get pods -o wide
+# The real Qdrant as a workload, where its image was built (scripts/node.sh).
+if [ -f "$NODE_DIR/images/qdrant.tar" ]; then
+  export E2E_QDRANT_IMAGE=snapshot-operator.local/qdrant:e2e
+fi
 E2E_IMAGE=snapshot-operator:e2e E2E_S3_MANIFEST=manifests/s3-seaweedfs.yaml bash tests/e2e/run.sh
 echo "e2e: the real node's run took $((SECONDS - started)) s"

@@ -80,6 +80,19 @@ YAML
 }
 
 exec_cat() { k exec "$1" -c db -- cat "$2"; }
+# Runs a shell command in busybox with a claim at /s; prints its output.
+on_claim() { # claim pod-name command
+  k apply -f - >/dev/null <<YAML
+{"apiVersion":"v1","kind":"Pod","metadata":{"name":"$2"},"spec":{"restartPolicy":"Never",
+ "volumes":[{"name":"s","persistentVolumeClaim":{"claimName":"$1"}}],
+ "containers":[{"name":"c","image":"docker.io/library/busybox:1.37","command":["sh","-c",$(
+  python3 -c 'import json, sys; print(json.dumps(sys.argv[1]))' "$3")],
+  "volumeMounts":[{"name":"s","mountPath":"/s"}]}]}}
+YAML
+  wait_for "pod/$2" '{.status.phase}' Succeeded 120
+  k logs "$2"
+  k delete pod "$2" >/dev/null
+}
 
 echo "e2e: namespace $NS"
 kubectl create namespace "$NS" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
@@ -133,17 +146,9 @@ for i in 0 1; do
   name="$(jp snapshot/products-local "{.status.archives[$i].name}")"
   sum="$(jp snapshot/products-local "{.status.archives[$i].checksum}")"
   # The archive and its sidecar match the status (GNU-compatible sha256 from busybox).
-  k apply -f - >/dev/null <<YAML
-{"apiVersion":"v1","kind":"Pod","metadata":{"name":"sum-$i"},"spec":{"restartPolicy":"Never",
- "volumes":[{"name":"s","persistentVolumeClaim":{"claimName":"snapshots"}}],
- "containers":[{"name":"c","image":"docker.io/library/busybox:1.37","command":["sh","-c",
-  "cd /s/archives/products && sha256sum $name && cat $name.checksum"],"volumeMounts":[{"name":"s","mountPath":"/s"}]}]}}
-YAML
-  wait_for "pod/sum-$i" '{.status.phase}' Succeeded 120
-  out="$(k logs "sum-$i")"
+  out="$(on_claim snapshots "sum-$i" "cd /s/archives/products && sha256sum $name && cat $name.checksum")"
   [ "$(echo "$out" | head -1 | cut -d' ' -f1)" = "$sum" ] || fail "archive $name does not match its status checksum"
   [ "$(echo "$out" | tail -1)" = "$sum" ] || fail "sidecar of $name does not match"
-  k delete pod "sum-$i" >/dev/null
 done
 kubectl get snapshots -n "$NS"
 pass "collection snapshot to local storage: 2 archives, checksums match"
@@ -370,6 +375,86 @@ YAML
   [ "$(exec_cat fresh-1 /qdrant/storage/collections/products/data.txt)" = "products from csi-1" ] || fail "r-$1: fresh-1 data"
   pass "copyMethod $2: pods undisturbed, temporary objects deleted, restored node by node"
 }
+# --- The real Qdrant: points snapshotted with copyMethod Stop, restored, found again -------
+# Qdrant's API is reached at the pod's address (this machine is on the pods' bridge).
+qdrant_api() { # method path [json]
+  local ip
+  ip="$(jp pod/vectors-0 '{.status.podIP}')"
+  curl -sSf -X "$1" -H 'Content-Type: application/json' "http://$ip:6333$2" ${3:+-d "$3"}
+}
+qdrant_field() { # python expression over the answer's `result`
+  python3 -c "import json, sys; result = json.load(sys.stdin)['result']; print($1)"
+}
+if [ -n "${E2E_QDRANT_IMAGE:-}" ]; then
+  k apply -f manifests/qdrant.yaml >/dev/null
+  k rollout status statefulset/vectors --timeout=300s >/dev/null || fail "Qdrant did not start"
+  qdrant_api PUT /collections/products '{"vectors": {"size": 4, "distance": "Dot"}}' >/dev/null
+  points="$(python3 -c 'import json
+print(json.dumps({"points": [{"id": i, "vector": [i % 7, i % 5, i % 3, 1.0 + i / 100],
+                              "payload": {"n": i}} for i in range(1, 501)]}))')"
+  qdrant_api PUT '/collections/products/points?wait=true' "$points" >/dev/null
+  query='{"vector": [0.5, 0.2, 0.9, 0.1], "limit": 5}'
+  before="$(qdrant_api POST /collections/products/points/search "$query" | qdrant_field '[p["id"] for p in result]')"
+  k apply -f - >/dev/null <<'YAML'
+apiVersion: snapshot-operator.dev/v1alpha1
+kind: Snapshot
+metadata: {name: vectors-stop}
+spec:
+  source: {statefulSet: {name: vectors, volumeClaimTemplate: qdrant-storage}}
+  path: /
+  collection: products
+  copyMethod: Stop
+  storage: {local: {persistentVolumeClaim: {claimName: vectors-snapshots}}}
+  deletionPolicy: Delete
+YAML
+  k wait --for=condition=Ready snapshot/vectors-stop --timeout=300s >/dev/null || fail "vectors-stop not Ready"
+  # In Qdrant's own format: the real Qdrant recovers the archive into a second collection,
+  # fetched over http from a pod serving the claim (busybox httpd).
+  name="$(jp snapshot/vectors-stop '{.status.archives[0].name}')"
+  k apply -f - >/dev/null <<'YAML'
+{"apiVersion":"v1","kind":"Pod","metadata":{"name":"vectors-files"},"spec":{
+ "securityContext":{"runAsUser":1000,"runAsGroup":1000},"volumes":[{"name":"s","persistentVolumeClaim":{"claimName":"vectors-snapshots"}}],
+ "containers":[{"name":"c","image":"docker.io/library/busybox:1.37",
+  "command":["httpd","-f","-p","8080","-h","/s"],"volumeMounts":[{"name":"s","mountPath":"/s"}]}]}}
+YAML
+  wait_for pod/vectors-files '{.status.phase}' Running 120
+  k rollout status statefulset/vectors --timeout=300s >/dev/null
+  location="http://$(jp pod/vectors-files '{.status.podIP}'):8080/products/$name"
+  for _ in $(seq 30); do curl -sf -o /dev/null "$location" && break; sleep 1; done
+  qdrant_api PUT '/collections/recovered/snapshots/recover?wait=true' \
+    "{\"location\": \"$location\", \"priority\": \"snapshot\"}" >/dev/null \
+    || fail "Qdrant did not recover vectors-stop's archive from $location"
+  k delete pod vectors-files >/dev/null
+  count="$(qdrant_api GET /collections/recovered | qdrant_field 'result["points_count"]')"
+  [ "$count" = 500 ] || fail "Qdrant recovered $count points from our archive, not 500"
+  recovered="$(qdrant_api POST /collections/recovered/points/search "$query" | qdrant_field '[p["id"] for p in result]')"
+  [ "$recovered" = "$before" ] || fail "search in the recovered collection: $recovered, before: $before"
+  k rollout status statefulset/vectors --timeout=300s >/dev/null
+  qdrant_api DELETE /collections/products >/dev/null
+  k apply -f - >/dev/null <<'YAML'
+apiVersion: snapshot-operator.dev/v1alpha1
+kind: SnapshotRestore
+metadata: {name: vectors-back}
+spec:
+  source: {snapshotRef: {name: vectors-stop}}
+  target: {statefulSet: {name: vectors, volumeClaimTemplate: qdrant-storage}}
+  collection: products
+  priority: snapshot
+  stopWorkload: true
+YAML
+  k wait --for=condition=Ready snapshotrestore/vectors-back --timeout=400s >/dev/null || fail "vectors-back not Ready"
+  k rollout status statefulset/vectors --timeout=300s >/dev/null
+  count="$(qdrant_api GET /collections/products | qdrant_field 'result["points_count"]')"
+  [ "$count" = 500 ] || fail "the restored collection holds $count points, not 500"
+  after="$(qdrant_api POST /collections/products/points/search "$query" | qdrant_field '[p["id"] for p in result]')"
+  [ "$after" = "$before" ] || fail "search after the restore: $after, before: $before"
+  k delete snapshotrestore vectors-back >/dev/null
+  k delete snapshot vectors-stop --timeout=300s >/dev/null || fail "vectors-stop not deleted"
+  pass "the real Qdrant: 500 points snapshotted with copyMethod Stop, recovered by Qdrant's own API from our archive and restored by a SnapshotRestore after the collection was deleted: 500 points and the same search results each time"
+else
+  echo "e2e: the real Qdrant as a workload: SKIPPED: no Qdrant image (build the Qdrant binary once with ../shared/tools/build-qdrant.sh)"
+fi
+
 if kubectl get storageclass csi-hostpath-sc >/dev/null 2>&1 \
   && kubectl get volumesnapshotclass csi-hostpath-snapclass >/dev/null 2>&1; then
   k apply -f manifests/csi.yaml >/dev/null
