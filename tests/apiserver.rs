@@ -1331,6 +1331,14 @@ async fn schedule_scenario(
     let name_of = |n: i64| format!("nightly-{}", night(n).strftime("%Y%m%d-%H%M%S"));
     for n in 0..3 {
         if n > 0 {
+            // The schedule has seen the last night's Snapshot finish (its store, not only
+            // the API server): were it still running, the night would be missed (Forbid).
+            let last = name_of(n - 1);
+            eventually("the schedule's last successful Snapshot", || async {
+                let status = schedules.get("nightly").await.unwrap().status?;
+                (status.last_successful_snapshot.as_deref() == Some(last.as_str())).then_some(())
+            })
+            .await;
             set_night(n);
             // The controller would look at the next run's time; its clock jumped: a change
             // of the schedule makes it look now.
