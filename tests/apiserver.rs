@@ -1331,8 +1331,9 @@ async fn schedule_scenario(
     let name_of = |n: i64| format!("nightly-{}", night(n).strftime("%Y%m%d-%H%M%S"));
     for n in 0..3 {
         if n > 0 {
-            // The schedule has seen the last night's Snapshot finish (its store, not only
-            // the API server): were it still running, the night would be missed (Forbid).
+            // The schedule has seen the last night's Snapshot finish: a pass that listed it
+            // still running and then read the moved clock would count the night missed
+            // (Forbid).
             let last = name_of(n - 1);
             eventually("the schedule's last successful Snapshot", || async {
                 let status = schedules.get("nightly").await.unwrap().status?;

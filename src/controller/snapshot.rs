@@ -613,14 +613,7 @@ impl MoverInputs {
                         .items
                 }
             };
-            let security = workload::mover_security(
-                &ctx.client,
-                &ns,
-                snap.spec.mover_security_context.as_ref(),
-                &snap.spec.source,
-                &ctx.config.mover,
-            )
-            .await?;
+            let security = acting_as(ctx, snap).await?;
             *self = MoverInputs::Read(listed, Box::new(security));
         }
         match self {
@@ -830,10 +823,21 @@ async fn cleanup(snap: &Snapshot, ctx: &Context) -> Result<Action, Error> {
     }
 }
 
+/// Who a Snapshot's movers act as, its delete mover too: its `moverSecurityContext`, else
+/// the workload's user while the workload exists. On a volume that takes no `fsGroup` only
+/// the user who wrote an archive may delete it.
+async fn acting_as(ctx: &Context, snap: &Snapshot) -> Result<PodSecurityContext, Error> {
+    workload::mover_security(
+        &ctx.client,
+        &snap.namespace().unwrap_or_default(),
+        snap.spec.mover_security_context.as_ref(),
+        &snap.spec.source,
+        &ctx.config.mover,
+    )
+    .await
+}
+
 /// The Job of the mover `name` that deletes the archives `keys` of `storage`.
-/// The delete mover acts as the Snapshot's movers did (its `moverSecurityContext`, else the
-/// workload's user while it exists): on a volume that takes no `fsGroup` only the user who
-/// wrote an archive may delete it.
 async fn delete_mover(
     snap: &Snapshot,
     ctx: &Context,
@@ -841,22 +845,14 @@ async fn delete_mover(
     keys: Vec<String>,
     storage: &Storage,
 ) -> Result<Job, Error> {
-    let namespace = snap.namespace().unwrap_or_default();
-    let security = workload::mover_security(
-        &ctx.client,
-        &namespace,
-        snap.spec.mover_security_context.as_ref(),
-        &snap.spec.source,
-        &ctx.config.mover,
-    )
-    .await?;
+    let security = acting_as(ctx, snap).await?;
     let task = MoverTask::Delete(DeleteTask {
         keys,
         termination_log: TERMINATION_LOG.into(),
     });
     let spec = MoverJob {
         name,
-        namespace,
+        namespace: snap.namespace().unwrap_or_default(),
         owner: snap
             .controller_owner_ref(&())
             .expect("a stored Snapshot has a UID"),
