@@ -120,6 +120,13 @@ pub enum RestorePhase {
     Failed,
 }
 
+impl RestorePhase {
+    /// Succeeded or Failed: the SnapshotRestore is done; nothing more happens to it.
+    pub fn is_final(self) -> bool {
+        matches!(self, RestorePhase::Succeeded | RestorePhase::Failed)
+    }
+}
+
 /// The observed state of a SnapshotRestore.
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]

@@ -262,6 +262,13 @@ pub enum Phase {
     Failed,
 }
 
+impl Phase {
+    /// Succeeded or Failed: the Snapshot is done; nothing more happens to it.
+    pub fn is_final(self) -> bool {
+        matches!(self, Phase::Succeeded | Phase::Failed)
+    }
+}
+
 /// The observed state of a Snapshot.
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]

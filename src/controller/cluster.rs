@@ -126,8 +126,7 @@ impl Cluster {
             here(s.meta())
                 && sts.is_some_and(|sts| sts.name == name)
                 && status.is_some_and(|st| {
-                    st.stopped_replicas.is_some()
-                        && !matches!(st.phase, Some(Phase::Succeeded | Phase::Failed))
+                    st.stopped_replicas.is_some() && !st.phase.is_some_and(Phase::is_final)
                 })
         });
         if let Some(s) = snapshot {
@@ -140,11 +139,7 @@ impl Cluster {
                 && r.spec.stop_workload
                 && sts.is_some_and(|sts| sts.name == name)
                 && status.is_some_and(|st| {
-                    st.stopped_replicas.is_some()
-                        && !matches!(
-                            st.phase,
-                            Some(RestorePhase::Succeeded | RestorePhase::Failed)
-                        )
+                    st.stopped_replicas.is_some() && !st.phase.is_some_and(RestorePhase::is_final)
                 })
         });
         restore.map(|r| format!("SnapshotRestore {}", r.name_any()))
@@ -159,12 +154,12 @@ impl Cluster {
         let snapshot = self.snapshots.state().into_iter().find(|s| is(s.meta()));
         if let Some(s) = snapshot {
             let phase = s.status.as_ref().and_then(|st| st.phase);
-            return !matches!(phase, Some(Phase::Succeeded | Phase::Failed));
+            return !phase.is_some_and(Phase::is_final);
         }
         let restore = self.restores.state().into_iter().find(|r| is(r.meta()));
         restore.is_some_and(|r| {
             let phase = r.status.as_ref().and_then(|st| st.phase);
-            !matches!(phase, Some(RestorePhase::Succeeded | RestorePhase::Failed))
+            !phase.is_some_and(RestorePhase::is_final)
         })
     }
 

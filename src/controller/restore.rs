@@ -185,7 +185,7 @@ pub fn next_status(
             ),
         },
     };
-    let terminal = matches!(phase, RestorePhase::Succeeded | RestorePhase::Failed);
+    let terminal = phase.is_final();
     SnapshotRestoreStatus {
         observed_generation: restore.meta().generation,
         phase: Some(phase),
@@ -444,10 +444,8 @@ async fn apply(restore: &SnapshotRestore, ctx: &Context) -> Result<Action, Error
     let recorded = old.nodes.iter().filter(|n| is_final(n));
     ctx.remove_recorded_movers(restore, recorded.map(|n| job_name(restore, &n.node)))
         .await?;
-    if matches!(
-        old.phase,
-        Some(RestorePhase::Succeeded | RestorePhase::Failed)
-    ) && old.observed_generation == restore.meta().generation
+    if old.phase.is_some_and(RestorePhase::is_final)
+        && old.observed_generation == restore.meta().generation
     {
         return Ok(Action::await_change());
     }
@@ -503,9 +501,10 @@ async fn apply(restore: &SnapshotRestore, ctx: &Context) -> Result<Action, Error
         // Written on condition of the status read: counted once.
         count_finished(ctx, &plan.entries, &next, &movers);
     }
-    Ok(match status.phase {
-        Some(RestorePhase::Succeeded | RestorePhase::Failed) => Action::await_change(),
-        _ => Action::requeue(RECHECK),
+    Ok(if status.phase.is_some_and(RestorePhase::is_final) {
+        Action::await_change()
+    } else {
+        Action::requeue(RECHECK)
     })
 }
 
@@ -780,10 +779,7 @@ async fn start_mover(
 /// On deletion: a workload stopped by this restore is started again.
 async fn cleanup(restore: &SnapshotRestore, ctx: &Context) -> Result<Action, Error> {
     let status = restore.status.clone().unwrap_or_default();
-    let done = matches!(
-        status.phase,
-        Some(RestorePhase::Succeeded | RestorePhase::Failed)
-    );
+    let done = status.phase.is_some_and(RestorePhase::is_final);
     if let (Some(replicas), false) = (status.stopped_replicas, done) {
         scale(ctx, restore, replicas).await?;
     }

@@ -179,7 +179,7 @@ fn requeue_after(more: bool, next: Option<Timestamp>, now: Timestamp) -> Option<
 /// Is the Snapshot still to finish?
 fn active(snap: &Snapshot) -> bool {
     let phase = snap.status.as_ref().and_then(|s| s.phase);
-    !matches!(phase, Some(Phase::Succeeded | Phase::Failed))
+    !phase.is_some_and(Phase::is_final)
 }
 
 /// The time of the run a Snapshot says it was taken for (else its creation), and its
@@ -333,7 +333,7 @@ fn restoring(ctx: &Context, ns: &str) -> Vec<String> {
         .filter(|r| r.namespace().as_deref() == Some(ns))
         .filter(|r| {
             let phase = r.status.as_ref().and_then(|s| s.phase);
-            !matches!(phase, Some(RestorePhase::Succeeded | RestorePhase::Failed))
+            !phase.is_some_and(RestorePhase::is_final)
         })
         .filter_map(|r| r.spec.source.snapshot_ref.as_ref().map(|s| s.name.clone()))
         .collect()

@@ -280,7 +280,7 @@ pub fn next_status(
             "waiting for a free mover slot".into(),
         ),
     };
-    let terminal = matches!(phase, Phase::Succeeded | Phase::Failed);
+    let terminal = phase.is_final();
     let started = archives.iter().any(|a| a.phase != ArchivePhase::Pending);
     SnapshotStatus {
         observed_generation: snap.meta().generation,
@@ -364,9 +364,7 @@ async fn apply(snap: &Snapshot, ctx: &Context) -> Result<Action, Error> {
     let recorded = old.archives.iter().filter(|a| is_final(a));
     ctx.remove_recorded_movers(snap, recorded.map(|a| job_name(snap, &a.node)))
         .await?;
-    if matches!(old.phase, Some(Phase::Succeeded | Phase::Failed))
-        && old.observed_generation == snap.meta().generation
-    {
+    if old.phase.is_some_and(Phase::is_final) && old.observed_generation == snap.meta().generation {
         return Ok(Action::await_change());
     }
     let (storage, archives) = match resolve(snap, ctx).await? {
@@ -715,7 +713,7 @@ async fn start_mover(snap: &Snapshot, ctx: &Context, new: NewMover<'_>) -> Resul
 /// A StatefulSet this Snapshot stopped and has not started again is started again.
 async fn start_again(snap: &Snapshot, ctx: &Context) -> Result<(), Error> {
     let status = snap.status.clone().unwrap_or_default();
-    let done = matches!(status.phase, Some(Phase::Succeeded | Phase::Failed));
+    let done = status.phase.is_some_and(Phase::is_final);
     let sts = snap.spec.source.stateful_set.as_ref();
     if let (Some(sts), Some(replicas), false) = (sts, status.stopped_replicas, done) {
         let ns = snap.namespace().unwrap_or_default();
