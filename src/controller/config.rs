@@ -7,6 +7,7 @@ use k8s_openapi::api::core::v1::{PodSecurityContext, ResourceRequirements, Secco
 use serde::{Deserialize, Serialize};
 
 use crate::api::snapshot::Storage;
+use crate::controller::kernel::Invalid;
 use crate::protocol::LimitArgs;
 
 /// The operator configuration.
@@ -223,7 +224,7 @@ impl OperatorConfig {
 
     /// Whether a resource's own S3 storage may use `endpoint` (pure): see
     /// `allowedS3Endpoints`.
-    pub fn allow_endpoint(&self, endpoint: Option<&str>) -> Result<(), String> {
+    pub fn allow_endpoint(&self, endpoint: Option<&str>) -> Result<(), Invalid> {
         let allowed: Vec<String> = match &self.allowed_s3_endpoints {
             Some(list) => list.iter().map(|e| endpoint_key(Some(e))).collect(),
             None => {
@@ -239,12 +240,10 @@ impl OperatorConfig {
         if allowed.contains(&wanted) {
             return Ok(());
         }
-        Err(format!(
-            "storage.s3.endpointUrl {} is not one the operator allows (allowedS3Endpoints: {}); \
-             ask the operator's administrator",
-            endpoint.unwrap_or("(AWS)"),
-            allowed.join(", ")
-        ))
+        Err(Invalid::Endpoint {
+            endpoint: endpoint.unwrap_or("(AWS)").into(),
+            allowed: allowed.join(", "),
+        })
     }
 
     /// Reads the file, or the defaults when there is none.
@@ -309,9 +308,12 @@ mod tests {
         let refused = config
             .allow_endpoint(Some("https://attacker.example"))
             .unwrap_err();
-        assert!(
-            refused.contains("https://attacker.example") && refused.contains("aws"),
-            "{refused}"
+        assert_eq!(
+            refused,
+            Invalid::Endpoint {
+                endpoint: "https://attacker.example".into(),
+                allowed: "aws, http://minio.minio:9000".into()
+            }
         );
         // Configured: exactly the list.
         let only: OperatorConfig = serde_json::from_value(serde_json::json!({

@@ -135,7 +135,7 @@ pub fn resource(set: &Imported) -> Result<Snapshot, String> {
             .find_map(|n| n.archive.as_ref())
             .map(|a| a.manifest.format),
     };
-    snapshots::validate(&spec)?;
+    snapshots::validate(&spec).map_err(|e| e.to_string())?;
     let mut snap = Snapshot::new(&set.name, spec);
     snap.meta_mut().namespace = Some(set.namespace.clone());
     snap.labels_mut().insert(IMPORTED.into(), "true".into());

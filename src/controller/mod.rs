@@ -37,9 +37,9 @@ use tokio_util::sync::CancellationToken;
 use crate::api::{Snapshot, SnapshotRestore};
 use config::OperatorConfig;
 pub use kernel::{
-    Clock, Context, Error, FIELD_MANAGER, FINALIZER, Reconciled, Wake, create_if_absent,
-    delete_if_there, delete_named, error_policy, patch_status, reconcile, reject, resource_label,
-    trusted, write_status,
+    Admitted, Clock, Context, Error, FIELD_MANAGER, FINALIZER, Invalid, Reconciled, Wake,
+    create_if_absent, delete_if_there, delete_named, error_policy, patch_status, reconcile, reject,
+    resource_label, trusted, write_status,
 };
 use metrics::Metrics;
 

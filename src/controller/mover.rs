@@ -19,6 +19,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference}
 use sha2::{Digest, Sha256};
 
 use super::config::MoverConfig;
+use super::kernel::Invalid;
 use crate::api::snapshot::{LocalStorage, MoverSecurityContext, Storage};
 use crate::engine::name;
 use crate::protocol::{EnvValue, MoverStorage, MoverTask, SecretKeys, TERMINATION_LOG};
@@ -168,13 +169,9 @@ fn claim_volume(name: &str, claim: &str, read_only: bool) -> Volume {
 pub fn check_security(
     explicit: Option<&MoverSecurityContext>,
     config: &MoverConfig,
-) -> Result<(), String> {
+) -> Result<(), Invalid> {
     match explicit {
-        Some(ids) if ids.run_as_user == Some(0) && !config.allow_root => Err(
-            "moverSecurityContext.runAsUser 0 runs the movers as root, which the operator's \
-             configuration does not allow (mover.allowRoot)"
-                .into(),
-        ),
+        Some(ids) if ids.run_as_user == Some(0) && !config.allow_root => Err(Invalid::RootMovers),
         _ => Ok(()),
     }
 }
@@ -459,10 +456,9 @@ mod tests {
             assert!(sc.seccomp_profile.is_some(), "{what}");
         }
         let root = ids(Some(0), None, None);
-        assert!(
-            check_security(Some(&root), &config)
-                .unwrap_err()
-                .contains("mover.allowRoot")
+        assert_eq!(
+            check_security(Some(&root), &config),
+            Err(Invalid::RootMovers)
         );
         assert!(check_security(Some(&root), &root_ok).is_ok());
         assert!(check_security(Some(&ids(Some(1000), None, None)), &config).is_ok());

@@ -15,7 +15,9 @@ use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::{Resource, ResourceExt};
 
-use super::{Context, Error, create_if_absent, delete_if_there, patch_status, reject, trusted};
+use super::{
+    Context, Error, Invalid, create_if_absent, delete_if_there, patch_status, reject, trusted,
+};
 use crate::api::condition::{self, reason};
 use crate::api::restore::RestorePhase;
 use crate::api::schedule::{
@@ -53,21 +55,20 @@ pub fn decide(
     snapshots: &[Snapshot],
     restoring: &[String],
     now: Timestamp,
-) -> Result<Decision, String> {
+) -> Result<Decision, Invalid> {
     let spec = &sched.spec;
     let name = sched.name_any();
     if name.len() > 63 {
-        return Err(format!(
-            "the name {name:?} is longer than 63 characters: it labels the Snapshots"
-        ));
+        return Err(Invalid::LongName(name));
     }
-    super::snapshot::validate(&spec.template).map_err(|e| format!("template: {e}"))?;
+    super::snapshot::validate(&spec.template).map_err(Invalid::in_template)?;
     let created = sched
         .meta()
         .creation_timestamp
         .as_ref()
         .map_or(now, |t| t.0);
-    let schedule = Schedule::parse(&spec.schedule, spec.time_zone.as_deref(), created)?;
+    let schedule = Schedule::parse(&spec.schedule, spec.time_zone.as_deref(), created)
+        .map_err(Invalid::Schedule)?;
     let tz = schedule.time_zone();
     let old = sched.status.clone().unwrap_or_default();
     // The schedule as counted: an edit of it, a suspension or a resumption starts counting
@@ -292,9 +293,9 @@ pub async fn reconcile(sched: Arc<SnapshotSchedule>, ctx: Arc<Context>) -> Resul
     let restoring = restoring(&ctx, &ns);
     let decision = match admit(&ctx, &sched).and_then(|()| decide(&sched, &own, &restoring, now)) {
         Ok(decision) => decision,
-        Err(message) => {
-            let status = invalid_status(&sched, &message, now);
-            return reject(&ctx, sched.as_ref(), &api, &status, &message).await;
+        Err(why) => {
+            let status = invalid_status(&sched, &why.to_string(), now);
+            return reject(&ctx, sched.as_ref(), &api, &status, &why).await;
         }
     };
     carry_out(&ctx, &sched, &snapshots, &decision).await?;
@@ -340,11 +341,10 @@ fn restoring(ctx: &Context, ns: &str) -> Vec<String> {
 }
 
 /// Whether the operator may act on the template: its S3 endpoint and mover security context.
-fn admit(ctx: &Context, sched: &SnapshotSchedule) -> Result<(), String> {
+fn admit(ctx: &Context, sched: &SnapshotSchedule) -> Result<(), Invalid> {
     let template = &sched.spec.template;
     let s3 = template.storage.as_ref().and_then(|s| s.s3.as_ref());
-    trusted(&ctx.config, s3, template.mover_security_context.as_ref())
-        .map_err(|e| format!("template: {e}"))
+    trusted(&ctx.config, s3, template.mover_security_context.as_ref()).map_err(Invalid::in_template)
 }
 
 /// The status of a schedule whose spec cannot be acted on.
@@ -836,7 +836,8 @@ mod tests {
                 &[],
                 at("2026-03-10T02:00:00Z"),
             )
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
             assert!(error.contains(says), "{error}");
         }
     }

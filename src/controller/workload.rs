@@ -7,7 +7,7 @@ use kube::api::Api;
 use kube::{Client, ResourceExt};
 
 use super::config::MoverConfig;
-use super::{Error, mover};
+use super::{Admitted, Error, Invalid, mover};
 use crate::api::snapshot::{MoverSecurityContext, Workload};
 
 /// One node of a workload: its name (pod or claim) and its data claim.
@@ -17,17 +17,9 @@ pub struct Node {
     pub claim: String,
 }
 
-/// Exactly one of the two shapes (pure).
-pub fn validate(workload: &Workload) -> Result<(), String> {
-    match (&workload.stateful_set, &workload.persistent_volume_claim) {
-        (Some(_), None) | (None, Some(_)) => Ok(()),
-        _ => Err("set exactly one of statefulSet and persistentVolumeClaim".into()),
-    }
-}
-
 /// The nodes of a StatefulSet as it is (pure): pods `<sts>-<ordinal>` with claims
 /// `<template>-<sts>-<ordinal>`.
-pub fn statefulset_nodes(sts: &StatefulSet, template: &str) -> Result<Vec<Node>, String> {
+pub fn statefulset_nodes(sts: &StatefulSet, template: &str) -> Admitted<Vec<Node>> {
     let name = sts.name_any();
     let spec = &sts.spec;
     let templates: Vec<String> = spec
@@ -37,18 +29,19 @@ pub fn statefulset_nodes(sts: &StatefulSet, template: &str) -> Result<Vec<Node>,
         .filter_map(|t| t.metadata.name.clone())
         .collect();
     if !templates.iter().any(|t| t == template) {
-        return Err(format!(
-            "StatefulSet {name} has no volume claim template {template:?} (it has: {})",
-            if templates.is_empty() {
+        return Err(Invalid::NoClaimTemplate {
+            sts: name,
+            template: template.into(),
+            has: if templates.is_empty() {
                 "none".into()
             } else {
                 templates.join(", ")
-            }
-        ));
+            },
+        });
     }
     let replicas = spec.replicas.unwrap_or(1);
     if replicas < 1 {
-        return Err(format!("StatefulSet {name} has no replicas"));
+        return Err(Invalid::NoReplicas(name));
     }
     let start = spec.ordinals.as_ref().and_then(|o| o.start).unwrap_or(0);
     Ok((start..start + replicas)
@@ -59,21 +52,29 @@ pub fn statefulset_nodes(sts: &StatefulSet, template: &str) -> Result<Vec<Node>,
         .collect())
 }
 
-/// Resolves the nodes; `Ok(Err(message))` when the spec names something that is not there.
+/// Resolves the nodes; `Ok(Err(why))` when the spec names something that is not there.
 pub async fn nodes(
     client: &Client,
     namespace: &str,
     workload: &Workload,
-) -> Result<Result<Vec<Node>, String>, Error> {
+) -> Result<Admitted<Vec<Node>>, Error> {
     if let Some(sts) = &workload.stateful_set {
         let api: Api<StatefulSet> = Api::namespaced(client.clone(), namespace);
         return Ok(match api.get_opt(&sts.name).await? {
             Some(found) => statefulset_nodes(&found, &sts.volume_claim_template),
-            None => Err(format!("StatefulSet {} not found in {namespace}", sts.name)),
+            None => Err(Invalid::NotFound {
+                kind: "StatefulSet",
+                name: sts.name.clone(),
+                namespace: namespace.into(),
+            }),
         });
     }
     let Some(claim) = &workload.persistent_volume_claim else {
-        return Ok(Err("no workload".into()));
+        return Ok(Err(Invalid::ExactlyOne {
+            field: "workload",
+            one: "statefulSet",
+            other: "persistentVolumeClaim",
+        }));
     };
     let api: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), namespace);
     Ok(match api.get_opt(&claim.claim_name).await? {
@@ -81,10 +82,11 @@ pub async fn nodes(
             name: claim.claim_name.clone(),
             claim: claim.claim_name.clone(),
         }]),
-        None => Err(format!(
-            "PersistentVolumeClaim {} not found in {namespace}",
-            claim.claim_name
-        )),
+        None => Err(Invalid::NotFound {
+            kind: "PersistentVolumeClaim",
+            name: claim.claim_name.clone(),
+            namespace: namespace.into(),
+        }),
     })
 }
 
@@ -213,10 +215,13 @@ mod tests {
                 },
             ]
         );
-        let err = statefulset_nodes(&sts, "other").unwrap_err();
-        assert!(
-            err.contains("no volume claim template \"other\"") && err.contains("qdrant-storage"),
-            "{err}"
+        assert_eq!(
+            statefulset_nodes(&sts, "other").unwrap_err(),
+            Invalid::NoClaimTemplate {
+                sts: "qdrant".into(),
+                template: "other".into(),
+                has: "qdrant-storage".into()
+            }
         );
         let mut shifted = sts.clone();
         shifted.spec.ordinals = Some(StatefulSetOrdinals { start: Some(5) });
@@ -224,10 +229,9 @@ mod tests {
             statefulset_nodes(&shifted, "qdrant-storage").unwrap()[0].name,
             "qdrant-5"
         );
-        assert!(
-            statefulset_nodes(&statefulset("q", 0, "t"), "t")
-                .unwrap_err()
-                .contains("no replicas")
+        assert_eq!(
+            statefulset_nodes(&statefulset("q", 0, "t"), "t").unwrap_err(),
+            Invalid::NoReplicas("q".into())
         );
     }
 

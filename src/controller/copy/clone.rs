@@ -17,7 +17,7 @@ use kube::{Resource, ResourceExt};
 
 use async_trait::async_trait;
 
-use super::method::Method;
+use super::method::{Method, ReadFrom};
 use crate::api::snapshot::{ArchiveStatus, Snapshot};
 use crate::controller::{Context, Error, create_if_absent, delete_named, mover};
 
@@ -98,23 +98,26 @@ pub fn claim(
 }
 
 /// Makes the temporary claim of `node` (of its claim `source`, or of its VolumeSnapshot
-/// `volume_snapshot`) if it is not there yet: its name, or why there is nothing to copy.
+/// `volume_snapshot`) if it is not there yet: the claim to read, or why there is nothing to
+/// copy.
 pub async fn ensure(
     ctx: &Context,
     snap: &Snapshot,
     node: &str,
     source: &str,
     volume_snapshot: Option<&str>,
-) -> Result<Result<String, String>, Error> {
+) -> Result<ReadFrom, Error> {
     let ns = snap.namespace().unwrap_or_default();
     let api: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ns);
     let Some(found) = api.get_opt(source).await? else {
-        return Ok(Err(format!("claim {source} not found: nothing to clone")));
+        return Ok(ReadFrom::Nothing(format!(
+            "claim {source} not found: nothing to clone"
+        )));
     };
     let clone = claim(snap, node, &found, data_source(source, volume_snapshot));
     // None: made by an earlier pass.
     create_if_absent(&api, &clone).await?;
-    Ok(Ok(clone.name_any()))
+    Ok(ReadFrom::Claim(clone.name_any()))
 }
 
 /// Deletes the clone of `node`'s claim, if there is one.
@@ -133,10 +136,8 @@ impl Method for Cloned {
         ctx: &Context,
         snap: &Snapshot,
         archive: &ArchiveStatus,
-    ) -> Result<Result<Option<String>, String>, Error> {
-        Ok(ensure(ctx, snap, &archive.node, &archive.claim, None)
-            .await?
-            .map(Some))
+    ) -> Result<ReadFrom, Error> {
+        ensure(ctx, snap, &archive.node, &archive.claim, None).await
     }
 
     async fn release(&self, ctx: &Context, snap: &Snapshot, node: &str) -> Result<(), Error> {

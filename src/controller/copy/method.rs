@@ -16,6 +16,17 @@ pub enum Prepared {
     Failed(String),
 }
 
+/// The claim a node's mover reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReadFrom {
+    /// The node's own.
+    Own,
+    /// This one, made for it (a clone).
+    Claim(String),
+    /// None: why there is nothing to read.
+    Nothing(String),
+}
+
 /// What a copy method does around each node's mover. Every step has a default that does
 /// nothing: a method overrides what it needs.
 #[async_trait]
@@ -40,15 +51,14 @@ pub trait Method: Send + Sync {
         Ok(Prepared::Ready)
     }
 
-    /// The claim the node's mover reads instead of the node's own (`None`: its own), or why
-    /// there is nothing to read.
+    /// The claim the node's mover reads.
     async fn source_claim(
         &self,
         _ctx: &Context,
         _snap: &Snapshot,
         _archive: &ArchiveStatus,
-    ) -> Result<Result<Option<String>, String>, Error> {
-        Ok(Ok(None))
+    ) -> Result<ReadFrom, Error> {
+        Ok(ReadFrom::Own)
     }
 
     /// Deletes what was made for the node's mover.

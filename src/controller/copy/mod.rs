@@ -11,7 +11,7 @@ mod method;
 pub mod snapshot;
 pub mod stop;
 
-pub use method::{Method, Prepared};
+pub use method::{Method, Prepared, ReadFrom};
 
 use crate::api::snapshot::CopyMethod;
 

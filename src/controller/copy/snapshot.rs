@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use async_trait::async_trait;
 
 use super::clone;
-use super::method::{Method, Prepared};
+use super::method::{Method, Prepared, ReadFrom};
 use crate::api::snapshot::{ArchiveStatus, Snapshot};
 use crate::controller::{Context, Error, create_if_absent, delete_named, mover};
 
@@ -167,13 +167,9 @@ impl Method for FromVolumeSnapshot {
         ctx: &Context,
         snap: &Snapshot,
         archive: &ArchiveStatus,
-    ) -> Result<Result<Option<String>, String>, Error> {
+    ) -> Result<ReadFrom, Error> {
         let from = name(snap, &archive.node);
-        Ok(
-            clone::ensure(ctx, snap, &archive.node, &archive.claim, Some(&from))
-                .await?
-                .map(Some),
-        )
+        clone::ensure(ctx, snap, &archive.node, &archive.claim, Some(&from)).await
     }
 
     async fn release(&self, ctx: &Context, snap: &Snapshot, node: &str) -> Result<(), Error> {

@@ -2,6 +2,7 @@
 //! endpoint the operator allows, and a mover security context only as the operator's
 //! configuration permits.
 
+use super::Invalid;
 use crate::api::snapshot::{MoverSecurityContext, S3Storage};
 use crate::controller::config::OperatorConfig;
 use crate::controller::mover;
@@ -12,7 +13,7 @@ pub fn trusted(
     config: &OperatorConfig,
     s3: Option<&S3Storage>,
     security: Option<&MoverSecurityContext>,
-) -> Result<(), String> {
+) -> Result<(), Invalid> {
     if let Some(s3) = s3 {
         config.allow_endpoint(s3.endpoint_url.as_deref())?;
     }

@@ -1,18 +1,25 @@
 //! What every reconciler shares: the [`Context`] of a reconciliation, its [`Error`], the
 //! [`Reconciled`] trait and the driver that runs it behind the finalizer, status writing,
-//! and the object helpers (`create_if_absent`, `delete_if_there`).
+//! why a resource cannot be acted on ([`Invalid`]) and the spec checks several share, and the
+//! object helpers (`create_if_absent`, `delete_if_there`).
 
 mod admission;
 mod context;
 mod error;
+mod invalid;
 mod objects;
 mod reconciled;
+mod spec;
 
 pub use admission::trusted;
 pub use context::{Clock, Context, Wake};
 pub use error::Error;
+pub use invalid::{Admitted, Invalid};
 pub use objects::{create_if_absent, delete_if_there, delete_named, patch_status};
 pub use reconciled::{Reconciled, error_policy, reconcile, reject, resource_label, write_status};
+pub use spec::{
+    archive_key, effective_storage, inside_volume, validate_storage, validate_workload,
+};
 
 /// The field manager of every write.
 pub const FIELD_MANAGER: &str = "snapshot-operator";

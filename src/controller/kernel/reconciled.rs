@@ -16,6 +16,7 @@ use serde::de::DeserializeOwned;
 use super::FINALIZER;
 use super::context::Context;
 use super::error::Error;
+use super::invalid::Invalid;
 use super::objects::patch_status;
 use crate::api::condition::reason;
 use crate::controller::slots::Queued;
@@ -108,7 +109,7 @@ pub async fn reject<K>(
     object: &K,
     api: &Api<K>,
     status: &impl Serialize,
-    message: &str,
+    why: &Invalid,
 ) -> Result<Action, Error>
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
@@ -120,7 +121,7 @@ where
         object,
         EventType::Warning,
         reason::INVALID_SPEC,
-        message,
+        why.to_string(),
         "Validate",
     )
     .await;

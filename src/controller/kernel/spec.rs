@@ -1,0 +1,61 @@
+//! Checks and readings of specs that several reconcilers share (pure).
+
+use super::invalid::Invalid;
+use crate::api::snapshot::{ArchiveStatus, Snapshot, SnapshotSpec, Storage, Workload};
+use crate::engine::name;
+
+/// Exactly one of the two shapes of a workload, the spec's `field`.
+pub fn validate_workload(field: &'static str, workload: &Workload) -> Result<(), Invalid> {
+    match (&workload.stateful_set, &workload.persistent_volume_claim) {
+        (Some(_), None) | (None, Some(_)) => Ok(()),
+        _ => Err(Invalid::ExactlyOne {
+            field,
+            one: "statefulSet",
+            other: "persistentVolumeClaim",
+        }),
+    }
+}
+
+/// Exactly one storage kind (pure).
+pub fn validate_storage(storage: &Storage) -> Result<(), Invalid> {
+    match (&storage.local, &storage.s3) {
+        (Some(local), None) => inside_volume("storage.local.path", &local.path),
+        (None, Some(_)) => Ok(()),
+        _ => Err(Invalid::ExactlyOne {
+            field: "storage",
+            one: "local",
+            other: "s3",
+        }),
+    }
+}
+
+/// A path inside a volume: relative to its root, never leaving it (pure).
+pub fn inside_volume(field: &'static str, path: &str) -> Result<(), Invalid> {
+    if path.split('/').any(|part| part == "..") {
+        return Err(Invalid::LeavesVolume {
+            field,
+            path: path.into(),
+        });
+    }
+    Ok(())
+}
+
+/// The storage a Snapshot writes to: recorded in status, else its spec, else the default.
+pub fn effective_storage(snap: &Snapshot, default: Option<&Storage>) -> Option<Storage> {
+    snap.status
+        .as_ref()
+        .and_then(|s| s.storage.clone())
+        .or_else(|| snap.spec.storage.clone())
+        .or_else(|| default.cloned())
+}
+
+/// The storage key of a node's archive, as its mover reported it (statuses written before
+/// keys were recorded: from the archive's name).
+pub fn archive_key(spec: &SnapshotSpec, archive: &ArchiveStatus) -> Option<String> {
+    archive.key.clone().or_else(|| {
+        archive
+            .name
+            .as_deref()
+            .map(|n| name::key(spec.collection.as_deref(), n))
+    })
+}

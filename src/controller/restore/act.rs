@@ -1,0 +1,114 @@
+//! Starting a SnapshotRestore's movers, one a node, as slots allow.
+
+use k8s_openapi::api::core::v1::PodSecurityContext;
+use kube::{Resource, ResourceExt};
+
+use super::plan::{Assignment, RestorePlan};
+use super::status::next_node;
+use crate::api::restore::{NodePhase, NodeRestore, SnapshotRestore};
+use crate::api::snapshot::Storage;
+use crate::controller::jobs::{self, Mover};
+use crate::controller::mover::{self, MoverJob};
+use crate::controller::{Context, Error, workload};
+use crate::protocol::{MoverTask, RestoreTask, TERMINATION_LOG};
+
+/// Starts the movers of pending nodes as slots allow and reads the finished ones: the next
+/// node entries, and each node's mover.
+pub async fn run_movers(
+    restore: &SnapshotRestore,
+    ctx: &Context,
+    plan: &RestorePlan,
+) -> Result<(Vec<NodeRestore>, Vec<Option<Mover>>), Error> {
+    let names = plan.entries.iter().map(|e| job_name(restore, &e.node));
+    let movers = ctx.movers_of(restore, names).await?;
+    let mut next = Vec::new();
+    // Who the movers act as: read once a mover starts.
+    let mut security: Option<PodSecurityContext> = None;
+    for (entry, mover) in plan.entries.iter().zip(&movers) {
+        let mut started = false;
+        let assignment = plan.assignments.iter().find(|a| a.node.name == entry.node);
+        if mover.is_none()
+            && entry.phase == NodePhase::Pending
+            && let Some(Assignment {
+                location: Some(location),
+                checksum,
+                ..
+            }) = assignment
+            && ctx.take_slot(restore, &entry.node, &job_name(restore, &entry.node))
+        {
+            if security.is_none() {
+                let spec = &restore.spec;
+                let found = workload::mover_security(
+                    &ctx.client,
+                    &plan.namespace,
+                    spec.mover_security_context.as_ref(),
+                    &spec.target,
+                    &ctx.config.mover,
+                )
+                .await?;
+                security = Some(found);
+            }
+            let source = MoverSource {
+                location,
+                checksum: checksum.as_deref(),
+                storage: plan.storage.as_ref(),
+                security: security.clone().unwrap_or_default(),
+            };
+            start_mover(restore, ctx, entry, source).await?;
+            started = true;
+        }
+        next.push(next_node(entry, mover.as_ref(), started));
+    }
+    Ok((next, movers))
+}
+
+/// What a node's mover restores.
+struct MoverSource<'a> {
+    location: &'a str,
+    checksum: Option<&'a str>,
+    storage: Option<&'a Storage>,
+    /// The movers' pod security context.
+    security: PodSecurityContext,
+}
+
+/// Starts the mover of one node (its slot taken).
+async fn start_mover(
+    restore: &SnapshotRestore,
+    ctx: &Context,
+    entry: &NodeRestore,
+    source: MoverSource<'_>,
+) -> Result<(), Error> {
+    let spec = &restore.spec;
+    let task = MoverTask::Restore(RestoreTask {
+        dir: mover::data_dir(&spec.path),
+        location: source.location.to_owned(),
+        collection: spec.collection.clone(),
+        source_collection: spec.source_collection.clone(),
+        priority: spec.priority,
+        checksum: source.checksum.map(str::to_owned),
+        shard: spec.shard.and_then(|n| u32::try_from(n).ok()),
+        limits: ctx.config.mover.restore_limits,
+        termination_log: TERMINATION_LOG.into(),
+    });
+    let none = Storage::default();
+    let job = MoverJob {
+        name: job_name(restore, &entry.node),
+        namespace: restore.namespace().unwrap_or_default(),
+        owner: restore
+            .controller_owner_ref(&())
+            .expect("a stored resource has a UID"),
+        owner_uid: restore.uid().unwrap_or_default(),
+        node: &entry.node,
+        task,
+        data: Some((&entry.claim, false)),
+        storage: source.storage.unwrap_or(&none),
+        pin_to: None,
+        security: source.security,
+    };
+    jobs::create(&ctx.client, &mover::job(&job, &ctx.config.mover)).await
+}
+
+/// The mover Job of a node.
+pub fn job_name(restore: &SnapshotRestore, node: &str) -> String {
+    mover::job_name("rst", &restore.name_any(), node)
+}

@@ -1,0 +1,430 @@
+//! Reconciliations against a mock API server: every request asserted.
+
+use std::sync::Arc;
+
+use super::*;
+use crate::controller::FINALIZER;
+use crate::controller::cluster::Cluster;
+use crate::controller::config::OperatorConfig;
+use crate::controller::mover;
+use crate::controller::testing::{
+    Expect, event, list, mover_job, mover_pod, scripted, statefulset, workload_pod,
+};
+use k8s_openapi::api::batch::v1::Job;
+use serde_json::{Value, json};
+
+const RESTORES: &str = "/apis/snapshot-operator.dev/v1alpha1/namespaces/ns/snapshotrestores/r";
+const JOBS: &str = "/apis/batch/v1/namespaces/ns/jobs";
+const STS: &str = "/apis/apps/v1/namespaces/ns/statefulsets/qdrant";
+const PODS: &str = "/api/v1/namespaces/ns/pods";
+
+/// The source Snapshot, finished, and no movers yet.
+fn source() -> Cluster {
+    cluster("Succeeded", vec![], vec![])
+}
+
+fn restore(spec: Value, status: Value, deleting: bool) -> SnapshotRestore {
+    let mut meta = json!({"name": "r", "namespace": "ns", "uid": "uid-r", "generation": 1, "finalizers": [FINALIZER]});
+    if deleting {
+        meta["deletionTimestamp"] = json!("2026-11-25T10:00:00Z");
+    }
+    serde_json::from_value(
+        json!({"apiVersion": "snapshot-operator.dev/v1alpha1", "kind": "SnapshotRestore",
+        "metadata": meta, "spec": spec, "status": status}),
+    )
+    .unwrap()
+}
+
+fn spec(stop: bool) -> Value {
+    json!({"source": {"snapshotRef": {"name": "s"}},
+           "target": {"statefulSet": {"name": "qdrant", "volumeClaimTemplate": "data"}},
+           "path": "/qdrant/storage", "collection": "products", "priority": "snapshot", "stopWorkload": stop})
+}
+
+fn stored() -> Value {
+    serde_json::to_value(restore(spec(true), Value::Null, false)).unwrap()
+}
+
+/// The status once the workload was stopped: replicas and nodes recorded.
+fn pending_nodes() -> Value {
+    json!({"stoppedReplicas": 2, "phase": "Pending", "nodes": [
+        {"node": "qdrant-0", "claim": "data-qdrant-0", "phase": "Pending", "archive": "s3://b/products/products-qdrant-0.snapshot"},
+        {"node": "qdrant-1", "claim": "data-qdrant-1", "phase": "Pending"}]})
+}
+
+fn snapshot(phase: &str) -> Value {
+    json!({"apiVersion": "snapshot-operator.dev/v1alpha1", "kind": "Snapshot",
+        "metadata": {"name": "s", "namespace": "ns", "uid": "uid-s"},
+        "spec": {"source": {"statefulSet": {"name": "qdrant", "volumeClaimTemplate": "data"}}, "collection": "products",
+                 "storage": {"s3": {"bucket": "b", "credentialsSecret": {"name": "creds"}}}},
+        "status": {"phase": phase, "archives": [
+            {"node": "qdrant-0", "claim": "data-qdrant-0", "phase": "Succeeded", "name": "products-qdrant-0.snapshot", "checksum": "aa", "location": "s3://b/products/products-qdrant-0.snapshot"},
+            {"node": "qdrant-1", "claim": "data-qdrant-1", "phase": "Succeeded", "name": "products-qdrant-1.snapshot", "checksum": "bb"}]}})
+}
+
+fn scale(replicas: i32) -> Value {
+    json!({"apiVersion": "autoscaling/v1", "kind": "Scale", "metadata": {"name": "qdrant", "namespace": "ns"}, "spec": {"replicas": replicas}})
+}
+
+/// What the watches hold: the source Snapshot in `phase`, and these movers.
+fn cluster(phase: &str, jobs: Vec<Job>, pods: Vec<Pod>) -> Cluster {
+    let source = serde_json::from_value(snapshot(phase)).unwrap();
+    Cluster::of(jobs, pods, vec![source], vec![])
+}
+
+fn finished(node: &str, message: &str) -> (Job, Pod) {
+    let job = mover_job("rst", ("r", "uid-r"), node, Some("Complete"));
+    let pod = mover_pod(&job, 0, message, 3, true);
+    (job, pod)
+}
+
+async fn run(r: SnapshotRestore, cluster: Cluster, script: Vec<Expect>) -> Result<Action, Error> {
+    scripted(OperatorConfig::default(), cluster, script, |ctx| {
+        super::super::reconcile(Arc::new(r), ctx)
+    })
+    .await
+    .0
+}
+
+fn status_check(check: impl Fn(&Value) + Send + 'static) -> Expect {
+    Expect::new("PATCH", format!("{RESTORES}/status"), stored())
+        .check(move |body| check(&body["status"]))
+}
+
+#[tokio::test]
+async fn stop_workload_records_replicas_before_scaling_to_zero() {
+    let script = vec![
+        Expect::new("GET", STS, statefulset(2)),
+        Expect::new(
+            "GET",
+            PODS,
+            list("Pod", vec![workload_pod(0, "w"), workload_pod(1, "w")]),
+        ),
+        Expect::new("GET", format!("{STS}/scale"), scale(2)),
+        status_check(|s| {
+            assert_eq!(s["stoppedReplicas"], 2);
+            assert_eq!(s["conditions"][0]["reason"], "StoppingWorkload");
+        }),
+        Expect::new("PATCH", format!("{STS}/scale"), scale(0))
+            .check(|b| assert_eq!(b["spec"]["replicas"], 0)),
+        event("StoppingWorkload"),
+    ];
+    run(restore(spec(true), Value::Null, false), source(), script)
+        .await
+        .unwrap();
+
+    // Pods still running: wait, no movers.
+    let script = vec![
+        Expect::new("GET", PODS, list("Pod", vec![workload_pod(1, "w")])),
+        Expect::new("PATCH", format!("{STS}/scale"), scale(0))
+            .check(|b| assert_eq!(b["spec"]["replicas"], 0)),
+        status_check(|s| {
+            assert_eq!(s["phase"], "Pending");
+            assert_eq!(
+                s["conditions"][0]["message"],
+                "waiting for pods to stop: qdrant-1"
+            );
+        }),
+    ];
+    run(
+        restore(spec(true), pending_nodes(), false),
+        source(),
+        script,
+    )
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn stopped_workload_gets_one_restore_mover_per_node_with_its_archive() {
+    // The application runs as 1000: restored files must be its own.
+    let mut sts = statefulset(2);
+    sts["spec"]["template"] = json!({"spec": {"containers": [],
+        "securityContext": {"runAsUser": 1000, "runAsGroup": 1000, "fsGroup": 1000}}});
+    let script = vec![
+        Expect::new("GET", PODS, list("Pod", vec![])),
+        Expect::new("GET", STS, sts),
+        Expect::new(
+            "PATCH",
+            format!("{JOBS}/{}", mover::job_name("rst", "r", "qdrant-0")),
+            Value::Null,
+        )
+        .check(|job| {
+            let pod = &job["spec"]["template"]["spec"];
+            let ids = &pod["securityContext"];
+            assert_eq!(
+                (&ids["runAsUser"], &ids["runAsGroup"], &ids["fsGroup"]),
+                (&json!(1000), &json!(1000), &json!(1000)),
+                "{ids}"
+            );
+            assert_eq!(
+                pod["containers"][0]["args"],
+                json!([
+                    "mover",
+                    "restore",
+                    "--storage-path",
+                    "/data/qdrant/storage",
+                    "--volume",
+                    "/data",
+                    "--location",
+                    "products/products-qdrant-0.snapshot",
+                    "--priority",
+                    "snapshot",
+                    "--collection",
+                    "products",
+                    "--checksum",
+                    "aa",
+                    "--max-entries",
+                    "5000",
+                    "--max-bytes",
+                    "1073741824",
+                    "--max-hole-bytes",
+                    "1099511627776"
+                ])
+            );
+            assert_eq!(
+                job["spec"]["activeDeadlineSeconds"], 3600,
+                "the configured deadline"
+            );
+            assert_eq!(
+                pod["volumes"][0]["persistentVolumeClaim"],
+                json!({"claimName": "data-qdrant-0", "readOnly": false})
+            );
+            let env = pod["containers"][0]["env"].to_string();
+            assert!(
+                env.contains("\"creds\"") && env.contains("S3_CONFIG__BUCKET"),
+                "{env}"
+            );
+        }),
+        Expect::new(
+            "PATCH",
+            format!("{JOBS}/{}", mover::job_name("rst", "r", "qdrant-1")),
+            Value::Null,
+        ),
+        status_check(|s| {
+            assert_eq!(s["phase"], "Running");
+            assert_eq!(s["nodes"][0]["phase"], "Running");
+            assert_eq!(
+                s["nodes"][0]["archive"],
+                "s3://b/products/products-qdrant-0.snapshot"
+            );
+            assert_eq!(s["stoppedReplicas"], 2);
+        }),
+        event("Running"),
+    ];
+    // Limits and deadline as the operator is configured.
+    let config: OperatorConfig = serde_json::from_value(json!({"mover": {
+        "activeDeadlineSeconds": 3600,
+        "restoreLimits": {"maxEntries": 5000, "maxBytes": 1073741824}}}))
+    .unwrap();
+    let r = restore(spec(true), pending_nodes(), false);
+    let (result, _) = scripted(config, source(), script, |ctx| {
+        super::super::reconcile(Arc::new(r), ctx)
+    })
+    .await;
+    result.unwrap();
+}
+
+#[tokio::test]
+async fn finished_movers_restart_the_workload_then_report_each_node() {
+    let running = json!({"stoppedReplicas": 2, "phase": "Running", "nodes": [
+        {"node": "qdrant-0", "claim": "data-qdrant-0", "phase": "Running"},
+        {"node": "qdrant-1", "claim": "data-qdrant-1", "phase": "Running"}]});
+    let (job0, pod0) = finished("qdrant-0", r#"{"outcome":"Restored","size":4096}"#);
+    let (job1, pod1) = finished(
+        "qdrant-1",
+        r#"{"outcome":"Skipped","reason":"collection \"products\" already exists on this node","size":10}"#,
+    );
+    let movers = cluster("Succeeded", vec![job0, job1], vec![pod0, pod1]);
+    let script = vec![
+        Expect::new("GET", PODS, list("Pod", vec![])),
+        Expect::new("PATCH", format!("{STS}/scale"), scale(2))
+            .check(|b| assert_eq!(b["spec"]["replicas"], 2)),
+        status_check(|s| {
+            assert_eq!(s["phase"], "Succeeded");
+            assert_eq!(s["conditions"][0]["status"], "True");
+            assert_eq!(s["nodes"][0]["phase"], "Restored");
+            assert_eq!(s["nodes"][0]["bytes"], 4096);
+            assert_eq!(s["nodes"][1]["phase"], "Skipped");
+            assert!(
+                s["nodes"][1]["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("already exists")
+            );
+        }),
+        event("Succeeded"),
+    ];
+    let (action, metrics) = scripted(OperatorConfig::default(), movers, script, |ctx| {
+        super::super::reconcile(Arc::new(restore(spec(true), running, false)), ctx)
+    })
+    .await;
+    let action = action.unwrap();
+    assert!(
+        metrics.contains("snapshot_operator_restored_bytes_total 4096"),
+        "{metrics}"
+    );
+    assert_eq!(action, Action::await_change());
+}
+
+#[tokio::test]
+async fn a_full_restore_without_stop_workload_is_invalid() {
+    let mut s = spec(false);
+    s.as_object_mut().unwrap().remove("collection");
+    let mut full = snapshot("Succeeded");
+    full["spec"].as_object_mut().unwrap().remove("collection");
+    let full = Cluster::of(
+        vec![],
+        vec![],
+        vec![serde_json::from_value(full).unwrap()],
+        vec![],
+    );
+    let script = vec![
+        status_check(|s| {
+            assert_eq!(s["conditions"][0]["reason"], "InvalidSpec");
+            assert!(
+                s["conditions"][0]["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("stopWorkload")
+            );
+        }),
+        event("InvalidSpec"),
+    ];
+    let (action, metrics) = scripted(OperatorConfig::default(), full, script, |ctx| {
+        super::super::reconcile(Arc::new(restore(s, Value::Null, false)), ctx)
+    })
+    .await;
+    assert_eq!(action.unwrap(), Action::await_change());
+    assert!(
+        metrics.contains(
+            r#"snapshot_operator_reconcile_failures_total{resource="snapshotrestore",reason="InvalidSpec"} 1"#
+        ),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn a_full_restore_into_a_claim_runs_when_no_pod_mounts_it() {
+    // A claim of its own (no StatefulSet to stop), from a location: the whole storage.
+    let spec = || {
+        json!({"source": {"location": "s3://b/full.snapshot"},
+        "target": {"persistentVolumeClaim": {"claimName": "d"}}, "path": "/qdrant/storage",
+        "storage": {"s3": {"bucket": "b"}}})
+    };
+    let claim = json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "d", "namespace": "ns"}});
+    let mounting = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "db", "namespace": "ns"},
+        "spec": {"containers": [], "volumes": [{"name": "v", "persistentVolumeClaim": {"claimName": "d"}}]},
+        "status": {"phase": "Running"}});
+    let script = vec![
+        Expect::new(
+            "GET",
+            "/api/v1/namespaces/ns/persistentvolumeclaims/d",
+            claim.clone(),
+        ),
+        Expect::new("GET", PODS, list("Pod", vec![])),
+        Expect::new(
+            "PATCH",
+            format!("{JOBS}/{}", mover::job_name("rst", "r", "d")),
+            Value::Null,
+        )
+        .check(|job| {
+            let args = job["spec"]["template"]["spec"]["containers"][0]["args"].to_string();
+            assert!(
+                args.contains("s3://b/full.snapshot") && !args.contains("--collection"),
+                "{args}"
+            );
+        }),
+        status_check(|s| assert_eq!(s["nodes"][0]["phase"], "Running")),
+        event("Running"),
+    ];
+    run(restore(spec(), Value::Null, false), source(), script)
+        .await
+        .unwrap();
+
+    // A running pod mounts it: that node fails, and says why.
+    let script = vec![
+        Expect::new(
+            "GET",
+            "/api/v1/namespaces/ns/persistentvolumeclaims/d",
+            claim,
+        ),
+        Expect::new("GET", PODS, list("Pod", vec![mounting])),
+        status_check(|s| {
+            assert_eq!(s["phase"], "Failed");
+            let message = s["nodes"][0]["message"].as_str().unwrap();
+            assert!(message.contains("mounted by running pod db"), "{message}");
+        }),
+        event("Failed"),
+    ];
+    run(restore(spec(), Value::Null, false), source(), script)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn claims_of_running_pods_are_refused_without_stop_workload() {
+    let script = vec![
+        Expect::new("GET", STS, statefulset(2)),
+        Expect::new(
+            "GET",
+            PODS,
+            list("Pod", vec![workload_pod(0, "w"), workload_pod(1, "w")]),
+        ),
+        status_check(|s| {
+            assert_eq!(s["phase"], "Failed");
+            let message = s["nodes"][0]["message"].as_str().unwrap();
+            assert!(
+                message.contains("mounted by running pod qdrant-0")
+                    && message.contains("stopWorkload"),
+                "{message}"
+            );
+        }),
+        event("Failed"),
+    ];
+    run(restore(spec(false), Value::Null, false), source(), script)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn an_unfinished_snapshot_is_waited_for() {
+    let script = vec![status_check(|s| {
+        assert_eq!(s["phase"], "Pending");
+        assert_eq!(
+            s["conditions"][0]["message"],
+            "waiting for Snapshot s to finish"
+        );
+    })];
+    assert_eq!(
+        run(
+            restore(spec(true), Value::Null, false),
+            cluster("Running", vec![], vec![]),
+            script
+        )
+        .await
+        .unwrap(),
+        Action::requeue(RECHECK)
+    );
+}
+
+#[tokio::test]
+async fn deleting_a_restore_mid_way_restarts_the_workload() {
+    let script = vec![
+        Expect::new("PATCH", format!("{STS}/scale"), scale(3))
+            .check(|b| assert_eq!(b["spec"]["replicas"], 3)),
+        Expect::new("PATCH", RESTORES, stored())
+            .check(|b| assert!(b.to_string().contains("remove"))),
+    ];
+    run(
+        restore(
+            spec(true),
+            json!({"stoppedReplicas": 3, "phase": "Running"}),
+            true,
+        ),
+        source(),
+        script,
+    )
+    .await
+    .unwrap();
+}

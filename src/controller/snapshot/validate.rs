@@ -1,0 +1,31 @@
+//! What a Snapshot's spec must be beyond its schema (pure).
+
+use crate::api::snapshot::{SnapshotSpec, StatefulSetRef};
+use crate::controller::copy;
+use crate::controller::kernel::{Invalid, inside_volume, validate_storage, validate_workload};
+use crate::engine::name;
+
+/// Checks what the API server's schema cannot (pure).
+pub fn validate(spec: &SnapshotSpec) -> Result<(), Invalid> {
+    validate_workload("source", &spec.source)?;
+    inside_volume("path", &spec.path)?;
+    if let Some(c) = &spec.collection {
+        name::validate("collection", c)?;
+    }
+    if let Some(storage) = &spec.storage {
+        validate_storage(storage)?;
+    }
+    if copy::of(spec.copy_method).stops_workload() && spec.source.stateful_set.is_none() {
+        return Err(Invalid::Needs {
+            what: "copyMethod Stop",
+            needs: "a statefulSet source (it stops the StatefulSet)",
+        });
+    }
+    Ok(())
+}
+
+/// The StatefulSet to stop for the time of the snapshot, if the spec asks for it (pure).
+pub fn stop_target(spec: &SnapshotSpec) -> Option<&StatefulSetRef> {
+    let sts = spec.source.stateful_set.as_ref();
+    sts.filter(|_| copy::of(spec.copy_method).stops_workload())
+}
