@@ -223,7 +223,7 @@ pub async fn delete(client: &Client, job: &Job) -> Result<(), Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::controller::testing::{mover_job, mover_pod, movers};
+    use crate::controller::testing::{mover_job, mover_pod, movers, unowned};
 
     const OWNER: (&str, &str) = ("s", "uid-1");
 
@@ -247,14 +247,8 @@ mod tests {
     #[test]
     fn the_report_of_a_retried_job_is_the_successful_pod_s_whatever_the_order() {
         let job = mover_job("snap", OWNER, "n0", Some("Complete"));
-        let failed = mover_pod(&job, 1, "disk full", 3, true);
-        let retry = mover_pod(
-            &job,
-            0,
-            r#"{"name":"a.snapshot","key":"a.snapshot"}"#,
-            2,
-            true,
-        );
+        let failed = mover_pod(&job, 1, "disk full", 3);
+        let retry = mover_pod(&job, 0, r#"{"name":"a.snapshot","key":"a.snapshot"}"#, 2);
         for pods in [
             vec![failed.clone(), retry.clone()],
             vec![retry.clone(), failed.clone()],
@@ -265,8 +259,8 @@ mod tests {
         // A Job that failed: the pod that failed last speaks.
         let job = mover_job("snap", OWNER, "n0", Some("Failed"));
         let pods: Vec<Arc<Pod>> = [
-            mover_pod(&job, 1, "second", 9, true),
-            mover_pod(&job, 1, "first", 5, true),
+            mover_pod(&job, 1, "second", 9),
+            mover_pod(&job, 1, "first", 5),
         ]
         .into_iter()
         .map(Arc::new)
@@ -341,7 +335,7 @@ mod tests {
     fn pods_and_jobs_that_only_carry_the_labels_are_not_movers() {
         let job = mover_job("snap", OWNER, "n0", Some("Complete"));
         let forged = r#"{"name":"../../other.snapshot","key":"other/x.snapshot"}"#;
-        let impostor = mover_pod(&job, 0, forged, 1, false);
+        let impostor = unowned(mover_pod(&job, 0, forged, 1));
         let cluster = movers(vec![job.clone()], vec![impostor]);
         let mover = cluster.mover("ns", &job.name_any(), "uid-1").unwrap();
         assert!(mover.pods.is_empty());

@@ -217,16 +217,13 @@ pub fn mover_job(
     serde_json::from_value(job).unwrap()
 }
 
-/// A pod of `job` whose mover ended with `exit_code` and the termination message
-/// `message`, `finished` seconds after 10:00. `owned`: controlled by the Job (else it only
-/// carries its labels, as any pod can).
-pub fn mover_pod(job: &Job, exit_code: i32, message: &str, finished: u32, owned: bool) -> Pod {
-    let mut meta = json!({"name": format!("{}-{finished}-{exit_code}", job.name_any()), "namespace": "ns",
-        "labels": {"job-name": job.name_any(), "batch.kubernetes.io/job-name": job.name_any()}});
-    if owned {
-        meta["ownerReferences"] = json!([{"apiVersion": "batch/v1", "kind": "Job",
-            "name": job.name_any(), "uid": job.uid().unwrap(), "controller": true}]);
-    }
+/// The pod of `job` whose mover ended with `exit_code` and the termination message
+/// `message`, `finished` seconds after 10:00, controlled by the Job.
+pub fn mover_pod(job: &Job, exit_code: i32, message: &str, finished: u32) -> Pod {
+    let meta = json!({"name": format!("{}-{finished}-{exit_code}", job.name_any()), "namespace": "ns",
+        "labels": {"job-name": job.name_any(), "batch.kubernetes.io/job-name": job.name_any()},
+        "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job",
+            "name": job.name_any(), "uid": job.uid().unwrap(), "controller": true}]});
     let phase = if exit_code == 0 {
         "Succeeded"
     } else {
@@ -239,6 +236,12 @@ pub fn mover_pod(job: &Job, exit_code: i32, message: &str, finished: u32, owned:
             "state": {"terminated": {"exitCode": exit_code, "message": message,
                 "finishedAt": format!("2026-11-25T10:00:{finished:02}Z")}}}]}}))
     .unwrap()
+}
+
+/// `pod` not controlled by its Job: it only carries the Job's labels, as any pod can.
+pub fn unowned(mut pod: Pod) -> Pod {
+    pod.metadata.owner_references = None;
+    pod
 }
 
 /// A StatefulSet `qdrant` with `replicas` and the claim template `data`.

@@ -23,26 +23,50 @@ fn source() -> Cluster {
     cluster("Succeeded", vec![], vec![])
 }
 
-fn restore(spec: Value, status: Value, deleting: bool) -> SnapshotRestore {
-    let mut meta = json!({"name": "r", "namespace": "ns", "uid": "uid-r", "generation": 1, "finalizers": [FINALIZER]});
-    if deleting {
-        meta["deletionTimestamp"] = json!("2026-11-25T10:00:00Z");
+/// The SnapshotRestore `r` of these tests (of Snapshot `s` into StatefulSet `qdrant`, with
+/// `stopWorkload`), built up as controller-rs's `Document::test()`:
+/// `SnapshotRestore::test().stop_workload(false).with_status(..).deleting()`.
+impl SnapshotRestore {
+    fn test() -> Self {
+        Self::test_of(spec())
     }
-    serde_json::from_value(
-        json!({"apiVersion": "snapshot-operator.dev/v1alpha1", "kind": "SnapshotRestore",
-        "metadata": meta, "spec": spec, "status": status}),
-    )
-    .unwrap()
+
+    /// One of the spec `spec` (JSON).
+    fn test_of(spec: Value) -> Self {
+        serde_json::from_value(json!({"apiVersion": "snapshot-operator.dev/v1alpha1", "kind": "SnapshotRestore",
+            "metadata": {"name": "r", "namespace": "ns", "uid": "uid-r", "generation": 1, "finalizers": [FINALIZER]},
+            "spec": spec}))
+        .unwrap()
+    }
+
+    fn stop_workload(mut self, stop: bool) -> Self {
+        self.spec.stop_workload = stop;
+        self
+    }
+
+    /// Being deleted.
+    fn deleting(mut self) -> Self {
+        self.metadata.deletion_timestamp =
+            Some(serde_json::from_value(json!("2026-11-25T10:00:00Z")).unwrap());
+        self
+    }
+
+    /// With the status `status` (JSON, as the API server holds it).
+    fn with_status(mut self, status: Value) -> Self {
+        self.status = serde_json::from_value(status).unwrap();
+        self
+    }
 }
 
-fn spec(stop: bool) -> Value {
+/// The spec of [`SnapshotRestore::test`].
+fn spec() -> Value {
     json!({"source": {"snapshotRef": {"name": "s"}},
            "target": {"statefulSet": {"name": "qdrant", "volumeClaimTemplate": "data"}},
-           "path": "/qdrant/storage", "collection": "products", "priority": "snapshot", "stopWorkload": stop})
+           "path": "/qdrant/storage", "collection": "products", "priority": "snapshot", "stopWorkload": true})
 }
 
 fn stored() -> Value {
-    serde_json::to_value(restore(spec(true), Value::Null, false)).unwrap()
+    serde_json::to_value(SnapshotRestore::test()).unwrap()
 }
 
 /// The status once the workload was stopped: replicas and nodes recorded.
@@ -74,7 +98,7 @@ fn cluster(phase: &str, jobs: Vec<Job>, pods: Vec<Pod>) -> Cluster {
 
 fn finished(node: &str, message: &str) -> (Job, Pod) {
     let job = mover_job("rst", ("r", "uid-r"), node, Some("Complete"));
-    let pod = mover_pod(&job, 0, message, 3, true);
+    let pod = mover_pod(&job, 0, message, 3);
     (job, pod)
 }
 
@@ -109,7 +133,7 @@ async fn stop_workload_records_replicas_before_scaling_to_zero() {
             .check(|b| assert_eq!(b["spec"]["replicas"], 0)),
         event("StoppingWorkload"),
     ];
-    run(restore(spec(true), Value::Null, false), source(), script)
+    run(SnapshotRestore::test(), source(), script)
         .await
         .unwrap();
 
@@ -127,7 +151,7 @@ async fn stop_workload_records_replicas_before_scaling_to_zero() {
         }),
     ];
     run(
-        restore(spec(true), pending_nodes(), false),
+        SnapshotRestore::test().with_status(pending_nodes()),
         source(),
         script,
     )
@@ -217,7 +241,7 @@ async fn stopped_workload_gets_one_restore_mover_per_node_with_its_archive() {
         "activeDeadlineSeconds": 3600,
         "restoreLimits": {"maxEntries": 5000, "maxBytes": 1073741824}}}))
     .unwrap();
-    let r = restore(spec(true), pending_nodes(), false);
+    let r = SnapshotRestore::test().with_status(pending_nodes());
     let (result, _) = scripted(config, source(), script, |ctx| {
         super::super::reconcile(Arc::new(r), ctx)
     })
@@ -256,7 +280,7 @@ async fn finished_movers_restart_the_workload_then_report_each_node() {
         event("Succeeded"),
     ];
     let (action, metrics) = scripted(OperatorConfig::default(), movers, script, |ctx| {
-        super::super::reconcile(Arc::new(restore(spec(true), running, false)), ctx)
+        super::super::reconcile(Arc::new(SnapshotRestore::test().with_status(running)), ctx)
     })
     .await;
     let action = action.unwrap();
@@ -269,8 +293,9 @@ async fn finished_movers_restart_the_workload_then_report_each_node() {
 
 #[tokio::test]
 async fn a_full_restore_without_stop_workload_is_invalid() {
-    let mut s = spec(false);
+    let mut s = spec();
     s.as_object_mut().unwrap().remove("collection");
+    s["stopWorkload"] = json!(false);
     let mut full = snapshot("Succeeded");
     full["spec"].as_object_mut().unwrap().remove("collection");
     let full = Cluster::of(
@@ -292,7 +317,7 @@ async fn a_full_restore_without_stop_workload_is_invalid() {
         event("InvalidSpec"),
     ];
     let (action, metrics) = scripted(OperatorConfig::default(), full, script, |ctx| {
-        super::super::reconcile(Arc::new(restore(s, Value::Null, false)), ctx)
+        super::super::reconcile(Arc::new(SnapshotRestore::test_of(s)), ctx)
     })
     .await;
     assert_eq!(action.unwrap(), Action::await_change());
@@ -338,7 +363,7 @@ async fn a_full_restore_into_a_claim_runs_when_no_pod_mounts_it() {
         status_check(|s| assert_eq!(s["nodes"][0]["phase"], "Running")),
         event("Running"),
     ];
-    run(restore(spec(), Value::Null, false), source(), script)
+    run(SnapshotRestore::test_of(spec()), source(), script)
         .await
         .unwrap();
 
@@ -357,7 +382,7 @@ async fn a_full_restore_into_a_claim_runs_when_no_pod_mounts_it() {
         }),
         event("Failed"),
     ];
-    run(restore(spec(), Value::Null, false), source(), script)
+    run(SnapshotRestore::test_of(spec()), source(), script)
         .await
         .unwrap();
 }
@@ -382,9 +407,13 @@ async fn claims_of_running_pods_are_refused_without_stop_workload() {
         }),
         event("Failed"),
     ];
-    run(restore(spec(false), Value::Null, false), source(), script)
-        .await
-        .unwrap();
+    run(
+        SnapshotRestore::test().stop_workload(false),
+        source(),
+        script,
+    )
+    .await
+    .unwrap();
 }
 
 #[tokio::test]
@@ -398,7 +427,7 @@ async fn an_unfinished_snapshot_is_waited_for() {
     })];
     assert_eq!(
         run(
-            restore(spec(true), Value::Null, false),
+            SnapshotRestore::test(),
             cluster("Running", vec![], vec![]),
             script
         )
@@ -417,11 +446,9 @@ async fn deleting_a_restore_mid_way_restarts_the_workload() {
             .check(|b| assert!(b.to_string().contains("remove"))),
     ];
     run(
-        restore(
-            spec(true),
-            json!({"stoppedReplicas": 3, "phase": "Running"}),
-            true,
-        ),
+        SnapshotRestore::test()
+            .with_status(json!({"stoppedReplicas": 3, "phase": "Running"}))
+            .deleting(),
         source(),
         script,
     )

@@ -8,7 +8,7 @@ use crate::controller::config::OperatorConfig;
 use crate::controller::mover;
 use crate::controller::testing::{
     Expect, conflict, deleted, event, list, mover_job, mover_pod, movers, not_found, scripted,
-    statefulset, workload_pod,
+    statefulset, unowned, workload_pod,
 };
 use k8s_openapi::api::batch::v1::Job;
 use serde_json::{Value, json};
@@ -21,30 +21,50 @@ const STS: &str = "/apis/apps/v1/namespaces/ns/statefulsets/qdrant";
 
 /// The object as the API server returns it after a write.
 fn stored() -> Value {
-    serde_json::to_value(snapshot(true, Value::Null, false)).unwrap()
+    serde_json::to_value(Snapshot::test().finalized()).unwrap()
 }
 
-fn snapshot(finalizers: bool, status: Value, deleting: bool) -> Snapshot {
-    let mut meta = json!({"name": "s", "namespace": "ns", "uid": "uid-1", "generation": 1, "resourceVersion": "7"});
-    if finalizers {
-        meta["finalizers"] = json!([FINALIZER]);
+/// The Snapshot `s` of these tests, built up as controller-rs's `Document::test()`:
+/// `Snapshot::test().finalized().with_status(..).deleting()`.
+impl Snapshot {
+    fn test() -> Self {
+        serde_json::from_value(json!({
+            "apiVersion": "snapshot-operator.dev/v1alpha1",
+            "kind": "Snapshot",
+            "metadata": {"name": "s", "namespace": "ns", "uid": "uid-1", "generation": 1, "resourceVersion": "7"},
+            "spec": {
+                "source": {"statefulSet": {"name": "qdrant", "volumeClaimTemplate": "data"}},
+                "path": "/qdrant/storage",
+                "collection": "products",
+                "storage": {"local": {"persistentVolumeClaim": {"claimName": "backups"}, "path": "/"}},
+            },
+        }))
+        .unwrap()
     }
-    if deleting {
-        meta["deletionTimestamp"] = json!("2026-11-25T10:00:00Z");
+
+    /// Carrying the operator's finalizer, as every Snapshot it has seen once does.
+    fn finalized(mut self) -> Self {
+        self.metadata.finalizers = Some(vec![FINALIZER.into()]);
+        self
     }
-    serde_json::from_value(json!({
-        "apiVersion": "snapshot-operator.dev/v1alpha1",
-        "kind": "Snapshot",
-        "metadata": meta,
-        "spec": {
-            "source": {"statefulSet": {"name": "qdrant", "volumeClaimTemplate": "data"}},
-            "path": "/qdrant/storage",
-            "collection": "products",
-            "storage": {"local": {"persistentVolumeClaim": {"claimName": "backups"}, "path": "/"}},
-        },
-        "status": status,
-    }))
-    .unwrap()
+
+    /// Being deleted.
+    fn deleting(mut self) -> Self {
+        self.metadata.deletion_timestamp =
+            Some(serde_json::from_value(json!("2026-11-25T10:00:00Z")).unwrap());
+        self
+    }
+
+    /// With the status `status` (JSON, as the API server holds it).
+    fn with_status(mut self, status: Value) -> Self {
+        self.status = serde_json::from_value(status).unwrap();
+        self
+    }
+
+    fn copying(mut self, method: CopyMethod) -> Self {
+        self.spec.copy_method = method;
+        self
+    }
 }
 
 fn job(node: &str, condition: Option<&str>) -> Job {
@@ -55,7 +75,7 @@ fn job(node: &str, condition: Option<&str>) -> Job {
 fn finished(node: &str, condition: &str, message: &str) -> (Job, Pod) {
     let job = job(node, Some(condition));
     let exit = if condition == "Complete" { 0 } else { 1 };
-    let pod = mover_pod(&job, exit, message, 4, true);
+    let pod = mover_pod(&job, exit, message, 4);
     (job, pod)
 }
 
@@ -80,7 +100,7 @@ async fn reconcile_with(
 
 /// One pass over the Snapshot with both movers running, as the status says.
 async fn over_running_archives(cluster: Cluster, script: Vec<Expect>) -> Result<Action, Error> {
-    let snap = snapshot(true, running_archives(), false);
+    let snap = Snapshot::test().finalized().with_status(running_archives());
     reconcile_with(snap, (OperatorConfig::default(), cluster), script)
         .await
         .0
@@ -93,7 +113,7 @@ fn nothing() -> (OperatorConfig, Cluster) {
 #[tokio::test]
 async fn no_mover_ever_runs_for_an_imported_snapshot() {
     // Created by the catalog import, its status not written yet: nothing to do here.
-    let mut snap = snapshot(true, Value::Null, false);
+    let mut snap = Snapshot::test().finalized();
     snap.labels_mut()
         .insert(crate::api::snapshot::IMPORTED.into(), "true".into());
     snap.annotations_mut()
@@ -107,7 +127,7 @@ async fn a_new_snapshot_gets_the_finalizer_first() {
     let script = vec![Expect::new("PATCH", SNAPS, stored()).check(|body| {
         assert!(body.to_string().contains(FINALIZER), "{body}");
     })];
-    let (action, _) = reconcile_with(snapshot(false, Value::Null, false), nothing(), script).await;
+    let (action, _) = reconcile_with(Snapshot::test(), nothing(), script).await;
     assert_eq!(action.unwrap(), Action::await_change());
 }
 
@@ -147,7 +167,7 @@ async fn one_mover_per_pod_pinned_to_the_node_of_its_claim_then_running_status()
         }),
         event("Running"),
     ];
-    let (action, _) = reconcile_with(snapshot(true, Value::Null, false), nothing(), script).await;
+    let (action, _) = reconcile_with(Snapshot::test().finalized(), nothing(), script).await;
     assert_eq!(action.unwrap(), Action::requeue(RUNNING_RECHECK));
 }
 
@@ -159,7 +179,7 @@ async fn finished_movers_fill_the_archives_and_make_it_ready_once() {
     let (job1, pod1) = finished("qdrant-1", "Complete", report1);
     // An earlier attempt of qdrant-1 failed, and finished later than the retry: the retry
     // reports.
-    let failed_try = mover_pod(&job1, 1, "connection reset", 5, true);
+    let failed_try = mover_pod(&job1, 1, "connection reset", 5);
     let cluster = movers(vec![job0, job1], vec![pod0, pod1, failed_try]);
     let written = Arc::new(std::sync::Mutex::new(Value::Null));
     let keep = written.clone();
@@ -184,8 +204,12 @@ async fn finished_movers_fill_the_archives_and_make_it_ready_once() {
         event("Succeeded"),
     ];
     let config = || (OperatorConfig::default(), cluster.clone());
-    let (action, metrics) =
-        reconcile_with(snapshot(true, running_archives(), false), config(), script).await;
+    let (action, metrics) = reconcile_with(
+        Snapshot::test().finalized().with_status(running_archives()),
+        config(),
+        script,
+    )
+    .await;
     assert_eq!(action.unwrap(), Action::await_change());
     assert!(
         metrics.contains("snapshot_operator_archived_bytes_total 3072"),
@@ -197,8 +221,12 @@ async fn finished_movers_fill_the_archives_and_make_it_ready_once() {
     // A second pass that read the same, now outdated, status: its write is refused and
     // nothing is counted again.
     let script = vec![Expect::new("PATCH", format!("{SNAPS}/status"), conflict()).status(409)];
-    let (result, metrics) =
-        reconcile_with(snapshot(true, running_archives(), false), config(), script).await;
+    let (result, metrics) = reconcile_with(
+        Snapshot::test().finalized().with_status(running_archives()),
+        config(),
+        script,
+    )
+    .await;
     assert!(matches!(result.unwrap_err().inner(), Error::Stale));
     assert!(
         metrics.contains("snapshot_operator_archived_bytes_total 0\n"),
@@ -211,7 +239,12 @@ async fn finished_movers_fill_the_archives_and_make_it_ready_once() {
         .iter()
         .map(|j| Expect::new("DELETE", format!("{JOBS}/{}", j.name_any()), deleted()))
         .collect();
-    let (action, _) = reconcile_with(snapshot(true, recorded, false), config(), script).await;
+    let (action, _) = reconcile_with(
+        Snapshot::test().finalized().with_status(recorded),
+        config(),
+        script,
+    )
+    .await;
     assert_eq!(action.unwrap(), Action::await_change());
 }
 
@@ -251,13 +284,12 @@ async fn a_report_from_a_pod_the_job_does_not_own_is_ignored() {
     // Any pod in the namespace can carry the Job's labels and a forged report (here one
     // that would make a later delete remove another Snapshot's archive).
     let job0 = job("qdrant-0", Some("Complete"));
-    let forged = mover_pod(
+    let forged = unowned(mover_pod(
         &job0,
         0,
         r#"{"name":"x.snapshot","key":"other/x.snapshot","size":1}"#,
         1,
-        false,
-    );
+    ));
     let script = vec![
         // Not in the store: the Job's pods are read from the API server, the same check
         // applies.
@@ -326,7 +358,7 @@ async fn requests_do_not_grow_with_unrelated_pods_and_jobs() {
     jobs.push(job("qdrant-1", None));
     let pods = jobs[..300]
         .iter()
-        .map(|j| mover_pod(j, 0, "{}", 1, true))
+        .map(|j| mover_pod(j, 0, "{}", 1))
         .collect();
     let script = vec![
         Expect::new("PATCH", format!("{SNAPS}/status"), stored()).check(|body| {
@@ -336,7 +368,7 @@ async fn requests_do_not_grow_with_unrelated_pods_and_jobs() {
     let mut status = running_archives();
     status["conditions"] = json!([{"type": "Ready", "status": "False", "reason": "Pending", "message": "", "lastTransitionTime": "2026-11-25T10:00:00Z"}]);
     let (result, _) = reconcile_with(
-        snapshot(true, status, false),
+        Snapshot::test().finalized().with_status(status),
         (OperatorConfig::default(), movers(jobs, pods)),
         script,
     )
@@ -346,7 +378,7 @@ async fn requests_do_not_grow_with_unrelated_pods_and_jobs() {
 
 #[tokio::test]
 async fn an_invalid_spec_is_flagged_without_jobs() {
-    let mut snap = snapshot(true, Value::Null, false);
+    let mut snap = Snapshot::test().finalized();
     snap.spec.source.persistent_volume_claim = Some(crate::api::snapshot::ClaimRef {
         claim_name: "x".into(),
     });
@@ -376,7 +408,7 @@ async fn an_invalid_spec_is_flagged_without_jobs() {
 #[tokio::test]
 async fn its_own_storage_only_at_an_allowed_endpoint() {
     // A Secret the Snapshot names would go to this endpoint: refused, no mover.
-    let mut snap = snapshot(true, Value::Null, false);
+    let mut snap = Snapshot::test().finalized();
     snap.spec.storage = serde_json::from_value(json!({"s3": {"bucket": "b",
         "endpointUrl": "https://collector.example", "credentialsSecret": {"name": "creds"}}}))
     .unwrap();
@@ -395,7 +427,7 @@ async fn its_own_storage_only_at_an_allowed_endpoint() {
 
 #[tokio::test]
 async fn root_movers_only_where_the_configuration_allows_them() {
-    let mut snap = snapshot(true, Value::Null, false);
+    let mut snap = Snapshot::test().finalized();
     snap.spec.mover_security_context = serde_json::from_value(json!({"runAsUser": 0})).unwrap();
     let script = vec![
         Expect::new("PATCH", format!("{SNAPS}/status"), stored()).check(|body| {
@@ -449,7 +481,7 @@ async fn an_unknown_statefulset_is_an_invalid_spec() {
         }),
         event("InvalidSpec"),
     ];
-    let (result, _) = reconcile_with(snapshot(true, Value::Null, false), nothing(), script).await;
+    let (result, _) = reconcile_with(Snapshot::test().finalized(), nothing(), script).await;
     result.unwrap();
 }
 
@@ -489,12 +521,8 @@ async fn movers_beyond_the_cap_wait_pending_and_foreign_jobs_hold_no_slot() {
         }),
         event("Pending"),
     ];
-    let (action, _) = reconcile_with(
-        snapshot(true, Value::Null, false),
-        (config.clone(), busy),
-        script,
-    )
-    .await;
+    let (action, _) =
+        reconcile_with(Snapshot::test().finalized(), (config.clone(), busy), script).await;
     assert_eq!(action.unwrap(), Action::requeue(PENDING_RECHECK));
 
     // Only the foreign Job left: the slot is free.
@@ -511,7 +539,7 @@ async fn movers_beyond_the_cap_wait_pending_and_foreign_jobs_hold_no_slot() {
         event("Running"),
     ];
     let (action, _) = reconcile_with(
-        snapshot(true, Value::Null, false),
+        Snapshot::test().finalized(),
         (config, movers(vec![foreign], vec![])),
         script,
     )
@@ -549,7 +577,12 @@ async fn deletion_runs_a_delete_mover_then_removes_the_finalizer() {
             assert_eq!(pod["securityContext"]["runAsGroup"], 1000, "{pod}");
         }),
     ];
-    let snap = Arc::new(snapshot(true, succeeded_archives(), true));
+    let snap = Arc::new(
+        Snapshot::test()
+            .finalized()
+            .with_status(succeeded_archives())
+            .deleting(),
+    );
     let (result, metrics) = scripted(
         OperatorConfig::default(),
         movers(vec![], vec![]),
@@ -569,14 +602,19 @@ async fn deletion_runs_a_delete_mover_then_removes_the_finalizer() {
     assert!(!metrics.contains("CleanupPending"), "{metrics}");
 
     let done = mover_job("del", ("s", "uid-1"), "all", Some("Complete"));
-    let pod = mover_pod(&done, 0, "{}", 3, true);
+    let pod = mover_pod(&done, 0, "{}", 3);
     let script = vec![
         event("Deleted"),
         Expect::new("PATCH", SNAPS, stored()).check(|body| {
             assert!(body.to_string().contains("remove"), "{body}");
         }),
     ];
-    let deleting = || snapshot(true, succeeded_archives(), true);
+    let deleting = || {
+        Snapshot::test()
+            .finalized()
+            .with_status(succeeded_archives())
+            .deleting()
+    };
     let (result, _) = reconcile_with(
         deleting(),
         (OperatorConfig::default(), movers(vec![done], vec![pod])),
@@ -587,7 +625,7 @@ async fn deletion_runs_a_delete_mover_then_removes_the_finalizer() {
 
     // A failed delete keeps the finalizer, says why, and runs the mover again later.
     let failed = mover_job("del", ("s", "uid-1"), "all", Some("Failed"));
-    let pod = mover_pod(&failed, 1, "access denied", 3, true);
+    let pod = mover_pod(&failed, 1, "access denied", 3);
     let script = vec![
         event("CleanupFailed"),
         Expect::new("DELETE", format!("{JOBS}/{delete_job}"), deleted()),
@@ -619,7 +657,10 @@ async fn in_a_namespace_being_deleted_the_finalizer_goes_without_a_mover() {
         }),
     ];
     let (result, _) = reconcile_with(
-        snapshot(true, succeeded_archives(), true),
+        Snapshot::test()
+            .finalized()
+            .with_status(succeeded_archives())
+            .deleting(),
         (OperatorConfig::default(), movers(vec![], vec![])),
         script,
     )
@@ -633,7 +674,10 @@ async fn in_a_namespace_being_deleted_the_finalizer_goes_without_a_mover() {
         Expect::new("PATCH", format!("{JOBS}/{delete_job}"), forbidden).status(403),
     ];
     let (result, _) = reconcile_with(
-        snapshot(true, succeeded_archives(), true),
+        Snapshot::test()
+            .finalized()
+            .with_status(succeeded_archives())
+            .deleting(),
         (OperatorConfig::default(), movers(vec![], vec![])),
         script,
     )
@@ -661,7 +705,10 @@ async fn delete_movers_wait_for_a_slot_too() {
         vec![],
     );
     let (result, _) = reconcile_with(
-        snapshot(true, succeeded_archives(), true),
+        Snapshot::test()
+            .finalized()
+            .with_status(succeeded_archives())
+            .deleting(),
         (config, busy),
         vec![],
     )
@@ -671,7 +718,10 @@ async fn delete_movers_wait_for_a_slot_too() {
 
 #[tokio::test]
 async fn retain_keeps_the_archives() {
-    let mut snap = snapshot(true, succeeded_archives(), true);
+    let mut snap = Snapshot::test()
+        .finalized()
+        .with_status(succeeded_archives())
+        .deleting();
     snap.spec.deletion_policy = DeletionPolicy::Retain;
     let script = vec![Expect::new("PATCH", SNAPS, stored())];
     let (result, _) = reconcile_with(snap, nothing(), script).await;
@@ -680,13 +730,6 @@ async fn retain_keeps_the_archives() {
 
 fn scale(replicas: i32) -> Value {
     json!({"apiVersion": "autoscaling/v1", "kind": "Scale", "metadata": {"name": "qdrant", "namespace": "ns"}, "spec": {"replicas": replicas}})
-}
-
-/// A Snapshot with `copyMethod: Stop`, its status `status`.
-fn stopping(status: Value, deleting: bool) -> Snapshot {
-    let mut snap = snapshot(true, status, deleting);
-    snap.spec.copy_method = CopyMethod::Stop;
-    snap
 }
 
 /// `status` with the replicas recorded.
@@ -712,7 +755,12 @@ async fn a_workload_is_not_stopped_while_other_movers_hold_every_slot() {
         }),
         event("StoppingWorkload"),
     ];
-    let (action, _) = reconcile_with(stopping(Value::Null, false), (config, busy), script).await;
+    let (action, _) = reconcile_with(
+        Snapshot::test().finalized().copying(CopyMethod::Stop),
+        (config, busy),
+        script,
+    )
+    .await;
     assert_eq!(action.unwrap(), Action::requeue(Duration::from_secs(10)));
 }
 
@@ -748,7 +796,10 @@ async fn its_own_movers_do_not_hold_back_a_stopped_workloads_other_nodes() {
     ];
     let cluster = movers(vec![running.clone()], vec![]);
     reconcile_with(
-        stopping(one_left.clone(), false),
+        Snapshot::test()
+            .finalized()
+            .with_status(one_left.clone())
+            .copying(CopyMethod::Stop),
         (OperatorConfig::default(), cluster),
         script,
     )
@@ -769,7 +820,10 @@ async fn its_own_movers_do_not_hold_back_a_stopped_workloads_other_nodes() {
     ];
     let cluster = movers(vec![running, other], vec![]);
     let (action, _) = reconcile_with(
-        stopping(one_left, false),
+        Snapshot::test()
+            .finalized()
+            .with_status(one_left)
+            .copying(CopyMethod::Stop),
         (OperatorConfig::default(), cluster),
         script,
     )
@@ -795,7 +849,12 @@ async fn copy_method_stop_records_stops_snapshots_then_starts_again() {
             .check(|b| assert_eq!(b["spec"]["replicas"], 0)),
         event("StoppingWorkload"),
     ];
-    let (action, _) = reconcile_with(stopping(Value::Null, false), nothing(), script).await;
+    let (action, _) = reconcile_with(
+        Snapshot::test().finalized().copying(CopyMethod::Stop),
+        nothing(),
+        script,
+    )
+    .await;
     assert_eq!(action.unwrap(), Action::requeue(Duration::from_secs(2)));
 
     // A pod still running: no mover yet.
@@ -811,7 +870,15 @@ async fn copy_method_stop_records_stops_snapshots_then_starts_again() {
             assert_eq!(message, "waiting for pods to stop: qdrant-1");
         }),
     ];
-    let (action, _) = reconcile_with(stopping(pending.clone(), false), nothing(), script).await;
+    let (action, _) = reconcile_with(
+        Snapshot::test()
+            .finalized()
+            .with_status(pending.clone())
+            .copying(CopyMethod::Stop),
+        nothing(),
+        script,
+    )
+    .await;
     assert_eq!(action.unwrap(), Action::requeue(Duration::from_secs(3)));
 
     // Stopped: the movers start, not pinned (no pod holds the claims).
@@ -843,10 +910,17 @@ async fn copy_method_stop_records_stops_snapshots_then_starts_again() {
         }),
         event("Running"),
     ];
-    reconcile_with(stopping(pending, false), nothing(), script)
-        .await
-        .0
-        .unwrap();
+    reconcile_with(
+        Snapshot::test()
+            .finalized()
+            .with_status(pending)
+            .copying(CopyMethod::Stop),
+        nothing(),
+        script,
+    )
+    .await
+    .0
+    .unwrap();
 
     // Both archives done (one failed): started again before the outcome is written.
     let report = r#"{"name":"a.snapshot","key":"products/a.snapshot","size":1,"checksum":"aa"}"#;
@@ -865,7 +939,10 @@ async fn copy_method_stop_records_stops_snapshots_then_starts_again() {
     ];
     let running = recorded(running_archives());
     reconcile_with(
-        stopping(running, false),
+        Snapshot::test()
+            .finalized()
+            .with_status(running)
+            .copying(CopyMethod::Stop),
         (OperatorConfig::default(), cluster),
         script,
     )
@@ -876,16 +953,12 @@ async fn copy_method_stop_records_stops_snapshots_then_starts_again() {
 
 const CLAIMS: &str = "/api/v1/namespaces/ns/persistentvolumeclaims";
 
-/// A Snapshot with `copyMethod: Clone`, its status `status`.
-fn cloning(status: Value, deleting: bool) -> Snapshot {
-    let mut snap = snapshot(true, status, deleting);
-    snap.spec.copy_method = CopyMethod::Clone;
-    snap
-}
-
 #[tokio::test]
 async fn copy_method_clone_reads_a_clone_made_when_the_mover_starts_and_deleted_after() {
-    let clone = crate::controller::copy::clone::name(&cloning(Value::Null, false), "qdrant-0");
+    let clone = crate::controller::copy::clone::name(
+        &Snapshot::test().finalized().copying(CopyMethod::Clone),
+        "qdrant-0",
+    );
     let source = json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
         "metadata": {"name": "data-qdrant-0", "namespace": "ns"},
         "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": "csi-rbd",
@@ -941,10 +1014,14 @@ async fn copy_method_clone_reads_a_clone_made_when_the_mover_starts_and_deleted_
         }),
         event("Running"),
     ];
-    reconcile_with(cloning(Value::Null, false), nothing(), script)
-        .await
-        .0
-        .unwrap();
+    reconcile_with(
+        Snapshot::test().finalized().copying(CopyMethod::Clone),
+        nothing(),
+        script,
+    )
+    .await
+    .0
+    .unwrap();
 
     // Its archive done: the clone goes, then the outcome is written.
     let running = json!({"phase": "Running", "observedGeneration": 1,
@@ -961,7 +1038,10 @@ async fn copy_method_clone_reads_a_clone_made_when_the_mover_starts_and_deleted_
     ];
     let cluster = movers(vec![job], vec![pod]);
     reconcile_with(
-        cloning(running.clone(), false),
+        Snapshot::test()
+            .finalized()
+            .with_status(running.clone())
+            .copying(CopyMethod::Clone),
         (OperatorConfig::default(), cluster),
         script,
     )
@@ -970,7 +1050,11 @@ async fn copy_method_clone_reads_a_clone_made_when_the_mover_starts_and_deleted_
     .unwrap();
 
     // Deleted while its mover runs: the clone goes with it (already gone: fine).
-    let mut deleting = cloning(running, true);
+    let mut deleting = Snapshot::test()
+        .finalized()
+        .with_status(running)
+        .copying(CopyMethod::Clone)
+        .deleting();
     deleting.spec.deletion_policy = DeletionPolicy::Retain;
     let script = vec![
         Expect::new("DELETE", format!("{CLAIMS}/{clone}"), not_found()).status(404),
@@ -983,7 +1067,7 @@ const VOLUME_SNAPSHOTS: &str = "/apis/snapshot.storage.k8s.io/v1/namespaces/ns/v
 
 #[tokio::test]
 async fn copy_method_snapshot_reads_a_claim_made_from_a_ready_volume_snapshot() {
-    let mut snap = snapshot(true, Value::Null, false);
+    let mut snap = Snapshot::test().finalized();
     snap.spec.copy_method = CopyMethod::Snapshot;
     snap.spec.volume_snapshot_class_name = Some("csi-snapclass".into());
     let vs = crate::controller::copy::snapshot::name(&snap, "qdrant-0");
@@ -1135,10 +1219,14 @@ async fn a_claim_that_is_not_there_cannot_be_cloned_and_fails_its_node() {
         }),
         event("Failed"),
     ];
-    reconcile_with(cloning(Value::Null, false), nothing(), script)
-        .await
-        .0
-        .unwrap();
+    reconcile_with(
+        Snapshot::test().finalized().copying(CopyMethod::Clone),
+        nothing(),
+        script,
+    )
+    .await
+    .0
+    .unwrap();
 }
 
 #[tokio::test]
@@ -1165,7 +1253,7 @@ async fn a_statefulset_another_resource_holds_stopped_is_waited_for_not_stopped_
         event("StoppingWorkload"),
     ];
     let (action, _) = reconcile_with(
-        stopping(Value::Null, false),
+        Snapshot::test().finalized().copying(CopyMethod::Stop),
         (OperatorConfig::default(), cluster),
         script,
     )
@@ -1182,7 +1270,11 @@ async fn a_stopped_workload_is_started_again_when_the_snapshot_goes_or_turns_out
         Expect::new("PATCH", SNAPS, stored()),
     ];
     let (result, _) = reconcile_with(
-        stopping(recorded(running_archives()), true),
+        Snapshot::test()
+            .finalized()
+            .with_status(recorded(running_archives()))
+            .copying(CopyMethod::Stop)
+            .deleting(),
         nothing(),
         script,
     )
@@ -1191,13 +1283,17 @@ async fn a_stopped_workload_is_started_again_when_the_snapshot_goes_or_turns_out
     // Finished: nothing to bring back.
     let mut done = recorded(succeeded_archives());
     done["phase"] = json!("Succeeded");
-    let mut snap = stopping(done, true);
+    let mut snap = Snapshot::test()
+        .finalized()
+        .with_status(done)
+        .copying(CopyMethod::Stop)
+        .deleting();
     snap.spec.deletion_policy = DeletionPolicy::Retain;
     let (result, _) =
         reconcile_with(snap, nothing(), vec![Expect::new("PATCH", SNAPS, stored())]).await;
     result.unwrap();
     // A PersistentVolumeClaim cannot be stopped: refused before anything happens.
-    let mut claim = stopping(Value::Null, false);
+    let mut claim = Snapshot::test().finalized().copying(CopyMethod::Stop);
     claim.spec.source =
         serde_json::from_value(json!({"persistentVolumeClaim": {"claimName": "data"}})).unwrap();
     let script = vec![
