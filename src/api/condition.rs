@@ -38,6 +38,25 @@ pub fn conditions_schema(generator: &mut SchemaGenerator) -> Schema {
     schema
 }
 
+/// The conditions of a resource whose spec cannot be acted on: not `Ready`, for the reason
+/// `InvalidSpec`, saying `why`.
+pub fn invalid_spec(
+    why: &impl std::fmt::Display,
+    generation: Option<i64>,
+    previous: &[Condition],
+    now: Time,
+) -> Vec<Condition> {
+    let message = why.to_string();
+    vec![ready(
+        false,
+        reason::INVALID_SPEC,
+        message,
+        generation,
+        previous,
+        now,
+    )]
+}
+
 /// A `Ready` condition; keeps `last_transition_time` from `previous` when the status is the
 /// same.
 pub fn ready(

@@ -47,11 +47,35 @@ const PENDING_STOP: Duration = Duration::from_secs(60);
 #[derive(Clone, Default)]
 pub struct Stops(Arc<Mutex<HashMap<(String, String), Begun>>>);
 
-/// A stop this process began: by whom (UID, and kind and name to show), when.
+/// A stop this process began: by whom (UID, and which resource), when.
 struct Begun {
     uid: String,
-    who: String,
+    who: Stopper,
     at: Instant,
+}
+
+/// A resource that stops a StatefulSet: a Snapshot with `copyMethod: Stop` or a
+/// SnapshotRestore with `stopWorkload`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stopper {
+    /// `Snapshot` or `SnapshotRestore`.
+    pub kind: String,
+    pub name: String,
+}
+
+impl Stopper {
+    pub fn new(kind: impl Into<String>, name: impl Into<String>) -> Self {
+        Self {
+            kind: kind.into(),
+            name: name.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for Stopper {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.kind, self.name)
+    }
 }
 
 /// Whether `meta` names `uid` as its controller.
@@ -86,9 +110,9 @@ impl Cluster {
     pub fn begin_stop(
         &self,
         (namespace, name): (&str, &str),
-        (uid, who): (&str, &str),
+        (uid, who): (&str, &Stopper),
         now: Instant,
-    ) -> Result<(), String> {
+    ) -> Result<(), Stopper> {
         let mut begun = self.stops.0.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(holder) = self.stopped_by(namespace, name, uid) {
             return Err(holder);
@@ -102,7 +126,7 @@ impl Cluster {
         match begun.get(&key) {
             Some(other) if other.uid != uid => Err(other.who.clone()),
             _ => {
-                let (uid, who) = (uid.to_owned(), who.to_owned());
+                let (uid, who) = (uid.to_owned(), who.clone());
                 begun.insert(key, Begun { uid, who, at: now });
                 Ok(())
             }
@@ -113,7 +137,7 @@ impl Cluster {
     /// of `namespace` stopped: a Snapshot with `copyMethod: Stop` or a SnapshotRestore with
     /// `stopWorkload`, unfinished, whose status records the replicas to bring back. A second
     /// one must wait: it would record zero replicas and leave the StatefulSet stopped.
-    pub fn stopped_by(&self, namespace: &str, name: &str, except: &str) -> Option<String> {
+    pub fn stopped_by(&self, namespace: &str, name: &str, except: &str) -> Option<Stopper> {
         use crate::api::restore::RestorePhase;
         use crate::api::snapshot::Phase;
         let here = |meta: &ObjectMeta| {
@@ -130,7 +154,7 @@ impl Cluster {
                 })
         });
         if let Some(s) = snapshot {
-            return Some(format!("Snapshot {}", s.name_any()));
+            return Some(Stopper::new("Snapshot", s.name_any()));
         }
         let restore = self.restores.state().into_iter().find(|r| {
             let sts = r.spec.target.stateful_set.as_ref();
@@ -142,7 +166,7 @@ impl Cluster {
                     st.stopped_replicas.is_some() && !st.phase.is_some_and(RestorePhase::is_final)
                 })
         });
-        restore.map(|r| format!("SnapshotRestore {}", r.name_any()))
+        restore.map(|r| Stopper::new("SnapshotRestore", r.name_any()))
     }
 
     /// Whether the stores show a Snapshot or SnapshotRestore of UID `uid` that is not
@@ -308,31 +332,29 @@ mod tests {
     fn a_stop_begun_here_holds_off_a_second_stopper_until_the_stores_can_show_it() {
         let stops = Stops::default();
         let cluster = showing(&stops, [Some("Pending"), Some("Pending"), None]);
-        let (a, b) = (("uid-a", "Snapshot a"), ("uid-b", "SnapshotRestore b"));
+        let (snapshot, restore) = (
+            Stopper::new("Snapshot", "a"),
+            Stopper::new("SnapshotRestore", "b"),
+        );
+        let (a, b) = (("uid-a", &snapshot), ("uid-b", &restore));
         let sts = ("ns", "qdrant");
         let now = Instant::now();
         let at = |s| now + Duration::from_secs(s);
         assert_eq!(cluster.begin_stop(sts, a, now), Ok(()));
         // Its own next pass goes on; another resource waits for it.
         assert_eq!(cluster.begin_stop(sts, a, at(1)), Ok(()));
-        assert_eq!(cluster.begin_stop(sts, b, at(2)), Err("Snapshot a".into()));
+        assert_eq!(cluster.begin_stop(sts, b, at(2)), Err(snapshot.clone()));
         // Another StatefulSet, or one of the same name elsewhere, is free.
         assert_eq!(cluster.begin_stop(("ns", "other"), b, at(2)), Ok(()));
         assert_eq!(cluster.begin_stop(("ns2", "qdrant"), b, at(2)), Ok(()));
         // A minute after the last pass, the stores answer alone.
-        assert_eq!(cluster.begin_stop(sts, b, at(60)), Err("Snapshot a".into()));
+        assert_eq!(cluster.begin_stop(sts, b, at(60)), Err(snapshot.clone()));
         assert_eq!(cluster.begin_stop(sts, b, at(61)), Ok(()));
-        assert_eq!(
-            cluster.begin_stop(sts, a, at(62)),
-            Err("SnapshotRestore b".into())
-        );
+        assert_eq!(cluster.begin_stop(sts, a, at(62)), Err(restore.clone()));
         // One that did not stop it after all (no mover slot) lets the other go at once;
         // forgetting another's stop does nothing.
         cluster.forget_stop(sts, "uid-a");
-        assert_eq!(
-            cluster.begin_stop(sts, a, at(63)),
-            Err("SnapshotRestore b".into())
-        );
+        assert_eq!(cluster.begin_stop(sts, a, at(63)), Err(restore.clone()));
         cluster.forget_stop(sts, "uid-b");
         assert_eq!(cluster.begin_stop(sts, a, at(64)), Ok(()));
     }
@@ -341,18 +363,17 @@ mod tests {
     fn three_stoppers_one_after_another_each_start_as_the_one_before_finishes() {
         let stops = Stops::default();
         let sts = ("ns", "qdrant");
-        let (a, b, c) = (
-            ("uid-a", "Snapshot a"),
-            ("uid-b", "SnapshotRestore b"),
-            ("uid-c", "SnapshotRestore c"),
-        );
+        let snapshot = Stopper::new("Snapshot", "a");
+        let restore = Stopper::new("SnapshotRestore", "b");
+        let other = Stopper::new("SnapshotRestore", "c");
+        let (a, b, c) = (("uid-a", &snapshot), ("uid-b", &restore), ("uid-c", &other));
         let now = Instant::now();
         let at = |s| now + Duration::from_secs(s);
         // a stops it; b and c, created meanwhile, wait.
         let cluster = showing(&stops, [Some("Running"), Some("Pending"), Some("Pending")]);
         assert_eq!(cluster.begin_stop(sts, a, now), Ok(()));
-        assert_eq!(cluster.begin_stop(sts, b, at(1)), Err("Snapshot a".into()));
-        assert_eq!(cluster.begin_stop(sts, c, at(1)), Err("Snapshot a".into()));
+        assert_eq!(cluster.begin_stop(sts, b, at(1)), Err(snapshot.clone()));
+        assert_eq!(cluster.begin_stop(sts, c, at(1)), Err(snapshot.clone()));
         // a succeeded (it started the StatefulSet again first): b goes a second later, not
         // a minute; c waits for b.
         let cluster = showing(
@@ -360,10 +381,7 @@ mod tests {
             [Some("Succeeded"), Some("Pending"), Some("Pending")],
         );
         assert_eq!(cluster.begin_stop(sts, b, at(2)), Ok(()));
-        assert_eq!(
-            cluster.begin_stop(sts, c, at(3)),
-            Err("SnapshotRestore b".into())
-        );
+        assert_eq!(cluster.begin_stop(sts, c, at(3)), Err(restore.clone()));
         // b failed: c goes at once.
         let cluster = showing(&stops, [Some("Succeeded"), Some("Failed"), Some("Pending")]);
         assert_eq!(cluster.begin_stop(sts, c, at(4)), Ok(()));

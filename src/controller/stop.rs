@@ -13,6 +13,7 @@ use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use serde_json::json;
 
+use super::cluster::Stopper;
 use super::{Context, Error, Reconciled, patch_status, workload, write_status};
 use crate::api::condition::reason;
 
@@ -45,11 +46,7 @@ pub async fn stop<K: Reconciled>(
     let namespace = object.meta().namespace.clone().unwrap_or_default();
     let uid = object.meta().uid.clone().unwrap_or_default();
     let Some(replicas) = recorded else {
-        let who = format!(
-            "{} {}",
-            K::kind(&()),
-            object.meta().name.as_deref().unwrap_or("")
-        );
+        let who = Stopper::new(K::kind(&()), object.meta().name.clone().unwrap_or_default());
         let sts = (namespace.as_str(), name);
         if let Err(holder) = ctx.cluster.begin_stop(sts, (&uid, &who), Instant::now()) {
             let message = format!("waiting for {holder}, which stops StatefulSet {name}");

@@ -7,6 +7,7 @@ use kube::api::Api;
 use kube::{Client, ResourceExt};
 
 use super::config::MoverConfig;
+use super::kernel::{Shape, workload_shape};
 use super::{Admitted, Error, Invalid, mover};
 use crate::api::snapshot::{MoverSecurityContext, Workload};
 
@@ -52,41 +53,40 @@ pub fn statefulset_nodes(sts: &StatefulSet, template: &str) -> Admitted<Vec<Node
         .collect())
 }
 
-/// Resolves the nodes; `Ok(Err(why))` when the spec names something that is not there.
+/// Resolves the nodes of `workload` (the spec's `field`); `Ok(Err(why))` when the spec names
+/// something that is not there.
 pub async fn nodes(
     client: &Client,
     namespace: &str,
-    workload: &Workload,
+    (field, workload): (&'static str, &Workload),
 ) -> Result<Admitted<Vec<Node>>, Error> {
-    if let Some(sts) = &workload.stateful_set {
-        let api: Api<StatefulSet> = Api::namespaced(client.clone(), namespace);
-        return Ok(match api.get_opt(&sts.name).await? {
-            Some(found) => statefulset_nodes(&found, &sts.volume_claim_template),
-            None => Err(Invalid::NotFound {
-                kind: "StatefulSet",
-                name: sts.name.clone(),
-                namespace: namespace.into(),
-            }),
-        });
-    }
-    let Some(claim) = &workload.persistent_volume_claim else {
-        return Ok(Err(Invalid::ExactlyOne {
-            field: "workload",
-            one: "statefulSet",
-            other: "persistentVolumeClaim",
-        }));
+    let shape = match workload_shape(field, workload) {
+        Ok(shape) => shape,
+        Err(why) => return Ok(Err(why)),
     };
-    let api: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), namespace);
-    Ok(match api.get_opt(&claim.claim_name).await? {
-        Some(_) => Ok(vec![Node {
-            name: claim.claim_name.clone(),
-            claim: claim.claim_name.clone(),
-        }]),
-        None => Err(Invalid::NotFound {
-            kind: "PersistentVolumeClaim",
-            name: claim.claim_name.clone(),
-            namespace: namespace.into(),
-        }),
+    let not_found = |kind, name: &str| Invalid::NotFound {
+        kind,
+        name: name.into(),
+        namespace: namespace.into(),
+    };
+    Ok(match shape {
+        Shape::StatefulSet(sts) => {
+            let api: Api<StatefulSet> = Api::namespaced(client.clone(), namespace);
+            match api.get_opt(&sts.name).await? {
+                Some(found) => statefulset_nodes(&found, &sts.volume_claim_template),
+                None => Err(not_found("StatefulSet", &sts.name)),
+            }
+        }
+        Shape::Claim(claim) => {
+            let api: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), namespace);
+            match api.get_opt(&claim.claim_name).await? {
+                Some(_) => Ok(vec![Node {
+                    name: claim.claim_name.clone(),
+                    claim: claim.claim_name.clone(),
+                }]),
+                None => Err(not_found("PersistentVolumeClaim", &claim.claim_name)),
+            }
+        }
     })
 }
 

@@ -20,18 +20,11 @@ pub async fn open(
             None,
         )),
         StorageKind::S3 => {
-            let s3_config =
-                config
-                    .snapshots_config
-                    .s3_config
-                    .clone()
-                    .ok_or_else(|| StorageError::S3 {
-                        op: "configure",
-                        location: "s3://".into(),
-                        endpoint: "-".into(),
-                        detail: "snapshots_storage is s3 but s3_config is missing".into(),
-                        source: None,
-                    })?;
+            let s3_config = config
+                .snapshots_config
+                .s3_config
+                .clone()
+                .ok_or_else(s3::unconfigured)?;
             let prefix = s3::prefix_of(&config.snapshots_path.to_string_lossy());
             let s3 = S3Storage::connect(&s3_config, prefix).await?;
             Ok((Arc::new(s3.clone()), Some(s3)))

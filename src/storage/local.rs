@@ -141,7 +141,7 @@ impl LocalStorage {
         let mut hasher = Sha256::new();
         let (mut size, mut kicked) = (0u64, 0u64);
         let mut out = temp.file();
-        let mut take = |data: &[u8]| {
+        let mut take = |data: &[u8]| -> Result<(), StorageError> {
             hasher.update(data);
             out.write_all(data)
                 .map_err(io_err("write", self.temp.path()))?;

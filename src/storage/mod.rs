@@ -120,15 +120,10 @@ pub enum StorageError {
         expected: String,
         actual: String,
     },
-    #[error("S3 request {op} on {location} (endpoint {endpoint}) failed: {detail}")]
-    S3 {
-        op: &'static str,
-        location: String,
-        endpoint: String,
-        detail: String,
-        #[source]
-        source: Option<Box<dyn std::error::Error + Send + Sync>>,
-    },
+    /// A failure only its backend can describe (what the S3 server answered, say): each
+    /// backend keeps its own error type, and says it in full here.
+    #[error(transparent)]
+    Backend(Box<dyn std::error::Error + Send + Sync>),
 }
 
 /// What an archive's checksum sidecar holds.

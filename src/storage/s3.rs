@@ -137,6 +137,47 @@ async fn sdk_client(config: &S3Config) -> Result<Client, &'static str> {
     Ok(Client::from_conf(builder.build()))
 }
 
+/// What went wrong talking to S3: the request, where, the endpoint and what the server
+/// answered (its error code, kept for the few answers this backend acts on).
+#[derive(Debug, thiserror::Error)]
+#[error("S3 request {op} on {location} (endpoint {endpoint}) failed: {detail}")]
+struct S3Error {
+    op: &'static str,
+    location: String,
+    endpoint: String,
+    code: Option<String>,
+    detail: String,
+    #[source]
+    source: Option<Box<dyn std::error::Error + Send + Sync>>,
+}
+
+impl From<S3Error> for StorageError {
+    fn from(e: S3Error) -> Self {
+        StorageError::Backend(Box::new(e))
+    }
+}
+
+impl S3Error {
+    /// Is `e` S3's answer `code`?
+    fn is_code(e: &StorageError, code: &str) -> bool {
+        matches!(e, StorageError::Backend(b)
+            if b.downcast_ref::<S3Error>().is_some_and(|s3| s3.code.as_deref() == Some(code)))
+    }
+}
+
+/// The configuration names S3 storage without saying which (no `s3_config`).
+pub(super) fn unconfigured() -> StorageError {
+    S3Error {
+        op: "configure",
+        location: "s3://".into(),
+        endpoint: "-".into(),
+        code: None,
+        detail: "snapshots_storage is s3 but s3_config is missing".into(),
+        source: None,
+    }
+    .into()
+}
+
 impl S3Storage {
     /// Connects to the bucket of `config`, keys under `prefix` (see [`prefix_of`]).
     pub async fn connect(config: &S3Config, prefix: String) -> Result<Self, StorageError> {
@@ -144,12 +185,16 @@ impl S3Storage {
             .endpoint_url
             .clone()
             .unwrap_or_else(|| "AWS S3".to_owned());
-        let invalid = |detail: &str| StorageError::S3 {
-            op: "configure",
-            location: format!("s3://{}/{prefix}", config.bucket),
-            endpoint: endpoint.clone(),
-            detail: detail.into(),
-            source: None,
+        let invalid = |detail: &str| {
+            S3Error {
+                op: "configure",
+                location: format!("s3://{}/{prefix}", config.bucket),
+                endpoint: endpoint.clone(),
+                code: None,
+                detail: detail.into(),
+                source: None,
+            }
+            .into()
         };
         if config.bucket.is_empty() {
             return Err(invalid("no bucket configured (s3_config.bucket)"));
@@ -220,6 +265,7 @@ impl S3Storage {
     where
         E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
     {
+        let code = err.code().map(str::to_owned);
         let detail = match &err {
             SdkError::ServiceError(service) => {
                 let e = service.err();
@@ -243,13 +289,15 @@ impl S3Storage {
             SdkError::TimeoutError(_) => "timed out".into(),
             other => DisplayErrorContext(other).to_string(),
         };
-        StorageError::S3 {
+        S3Error {
             op,
             location: self.location(key),
             endpoint: self.endpoint.clone(),
+            code,
             detail,
             source: Some(Box::new(err)),
         }
+        .into()
     }
 
     /// The archive (or any object) at `key`, if it exists.
@@ -286,9 +334,7 @@ impl S3Storage {
             Err(StorageError::NotFound { .. }) => Ok(Sidecar::Missing),
             // An empty object (a name claimed by a writer still at work) has no byte to
             // range over: not a checksum.
-            Err(StorageError::S3 { detail, .. }) if detail.starts_with("InvalidRange") => {
-                Ok(Sidecar::Invalid)
-            }
+            Err(e) if S3Error::is_code(&e, "InvalidRange") => Ok(Sidecar::Invalid),
             Err(e) => Err(e),
         }
     }
@@ -300,7 +346,7 @@ impl S3Storage {
         let part = self.part_size as u64;
         let first = match self.get_range(key, Some((0, part)), None).await {
             // An empty object has no first byte to range over.
-            Err(StorageError::S3 { detail, .. }) if detail.starts_with("InvalidRange") => {
+            Err(e) if S3Error::is_code(&e, "InvalidRange") => {
                 self.get_range(key, None, None).await?
             }
             other => other?,
@@ -655,10 +701,11 @@ impl S3Storage {
 
     /// An archive larger than S3 takes in parts of the configured size.
     fn too_many_parts(&self, key: &str) -> StorageError {
-        StorageError::S3 {
+        S3Error {
             op: "UploadPart",
             location: self.location(key),
             endpoint: self.endpoint.clone(),
+            code: None,
             detail: format!(
                 "the archive is larger than {MAX_PARTS} parts of {} MiB; raise \
                  s3_config.part_size_mib",
@@ -666,6 +713,7 @@ impl S3Storage {
             ),
             source: None,
         }
+        .into()
     }
 
     /// Completes the upload `upload_id` of `key` from its parts `done`: the claimed sidecar

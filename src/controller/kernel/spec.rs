@@ -1,13 +1,23 @@
 //! Checks and readings of specs that several reconcilers share (pure).
 
-use super::invalid::Invalid;
-use crate::api::snapshot::{ArchiveStatus, Snapshot, SnapshotSpec, Storage, Workload};
+use super::invalid::{Admitted, Invalid};
+use crate::api::snapshot::{
+    ArchiveStatus, ClaimRef, Snapshot, SnapshotSpec, StatefulSetRef, Storage, Workload,
+};
 use crate::engine::name;
 
-/// Exactly one of the two shapes of a workload, the spec's `field`.
-pub fn validate_workload(field: &'static str, workload: &Workload) -> Result<(), Invalid> {
+/// What a workload is: one of its two shapes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shape<'a> {
+    StatefulSet(&'a StatefulSetRef),
+    Claim(&'a ClaimRef),
+}
+
+/// The shape of the workload the spec's `field` names: exactly one of the two.
+pub fn workload_shape<'a>(field: &'static str, workload: &'a Workload) -> Admitted<Shape<'a>> {
     match (&workload.stateful_set, &workload.persistent_volume_claim) {
-        (Some(_), None) | (None, Some(_)) => Ok(()),
+        (Some(sts), None) => Ok(Shape::StatefulSet(sts)),
+        (None, Some(claim)) => Ok(Shape::Claim(claim)),
         _ => Err(Invalid::ExactlyOne {
             field,
             one: "statefulSet",

@@ -70,7 +70,7 @@ async fn invalid(restore: &SnapshotRestore, ctx: &Context, why: &Invalid) -> Res
     if let Some(replicas) = restore.status.as_ref().and_then(|s| s.stopped_replicas) {
         scale(ctx, restore, replicas).await?;
     }
-    let status = invalid_status(restore, &why.to_string(), Time(ctx.now()));
+    let status = invalid_status(restore, why, Time(ctx.now()));
     reject(ctx, restore, &api, &status, why).await
 }
 
@@ -191,7 +191,7 @@ async fn resolve(restore: &SnapshotRestore, ctx: &Context) -> Result<Resolved, E
         }));
     }
     let nodes = if old.nodes.is_empty() {
-        match workload::nodes(&ctx.client, &ns, &restore.spec.target).await? {
+        match workload::nodes(&ctx.client, &ns, ("target", &restore.spec.target)).await? {
             Ok(nodes) => nodes,
             Err(why) => return Ok(Resolved::Invalid(why)),
         }

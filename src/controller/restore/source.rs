@@ -8,6 +8,7 @@ use kube::api::Api;
 use kube::runtime::reflector::ObjectRef;
 
 use super::plan::SourceArchive;
+use super::validate::{Origin, origin};
 use crate::api::restore::SnapshotRestore;
 use crate::api::snapshot::{ArchivePhase, Phase, Snapshot, Storage};
 use crate::controller::kernel::{Admitted, Invalid, archive_key, effective_storage};
@@ -50,21 +51,18 @@ pub async fn archives(
 ) -> Result<Admitted<Sources>, Error> {
     let ns = restore.namespace().unwrap_or_default();
     let spec = &restore.spec;
-    if let Some(location) = &spec.source.location {
-        let storage = spec
-            .storage
-            .clone()
-            .or_else(|| ctx.config.default_storage_for(&ns));
-        return Ok(Ok(Sources::Found(Box::new(at_location(
-            restore, location, storage,
-        )))));
-    }
-    let Some(reference) = &spec.source.snapshot_ref else {
-        return Ok(Err(Invalid::ExactlyOne {
-            field: "source",
-            one: "snapshotRef",
-            other: "location",
-        }));
+    let reference = match origin(&spec.source) {
+        Ok(Origin::Snapshot(reference)) => reference,
+        Ok(Origin::Location(location)) => {
+            let storage = spec
+                .storage
+                .clone()
+                .or_else(|| ctx.config.default_storage_for(&ns));
+            return Ok(Ok(Sources::Found(Box::new(at_location(
+                restore, location, storage,
+            )))));
+        }
+        Err(why) => return Ok(Err(why)),
     };
     // From the store; a Snapshot not there yet (the store still filling) is looked up.
     let cached = ctx

@@ -8,6 +8,7 @@ use crate::api::restore::{
     NodePhase, NodeRestore, RestorePhase, SnapshotRestore, SnapshotRestoreStatus,
 };
 use crate::controller::jobs::Mover;
+use crate::controller::kernel::Invalid;
 use crate::engine::restore::Outcome;
 
 /// The new status from the node entries (pure); `restarted` tells whether the workload is
@@ -91,21 +92,14 @@ pub fn next_status(
 
 pub fn invalid_status(
     restore: &SnapshotRestore,
-    message: &str,
+    why: &Invalid,
     now: Time,
 ) -> SnapshotRestoreStatus {
     let old = restore.status.clone().unwrap_or_default();
     SnapshotRestoreStatus {
         observed_generation: restore.meta().generation,
         phase: Some(RestorePhase::Failed),
-        conditions: vec![condition::ready(
-            false,
-            reason::INVALID_SPEC,
-            message,
-            restore.meta().generation,
-            &old.conditions,
-            now,
-        )],
+        conditions: condition::invalid_spec(why, restore.meta().generation, &old.conditions, now),
         ..old
     }
 }

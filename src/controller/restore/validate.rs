@@ -1,28 +1,41 @@
 //! What a SnapshotRestore's spec must be beyond its schema, and what it may make a mover read
 //! (pure).
 
-use crate::api::restore::SnapshotRestoreSpec;
+use crate::api::restore::{RestoreSource, SnapshotRef, SnapshotRestoreSpec};
 use crate::api::snapshot::StatefulSetRef;
 use crate::controller::config::OperatorConfig;
 use crate::controller::kernel::{
-    Invalid, inside_volume, trusted, validate_storage, validate_workload,
+    Admitted, Invalid, inside_volume, trusted, validate_storage, workload_shape,
 };
 use crate::engine::name;
 
+/// Where a restore reads from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin<'a> {
+    /// The archives of a Snapshot.
+    Snapshot(&'a SnapshotRef),
+    /// One archive, for every node.
+    Location(&'a str),
+}
+
+/// Where `source` says to read from: exactly one of the two (pure).
+pub fn origin(source: &RestoreSource) -> Admitted<Origin<'_>> {
+    match (&source.snapshot_ref, &source.location) {
+        (Some(reference), None) => Ok(Origin::Snapshot(reference)),
+        (None, Some(location)) => Ok(Origin::Location(location)),
+        _ => Err(Invalid::ExactlyOne {
+            field: "source",
+            one: "snapshotRef",
+            other: "location",
+        }),
+    }
+}
+
 /// Checks what the schema cannot (pure).
 pub fn validate(spec: &SnapshotRestoreSpec) -> Result<(), Invalid> {
-    validate_workload("target", &spec.target)?;
+    workload_shape("target", &spec.target)?;
     inside_volume("path", &spec.path)?;
-    match (&spec.source.snapshot_ref, &spec.source.location) {
-        (Some(_), None) | (None, Some(_)) => {}
-        _ => {
-            return Err(Invalid::ExactlyOne {
-                field: "source",
-                one: "snapshotRef",
-                other: "location",
-            });
-        }
-    }
+    origin(&spec.source)?;
     for c in spec.collection.iter().chain(&spec.source_collection) {
         name::validate("collection", c)?;
     }

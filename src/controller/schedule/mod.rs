@@ -294,7 +294,7 @@ pub async fn reconcile(sched: Arc<SnapshotSchedule>, ctx: Arc<Context>) -> Resul
     let decision = match admit(&ctx, &sched).and_then(|()| decide(&sched, &own, &restoring, now)) {
         Ok(decision) => decision,
         Err(why) => {
-            let status = invalid_status(&sched, &why.to_string(), now);
+            let status = invalid_status(&sched, &why, now);
             return reject(&ctx, sched.as_ref(), &api, &status, &why).await;
         }
     };
@@ -350,20 +350,18 @@ fn admit(ctx: &Context, sched: &SnapshotSchedule) -> Result<(), Invalid> {
 /// The status of a schedule whose spec cannot be acted on.
 fn invalid_status(
     sched: &SnapshotSchedule,
-    message: &str,
+    why: &Invalid,
     now: Timestamp,
 ) -> SnapshotScheduleStatus {
     let old = sched.status.clone().unwrap_or_default();
     SnapshotScheduleStatus {
         observed_generation: sched.meta().generation,
-        conditions: vec![condition::ready(
-            false,
-            reason::INVALID_SPEC,
-            message,
+        conditions: condition::invalid_spec(
+            why,
             sched.meta().generation,
             &old.conditions,
             Time(now),
-        )],
+        ),
         ..old
     }
 }

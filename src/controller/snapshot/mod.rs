@@ -198,12 +198,14 @@ async fn resolve(snap: &Snapshot, ctx: &Context) -> Result<Admitted<Resolved>, E
     if !archives.is_empty() {
         return Ok(Ok(Resolved { storage, archives }));
     }
-    Ok(workload::nodes(&ctx.client, &ns, &snap.spec.source)
-        .await?
-        .map(|nodes| Resolved {
-            storage,
-            archives: nodes.into_iter().map(pending_archive).collect(),
-        }))
+    Ok(
+        workload::nodes(&ctx.client, &ns, ("source", &snap.spec.source))
+            .await?
+            .map(|nodes| Resolved {
+                storage,
+                archives: nodes.into_iter().map(pending_archive).collect(),
+            }),
+    )
 }
 
 /// The entry of a node whose mover has not started (pure).
@@ -227,7 +229,7 @@ async fn invalid(snap: &Snapshot, ctx: &Context, why: &Invalid) -> Result<Action
     let api: Api<Snapshot> =
         Api::namespaced(ctx.client.clone(), &snap.namespace().unwrap_or_default());
     start_again(snap, ctx).await?;
-    let status = invalid_status(snap, &why.to_string(), Time(ctx.now()));
+    let status = invalid_status(snap, why, Time(ctx.now()));
     reject(ctx, snap, &api, &status, why).await
 }
 

@@ -6,6 +6,7 @@ use kube::Resource;
 use crate::api::condition::{self, reason};
 use crate::api::snapshot::{ArchivePhase, ArchiveStatus, Phase, Snapshot, SnapshotStatus, Storage};
 use crate::controller::jobs::Mover;
+use crate::controller::kernel::Invalid;
 use crate::controller::mover;
 use crate::protocol::MoverReport;
 
@@ -203,19 +204,12 @@ pub fn next_status(
 }
 
 /// The status of a Snapshot whose spec cannot be acted on (pure).
-pub fn invalid_status(snap: &Snapshot, message: &str, now: Time) -> SnapshotStatus {
+pub fn invalid_status(snap: &Snapshot, why: &Invalid, now: Time) -> SnapshotStatus {
     let old = snap.status.clone().unwrap_or_default();
     SnapshotStatus {
         observed_generation: snap.meta().generation,
         phase: Some(Phase::Failed),
-        conditions: vec![condition::ready(
-            false,
-            reason::INVALID_SPEC,
-            message,
-            snap.meta().generation,
-            &old.conditions,
-            now,
-        )],
+        conditions: condition::invalid_spec(why, snap.meta().generation, &old.conditions, now),
         ..old
     }
 }

@@ -2,12 +2,12 @@
 
 use crate::api::snapshot::{SnapshotSpec, StatefulSetRef};
 use crate::controller::copy;
-use crate::controller::kernel::{Invalid, inside_volume, validate_storage, validate_workload};
+use crate::controller::kernel::{Invalid, inside_volume, validate_storage, workload_shape};
 use crate::engine::name;
 
 /// Checks what the API server's schema cannot (pure).
 pub fn validate(spec: &SnapshotSpec) -> Result<(), Invalid> {
-    validate_workload("source", &spec.source)?;
+    workload_shape("source", &spec.source)?;
     inside_volume("path", &spec.path)?;
     if let Some(c) = &spec.collection {
         name::validate("collection", c)?;
