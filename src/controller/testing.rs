@@ -14,13 +14,41 @@ use serde_json::Value;
 
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
-use kube::ResourceExt;
+use kube::{Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 use serde_json::json;
 
 use super::cluster::Cluster;
 use super::config::OperatorConfig;
 use super::metrics::Metrics;
 use super::{Context, Error, Wake, mover};
+
+/// Test objects built up step by step, as controller-rs's `Document::test().finalized()`:
+/// each kind's tests give its `test()` object, these the common steps.
+pub trait Fixture: Resource + Serialize + DeserializeOwned {
+    /// Carrying the operator's finalizer, as every object it has seen once does.
+    fn finalized(mut self) -> Self {
+        self.meta_mut().finalizers = Some(vec![super::FINALIZER.into()]);
+        self
+    }
+
+    /// Being deleted.
+    fn deleting(mut self) -> Self {
+        let at = serde_json::from_value(json!("2026-11-25T10:00:00Z")).unwrap();
+        self.meta_mut().deletion_timestamp = Some(at);
+        self
+    }
+
+    /// With the status `status` (JSON, as the API server holds it).
+    fn with_status(self, status: Value) -> Self {
+        let mut object = serde_json::to_value(self).unwrap();
+        object["status"] = status;
+        serde_json::from_value(object).unwrap()
+    }
+}
+
+impl<K: Resource + Serialize + DeserializeOwned> Fixture for K {}
 
 /// One expected request.
 pub struct Expect {

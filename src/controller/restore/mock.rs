@@ -8,7 +8,7 @@ use crate::controller::cluster::Cluster;
 use crate::controller::config::OperatorConfig;
 use crate::controller::mover;
 use crate::controller::testing::{
-    Expect, event, list, mover_job, mover_pod, scripted, statefulset, workload_pod,
+    Expect, Fixture, event, list, mover_job, mover_pod, scripted, statefulset, workload_pod,
 };
 use k8s_openapi::api::batch::v1::Job;
 use serde_json::{Value, json};
@@ -24,7 +24,7 @@ fn source() -> Cluster {
 }
 
 /// The SnapshotRestore `r` of these tests (of Snapshot `s` into StatefulSet `qdrant`, with
-/// `stopWorkload`), built up as controller-rs's `Document::test()`:
+/// `stopWorkload`), built up with the [`Fixture`] steps:
 /// `SnapshotRestore::test().stop_workload(false).with_status(..).deleting()`.
 impl SnapshotRestore {
     fn test() -> Self {
@@ -41,19 +41,6 @@ impl SnapshotRestore {
 
     fn stop_workload(mut self, stop: bool) -> Self {
         self.spec.stop_workload = stop;
-        self
-    }
-
-    /// Being deleted.
-    fn deleting(mut self) -> Self {
-        self.metadata.deletion_timestamp =
-            Some(serde_json::from_value(json!("2026-11-25T10:00:00Z")).unwrap());
-        self
-    }
-
-    /// With the status `status` (JSON, as the API server holds it).
-    fn with_status(mut self, status: Value) -> Self {
-        self.status = serde_json::from_value(status).unwrap();
         self
     }
 }

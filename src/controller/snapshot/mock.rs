@@ -7,8 +7,8 @@ use crate::controller::cluster::Cluster;
 use crate::controller::config::OperatorConfig;
 use crate::controller::mover;
 use crate::controller::testing::{
-    Expect, conflict, deleted, event, list, mover_job, mover_pod, movers, not_found, scripted,
-    statefulset, unowned, workload_pod,
+    Expect, Fixture, conflict, deleted, event, list, mover_job, mover_pod, movers, not_found,
+    scripted, statefulset, unowned, workload_pod,
 };
 use k8s_openapi::api::batch::v1::Job;
 use serde_json::{Value, json};
@@ -24,7 +24,7 @@ fn stored() -> Value {
     serde_json::to_value(Snapshot::test().finalized()).unwrap()
 }
 
-/// The Snapshot `s` of these tests, built up as controller-rs's `Document::test()`:
+/// The Snapshot `s` of these tests, built up with the [`Fixture`] steps:
 /// `Snapshot::test().finalized().with_status(..).deleting()`.
 impl Snapshot {
     fn test() -> Self {
@@ -40,25 +40,6 @@ impl Snapshot {
             },
         }))
         .unwrap()
-    }
-
-    /// Carrying the operator's finalizer, as every Snapshot it has seen once does.
-    fn finalized(mut self) -> Self {
-        self.metadata.finalizers = Some(vec![FINALIZER.into()]);
-        self
-    }
-
-    /// Being deleted.
-    fn deleting(mut self) -> Self {
-        self.metadata.deletion_timestamp =
-            Some(serde_json::from_value(json!("2026-11-25T10:00:00Z")).unwrap());
-        self
-    }
-
-    /// With the status `status` (JSON, as the API server holds it).
-    fn with_status(mut self, status: Value) -> Self {
-        self.status = serde_json::from_value(status).unwrap();
-        self
     }
 
     fn copying(mut self, method: CopyMethod) -> Self {
