@@ -23,6 +23,8 @@ use super::cluster::Cluster;
 use super::config::OperatorConfig;
 use super::metrics::Metrics;
 use super::{Context, Error, Wake, mover};
+use crate::engine::restore::Outcome;
+use crate::protocol::MoverReport;
 
 /// Test objects built up step by step, as controller-rs's `Document::test().finalized()`:
 /// each kind's tests give its `test()` object, these the common steps.
@@ -270,6 +272,40 @@ pub fn mover_pod(job: &Job, exit_code: i32, message: &str, finished: u32) -> Pod
 pub fn unowned(mut pod: Pod) -> Pod {
     pod.metadata.owner_references = None;
     pod
+}
+
+/// What a snapshot mover that stored `key` (`size` bytes, SHA-256 `checksum`) reports, as
+/// it writes it to its termination message.
+pub fn stored_report(key: &str, size: u64, checksum: Option<&str>) -> String {
+    report(MoverReport {
+        name: key.rsplit('/').next().map(Into::into),
+        key: Some(key.into()),
+        size: Some(size),
+        checksum: checksum.map(Into::into),
+        ..MoverReport::default()
+    })
+}
+
+/// What a restore mover reports: the node `outcome`, `size` bytes, why it was skipped.
+pub fn restore_report(outcome: Outcome, size: u64, reason: Option<&str>) -> String {
+    report(MoverReport {
+        outcome: Some(outcome),
+        size: Some(size),
+        reason: reason.map(Into::into),
+        ..MoverReport::default()
+    })
+}
+
+/// What a mover that failed with `error` reports.
+pub fn failed_report(error: &str) -> String {
+    report(MoverReport {
+        error: Some(error.into()),
+        ..MoverReport::default()
+    })
+}
+
+fn report(report: MoverReport) -> String {
+    serde_json::to_string(&report).unwrap()
 }
 
 /// A StatefulSet `qdrant` with `replicas` and the claim template `data`.

@@ -8,8 +8,10 @@ use crate::controller::cluster::Cluster;
 use crate::controller::config::OperatorConfig;
 use crate::controller::mover;
 use crate::controller::testing::{
-    Expect, Fixture, event, list, mover_job, mover_pod, scripted, statefulset, workload_pod,
+    Expect, Fixture, event, list, mover_job, mover_pod, restore_report, scripted, statefulset,
+    workload_pod,
 };
+use crate::engine::restore::Outcome;
 use k8s_openapi::api::batch::v1::Job;
 use serde_json::{Value, json};
 
@@ -241,10 +243,14 @@ async fn finished_movers_restart_the_workload_then_report_each_node() {
     let running = json!({"stoppedReplicas": 2, "phase": "Running", "nodes": [
         {"node": "qdrant-0", "claim": "data-qdrant-0", "phase": "Running"},
         {"node": "qdrant-1", "claim": "data-qdrant-1", "phase": "Running"}]});
-    let (job0, pod0) = finished("qdrant-0", r#"{"outcome":"Restored","size":4096}"#);
+    let (job0, pod0) = finished("qdrant-0", &restore_report(Outcome::Restored, 4096, None));
     let (job1, pod1) = finished(
         "qdrant-1",
-        r#"{"outcome":"Skipped","reason":"collection \"products\" already exists on this node","size":10}"#,
+        &restore_report(
+            Outcome::Skipped,
+            10,
+            Some("collection \"products\" already exists on this node"),
+        ),
     );
     let movers = cluster("Succeeded", vec![job0, job1], vec![pod0, pod1]);
     let script = vec![

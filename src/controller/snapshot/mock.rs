@@ -7,8 +7,8 @@ use crate::controller::cluster::Cluster;
 use crate::controller::config::OperatorConfig;
 use crate::controller::mover;
 use crate::controller::testing::{
-    Expect, Fixture, conflict, deleted, event, list, mover_job, mover_pod, movers, not_found,
-    scripted, statefulset, unowned, workload_pod,
+    Expect, Fixture, conflict, deleted, event, failed_report, list, mover_job, mover_pod, movers,
+    not_found, scripted, statefulset, stored_report, unowned, workload_pod,
 };
 use k8s_openapi::api::batch::v1::Job;
 use serde_json::{Value, json};
@@ -154,8 +154,16 @@ async fn one_mover_per_pod_pinned_to_the_node_of_its_claim_then_running_status()
 
 #[tokio::test]
 async fn finished_movers_fill_the_archives_and_make_it_ready_once() {
-    let report0 = r#"{"name":"products-qdrant-0-2026-11-25-10-00-00.snapshot","key":"products/products-qdrant-0-2026-11-25-10-00-00.snapshot","size":1024,"checksum":"aaaa"}"#;
-    let report1 = r#"{"name":"products-qdrant-1-2026-11-25-10-00-00.snapshot","key":"products/products-qdrant-1-2026-11-25-10-00-00.snapshot","size":2048,"checksum":"bbbb"}"#;
+    let report0 = &stored_report(
+        "products/products-qdrant-0-2026-11-25-10-00-00.snapshot",
+        1024,
+        Some("aaaa"),
+    );
+    let report1 = &stored_report(
+        "products/products-qdrant-1-2026-11-25-10-00-00.snapshot",
+        2048,
+        Some("bbbb"),
+    );
     let (job0, pod0) = finished("qdrant-0", "Complete", report0);
     let (job1, pod1) = finished("qdrant-1", "Complete", report1);
     // An earlier attempt of qdrant-1 failed, and finished later than the retry: the retry
@@ -234,12 +242,14 @@ async fn a_failed_mover_fails_the_snapshot_with_its_reason() {
     let (job0, pod0) = finished(
         "qdrant-0",
         "Complete",
-        r#"{"name":"a.snapshot","key":"products/a.snapshot","size":1}"#,
+        &stored_report("products/a.snapshot", 1, None),
     );
     let (job1, pod1) = finished(
         "qdrant-1",
         "Failed",
-        r#"{"error":"collection \"products\" not found: /data/qdrant/storage/collections/products is not a directory"}"#,
+        &failed_report(
+            "collection \"products\" not found: /data/qdrant/storage/collections/products is not a directory",
+        ),
     );
     let script = vec![
         Expect::new("PATCH", format!("{SNAPS}/status"), stored()).check(|body| {
@@ -268,7 +278,7 @@ async fn a_report_from_a_pod_the_job_does_not_own_is_ignored() {
     let forged = unowned(mover_pod(
         &job0,
         0,
-        r#"{"name":"x.snapshot","key":"other/x.snapshot","size":1}"#,
+        &stored_report("other/x.snapshot", 1, None),
         1,
     ));
     let script = vec![
@@ -904,7 +914,7 @@ async fn copy_method_stop_records_stops_snapshots_then_starts_again() {
     .unwrap();
 
     // Both archives done (one failed): started again before the outcome is written.
-    let report = r#"{"name":"a.snapshot","key":"products/a.snapshot","size":1,"checksum":"aa"}"#;
+    let report = &stored_report("products/a.snapshot", 1, Some("aa"));
     let (job0, pod0) = finished("qdrant-0", "Complete", report);
     let (job1, pod1) = finished("qdrant-1", "Failed", "disk full");
     let cluster = movers(vec![job0, job1], vec![pod0, pod1]);
@@ -1008,7 +1018,7 @@ async fn copy_method_clone_reads_a_clone_made_when_the_mover_starts_and_deleted_
     let running = json!({"phase": "Running", "observedGeneration": 1,
         "storage": {"local": {"persistentVolumeClaim": {"claimName": "backups"}, "path": "/"}},
         "archives": [{"node": "qdrant-0", "claim": "data-qdrant-0", "phase": "Running", "readFrom": clone}]});
-    let report = r#"{"name":"a.snapshot","key":"products/a.snapshot","size":1,"checksum":"aa"}"#;
+    let report = &stored_report("products/a.snapshot", 1, Some("aa"));
     let (job, pod) = finished("qdrant-0", "Complete", report);
     let script = vec![
         Expect::new("DELETE", format!("{CLAIMS}/{clone}"), deleted()),
@@ -1137,7 +1147,7 @@ async fn copy_method_snapshot_reads_a_claim_made_from_a_ready_volume_snapshot() 
         "archives": [{"node": "qdrant-0", "claim": "data-qdrant-0", "phase": "Running", "volumeSnapshot": vs, "readFrom": temp}]});
     let mut done = snap.clone();
     done.status = serde_json::from_value(running).unwrap();
-    let report = r#"{"name":"a.snapshot","key":"products/a.snapshot","size":1,"checksum":"aa"}"#;
+    let report = &stored_report("products/a.snapshot", 1, Some("aa"));
     let (job, pod) = finished("qdrant-0", "Complete", report);
     let script = vec![
         Expect::new("DELETE", format!("{CLAIMS}/{temp}"), deleted()),
