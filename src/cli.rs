@@ -18,6 +18,7 @@ use crate::engine::{name, readahead};
 use crate::format::human_bytes;
 use crate::ops::{self, OpsError, Progress, SnapshotRequest};
 use crate::protocol::MoverTask;
+use crate::qdrant_api;
 use crate::safefs::Anchored;
 use crate::source::{self, Context, Location, Pace};
 use crate::storage::{ObjectInfo, Storage, StorageError};
@@ -102,10 +103,13 @@ pub enum Output {
 }
 
 #[derive(Debug, Args)]
+#[command(group(ArgGroup::new("from").required(true).args(["storage_path", "qdrant_url"])))]
 pub struct CreateArgs {
     /// The storage directory (Qdrant's ./storage): collections are in <DIR>/collections/.
     #[arg(long, value_name = "DIR")]
-    pub storage_path: PathBuf,
+    pub storage_path: Option<PathBuf>,
+    #[command(flatten)]
+    pub qdrant: QdrantArgs,
     /// Snapshot this collection only; omit for a full-storage snapshot.
     #[arg(long)]
     pub collection: Option<String>,
@@ -113,12 +117,52 @@ pub struct CreateArgs {
     #[arg(long)]
     pub node: Option<String>,
     /// The archive's format: qdrant (Qdrant's own snapshot, which Qdrant recovers) or files
-    /// (the storage directory's files). Default: qdrant for a Qdrant storage directory.
-    #[arg(long, value_parser = PossibleValuesParser::new(Format::NAMES)
+    /// (the storage directory's files). Default: qdrant for a Qdrant storage directory;
+    /// always qdrant through --qdrant-url.
+    #[arg(long, conflicts_with = "qdrant_url", value_parser = PossibleValuesParser::new(Format::NAMES)
         .map(|s| s.parse::<Format>().expect("listed values parse")))]
     pub format: Option<Format>,
     #[arg(long, short, value_enum, default_value_t)]
     pub output: Output,
+}
+
+/// A running Qdrant's REST API, instead of its storage directory.
+#[derive(Debug, Args)]
+pub struct QdrantArgs {
+    /// Go through this Qdrant's REST API (http(s)://host:6333): Qdrant makes the snapshot
+    /// while it keeps running, or recovers the archive uploaded to it.
+    #[arg(long, value_name = "URL")]
+    pub qdrant_url: Option<String>,
+    /// The api-key of that Qdrant (its service.api_key).
+    #[arg(
+        long,
+        env = "QDRANT_API_KEY",
+        hide_env_values = true,
+        requires = "qdrant_url"
+    )]
+    pub qdrant_api_key: Option<String>,
+    /// How long a call to Qdrant may take (making the snapshot of a large collection, or
+    /// recovering one, takes minutes).
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        default_value_t = 3600,
+        requires = "qdrant_url"
+    )]
+    pub qdrant_timeout: u64,
+}
+
+impl QdrantArgs {
+    /// The API, when a URL is given.
+    fn api(&self) -> Result<Option<qdrant_api::Qdrant>> {
+        let Some(url) = &self.qdrant_url else {
+            return Ok(None);
+        };
+        let timeout = Duration::from_secs(self.qdrant_timeout);
+        let api = qdrant_api::Qdrant::new(url, self.qdrant_api_key.clone(), timeout)
+            .map_err(OpsError::from)?;
+        Ok(Some(api))
+    }
 }
 
 #[derive(Debug, Args)]
@@ -210,10 +254,13 @@ pub struct UploadArgs {
 
 #[derive(Debug, Args)]
 #[command(group(ArgGroup::new("source").required(true).args(["snapshot", "storage_snapshot"])))]
+#[command(group(ArgGroup::new("into").required(true).args(["storage_path", "qdrant_url"])))]
 pub struct RestoreArgs {
     /// The storage directory to restore into (created if absent).
     #[arg(long, value_name = "DIR")]
-    pub storage_path: PathBuf,
+    pub storage_path: Option<PathBuf>,
+    #[command(flatten)]
+    pub qdrant: QdrantArgs,
     /// Restore a collection: LOCATION:COLLECTION, where LOCATION is a path, a snapshot name in
     /// the configured storage, file://..., http(s)://... or s3://bucket/key. Repeatable.
     #[arg(long, value_name = "LOCATION:COLLECTION")]
@@ -445,18 +492,32 @@ fn host_name() -> String {
 }
 
 async fn create(args: CreateArgs, config: &Config, storage: &dyn Storage) -> Result<ExitCode> {
-    let mut exclude = vec![config.storage.snapshots_path.clone()];
-    exclude.extend(config.storage.temp_path.clone());
-    let request = SnapshotRequest {
-        storage: Anchored::trusted(args.storage_path),
-        collection: args.collection,
-        node: args.node.unwrap_or_else(host_name),
-        exclude,
-        identity: None,
-        format: args.format,
-    };
+    let node = args.node.unwrap_or_else(host_name);
     let bar = ProgressBar::new(None, "archiving");
-    let created = ops::create_snapshot(storage, request, bar.progress()).await?;
+    let created = match (args.qdrant.api()?, args.storage_path) {
+        (Some(api), _) => {
+            let request = qdrant_api::ApiSnapshot {
+                collection: args.collection,
+                node,
+                identity: None,
+            };
+            qdrant_api::snapshot(&api, storage, request, bar.progress()).await?
+        }
+        (None, Some(storage_path)) => {
+            let mut exclude = vec![config.storage.snapshots_path.clone()];
+            exclude.extend(config.storage.temp_path.clone());
+            let request = SnapshotRequest {
+                storage: Anchored::trusted(storage_path),
+                collection: args.collection,
+                node,
+                exclude,
+                identity: None,
+                format: args.format,
+            };
+            ops::create_snapshot(storage, request, bar.progress()).await?
+        }
+        (None, None) => unreachable!("clap requires --storage-path or --qdrant-url"),
+    };
     bar.finish();
     match args.output {
         Output::Json => print_json(&created),
@@ -467,14 +528,19 @@ async fn create(args: CreateArgs, config: &Config, storage: &dyn Storage) -> Res
             if let Some(sum) = &created.archive.checksum {
                 println!("  sha256    {sum}");
             }
-            println!(
-                "  content   {} files, {} directories, {} of data",
-                created.content.files,
-                created.content.directories,
-                human_bytes(created.content.data_bytes)
-            );
-            for s in &created.content.skipped {
-                println!("  skipped   {} ({})", s.path, s.kind);
+            if let Some(content) = &created.content {
+                println!(
+                    "  content   {} files, {} directories, {} of data",
+                    content.files,
+                    content.directories,
+                    human_bytes(content.data_bytes)
+                );
+                for s in &content.skipped {
+                    println!("  skipped   {} ({})", s.path, s.kind);
+                }
+            }
+            if let Some(made) = &created.qdrant_snapshot {
+                println!("  content   Qdrant's snapshot {made} (deleted from Qdrant since)");
             }
         }
     }
@@ -791,32 +857,102 @@ async fn restore(args: RestoreArgs, config: &Config) -> Result<ExitCode> {
         local_files: true,
     };
     let limits = Limits::from(args.limits);
-    let mut results = Vec::new();
+    let into = match (args.qdrant.api()?, &args.storage_path) {
+        (Some(api), _) => RestoreInto::Qdrant(api),
+        (None, Some(path)) => RestoreInto::Storage(path.clone()),
+        (None, None) => unreachable!("clap requires --storage-path or --qdrant-url"),
+    };
+    let (mut results, mut recovered) = (Vec::new(), Vec::new());
     for (location, selection) in jobs {
         let opened =
             source::open(&Location::parse(&location)?, args.checksum.as_deref(), &ctx).await?;
         let from = opened.location.clone();
-        let spec = RestoreSpec {
-            storage: Anchored::trusted(args.storage_path.clone()),
-            selection,
-            priority,
-            checksum: None,
-            limits,
-            shard: args.shard,
-        };
         let bar = ProgressBar::new(opened.size, "restoring");
-        let restored = ops::restore_snapshot(opened, spec, bar.progress()).await;
-        bar.finish();
-        let restored = restored?;
-        if args.output == Output::Text {
-            print_restored(&restored, &from, &args.storage_path);
+        match &into {
+            RestoreInto::Qdrant(api) => {
+                let scope = api_scope(&selection, args.shard)?;
+                let done = qdrant_api::recover(api, opened, &scope, priority, bar.progress()).await;
+                bar.finish();
+                done?;
+                if args.output == Output::Text {
+                    println!("recovered {} in Qdrant from {from}", scope_text(&scope));
+                }
+                recovered.push(Recovered { scope, from });
+            }
+            RestoreInto::Storage(path) => {
+                let spec = RestoreSpec {
+                    storage: Anchored::trusted(path.clone()),
+                    selection,
+                    priority,
+                    checksum: None,
+                    limits,
+                    shard: args.shard,
+                };
+                let done = ops::restore_snapshot(opened, spec, bar.progress()).await;
+                bar.finish();
+                let restored = done?;
+                if args.output == Output::Text {
+                    print_restored(&restored, &from, path);
+                }
+                results.push(restored);
+            }
         }
-        results.push(restored);
     }
-    if args.output == Output::Json {
-        print_json(&results);
+    match (args.output, &into) {
+        (Output::Json, RestoreInto::Storage(_)) => print_json(&results),
+        (Output::Json, RestoreInto::Qdrant(_)) => print_json(&recovered),
+        (Output::Text, _) => {}
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// An archive a Qdrant recovered.
+#[derive(Serialize)]
+struct Recovered {
+    #[serde(flatten)]
+    scope: qdrant_api::Scope,
+    from: String,
+}
+
+/// Where a restore goes.
+enum RestoreInto {
+    /// Into a storage directory, by the engine.
+    Storage(PathBuf),
+    /// Into a running Qdrant, which recovers each archive uploaded to it.
+    Qdrant(qdrant_api::Qdrant),
+}
+
+/// What an archive is recovered as through Qdrant's API (pure).
+fn api_scope(selection: &Selection, shard: Option<u32>) -> Result<qdrant_api::Scope> {
+    use qdrant_api::Scope;
+    match (selection, shard) {
+        (Selection::Collection { from: Some(_), .. }, _) => Err(Box::new(CliError::Usage(
+            "--from-collection takes a collection out of a full-storage snapshot, which Qdrant \
+             recovers only at startup; restore it with --storage-path while Qdrant is stopped"
+                .into(),
+        ))),
+        (Selection::Collection { into, .. }, None) => Ok(Scope::Collection {
+            collection: into.clone(),
+        }),
+        (Selection::Collection { into, .. }, Some(shard)) => Ok(Scope::Shard {
+            collection: into.clone(),
+            shard,
+        }),
+        (Selection::Full, _) => Err(Box::new(CliError::Usage(
+            "Qdrant recovers a full-storage snapshot only at startup (its --storage-snapshot): \
+             restore it with --storage-path while Qdrant is stopped"
+                .into(),
+        ))),
+    }
+}
+
+fn scope_text(scope: &qdrant_api::Scope) -> String {
+    use qdrant_api::Scope;
+    match scope {
+        Scope::Collection { collection } => format!("collection {collection}"),
+        Scope::Shard { collection, shard } => format!("shard {shard} of collection {collection}"),
+        Scope::Full => "the whole storage".into(),
+    }
 }
 
 fn print_json<T: Serialize + ?Sized>(value: &T) {

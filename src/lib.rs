@@ -23,6 +23,7 @@ pub mod engine;
 pub mod format;
 pub mod ops;
 pub mod protocol;
+pub mod qdrant_api;
 pub mod retention;
 pub mod safefs;
 pub mod schedule;

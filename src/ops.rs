@@ -44,6 +44,8 @@ pub enum OpsError {
     Source(#[from] SourceError),
     #[error(transparent)]
     Name(#[from] name::NameError),
+    #[error(transparent)]
+    Qdrant(#[from] crate::qdrant_api::ApiError),
     #[error("{0}")]
     Usage(String),
 }
@@ -203,8 +205,28 @@ pub struct Created {
     pub created_at: Timestamp,
     /// The archive in storage (key, location, size, checksum).
     pub archive: ObjectInfo,
-    /// What went into it.
-    pub content: Archived,
+    /// What went into it, when read from the storage directory.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub content: Option<Archived>,
+    /// The snapshot Qdrant made, when made through its API (deleted from its disk since).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub qdrant_snapshot: Option<String>,
+}
+
+/// The keys an archive of `collection` taken on `node` at `at` may be stored under: its
+/// name, then the same with a suffix, for a second archive of the same second.
+pub fn archive_naming(
+    collection: Option<&str>,
+    node: &str,
+    at: Timestamp,
+) -> Result<impl Fn(u32) -> Option<String> + Send + Sync + use<>, OpsError> {
+    let stem = name::archive_stem(collection, node, at);
+    name::validate("snapshot", &name::archive_name(&stem, 99))?;
+    let collection = collection.map(str::to_owned);
+    Ok(move |attempt: u32| {
+        (attempt < 1000)
+            .then(|| name::key(collection.as_deref(), &name::archive_name(&stem, attempt)))
+    })
 }
 
 /// What to snapshot.
@@ -238,13 +260,7 @@ pub async fn create_snapshot(
         format: request.format,
     };
     let manifest = archive::plan(&spec)?;
-    let stem = name::archive_stem(spec.collection.as_deref(), &spec.node, spec.created_at);
-    name::validate("snapshot", &name::archive_name(&stem, 99))?;
-    let collection = spec.collection.clone();
-    let naming = move |attempt: u32| {
-        (attempt < 1000)
-            .then(|| name::key(collection.as_deref(), &name::archive_name(&stem, attempt)))
-    };
+    let naming = archive_naming(spec.collection.as_deref(), &spec.node, spec.created_at)?;
 
     let (writer, reader) = pipe(PIPE_SLOTS);
     let job_spec = spec.clone();
@@ -275,7 +291,8 @@ pub async fn create_snapshot(
         node: spec.node,
         created_at: spec.created_at,
         archive,
-        content,
+        content: Some(content),
+        qdrant_snapshot: None,
     })
 }
 
@@ -355,7 +372,10 @@ async fn mover_snapshot(
         location: Some(created.archive.location),
         size: Some(created.archive.size),
         checksum: created.archive.checksum,
-        changed: changed_while_read(&created.content.changed),
+        changed: created
+            .content
+            .as_ref()
+            .and_then(|c| changed_while_read(&c.changed)),
         ..MoverReport::default()
     })
 }

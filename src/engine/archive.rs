@@ -302,6 +302,16 @@ pub fn read_aliases(storage: &Dir) -> Result<BTreeMap<String, String>, CreateErr
     serde_json::from_slice(&bytes).map_err(|source| CreateError::Aliases { path, source })
 }
 
+/// The manifest as the archive's first entry holds it, refused when larger than a restore
+/// reads.
+pub fn manifest_json(manifest: &Manifest) -> Result<Vec<u8>, CreateError> {
+    let json = serde_json::to_vec_pretty(manifest).expect("a manifest always serialises");
+    if json.len() as u64 > MAX_MANIFEST_BYTES {
+        return Err(CreateError::ManifestTooLarge { size: json.len() });
+    }
+    Ok(json)
+}
+
 /// Writes the archive described by `spec` and `manifest` (from [`plan`]) to `out`, calling
 /// `progress` with the number of file bytes read so far.
 pub fn write_archive<W: Write>(
@@ -330,10 +340,7 @@ pub fn write_archive<W: Write>(
             changed: Vec::new(),
         },
     };
-    let json = serde_json::to_vec_pretty(manifest).expect("a manifest always serialises");
-    if json.len() as u64 > MAX_MANIFEST_BYTES {
-        return Err(CreateError::ManifestTooLarge { size: json.len() });
-    }
+    let json = manifest_json(manifest)?;
     let mtime = u64::try_from(manifest.created_at.as_second()).unwrap_or(0);
     walker
         .tar
