@@ -52,18 +52,33 @@ fn free_ports() -> u16 {
 struct Qdrant {
     child: Child,
     url: String,
+    /// Its api-key, when it requires one.
+    key: Option<String>,
     storage: PathBuf,
     snapshots: PathBuf,
 }
 
 impl Qdrant {
     fn start(binary: &Path, dir: &Path, name: &str, args: &[&str]) -> Self {
+        Self::launch(binary, dir, name, args, None)
+    }
+
+    /// One that requires the api-key `key`.
+    fn keyed(binary: &Path, dir: &Path, name: &str, key: &str) -> Self {
+        Self::launch(binary, dir, name, &[], Some(key))
+    }
+
+    fn launch(binary: &Path, dir: &Path, name: &str, args: &[&str], key: Option<&str>) -> Self {
         let home = dir.join(name);
         let (storage, snapshots) = (home.join("storage"), home.join("snapshots"));
         std::fs::create_dir_all(&snapshots).unwrap();
         let port = free_ports();
         let log = std::fs::File::create(home.join("qdrant.log")).unwrap();
-        let child = Command::new(binary)
+        let mut command = Command::new(binary);
+        if let Some(key) = key {
+            command.env("QDRANT__SERVICE__API_KEY", key);
+        }
+        let child = command
             .args(args)
             .current_dir(&home)
             .env("QDRANT__SERVICE__HOST", "127.0.0.1")
@@ -79,6 +94,7 @@ impl Qdrant {
         let qdrant = Self {
             child,
             url: format!("http://127.0.0.1:{port}"),
+            key: key.map(Into::into),
             storage,
             snapshots,
         };
@@ -88,9 +104,28 @@ impl Qdrant {
 
     /// Runs `server.py <command> <url> <args...>`; its output.
     fn api(&self, args: &[&str]) -> String {
+        ok(&mut self.api_cmd(args))
+    }
+
+    fn api_cmd(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new("python3");
         cmd.arg(API).arg(args[0]).arg(&self.url).args(&args[1..]);
-        ok(&mut cmd)
+        match &self.key {
+            Some(key) => cmd.env("QDRANT_API_KEY", key),
+            None => cmd.env_remove("QDRANT_API_KEY"),
+        };
+        cmd
+    }
+
+    /// The binary running `args` through this Qdrant's API (`--qdrant-url`, its api-key).
+    fn cli(&self, cmd: Command, args: &[&str]) -> Command {
+        let mut cmd = cmd;
+        cmd.args(args).args(["--qdrant-url", &self.url]);
+        match &self.key {
+            Some(key) => cmd.env("QDRANT_API_KEY", key),
+            None => cmd.env_remove("QDRANT_API_KEY"),
+        };
+        cmd
     }
 
     fn describe(&self, collection: &str) -> Value {
@@ -281,4 +316,162 @@ fn our_snapshots_of_a_qdrant_storage_recover_in_qdrant_through_its_api_and_at_st
     let qdrant = Qdrant::start(&binary, dir.path(), "h", &[]);
     assert_eq!(qdrant.describe("products"), products);
     qdrant.stop();
+}
+
+/// `snapshot create` through `qdrant`'s API (of `collection`, or all), as node `qdrant-0`,
+/// by `cmd` (the binary set up for some snapshot storage): its JSON result.
+fn create_through(qdrant: &Qdrant, cmd: Command, collection: Option<&str>) -> Value {
+    let mut args = vec!["snapshot", "create", "--node", "qdrant-0", "-o", "json"];
+    args.extend(collection.iter().flat_map(|c| ["--collection", c]));
+    serde_json::from_str(&ok(&mut qdrant.cli(cmd, &args))).unwrap()
+}
+
+/// `restore` through `qdrant`'s API of `location` as `collection`, with `priority`.
+fn recover_through(
+    qdrant: &Qdrant,
+    cmd: Command,
+    location: &str,
+    collection: &str,
+    priority: &str,
+) {
+    let snapshot = format!("{location}:{collection}");
+    let args = ["restore", "--snapshot", &snapshot, "--priority", priority];
+    ok(&mut qdrant.cli(cmd, &args));
+}
+
+#[test]
+fn qdrant_s_api_snapshots_a_running_qdrant_and_recovers_what_it_stored_with_each_priority() {
+    let Some(binary) = qdrant_binary() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let cwd = dir.path();
+    let a = Qdrant::keyed(&binary, cwd, "a", "the-api-key");
+    a.api(&["fill", "products", "3000", "1", "2"]);
+    a.api(&["fill", "reviews", "500", "2", "1"]);
+    let products = a.describe("products");
+
+    // Taken while points keep coming (none of them found by the queries): Qdrant's own
+    // consistent snapshot, streamed into the local storage behind our manifest.
+    let mut writer = a.api_cmd(&["write", "products", "6"]);
+    let writer = writer.stdout(std::process::Stdio::piped()).spawn().unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    let created = create_through(&a, bin(cwd), Some("products"));
+    let written: u64 = String::from_utf8(writer.wait_with_output().unwrap().stdout)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(written > 0);
+    let archive = cwd.join(archive_path(&created));
+    let made = created["qdrant_snapshot"].as_str().unwrap();
+    assert!(made.starts_with("products-"), "{created}");
+    // Deleted from Qdrant's disk once stored.
+    assert_eq!(a.api(&["snapshots", "products"]).trim(), "[]");
+    let listing = ok(Command::new("tar").arg("-tf").arg(&archive));
+    assert_eq!(listing.lines().next(), Some("snapshot.json"), "{listing}");
+    let bytes = std::fs::read(&archive).unwrap();
+    assert_eq!(created["archive"]["checksum"], sha256_hex(&bytes));
+
+    // Our restore of it loads in a Qdrant: the points of that moment, the same answers.
+    let archive_text = archive.display().to_string();
+    restore(
+        cwd,
+        &cwd.join("b/storage"),
+        &["--snapshot", &format!("{archive_text}:products")],
+    );
+    let b = Qdrant::start(&binary, cwd, "b", &[]);
+    let at_snapshot = b.describe("products");
+    let count = at_snapshot["count"].as_u64().unwrap();
+    assert!(
+        (3000..=3000 + written).contains(&count),
+        "{count} of 3000 + {written}"
+    );
+    assert_eq!(at_snapshot["queries"], products["queries"]);
+    b.stop();
+
+    // Uploaded to a running Qdrant, which recovers it with each priority.
+    let c = Qdrant::start(&binary, cwd, "c", &[]);
+    for priority in ["snapshot", "replica", "no_sync"] {
+        recover_through(&c, bin(cwd), &archive_text, "products", priority);
+        assert_eq!(
+            points(&c.describe("products")),
+            points(&at_snapshot),
+            "{priority}"
+        );
+    }
+    // By name from the configured storage, into a new collection.
+    let name = created["name"].as_str().unwrap();
+    recover_through(&c, bin(cwd), name, "copy", "snapshot");
+    assert_eq!(points(&c.describe("copy")), points(&at_snapshot));
+
+    // Through S3 (multipart), when there is a server: snapshot and recover.
+    if let Some(env) = s3_env() {
+        let prefix = unique_prefix("qdrant-api");
+        let s3 = || {
+            let mut cmd = bin(cwd);
+            env.apply(&mut cmd, &prefix);
+            cmd
+        };
+        let now = a.describe("products");
+        let stored = create_through(&a, s3(), Some("products"));
+        assert!(
+            stored["archive"]["location"]
+                .as_str()
+                .unwrap()
+                .starts_with("s3://")
+        );
+        recover_through(
+            &c,
+            s3(),
+            stored["name"].as_str().unwrap(),
+            "from-s3",
+            "snapshot",
+        );
+        assert_eq!(points(&c.describe("from-s3")), points(&now));
+    }
+
+    // Qdrant's full snapshot, through the API: Qdrant recovers it only at startup, so an
+    // upload is refused before anything is sent; our restore of it loads with its aliases.
+    let full = create_through(&a, bin(cwd), None);
+    assert_eq!(a.api(&["snapshots"]).trim(), "[]");
+    let full_text = cwd.join(archive_path(&full)).display().to_string();
+    let refused = fails(&mut c.cli(
+        bin(cwd),
+        &["restore", "--snapshot", &format!("{full_text}:products")],
+    ));
+    assert!(refused.contains("only at startup"), "{refused}");
+    restore(
+        cwd,
+        &cwd.join("d/storage"),
+        &["--storage-snapshot", &full_text],
+    );
+    let d = Qdrant::start(&binary, cwd, "d", &[]);
+    assert_eq!(d.describe("products"), a.describe("products"));
+    assert_eq!(d.describe("reviews"), a.describe("reviews"));
+    d.stop();
+
+    // A wrong api-key, a Qdrant that is not there: each fails saying so, storing nothing
+    // and never showing the key.
+    let before = ok(bin(cwd).args(["snapshot", "list"]));
+    let mut wrong = a.cli(
+        bin(cwd),
+        &["snapshot", "create", "--collection", "products"],
+    );
+    let said = fails(wrong.env("QDRANT_API_KEY", "not-the-key"));
+    assert!(
+        said.contains("HTTP 401") && said.contains("api-key"),
+        "{said}"
+    );
+    assert!(!said.contains("not-the-key"), "{said}");
+    let mut gone = bin(cwd);
+    gone.args(["snapshot", "create", "--collection", "products"])
+        .args(["--qdrant-url", "http://127.0.0.1:9"]);
+    let said = fails(&mut gone);
+    assert!(said.contains("cannot reach Qdrant"), "{said}");
+    let said = fails(&mut a.cli(bin(cwd), &["snapshot", "create", "--collection", "nope"]));
+    assert!(said.contains("HTTP 404") && said.contains("nope"), "{said}");
+    assert_eq!(ok(bin(cwd).args(["snapshot", "list"])), before);
+    c.stop();
+    a.stop();
 }

@@ -11,9 +11,16 @@
   server.py full-snapshot URL OUT
   server.py upload URL COLLECTION FILE PRIORITY
   server.py recover URL COLLECTION LOCATION PRIORITY
+  server.py write URL COLLECTION SECONDS    upserts points (ids from 1000000, vectors no query
+                                            finds: every component negative) for SECONDS;
+                                            prints how many
+  server.py snapshots URL [COLLECTION]      the names of the snapshots on Qdrant's disk (JSON)
+
+With QDRANT_API_KEY in the environment, every request carries it as the api-key header.
 """
 
 import json
+import os
 import random
 import sys
 import time
@@ -29,6 +36,8 @@ def call(method, url, body=None, headers=None, timeout=300):
     data = json.dumps(body).encode() if body is not None else None
     request = urllib.request.Request(url, data=data, method=method)
     request.add_header("content-type", "application/json")
+    if os.environ.get("QDRANT_API_KEY"):
+        request.add_header("api-key", os.environ["QDRANT_API_KEY"])
     for key, value in (headers or {}).items():
         request.add_header(key, value)
     try:
@@ -122,6 +131,8 @@ def upload(url, collection, path, priority):
         f"{url}/collections/{collection}/snapshots/upload?wait=true&priority={priority}",
         data=body, method="POST")
     request.add_header("content-type", f"multipart/form-data; boundary={boundary}")
+    if os.environ.get("QDRANT_API_KEY"):
+        request.add_header("api-key", os.environ["QDRANT_API_KEY"])
     try:
         with urllib.request.urlopen(request, timeout=300) as response:
             print(response.read().decode())
@@ -132,6 +143,26 @@ def upload(url, collection, path, priority):
 def recover(url, collection, location, priority):
     print(json.dumps(result("PUT", f"{url}/collections/{collection}/snapshots/recover?wait=true",
                             {"location": location, "priority": priority})))
+
+
+def write(url, collection, seconds):
+    rnd = random.Random(7)
+    deadline = time.time() + seconds
+    written = 0
+    while time.time() < deadline:
+        points = [
+            {"id": 1000000 + written + i, "vector": [-rnd.random() - 0.01 for _ in range(DIMS)],
+             "payload": {"n": 1000000 + written + i}}
+            for i in range(20)
+        ]
+        result("PUT", f"{url}/collections/{collection}/points?wait=true", {"points": points})
+        written += len(points)
+    print(written)
+
+
+def snapshots(url, collection=None):
+    path = f"{url}/collections/{collection}/snapshots" if collection else f"{url}/snapshots"
+    print(json.dumps(sorted(s["name"] for s in result("GET", path))))
 
 
 if __name__ == "__main__":
@@ -153,5 +184,9 @@ if __name__ == "__main__":
         upload(url, args[0], args[1], args[2])
     elif command == "recover":
         recover(url, args[0], args[1], args[2])
+    elif command == "write":
+        write(url, args[0], float(args[1]))
+    elif command == "snapshots":
+        snapshots(url, *args)
     else:
         sys.exit(f"unknown command {command}")
