@@ -14,7 +14,10 @@ use crate::engine::name;
 use crate::engine::pipe::pipe;
 use crate::engine::restore::{self, Outcome, RestoreError, RestoreSpec, Restored, Selection};
 use crate::format::render_error;
-use crate::protocol::{DeleteTask, MoverReport, MoverTask, RestoreTask, SnapshotTask, StorageDir};
+use crate::protocol::{
+    ApiRestoreTask, ApiSnapshotTask, DeleteTask, MoverReport, MoverTask, RestoreTask, SnapshotTask,
+    StorageDir,
+};
 use crate::safefs::Anchored;
 use crate::source::{self, Location, Pace};
 use crate::source::{Opened, SourceError};
@@ -322,6 +325,8 @@ pub async fn run_mover(task: MoverTask, storage: &StorageConfig) -> Result<(), O
         MoverTask::Snapshot(task) => mover_snapshot(task, storage).await,
         MoverTask::Restore(task) => mover_restore(task, storage).await,
         MoverTask::Delete(task) => mover_delete(task, storage).await,
+        MoverTask::ApiSnapshot(task) => mover_api_snapshot(task, storage).await,
+        MoverTask::ApiRestore(task) => mover_api_restore(task, storage).await,
     };
     let report = match &result {
         Ok(report) => report.clone(),
@@ -380,6 +385,59 @@ async fn mover_snapshot(
     })
 }
 
+async fn mover_api_snapshot(
+    task: ApiSnapshotTask,
+    storage: &StorageConfig,
+) -> Result<MoverReport, OpsError> {
+    let (store, _) = crate::storage::open(storage).await?;
+    let api = task.qdrant.connect()?;
+    let request = crate::qdrant_api::ApiSnapshot {
+        collection: task.collection,
+        node: task.node,
+        identity: task.identity,
+    };
+    let created = crate::qdrant_api::snapshot(&api, store.as_ref(), request, no_progress()).await?;
+    Ok(MoverReport {
+        name: Some(created.name),
+        key: Some(created.archive.key),
+        location: Some(created.archive.location),
+        size: Some(created.archive.size),
+        checksum: created.archive.checksum,
+        ..MoverReport::default()
+    })
+}
+
+async fn mover_api_restore(
+    task: ApiRestoreTask,
+    storage: &StorageConfig,
+) -> Result<MoverReport, OpsError> {
+    let api = task.qdrant.connect()?;
+    let opened = mover_source(&task.location, task.checksum.as_deref(), storage).await?;
+    let from = opened.location.clone();
+    let checksum = opened.checksum.clone();
+    let scope = match task.shard {
+        None => crate::qdrant_api::Scope::Collection {
+            collection: task.collection,
+        },
+        Some(shard) => crate::qdrant_api::Scope::Shard {
+            collection: task.collection,
+            shard,
+        },
+    };
+    let sent = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counter = sent.clone();
+    let progress: Progress =
+        Arc::new(move |n| counter.store(n, std::sync::atomic::Ordering::Relaxed));
+    crate::qdrant_api::recover(&api, opened, &scope, Some(task.priority), progress).await?;
+    Ok(MoverReport {
+        location: Some(from),
+        size: Some(sent.load(std::sync::atomic::Ordering::Relaxed)),
+        checksum,
+        outcome: Some(Outcome::Restored),
+        ..MoverReport::default()
+    })
+}
+
 /// How many files changed while they were read, with the first few names (pure): short
 /// enough for a termination message.
 pub fn changed_while_read(paths: &[String]) -> Option<String> {
@@ -412,10 +470,13 @@ async fn mover_delete(task: DeleteTask, storage: &StorageConfig) -> Result<Mover
     Ok(MoverReport::default())
 }
 
-async fn mover_restore(
-    task: RestoreTask,
+/// Opens what a mover restores: a key of its storage, or a remote location (never a file
+/// of the machine it runs on).
+async fn mover_source(
+    location: &str,
+    checksum: Option<&str>,
     storage: &StorageConfig,
-) -> Result<MoverReport, OpsError> {
+) -> Result<Opened, OpsError> {
     let (store, s3) = crate::storage::open(storage).await?;
     let ctx = source::Context {
         storage: store,
@@ -425,8 +486,14 @@ async fn mover_restore(
         s3,
         local_files: false,
     };
-    let location = Location::parse(&task.location)?;
-    let opened = source::open(&location, task.checksum.as_deref(), &ctx).await?;
+    Ok(source::open(&Location::parse(location)?, checksum, &ctx).await?)
+}
+
+async fn mover_restore(
+    task: RestoreTask,
+    storage: &StorageConfig,
+) -> Result<MoverReport, OpsError> {
+    let opened = mover_source(&task.location, task.checksum.as_deref(), storage).await?;
     let from = opened.location.clone();
     let selection = match task.collection {
         Some(into) => Selection::Collection {

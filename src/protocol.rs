@@ -27,6 +27,75 @@ pub enum MoverTask {
     Restore(RestoreTask),
     /// Delete archives (and their checksums) by key; absent ones are fine.
     Delete(DeleteTask),
+    /// Have a Qdrant make its snapshot through its API, and store it (no volume).
+    ApiSnapshot(ApiSnapshotTask),
+    /// Upload an archive to a Qdrant, which recovers it (no volume).
+    ApiRestore(ApiRestoreTask),
+}
+
+/// The environment variable a mover reads the Qdrant api-key from (set from a Secret).
+pub const QDRANT_API_KEY_ENV: &str = "QDRANT_API_KEY";
+
+/// The REST API of the Qdrant a mover works through. Its api-key, when it has one, comes
+/// from the environment ([`QDRANT_API_KEY_ENV`]), never from the arguments.
+#[derive(Debug, Clone, PartialEq, Eq, Args)]
+pub struct QdrantEndpoint {
+    #[arg(long, value_name = "URL")]
+    pub qdrant_url: String,
+    /// How long one call may take, in seconds.
+    #[arg(long, value_name = "SECONDS", default_value_t = 3600)]
+    pub qdrant_timeout: u64,
+}
+
+impl QdrantEndpoint {
+    /// The API, with the api-key of the environment.
+    pub fn connect(&self) -> Result<crate::qdrant_api::Qdrant, crate::qdrant_api::ApiError> {
+        let key = std::env::var(QDRANT_API_KEY_ENV)
+            .ok()
+            .filter(|k| !k.is_empty());
+        let timeout = std::time::Duration::from_secs(self.qdrant_timeout);
+        crate::qdrant_api::Qdrant::new(&self.qdrant_url, key, timeout)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Args)]
+pub struct ApiSnapshotTask {
+    #[command(flatten)]
+    pub qdrant: QdrantEndpoint,
+    /// The collection to snapshot; omit for Qdrant's full snapshot.
+    #[arg(long)]
+    pub collection: Option<String>,
+    /// The node (pod) name, in the archive's name and manifest.
+    #[arg(long)]
+    pub node: String,
+    /// The Snapshot resource the archive belongs to (JSON), recorded in its manifest.
+    #[arg(long)]
+    pub identity: Option<SnapshotIdentity>,
+    #[arg(long, default_value = TERMINATION_LOG)]
+    pub termination_log: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Args)]
+pub struct ApiRestoreTask {
+    #[command(flatten)]
+    pub qdrant: QdrantEndpoint,
+    /// A storage key, http(s):// or s3:// location.
+    #[arg(long)]
+    pub location: String,
+    /// The collection Qdrant recovers it as.
+    #[arg(long)]
+    pub collection: String,
+    /// For a shard snapshot: the shard of the collection it is recovered as.
+    #[arg(long)]
+    pub shard: Option<u32>,
+    #[arg(long, value_parser = PossibleValuesParser::new(Priority::NAMES)
+        .map(|s| s.parse::<Priority>().expect("listed values parse")))]
+    pub priority: Priority,
+    /// Expected SHA-256 of the archive (Qdrant checks it too).
+    #[arg(long)]
+    pub checksum: Option<String>,
+    #[arg(long, default_value = TERMINATION_LOG)]
+    pub termination_log: PathBuf,
 }
 
 /// The storage directory a mover works on, inside the workload's volume.
@@ -185,6 +254,10 @@ impl ArgList {
             self.flag("--volume", volume.to_string_lossy());
         }
     }
+    fn qdrant(&mut self, qdrant: &QdrantEndpoint) {
+        self.flag("--qdrant-url", &qdrant.qdrant_url);
+        self.flag("--qdrant-timeout", qdrant.qdrant_timeout.to_string());
+    }
     fn log(&mut self, log: &std::path::Path) {
         if log != std::path::Path::new(TERMINATION_LOG) {
             self.flag("--termination-log", log.to_string_lossy());
@@ -232,16 +305,38 @@ impl MoverTask {
                 a.0.push("--".into());
                 a.0.extend(t.keys.iter().cloned());
             }
+            Self::ApiSnapshot(t) => {
+                a.0.push("api-snapshot".into());
+                a.qdrant(&t.qdrant);
+                a.flag("--node", &t.node);
+                a.maybe("--collection", t.collection.as_deref());
+                if let Some(identity) = &t.identity {
+                    a.flag("--identity", identity.to_string());
+                }
+                a.log(&t.termination_log);
+            }
+            Self::ApiRestore(t) => {
+                a.0.push("api-restore".into());
+                a.qdrant(&t.qdrant);
+                a.flag("--location", &t.location);
+                a.flag("--collection", &t.collection);
+                a.flag("--priority", t.priority.name());
+                a.maybe("--shard", t.shard.map(|n| n.to_string()).as_deref());
+                a.maybe("--checksum", t.checksum.as_deref());
+                a.log(&t.termination_log);
+            }
         }
         a.0
     }
 
-    /// Its name: `snapshot`, `restore` or `delete`.
+    /// Its name: `snapshot`, `restore`, `delete`, `api-snapshot` or `api-restore`.
     pub fn operation(&self) -> &'static str {
         match self {
             Self::Snapshot(_) => "snapshot",
             Self::Restore(_) => "restore",
             Self::Delete(_) => "delete",
+            Self::ApiSnapshot(_) => "api-snapshot",
+            Self::ApiRestore(_) => "api-restore",
         }
     }
 
@@ -251,6 +346,8 @@ impl MoverTask {
             Self::Snapshot(t) => &t.termination_log,
             Self::Restore(t) => &t.termination_log,
             Self::Delete(t) => &t.termination_log,
+            Self::ApiSnapshot(t) => &t.termination_log,
+            Self::ApiRestore(t) => &t.termination_log,
         }
     }
 }
@@ -476,6 +573,28 @@ mod tests {
             MoverTask::Delete(DeleteTask {
                 keys: vec!["c/a.snapshot".into(), "--looks-like-a-flag".into()],
                 termination_log: TERMINATION_LOG.into(),
+            }),
+            MoverTask::ApiSnapshot(ApiSnapshotTask {
+                qdrant: QdrantEndpoint {
+                    qdrant_url: "https://qdrant-1.qdrant-headless.search.svc:6333".into(),
+                    qdrant_timeout: 60,
+                },
+                collection: Some("products".into()),
+                node: "qdrant-1".into(),
+                identity: None,
+                termination_log: TERMINATION_LOG.into(),
+            }),
+            MoverTask::ApiRestore(ApiRestoreTask {
+                qdrant: QdrantEndpoint {
+                    qdrant_url: "http://qdrant-0.q:6333".into(),
+                    qdrant_timeout: 3600,
+                },
+                location: "s3://b/products/x.snapshot".into(),
+                collection: "products".into(),
+                shard: Some(1),
+                priority: Priority::Replica,
+                checksum: Some("cd".repeat(32)),
+                termination_log: "/tmp/log".into(),
             }),
         ];
         for task in tasks {

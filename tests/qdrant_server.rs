@@ -405,6 +405,67 @@ fn qdrant_s_api_snapshots_a_running_qdrant_and_recovers_what_it_stored_with_each
     recover_through(&c, bin(cwd), name, "copy", "snapshot");
     assert_eq!(points(&c.describe("copy")), points(&at_snapshot));
 
+    // As movers do it (no volume; the api-key from the environment): a report each.
+    let log = cwd.join("termination-log");
+    let mover = |qdrant: &Qdrant, args: &[&str]| {
+        let mut cmd = bin(cwd);
+        cmd.arg("mover")
+            .arg(args[0])
+            .arg("--termination-log")
+            .arg(&log);
+        let mut cmd = qdrant.cli(cmd, &args[1..]);
+        ok(&mut cmd);
+        serde_json::from_slice::<Value>(&std::fs::read(&log).unwrap()).unwrap()
+    };
+    let made = mover(
+        &a,
+        &[
+            "api-snapshot",
+            "--collection",
+            "reviews",
+            "--node",
+            "qdrant-1",
+        ],
+    );
+    let key = made["key"].as_str().unwrap();
+    assert!(key.starts_with("reviews/reviews-qdrant-1-"), "{made}");
+    assert_eq!(a.api(&["snapshots", "reviews"]).trim(), "[]");
+    let args = [
+        "api-restore",
+        "--location",
+        key,
+        "--collection",
+        "reviews",
+        "--priority",
+        "snapshot",
+    ];
+    let recovered = mover(&c, &args);
+    assert_eq!(recovered["outcome"], "Restored", "{recovered}");
+    assert_eq!(recovered["checksum"], made["checksum"]);
+    assert_eq!(
+        points(&c.describe("reviews")),
+        points(&a.describe("reviews"))
+    );
+    // A file of the mover's machine is not a location it restores from.
+    let mut refused = bin(cwd);
+    refused
+        .arg("mover")
+        .arg("api-restore")
+        .arg("--termination-log")
+        .arg(&log);
+    let mut refused = c.cli(
+        refused,
+        &[
+            "--location",
+            &archive_text,
+            "--collection",
+            "x",
+            "--priority",
+            "snapshot",
+        ],
+    );
+    fails(&mut refused);
+
     // Through S3 (multipart), when there is a server: snapshot and recover.
     if let Some(env) = s3_env() {
         let prefix = unique_prefix("qdrant-api");

@@ -324,11 +324,12 @@ impl Qdrant {
             .collect())
     }
 
-    /// Uploads `body` (an archive) as a snapshot of `scope` for Qdrant to recover with
-    /// `priority`, checking it against `checksum` first; waits for the recovery.
+    /// Uploads `body` (an archive) as the snapshot `name` of `scope` for Qdrant to recover
+    /// with `priority`, checking it against `checksum` first; waits for the recovery.
+    /// Qdrant keeps the uploaded file among the scope's snapshots: delete it after.
     pub async fn upload<S>(
         &self,
-        scope: &Scope,
+        (scope, name): (&Scope, &str),
         body: S,
         (priority, checksum): (Option<Priority>, Option<&str>),
     ) -> Result<(), ApiError>
@@ -352,7 +353,7 @@ impl Qdrant {
                 query.append_pair("checksum", sum);
             }
         }
-        let (content_type, body) = multipart("snapshot", "upload.snapshot", body);
+        let (content_type, body) = multipart("snapshot", name, body);
         let request = self
             .request(Method::POST, url.clone())
             .header(reqwest::header::CONTENT_TYPE, content_type)
@@ -387,7 +388,7 @@ where
 {
     use futures_util::StreamExt;
     // Random enough that no archive holds it by chance; a collision only fails the upload.
-    let boundary = format!("snapshot-operator-{:032x}", rand_u128());
+    let boundary = format!("snapshot-operator-{}", random_hex());
     let head = format!(
         "--{boundary}\r\nContent-Disposition: form-data; name=\"{field}\"; filename=\"{file}\"\r\n\
          Content-Type: application/octet-stream\r\n\r\n"
@@ -401,11 +402,12 @@ where
     (format!("multipart/form-data; boundary={boundary}"), stream)
 }
 
-fn rand_u128() -> u128 {
+/// 32 random hexadecimal digits.
+pub fn random_hex() -> String {
     let mut bytes = [0u8; 16];
     rustix::rand::getrandom(&mut bytes, rustix::rand::GetRandomFlags::empty())
         .expect("the kernel gives random bytes");
-    u128::from_le_bytes(bytes)
+    format!("{:032x}", u128::from_le_bytes(bytes))
 }
 
 /// The `result` of Qdrant's envelope (pure).

@@ -179,9 +179,18 @@ pub async fn recover(
     recoverable(&start, &opened.location)?;
     let body = std::io::Cursor::new(head).chain(reader);
     let body = ReaderStream::new(counted(body, progress));
-    api.upload(scope, body, (priority, opened.checksum.as_deref()))
-        .await?;
-    Ok(())
+    // A name of its own: two restores of one collection never share the uploaded file.
+    let name = format!("restore-{}.snapshot", client::random_hex());
+    let recovered = api
+        .upload((scope, &name), body, (priority, opened.checksum.as_deref()))
+        .await;
+    match api.delete_snapshot(scope, &name).await {
+        // Never saved (the upload failed first).
+        Ok(()) | Err(ApiError::Refused { status: 404, .. }) => {}
+        Err(e) => tracing::warn!(snapshot = %name, error = %crate::format::error_line(&e),
+            "could not delete the uploaded snapshot from Qdrant's disk; delete it through its API"),
+    }
+    Ok(recovered?)
 }
 
 /// Whether Qdrant can recover an archive that starts as `start` (pure).
