@@ -496,12 +496,12 @@ async fn create(args: CreateArgs, config: &Config, storage: &dyn Storage) -> Res
     let bar = ProgressBar::new(None, "archiving");
     let created = match (args.qdrant.api()?, args.storage_path) {
         (Some(api), _) => {
-            let request = qdrant_api::ApiSnapshot {
+            let request = ops::ApiSnapshot {
                 collection: args.collection,
                 node,
                 identity: None,
             };
-            qdrant_api::snapshot(&api, storage, request, bar.progress()).await?
+            ops::snapshot_through_api(&api, storage, request, bar.progress()).await?
         }
         (None, Some(storage_path)) => {
             let mut exclude = vec![config.storage.snapshots_path.clone()];
@@ -871,7 +871,8 @@ async fn restore(args: RestoreArgs, config: &Config) -> Result<ExitCode> {
         match &into {
             RestoreInto::Qdrant(api) => {
                 let scope = api_scope(&selection, args.shard)?;
-                let done = qdrant_api::recover(api, opened, &scope, priority, bar.progress()).await;
+                let done =
+                    ops::recover_through_api(api, opened, &scope, priority, bar.progress()).await;
                 bar.finish();
                 done?;
                 if args.output == Output::Text {

@@ -8,50 +8,29 @@ use jiff::Timestamp;
 use serde::Serialize;
 
 use crate::config::StorageConfig;
-use crate::engine::archive::{self, Archived, CreateError, CreateSpec};
+use crate::engine::archive::{self, CreateError, CreateSpec};
 use crate::engine::manifest::SnapshotIdentity;
 use crate::engine::name;
 use crate::engine::pipe::pipe;
-use crate::engine::restore::{self, Outcome, RestoreError, RestoreSpec, Restored, Selection};
+use crate::engine::restore::{self, Outcome, RestoreSpec, Restored, Selection};
 use crate::format::render_error;
 use crate::protocol::{
     ApiRestoreTask, ApiSnapshotTask, DeleteTask, MoverReport, MoverTask, RestoreTask, SnapshotTask,
     StorageDir,
 };
 use crate::safefs::Anchored;
+use crate::source::Opened;
 use crate::source::{self, Location, Pace};
-use crate::source::{Opened, SourceError};
 use crate::storage::{ObjectInfo, Reader, Storage, StorageError};
+
+mod common;
+mod qdrant;
+
+pub use common::{Created, OpsError, Progress, archive_naming, no_progress};
+pub use qdrant::{ApiSnapshot, recover_through_api, snapshot_through_api};
 
 /// Chunks in flight between the tar writer and the storage upload.
 const PIPE_SLOTS: usize = 4;
-
-/// Reports progress: bytes done so far.
-pub type Progress = Arc<dyn Fn(u64) + Send + Sync>;
-
-/// A progress reporter that reports nothing.
-pub fn no_progress() -> Progress {
-    Arc::new(|_| {})
-}
-
-/// Why an operation failed.
-#[derive(Debug, thiserror::Error)]
-pub enum OpsError {
-    #[error(transparent)]
-    Create(#[from] CreateError),
-    #[error(transparent)]
-    Restore(#[from] RestoreError),
-    #[error(transparent)]
-    Storage(#[from] StorageError),
-    #[error(transparent)]
-    Source(#[from] SourceError),
-    #[error(transparent)]
-    Name(#[from] name::NameError),
-    #[error(transparent)]
-    Qdrant(#[from] crate::qdrant_api::ApiError),
-    #[error("{0}")]
-    Usage(String),
-}
 
 /// What `snapshot prune` decides for one archive.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -195,41 +174,6 @@ pub fn upload_collection(
                 .into(),
         )),
     }
-}
-
-/// A snapshot that was created.
-#[derive(Debug, Clone, Serialize)]
-pub struct Created {
-    /// Archive file name.
-    pub name: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub collection: Option<String>,
-    pub node: String,
-    pub created_at: Timestamp,
-    /// The archive in storage (key, location, size, checksum).
-    pub archive: ObjectInfo,
-    /// What went into it, when read from the storage directory.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub content: Option<Archived>,
-    /// The snapshot Qdrant made, when made through its API (deleted from its disk since).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub qdrant_snapshot: Option<String>,
-}
-
-/// The keys an archive of `collection` taken on `node` at `at` may be stored under: its
-/// name, then the same with a suffix, for a second archive of the same second.
-pub fn archive_naming(
-    collection: Option<&str>,
-    node: &str,
-    at: Timestamp,
-) -> Result<impl Fn(u32) -> Option<String> + Send + Sync + use<>, OpsError> {
-    let stem = name::archive_stem(collection, node, at);
-    name::validate("snapshot", &name::archive_name(&stem, 99))?;
-    let collection = collection.map(str::to_owned);
-    Ok(move |attempt: u32| {
-        (attempt < 1000)
-            .then(|| name::key(collection.as_deref(), &name::archive_name(&stem, attempt)))
-    })
 }
 
 /// What to snapshot.
@@ -391,12 +335,12 @@ async fn mover_api_snapshot(
 ) -> Result<MoverReport, OpsError> {
     let (store, _) = crate::storage::open(storage).await?;
     let api = task.qdrant.connect()?;
-    let request = crate::qdrant_api::ApiSnapshot {
+    let request = ApiSnapshot {
         collection: task.collection,
         node: task.node,
         identity: task.identity,
     };
-    let created = crate::qdrant_api::snapshot(&api, store.as_ref(), request, no_progress()).await?;
+    let created = snapshot_through_api(&api, store.as_ref(), request, no_progress()).await?;
     Ok(MoverReport {
         name: Some(created.name),
         key: Some(created.archive.key),
@@ -428,7 +372,7 @@ async fn mover_api_restore(
     let counter = sent.clone();
     let progress: Progress =
         Arc::new(move |n| counter.store(n, std::sync::atomic::Ordering::Relaxed));
-    crate::qdrant_api::recover(&api, opened, &scope, Some(task.priority), progress).await?;
+    recover_through_api(&api, opened, &scope, Some(task.priority), progress).await?;
     Ok(MoverReport {
         location: Some(from),
         size: Some(sent.load(std::sync::atomic::Ordering::Relaxed)),

@@ -1,0 +1,260 @@
+//! Snapshots through Qdrant's own API, for a Qdrant that keeps running: Qdrant makes its
+//! snapshot (consistent while it takes writes), which is streamed into the storage behind
+//! our manifest (so it is our archive too: the catalog, `list` and our restore read it) and
+//! then deleted from Qdrant's disk; and an archive uploaded to a running Qdrant, which
+//! recovers it with the priority given.
+
+use std::io;
+
+use bytes::Bytes;
+use futures_util::{Stream, TryStreamExt};
+use jiff::Timestamp;
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio_util::io::{ReaderStream, StreamReader};
+
+use super::common::{Created, OpsError, Progress, archive_naming};
+use crate::engine::archive::manifest_json;
+use crate::engine::manifest::{Format, MANIFEST_ENTRY, Manifest, SnapshotIdentity};
+use crate::engine::restore::{Described as Start, Priority};
+use crate::engine::tarwrite::TarWriter;
+use crate::qdrant_api::{ApiError, Qdrant, Scope, Verified, random_hex};
+use crate::source::Opened;
+use crate::storage::{Reader, Storage};
+
+/// What to snapshot through the API.
+#[derive(Debug, Clone)]
+pub struct ApiSnapshot {
+    /// One collection, or (`None`) Qdrant's full snapshot.
+    pub collection: Option<String>,
+    /// The node (pod) it is taken on, for its name and manifest.
+    pub node: String,
+    /// The Snapshot resource it belongs to (movers), recorded in the manifest.
+    pub identity: Option<SnapshotIdentity>,
+}
+
+/// Has Qdrant make a snapshot of `request` and streams it into `storage` behind our
+/// manifest, checked against the size and SHA-256 Qdrant gives for it as it goes (a
+/// mismatch stores nothing); then deletes it from Qdrant's disk, whether storing it worked
+/// or not, so that Qdrant never holds more than the one snapshot being taken.
+pub async fn snapshot_through_api(
+    api: &Qdrant,
+    storage: &dyn Storage,
+    request: ApiSnapshot,
+    progress: Progress,
+) -> Result<Created, OpsError> {
+    let created_at = Timestamp::now();
+    let naming = archive_naming(request.collection.as_deref(), &request.node, created_at)?;
+    let manifest = manifest(api, &request, created_at).await?;
+    let head = manifest_entry(&manifest)?;
+    let scope = match &request.collection {
+        Some(c) => Scope::Collection {
+            collection: c.clone(),
+        },
+        None => Scope::Full,
+    };
+    let made = api.create_snapshot(&scope).await?;
+    tracing::info!(snapshot = %made.name, size = made.size, "Qdrant made its snapshot");
+    let stored = async {
+        let download = api.download(&scope, &made.name).await?;
+        let body = counted(reader_of(download), progress);
+        let body = std::io::Cursor::new(head).chain(Verified::new(body, made.clone()));
+        Ok::<_, OpsError>(storage.put(&naming, Reader::stream(body), None).await?)
+    }
+    .await;
+    if let Err(e) = api.delete_snapshot(&scope, &made.name).await {
+        tracing::warn!(snapshot = %made.name, error = %crate::format::error_line(&e),
+            "could not delete Qdrant's snapshot from its disk; delete it through its API");
+    }
+    let archive = stored?;
+    let (_, file_name) = crate::engine::name::split_key(&archive.key);
+    Ok(Created {
+        name: file_name.to_owned(),
+        collection: request.collection,
+        node: request.node,
+        created_at,
+        archive,
+        content: None,
+        qdrant_snapshot: Some(made.name),
+    })
+}
+
+/// Our manifest for Qdrant's snapshot of `request`: the collections and aliases it holds.
+async fn manifest(
+    api: &Qdrant,
+    request: &ApiSnapshot,
+    created_at: Timestamp,
+) -> Result<Manifest, OpsError> {
+    let collections = match &request.collection {
+        Some(c) => vec![c.clone()],
+        None => api.collections().await?,
+    };
+    let mut aliases = api.aliases().await?;
+    aliases.retain(|_, collection| collections.contains(collection));
+    Ok(Manifest::new(
+        request.collection.clone(),
+        request.node.clone(),
+        created_at,
+        collections,
+        aliases,
+        request.identity.clone(),
+        Format::Qdrant,
+    ))
+}
+
+/// The manifest as the first entry of a tar stream (no end: Qdrant's snapshot follows).
+fn manifest_entry(manifest: &Manifest) -> Result<Vec<u8>, OpsError> {
+    let json = manifest_json(manifest)?;
+    let mtime = u64::try_from(manifest.created_at.as_second()).unwrap_or(0);
+    let mut entry = Vec::new();
+    TarWriter::new(&mut entry)
+        .append_bytes(MANIFEST_ENTRY.as_bytes(), 0o644, mtime, &json)
+        .expect("writing to memory does not fail");
+    Ok(entry)
+}
+
+/// A download as a reader, its errors as I/O errors.
+fn reader_of(
+    stream: impl Stream<Item = reqwest::Result<Bytes>> + Send + Unpin + 'static,
+) -> impl AsyncRead + Send + Unpin + 'static {
+    StreamReader::new(stream.map_err(|e| {
+        let kind = if e.is_timeout() {
+            io::ErrorKind::TimedOut
+        } else {
+            io::ErrorKind::Other
+        };
+        io::Error::new(kind, e)
+    }))
+}
+
+/// `reader`, reporting to `progress` the bytes read so far.
+fn counted(
+    reader: impl AsyncRead + Send + Unpin + 'static,
+    progress: Progress,
+) -> impl AsyncRead + Send + Unpin + 'static {
+    let mut done = 0u64;
+    let stream = ReaderStream::new(reader).inspect_ok(move |chunk| {
+        done += chunk.len() as u64;
+        progress(done);
+    });
+    StreamReader::new(stream)
+}
+
+/// The longest start of an archive read to tell what it is (its manifest at most).
+const MAX_HEAD: u64 = crate::engine::manifest::MAX_MANIFEST_BYTES + (64 << 10);
+
+/// Uploads the archive `opened` to Qdrant as a snapshot of `scope` (a collection or a
+/// shard), which Qdrant recovers with `priority` after checking the archive's checksum.
+/// Archives Qdrant cannot recover (our files format, full snapshots) are refused before
+/// anything is sent.
+pub async fn recover_through_api(
+    api: &Qdrant,
+    opened: Opened,
+    scope: &Scope,
+    priority: Option<Priority>,
+    progress: Progress,
+) -> Result<(), OpsError> {
+    let mut reader = opened.reader.into_async();
+    let mut head = Vec::new();
+    (&mut reader)
+        .take(64 << 10)
+        .read_to_end(&mut head)
+        .await
+        .map_err(|source| crate::storage::StorageError::Body { source })?;
+    let start = match crate::engine::restore::describe(head.as_slice()) {
+        Ok(start) => start,
+        Err(_) if head.len() as u64 == 64 << 10 => {
+            (&mut reader)
+                .take(MAX_HEAD - head.len() as u64)
+                .read_to_end(&mut head)
+                .await
+                .map_err(|source| crate::storage::StorageError::Body { source })?;
+            crate::engine::restore::describe(head.as_slice())?
+        }
+        Err(e) => return Err(e.into()),
+    };
+    recoverable(&start, &opened.location)?;
+    let body = std::io::Cursor::new(head).chain(reader);
+    let body = ReaderStream::new(counted(body, progress));
+    // A name of its own: two restores of one collection never share the uploaded file.
+    let name = format!("restore-{}.snapshot", random_hex());
+    let recovered = api
+        .upload((scope, &name), body, (priority, opened.checksum.as_deref()))
+        .await;
+    match api.delete_snapshot(scope, &name).await {
+        // Never saved (the upload failed first).
+        Ok(()) | Err(ApiError::Refused { status: 404, .. }) => {}
+        Err(e) => tracing::warn!(snapshot = %name, error = %crate::format::error_line(&e),
+            "could not delete the uploaded snapshot from Qdrant's disk; delete it through its API"),
+    }
+    Ok(recovered?)
+}
+
+/// Whether Qdrant can recover an archive that starts as `start` (pure).
+fn recoverable(start: &Start, location: &str) -> Result<(), OpsError> {
+    use crate::engine::manifest::Kind;
+    let refuse = |why: &str| Err(OpsError::Usage(format!("{location}: {why}")));
+    match start {
+        Start::Ours(m) if m.format == Format::Files => refuse(
+            "a snapshot in the files format, which Qdrant cannot recover: restore it into the \
+             storage directory (restore --storage-path) while Qdrant is stopped",
+        ),
+        Start::Ours(m) if m.kind == Kind::Full => refuse(
+            "a full-storage snapshot: Qdrant recovers those only at startup \
+             (--storage-snapshot), or restore it with --storage-path while Qdrant is stopped",
+        ),
+        Start::Qdrant(Some(crate::engine::qdrant::Kind::Full)) => refuse(
+            "a Qdrant full snapshot: Qdrant recovers those only at startup \
+             (--storage-snapshot)",
+        ),
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_manifest_entry_is_a_tar_entry_that_restores_read_first() {
+        let manifest = Manifest::new(
+            Some("products".into()),
+            "qdrant-0".into(),
+            "2026-12-03T10:00:00Z".parse().unwrap(),
+            vec!["products".into()],
+            [("p".to_owned(), "products".to_owned())].into(),
+            None,
+            Format::Qdrant,
+        );
+        let entry = manifest_entry(&manifest).unwrap();
+        assert_eq!(entry.len() % 512, 0);
+        match crate::engine::restore::describe(entry.as_slice()).unwrap() {
+            Start::Ours(read) => assert_eq!(*read, manifest),
+            Start::Qdrant(kind) => panic!("read as Qdrant's {kind:?}"),
+        }
+    }
+
+    #[test]
+    fn only_what_qdrant_can_recover_is_uploaded() {
+        let ours = |format, collection: Option<&str>| {
+            Start::Ours(Box::new(Manifest::new(
+                collection.map(Into::into),
+                "n".into(),
+                Timestamp::UNIX_EPOCH,
+                vec![],
+                Default::default(),
+                None,
+                format,
+            )))
+        };
+        assert!(recoverable(&ours(Format::Qdrant, Some("c")), "a").is_ok());
+        assert!(recoverable(&Start::Qdrant(None), "a").is_ok());
+        for refused in [
+            ours(Format::Files, Some("c")),
+            ours(Format::Qdrant, None),
+            Start::Qdrant(Some(crate::engine::qdrant::Kind::Full)),
+        ] {
+            let why = recoverable(&refused, "a.snapshot").unwrap_err().to_string();
+            assert!(why.starts_with("a.snapshot: "), "{why}");
+        }
+    }
+}
