@@ -3,6 +3,7 @@
 //! CustomResourceDefinitions generated from them.
 
 pub mod condition;
+pub mod qdrant;
 pub mod restore;
 pub mod schedule;
 pub mod snapshot;

@@ -58,9 +58,14 @@ pub struct SnapshotSpec {
     /// back to its replicas afterwards (on success, failure, operator restart and deletion),
     /// so that each archive is a picture of one moment; `Clone` reads a clone of each claim
     /// (CSI volume cloning) and `Snapshot` a claim made from a CSI VolumeSnapshot of it, while
-    /// the application keeps running.
+    /// the application keeps running; `QdrantAPI` has each Qdrant pod make its own snapshot
+    /// through its API (`qdrant`), with no volume access.
     #[serde(default)]
     pub copy_method: CopyMethod,
+    /// With `copyMethod: QdrantAPI`: how to reach each pod's API (default: Qdrant's chart's
+    /// port 6333 over http, no api-key).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub qdrant: Option<super::qdrant::QdrantApi>,
     /// With `copyMethod: Snapshot`: the VolumeSnapshotClass (default: the cluster's default
     /// class for the claims' driver).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -237,6 +242,12 @@ pub enum CopyMethod {
     /// from it that the mover reads; both deleted when the node's archive is done. Needs a CSI
     /// driver with snapshots and the snapshot controller.
     Snapshot,
+    /// Qdrant makes each pod's snapshot through its REST API (`spec.qdrant`) while it keeps
+    /// running (consistent: Qdrant flushes and proxies its segments meanwhile); the mover
+    /// streams it into the storage and deletes it from the pod. The mover mounts no volume
+    /// and runs on any node. Needs a StatefulSet of Qdrant.
+    #[serde(rename = "QdrantAPI")]
+    QdrantApi,
 }
 
 /// What deleting a Snapshot does to its archives.

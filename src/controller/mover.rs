@@ -236,6 +236,8 @@ pub struct MoverJob<'a> {
     pub pin_to: Option<&'a str>,
     /// The pod security context (see [`security`]).
     pub security: PodSecurityContext,
+    /// The task's own environment beyond its storage's (a Qdrant api-key's Secret).
+    pub env: Vec<(String, EnvValue)>,
 }
 
 /// The labels of a mover Job and its pod.
@@ -288,7 +290,8 @@ fn pinned_to(node: &str) -> Affinity {
 /// The Job.
 pub fn job(spec: &MoverJob<'_>, config: &MoverConfig) -> Job {
     let labels = labels(&spec.owner_uid, spec.task.operation(), spec.node);
-    let (env, mut volumes, mut mounts) = storage_settings(spec.storage);
+    let (mut env, mut volumes, mut mounts) = storage_settings(spec.storage);
+    env.extend(spec.env.iter().map(|(n, v)| env_var(n.clone(), v.clone())));
     if let Some((claim, read_only)) = spec.data {
         volumes.insert(0, claim_volume("data", claim, read_only));
         mounts.insert(
@@ -582,6 +585,7 @@ mod tests {
             storage: &storage,
             pin_to: Some("worker-2"),
             security: MoverConfig::default().pod_security_context,
+            env: Vec::new(),
         };
         let job = job(&spec, &MoverConfig::default());
         let pod = job.spec.unwrap().template.spec.unwrap();

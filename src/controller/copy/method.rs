@@ -2,6 +2,7 @@
 
 use async_trait::async_trait;
 
+use crate::api::qdrant::SecretKey;
 use crate::api::snapshot::{ArchiveStatus, Snapshot};
 use crate::controller::{Context, Error};
 
@@ -16,15 +17,26 @@ pub enum Prepared {
     Failed(String),
 }
 
-/// The claim a node's mover reads.
+/// What a node's mover reads.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ReadFrom {
-    /// The node's own.
+    /// The node's own claim.
     Own,
-    /// This one, made for it (a clone).
+    /// This claim, made for it (a clone).
     Claim(String),
+    /// No claim: the snapshot Qdrant makes through its API.
+    Api(Endpoint),
     /// None: why there is nothing to read.
     Nothing(String),
+}
+
+/// A Qdrant pod's REST API, as its mover reaches it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    pub url: String,
+    /// The Secret key of its api-key, if it has one.
+    pub api_key: Option<SecretKey>,
+    pub timeout_seconds: u64,
 }
 
 /// What a copy method does around each node's mover. Every step has a default that does
@@ -51,7 +63,7 @@ pub trait Method: Send + Sync {
         Ok(Prepared::Ready)
     }
 
-    /// The claim the node's mover reads.
+    /// What the node's mover reads.
     async fn source_claim(
         &self,
         _ctx: &Context,

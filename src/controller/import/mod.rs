@@ -127,6 +127,7 @@ pub fn resource(set: &Imported) -> Result<Snapshot, String> {
         storage: None,
         deletion_policy: DeletionPolicy::Retain,
         copy_method: CopyMethod::Direct,
+        qdrant: None,
         volume_snapshot_class_name: None,
         mover_security_context: None,
         format: set

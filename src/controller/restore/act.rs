@@ -104,6 +104,7 @@ async fn start_mover(
         storage: source.storage.unwrap_or(&none),
         pin_to: None,
         security: source.security,
+        env: Vec::new(),
     };
     jobs::create(&ctx.client, &mover::job(&job, &ctx.config.mover)).await
 }

@@ -11,7 +11,10 @@ use crate::controller::copy::{self, Prepared, ReadFrom};
 use crate::controller::mover::{self, MoverJob};
 use crate::controller::{Context, Error, jobs, workload};
 use crate::engine::manifest::SnapshotIdentity;
-use crate::protocol::{MoverTask, SnapshotTask, TERMINATION_LOG};
+use crate::protocol::{
+    ApiSnapshotTask, EnvValue, MoverTask, QDRANT_API_KEY_ENV, QdrantEndpoint, SnapshotTask,
+    TERMINATION_LOG,
+};
 
 /// Starts the movers the plan calls for, as slots allow; the next archive entries.
 pub async fn act(
@@ -53,21 +56,22 @@ pub async fn act(
         }
         if starting && ctx.take_slot(snap, &archive.node, &job_name(snap, &archive.node)) {
             let (pods, security) = inputs.read(ctx, snap).await?;
-            let read_from = match method.source_claim(ctx, snap, archive).await? {
-                ReadFrom::Own => None,
-                ReadFrom::Claim(claim) => Some(claim),
-                ReadFrom::Nothing(why) => {
-                    next.push(ArchiveStatus {
-                        phase: ArchivePhase::Failed,
-                        message: Some(why),
-                        ..archive.clone()
-                    });
-                    continue;
-                }
+            let read = method.source_claim(ctx, snap, archive).await?;
+            if let ReadFrom::Nothing(why) = read {
+                next.push(ArchiveStatus {
+                    phase: ArchivePhase::Failed,
+                    message: Some(why),
+                    ..archive.clone()
+                });
+                continue;
+            }
+            let read_from = match &read {
+                ReadFrom::Claim(claim) => Some(claim.clone()),
+                _ => None,
             };
             let mover = NewMover {
                 archive,
-                read_from: read_from.as_deref(),
+                read: &read,
                 storage,
                 pods,
                 identity: identity(snap, index, archives.len(), &archive.claim),
@@ -155,8 +159,8 @@ pub fn identity(snap: &Snapshot, index: usize, nodes: usize, claim: &str) -> Sna
 /// What a node's new mover needs.
 struct NewMover<'a> {
     archive: &'a ArchiveStatus,
-    /// The claim it reads instead of the node's (a clone).
-    read_from: Option<&'a str>,
+    /// What it reads (not [`ReadFrom::Nothing`]).
+    read: &'a ReadFrom,
     storage: &'a Storage,
     pods: &'a [Pod],
     identity: SnapshotIdentity,
@@ -167,20 +171,13 @@ struct NewMover<'a> {
 async fn start_mover(snap: &Snapshot, ctx: &Context, new: NewMover<'_>) -> Result<(), Error> {
     let NewMover {
         archive,
-        read_from,
+        read,
         storage,
         pods,
         identity,
         security,
     } = new;
-    let task = MoverTask::Snapshot(SnapshotTask {
-        dir: mover::data_dir(&snap.spec.path),
-        collection: snap.spec.collection.clone(),
-        node: archive.node.clone(),
-        identity: Some(identity),
-        format: snap.spec.format,
-        termination_log: TERMINATION_LOG.into(),
-    });
+    let (task, env) = task(snap, archive, read, identity);
     let spec = MoverJob {
         name: job_name(snap, &archive.node),
         namespace: snap.namespace().unwrap_or_default(),
@@ -190,16 +187,59 @@ async fn start_mover(snap: &Snapshot, ctx: &Context, new: NewMover<'_>) -> Resul
         owner_uid: snap.uid().unwrap_or_default(),
         node: &archive.node,
         task,
-        // A clone is a new volume: made where the mover runs.
-        data: Some((read_from.unwrap_or(&archive.claim), true)),
+        data: match read {
+            // A clone is a new volume: made where the mover runs.
+            ReadFrom::Claim(claim) => Some((claim, true)),
+            ReadFrom::Own => Some((&archive.claim, true)),
+            ReadFrom::Api(_) | ReadFrom::Nothing(_) => None,
+        },
         storage,
-        pin_to: match read_from {
-            Some(_) => None,
-            None => workload::node_of_claim(pods, &archive.claim),
+        pin_to: match read {
+            ReadFrom::Own => workload::node_of_claim(pods, &archive.claim),
+            _ => None,
         },
         security,
+        env,
     };
     jobs::create(&ctx.client, &mover::job(&spec, &ctx.config.mover)).await
+}
+
+/// What a node's mover is told to do, and the environment that takes (pure).
+fn task(
+    snap: &Snapshot,
+    archive: &ArchiveStatus,
+    read: &ReadFrom,
+    identity: SnapshotIdentity,
+) -> (MoverTask, Vec<(String, EnvValue)>) {
+    let ReadFrom::Api(endpoint) = read else {
+        let task = MoverTask::Snapshot(SnapshotTask {
+            dir: mover::data_dir(&snap.spec.path),
+            collection: snap.spec.collection.clone(),
+            node: archive.node.clone(),
+            identity: Some(identity),
+            format: snap.spec.format,
+            termination_log: TERMINATION_LOG.into(),
+        });
+        return (task, Vec::new());
+    };
+    let task = MoverTask::ApiSnapshot(ApiSnapshotTask {
+        qdrant: QdrantEndpoint {
+            qdrant_url: endpoint.url.clone(),
+            qdrant_timeout: endpoint.timeout_seconds,
+        },
+        collection: snap.spec.collection.clone(),
+        node: archive.node.clone(),
+        identity: Some(identity),
+        termination_log: TERMINATION_LOG.into(),
+    });
+    let env = endpoint.api_key.iter().map(|secret| {
+        let value = EnvValue::SecretKey {
+            secret: secret.name.clone(),
+            key: secret.key.clone(),
+        };
+        (QDRANT_API_KEY_ENV.to_owned(), value)
+    });
+    (task, env.collect())
 }
 
 /// Who a Snapshot's movers act as, its delete mover too: its `moverSecurityContext`, else

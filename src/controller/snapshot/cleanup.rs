@@ -138,6 +138,7 @@ async fn delete_mover(
         storage,
         pin_to: None,
         security,
+        env: Vec::new(),
     };
     Ok(mover::job(&spec, &ctx.config.mover))
 }

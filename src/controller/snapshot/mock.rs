@@ -1299,3 +1299,72 @@ async fn a_stopped_workload_is_started_again_when_the_snapshot_goes_or_turns_out
     ];
     reconcile_with(claim, nothing(), script).await.0.unwrap();
 }
+
+#[tokio::test]
+async fn copy_method_qdrant_api_has_each_pod_make_its_snapshot_with_no_volume_mounted() {
+    let mut snap = Snapshot::test().finalized().copying(CopyMethod::QdrantApi);
+    snap.spec.qdrant =
+        Some(serde_json::from_value(json!({"apiKeySecret": {"name": "qdrant-apikey"}})).unwrap());
+    let script = vec![
+        Expect::new("GET", STS, statefulset(1)),
+        Expect::new("GET", PODS, list("Pod", vec![workload_pod(0, "worker-a")])),
+        Expect::new("GET", STS, statefulset(1)),
+        // Its service: the pods' stable names.
+        Expect::new("GET", STS, statefulset(1)),
+        Expect::new(
+            "PATCH",
+            format!("{JOBS}/{}", mover::job_name("snap", "s", "qdrant-0")),
+            Value::Null,
+        )
+        .check(|job| {
+            let pod = &job["spec"]["template"]["spec"];
+            let volumes = pod["volumes"].to_string();
+            assert!(!volumes.contains("data-qdrant-0"), "{volumes}");
+            assert_eq!(pod.get("affinity"), None, "any node reaches the API");
+            let container = &pod["containers"][0];
+            let args = container["args"].to_string();
+            assert!(
+                args.contains(r#""api-snapshot""#)
+                    && args.contains(r#""http://qdrant-0.qdrant.ns.svc:6333""#)
+                    && args.contains(r#"\"claim\":\"data-qdrant-0\""#),
+                "{args}"
+            );
+            let key = container["env"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|e| e["name"] == "QDRANT_API_KEY")
+                .expect("the api-key from its Secret");
+            assert_eq!(
+                key["valueFrom"]["secretKeyRef"],
+                json!({"name": "qdrant-apikey", "key": "api-key", "optional": false})
+            );
+        }),
+        Expect::new("PATCH", format!("{SNAPS}/status"), stored()).check(|body| {
+            let archive = &body["status"]["archives"][0];
+            assert_eq!(archive["phase"], "Running");
+            assert_eq!(archive.get("readFrom"), None);
+        }),
+        event("Running"),
+    ];
+    reconcile_with(snap, nothing(), script).await.0.unwrap();
+
+    // A StatefulSet without a service has no address to reach: that node fails, saying so.
+    let mut bare = statefulset(1);
+    bare["spec"].as_object_mut().unwrap().remove("serviceName");
+    let script = vec![
+        Expect::new("GET", STS, bare.clone()),
+        Expect::new("GET", PODS, list("Pod", vec![workload_pod(0, "worker-a")])),
+        Expect::new("GET", STS, bare.clone()),
+        Expect::new("GET", STS, bare),
+        Expect::new("PATCH", format!("{SNAPS}/status"), stored()).check(|body| {
+            let archive = &body["status"]["archives"][0];
+            assert_eq!(archive["phase"], "Failed");
+            let message = archive["message"].as_str().unwrap();
+            assert!(message.contains("names no serviceName"), "{message}");
+        }),
+        event("Failed"),
+    ];
+    let snap = Snapshot::test().finalized().copying(CopyMethod::QdrantApi);
+    reconcile_with(snap, nothing(), script).await.0.unwrap();
+}

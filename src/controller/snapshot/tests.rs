@@ -41,6 +41,7 @@ fn snapshot_spec(collection: Option<&str>) -> SnapshotSpec {
         storage: None,
         deletion_policy: DeletionPolicy::Delete,
         copy_method: CopyMethod::Direct,
+        qdrant: None,
         volume_snapshot_class_name: None,
         mover_security_context: None,
         format: None,
@@ -89,6 +90,7 @@ fn specs_are_validated() {
         storage: None,
         deletion_policy: DeletionPolicy::Delete,
         copy_method: CopyMethod::Direct,
+        qdrant: None,
         volume_snapshot_class_name: None,
         mover_security_context: None,
         format: None,
@@ -141,6 +143,38 @@ fn specs_are_validated() {
     );
     spec.path = "/qdrant/..storage/x..y".into();
     assert!(validate(&spec).is_ok(), "names with dots are names");
+
+    // Qdrant's API: of a StatefulSet, in Qdrant's format; its settings only with it.
+    spec.qdrant = Some(Default::default());
+    assert_eq!(
+        validate(&spec),
+        Err(Invalid::Needs {
+            what: "qdrant",
+            needs: "copyMethod QdrantAPI"
+        })
+    );
+    spec.copy_method = CopyMethod::QdrantApi;
+    assert!(validate(&spec).is_ok());
+    spec.format = Some(crate::api::snapshot::Format::Files);
+    assert!(matches!(
+        validate(&spec),
+        Err(Invalid::Needs {
+            what: "copyMethod QdrantAPI",
+            ..
+        })
+    ));
+    spec.format = None;
+    spec.source = Workload {
+        stateful_set: None,
+        persistent_volume_claim: Some(ClaimRef {
+            claim_name: "x".into(),
+        }),
+    };
+    let why = validate(&spec).unwrap_err();
+    assert!(
+        why.to_string().contains("needs a statefulSet source"),
+        "{why}"
+    );
 }
 
 #[test]

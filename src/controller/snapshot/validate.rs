@@ -1,6 +1,6 @@
 //! What a Snapshot's spec must be beyond its schema (pure).
 
-use crate::api::snapshot::{SnapshotSpec, StatefulSetRef};
+use crate::api::snapshot::{CopyMethod, Format, SnapshotSpec, StatefulSetRef};
 use crate::controller::copy;
 use crate::controller::kernel::{Invalid, inside_volume, validate_storage, workload_shape};
 use crate::engine::name;
@@ -19,6 +19,25 @@ pub fn validate(spec: &SnapshotSpec) -> Result<(), Invalid> {
         return Err(Invalid::Needs {
             what: "copyMethod Stop",
             needs: "a statefulSet source (it stops the StatefulSet)",
+        });
+    }
+    let api = spec.copy_method == CopyMethod::QdrantApi;
+    if api && spec.source.stateful_set.is_none() {
+        return Err(Invalid::Needs {
+            what: "copyMethod QdrantAPI",
+            needs: "a statefulSet source (of Qdrant, whose pods answer its API)",
+        });
+    }
+    if api && spec.format == Some(Format::Files) {
+        return Err(Invalid::Needs {
+            what: "copyMethod QdrantAPI",
+            needs: "format qdrant (Qdrant's API makes Qdrant's own snapshots)",
+        });
+    }
+    if !api && spec.qdrant.is_some() {
+        return Err(Invalid::Needs {
+            what: "qdrant",
+            needs: "copyMethod QdrantAPI",
         });
     }
     Ok(())
