@@ -79,6 +79,28 @@ pub struct SnapshotRestoreSpec {
     /// operator's (65532).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mover_security_context: Option<MoverSecurityContext>,
+    /// How each node's archive gets in: `Volume` (default) has a mover write it into the
+    /// node's claim; `QdrantAPI` uploads it to the node's running Qdrant (`qdrant`), which
+    /// recovers it with the priority (`replica`, `snapshot`, `no_sync` as Qdrant means them)
+    /// after checking its checksum: no volume access, no stop. A collection only (Qdrant
+    /// recovers a full snapshot only at startup).
+    #[serde(default)]
+    pub method: RestoreMethod,
+    /// With `method: QdrantAPI`: how to reach each pod's API (default: Qdrant's chart's port
+    /// 6333 over http, no api-key).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub qdrant: Option<super::qdrant::QdrantApi>,
+}
+
+/// How a restore's archives get into the workload.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum RestoreMethod {
+    /// A mover writes each archive into its node's claim.
+    #[default]
+    Volume,
+    /// Each archive is uploaded to its node's running Qdrant, which recovers it.
+    #[serde(rename = "QdrantAPI")]
+    QdrantApi,
 }
 
 /// Where the archives come from. Exactly one field is set.

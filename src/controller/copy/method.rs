@@ -5,6 +5,7 @@ use async_trait::async_trait;
 use crate::api::qdrant::SecretKey;
 use crate::api::snapshot::{ArchiveStatus, Snapshot};
 use crate::controller::{Context, Error};
+use crate::protocol::{EnvValue, QDRANT_API_KEY_ENV, QdrantEndpoint};
 
 /// Where a node's preparation stands.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,6 +38,28 @@ pub struct Endpoint {
     /// The Secret key of its api-key, if it has one.
     pub api_key: Option<SecretKey>,
     pub timeout_seconds: u64,
+}
+
+impl Endpoint {
+    /// As a mover task takes it.
+    pub fn task(&self) -> QdrantEndpoint {
+        QdrantEndpoint {
+            qdrant_url: self.url.clone(),
+            qdrant_timeout: self.timeout_seconds,
+        }
+    }
+
+    /// The mover's environment: the api-key from its Secret.
+    pub fn env(&self) -> Vec<(String, EnvValue)> {
+        let secret = self.api_key.iter().map(|secret| {
+            let value = EnvValue::SecretKey {
+                secret: secret.name.clone(),
+                key: secret.key.clone(),
+            };
+            (QDRANT_API_KEY_ENV.to_owned(), value)
+        });
+        secret.collect()
+    }
 }
 
 /// What a copy method does around each node's mover. Every step has a default that does

@@ -28,27 +28,42 @@ impl Method for ThroughApi {
                 "copyMethod QdrantAPI needs a StatefulSet of Qdrant".into(),
             ));
         };
-        let found = Api::<StatefulSet>::namespaced(ctx.client.clone(), &ns)
-            .get_opt(&sts.name)
-            .await?;
-        let service = found.and_then(|s| s.spec.service_name);
-        Ok(match service.filter(|s| !s.is_empty()) {
-            Some(service) => ReadFrom::Api(endpoint(snap, &archive.node, &service, &ns)),
-            None => ReadFrom::Nothing(format!(
-                "StatefulSet {} names no serviceName: its pods have no stable address to reach \
-                 Qdrant's API at",
-                sts.name
-            )),
+        Ok(match service_of(ctx, &ns, &sts.name).await? {
+            Ok(service) => {
+                let api = snap.spec.qdrant.as_ref();
+                ReadFrom::Api(endpoint(api, &archive.node, &service, &ns))
+            }
+            Err(why) => ReadFrom::Nothing(why),
         })
     }
 }
 
-/// Pod `pod`'s API, behind the StatefulSet's service `service` (pure).
-pub fn endpoint(snap: &Snapshot, pod: &str, service: &str, namespace: &str) -> Endpoint {
-    let api = snap.spec.qdrant.clone().unwrap_or_default();
+/// The service of the StatefulSet `name`, which gives its pods their stable names; or why
+/// there is none.
+pub async fn service_of(
+    ctx: &Context,
+    namespace: &str,
+    name: &str,
+) -> Result<Result<String, String>, Error> {
+    let found = Api::<StatefulSet>::namespaced(ctx.client.clone(), namespace)
+        .get_opt(name)
+        .await?;
+    let service = found.and_then(|s| s.spec.service_name);
+    Ok(service.filter(|s| !s.is_empty()).ok_or_else(|| {
+        format!(
+            "StatefulSet {name} names no serviceName: its pods have no stable address to reach \
+             Qdrant's API at"
+        )
+    }))
+}
+
+/// Pod `pod`'s API as `api` says (default: Qdrant's chart's), behind the StatefulSet's
+/// service `service` (pure).
+pub fn endpoint(api: Option<&QdrantApi>, pod: &str, service: &str, namespace: &str) -> Endpoint {
+    let api = api.cloned().unwrap_or_default();
     Endpoint {
         url: api.url(pod, service, namespace),
         api_key: api.api_key_secret.clone(),
-        timeout_seconds: QdrantApi::timeout_seconds(&api),
+        timeout_seconds: api.timeout_seconds(),
     }
 }

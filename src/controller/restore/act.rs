@@ -5,12 +5,14 @@ use kube::{Resource, ResourceExt};
 
 use super::plan::{Assignment, RestorePlan};
 use super::status::next_node;
-use crate::api::restore::{NodePhase, NodeRestore, SnapshotRestore};
+use crate::api::restore::{NodePhase, NodeRestore, RestoreMethod, SnapshotRestore};
 use crate::api::snapshot::Storage;
+use crate::controller::copy::Endpoint;
+use crate::controller::copy::qdrant::{endpoint, service_of};
 use crate::controller::jobs::{self, Mover};
 use crate::controller::mover::{self, MoverJob};
 use crate::controller::{Context, Error, workload};
-use crate::protocol::{MoverTask, RestoreTask, TERMINATION_LOG};
+use crate::protocol::{ApiRestoreTask, MoverTask, RestoreTask, TERMINATION_LOG};
 
 /// Starts the movers of pending nodes as slots allow and reads the finished ones: the next
 /// node entries, and each node's mover.
@@ -22,8 +24,10 @@ pub async fn run_movers(
     let names = plan.entries.iter().map(|e| job_name(restore, &e.node));
     let movers = ctx.movers_of(restore, names).await?;
     let mut next = Vec::new();
-    // Who the movers act as: read once a mover starts.
+    // Who the movers act as, and the pods' service through Qdrant's API: read once a mover
+    // starts.
     let mut security: Option<PodSecurityContext> = None;
+    let mut service: Option<Result<String, String>> = None;
     for (entry, mover) in plan.entries.iter().zip(&movers) {
         let mut started = false;
         let assignment = plan.assignments.iter().find(|a| a.node.name == entry.node);
@@ -48,11 +52,23 @@ pub async fn run_movers(
                 .await?;
                 security = Some(found);
             }
+            let through = match through_api(restore, ctx, plan, &entry.node, &mut service).await? {
+                Ok(through) => through,
+                Err(why) => {
+                    next.push(NodeRestore {
+                        phase: NodePhase::Failed,
+                        message: Some(why),
+                        ..entry.clone()
+                    });
+                    continue;
+                }
+            };
             let source = MoverSource {
                 location,
                 checksum: checksum.as_deref(),
                 storage: plan.storage.as_ref(),
                 security: security.clone().unwrap_or_default(),
+                through,
             };
             start_mover(restore, ctx, entry, source).await?;
             started = true;
@@ -62,6 +78,30 @@ pub async fn run_movers(
     Ok((next, movers))
 }
 
+/// The API of `node`'s Qdrant when the restore goes through it; `Err(why)` when its pods
+/// have no address. `service`: the StatefulSet's service, once read.
+async fn through_api(
+    restore: &SnapshotRestore,
+    ctx: &Context,
+    plan: &RestorePlan,
+    node: &str,
+    service: &mut Option<Result<String, String>>,
+) -> Result<Result<Option<Endpoint>, String>, Error> {
+    let (Some(sts), RestoreMethod::QdrantApi) =
+        (&restore.spec.target.stateful_set, restore.spec.method)
+    else {
+        return Ok(Ok(None));
+    };
+    if service.is_none() {
+        *service = Some(service_of(ctx, &plan.namespace, &sts.name).await?);
+    }
+    let found = service.clone().expect("read above");
+    Ok(found.map(|service| {
+        let api = restore.spec.qdrant.as_ref();
+        Some(endpoint(api, node, &service, &plan.namespace))
+    }))
+}
+
 /// What a node's mover restores.
 struct MoverSource<'a> {
     location: &'a str,
@@ -69,6 +109,8 @@ struct MoverSource<'a> {
     storage: Option<&'a Storage>,
     /// The movers' pod security context.
     security: PodSecurityContext,
+    /// The node's Qdrant API, when the archive is uploaded there.
+    through: Option<Endpoint>,
 }
 
 /// Starts the mover of one node (its slot taken).
@@ -78,18 +120,13 @@ async fn start_mover(
     entry: &NodeRestore,
     source: MoverSource<'_>,
 ) -> Result<(), Error> {
-    let spec = &restore.spec;
-    let task = MoverTask::Restore(RestoreTask {
-        dir: mover::data_dir(&spec.path),
-        location: source.location.to_owned(),
-        collection: spec.collection.clone(),
-        source_collection: spec.source_collection.clone(),
-        priority: spec.priority,
-        checksum: source.checksum.map(str::to_owned),
-        shard: spec.shard.and_then(|n| u32::try_from(n).ok()),
-        limits: ctx.config.mover.restore_limits,
-        termination_log: TERMINATION_LOG.into(),
-    });
+    let (task, data, env) = match &source.through {
+        Some(endpoint) => (api_task(restore, &source, endpoint), None, endpoint.env()),
+        None => {
+            let task = volume_task(restore, ctx, &source);
+            (task, Some((entry.claim.as_str(), false)), Vec::new())
+        }
+    };
     let none = Storage::default();
     let job = MoverJob {
         name: job_name(restore, &entry.node),
@@ -100,13 +137,43 @@ async fn start_mover(
         owner_uid: restore.uid().unwrap_or_default(),
         node: &entry.node,
         task,
-        data: Some((&entry.claim, false)),
+        data,
         storage: source.storage.unwrap_or(&none),
         pin_to: None,
         security: source.security,
-        env: Vec::new(),
+        env,
     };
     jobs::create(&ctx.client, &mover::job(&job, &ctx.config.mover)).await
+}
+
+/// The task of a mover that writes the archive into its node's claim (pure).
+fn volume_task(restore: &SnapshotRestore, ctx: &Context, source: &MoverSource<'_>) -> MoverTask {
+    let spec = &restore.spec;
+    MoverTask::Restore(RestoreTask {
+        dir: mover::data_dir(&spec.path),
+        location: source.location.to_owned(),
+        collection: spec.collection.clone(),
+        source_collection: spec.source_collection.clone(),
+        priority: spec.priority,
+        checksum: source.checksum.map(str::to_owned),
+        shard: spec.shard.and_then(|n| u32::try_from(n).ok()),
+        limits: ctx.config.mover.restore_limits,
+        termination_log: TERMINATION_LOG.into(),
+    })
+}
+
+/// The task of a mover that uploads the archive to its node's Qdrant (pure).
+fn api_task(restore: &SnapshotRestore, source: &MoverSource<'_>, endpoint: &Endpoint) -> MoverTask {
+    let spec = &restore.spec;
+    MoverTask::ApiRestore(ApiRestoreTask {
+        qdrant: endpoint.task(),
+        location: source.location.to_owned(),
+        collection: spec.collection.clone().unwrap_or_default(),
+        shard: spec.shard.and_then(|n| u32::try_from(n).ok()),
+        priority: spec.priority,
+        checksum: source.checksum.map(str::to_owned),
+        termination_log: TERMINATION_LOG.into(),
+    })
 }
 
 /// The mover Job of a node.

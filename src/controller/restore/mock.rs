@@ -448,3 +448,67 @@ async fn deleting_a_restore_mid_way_restarts_the_workload() {
     .await
     .unwrap();
 }
+
+#[tokio::test]
+async fn through_qdrant_s_api_each_node_s_archive_is_uploaded_to_its_running_pod() {
+    let mut restore = SnapshotRestore::test().stop_workload(false);
+    restore.spec.method = crate::api::restore::RestoreMethod::QdrantApi;
+    restore.spec.qdrant = Some(
+        serde_json::from_value(
+            json!({"scheme": "https", "port": 6334, "apiKeySecret": {"name": "k", "key": "key"}}),
+        )
+        .unwrap(),
+    );
+    let upload = |node: &'static str, archive: &'static str| {
+        Expect::new(
+            "PATCH",
+            format!("{JOBS}/{}", mover::job_name("rst", "r", node)),
+            Value::Null,
+        )
+        .check(move |job| {
+            let pod = &job["spec"]["template"]["spec"];
+            assert_eq!(pod.get("volumes"), Some(&json!([])), "no volume: {pod}");
+            let container = &pod["containers"][0];
+            let args = container["args"].to_string();
+            let url = format!("https://{node}.qdrant.ns.svc:6334");
+            assert!(
+                args.contains(r#""api-restore""#)
+                    && args.contains(&url)
+                    && args.contains(archive),
+                "{args}"
+            );
+            let env = container["env"].to_string();
+            assert!(
+                env.contains(r#"{"name":"QDRANT_API_KEY","valueFrom":{"secretKeyRef":{"key":"key","name":"k","optional":false}}}"#),
+                "{env}"
+            );
+        })
+    };
+    let script = vec![
+        Expect::new("GET", STS, statefulset(2)),
+        // The pods run and mount their claims: they are the ones that recover.
+        Expect::new(
+            "GET",
+            PODS,
+            list("Pod", vec![workload_pod(0, "w"), workload_pod(1, "w")]),
+        ),
+        Expect::new("GET", STS, statefulset(2)),
+        Expect::new("GET", STS, statefulset(2)),
+        // Each its own archive, with the checksum the Snapshot recorded.
+        upload(
+            "qdrant-0",
+            r#""products/products-qdrant-0.snapshot","--collection","products","--priority","snapshot","--checksum","aa""#,
+        ),
+        upload(
+            "qdrant-1",
+            r#""products/products-qdrant-1.snapshot","--collection","products","--priority","snapshot","--checksum","bb""#,
+        ),
+        status_check(|s| {
+            assert_eq!(s["phase"], "Running");
+            assert_eq!(s["nodes"][0]["phase"], "Running");
+            assert_eq!(s["nodes"][1]["phase"], "Running");
+        }),
+        event("Running"),
+    ];
+    run(restore, source(), script).await.unwrap();
+}

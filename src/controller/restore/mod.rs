@@ -26,7 +26,7 @@ use super::stop;
 use super::workload::{self, Node};
 use super::{Context, Error, Reconciled, reject, write_status};
 use crate::api::restore::{
-    NodePhase, NodeRestore, RestorePhase, SnapshotRestore, SnapshotRestoreStatus,
+    NodePhase, NodeRestore, RestoreMethod, RestorePhase, SnapshotRestore, SnapshotRestoreStatus,
 };
 use crate::api::snapshot::StatefulSetRef;
 use act::{job_name, run_movers};
@@ -123,7 +123,11 @@ async fn apply(restore: &SnapshotRestore, ctx: &Context) -> Result<Action, Error
                 return Ok(action);
             }
         }
-        None => refuse_mounted_claims(&mut plan.entries, &pods),
+        // Through Qdrant's API, the pods that mount the claims are the ones that recover.
+        None if restore.spec.method == RestoreMethod::Volume => {
+            refuse_mounted_claims(&mut plan.entries, &pods);
+        }
+        None => {}
     }
     let (next, movers) = run_movers(restore, ctx, &plan).await?;
     // Start the workload again once every mover is done, whatever their outcome.
@@ -184,6 +188,12 @@ async fn resolve(restore: &SnapshotRestore, ctx: &Context) -> Result<Resolved, E
         Ok(Sources::Waiting(what)) => return Ok(Resolved::Wait(what)),
         Err(why) => return Ok(Resolved::Invalid(why)),
     };
+    if full && restore.spec.method == RestoreMethod::QdrantApi {
+        return Ok(Resolved::Invalid(Invalid::Needs {
+            what: "method QdrantAPI",
+            needs: "a collection snapshot (Qdrant recovers a full snapshot only at startup)",
+        }));
+    }
     if full && !restore.spec.stop_workload && restore.spec.target.stateful_set.is_some() {
         return Ok(Resolved::Invalid(Invalid::Needs {
             what: "a full-storage restore into a StatefulSet",

@@ -1,7 +1,9 @@
 use super::*;
 use crate::api::condition::reason;
-use crate::api::restore::{NodePhase, Priority, RestoreSource, SnapshotRef, SnapshotRestoreSpec};
-use crate::api::snapshot::{StatefulSetRef, Workload};
+use crate::api::restore::{
+    NodePhase, Priority, RestoreMethod, RestoreSource, SnapshotRef, SnapshotRestoreSpec,
+};
+use crate::api::snapshot::{ClaimRef, StatefulSetRef, Workload};
 use crate::controller::config::OperatorConfig;
 
 fn node(name: &str) -> Node {
@@ -78,7 +80,55 @@ fn spec() -> SnapshotRestoreSpec {
         stop_workload: false,
         storage: None,
         mover_security_context: None,
+        method: RestoreMethod::Volume,
+        qdrant: None,
     }
+}
+
+#[test]
+fn restores_through_qdrant_s_api_are_of_a_collection_into_a_running_statefulset() {
+    let api = || SnapshotRestoreSpec {
+        method: RestoreMethod::QdrantApi,
+        ..spec()
+    };
+    assert!(validate(&api()).is_ok());
+    let needs = |spec: SnapshotRestoreSpec| match validate(&spec) {
+        Err(Invalid::Needs { what, needs }) => format!("{what} needs {needs}"),
+        other => panic!("{other:?}"),
+    };
+    let full = needs(SnapshotRestoreSpec {
+        collection: None,
+        ..api()
+    });
+    assert!(full.contains("only at startup"), "{full}");
+    let out_of_full = needs(SnapshotRestoreSpec {
+        source_collection: Some("a".into()),
+        ..api()
+    });
+    assert!(
+        out_of_full.starts_with("sourceCollection needs"),
+        "{out_of_full}"
+    );
+    let stopped = needs(SnapshotRestoreSpec {
+        stop_workload: true,
+        ..api()
+    });
+    assert!(stopped.contains("Qdrant running"), "{stopped}");
+    let claim = needs(SnapshotRestoreSpec {
+        target: Workload {
+            stateful_set: None,
+            persistent_volume_claim: Some(ClaimRef {
+                claim_name: "x".into(),
+            }),
+        },
+        ..api()
+    });
+    assert!(claim.contains("statefulSet target"), "{claim}");
+    let settings = needs(SnapshotRestoreSpec {
+        qdrant: Some(Default::default()),
+        ..spec()
+    });
+    assert_eq!(settings, "qdrant needs method QdrantAPI");
 }
 
 #[test]

@@ -1,7 +1,7 @@
 //! What a SnapshotRestore's spec must be beyond its schema, and what it may make a mover read
 //! (pure).
 
-use crate::api::restore::{RestoreSource, SnapshotRef, SnapshotRestoreSpec};
+use crate::api::restore::{RestoreMethod, RestoreSource, SnapshotRef, SnapshotRestoreSpec};
 use crate::api::snapshot::StatefulSetRef;
 use crate::controller::config::OperatorConfig;
 use crate::controller::kernel::{
@@ -61,6 +61,40 @@ pub fn validate(spec: &SnapshotRestoreSpec) -> Result<(), Invalid> {
     }
     if let Some(storage) = &spec.storage {
         validate_storage(storage)?;
+    }
+    validate_method(spec)
+}
+
+/// What restoring through Qdrant's API takes (pure).
+fn validate_method(spec: &SnapshotRestoreSpec) -> Result<(), Invalid> {
+    let needs = |what, needs| Err(Invalid::Needs { what, needs });
+    if spec.method == RestoreMethod::Volume {
+        return match spec.qdrant {
+            Some(_) => needs("qdrant", "method QdrantAPI"),
+            None => Ok(()),
+        };
+    }
+    let what = "method QdrantAPI";
+    if spec.target.stateful_set.is_none() {
+        return needs(
+            what,
+            "a statefulSet target (of Qdrant, whose pods answer its API)",
+        );
+    }
+    if spec.collection.is_none() {
+        return needs(
+            what,
+            "a collection (Qdrant recovers a full snapshot only at startup)",
+        );
+    }
+    if spec.source_collection.is_some() {
+        return needs(
+            "sourceCollection",
+            "method Volume (Qdrant recovers a full snapshot only at startup)",
+        );
+    }
+    if spec.stop_workload {
+        return needs(what, "stopWorkload: false (Qdrant running, to recover)");
     }
     Ok(())
 }

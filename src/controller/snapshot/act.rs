@@ -11,10 +11,7 @@ use crate::controller::copy::{self, Prepared, ReadFrom};
 use crate::controller::mover::{self, MoverJob};
 use crate::controller::{Context, Error, jobs, workload};
 use crate::engine::manifest::SnapshotIdentity;
-use crate::protocol::{
-    ApiSnapshotTask, EnvValue, MoverTask, QDRANT_API_KEY_ENV, QdrantEndpoint, SnapshotTask,
-    TERMINATION_LOG,
-};
+use crate::protocol::{ApiSnapshotTask, EnvValue, MoverTask, SnapshotTask, TERMINATION_LOG};
 
 /// Starts the movers the plan calls for, as slots allow; the next archive entries.
 pub async fn act(
@@ -223,23 +220,13 @@ fn task(
         return (task, Vec::new());
     };
     let task = MoverTask::ApiSnapshot(ApiSnapshotTask {
-        qdrant: QdrantEndpoint {
-            qdrant_url: endpoint.url.clone(),
-            qdrant_timeout: endpoint.timeout_seconds,
-        },
+        qdrant: endpoint.task(),
         collection: snap.spec.collection.clone(),
         node: archive.node.clone(),
         identity: Some(identity),
         termination_log: TERMINATION_LOG.into(),
     });
-    let env = endpoint.api_key.iter().map(|secret| {
-        let value = EnvValue::SecretKey {
-            secret: secret.name.clone(),
-            key: secret.key.clone(),
-        };
-        (QDRANT_API_KEY_ENV.to_owned(), value)
-    });
-    (task, env.collect())
+    (task, endpoint.env())
 }
 
 /// Who a Snapshot's movers act as, its delete mover too: its `moverSecurityContext`, else
