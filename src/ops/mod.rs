@@ -315,18 +315,23 @@ async fn mover_snapshot(
         format: task.format,
     };
     let created = create_snapshot(store.as_ref(), request, no_progress()).await?;
-    Ok(MoverReport {
+    Ok(created_report(created))
+}
+
+/// What a snapshot mover reports of the archive it stored.
+fn created_report(created: Created) -> MoverReport {
+    MoverReport {
+        changed: created
+            .content
+            .as_ref()
+            .and_then(|c| changed_while_read(&c.changed)),
         name: Some(created.name),
         key: Some(created.archive.key),
         location: Some(created.archive.location),
         size: Some(created.archive.size),
         checksum: created.archive.checksum,
-        changed: created
-            .content
-            .as_ref()
-            .and_then(|c| changed_while_read(&c.changed)),
         ..MoverReport::default()
-    })
+    }
 }
 
 async fn mover_api_snapshot(
@@ -341,14 +346,7 @@ async fn mover_api_snapshot(
         identity: task.identity,
     };
     let created = snapshot_through_api(&api, store.as_ref(), request, no_progress()).await?;
-    Ok(MoverReport {
-        name: Some(created.name),
-        key: Some(created.archive.key),
-        location: Some(created.archive.location),
-        size: Some(created.archive.size),
-        checksum: created.archive.checksum,
-        ..MoverReport::default()
-    })
+    Ok(created_report(created))
 }
 
 async fn mover_api_restore(
