@@ -91,6 +91,9 @@ pub enum ApiError {
 
 /// The longest answer of Qdrant's kept for a message.
 const MAX_ANSWER: usize = 1000;
+/// The most of an answer read (a listing of many collections is far less): a Qdrant that
+/// answers without end cannot fill the mover's memory.
+const MAX_BODY: usize = 16 << 20;
 
 /// A Qdrant server's REST API.
 #[derive(Clone)]
@@ -198,7 +201,7 @@ impl Qdrant {
         if status.is_success() {
             return Ok(response);
         }
-        let body = response.bytes().await.unwrap_or_default();
+        let body = body_of(response, MAX_ANSWER * 4).await.unwrap_or_default();
         Err(ApiError::Refused {
             what: what.into(),
             url: url.to_string(),
@@ -237,8 +240,7 @@ impl Qdrant {
                 .body(body.to_string());
         }
         let response = self.send(what, &url, builder, Some(self.timeout)).await?;
-        let bytes = response
-            .bytes()
+        let bytes = body_of(response, MAX_BODY)
             .await
             .map_err(|e| self.failed(what, &url, e))?;
         result_of(&bytes).map_err(|why| ApiError::Answer {
@@ -360,8 +362,7 @@ impl Qdrant {
             .body(reqwest::Body::wrap_stream(body));
         let what = "recovering an uploaded snapshot";
         let response = self.send(what, &url, request, Some(self.timeout)).await?;
-        let bytes = response
-            .bytes()
+        let bytes = body_of(response, MAX_BODY)
             .await
             .map_err(|e| self.failed(what, &url, e))?;
         let _: Value = result_of(&bytes).map_err(|why| ApiError::Answer {
@@ -408,6 +409,18 @@ pub fn random_hex() -> String {
     rustix::rand::getrandom(&mut bytes, rustix::rand::GetRandomFlags::empty())
         .expect("the kernel gives random bytes");
     format!("{:032x}", u128::from_le_bytes(bytes))
+}
+
+/// The first `most` bytes of an answer (the rest is not read).
+async fn body_of(mut response: Response, most: usize) -> reqwest::Result<Vec<u8>> {
+    let mut body = Vec::new();
+    while body.len() < most {
+        let Some(chunk) = response.chunk().await? else {
+            break;
+        };
+        body.extend_from_slice(&chunk[..chunk.len().min(most - body.len())]);
+    }
+    Ok(body)
 }
 
 /// The `result` of Qdrant's envelope (pure).
@@ -512,6 +525,32 @@ mod tests {
         assert_eq!(answer_of(b""), "(no message)");
         assert_eq!(answer_of(&[b'x'; 5000]).chars().count(), MAX_ANSWER + 1);
         assert!(hint_for(401).contains("api-key"));
+    }
+
+    #[tokio::test]
+    async fn an_answer_without_end_is_read_no_further_than_a_bound() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            let (mut conn, _) = listener.accept().await.unwrap();
+            let mut request = [0u8; 4096];
+            let _ = conn.read(&mut request).await;
+            let head = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nconnection: close\r\n\r\n{\"result\": \"";
+            conn.write_all(head).await.unwrap();
+            let block = vec![b'x'; 1 << 20];
+            // Until the client stops reading.
+            while conn.write_all(&block).await.is_ok() {}
+        });
+        let api = Qdrant::new(&format!("http://127.0.0.1:{port}"), None, Duration::from_secs(30))
+            .unwrap();
+        let scope = Scope::Collection {
+            collection: "c".into(),
+        };
+        match api.create_snapshot(&scope).await {
+            Err(ApiError::Answer { why, .. }) => assert!(why.contains("EOF"), "{why}"),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -68,6 +68,13 @@ impl<R: AsyncRead + Unpin> AsyncRead for Verified<R> {
                 } else {
                     this.hasher.update(new);
                     this.seen += new.len() as u64;
+                    // More than Qdrant said: fail now rather than store without end.
+                    if this.seen > this.expected.size {
+                        let why = this.mismatch().expect("the sizes differ");
+                        // An error hands on no data.
+                        buf.set_filled(before);
+                        return Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, why)));
+                    }
                 }
                 Poll::Ready(Ok(()))
             }
@@ -105,6 +112,8 @@ mod tests {
             b"abc"
         );
         assert_eq!(read(b"abc", described(3, None)).await.unwrap(), b"abc");
+        let long = read(b"abcd", described(3, Some(&sum))).await.unwrap_err();
+        assert!(long.to_string().contains("is 3 bytes, but 4 came"), "{long}");
         let short = read(b"ab", described(3, Some(&sum))).await.unwrap_err();
         assert!(
             short.to_string().contains("is 3 bytes, but 2 came"),
