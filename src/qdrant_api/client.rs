@@ -542,8 +542,12 @@ mod tests {
             // Until the client stops reading.
             while conn.write_all(&block).await.is_ok() {}
         });
-        let api = Qdrant::new(&format!("http://127.0.0.1:{port}"), None, Duration::from_secs(30))
-            .unwrap();
+        let api = Qdrant::new(
+            &format!("http://127.0.0.1:{port}"),
+            None,
+            Duration::from_secs(30),
+        )
+        .unwrap();
         let scope = Scope::Collection {
             collection: "c".into(),
         };

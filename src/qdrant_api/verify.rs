@@ -113,7 +113,10 @@ mod tests {
         );
         assert_eq!(read(b"abc", described(3, None)).await.unwrap(), b"abc");
         let long = read(b"abcd", described(3, Some(&sum))).await.unwrap_err();
-        assert!(long.to_string().contains("is 3 bytes, but 4 came"), "{long}");
+        assert!(
+            long.to_string().contains("is 3 bytes, but 4 came"),
+            "{long}"
+        );
         let short = read(b"ab", described(3, Some(&sum))).await.unwrap_err();
         assert!(
             short.to_string().contains("is 3 bytes, but 2 came"),
