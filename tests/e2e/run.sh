@@ -451,6 +451,47 @@ YAML
   k delete snapshotrestore vectors-back >/dev/null
   k delete snapshot vectors-stop --timeout=300s >/dev/null || fail "vectors-stop not deleted"
   pass "the real Qdrant: 500 points snapshotted with copyMethod Stop, recovered by Qdrant's own API from our archive and restored by a SnapshotRestore after the collection was deleted: 500 points and the same search results each time"
+
+  # copyMethod QdrantAPI: the running Qdrant makes its own snapshot, reached at its pod's
+  # name behind the StatefulSet's service (the node's DNS); never stopped, no volume mounted.
+  pod_uid="$(jp pod/vectors-0 '{.metadata.uid}')"
+  k apply -f - >/dev/null <<'YAML'
+apiVersion: snapshot-operator.dev/v1alpha1
+kind: Snapshot
+metadata: {name: vectors-api}
+spec:
+  source: {statefulSet: {name: vectors, volumeClaimTemplate: qdrant-storage}}
+  collection: products
+  copyMethod: QdrantAPI
+  storage: {local: {persistentVolumeClaim: {claimName: vectors-snapshots}}}
+YAML
+  k wait --for=condition=Ready snapshot/vectors-api --timeout=300s >/dev/null || fail "vectors-api not Ready"
+  [ "$(qdrant_api GET /collections/products/snapshots | qdrant_field 'len(result)')" = 0 ] \
+    || fail "Qdrant's snapshot was left on its disk"
+  # Recovered by the running Qdrant through its API into another collection.
+  k apply -f - >/dev/null <<'YAML'
+apiVersion: snapshot-operator.dev/v1alpha1
+kind: SnapshotRestore
+metadata: {name: vectors-api-back}
+spec:
+  source: {snapshotRef: {name: vectors-api}}
+  target: {statefulSet: {name: vectors, volumeClaimTemplate: qdrant-storage}}
+  collection: through-api
+  priority: snapshot
+  method: QdrantAPI
+YAML
+  k wait --for=condition=Ready snapshotrestore/vectors-api-back --timeout=300s >/dev/null \
+    || fail "vectors-api-back not Ready"
+  count="$(qdrant_api GET /collections/through-api | qdrant_field 'result["points_count"]')"
+  [ "$count" = 500 ] || fail "recovered through the API: $count points, not 500"
+  found="$(qdrant_api POST /collections/through-api/points/search "$query" | qdrant_field '[p["id"] for p in result]')"
+  [ "$found" = "$before" ] || fail "search in the collection recovered through the API: $found, before: $before"
+  [ "$(jp pod/vectors-0 '{.metadata.uid}')" = "$pod_uid" ] || fail "Qdrant was restarted"
+  [ "$(qdrant_api GET /collections/through-api/snapshots | qdrant_field 'len(result)')" = 0 ] \
+    || fail "the uploaded snapshot was left on Qdrant's disk"
+  k delete snapshotrestore vectors-api-back >/dev/null
+  k delete snapshot vectors-api --timeout=300s >/dev/null || fail "vectors-api not deleted"
+  pass "the real Qdrant through its API (copyMethod QdrantAPI, method QdrantAPI): snapshotted and recovered while it ran, 500 points and the same search results, nothing left on its disk"
 else
   echo "e2e: the real Qdrant as a workload: SKIPPED: no Qdrant image (build the Qdrant binary once with ../shared/tools/build-qdrant.sh)"
 fi
