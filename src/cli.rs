@@ -932,13 +932,7 @@ fn api_scope(selection: &Selection, shard: Option<u32>) -> Result<qdrant_api::Sc
              recovers only at startup; restore it with --storage-path while Qdrant is stopped"
                 .into(),
         ))),
-        (Selection::Collection { into, .. }, None) => Ok(Scope::Collection {
-            collection: into.clone(),
-        }),
-        (Selection::Collection { into, .. }, Some(shard)) => Ok(Scope::Shard {
-            collection: into.clone(),
-            shard,
-        }),
+        (Selection::Collection { into, .. }, shard) => Ok(Scope::of(into.clone(), shard)),
         (Selection::Full, _) => Err(Box::new(CliError::Usage(
             "Qdrant recovers a full-storage snapshot only at startup (its --storage-snapshot): \
              restore it with --storage-path while Qdrant is stopped"

@@ -357,15 +357,7 @@ async fn mover_api_restore(
     let opened = mover_source(&task.location, task.checksum.as_deref(), storage).await?;
     let from = opened.location.clone();
     let checksum = opened.checksum.clone();
-    let scope = match task.shard {
-        None => crate::qdrant_api::Scope::Collection {
-            collection: task.collection,
-        },
-        Some(shard) => crate::qdrant_api::Scope::Shard {
-            collection: task.collection,
-            shard,
-        },
-    };
+    let scope = crate::qdrant_api::Scope::of(task.collection, task.shard);
     let sent = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let counter = sent.clone();
     let progress: Progress =

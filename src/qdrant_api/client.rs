@@ -28,6 +28,14 @@ pub enum Scope {
 }
 
 impl Scope {
+    /// A collection, or (`shard`) one shard of it.
+    pub fn of(collection: String, shard: Option<u32>) -> Self {
+        match shard {
+            None => Self::Collection { collection },
+            Some(shard) => Self::Shard { collection, shard },
+        }
+    }
+
     /// The path segments of its snapshots.
     fn segments(&self) -> Vec<String> {
         match self {
