@@ -141,6 +141,10 @@ pub struct QdrantArgs {
         requires = "qdrant_url"
     )]
     pub qdrant_api_key: Option<String>,
+    /// PEM certificates of the CAs that sign that Qdrant's certificate (https), trusted
+    /// besides the system's.
+    #[arg(long, value_name = "FILE", requires = "qdrant_url")]
+    pub qdrant_ca: Option<PathBuf>,
     /// How long a call to Qdrant may take (making the snapshot of a large collection, or
     /// recovering one, takes minutes).
     #[arg(
@@ -158,9 +162,18 @@ impl QdrantArgs {
         let Some(url) = &self.qdrant_url else {
             return Ok(None);
         };
+        let ca_pem = match &self.qdrant_ca {
+            Some(path) => Some(std::fs::read(path).map_err(|e| {
+                CliError::Usage(format!("cannot read --qdrant-ca {}: {e}", path.display()))
+            })?),
+            None => None,
+        };
+        let access = qdrant_api::Access {
+            api_key: self.qdrant_api_key.clone(),
+            ca_pem,
+        };
         let timeout = Duration::from_secs(self.qdrant_timeout);
-        let api = qdrant_api::Qdrant::new(url, self.qdrant_api_key.clone(), timeout)
-            .map_err(OpsError::from)?;
+        let api = qdrant_api::Qdrant::new(url, access, timeout).map_err(OpsError::from)?;
         Ok(Some(api))
     }
 }

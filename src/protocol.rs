@@ -35,9 +35,13 @@ pub enum MoverTask {
 
 /// The environment variable a mover reads the Qdrant api-key from (set from a Secret).
 pub const QDRANT_API_KEY_ENV: &str = "QDRANT_API_KEY";
+/// The environment variable a mover reads the PEM certificates of the CAs that sign
+/// Qdrant's certificate from (set from a Secret), trusted besides the system's.
+pub const QDRANT_CA_ENV: &str = "QDRANT_CA_CERT";
 
-/// The REST API of the Qdrant a mover works through. Its api-key, when it has one, comes
-/// from the environment ([`QDRANT_API_KEY_ENV`]), never from the arguments.
+/// The REST API of the Qdrant a mover works through. Its api-key and CA, when it has them,
+/// come from the environment ([`QDRANT_API_KEY_ENV`], [`QDRANT_CA_ENV`]), never from the
+/// arguments.
 #[derive(Debug, Clone, PartialEq, Eq, Args)]
 pub struct QdrantEndpoint {
     #[arg(long, value_name = "URL")]
@@ -48,13 +52,15 @@ pub struct QdrantEndpoint {
 }
 
 impl QdrantEndpoint {
-    /// The API, with the api-key of the environment.
+    /// The API, with the api-key and CA of the environment.
     pub fn connect(&self) -> Result<crate::qdrant_api::Qdrant, crate::qdrant_api::ApiError> {
-        let key = std::env::var(QDRANT_API_KEY_ENV)
-            .ok()
-            .filter(|k| !k.is_empty());
+        let var = |name| std::env::var(name).ok().filter(|v: &String| !v.is_empty());
+        let access = crate::qdrant_api::Access {
+            api_key: var(QDRANT_API_KEY_ENV),
+            ca_pem: var(QDRANT_CA_ENV).map(String::into_bytes),
+        };
         let timeout = std::time::Duration::from_secs(self.qdrant_timeout);
-        crate::qdrant_api::Qdrant::new(&self.qdrant_url, key, timeout)
+        crate::qdrant_api::Qdrant::new(&self.qdrant_url, access, timeout)
     }
 }
 

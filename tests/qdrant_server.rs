@@ -48,38 +48,74 @@ fn free_ports() -> u16 {
     }
 }
 
+/// How a Qdrant server is started, beyond its ports and paths.
+#[derive(Default)]
+struct Setup {
+    args: Vec<String>,
+    /// The api-key it requires.
+    key: Option<String>,
+    /// The CA that signs its certificate (`<home>/tls/`): it serves https.
+    ca: Option<PathBuf>,
+    env: Vec<(String, String)>,
+}
+
 /// A Qdrant server on 127.0.0.1, its storage and snapshots under `dir/<name>/`.
 struct Qdrant {
     child: Child,
     url: String,
     /// Its api-key, when it requires one.
     key: Option<String>,
+    /// The CA of its certificate, when it serves https.
+    ca: Option<PathBuf>,
     storage: PathBuf,
     snapshots: PathBuf,
 }
 
 impl Qdrant {
     fn start(binary: &Path, dir: &Path, name: &str, args: &[&str]) -> Self {
-        Self::launch(binary, dir, name, args, None)
+        let args = args.iter().map(|a| a.to_string()).collect();
+        Self::launch(
+            binary,
+            dir,
+            name,
+            Setup {
+                args,
+                ..Setup::default()
+            },
+        )
     }
 
     /// One that requires the api-key `key`.
     fn keyed(binary: &Path, dir: &Path, name: &str, key: &str) -> Self {
-        Self::launch(binary, dir, name, &[], Some(key))
+        let key = Some(key.into());
+        Self::launch(
+            binary,
+            dir,
+            name,
+            Setup {
+                key,
+                ..Setup::default()
+            },
+        )
     }
 
-    fn launch(binary: &Path, dir: &Path, name: &str, args: &[&str], key: Option<&str>) -> Self {
+    fn launch(binary: &Path, dir: &Path, name: &str, setup: Setup) -> Self {
         let home = dir.join(name);
         let (storage, snapshots) = (home.join("storage"), home.join("snapshots"));
         std::fs::create_dir_all(&snapshots).unwrap();
         let port = free_ports();
         let log = std::fs::File::create(home.join("qdrant.log")).unwrap();
         let mut command = Command::new(binary);
-        if let Some(key) = key {
+        if let Some(key) = &setup.key {
             command.env("QDRANT__SERVICE__API_KEY", key);
         }
+        if setup.ca.is_some() {
+            // Its certificate and key at the default paths, tls/cert.pem and tls/key.pem.
+            command.env("QDRANT__SERVICE__ENABLE_TLS", "true");
+        }
         let child = command
-            .args(args)
+            .args(&setup.args)
+            .envs(setup.env.iter().map(|(k, v)| (k, v)))
             .current_dir(&home)
             .env("QDRANT__SERVICE__HOST", "127.0.0.1")
             .env("QDRANT__SERVICE__HTTP_PORT", port.to_string())
@@ -91,10 +127,12 @@ impl Qdrant {
             .stderr(log)
             .spawn()
             .unwrap();
+        let scheme = if setup.ca.is_some() { "https" } else { "http" };
         let qdrant = Self {
             child,
-            url: format!("http://127.0.0.1:{port}"),
-            key: key.map(Into::into),
+            url: format!("{scheme}://127.0.0.1:{port}"),
+            key: setup.key,
+            ca: setup.ca,
             storage,
             snapshots,
         };
@@ -114,13 +152,20 @@ impl Qdrant {
             Some(key) => cmd.env("QDRANT_API_KEY", key),
             None => cmd.env_remove("QDRANT_API_KEY"),
         };
+        if let Some(ca) = &self.ca {
+            cmd.env("QDRANT_CA", ca);
+        }
         cmd
     }
 
-    /// The binary running `args` through this Qdrant's API (`--qdrant-url`, its api-key).
+    /// The binary running `args` through this Qdrant's API (`--qdrant-url`, its api-key, the
+    /// CA of its certificate).
     fn cli(&self, cmd: Command, args: &[&str]) -> Command {
         let mut cmd = cmd;
         cmd.args(args).args(["--qdrant-url", &self.url]);
+        if let Some(ca) = &self.ca {
+            cmd.arg("--qdrant-ca").arg(ca);
+        }
         match &self.key {
             Some(key) => cmd.env("QDRANT_API_KEY", key),
             None => cmd.env_remove("QDRANT_API_KEY"),
@@ -535,4 +580,147 @@ fn qdrant_s_api_snapshots_a_running_qdrant_and_recovers_what_it_stored_with_each
     assert_eq!(ok(bin(cwd).args(["snapshot", "list"])), before);
     c.stop();
     a.stop();
+}
+
+/// Makes a CA named `ca` in `dir` and, under `home/tls/` (where Qdrant looks by default), a
+/// key and a certificate it signs for 127.0.0.1; the CA's PEM file.
+fn signed_for_loopback(dir: &Path, home: &Path, ca: &str) -> PathBuf {
+    let tls = home.join("tls");
+    std::fs::create_dir_all(&tls).unwrap();
+    let openssl = |args: &[&str]| {
+        ok(Command::new("openssl").args(args).current_dir(dir));
+    };
+    let p256 = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let (ca_pem, ca_key) = (format!("{ca}.pem"), format!("{ca}.key"));
+    let subject = format!("/CN={ca}");
+    openssl(
+        &[
+            &["req", "-x509", "-days", "2", "-subj", &subject][..],
+            &p256,
+            &["-keyout", &ca_key, "-out", &ca_pem],
+        ]
+        .concat(),
+    );
+    let (key, cert) = (tls.join("key.pem"), tls.join("cert.pem"));
+    let (key, cert) = (key.to_str().unwrap(), cert.to_str().unwrap());
+    let csr = format!("{ca}-server.csr");
+    openssl(
+        &[
+            &["req", "-subj", "/CN=127.0.0.1"][..],
+            &p256,
+            &["-keyout", key, "-out", &csr],
+        ]
+        .concat(),
+    );
+    let ext = format!("{ca}-server.ext");
+    std::fs::write(
+        dir.join(&ext),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-days",
+        "2",
+        "-in",
+        &csr,
+        "-CA",
+        &ca_pem,
+        "-CAkey",
+        &ca_key,
+        "-CAcreateserial",
+        "-extfile",
+        &ext,
+        "-out",
+        cert,
+    ]);
+    dir.join(ca_pem)
+}
+
+#[test]
+fn a_qdrant_serving_https_is_reached_with_the_ca_that_signed_its_certificate() {
+    let Some(binary) = qdrant_binary() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let cwd = dir.path();
+    let ca = signed_for_loopback(cwd, &cwd.join("t"), "qdrant-ca");
+    let setup = Setup {
+        ca: Some(ca.clone()),
+        ..Setup::default()
+    };
+    let t = Qdrant::launch(&binary, cwd, "t", setup);
+    assert!(t.url.starts_with("https://"), "{}", t.url);
+    t.api(&["fill", "products", "400", "3", "1"]);
+    let products = t.describe("products");
+
+    // With its CA (--qdrant-ca): snapshot, and recover as another collection.
+    let created = create_through(&t, bin(cwd), Some("products"));
+    let name = created["name"].as_str().unwrap();
+    recover_through(&t, bin(cwd), name, "copy", "snapshot");
+    assert_eq!(points(&t.describe("copy")), points(&products));
+
+    // A mover takes the CA's PEM from its environment (set from a Secret).
+    let log = cwd.join("termination-log");
+    let mut mover = bin(cwd);
+    mover
+        .args([
+            "mover",
+            "api-snapshot",
+            "--collection",
+            "products",
+            "--node",
+            "qdrant-0",
+        ])
+        .arg("--termination-log")
+        .arg(&log)
+        .args(["--qdrant-url", &t.url])
+        .env("QDRANT_CA_CERT", std::fs::read_to_string(&ca).unwrap());
+    ok(&mut mover);
+    let made: Value = serde_json::from_slice(&std::fs::read(&log).unwrap()).unwrap();
+    assert_eq!(made.get("error"), None, "{made}");
+    assert!(
+        made["key"].as_str().unwrap().starts_with("products/"),
+        "{made}"
+    );
+    assert_eq!(t.api(&["snapshots", "products"]).trim(), "[]");
+
+    // Without it, or with another CA, or with what is not a certificate: each fails saying
+    // why, and nothing is stored.
+    let before = ok(bin(cwd).args(["snapshot", "list"]));
+    let create = [
+        "snapshot",
+        "create",
+        "--collection",
+        "products",
+        "--qdrant-url",
+        &t.url,
+    ];
+    let said = fails(bin(cwd).args(create));
+    assert!(
+        said.contains("not trusted") && said.contains("--qdrant-ca"),
+        "{said}"
+    );
+    let other = signed_for_loopback(cwd, &cwd.join("elsewhere"), "other-ca");
+    let said = fails(bin(cwd).args(create).arg("--qdrant-ca").arg(&other));
+    assert!(said.contains("not trusted"), "{said}");
+    let said = fails(
+        bin(cwd)
+            .args(create)
+            .arg("--qdrant-ca")
+            .arg(cwd.join("t/tls/key.pem")),
+    );
+    assert!(
+        said.contains("CA certificates given for Qdrant are not usable"),
+        "{said}"
+    );
+    assert_eq!(ok(bin(cwd).args(["snapshot", "list"])), before);
+    t.stop();
 }

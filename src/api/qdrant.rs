@@ -15,9 +15,15 @@ pub struct QdrantApi {
     #[schemars(range(min = 1, max = 65535))]
     pub port: Option<u16>,
     /// `http` (default) or `https` (with `config.service.enable_tls` in Qdrant's chart; the
-    /// pods' certificate must name their address above and be trusted by the mover image).
+    /// pods' certificate must name their address above and be signed by a CA of `caSecret`
+    /// or of the mover image).
     #[serde(default)]
     pub scheme: ApiScheme,
+    /// With `https`: the Secret key holding the PEM certificates of the CAs that sign the
+    /// pods' certificate (default key `ca.crt`, as cert-manager names it), trusted besides the
+    /// mover image's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_secret: Option<CaSecret>,
     /// The Secret key holding the api-key (Qdrant's chart with `apiKey` set: the Secret
     /// `<release>-apikey`, key `api-key`). It reaches movers as an environment variable, never
     /// in arguments, logs, events or status.
@@ -58,6 +64,22 @@ pub struct SecretKey {
 
 fn api_key_key() -> String {
     "api-key".into()
+}
+
+/// A key of a Secret in the resource's namespace holding PEM certificates.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CaSecret {
+    /// Secret name.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// The key (default `ca.crt`).
+    #[serde(default = "ca_key")]
+    pub key: String,
+}
+
+fn ca_key() -> String {
+    "ca.crt".into()
 }
 
 impl QdrantApi {

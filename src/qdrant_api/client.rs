@@ -75,6 +75,13 @@ pub enum ApiError {
         #[source]
         source: reqwest::Error,
     },
+    #[error(
+        "Qdrant at {url} shows a certificate that is not trusted: {why} (give the CA that \
+         signed it: --qdrant-ca FILE, or caSecret in the resource's qdrant)"
+    )]
+    Untrusted { url: String, why: String },
+    #[error("the CA certificates given for Qdrant are not usable: {why} (give PEM certificates)")]
+    Ca { why: String },
     #[error("Qdrant did not answer {what} at {url} within {secs} s")]
     Timeout {
         what: String,
@@ -102,6 +109,52 @@ const MAX_ANSWER: usize = 1000;
 /// The most of an answer read (a listing of many collections is far less): a Qdrant that
 /// answers without end cannot fill the mover's memory.
 const MAX_BODY: usize = 16 << 20;
+
+/// How a Qdrant is reached besides its URL.
+#[derive(Clone, Default)]
+pub struct Access {
+    /// Its api-key (its `service.api_key`).
+    pub api_key: Option<String>,
+    /// PEM certificates of the CAs its certificate is checked against, besides the system's.
+    pub ca_pem: Option<Vec<u8>>,
+}
+
+impl Access {
+    /// With the api-key `key` and no CA of its own.
+    pub fn key(key: Option<String>) -> Self {
+        Self {
+            api_key: key,
+            ca_pem: None,
+        }
+    }
+}
+
+/// The certificates of a PEM bundle (pure): at least one, each a certificate.
+fn certificates(pem: &[u8]) -> Result<Vec<reqwest::Certificate>, ApiError> {
+    let bad = |why: String| ApiError::Ca { why };
+    let certs = reqwest::Certificate::from_pem_bundle(pem).map_err(|e| bad(e.to_string()))?;
+    if certs.is_empty() {
+        return Err(bad("no -----BEGIN CERTIFICATE----- block in it".into()));
+    }
+    Ok(certs)
+}
+
+/// Whether `e` failed on the server's certificate, and why (rustls's words).
+fn untrusted(e: &reqwest::Error) -> Option<String> {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cause {
+        if let Some(tls @ rustls::Error::InvalidCertificate(_)) = err.downcast_ref() {
+            return Some(tls.to_string());
+        }
+        // An io::Error's `source` skips the error it wraps.
+        let wrapped = err.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref());
+        cause = match wrapped {
+            Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
+            None => err.source(),
+        };
+    }
+    None
+}
 
 /// A Qdrant server's REST API.
 #[derive(Clone)]
@@ -149,11 +202,17 @@ pub fn parse_url(text: &str) -> Result<Url, ApiError> {
 }
 
 impl Qdrant {
-    /// The API at `url` (see [`parse_url`]), calls taking at most `timeout`.
-    pub fn new(url: &str, api_key: Option<String>, timeout: Duration) -> Result<Self, ApiError> {
+    /// The API at `url` (see [`parse_url`]) reached with `access`, calls taking at most
+    /// `timeout`.
+    pub fn new(url: &str, access: Access, timeout: Duration) -> Result<Self, ApiError> {
         let base = parse_url(url)?;
+        let roots = match &access.ca_pem {
+            Some(pem) => certificates(pem)?,
+            None => Vec::new(),
+        };
         crate::tls::install_crypto_provider();
         let http = reqwest::Client::builder()
+            .tls_certs_merge(roots)
             .connect_timeout(Duration::from_secs(10))
             // Qdrant answers where it is asked; a redirect would carry the api-key elsewhere.
             .redirect(reqwest::redirect::Policy::none())
@@ -165,7 +224,7 @@ impl Qdrant {
             })?;
         Ok(Self {
             base,
-            api_key,
+            api_key: access.api_key,
             http,
             timeout,
         })
@@ -225,6 +284,12 @@ impl Qdrant {
                 what: what.into(),
                 url: url.to_string(),
                 secs: self.timeout.as_secs(),
+            };
+        }
+        if let Some(why) = untrusted(&e) {
+            return ApiError::Untrusted {
+                url: url.to_string(),
+                why,
             };
         }
         ApiError::Unreachable {
@@ -488,7 +553,12 @@ mod tests {
         ] {
             assert!(matches!(parse_url(bad), Err(ApiError::Url { .. })), "{bad}");
         }
-        let api = Qdrant::new("http://q:6333/base", None, Duration::from_secs(1)).unwrap();
+        let api = Qdrant::new(
+            "http://q:6333/base",
+            Access::default(),
+            Duration::from_secs(1),
+        )
+        .unwrap();
         let scope = Scope::Shard {
             collection: "a b".into(),
             shard: 2,
@@ -552,7 +622,7 @@ mod tests {
         });
         let api = Qdrant::new(
             &format!("http://127.0.0.1:{port}"),
-            None,
+            Access::default(),
             Duration::from_secs(30),
         )
         .unwrap();
@@ -566,10 +636,29 @@ mod tests {
     }
 
     #[test]
+    fn cas_are_pem_certificates() {
+        for bad in [
+            &b""[..],
+            b"not a certificate",
+            b"-----BEGIN CERTIFICATE-----\nxx",
+        ] {
+            let made = Qdrant::new(
+                "https://q:6333",
+                Access {
+                    api_key: None,
+                    ca_pem: Some(bad.to_vec()),
+                },
+                Duration::from_secs(1),
+            );
+            assert!(matches!(made, Err(ApiError::Ca { .. })), "{bad:?}");
+        }
+    }
+
+    #[test]
     fn the_api_key_is_never_shown() {
         let api = Qdrant::new(
             "http://q:6333",
-            Some("secret-key".into()),
+            Access::key(Some("secret-key".into())),
             Duration::from_secs(1),
         )
         .unwrap();

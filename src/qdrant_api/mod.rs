@@ -4,5 +4,5 @@
 mod client;
 mod verify;
 
-pub use client::{ApiError, Described, Qdrant, Scope, parse_url, random_hex};
+pub use client::{Access, ApiError, Described, Qdrant, Scope, parse_url, random_hex};
 pub use verify::Verified;

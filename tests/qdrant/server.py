@@ -16,12 +16,14 @@
                                             prints how many
   server.py snapshots URL [COLLECTION]      the names of the snapshots on Qdrant's disk (JSON)
 
-With QDRANT_API_KEY in the environment, every request carries it as the api-key header.
+With QDRANT_API_KEY in the environment, every request carries it as the api-key header; with
+QDRANT_CA (a PEM file), an https Qdrant's certificate is checked against it.
 """
 
 import json
 import os
 import random
+import ssl
 import sys
 import time
 import urllib.error
@@ -30,6 +32,11 @@ import uuid
 
 DIMS = 64
 BATCH = 500
+TLS = ssl.create_default_context(cafile=os.environ.get("QDRANT_CA") or None)
+
+
+def urlopen(request, timeout):
+    return urllib.request.urlopen(request, timeout=timeout, context=TLS)
 
 
 def call(method, url, body=None, headers=None, timeout=300):
@@ -41,7 +48,7 @@ def call(method, url, body=None, headers=None, timeout=300):
     for key, value in (headers or {}).items():
         request.add_header(key, value)
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
+        with urlopen(request, timeout=timeout) as response:
             return response.read()
     except urllib.error.HTTPError as e:
         sys.exit(f"{method} {url} answered {e.code}: {e.read().decode(errors='replace')}")
@@ -55,7 +62,7 @@ def wait(url):
     deadline = time.time() + 60
     while time.time() < deadline:
         try:
-            with urllib.request.urlopen(f"{url}/readyz", timeout=2):
+            with urlopen(f"{url}/readyz", timeout=2):
                 return
         except Exception:
             time.sleep(0.2)
@@ -98,7 +105,7 @@ def describe(url, collection):
 
 
 def download(url, out):
-    with urllib.request.urlopen(url, timeout=300) as response, open(out, "wb") as f:
+    with urlopen(url, timeout=300) as response, open(out, "wb") as f:
         while chunk := response.read(1 << 20):
             f.write(chunk)
 
@@ -134,7 +141,7 @@ def upload(url, collection, path, priority):
     if os.environ.get("QDRANT_API_KEY"):
         request.add_header("api-key", os.environ["QDRANT_API_KEY"])
     try:
-        with urllib.request.urlopen(request, timeout=300) as response:
+        with urlopen(request, timeout=300) as response:
             print(response.read().decode())
     except urllib.error.HTTPError as e:
         sys.exit(f"upload answered {e.code}: {e.read().decode(errors='replace')}")

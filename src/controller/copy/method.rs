@@ -2,10 +2,10 @@
 
 use async_trait::async_trait;
 
-use crate::api::qdrant::SecretKey;
+use crate::api::qdrant::{CaSecret, SecretKey};
 use crate::api::snapshot::{ArchiveStatus, Snapshot};
 use crate::controller::{Context, Error};
-use crate::protocol::{EnvValue, QDRANT_API_KEY_ENV, QdrantEndpoint};
+use crate::protocol::{EnvValue, QDRANT_API_KEY_ENV, QDRANT_CA_ENV, QdrantEndpoint};
 
 /// Where a node's preparation stands.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,6 +37,8 @@ pub struct Endpoint {
     pub url: String,
     /// The Secret key of its api-key, if it has one.
     pub api_key: Option<SecretKey>,
+    /// The Secret key of the CAs that sign its certificate, if given.
+    pub ca: Option<CaSecret>,
     pub timeout_seconds: u64,
 }
 
@@ -49,16 +51,18 @@ impl Endpoint {
         }
     }
 
-    /// The mover's environment: the api-key from its Secret.
+    /// The mover's environment: the api-key and the CAs from their Secrets.
     pub fn env(&self) -> Vec<(String, EnvValue)> {
-        let secret = self.api_key.iter().map(|secret| {
+        let from = |var: &str, secret: &str, key: &str| {
             let value = EnvValue::SecretKey {
-                secret: secret.name.clone(),
-                key: secret.key.clone(),
+                secret: secret.to_owned(),
+                key: key.to_owned(),
             };
-            (QDRANT_API_KEY_ENV.to_owned(), value)
-        });
-        secret.collect()
+            (var.to_owned(), value)
+        };
+        let key = (self.api_key.iter()).map(|s| from(QDRANT_API_KEY_ENV, &s.name, &s.key));
+        let ca = (self.ca.iter()).map(|s| from(QDRANT_CA_ENV, &s.name, &s.key));
+        key.chain(ca).collect()
     }
 }
 

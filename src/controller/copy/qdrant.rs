@@ -64,6 +64,7 @@ pub fn endpoint(api: Option<&QdrantApi>, pod: &str, service: &str, namespace: &s
     Endpoint {
         url: api.url(pod, service, namespace),
         api_key: api.api_key_secret.clone(),
+        ca: api.ca_secret.clone(),
         timeout_seconds: api.timeout_seconds(),
     }
 }

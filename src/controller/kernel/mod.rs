@@ -18,7 +18,8 @@ pub use invalid::{Admitted, Invalid};
 pub use objects::{create_if_absent, delete_if_there, delete_named, patch_status};
 pub use reconciled::{Reconciled, error_policy, reconcile, reject, resource_label, write_status};
 pub use spec::{
-    Shape, archive_key, effective_storage, inside_volume, validate_storage, workload_shape,
+    Shape, archive_key, effective_storage, inside_volume, validate_qdrant, validate_storage,
+    workload_shape,
 };
 
 /// The field manager of every write.

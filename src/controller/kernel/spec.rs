@@ -1,6 +1,7 @@
 //! Checks and readings of specs that several reconcilers share (pure).
 
 use super::invalid::{Admitted, Invalid};
+use crate::api::qdrant::{ApiScheme, QdrantApi};
 use crate::api::snapshot::{
     ArchiveStatus, ClaimRef, Snapshot, SnapshotSpec, StatefulSetRef, Storage, Workload,
 };
@@ -36,6 +37,19 @@ pub fn validate_storage(storage: &Storage) -> Result<(), Invalid> {
             one: "local",
             other: "s3",
         }),
+    }
+}
+
+/// How Qdrant's API is reached holds together (pure): a CA is for https.
+pub fn validate_qdrant(api: Option<&QdrantApi>) -> Result<(), Invalid> {
+    match api {
+        Some(api) if api.ca_secret.is_some() && api.scheme == ApiScheme::Http => {
+            Err(Invalid::Needs {
+                what: "qdrant.caSecret",
+                needs: "qdrant.scheme https (a CA checks the certificate of https)",
+            })
+        }
+        _ => Ok(()),
     }
 }
 

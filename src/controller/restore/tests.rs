@@ -124,6 +124,16 @@ fn restores_through_qdrant_s_api_are_of_a_collection_into_a_running_statefulset(
         ..api()
     });
     assert!(claim.contains("statefulSet target"), "{claim}");
+    let ca = |scheme| {
+        let qdrant = serde_json::json!({"scheme": scheme, "caSecret": {"name": "qdrant-tls"}});
+        SnapshotRestoreSpec {
+            qdrant: Some(serde_json::from_value(qdrant).unwrap()),
+            ..api()
+        }
+    };
+    assert!(validate(&ca("https")).is_ok());
+    let plain = needs(ca("http"));
+    assert!(plain.starts_with("qdrant.caSecret needs"), "{plain}");
     let settings = needs(SnapshotRestoreSpec {
         qdrant: Some(Default::default()),
         ..spec()

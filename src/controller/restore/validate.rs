@@ -5,7 +5,7 @@ use crate::api::restore::{RestoreMethod, RestoreSource, SnapshotRef, SnapshotRes
 use crate::api::snapshot::StatefulSetRef;
 use crate::controller::config::OperatorConfig;
 use crate::controller::kernel::{
-    Admitted, Invalid, inside_volume, trusted, validate_storage, workload_shape,
+    Admitted, Invalid, inside_volume, trusted, validate_qdrant, validate_storage, workload_shape,
 };
 use crate::engine::name;
 
@@ -96,7 +96,7 @@ fn validate_method(spec: &SnapshotRestoreSpec) -> Result<(), Invalid> {
     if spec.stop_workload {
         return needs(what, "stopWorkload: false (Qdrant running, to recover)");
     }
-    Ok(())
+    validate_qdrant(spec.qdrant.as_ref())
 }
 
 /// What creating this restore may make a mover do (pure): what [`trusted`] allows (its own S3

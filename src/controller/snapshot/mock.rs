@@ -1303,8 +1303,12 @@ async fn a_stopped_workload_is_started_again_when_the_snapshot_goes_or_turns_out
 #[tokio::test]
 async fn copy_method_qdrant_api_has_each_pod_make_its_snapshot_with_no_volume_mounted() {
     let mut snap = Snapshot::test().finalized().copying(CopyMethod::QdrantApi);
-    snap.spec.qdrant =
-        Some(serde_json::from_value(json!({"apiKeySecret": {"name": "qdrant-apikey"}})).unwrap());
+    let api = json!({
+        "apiKeySecret": {"name": "qdrant-apikey"},
+        "scheme": "https",
+        "caSecret": {"name": "qdrant-tls"},
+    });
+    snap.spec.qdrant = Some(serde_json::from_value(api).unwrap());
     let script = vec![
         Expect::new("GET", STS, statefulset(1)),
         Expect::new("GET", PODS, list("Pod", vec![workload_pod(0, "worker-a")])),
@@ -1325,19 +1329,23 @@ async fn copy_method_qdrant_api_has_each_pod_make_its_snapshot_with_no_volume_mo
             let args = container["args"].to_string();
             assert!(
                 args.contains(r#""api-snapshot""#)
-                    && args.contains(r#""http://qdrant-0.qdrant.ns.svc:6333""#)
+                    && args.contains(r#""https://qdrant-0.qdrant.ns.svc:6333""#)
                     && args.contains(r#"\"claim\":\"data-qdrant-0\""#),
                 "{args}"
             );
-            let key = container["env"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|e| e["name"] == "QDRANT_API_KEY")
-                .expect("the api-key from its Secret");
+            let env = |name: &str| {
+                let env = container["env"].as_array().unwrap().iter();
+                env.clone().find(|e| e["name"] == name).cloned()
+            };
+            let key = env("QDRANT_API_KEY").expect("the api-key from its Secret");
             assert_eq!(
                 key["valueFrom"]["secretKeyRef"],
                 json!({"name": "qdrant-apikey", "key": "api-key", "optional": false})
+            );
+            let ca = env("QDRANT_CA_CERT").expect("the CAs from their Secret");
+            assert_eq!(
+                ca["valueFrom"]["secretKeyRef"],
+                json!({"name": "qdrant-tls", "key": "ca.crt", "optional": false})
             );
         }),
         Expect::new("PATCH", format!("{SNAPS}/status"), stored()).check(|body| {

@@ -155,6 +155,12 @@ fn specs_are_validated() {
     );
     spec.copy_method = CopyMethod::QdrantApi;
     assert!(validate(&spec).is_ok());
+    let tls = serde_json::json!({"caSecret": {"name": "qdrant-tls"}});
+    spec.qdrant = Some(serde_json::from_value(tls).unwrap());
+    let why = validate(&spec).unwrap_err().to_string();
+    assert!(why.contains("needs qdrant.scheme https"), "{why}");
+    spec.qdrant.as_mut().unwrap().scheme = crate::api::qdrant::ApiScheme::Https;
+    assert!(validate(&spec).is_ok());
     spec.format = Some(crate::api::snapshot::Format::Files);
     assert!(matches!(
         validate(&spec),

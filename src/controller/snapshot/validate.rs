@@ -2,7 +2,9 @@
 
 use crate::api::snapshot::{CopyMethod, Format, SnapshotSpec, StatefulSetRef};
 use crate::controller::copy;
-use crate::controller::kernel::{Invalid, inside_volume, validate_storage, workload_shape};
+use crate::controller::kernel::{
+    Invalid, inside_volume, validate_qdrant, validate_storage, workload_shape,
+};
 use crate::engine::name;
 
 /// Checks what the API server's schema cannot (pure).
@@ -40,7 +42,7 @@ pub fn validate(spec: &SnapshotSpec) -> Result<(), Invalid> {
             needs: "copyMethod QdrantAPI",
         });
     }
-    Ok(())
+    validate_qdrant(spec.qdrant.as_ref())
 }
 
 /// The StatefulSet to stop for the time of the snapshot, if the spec asks for it (pure).
