@@ -358,6 +358,12 @@ impl<E: Into<OpsError>> From<E> for Box<CliError> {
 
 type Result<T, E = Box<CliError>> = std::result::Result<T, E>;
 
+/// What a command says that works on a storage directory or through Qdrant's API but was
+/// given neither (clap's argument groups ask for one already).
+fn neither_dir_nor_qdrant() -> CliError {
+    CliError::Usage("give --storage-path DIR or --qdrant-url URL".into())
+}
+
 impl Cli {
     /// Sets up logging to standard error.
     pub fn init_logging(&self) {
@@ -529,7 +535,7 @@ async fn create(args: CreateArgs, config: &Config, storage: &dyn Storage) -> Res
             };
             ops::create_snapshot(storage, request, bar.progress()).await?
         }
-        (None, None) => unreachable!("clap requires --storage-path or --qdrant-url"),
+        (None, None) => return Err(Box::new(neither_dir_nor_qdrant())),
     };
     bar.finish();
     match args.output {
@@ -873,7 +879,7 @@ async fn restore(args: RestoreArgs, config: &Config) -> Result<ExitCode> {
     let into = match (args.qdrant.api()?, &args.storage_path) {
         (Some(api), _) => RestoreInto::Qdrant(api),
         (None, Some(path)) => RestoreInto::Storage(path.clone()),
-        (None, None) => unreachable!("clap requires --storage-path or --qdrant-url"),
+        (None, None) => return Err(Box::new(neither_dir_nor_qdrant())),
     };
     let (mut results, mut recovered) = (Vec::new(), Vec::new());
     for (location, selection) in jobs {

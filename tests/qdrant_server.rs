@@ -366,7 +366,12 @@ fn our_snapshots_of_a_qdrant_storage_recover_in_qdrant_through_its_api_and_at_st
 /// `snapshot create` through `qdrant`'s API (of `collection`, or all), as node `qdrant-0`,
 /// by `cmd` (the binary set up for some snapshot storage): its JSON result.
 fn create_through(qdrant: &Qdrant, cmd: Command, collection: Option<&str>) -> Value {
-    let mut args = vec!["snapshot", "create", "--node", "qdrant-0", "-o", "json"];
+    create_as(qdrant, cmd, collection, "qdrant-0")
+}
+
+/// [`create_through`], as node `node`.
+fn create_as(qdrant: &Qdrant, cmd: Command, collection: Option<&str>, node: &str) -> Value {
+    let mut args = vec!["snapshot", "create", "--node", node, "-o", "json"];
     args.extend(collection.iter().flat_map(|c| ["--collection", c]));
     serde_json::from_str(&ok(&mut qdrant.cli(cmd, &args))).unwrap()
 }
@@ -723,4 +728,120 @@ fn a_qdrant_serving_https_is_reached_with_the_ca_that_signed_its_certificate() {
     );
     assert_eq!(ok(bin(cwd).args(["snapshot", "list"])), before);
     t.stop();
+}
+
+/// A Qdrant cluster of two peers on loopback (raft between them over their p2p ports), the
+/// second joining the first.
+fn cluster(binary: &Path, dir: &Path) -> (Qdrant, Qdrant) {
+    let peer = |name: &str, bootstrap: Option<u16>| {
+        let p2p = free_ports();
+        let mut args = vec!["--uri".to_string(), format!("http://127.0.0.1:{p2p}")];
+        if let Some(first) = bootstrap {
+            args.extend(["--bootstrap".into(), format!("http://127.0.0.1:{first}")]);
+        }
+        let env = vec![
+            ("QDRANT__CLUSTER__ENABLED".into(), "true".into()),
+            ("QDRANT__CLUSTER__P2P__PORT".into(), p2p.to_string()),
+        ];
+        let setup = Setup {
+            args,
+            env,
+            ..Setup::default()
+        };
+        (Qdrant::launch(binary, dir, name, setup), p2p)
+    };
+    let (first, p2p) = peer("peer-0", None);
+    let (second, _) = peer("peer-1", Some(p2p));
+    (first, second)
+}
+
+/// The shard ids a peer holds of `collection`.
+fn local_shards(peer: &Qdrant, collection: &str) -> Vec<u64> {
+    serde_json::from_str(&peer.api(&["shards", collection])).unwrap()
+}
+
+#[test]
+fn a_qdrant_cluster_is_snapshotted_peer_by_peer_and_recovered_so_with_qdrant_s_priorities() {
+    let Some(binary) = qdrant_binary() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let cwd = dir.path();
+    let (p0, p1) = cluster(&binary, cwd);
+    let peers = [(&p0, "qdrant-0"), (&p1, "qdrant-1")];
+    let settle = |collection: &str| {
+        for (peer, _) in peers {
+            peer.api(&["settle", collection]);
+        }
+    };
+
+    // Two shards, one on each peer: each peer's archive holds its own shard only, and the
+    // collection comes back when each is recovered on its peer.
+    p0.api(&["fill", "products", "3000", "1", "2", "1"]);
+    settle("products");
+    let held = [local_shards(&p0, "products"), local_shards(&p1, "products")];
+    assert_eq!(held.concat().len(), 2, "{held:?}");
+    assert!(held.iter().all(|h| h.len() == 1), "{held:?}");
+    let products = p0.describe("products");
+    assert_eq!(products["count"], 3000);
+    let mut archives = Vec::new();
+    for ((peer, node), shards) in peers.iter().zip(&held) {
+        let created = create_as(peer, bin(cwd), Some("products"), node);
+        let listing = ok(Command::new("tar")
+            .arg("-tf")
+            .arg(cwd.join(archive_path(&created))));
+        for shard in 0..2u64 {
+            let present = listing.lines().any(|l| l.starts_with(&format!("{shard}/")));
+            assert_eq!(present, shards.contains(&shard), "{node}: {listing}");
+        }
+        assert_eq!(peer.api(&["snapshots", "products"]).trim(), "[]");
+        archives.push(created["name"].as_str().unwrap().to_owned());
+    }
+    p0.api(&["delete", "products", "0", "1000"]);
+    p1.api(&["write", "products", "1"]);
+    assert_ne!(points(&p0.describe("products")), points(&products));
+    for ((peer, _), archive) in peers.iter().zip(&archives) {
+        recover_through(peer, bin(cwd), archive, "products", "snapshot");
+    }
+    settle("products");
+    for (peer, node) in peers {
+        assert_eq!(
+            points(&peer.describe("products")),
+            points(&products),
+            "{node}"
+        );
+    }
+
+    // One shard replicated on both peers: Qdrant gives the priority its meaning among the
+    // replicas. `replica`: the other replica's points win; `snapshot`: the archive's do, on
+    // both peers.
+    p0.api(&["fill", "reviews", "800", "2", "1", "2"]);
+    settle("reviews");
+    assert_eq!(local_shards(&p1, "reviews"), [0]);
+    let reviews = p0.describe("reviews");
+    let archive = create_as(&p0, bin(cwd), Some("reviews"), "qdrant-0");
+    let archive = archive["name"].as_str().unwrap();
+    p1.api(&["write", "reviews", "1"]);
+    let written = p1.describe("reviews");
+    assert_ne!(written["count"], reviews["count"]);
+    recover_through(&p0, bin(cwd), archive, "reviews", "replica");
+    settle("reviews");
+    for (peer, node) in peers {
+        assert_eq!(
+            points(&peer.describe("reviews")),
+            points(&written),
+            "{node}"
+        );
+    }
+    recover_through(&p0, bin(cwd), archive, "reviews", "snapshot");
+    settle("reviews");
+    for (peer, node) in peers {
+        assert_eq!(
+            points(&peer.describe("reviews")),
+            points(&reviews),
+            "{node}"
+        );
+    }
+    p1.stop();
+    p0.stop();
 }

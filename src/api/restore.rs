@@ -103,6 +103,13 @@ pub enum RestoreMethod {
     QdrantApi,
 }
 
+impl SnapshotRestoreSpec {
+    /// The shard a shard snapshot is restored as (the schema keeps it within 0..=65535).
+    pub fn shard_number(&self) -> Option<u32> {
+        self.shard.and_then(|n| u32::try_from(n).ok())
+    }
+}
+
 /// Where the archives come from. Exactly one field is set.
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]

@@ -139,8 +139,10 @@ fn counted(
     StreamReader::new(stream)
 }
 
-/// The longest start of an archive read to tell what it is (its manifest at most).
-const MAX_HEAD: u64 = crate::engine::manifest::MAX_MANIFEST_BYTES + (64 << 10);
+/// The start of an archive read to tell what it is: as much as the catalog reads, and when
+/// that is not enough, its manifest at most.
+const FIRST_HEAD: u64 = crate::catalog::MANIFEST_PREFIX;
+const MAX_HEAD: u64 = crate::engine::manifest::MAX_MANIFEST_BYTES + FIRST_HEAD;
 
 /// Uploads the archive `opened` to Qdrant as a snapshot of `scope` (a collection or a
 /// shard), which Qdrant recovers with `priority` after checking the archive's checksum.
@@ -156,13 +158,13 @@ pub async fn recover_through_api(
     let mut reader = opened.reader.into_async();
     let mut head = Vec::new();
     (&mut reader)
-        .take(64 << 10)
+        .take(FIRST_HEAD)
         .read_to_end(&mut head)
         .await
         .map_err(|source| crate::storage::StorageError::Body { source })?;
     let start = match crate::engine::restore::describe(head.as_slice()) {
         Ok(start) => start,
-        Err(_) if head.len() as u64 == 64 << 10 => {
+        Err(_) if head.len() as u64 == FIRST_HEAD => {
             (&mut reader)
                 .take(MAX_HEAD - head.len() as u64)
                 .read_to_end(&mut head)

@@ -147,7 +147,9 @@ fn untrusted(e: &reqwest::Error) -> Option<String> {
             return Some(tls.to_string());
         }
         // An io::Error's `source` skips the error it wraps.
-        let wrapped = err.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref());
+        let wrapped = err
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref());
         cause = match wrapped {
             Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
             None => err.source(),

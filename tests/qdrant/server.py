@@ -1,9 +1,10 @@
 """The real Qdrant server's REST API, for tests/qdrant_server.rs (standard library only).
 
   server.py wait URL                        until /readyz answers (60 s at most)
-  server.py fill URL COLLECTION COUNT SEED SHARDS
+  server.py fill URL COLLECTION COUNT SEED SHARDS [REPLICAS]
                                             a collection of COUNT 64-dimensional points in
-                                            SHARDS shards, a payload index and an alias
+                                            SHARDS shards (of REPLICAS replicas each, in a
+                                            cluster), a payload index and an alias
                                             `<collection>-alias`
   server.py describe URL COLLECTION         {"count": N, "queries": [...], "aliases": [...]}
   server.py snapshot URL COLLECTION OUT     Qdrant's collection snapshot, downloaded to OUT
@@ -15,6 +16,10 @@
                                             finds: every component negative) for SECONDS;
                                             prints how many
   server.py snapshots URL [COLLECTION]      the names of the snapshots on Qdrant's disk (JSON)
+  server.py delete URL COLLECTION FROM TO   deletes the points FROM..TO (ids)
+  server.py shards URL COLLECTION           the ids of the shards this peer holds (JSON)
+  server.py settle URL COLLECTION           until every replica this peer knows of is Active
+                                            and no shard is in transfer (120 s at most)
 
 With QDRANT_API_KEY in the environment, every request carries it as the api-key header; with
 QDRANT_CA (a PEM file), an https Qdrant's certificate is checked against it.
@@ -69,10 +74,11 @@ def wait(url):
     sys.exit(f"{url} did not get ready")
 
 
-def fill(url, collection, count, seed, shards):
+def fill(url, collection, count, seed, shards, replicas=1):
     result("PUT", f"{url}/collections/{collection}", {
         "vectors": {"size": DIMS, "distance": "Cosine"},
         "shard_number": shards,
+        "replication_factor": replicas,
     })
     rnd = random.Random(seed)
     points = [
@@ -172,13 +178,34 @@ def snapshots(url, collection=None):
     print(json.dumps(sorted(s["name"] for s in result("GET", path))))
 
 
+def delete(url, collection, first, last):
+    result("POST", f"{url}/collections/{collection}/points/delete?wait=true",
+           {"points": list(range(first, last))})
+
+
+def shards(url, collection):
+    cluster = result("GET", f"{url}/collections/{collection}/cluster")
+    print(json.dumps(sorted(s["shard_id"] for s in cluster["local_shards"])))
+
+
+def settle(url, collection):
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        cluster = result("GET", f"{url}/collections/{collection}/cluster")
+        replicas = cluster["local_shards"] + cluster["remote_shards"]
+        if not cluster["shard_transfers"] and all(r["state"] == "Active" for r in replicas):
+            return
+        time.sleep(0.2)
+    sys.exit(f"{collection} at {url} did not settle: {json.dumps(cluster)}")
+
+
 if __name__ == "__main__":
     command, url = sys.argv[1], sys.argv[2]
     args = sys.argv[3:]
     if command == "wait":
         wait(url)
     elif command == "fill":
-        fill(url, args[0], int(args[1]), int(args[2]), int(args[3]))
+        fill(url, args[0], *map(int, args[1:]))
     elif command == "describe":
         describe(url, args[0])
     elif command == "snapshot":
@@ -195,5 +222,11 @@ if __name__ == "__main__":
         write(url, args[0], float(args[1]))
     elif command == "snapshots":
         snapshots(url, *args)
+    elif command == "delete":
+        delete(url, args[0], int(args[1]), int(args[2]))
+    elif command == "shards":
+        shards(url, args[0])
+    elif command == "settle":
+        settle(url, args[0])
     else:
         sys.exit(f"unknown command {command}")

@@ -156,7 +156,7 @@ fn volume_task(restore: &SnapshotRestore, ctx: &Context, source: &MoverSource<'_
         source_collection: spec.source_collection.clone(),
         priority: spec.priority,
         checksum: source.checksum.map(str::to_owned),
-        shard: spec.shard.and_then(|n| u32::try_from(n).ok()),
+        shard: spec.shard_number(),
         limits: ctx.config.mover.restore_limits,
         termination_log: TERMINATION_LOG.into(),
     })
@@ -169,7 +169,7 @@ fn api_task(restore: &SnapshotRestore, source: &MoverSource<'_>, endpoint: &Endp
         qdrant: endpoint.task(),
         location: source.location.to_owned(),
         collection: spec.collection.clone().unwrap_or_default(),
-        shard: spec.shard.and_then(|n| u32::try_from(n).ok()),
+        shard: spec.shard_number(),
         priority: spec.priority,
         checksum: source.checksum.map(str::to_owned),
         termination_log: TERMINATION_LOG.into(),
