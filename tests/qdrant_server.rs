@@ -845,3 +845,41 @@ fn a_qdrant_cluster_is_snapshotted_peer_by_peer_and_recovered_so_with_qdrant_s_p
     p1.stop();
     p0.stop();
 }
+
+#[test]
+fn a_restore_through_the_api_clears_uploads_that_killed_restores_left_on_qdrant_s_disk() {
+    let Some(binary) = qdrant_binary() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let cwd = dir.path();
+    let q = Qdrant::start(&binary, cwd, "q", &[]);
+    q.api(&["fill", "products", "300", "4", "1"]);
+    let products = q.describe("products");
+    let created = create_through(&q, bin(cwd), Some("products"));
+
+    // What a restore killed while Qdrant recovered its upload leaves, beside a snapshot of
+    // the user's.
+    let on_disk = q.snapshots.join("products");
+    let left = "restore-0123456789abcdef0123456789abcdef.snapshot";
+    let archive = std::fs::read(cwd.join(archive_path(&created))).unwrap();
+    std::fs::write(on_disk.join(left), &archive).unwrap();
+    std::fs::write(on_disk.join("mine.snapshot"), &archive).unwrap();
+    let listed = q.api(&["snapshots", "products"]);
+    assert!(
+        listed.contains(left) && listed.contains("mine.snapshot"),
+        "{listed}"
+    );
+
+    // Once older than any call of a restore may last, the next restore deletes it.
+    std::thread::sleep(Duration::from_secs(4));
+    let snapshot = format!("{}:products", created["name"].as_str().unwrap());
+    let restore = ["restore", "--snapshot", &snapshot, "--qdrant-timeout", "3"];
+    ok(&mut q.cli(bin(cwd), &restore));
+    assert_eq!(points(&q.describe("products")), points(&products));
+    assert_eq!(
+        q.api(&["snapshots", "products"]).trim(),
+        r#"["mine.snapshot"]"#
+    );
+    q.stop();
+}

@@ -5,6 +5,7 @@
 //! recovers it with the priority given.
 
 use std::io;
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{Stream, TryStreamExt};
@@ -17,7 +18,7 @@ use crate::engine::archive::manifest_json;
 use crate::engine::manifest::{Format, MANIFEST_ENTRY, Manifest, SnapshotIdentity};
 use crate::engine::restore::{Described as Start, Priority};
 use crate::engine::tarwrite::TarWriter;
-use crate::qdrant_api::{ApiError, Qdrant, Scope, Verified, random_hex};
+use crate::qdrant_api::{ApiError, Described, Qdrant, Scope, Verified, random_hex};
 use crate::source::Opened;
 use crate::storage::{Reader, Storage};
 
@@ -177,8 +178,9 @@ pub async fn recover_through_api(
     recoverable(&start, &opened.location)?;
     let body = std::io::Cursor::new(head).chain(reader);
     let body = ReaderStream::new(counted(body, progress));
+    clear_stale_uploads(api, scope).await;
     // A name of its own: two restores of one collection never share the uploaded file.
-    let name = format!("restore-{}.snapshot", random_hex());
+    let name = format!("{UPLOAD_PREFIX}{}{UPLOAD_SUFFIX}", random_hex());
     let recovered = api
         .upload((scope, &name), body, (priority, opened.checksum.as_deref()))
         .await;
@@ -189,6 +191,60 @@ pub async fn recover_through_api(
             "could not delete the uploaded snapshot from Qdrant's disk; delete it through its API"),
     }
     Ok(recovered?)
+}
+
+/// How the archives a restore uploads are named on Qdrant's disk: `restore-<32 hex>.snapshot`.
+const UPLOAD_PREFIX: &str = "restore-";
+const UPLOAD_SUFFIX: &str = ".snapshot";
+
+/// Deletes the uploads of restores that did not finish (a mover killed while Qdrant
+/// recovered: it never deleted its upload) from `scope`'s snapshots, so that they do not pile
+/// up on Qdrant's disk. Best effort: what fails is logged, and the restore goes on.
+async fn clear_stale_uploads(api: &Qdrant, scope: &Scope) {
+    let listed = match api.snapshots(scope).await {
+        Ok(listed) => listed,
+        // A collection that is not there yet has none.
+        Err(ApiError::Refused { status: 404, .. }) => return,
+        Err(e) => {
+            let error = crate::format::error_line(&e);
+            return tracing::warn!(%error, "could not list Qdrant's snapshots to clear old uploads");
+        }
+    };
+    for name in stale_uploads(&listed, Timestamp::now(), api.timeout()) {
+        match api.delete_snapshot(scope, &name).await {
+            Ok(()) => tracing::info!(snapshot = %name, "deleted an upload a restore left behind"),
+            Err(e) => tracing::warn!(snapshot = %name, error = %crate::format::error_line(&e),
+                "could not delete an upload a restore left behind"),
+        }
+    }
+}
+
+/// The uploads of ours among `listed` older than `older_than` at `now` (pure): no call of ours
+/// lasts longer, so none of them belongs to a restore still running. Qdrant's own snapshots,
+/// anyone else's, and files of unknown age are never named.
+fn stale_uploads(listed: &[Described], now: Timestamp, older_than: Duration) -> Vec<String> {
+    let ours = |name: &str| {
+        let hex = name
+            .strip_prefix(UPLOAD_PREFIX)
+            .and_then(|n| n.strip_suffix(UPLOAD_SUFFIX));
+        hex.is_some_and(|h| h.len() == 32 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+    };
+    let made = |time: &str| {
+        let civil: jiff::civil::DateTime = time.parse().ok()?;
+        civil
+            .to_zoned(jiff::tz::TimeZone::UTC)
+            .ok()
+            .map(|z| z.timestamp())
+    };
+    let old = |snapshot: &Described| {
+        let made = snapshot.creation_time.as_deref().and_then(made);
+        made.is_some_and(|made| made < now && now.duration_since(made).unsigned_abs() > older_than)
+    };
+    listed
+        .iter()
+        .filter(|s| ours(&s.name) && old(s))
+        .map(|s| s.name.clone())
+        .collect()
 }
 
 /// Whether Qdrant can recover an archive that starts as `start` (pure).
@@ -233,6 +289,39 @@ mod tests {
             Start::Ours(read) => assert_eq!(*read, manifest),
             Start::Qdrant(kind) => panic!("read as Qdrant's {kind:?}"),
         }
+    }
+
+    #[test]
+    fn only_uploads_of_ours_older_than_any_call_are_cleared() {
+        let listed = |name: &str, time: Option<&str>| Described {
+            name: name.into(),
+            creation_time: time.map(Into::into),
+            size: 1,
+            checksum: None,
+        };
+        let hex = "0123456789abcdef0123456789abcdef";
+        let stale = format!("restore-{hex}.snapshot");
+        let listed = [
+            listed(&stale, Some("2026-12-03T09:00:00")),
+            listed(
+                &format!("restore-{hex}.snapshot.tmp"),
+                Some("2026-12-03T09:00:00"),
+            ),
+            listed(&stale.replace('0', "x"), Some("2026-12-03T09:00:00")),
+            listed("restore-1.snapshot", Some("2026-12-03T09:00:00")),
+            listed(
+                "products-1-2026-12-03-09-00-00.snapshot",
+                Some("2026-12-03T09:00:00"),
+            ),
+            listed(&stale.replace('1', "2"), Some("2026-12-03T09:59:00")),
+            listed(&stale.replace('1', "3"), None),
+            listed(&stale.replace('1', "4"), Some("not a time")),
+            listed(&stale.replace('1', "5"), Some("2026-12-03T11:00:00")),
+        ];
+        let now: Timestamp = "2026-12-03T10:00:00Z".parse().unwrap();
+        let hour = Duration::from_secs(3600);
+        assert_eq!(stale_uploads(&listed, now, hour / 2), [stale]);
+        assert!(stale_uploads(&listed, now, hour * 2).is_empty());
     }
 
     #[test]

@@ -58,6 +58,9 @@ impl Scope {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct Described {
     pub name: String,
+    /// When its file was made, UTC without a zone (`2026-12-03T10:00:00`).
+    #[serde(default)]
+    pub creation_time: Option<String>,
     pub size: u64,
     /// SHA-256, lowercase hex (Qdrant since 1.5).
     #[serde(default)]
@@ -348,6 +351,18 @@ impl Qdrant {
             .send("downloading a snapshot", &url, request, None)
             .await?;
         Ok(response.bytes_stream())
+    }
+
+    /// The snapshots of `scope` on Qdrant's disk.
+    pub async fn snapshots(&self, scope: &Scope) -> Result<Vec<Described>, ApiError> {
+        let url = self.url(&scope.segments());
+        self.call("listing snapshots", (Method::GET, url), None)
+            .await
+    }
+
+    /// How long one call may take.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
     }
 
     /// Deletes the snapshot `name` of `scope` from Qdrant's disk.
