@@ -111,6 +111,11 @@ impl Slots {
         }
     }
 
+    /// Gives back the slot granted for `job`, which will not start after all.
+    pub fn unused(&mut self, job: &Busy) {
+        self.started.retain(|(started, _)| started != job);
+    }
+
     /// Keeps only the waiters `keep` approves of (their resources still exist).
     pub fn retain(&mut self, mut keep: impl FnMut(&Claimant) -> bool) {
         self.waiting.retain(|who, _| keep(who));
@@ -238,6 +243,20 @@ mod tests {
             TWO,
             t
         ));
+    }
+
+    #[test]
+    fn a_slot_given_back_is_free_at_once() {
+        let mut slots = Slots::default();
+        let t = Instant::now();
+        for n in ["s1/n0", "s1/n1"] {
+            assert!(slots.request(&who("a", n), &job("a", n), &[], TWO, t));
+            slots.started(job("a", n), t);
+        }
+        assert!(!slots.request(&who("a", "s2/n0"), &job("a", "s2/n0"), &[], TWO, t));
+        // s1/n1 failed before its Job was made: its slot goes to the next in line.
+        slots.unused(&job("a", "s1/n1"));
+        assert!(slots.request(&who("a", "s2/n0"), &job("a", "s2/n0"), &[], TWO, t));
     }
 
     #[test]

@@ -220,6 +220,17 @@ impl Context {
         }
     }
 
+    /// Gives back the slot [`Context::take_slot`] granted for the Job `job` of `object`, which
+    /// it will not create after all (the node failed first), and wakes who is next in line.
+    pub fn give_back_slot<K: Queued>(&self, object: &K, job: &str) {
+        let job = Busy {
+            namespace: object.meta().namespace.clone().unwrap_or_default(),
+            job: job.to_owned(),
+        };
+        self.slots.lock().expect("slots lock").unused(&job);
+        self.wake_waiters();
+    }
+
     /// After a mover finished: reconciles those next in line for the free slots.
     pub fn wake_waiters(&self) {
         let next = {

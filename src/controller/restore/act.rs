@@ -55,6 +55,7 @@ pub async fn run_movers(
             let through = match through_api(restore, ctx, plan, &entry.node, &mut service).await? {
                 Ok(through) => through,
                 Err(why) => {
+                    ctx.give_back_slot(restore, &job_name(restore, &entry.node));
                     next.push(NodeRestore {
                         phase: NodePhase::Failed,
                         message: Some(why),

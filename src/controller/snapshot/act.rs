@@ -55,6 +55,7 @@ pub async fn act(
             let (pods, security) = inputs.read(ctx, snap).await?;
             let read = method.source_claim(ctx, snap, archive).await?;
             if let ReadFrom::Nothing(why) = read {
+                ctx.give_back_slot(snap, &job_name(snap, &archive.node));
                 next.push(ArchiveStatus {
                     phase: ArchivePhase::Failed,
                     message: Some(why),
