@@ -20,8 +20,8 @@ use kube::{Client, CustomResourceExt, ResourceExt};
 use serde_json::json;
 use snapshot_operator::api::{Snapshot, SnapshotRestore};
 use snapshot_operator::controller::config::OperatorConfig;
-use snapshot_operator::controller::metrics::Metrics;
 use snapshot_operator::controller::kernel::patch_status;
+use snapshot_operator::controller::metrics::Metrics;
 use snapshot_operator::controller::{Error, controllers, leader, mover};
 use tokio_util::sync::CancellationToken;
 

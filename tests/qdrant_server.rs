@@ -775,8 +775,9 @@ fn a_qdrant_cluster_is_snapshotted_peer_by_peer_and_recovered_so_with_qdrant_s_p
         }
     };
 
-    // Two shards, one on each peer: each peer's archive holds its own shard only, and the
-    // collection comes back when each is recovered on its peer.
+    // Two shards, one on each peer: each peer's archive holds the points of its own shard
+    // only (of the other, its placement), and the collection comes back when each is
+    // recovered on its peer.
     p0.api(&["fill", "products", "3000", "1", "2", "1"]);
     settle("products");
     let held = [local_shards(&p0, "products"), local_shards(&p1, "products")];
@@ -791,7 +792,8 @@ fn a_qdrant_cluster_is_snapshotted_peer_by_peer_and_recovered_so_with_qdrant_s_p
             .arg("-tf")
             .arg(cwd.join(archive_path(&created))));
         for shard in 0..2u64 {
-            let present = listing.lines().any(|l| l.starts_with(&format!("{shard}/")));
+            let segments = format!("{shard}/segments/");
+            let present = listing.lines().any(|l| l.starts_with(&segments));
             assert_eq!(present, shards.contains(&shard), "{node}: {listing}");
         }
         assert_eq!(peer.api(&["snapshots", "products"]).trim(), "[]");
@@ -812,9 +814,9 @@ fn a_qdrant_cluster_is_snapshotted_peer_by_peer_and_recovered_so_with_qdrant_s_p
         );
     }
 
-    // One shard replicated on both peers: Qdrant gives the priority its meaning among the
-    // replicas. `replica`: the other replica's points win; `snapshot`: the archive's do, on
-    // both peers.
+    // One shard replicated on both peers. `replica` is refused before anything is sent:
+    // the other replica's points would win anyway, and Qdrant would stop its consensus on
+    // that recovery. `snapshot` makes the archive's points win, on both peers.
     p0.api(&["fill", "reviews", "800", "2", "1", "2"]);
     settle("reviews");
     assert_eq!(local_shards(&p1, "reviews"), [0]);
@@ -824,15 +826,14 @@ fn a_qdrant_cluster_is_snapshotted_peer_by_peer_and_recovered_so_with_qdrant_s_p
     p1.api(&["write", "reviews", "1"]);
     let written = p1.describe("reviews");
     assert_ne!(written["count"], reviews["count"]);
-    recover_through(&p0, bin(cwd), archive, "reviews", "replica");
-    settle("reviews");
-    for (peer, node) in peers {
-        assert_eq!(
-            points(&peer.describe("reviews")),
-            points(&written),
-            "{node}"
-        );
-    }
+    let snapshot = format!("{archive}:reviews");
+    let replica = ["restore", "--snapshot", &snapshot, "--priority", "replica"];
+    let said = fails(&mut p0.cli(bin(cwd), &replica));
+    assert!(
+        said.contains("shard 0 of collection reviews has an active replica on another peer"),
+        "{said}"
+    );
+    assert_eq!(points(&p0.describe("reviews")), points(&written));
     recover_through(&p0, bin(cwd), archive, "reviews", "snapshot");
     settle("reviews");
     for (peer, node) in peers {
@@ -842,6 +843,10 @@ fn a_qdrant_cluster_is_snapshotted_peer_by_peer_and_recovered_so_with_qdrant_s_p
             "{node}"
         );
     }
+    // The cluster still agrees on changes (its consensus runs): a new collection on both.
+    p1.api(&["fill", "after", "10", "3", "1", "2"]);
+    settle("after");
+    assert_eq!(local_shards(&p0, "after"), [0]);
     p1.stop();
     p0.stop();
 }

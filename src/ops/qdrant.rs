@@ -156,6 +156,9 @@ pub async fn recover_through_api(
     priority: Option<Priority>,
     progress: Progress,
 ) -> Result<(), OpsError> {
+    if priority == Some(Priority::Replica) {
+        refuse_replica_over_replicas(api, scope).await?;
+    }
     let mut reader = opened.reader.into_async();
     let mut head = Vec::new();
     (&mut reader)
@@ -191,6 +194,32 @@ pub async fn recover_through_api(
             "could not delete the uploaded snapshot from Qdrant's disk; delete it through its API"),
     }
     Ok(recovered?)
+}
+
+/// Refuses priority `replica` where a shard recovered has an active replica on another
+/// peer: those replicas' points would win anyway (the peer syncs from them), and Qdrant
+/// (1.18.0 through 1.19.0) stops its cluster's consensus on that recovery, on every peer (it
+/// submits the sync's shard transfer without a method, which every peer fails to apply).
+async fn refuse_replica_over_replicas(api: &Qdrant, scope: &Scope) -> Result<(), OpsError> {
+    let Some(collection) = scope.collection() else {
+        return Ok(());
+    };
+    let mut shards = api.replicated_elsewhere(collection).await?;
+    if let Scope::Shard { shard, .. } = scope {
+        shards.retain(|s| s == shard);
+    }
+    if shards.is_empty() {
+        return Ok(());
+    }
+    let shards: Vec<String> = shards.iter().map(u32::to_string).collect();
+    Err(OpsError::Usage(format!(
+        "priority replica: shard {} of collection {collection} has an active replica on another \
+         peer, whose points would win anyway (this peer syncs from it), and Qdrant stops its \
+         cluster's consensus on such a recovery (a shard transfer submitted without a method, \
+         seen in 1.18 and 1.19); nothing was sent. Use priority snapshot for the archive's \
+         points to win on every replica",
+        shards.join(", ")
+    )))
 }
 
 /// How the archives a restore uploads are named on Qdrant's disk: `restore-<32 hex>.snapshot`.

@@ -36,6 +36,14 @@ impl Scope {
         }
     }
 
+    /// Its collection (none for the whole storage).
+    pub fn collection(&self) -> Option<&str> {
+        match self {
+            Self::Collection { collection } | Self::Shard { collection, .. } => Some(collection),
+            Self::Full => None,
+        }
+    }
+
     /// The path segments of its snapshots.
     fn segments(&self) -> Vec<String> {
         match self {
@@ -360,6 +368,18 @@ impl Qdrant {
             .await
     }
 
+    /// The shards of `collection` this peer holds that have an active replica on another
+    /// peer: none outside a cluster, or when the collection is not there.
+    pub async fn replicated_elsewhere(&self, collection: &str) -> Result<Vec<u32>, ApiError> {
+        let url = self.url(&["collections".into(), collection.into(), "cluster".into()]);
+        let what = "reading the collection's cluster placement";
+        match self.call::<Placement>(what, (Method::GET, url), None).await {
+            Ok(placement) => Ok(placement.replicated_elsewhere()),
+            Err(ApiError::Refused { status: 404, .. }) => Ok(Vec::new()),
+            Err(e) => Err(e),
+        }
+    }
+
     /// How long one call may take.
     pub fn timeout(&self) -> Duration {
         self.timeout
@@ -461,6 +481,35 @@ impl Qdrant {
             why,
         })?;
         Ok(())
+    }
+}
+
+/// Where a collection's shards are (Qdrant's `CollectionClusterInfo`, what is needed of it).
+#[derive(Debug, Deserialize)]
+struct Placement {
+    local_shards: Vec<LocalShard>,
+    remote_shards: Vec<RemoteShard>,
+}
+
+#[derive(Debug, Deserialize)]
+struct LocalShard {
+    shard_id: u32,
+}
+
+#[derive(Debug, Deserialize)]
+struct RemoteShard {
+    shard_id: u32,
+    state: String,
+}
+
+impl Placement {
+    /// The local shards with an active replica on another peer (pure).
+    fn replicated_elsewhere(&self) -> Vec<u32> {
+        let active = |shard: u32| {
+            (self.remote_shards.iter()).any(|r| r.shard_id == shard && r.state == "Active")
+        };
+        let local = self.local_shards.iter().map(|l| l.shard_id);
+        local.filter(|&shard| active(shard)).collect()
     }
 }
 
@@ -620,6 +669,21 @@ mod tests {
         assert_eq!(answer_of(b""), "(no message)");
         assert_eq!(answer_of(&[b'x'; 5000]).chars().count(), MAX_ANSWER + 1);
         assert!(hint_for(401).contains("api-key"));
+    }
+
+    #[test]
+    fn shards_replicated_elsewhere_are_local_ones_with_an_active_replica_on_another_peer() {
+        let placement: Placement = result_of(
+            br#"{"result":{"peer_id":1,"shard_count":3,
+              "local_shards":[{"shard_id":0,"points_count":5,"state":"Active"},
+                              {"shard_id":1,"points_count":5,"state":"Active"}],
+              "remote_shards":[{"shard_id":0,"peer_id":2,"state":"Active"},
+                               {"shard_id":1,"peer_id":2,"state":"Dead"},
+                               {"shard_id":2,"peer_id":2,"state":"Active"}],
+              "shard_transfers":[]},"status":"ok","time":0}"#,
+        )
+        .unwrap();
+        assert_eq!(placement.replicated_elsewhere(), [0]);
     }
 
     #[tokio::test]
