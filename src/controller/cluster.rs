@@ -6,7 +6,7 @@
 //! or Job in a namespace can carry the operator's labels, only the operator's Jobs are
 //! controlled by a Snapshot or SnapshotRestore, and only their pods by those Jobs.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -43,9 +43,16 @@ const PENDING_STOP: Duration = Duration::from_secs(60);
 /// The StatefulSets (namespace, name) this process began to stop, with who did and when.
 /// Recording the replicas in a resource's status and the stores showing that record are not
 /// one step: without this, a second resource looking in between would find no holder, read
-/// the replicas the first had just scaled to zero, and leave the StatefulSet stopped.
+/// the replicas the first had just scaled to zero, and leave the StatefulSet stopped. And
+/// who waits to stop each, to be woken when the stop ends.
 #[derive(Clone, Default)]
-pub struct Stops(Arc<Mutex<HashMap<(String, String), Begun>>>);
+pub struct Stops(Arc<Mutex<StopsBegun>>);
+
+#[derive(Default)]
+struct StopsBegun {
+    begun: HashMap<(String, String), Begun>,
+    waiting: HashMap<(String, String), BTreeSet<Stopper>>,
+}
 
 /// A stop this process began: by whom (UID, and which resource), when.
 struct Begun {
@@ -56,17 +63,16 @@ struct Begun {
 
 /// A resource that stops a StatefulSet: a Snapshot with `copyMethod: Stop` or a
 /// SnapshotRestore with `stopWorkload`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Stopper {
-    /// `Snapshot` or `SnapshotRestore`.
-    pub kind: String,
+    pub kind: Kind,
     pub name: String,
 }
 
 impl Stopper {
-    pub fn new(kind: impl Into<String>, name: impl Into<String>) -> Self {
+    pub fn new(kind: Kind, name: impl Into<String>) -> Self {
         Self {
-            kind: kind.into(),
+            kind,
             name: name.into(),
         }
     }
@@ -74,7 +80,11 @@ impl Stopper {
 
 impl std::fmt::Display for Stopper {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} {}", self.kind, self.name)
+        let kind = match self.kind {
+            Kind::Snapshot => "Snapshot",
+            Kind::SnapshotRestore => "SnapshotRestore",
+        };
+        write!(f, "{kind} {}", self.name)
     }
 }
 
@@ -106,31 +116,44 @@ impl Cluster {
 
     /// Lets `who` (of UID `uid`) stop the StatefulSet `name` of `namespace` at `now`, unless
     /// another resource holds it stopped (the stores say so) or began to stop it in the last
-    /// minute (this process remembers): then the holder, to wait for.
+    /// minute (this process remembers): then the holder, to wait for (`who` is woken when
+    /// the holder's stop ends: see [`Cluster::stop_ended`]).
     pub fn begin_stop(
         &self,
         (namespace, name): (&str, &str),
         (uid, who): (&str, &Stopper),
         now: Instant,
     ) -> Result<(), Stopper> {
-        let mut begun = self.stops.0.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(holder) = self.stopped_by(namespace, name, uid) {
+        let mut stops = self.stops.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let key = (namespace.to_owned(), name.to_owned());
+        let holder = self.stopped_by(namespace, name, uid).or_else(|| {
+            // A stop ends when its resource is finished or gone (it started the StatefulSet
+            // again before saying so, or in its cleanup), at the latest after PENDING_STOP.
+            stops.begun.retain(|_, b| {
+                now.saturating_duration_since(b.at) < PENDING_STOP && self.unfinished(&b.uid)
+            });
+            let other = stops.begun.get(&key).filter(|b| b.uid != uid);
+            other.map(|b| b.who.clone())
+        });
+        if let Some(holder) = holder {
+            stops.waiting.entry(key).or_default().insert(who.clone());
             return Err(holder);
         }
-        // A stop ends when its resource is finished or gone (it started the StatefulSet
-        // again before saying so, or in its cleanup), at the latest after PENDING_STOP.
-        begun.retain(|_, b| {
-            now.saturating_duration_since(b.at) < PENDING_STOP && self.unfinished(&b.uid)
-        });
-        let key = (namespace.to_owned(), name.to_owned());
-        match begun.get(&key) {
-            Some(other) if other.uid != uid => Err(other.who.clone()),
-            _ => {
-                let (uid, who) = (uid.to_owned(), who.clone());
-                begun.insert(key, Begun { uid, who, at: now });
-                Ok(())
-            }
+        if let Some(waiting) = stops.waiting.get_mut(&key) {
+            waiting.remove(who);
         }
+        let (uid, who) = (uid.to_owned(), who.clone());
+        stops.begun.insert(key, Begun { uid, who, at: now });
+        Ok(())
+    }
+
+    /// The stop of the StatefulSet `name` of `namespace` has ended (its holder is finished,
+    /// as the stores show): who waited to stop it next, to wake.
+    pub fn stop_ended(&self, (namespace, name): (&str, &str)) -> Vec<Stopper> {
+        let mut stops = self.stops.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let key = (namespace.to_owned(), name.to_owned());
+        let waiting = stops.waiting.remove(&key).unwrap_or_default();
+        waiting.into_iter().collect()
     }
 
     /// The resource, other than the one of UID `except`, that holds the StatefulSet `name`
@@ -154,7 +177,7 @@ impl Cluster {
                 })
         });
         if let Some(s) = snapshot {
-            return Some(Stopper::new("Snapshot", s.name_any()));
+            return Some(Stopper::new(Kind::Snapshot, s.name_any()));
         }
         let restore = self.restores.state().into_iter().find(|r| {
             let sts = r.spec.target.stateful_set.as_ref();
@@ -166,7 +189,7 @@ impl Cluster {
                     st.stopped_replicas.is_some() && !st.phase.is_some_and(RestorePhase::is_final)
                 })
         });
-        restore.map(|r| Stopper::new("SnapshotRestore", r.name_any()))
+        restore.map(|r| Stopper::new(Kind::SnapshotRestore, r.name_any()))
     }
 
     /// Whether the stores show a Snapshot or SnapshotRestore of UID `uid` that is not
@@ -190,10 +213,10 @@ impl Cluster {
     /// Forgets that `uid` began to stop the StatefulSet `name` of `namespace` (it has not
     /// stopped it after all).
     pub fn forget_stop(&self, (namespace, name): (&str, &str), uid: &str) {
-        let mut begun = self.stops.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut stops = self.stops.0.lock().unwrap_or_else(PoisonError::into_inner);
         let key = (namespace.to_owned(), name.to_owned());
-        if begun.get(&key).is_some_and(|b| b.uid == uid) {
-            begun.remove(&key);
+        if stops.begun.get(&key).is_some_and(|b| b.uid == uid) {
+            stops.begun.remove(&key);
         }
     }
 
@@ -333,8 +356,8 @@ mod tests {
         let stops = Stops::default();
         let cluster = showing(&stops, [Some("Pending"), Some("Pending"), None]);
         let (snapshot, restore) = (
-            Stopper::new("Snapshot", "a"),
-            Stopper::new("SnapshotRestore", "b"),
+            Stopper::new(Kind::Snapshot, "a"),
+            Stopper::new(Kind::SnapshotRestore, "b"),
         );
         let (a, b) = (("uid-a", &snapshot), ("uid-b", &restore));
         let sts = ("ns", "qdrant");
@@ -363,9 +386,9 @@ mod tests {
     fn three_stoppers_one_after_another_each_start_as_the_one_before_finishes() {
         let stops = Stops::default();
         let sts = ("ns", "qdrant");
-        let snapshot = Stopper::new("Snapshot", "a");
-        let restore = Stopper::new("SnapshotRestore", "b");
-        let other = Stopper::new("SnapshotRestore", "c");
+        let snapshot = Stopper::new(Kind::Snapshot, "a");
+        let restore = Stopper::new(Kind::SnapshotRestore, "b");
+        let other = Stopper::new(Kind::SnapshotRestore, "c");
         let (a, b, c) = (("uid-a", &snapshot), ("uid-b", &restore), ("uid-c", &other));
         let now = Instant::now();
         let at = |s| now + Duration::from_secs(s);
@@ -374,17 +397,21 @@ mod tests {
         assert_eq!(cluster.begin_stop(sts, a, now), Ok(()));
         assert_eq!(cluster.begin_stop(sts, b, at(1)), Err(snapshot.clone()));
         assert_eq!(cluster.begin_stop(sts, c, at(1)), Err(snapshot.clone()));
-        // a succeeded (it started the StatefulSet again first): b goes a second later, not
-        // a minute; c waits for b.
+        // a succeeded (it started the StatefulSet again first): the stores show it, and b
+        // and c are woken at once, not at their next look; b goes, c waits for b.
         let cluster = showing(
             &stops,
             [Some("Succeeded"), Some("Pending"), Some("Pending")],
         );
+        assert_eq!(cluster.stop_ended(sts), [restore.clone(), other.clone()]);
+        assert_eq!(cluster.stop_ended(sts), []);
         assert_eq!(cluster.begin_stop(sts, b, at(2)), Ok(()));
         assert_eq!(cluster.begin_stop(sts, c, at(3)), Err(restore.clone()));
-        // b failed: c goes at once.
+        // b failed: c, woken, goes at once.
         let cluster = showing(&stops, [Some("Succeeded"), Some("Failed"), Some("Pending")]);
+        assert_eq!(cluster.stop_ended(sts), std::slice::from_ref(&other));
         assert_eq!(cluster.begin_stop(sts, c, at(4)), Ok(()));
+        assert_eq!(cluster.stop_ended(sts), []);
         // c deleted while it ran (its cleanup started the StatefulSet again): a Snapshot
         // created next goes at once.
         let cluster = showing(&stops, [Some("Pending"), Some("Failed"), None]);

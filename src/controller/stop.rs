@@ -46,7 +46,7 @@ pub async fn stop<K: Reconciled>(
     let namespace = object.meta().namespace.clone().unwrap_or_default();
     let uid = object.meta().uid.clone().unwrap_or_default();
     let Some(replicas) = recorded else {
-        let who = Stopper::new(K::kind(&()), object.meta().name.clone().unwrap_or_default());
+        let who = Stopper::new(K::KIND, object.meta().name.clone().unwrap_or_default());
         let sts = (namespace.as_str(), name);
         if let Err(holder) = ctx.cluster.begin_stop(sts, (&uid, &who), Instant::now()) {
             let message = format!("waiting for {holder}, which stops StatefulSet {name}");

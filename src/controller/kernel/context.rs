@@ -231,6 +231,15 @@ impl Context {
         self.wake_waiters();
     }
 
+    /// Once the stores show the holder of a stop of the StatefulSet `name` of `namespace`
+    /// finished: reconciles who waited to stop it next, at once (not at their next look).
+    pub fn wake_next_stoppers(&self, namespace: &str, name: &str) {
+        for who in self.cluster.stop_ended((namespace, name)) {
+            let sent = self.wake(who.kind, namespace, &who.name);
+            tracing::debug!(%who, ?sent, statefulset = name, "a stop ended");
+        }
+    }
+
     /// After a mover finished: reconciles those next in line for the free slots.
     pub fn wake_waiters(&self) {
         let next = {

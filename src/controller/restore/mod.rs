@@ -92,6 +92,10 @@ async fn apply(restore: &SnapshotRestore, ctx: &Context) -> Result<Action, Error
     if old.phase.is_some_and(RestorePhase::is_final)
         && old.observed_generation == restore.meta().generation
     {
+        // The stores show it finished: the next to stop its StatefulSet may.
+        if let Some(sts) = stop_workload_target(&restore.spec) {
+            ctx.wake_next_stoppers(&restore.namespace().unwrap_or_default(), &sts.name);
+        }
         return Ok(Action::await_change());
     }
     let mut plan = match resolve(restore, ctx).await? {

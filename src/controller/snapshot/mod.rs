@@ -78,6 +78,10 @@ async fn apply(snap: &Snapshot, ctx: &Context) -> Result<Action, Error> {
     ctx.remove_recorded_movers(snap, recorded.map(|a| job_name(snap, &a.node)))
         .await?;
     if old.phase.is_some_and(Phase::is_final) && old.observed_generation == snap.meta().generation {
+        // The stores show it finished: the next to stop its StatefulSet may.
+        if let Some(sts) = stop_target(&snap.spec) {
+            ctx.wake_next_stoppers(&snap.namespace().unwrap_or_default(), &sts.name);
+        }
         return Ok(Action::await_change());
     }
     let Resolved { storage, archives } = match resolve(snap, ctx).await? {
