@@ -26,6 +26,7 @@ pub use crate::engine::manifest::Format;
     printcolumn = r#"{"name":"Nodes","type":"integer","jsonPath":".status.nodes"}"#,
     printcolumn = r#"{"name":"Size","type":"string","jsonPath":".status.size"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    printcolumn = r#"{"name":"Expires","type":"string","jsonPath":".status.expiresAt"}"#,
     doc = "A snapshot of a workload's data: one archive per node, of one collection or of a whole storage directory.",
     validation = Rule::new("self.spec == oldSelf.spec").message("spec is immutable: create a new Snapshot")
 )]
@@ -80,6 +81,13 @@ pub struct SnapshotSpec {
     /// files, for any application). Omit to use Qdrant's for a Qdrant storage directory.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub format: Option<Format>,
+    /// How long the Snapshot is kept (Velero's `ttl`): once this long after its creation, the
+    /// operator deletes it, and with `deletionPolicy: Delete` its archives. A duration such
+    /// as `72h`, `30d`, `1h30m` or `PT36H` (a day is 24 hours). Omit to keep it until it is
+    /// deleted (or pruned by its schedule's retention, whichever comes first).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 64))]
+    pub ttl: Option<String>,
 }
 
 /// The user and groups of mover pods (VolSync's `moverSecurityContext`, limited to identity).
@@ -317,6 +325,9 @@ pub struct SnapshotStatus {
     /// back to once the archives are done.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stopped_replicas: Option<i32>,
+    /// When the operator deletes it: `spec.ttl` after its creation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<Time>,
 }
 
 /// Progress of one node's archive.

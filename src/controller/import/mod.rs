@@ -135,6 +135,8 @@ pub fn resource(set: &Imported) -> Result<Snapshot, String> {
             .iter()
             .find_map(|n| n.archive.as_ref())
             .map(|a| a.manifest.format),
+        // Imported Snapshots never expire: their archives were there before them.
+        ttl: None,
     };
     snapshots::validate(&spec).map_err(|e| e.to_string())?;
     let mut snap = Snapshot::new(&set.name, spec);

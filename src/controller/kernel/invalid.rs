@@ -25,6 +25,8 @@ pub enum Invalid {
         what: &'static str,
         needs: &'static str,
     },
+    #[error("ttl {ttl:?} is not a duration ({why}): give one such as 72h, 30d or 1h30m")]
+    Ttl { ttl: String, why: String },
     #[error("checksum {0:?} is not 64 lowercase hex digits")]
     Checksum(String),
     #[error("{0}")]

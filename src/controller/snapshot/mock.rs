@@ -1376,3 +1376,75 @@ async fn copy_method_qdrant_api_has_each_pod_make_its_snapshot_with_no_volume_mo
     let snap = Snapshot::test().finalized().copying(CopyMethod::QdrantApi);
     reconcile_with(snap, nothing(), script).await.0.unwrap();
 }
+
+/// A Snapshot taken on 2026-12-01 at 10:00 to be kept for a day, as it stands when done.
+fn kept_a_day() -> Snapshot {
+    let mut snap = Snapshot::test().finalized().with_status(json!({
+        "phase": "Succeeded", "observedGeneration": 1,
+        "archives": [{"node": "qdrant-0", "claim": "data-qdrant-0", "phase": "Succeeded"}],
+    }));
+    snap.metadata.creation_timestamp = Some(Time("2026-12-01T10:00:00Z".parse().unwrap()));
+    snap.spec.ttl = Some("1d".into());
+    snap
+}
+
+/// One pass over `snap` at `now`, the stores holding `restores`.
+async fn expiring_at(
+    snap: Snapshot,
+    now: &str,
+    restores: Vec<crate::api::SnapshotRestore>,
+    script: Vec<Expect>,
+) -> Result<Action, Error> {
+    let cluster = Cluster::of(vec![], vec![], vec![], restores);
+    let now = now.parse().unwrap();
+    let config = OperatorConfig::default();
+    let reconcile = |ctx| super::super::reconcile(Arc::new(snap), ctx);
+    crate::controller::testing::scripted_at(config, cluster, now, script, reconcile)
+        .await
+        .0
+}
+
+#[tokio::test]
+async fn a_snapshot_is_deleted_once_its_ttl_has_passed_unless_a_restore_still_reads_it() {
+    // Before: nothing to do until it expires, looked at again then.
+    let action = expiring_at(kept_a_day(), "2026-12-02T09:00:00Z", vec![], vec![]).await;
+    assert_eq!(action.unwrap(), Action::requeue(Duration::from_secs(3600)));
+
+    // After: deleted (this very Snapshot, by UID), saying so; its cleanup follows.
+    let script = vec![
+        event("Expired"),
+        Expect::new("DELETE", SNAPS, stored()).check(|body| {
+            assert_eq!(body["preconditions"]["uid"], "uid-1", "{body}");
+        }),
+    ];
+    let action = expiring_at(kept_a_day(), "2026-12-02T10:00:00Z", vec![], script).await;
+    assert_eq!(action.unwrap(), Action::await_change());
+
+    // A restore from it that has not finished holds it; a finished one does not.
+    let reading = |phase: &str| {
+        let restore = json!({"apiVersion": "snapshot-operator.dev/v1alpha1", "kind": "SnapshotRestore",
+            "metadata": {"name": "r", "namespace": "ns", "uid": "uid-r"},
+            "spec": {"source": {"snapshotRef": {"name": "s"}},
+                     "target": {"statefulSet": {"name": "qdrant", "volumeClaimTemplate": "data"}}},
+            "status": {"phase": phase}});
+        serde_json::from_value(restore).unwrap()
+    };
+    let held = expiring_at(
+        kept_a_day(),
+        "2026-12-03T00:00:00Z",
+        vec![reading("Running")],
+        vec![],
+    );
+    assert_eq!(
+        held.await.unwrap(),
+        Action::requeue(Duration::from_secs(10))
+    );
+    let script = vec![event("Expired"), Expect::new("DELETE", SNAPS, stored())];
+    let done = expiring_at(
+        kept_a_day(),
+        "2026-12-03T00:00:00Z",
+        vec![reading("Succeeded")],
+        script,
+    );
+    assert_eq!(done.await.unwrap(), Action::await_change());
+}

@@ -9,6 +9,7 @@
 
 mod act;
 mod cleanup;
+mod expiry;
 mod status;
 mod validate;
 
@@ -28,6 +29,7 @@ use crate::api::snapshot::{ArchivePhase, ArchiveStatus, Phase, Snapshot, Snapsho
 pub use act::identity;
 use act::{act, job_name};
 use cleanup::{cleanup, start_again};
+use expiry::{Expiry, until_expiry};
 pub use status::{
     NodeStep, invalid_status, is_final, next_archive, next_status, phase_of, plan, stopping_status,
 };
@@ -63,6 +65,14 @@ impl Reconciled for Snapshot {
 }
 
 async fn apply(snap: &Snapshot, ctx: &Context) -> Result<Action, Error> {
+    let reading = || expiry::restores_reading(ctx, snap);
+    match expiry::expiry(snap, ctx.now(), reading) {
+        Expiry::Due => return expiry::expire(snap, ctx).await,
+        Expiry::Held(by) => {
+            tracing::info!(restores = ?by, "expired, kept while these restores read it");
+        }
+        Expiry::Never | Expiry::At(_) => {}
+    }
     // Its status comes from the storage (`import`); no mover ever runs for it. (A label put
     // on a Snapshot that holds its StatefulSet stopped does not stop its reconciliation.)
     let holding = snap
@@ -70,7 +80,7 @@ async fn apply(snap: &Snapshot, ctx: &Context) -> Result<Action, Error> {
         .as_ref()
         .is_some_and(|s| s.stopped_replicas.is_some());
     if snap.is_imported() && !holding {
-        return Ok(Action::await_change());
+        return Ok(until_expiry(snap, ctx));
     }
     let old = snap.status.clone().unwrap_or_default();
     // Finished movers whose results the status holds have done their part.
@@ -82,7 +92,7 @@ async fn apply(snap: &Snapshot, ctx: &Context) -> Result<Action, Error> {
         if let Some(sts) = stop_target(&snap.spec) {
             ctx.wake_next_stoppers(&snap.namespace().unwrap_or_default(), &sts.name);
         }
-        return Ok(Action::await_change());
+        return Ok(until_expiry(snap, ctx));
     }
     let Resolved { storage, archives } = match resolve(snap, ctx).await? {
         Ok(resolved) => resolved,
@@ -112,7 +122,7 @@ async fn apply(snap: &Snapshot, ctx: &Context) -> Result<Action, Error> {
     Ok(match status.phase {
         Some(Phase::Running) => Action::requeue(RUNNING_RECHECK),
         Some(Phase::Pending) => Action::requeue(PENDING_RECHECK),
-        _ => Action::await_change(),
+        _ => until_expiry(snap, ctx),
     })
 }
 

@@ -200,6 +200,7 @@ pub fn next_status(
         storage: Some(storage.clone()),
         archives,
         stopped_replicas: old.stopped_replicas,
+        expires_at: super::validate::expires_at(snap).map(Time),
     }
 }
 
@@ -210,6 +211,7 @@ pub fn invalid_status(snap: &Snapshot, why: &Invalid, now: Time) -> SnapshotStat
         observed_generation: snap.meta().generation,
         phase: Some(Phase::Failed),
         conditions: condition::invalid_spec(why, snap.meta().generation, &old.conditions, now),
+        expires_at: super::validate::expires_at(snap).map(Time),
         ..old
     }
 }

@@ -45,6 +45,7 @@ fn snapshot_spec(collection: Option<&str>) -> SnapshotSpec {
         volume_snapshot_class_name: None,
         mover_security_context: None,
         format: None,
+        ttl: None,
     }
 }
 
@@ -94,6 +95,7 @@ fn specs_are_validated() {
         volume_snapshot_class_name: None,
         mover_security_context: None,
         format: None,
+        ttl: None,
     };
     assert_eq!(
         validate(&spec),
@@ -296,4 +298,31 @@ fn reports_become_archives() {
         true,
     );
     assert_eq!(started.phase, ArchivePhase::Running);
+}
+
+#[test]
+fn ttls_are_positive_durations_whose_days_are_24_hours() {
+    let ttl_of = |text: &str| {
+        let spec = SnapshotSpec {
+            ttl: Some(text.into()),
+            ..snapshot_spec(None)
+        };
+        super::validate::ttl(&spec).map(|d| d.map(|d| d.as_secs()))
+    };
+    assert_eq!(ttl_of("72h"), Ok(Some(72 * 3600)));
+    assert_eq!(ttl_of("30d"), Ok(Some(30 * 86400)));
+    assert_eq!(ttl_of("1h30m"), Ok(Some(5400)));
+    assert_eq!(ttl_of("720h0m0s"), Ok(Some(720 * 3600)));
+    assert_eq!(ttl_of("PT36H"), Ok(Some(36 * 3600)));
+    assert_eq!(ttl_of("2 days"), Ok(Some(2 * 86400)));
+    for refused in ["", "soon", "0s", "-1h", "2w", "1 month", "1y"] {
+        let why = ttl_of(refused).unwrap_err();
+        assert!(matches!(why, Invalid::Ttl { .. }), "{refused}: {why}");
+        assert!(why.to_string().contains("such as 72h"), "{why}");
+    }
+    let spec = SnapshotSpec {
+        ttl: Some("soon".into()),
+        ..snapshot_spec(None)
+    };
+    assert!(matches!(validate(&spec), Err(Invalid::Ttl { .. })));
 }

@@ -1,6 +1,9 @@
 //! What a Snapshot's spec must be beyond its schema (pure).
 
-use crate::api::snapshot::{CopyMethod, Format, SnapshotSpec, StatefulSetRef};
+use jiff::{SignedDuration, Timestamp};
+use kube::Resource;
+
+use crate::api::snapshot::{CopyMethod, Format, Snapshot, SnapshotSpec, StatefulSetRef};
 use crate::controller::copy;
 use crate::controller::kernel::{
     Invalid, inside_volume, validate_qdrant, validate_storage, workload_shape,
@@ -42,7 +45,43 @@ pub fn validate(spec: &SnapshotSpec) -> Result<(), Invalid> {
             needs: "copyMethod QdrantAPI",
         });
     }
+    ttl(spec)?;
     validate_qdrant(spec.qdrant.as_ref())
+}
+
+/// How long the Snapshot is kept, if `ttl` says (pure): a positive duration whose days are
+/// 24 hours; weeks, months and years are not fixed lengths and are refused.
+pub fn ttl(spec: &SnapshotSpec) -> Result<Option<SignedDuration>, Invalid> {
+    let Some(text) = &spec.ttl else {
+        return Ok(None);
+    };
+    let invalid = |why: String| Invalid::Ttl {
+        ttl: text.clone(),
+        why,
+    };
+    let span: jiff::Span = text
+        .trim()
+        .parse()
+        .map_err(|e: jiff::Error| invalid(e.to_string()))?;
+    if span.get_weeks() != 0 || span.get_months() != 0 || span.get_years() != 0 {
+        return Err(invalid(
+            "weeks, months and years have no fixed length: use days".into(),
+        ));
+    }
+    let duration = span
+        .to_duration(jiff::SpanRelativeTo::days_are_24_hours())
+        .map_err(|e| invalid(e.to_string()))?;
+    if !duration.is_positive() {
+        return Err(invalid("it must be longer than zero".into()));
+    }
+    Ok(Some(duration))
+}
+
+/// When the operator deletes `snap` (pure): its `ttl` after its creation.
+pub fn expires_at(snap: &Snapshot) -> Option<Timestamp> {
+    let created = snap.meta().creation_timestamp.as_ref()?.0;
+    let ttl = ttl(&snap.spec).ok()??;
+    created.checked_add(ttl).ok()
 }
 
 /// The StatefulSet to stop for the time of the snapshot, if the spec asks for it (pure).

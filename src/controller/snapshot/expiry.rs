@@ -1,0 +1,98 @@
+//! `spec.ttl`: a Snapshot is deleted once it expires, on the controller's clock (its archives
+//! go with it as its `deletionPolicy` says), but never while a restore still reads it.
+
+use std::time::Duration;
+
+use jiff::Timestamp;
+use kube::api::{Api, DeleteParams, Preconditions};
+use kube::runtime::controller::Action;
+use kube::runtime::events::EventType;
+use kube::{Resource, ResourceExt};
+
+use super::validate::expires_at;
+use crate::api::SnapshotRestore;
+use crate::api::restore::RestorePhase;
+use crate::api::snapshot::Snapshot;
+use crate::controller::kernel::delete_if_there;
+use crate::controller::{Context, Error};
+
+/// How often an expired Snapshot that restores still read is looked at again.
+const HELD_RECHECK: Duration = Duration::from_secs(10);
+
+/// Where a Snapshot stands with its expiry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Expiry {
+    /// It has no `ttl`.
+    Never,
+    /// It expires then.
+    At(Timestamp),
+    /// It has expired: delete it.
+    Due,
+    /// It has expired, but these restores still read it.
+    Held(Vec<String>),
+}
+
+/// Where `snap` stands at `now` (pure); `reading`: the unfinished restores that read it
+/// (asked only once it has expired).
+pub fn expiry(snap: &Snapshot, now: Timestamp, reading: impl FnOnce() -> Vec<String>) -> Expiry {
+    match expires_at(snap) {
+        None => Expiry::Never,
+        Some(at) if now < at => Expiry::At(at),
+        Some(_) => match reading() {
+            held if held.is_empty() => Expiry::Due,
+            held => Expiry::Held(held),
+        },
+    }
+}
+
+/// The unfinished SnapshotRestores of `snap`'s namespace that restore from it (the stores).
+pub fn restores_reading(ctx: &Context, snap: &Snapshot) -> Vec<String> {
+    let ns = snap.namespace();
+    let reads = |r: &SnapshotRestore| {
+        let from = r.spec.source.snapshot_ref.as_ref();
+        let phase = r.status.as_ref().and_then(|s| s.phase);
+        r.namespace() == ns
+            && from.is_some_and(|f| f.name == snap.name_any())
+            && !phase.is_some_and(RestorePhase::is_final)
+    };
+    let mut names: Vec<String> = (ctx.cluster.restores.state().iter())
+        .filter(|r| reads(r))
+        .map(|r| r.name_any())
+        .collect();
+    names.sort();
+    names
+}
+
+/// Deletes the expired `snap` (this very object: another of its name made since is not it),
+/// saying so in an event.
+pub async fn expire(snap: &Snapshot, ctx: &Context) -> Result<Action, Error> {
+    let ttl = snap.spec.ttl.as_deref().unwrap_or_default();
+    let note = format!("expired (ttl {ttl}): deleting it");
+    ctx.publish(snap, EventType::Normal, "Expired", note, "Expire")
+        .await;
+    let api: Api<Snapshot> =
+        Api::namespaced(ctx.client.clone(), &snap.namespace().unwrap_or_default());
+    let params = DeleteParams {
+        preconditions: Some(Preconditions {
+            uid: snap.meta().uid.clone(),
+            resource_version: None,
+        }),
+        ..DeleteParams::default()
+    };
+    delete_if_there(&api, &snap.name_any(), &params).await?;
+    Ok(Action::await_change())
+}
+
+/// Waiting for nothing else: look again when `snap` expires (or, held by restores, in a
+/// while).
+pub fn until_expiry(snap: &Snapshot, ctx: &Context) -> Action {
+    match expiry(snap, ctx.now(), Vec::new) {
+        Expiry::At(at) => {
+            let left = ctx.now().duration_until(at).unsigned_abs();
+            // At least a second (the clocks of passes differ a little).
+            Action::requeue(left.max(Duration::from_secs(1)))
+        }
+        Expiry::Due | Expiry::Held(_) => Action::requeue(HELD_RECHECK),
+        Expiry::Never => Action::await_change(),
+    }
+}
