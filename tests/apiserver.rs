@@ -290,6 +290,66 @@ async fn a_schedule_takes_its_snapshots_and_prunes_them() {
     run.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_is_deleted_once_its_ttl_has_passed_on_the_controller_s_clock() {
+    let Some(run) = Running::start().await else {
+        return;
+    };
+    let client = &run.client;
+    let ns = format!("ttl-it-{}", std::process::id());
+    let namespace = TestNamespace::with_claims(client, &ns, &["data", "backups"]).await;
+    let snapshots: Api<Snapshot> = Api::namespaced(client.clone(), &ns);
+    let retain = json!({"ttl": "1h", "deletionPolicy": "Retain"});
+    let short = create_snapshot_with(&snapshots, "short", retain).await;
+    let kept = create_snapshot_with(&snapshots, "kept", json!({"deletionPolicy": "Retain"})).await;
+    let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
+    for snap in [&short, &kept] {
+        let job = made_for(&jobs, &snap.uid().unwrap(), "its mover").await;
+        let report = json!({"name": "a.snapshot", "key": "products/a.snapshot", "size": 1,
+            "checksum": "ab".repeat(32)});
+        finish_job(client, &ns, &job, &report.to_string(), true).await;
+    }
+    let done = eventually("short Succeeded, with its expiry", || async {
+        let status = snapshots.get("short").await.unwrap().status?;
+        (status.phase == Some(snapshot_operator::api::snapshot::Phase::Succeeded)).then_some(status)
+    })
+    .await;
+    let created = short.metadata.creation_timestamp.clone().unwrap().0;
+    assert_eq!(
+        done.expires_at.map(|t| t.0),
+        Some(created + jiff::SignedDuration::from_hours(1))
+    );
+
+    // Two hours on, on the controller's clock: the next look at it deletes it; the other,
+    // with no ttl, stays.
+    run.ahead.store(7200, std::sync::atomic::Ordering::SeqCst);
+    let poke = json!({"metadata": {"annotations": {"test/poke": "1"}}});
+    for name in ["short", "kept"] {
+        snapshots
+            .patch(name, &PatchParams::default(), &Patch::Merge(&poke))
+            .await
+            .unwrap();
+    }
+    eventually("short deleted", || async {
+        snapshots
+            .get_opt("short")
+            .await
+            .unwrap()
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), &ns);
+    let said = events.list(&ListParams::default()).await.unwrap().items;
+    assert!(
+        said.iter().any(|e| e.reason.as_deref() == Some("Expired")),
+        "{said:?}"
+    );
+    assert!(snapshots.get_opt("kept").await.unwrap().is_some());
+    namespace.delete().await;
+    run.stop().await;
+}
+
 /// The operator binary is the only one running for the import.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn catalog_import_brings_back_snapshots_node_by_node() {
