@@ -54,11 +54,12 @@ pub struct QdrantEndpoint {
 impl QdrantEndpoint {
     /// The API, with the api-key and CA of the environment.
     pub fn connect(&self) -> Result<crate::qdrant_api::Qdrant, crate::qdrant_api::ApiError> {
-        let var = |name| std::env::var(name).ok().filter(|v: &String| !v.is_empty());
-        let access = crate::qdrant_api::Access {
-            api_key: var(QDRANT_API_KEY_ENV),
-            ca_pem: var(QDRANT_CA_ENV).map(String::into_bytes),
-        };
+        let api_key = std::env::var(QDRANT_API_KEY_ENV)
+            .ok()
+            .filter(|v| !v.is_empty());
+        // A CA given but empty (a Secret key that holds nothing) is a mistake, not "no CA".
+        let ca_pem = std::env::var(QDRANT_CA_ENV).ok().map(String::into_bytes);
+        let access = crate::qdrant_api::Access { api_key, ca_pem };
         let timeout = std::time::Duration::from_secs(self.qdrant_timeout);
         crate::qdrant_api::Qdrant::new(&self.qdrant_url, access, timeout)
     }

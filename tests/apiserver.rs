@@ -301,7 +301,8 @@ async fn a_snapshot_is_deleted_once_its_ttl_has_passed_on_the_controller_s_clock
     let snapshots: Api<Snapshot> = Api::namespaced(client.clone(), &ns);
     let retain = json!({"ttl": "1h", "deletionPolicy": "Retain"});
     let short = create_snapshot_with(&snapshots, "short", retain).await;
-    let kept = create_snapshot_with(&snapshots, "kept", json!({"deletionPolicy": "Retain"})).await;
+    let longer = json!({"ttl": "3h", "deletionPolicy": "Retain"});
+    let kept = create_snapshot_with(&snapshots, "kept", longer).await;
     let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
     for snap in [&short, &kept] {
         let job = made_for(&jobs, &snap.uid().unwrap(), "its mover").await;
@@ -320,32 +321,36 @@ async fn a_snapshot_is_deleted_once_its_ttl_has_passed_on_the_controller_s_clock
         Some(created + jiff::SignedDuration::from_hours(1))
     );
 
-    // Two hours on, on the controller's clock: the next look at it deletes it; the other,
-    // with no ttl, stays.
+    // Two hours on, on the controller's clock: the next look at each deletes the one kept
+    // for an hour, not the one kept for three; four hours on, that one too.
+    let look_again = |n: &'static str, names: &'static [&'static str]| {
+        let snapshots = snapshots.clone();
+        async move {
+            let poke = json!({"metadata": {"annotations": {"test/poke": n}}});
+            for name in names {
+                let params = PatchParams::default();
+                snapshots
+                    .patch(name, &params, &Patch::Merge(&poke))
+                    .await
+                    .unwrap();
+            }
+        }
+    };
     run.ahead.store(7200, std::sync::atomic::Ordering::SeqCst);
-    let poke = json!({"metadata": {"annotations": {"test/poke": "1"}}});
-    for name in ["short", "kept"] {
-        snapshots
-            .patch(name, &PatchParams::default(), &Patch::Merge(&poke))
-            .await
-            .unwrap();
-    }
-    eventually("short deleted", || async {
-        snapshots
-            .get_opt("short")
-            .await
-            .unwrap()
-            .is_none()
-            .then_some(())
-    })
-    .await;
+    look_again("1", &["short", "kept"]).await;
+    gone(&snapshots, "short").await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(snapshots.get_opt("kept").await.unwrap().is_some());
     let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), &ns);
     let said = events.list(&ListParams::default()).await.unwrap().items;
     assert!(
         said.iter().any(|e| e.reason.as_deref() == Some("Expired")),
         "{said:?}"
     );
-    assert!(snapshots.get_opt("kept").await.unwrap().is_some());
+    run.ahead
+        .store(4 * 3600, std::sync::atomic::Ordering::SeqCst);
+    look_again("2", &["kept"]).await;
+    gone(&snapshots, "kept").await;
     namespace.delete().await;
     run.stop().await;
 }
@@ -656,6 +661,16 @@ async fn create_snapshot_with(
         .unwrap()
 }
 
+/// Waits until the Snapshot `name` is gone.
+async fn gone(snapshots: &Api<Snapshot>, name: &str) {
+    let what = format!("Snapshot {name} to be gone");
+    eventually(&what, || async {
+        let left = snapshots.get_opt(name).await.unwrap();
+        left.is_none().then_some(())
+    })
+    .await;
+}
+
 /// The only mover of the resource `uid` reads the claim `claim`, read-only; it is finished
 /// here with a report.
 async fn the_mover_reads(client: &Client, ns: &str, uid: &str, claim: &str) {
@@ -836,15 +851,7 @@ async fn snapshot_scenario(client: &Client) {
         "the finalizer holds it"
     );
     finish_job(client, &ns, &delete_job, "{}", true).await;
-    eventually("the Snapshot to be gone", || async {
-        snapshots
-            .get_opt("data-1")
-            .await
-            .unwrap()
-            .is_none()
-            .then_some(())
-    })
-    .await;
+    gone(&snapshots, "data-1").await;
 
     namespace.delete().await;
 }

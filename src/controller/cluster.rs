@@ -141,6 +141,9 @@ impl Cluster {
         }
         if let Some(waiting) = stops.waiting.get_mut(&key) {
             waiting.remove(who);
+            if waiting.is_empty() {
+                stops.waiting.remove(&key);
+            }
         }
         let (uid, who) = (uid.to_owned(), who.clone());
         stops.begun.insert(key, Begun { uid, who, at: now });

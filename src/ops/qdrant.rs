@@ -18,7 +18,7 @@ use crate::engine::archive::manifest_json;
 use crate::engine::manifest::{Format, MANIFEST_ENTRY, Manifest, SnapshotIdentity};
 use crate::engine::restore::{Described as Start, Priority};
 use crate::engine::tarwrite::TarWriter;
-use crate::qdrant_api::{ApiError, Described, Qdrant, Scope, Verified, random_hex};
+use crate::qdrant_api::{ApiError, Qdrant, Scope, Verified, random_hex};
 use crate::source::Opened;
 use crate::storage::{Reader, Storage};
 
@@ -159,6 +159,7 @@ pub async fn recover_through_api(
     if priority == Some(Priority::Replica) {
         refuse_replica_over_replicas(api, scope).await?;
     }
+    clear_stale_uploads(api, scope).await;
     let mut reader = opened.reader.into_async();
     let mut head = Vec::new();
     (&mut reader)
@@ -181,9 +182,8 @@ pub async fn recover_through_api(
     recoverable(&start, &opened.location)?;
     let body = std::io::Cursor::new(head).chain(reader);
     let body = ReaderStream::new(counted(body, progress));
-    clear_stale_uploads(api, scope).await;
     // A name of its own: two restores of one collection never share the uploaded file.
-    let name = format!("{UPLOAD_PREFIX}{}{UPLOAD_SUFFIX}", random_hex());
+    let name = upload_name(Timestamp::now(), api.timeout());
     let recovered = api
         .upload((scope, &name), body, (priority, opened.checksum.as_deref()))
         .await;
@@ -222,9 +222,21 @@ async fn refuse_replica_over_replicas(api: &Qdrant, scope: &Scope) -> Result<(),
     )))
 }
 
-/// How the archives a restore uploads are named on Qdrant's disk: `restore-<32 hex>.snapshot`.
+/// How the archives a restore uploads are named on Qdrant's disk:
+/// `restore-<deadline>-<16 hex>.snapshot`, the deadline (Unix seconds) the time by which the
+/// restore's call has ended, one way or another.
 const UPLOAD_PREFIX: &str = "restore-";
 const UPLOAD_SUFFIX: &str = ".snapshot";
+/// How long after its deadline an upload is left alone: Qdrant may go on recovering it
+/// after the call that sent it timed out.
+const UPLOAD_SLACK: Duration = Duration::from_secs(3600);
+
+/// The name of an upload whose call ends by `now + timeout` (pure but for the random part).
+fn upload_name(now: Timestamp, timeout: Duration) -> String {
+    let deadline = now.as_second().saturating_add(timeout.as_secs() as i64);
+    let hex = &random_hex()[..16];
+    format!("{UPLOAD_PREFIX}{deadline}-{hex}{UPLOAD_SUFFIX}")
+}
 
 /// Deletes the uploads of restores that did not finish (a mover killed while Qdrant
 /// recovered: it never deleted its upload) from `scope`'s snapshots, so that they do not pile
@@ -239,8 +251,9 @@ async fn clear_stale_uploads(api: &Qdrant, scope: &Scope) {
             return tracing::warn!(%error, "could not list Qdrant's snapshots to clear old uploads");
         }
     };
-    for name in stale_uploads(&listed, Timestamp::now(), api.timeout()) {
-        match api.delete_snapshot(scope, &name).await {
+    let names: Vec<&str> = listed.iter().map(|s| s.name.as_str()).collect();
+    for name in stale_uploads(&names, Timestamp::now()) {
+        match api.delete_snapshot(scope, name).await {
             Ok(()) => tracing::info!(snapshot = %name, "deleted an upload a restore left behind"),
             Err(e) => tracing::warn!(snapshot = %name, error = %crate::format::error_line(&e),
                 "could not delete an upload a restore left behind"),
@@ -248,32 +261,22 @@ async fn clear_stale_uploads(api: &Qdrant, scope: &Scope) {
     }
 }
 
-/// The uploads of ours among `listed` older than `older_than` at `now` (pure): no call of ours
-/// lasts longer, so none of them belongs to a restore still running. Qdrant's own snapshots,
-/// anyone else's, and files of unknown age are never named.
-fn stale_uploads(listed: &[Described], now: Timestamp, older_than: Duration) -> Vec<String> {
-    let ours = |name: &str| {
-        let hex = name
-            .strip_prefix(UPLOAD_PREFIX)
-            .and_then(|n| n.strip_suffix(UPLOAD_SUFFIX));
-        hex.is_some_and(|h| h.len() == 32 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+/// The uploads of ours among `names` whose deadline passed more than [`UPLOAD_SLACK`] before
+/// `now` (pure): none of them belongs to a restore still running, whatever its timeout.
+/// Qdrant's own snapshots and anyone else's are never named.
+fn stale_uploads<'a>(names: &[&'a str], now: Timestamp) -> Vec<&'a str> {
+    let deadline = |name: &str| -> Option<i64> {
+        let rest = name
+            .strip_prefix(UPLOAD_PREFIX)?
+            .strip_suffix(UPLOAD_SUFFIX)?;
+        let (deadline, hex) = rest.split_once('-')?;
+        let ours = hex.len() == 16 && hex.bytes().all(|b| b.is_ascii_hexdigit());
+        let digits = !deadline.is_empty() && deadline.bytes().all(|b| b.is_ascii_digit());
+        (ours && digits).then(|| deadline.parse().ok()).flatten()
     };
-    let made = |time: &str| {
-        let civil: jiff::civil::DateTime = time.parse().ok()?;
-        civil
-            .to_zoned(jiff::tz::TimeZone::UTC)
-            .ok()
-            .map(|z| z.timestamp())
-    };
-    let old = |snapshot: &Described| {
-        let made = snapshot.creation_time.as_deref().and_then(made);
-        made.is_some_and(|made| made < now && now.duration_since(made).unsigned_abs() > older_than)
-    };
-    listed
-        .iter()
-        .filter(|s| ours(&s.name) && old(s))
-        .map(|s| s.name.clone())
-        .collect()
+    let cutoff = now.as_second() - UPLOAD_SLACK.as_secs() as i64;
+    let stale = |name: &&str| deadline(name).is_some_and(|d| d < cutoff);
+    names.iter().copied().filter(stale).collect()
 }
 
 /// Whether Qdrant can recover an archive that starts as `start` (pure).
@@ -321,36 +324,33 @@ mod tests {
     }
 
     #[test]
-    fn only_uploads_of_ours_older_than_any_call_are_cleared() {
-        let listed = |name: &str, time: Option<&str>| Described {
-            name: name.into(),
-            creation_time: time.map(Into::into),
-            size: 1,
-            checksum: None,
-        };
-        let hex = "0123456789abcdef0123456789abcdef";
-        let stale = format!("restore-{hex}.snapshot");
-        let listed = [
-            listed(&stale, Some("2026-12-03T09:00:00")),
-            listed(
-                &format!("restore-{hex}.snapshot.tmp"),
-                Some("2026-12-03T09:00:00"),
-            ),
-            listed(&stale.replace('0', "x"), Some("2026-12-03T09:00:00")),
-            listed("restore-1.snapshot", Some("2026-12-03T09:00:00")),
-            listed(
-                "products-1-2026-12-03-09-00-00.snapshot",
-                Some("2026-12-03T09:00:00"),
-            ),
-            listed(&stale.replace('1', "2"), Some("2026-12-03T09:59:00")),
-            listed(&stale.replace('1', "3"), None),
-            listed(&stale.replace('1', "4"), Some("not a time")),
-            listed(&stale.replace('1', "5"), Some("2026-12-03T11:00:00")),
-        ];
+    fn only_uploads_of_ours_past_their_deadline_are_cleared() {
         let now: Timestamp = "2026-12-03T10:00:00Z".parse().unwrap();
-        let hour = Duration::from_secs(3600);
-        assert_eq!(stale_uploads(&listed, now, hour / 2), [stale]);
-        assert!(stale_uploads(&listed, now, hour * 2).is_empty());
+        let made = upload_name(now, Duration::from_secs(60));
+        let deadline = now.as_second() + 60;
+        assert!(made.starts_with(&format!("restore-{deadline}-")), "{made}");
+        assert_eq!(
+            made.len(),
+            "restore-".len() + 10 + 1 + 16 + ".snapshot".len()
+        );
+        // Its own, whatever the timeout: kept until an hour after its deadline.
+        assert!(stale_uploads(&[&made], now).is_empty());
+        let later = |secs| Timestamp::from_second(deadline + secs).unwrap();
+        assert!(stale_uploads(&[&made], later(3600)).is_empty());
+        assert_eq!(stale_uploads(&[&made], later(3601)), [made.as_str()]);
+        // Nothing that is not named as ours.
+        let hex = "0123456789abcdef";
+        let others = [
+            format!("restore-1000-{hex}.snapshot.tmp"),
+            format!("restore-1000-{hex}0.snapshot"),
+            format!("restore--{hex}.snapshot"),
+            format!("restore-x1000-{hex}.snapshot"),
+            "restore-0123456789abcdef0123456789abcdef.snapshot".to_owned(),
+            "products-1-2026-12-03-09-00-00.snapshot".to_owned(),
+            "mine.snapshot".to_owned(),
+        ];
+        let others: Vec<&str> = others.iter().map(String::as_str).collect();
+        assert!(stale_uploads(&others, later(1 << 30)).is_empty());
     }
 
     #[test]

@@ -66,9 +66,6 @@ impl Scope {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct Described {
     pub name: String,
-    /// When its file was made, UTC without a zone (`2026-12-03T10:00:00`).
-    #[serde(default)]
-    pub creation_time: Option<String>,
     pub size: u64,
     /// SHA-256, lowercase hex (Qdrant since 1.5).
     #[serde(default)]
@@ -86,11 +83,12 @@ pub enum ApiError {
         #[source]
         source: reqwest::Error,
     },
-    #[error(
-        "Qdrant at {url} shows a certificate that is not trusted: {why} (give the CA that \
-         signed it: --qdrant-ca FILE, or caSecret in the resource's qdrant)"
-    )]
-    Untrusted { url: String, why: String },
+    #[error("Qdrant at {url} shows a certificate that is not accepted: {why}{hint}")]
+    Untrusted {
+        url: String,
+        why: String,
+        hint: &'static str,
+    },
     #[error("the CA certificates given for Qdrant are not usable: {why} (give PEM certificates)")]
     Ca { why: String },
     #[error("Qdrant did not answer {what} at {url} within {secs} s")]
@@ -150,12 +148,23 @@ fn certificates(pem: &[u8]) -> Result<Vec<reqwest::Certificate>, ApiError> {
     Ok(certs)
 }
 
-/// Whether `e` failed on the server's certificate, and why (rustls's words).
-fn untrusted(e: &reqwest::Error) -> Option<String> {
+/// Whether `e` failed on the server's certificate: why (rustls's words), and what to check.
+fn untrusted(e: &reqwest::Error) -> Option<(String, &'static str)> {
+    use rustls::CertificateError as Cert;
     let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = cause {
-        if let Some(tls @ rustls::Error::InvalidCertificate(_)) = err.downcast_ref() {
-            return Some(tls.to_string());
+        if let Some(tls @ rustls::Error::InvalidCertificate(why)) = err.downcast_ref() {
+            let hint = match why {
+                Cert::UnknownIssuer | Cert::BadSignature => {
+                    " (give the CA that signed it: --qdrant-ca FILE, or caSecret in the \
+                     resource's qdrant)"
+                }
+                Cert::NotValidForName | Cert::NotValidForNameContext { .. } => {
+                    " (the certificate must name the address Qdrant is reached at)"
+                }
+                _ => " (check Qdrant's certificate: its dates and its uses)",
+            };
+            return Some((tls.to_string(), hint));
         }
         // An io::Error's `source` skips the error it wraps.
         let wrapped = err
@@ -231,9 +240,15 @@ impl Qdrant {
             .redirect(reqwest::redirect::Policy::none())
             .referer(false)
             .build()
-            .map_err(|source| ApiError::Unreachable {
-                url: base.to_string(),
-                source,
+            .map_err(|source| match &access.ca_pem {
+                // What fails here with a CA given is the CA (a block that is no certificate).
+                Some(_) => ApiError::Ca {
+                    why: crate::format::error_line(&source),
+                },
+                None => ApiError::Unreachable {
+                    url: base.to_string(),
+                    source,
+                },
             })?;
         Ok(Self {
             base,
@@ -299,10 +314,11 @@ impl Qdrant {
                 secs: self.timeout.as_secs(),
             };
         }
-        if let Some(why) = untrusted(&e) {
+        if let Some((why, hint)) = untrusted(&e) {
             return ApiError::Untrusted {
                 url: url.to_string(),
                 why,
+                hint,
             };
         }
         ApiError::Unreachable {

@@ -91,7 +91,6 @@ mod tests {
     fn described(size: u64, checksum: Option<&str>) -> Described {
         Described {
             name: "c.snapshot".into(),
-            creation_time: None,
             size,
             checksum: checksum.map(Into::into),
         }

@@ -1412,10 +1412,10 @@ async fn a_snapshot_is_deleted_once_its_ttl_has_passed_unless_a_restore_still_re
 
     // After: deleted (this very Snapshot, by UID), saying so; its cleanup follows.
     let script = vec![
-        event("Expired"),
         Expect::new("DELETE", SNAPS, stored()).check(|body| {
             assert_eq!(body["preconditions"]["uid"], "uid-1", "{body}");
         }),
+        event("Expired"),
     ];
     let action = expiring_at(kept_a_day(), "2026-12-02T10:00:00Z", vec![], script).await;
     assert_eq!(action.unwrap(), Action::await_change());
@@ -1439,7 +1439,7 @@ async fn a_snapshot_is_deleted_once_its_ttl_has_passed_unless_a_restore_still_re
         held.await.unwrap(),
         Action::requeue(Duration::from_secs(10))
     );
-    let script = vec![event("Expired"), Expect::new("DELETE", SNAPS, stored())];
+    let script = vec![Expect::new("DELETE", SNAPS, stored()), event("Expired")];
     let done = expiring_at(
         kept_a_day(),
         "2026-12-03T00:00:00Z",

@@ -71,7 +71,7 @@ async fn apply(snap: &Snapshot, ctx: &Context) -> Result<Action, Error> {
         Expiry::Held(by) => {
             tracing::info!(restores = ?by, "expired, kept while these restores read it");
         }
-        Expiry::Never | Expiry::At(_) => {}
+        Expiry::Never | Expiry::At(_) | Expiry::Unfinished => {}
     }
     // Its status comes from the storage (`import`); no mover ever runs for it. (A label put
     // on a Snapshot that holds its StatefulSet stopped does not stop its reconciliation.)

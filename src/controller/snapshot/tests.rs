@@ -315,7 +315,18 @@ fn ttls_are_positive_durations_whose_days_are_24_hours() {
     assert_eq!(ttl_of("720h0m0s"), Ok(Some(720 * 3600)));
     assert_eq!(ttl_of("PT36H"), Ok(Some(36 * 3600)));
     assert_eq!(ttl_of("2 days"), Ok(Some(2 * 86400)));
-    for refused in ["", "soon", "0s", "-1h", "2w", "1 month", "1y"] {
+    assert_eq!(ttl_of("36500d"), Ok(Some(36500 * 86400)));
+    for refused in [
+        "",
+        "soon",
+        "0s",
+        "-1h",
+        "2w",
+        "1 month",
+        "1y",
+        "36501d",
+        "175000000h",
+    ] {
         let why = ttl_of(refused).unwrap_err();
         assert!(matches!(why, Invalid::Ttl { .. }), "{refused}: {why}");
         assert!(why.to_string().contains("such as 72h"), "{why}");

@@ -49,6 +49,9 @@ pub fn validate(spec: &SnapshotSpec) -> Result<(), Invalid> {
     validate_qdrant(spec.qdrant.as_ref())
 }
 
+/// The longest ttl: 100 years of 365 days (a timestamp stays far within range).
+const MAX_TTL: SignedDuration = SignedDuration::from_hours(100 * 365 * 24);
+
 /// How long the Snapshot is kept, if `ttl` says (pure): a positive duration whose days are
 /// 24 hours; weeks, months and years are not fixed lengths and are refused.
 pub fn ttl(spec: &SnapshotSpec) -> Result<Option<SignedDuration>, Invalid> {
@@ -73,6 +76,9 @@ pub fn ttl(spec: &SnapshotSpec) -> Result<Option<SignedDuration>, Invalid> {
         .map_err(|e| invalid(e.to_string()))?;
     if !duration.is_positive() {
         return Err(invalid("it must be longer than zero".into()));
+    }
+    if duration > MAX_TTL {
+        return Err(invalid("it must be at most 100 years".into()));
     }
     Ok(Some(duration))
 }
