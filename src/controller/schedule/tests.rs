@@ -421,6 +421,11 @@ fn invalid_schedules_say_why() {
             json!({"template": {"source": {}, "collection": "products"}}),
             "template",
         ),
+        (
+            json!({"template": {"source": {"persistentVolumeClaim": {"claimName": "data"}},
+                                "ttl": "a while"}}),
+            "template: ttl \"a while\" is not a duration",
+        ),
     ] {
         let error = decide(
             &schedule(spec, Value::Null),
@@ -451,7 +456,9 @@ async fn pass(sched: SnapshotSchedule, now: &str, script: Vec<Expect>) -> Action
 
 #[tokio::test]
 async fn a_due_run_creates_its_snapshot_then_writes_the_status_and_waits_for_the_next() {
-    let sched = schedule(json!({}), Value::Null);
+    let template = json!({"source": {"persistentVolumeClaim": {"claimName": "data"}},
+        "collection": "products", "ttl": "30d"});
+    let sched = schedule(json!({"template": template}), Value::Null);
     let stored = serde_json::to_value(&sched).unwrap();
     let script = vec![
         Expect::new(
@@ -471,6 +478,10 @@ async fn a_due_run_creates_its_snapshot_then_writes_the_status_and_waits_for_the
             );
             assert_eq!(body["metadata"].get("ownerReferences"), None, "not owned");
             assert_eq!(body["spec"]["collection"], "products");
+            assert_eq!(
+                body["spec"]["ttl"], "30d",
+                "the template's ttl, on its Snapshot"
+            );
         }),
         event("Scheduled"),
         Expect::new("PATCH", format!("{SCHEDS}/status"), stored).check(|body| {
