@@ -35,6 +35,16 @@ wait_for() { # resource jsonpath expected [timeout-seconds]
   fail "$1 $2 never became $3 (it is '$(jp "$1" "$2" 2>/dev/null)')"
 }
 
+# The leading operator replica's metric sample, e.g. `name{label="v"}` (0 when absent).
+leader_metric() { # sample
+  local leader
+  leader="$(kubectl -n "$OPERATOR_NS" get lease -o jsonpath='{.items[0].spec.holderIdentity}')"
+  local text
+  text="$(kubectl get --raw "/api/v1/namespaces/$OPERATOR_NS/pods/$leader:8080/proxy/metrics")" \
+    || fail "cannot read the metrics of the leader $leader"
+  echo "$text" | awk -v s="$1" '$1 == s {print $2; found = 1} END {if (!found) print 0}'
+}
+
 # Waits until a namespaced object is gone.
 wait_gone() { # kind/name [timeout-seconds]
   local deadline=$((SECONDS + ${2:-180}))
@@ -431,6 +441,11 @@ YAML
   [ "$recovered" = "$before" ] || fail "search in the recovered collection: $recovered, before: $before"
   k rollout status statefulset/vectors --timeout=300s >/dev/null
   qdrant_api DELETE /collections/products >/dev/null
+  # What the leader has counted of restore movers so far (checked after the two below).
+  movers_metric='snapshot_operator_mover_duration_seconds_count{operation="restore"}'
+  bytes_metric='snapshot_operator_restored_bytes_total'
+  movers_before="$(leader_metric "$movers_metric")"
+  bytes_before="$(leader_metric "$bytes_metric")"
   k apply -f - >/dev/null <<'YAML'
 apiVersion: snapshot-operator.dev/v1alpha1
 kind: SnapshotRestore
@@ -448,6 +463,7 @@ YAML
   [ "$count" = 500 ] || fail "the restored collection holds $count points, not 500"
   after="$(qdrant_api POST /collections/products/points/search "$query" | qdrant_field '[p["id"] for p in result]')"
   [ "$after" = "$before" ] || fail "search after the restore: $after, before: $before"
+  restored_bytes="$(jp snapshotrestore/vectors-back '{.status.nodes[*].bytes}')"
   k delete snapshotrestore vectors-back >/dev/null
   k delete snapshot vectors-stop --timeout=300s >/dev/null || fail "vectors-stop not deleted"
   pass "the real Qdrant: 500 points snapshotted with copyMethod Stop, recovered by Qdrant's own API from our archive and restored by a SnapshotRestore after the collection was deleted: 500 points and the same search results each time"
@@ -489,9 +505,18 @@ YAML
   [ "$(jp pod/vectors-0 '{.metadata.uid}')" = "$pod_uid" ] || fail "Qdrant was restarted"
   [ "$(qdrant_api GET /collections/through-api/snapshots | qdrant_field 'len(result)')" = 0 ] \
     || fail "the uploaded snapshot was left on Qdrant's disk"
+  restored_bytes="$restored_bytes $(jp snapshotrestore/vectors-api-back '{.status.nodes[*].bytes}')"
+  # Two restore movers, each counted once, with the bytes their nodes' status gives (read
+  # again a few seconds later: a second count would show).
+  sleep 5
+  movers=$(( $(leader_metric "$movers_metric") - movers_before ))
+  bytes=$(( $(leader_metric "$bytes_metric") - bytes_before ))
+  expected_bytes=$(( $(echo "$restored_bytes" | tr ' ' '\n' | awk '{s += $1} END {print s + 0}') ))
+  [ "$movers" = 2 ] || fail "the leader counted $movers restore movers for the two restores, not 2"
+  [ "$bytes" = "$expected_bytes" ] || fail "the leader counted $bytes restored bytes, not $expected_bytes ($restored_bytes)"
   k delete snapshotrestore vectors-api-back >/dev/null
   k delete snapshot vectors-api --timeout=300s >/dev/null || fail "vectors-api not deleted"
-  pass "the real Qdrant through its API (copyMethod QdrantAPI, method QdrantAPI): snapshotted and recovered while it ran, 500 points and the same search results, nothing left on its disk"
+  pass "the real Qdrant through its API (copyMethod QdrantAPI, method QdrantAPI): snapshotted and recovered while it ran, 500 points and the same search results, nothing left on its disk; the two restores' movers counted once in the leader's metrics ($bytes bytes)"
 else
   echo "e2e: the real Qdrant as a workload: SKIPPED: no Qdrant image (build the Qdrant binary once with ../shared/tools/build-qdrant.sh)"
 fi
