@@ -80,11 +80,7 @@ impl Stopper {
 
 impl std::fmt::Display for Stopper {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let kind = match self.kind {
-            Kind::Snapshot => "Snapshot",
-            Kind::SnapshotRestore => "SnapshotRestore",
-        };
-        write!(f, "{kind} {}", self.name)
+        write!(f, "{} {}", self.kind.name(), self.name)
     }
 }
 
@@ -193,6 +189,25 @@ impl Cluster {
                 })
         });
         restore.map(|r| Stopper::new(Kind::SnapshotRestore, r.name_any()))
+    }
+
+    /// The unfinished SnapshotRestores of namespace `namespace` that restore from a Snapshot
+    /// (`snapshotRef`), as (Snapshot, SnapshotRestore) names: a Snapshot they read is neither
+    /// pruned nor expired under them.
+    pub fn restores_reading(&self, namespace: &str) -> Vec<(String, String)> {
+        use crate::api::restore::RestorePhase;
+        let reading = |r: &SnapshotRestore| {
+            let phase = r.status.as_ref().and_then(|s| s.phase);
+            let from = r.spec.source.snapshot_ref.as_ref();
+            let here = r.namespace().as_deref() == Some(namespace);
+            let from = from.filter(|_| here && !phase.is_some_and(RestorePhase::is_final));
+            from.map(|f| (f.name.clone(), r.name_any()))
+        };
+        self.restores
+            .state()
+            .iter()
+            .filter_map(|r| reading(r))
+            .collect()
     }
 
     /// Whether the stores show a Snapshot or SnapshotRestore of UID `uid` that is not

@@ -19,6 +19,23 @@ pub enum Kind {
     SnapshotRestore,
 }
 
+impl Kind {
+    /// The resource's kind, as the API server spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Snapshot => "Snapshot",
+            Self::SnapshotRestore => "SnapshotRestore",
+        }
+    }
+
+    /// The kind spelled `name`, if it is one of these.
+    pub fn of(name: &str) -> Option<Self> {
+        [Self::Snapshot, Self::SnapshotRestore]
+            .into_iter()
+            .find(|k| k.name() == name)
+    }
+}
+
 /// A resource whose movers wait in line for slots.
 pub trait Queued: kube::Resource<DynamicType = ()> {
     const KIND: Kind;
@@ -243,6 +260,22 @@ mod tests {
             TWO,
             t
         ));
+    }
+
+    #[test]
+    fn kinds_are_spelled_as_the_resources_are() {
+        use kube::Resource;
+        for (kind, spelled) in [
+            (Kind::Snapshot, crate::api::Snapshot::kind(&())),
+            (
+                Kind::SnapshotRestore,
+                crate::api::SnapshotRestore::kind(&()),
+            ),
+        ] {
+            assert_eq!(kind.name(), spelled);
+            assert_eq!(Kind::of(&spelled), Some(kind));
+        }
+        assert_eq!(Kind::of("Job"), None);
     }
 
     #[test]

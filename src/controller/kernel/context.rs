@@ -175,10 +175,8 @@ impl Context {
             .iter()
             .filter(|o| o.controller == Some(true))
         {
-            let kind = match owner.kind.as_str() {
-                "Snapshot" => Kind::Snapshot,
-                "SnapshotRestore" => Kind::SnapshotRestore,
-                _ => continue,
+            let Some(kind) = Kind::of(&owner.kind) else {
+                continue;
             };
             let woken = self.wake(kind, &namespace, &owner.name);
             tracing::trace!(owner = %owner.name, ?woken, "a mover changed");

@@ -19,7 +19,6 @@ use super::{
     Context, Error, Invalid, create_if_absent, delete_if_there, patch_status, reject, trusted,
 };
 use crate::api::condition::{self, reason};
-use crate::api::restore::RestorePhase;
 use crate::api::schedule::{
     ConcurrencyPolicy, SnapshotSchedule, SnapshotScheduleSpec, SnapshotScheduleStatus,
 };
@@ -290,7 +289,9 @@ pub async fn reconcile(sched: Arc<SnapshotSchedule>, ctx: Arc<Context>) -> Resul
         .await?
         .items;
     let now = ctx.now();
-    let restoring = restoring(&ctx, &ns);
+    let restoring: Vec<String> = (ctx.cluster.restores_reading(&ns).into_iter())
+        .map(|(snapshot, _)| snapshot)
+        .collect();
     let decision = match admit(&ctx, &sched).and_then(|()| decide(&sched, &own, &restoring, now)) {
         Ok(decision) => decision,
         Err(why) => {
@@ -322,22 +323,6 @@ pub async fn reconcile(sched: Arc<SnapshotSchedule>, ctx: Arc<Context>) -> Resul
     Ok(decision
         .requeue
         .map_or_else(Action::await_change, Action::requeue))
-}
-
-/// The Snapshots of namespace `ns` that a restore in progress reads: they are not pruned
-/// under it.
-fn restoring(ctx: &Context, ns: &str) -> Vec<String> {
-    ctx.cluster
-        .restores
-        .state()
-        .iter()
-        .filter(|r| r.namespace().as_deref() == Some(ns))
-        .filter(|r| {
-            let phase = r.status.as_ref().and_then(|s| s.phase);
-            !phase.is_some_and(RestorePhase::is_final)
-        })
-        .filter_map(|r| r.spec.source.snapshot_ref.as_ref().map(|s| s.name.clone()))
-        .collect()
 }
 
 /// Whether the operator may act on the template: its S3 endpoint and mover security context.

@@ -10,8 +10,6 @@ use kube::runtime::events::EventType;
 use kube::{Resource, ResourceExt};
 
 use super::validate::expires_at;
-use crate::api::SnapshotRestore;
-use crate::api::restore::RestorePhase;
 use crate::api::snapshot::{Phase, Snapshot};
 use crate::controller::kernel::delete_if_there;
 use crate::controller::{Context, Error};
@@ -52,17 +50,11 @@ pub fn expiry(snap: &Snapshot, now: Timestamp, reading: impl FnOnce() -> Vec<Str
 
 /// The unfinished SnapshotRestores of `snap`'s namespace that restore from it (the stores).
 pub fn restores_reading(ctx: &Context, snap: &Snapshot) -> Vec<String> {
-    let ns = snap.namespace();
-    let reads = |r: &SnapshotRestore| {
-        let from = r.spec.source.snapshot_ref.as_ref();
-        let phase = r.status.as_ref().and_then(|s| s.phase);
-        r.namespace() == ns
-            && from.is_some_and(|f| f.name == snap.name_any())
-            && !phase.is_some_and(RestorePhase::is_final)
-    };
-    let mut names: Vec<String> = (ctx.cluster.restores.state().iter())
-        .filter(|r| reads(r))
-        .map(|r| r.name_any())
+    let (ns, name) = (snap.namespace().unwrap_or_default(), snap.name_any());
+    let reading = ctx.cluster.restores_reading(&ns).into_iter();
+    let mut names: Vec<String> = reading
+        .filter(|(s, _)| *s == name)
+        .map(|(_, r)| r)
         .collect();
     names.sort();
     names
@@ -92,9 +84,10 @@ pub async fn expire(snap: &Snapshot, ctx: &Context) -> Result<Action, Error> {
 /// Waiting for nothing else: look again when `snap` expires (or, held by restores, in a
 /// while).
 pub fn until_expiry(snap: &Snapshot, ctx: &Context) -> Action {
-    match expiry(snap, ctx.now(), Vec::new) {
+    let now = ctx.now();
+    match expiry(snap, now, Vec::new) {
         Expiry::At(at) => {
-            let left = ctx.now().duration_until(at).unsigned_abs();
+            let left = now.duration_until(at).unsigned_abs();
             // At least a second (the clocks of passes differ a little).
             Action::requeue(left.max(Duration::from_secs(1)))
         }
