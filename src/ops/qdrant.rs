@@ -271,8 +271,12 @@ fn stale_uploads<'a>(names: &[&'a str], now: Timestamp) -> Vec<&'a str> {
             .strip_suffix(UPLOAD_SUFFIX)?;
         let (deadline, hex) = rest.split_once('-')?;
         let ours = hex.len() == 16 && hex.bytes().all(|b| b.is_ascii_hexdigit());
+        // Digits only (`parse` alone would take a sign).
         let digits = !deadline.is_empty() && deadline.bytes().all(|b| b.is_ascii_digit());
-        (ours && digits).then(|| deadline.parse().ok()).flatten()
+        if !(ours && digits) {
+            return None;
+        }
+        deadline.parse().ok()
     };
     let cutoff = now.as_second() - UPLOAD_SLACK.as_secs() as i64;
     let stale = |name: &&str| deadline(name).is_some_and(|d| d < cutoff);

@@ -128,16 +128,6 @@ pub struct Access {
     pub ca_pem: Option<Vec<u8>>,
 }
 
-impl Access {
-    /// With the api-key `key` and no CA of its own.
-    pub fn key(key: Option<String>) -> Self {
-        Self {
-            api_key: key,
-            ca_pem: None,
-        }
-    }
-}
-
 /// The certificates of a PEM bundle (pure): at least one, each a certificate.
 fn certificates(pem: &[u8]) -> Result<Vec<reqwest::Certificate>, ApiError> {
     let bad = |why: String| ApiError::Ca { why };
@@ -755,7 +745,10 @@ mod tests {
     fn the_api_key_is_never_shown() {
         let api = Qdrant::new(
             "http://q:6333",
-            Access::key(Some("secret-key".into())),
+            Access {
+                api_key: Some("secret-key".into()),
+                ca_pem: None,
+            },
             Duration::from_secs(1),
         )
         .unwrap();
