@@ -171,6 +171,9 @@ impl Running {
                 .try_init();
         }
         let operator = operator_client(&client).await;
+        served::<Snapshot>(&operator).await;
+        served::<SnapshotRestore>(&operator).await;
+        served::<snapshot_operator::api::SnapshotSchedule>(&operator).await;
         let metrics = Arc::new(Metrics::default());
         let shutdown = CancellationToken::new();
         let ahead = Arc::new(std::sync::atomic::AtomicI64::new(0));
@@ -572,7 +575,29 @@ async fn install_crds(client: &Client) {
             Err(e) => panic!("installing the CRD: {e}"),
         }
     }
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    served::<Snapshot>(client).await;
+    served::<SnapshotRestore>(client).await;
+    served::<snapshot_operator::api::SnapshotSchedule>(client).await;
+}
+
+/// Waits until the API server serves `K` to `client` (a CRD just created is Established a
+/// moment before its list answers, and a role just bound a moment before it is enforced: a
+/// controller started in between counts a failed watch).
+async fn served<K>(client: &Client)
+where
+    K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let api: Api<K> = Api::all(client.clone());
+    for _ in 0..100 {
+        if api.list(&ListParams::default().limit(1)).await.is_ok() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!(
+        "{} is not served 10 s after its CRD was installed",
+        K::plural(&())
+    );
 }
 
 /// A StatefulSet `name` of two replicas with the claim template `data` (no pods: there is
