@@ -122,8 +122,73 @@ pub struct CreateArgs {
     #[arg(long, conflicts_with = "qdrant_url", value_parser = PossibleValuesParser::new(Format::NAMES)
         .map(|s| s.parse::<Format>().expect("listed values parse")))]
     pub format: Option<Format>,
+    #[command(flatten)]
+    pub encrypt: EncryptArgs,
     #[arg(long, short, value_enum, default_value_t)]
     pub output: Output,
+}
+
+/// Encrypting new archives (the age format): to public keys only.
+#[derive(Debug, Args)]
+pub struct EncryptArgs {
+    /// Encrypt the archive to this age recipient (a public key, age1…, as `age-keygen -y`
+    /// prints it); repeatable. Default: those of $SNAPSHOT_OPERATOR_AGE_RECIPIENTS (one per
+    /// line), else none (stored plain).
+    #[arg(long, value_name = "AGE1…", conflicts_with = "qdrant_url")]
+    pub recipient: Vec<String>,
+    /// Encrypt to the recipients listed in FILE (one per line, `#` comments: age's -R).
+    #[arg(long, value_name = "FILE", conflicts_with = "qdrant_url")]
+    pub recipients_file: Vec<PathBuf>,
+}
+
+impl EncryptArgs {
+    /// The recipients given, `None` for none.
+    fn recipients(&self) -> Result<Option<crate::crypt::Recipients>> {
+        use crate::crypt::Recipients;
+        if self.recipient.is_empty() && self.recipients_file.is_empty() {
+            return Ok(Recipients::from_env()?);
+        }
+        let mut texts = self.recipient.clone();
+        for file in &self.recipients_file {
+            texts.push(read_key_file(file)?);
+        }
+        Ok(Some(Recipients::parse_all("the recipients given", &texts)?))
+    }
+}
+
+/// Reading encrypted archives (the age format).
+#[derive(Debug, Args)]
+pub struct DecryptArgs {
+    /// Read encrypted archives with the age identities in FILE (secret keys, as
+    /// `age-keygen` writes them); repeatable, and a file may hold several: after a key
+    /// rotation, give the new key and the old ones. Default: those of
+    /// $SNAPSHOT_OPERATOR_AGE_IDENTITIES (an identity file's text).
+    #[arg(long, value_name = "FILE")]
+    pub identity_file: Vec<PathBuf>,
+}
+
+impl DecryptArgs {
+    /// The identities given (none: only plain archives are read).
+    fn identities(&self) -> Result<crate::crypt::Identities> {
+        use crate::crypt::Identities;
+        if self.identity_file.is_empty() {
+            return Ok(Identities::from_env()?);
+        }
+        let texts = (self.identity_file.iter())
+            .map(|file| read_key_file(file))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Identities::parse_all("the identity files given", &texts)?)
+    }
+}
+
+/// The text of a key file.
+fn read_key_file(path: &Path) -> Result<String> {
+    std::fs::read_to_string(path).map_err(|source| {
+        Box::new(CliError::Input {
+            path: path.to_owned(),
+            source,
+        })
+    })
 }
 
 /// A running Qdrant's REST API, instead of its storage directory.
@@ -220,6 +285,10 @@ pub struct DownloadArgs {
     /// Write to FILE (`-` for standard output); default: the snapshot's name here.
     #[arg(long, short, value_name = "FILE")]
     pub output: Option<PathBuf>,
+    /// Decrypt an encrypted archive with these identities as it is written (its checksum is
+    /// still verified, over the bytes stored); without any, it is written as stored.
+    #[command(flatten)]
+    pub decrypt: DecryptArgs,
     #[command(flatten)]
     pub pace: PaceArgs,
 }
@@ -308,6 +377,8 @@ pub struct RestoreArgs {
     pub pace: PaceArgs,
     #[command(flatten)]
     pub limits: crate::protocol::LimitArgs,
+    #[command(flatten)]
+    pub decrypt: DecryptArgs,
     #[arg(long, short, value_enum, default_value_t)]
     pub output: Output,
 }
@@ -345,6 +416,11 @@ pub enum CliError {
     Controller(#[from] crate::controller::ControllerError),
     #[error("failed to write {path}")]
     Output {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("failed to read {path}")]
+    Input {
         path: PathBuf,
         source: std::io::Error,
     },
@@ -532,6 +608,7 @@ async fn create(args: CreateArgs, config: &Config, storage: &dyn Storage) -> Res
                 exclude,
                 identity: None,
                 format: args.format,
+                encrypt_to: args.encrypt.recipients()?,
             };
             ops::create_snapshot(storage, request, bar.progress()).await?
         }
@@ -658,6 +735,8 @@ async fn download(args: DownloadArgs, storage: &dyn Storage) -> Result<ExitCode>
             source,
         })?),
     };
+    let identities = args.decrypt.identities()?;
+    let decrypt = !identities.is_empty();
     // Read and hash on one thread, write on another (see engine::readahead).
     let copied = tokio::task::spawn_blocking(move || {
         let mut out = ProgressWriter {
@@ -667,7 +746,17 @@ async fn download(args: DownloadArgs, storage: &dyn Storage) -> Result<ExitCode>
         };
         let (written, hashed) =
             readahead::with_read_ahead(reader.into_blocking(), u64::MAX, |input| {
-                std::io::copy(input, &mut out).and_then(|n| out.flush().map(|()| n))
+                let copied = if decrypt {
+                    let mut plain = identities.plaintext(&mut *input)?;
+                    let copied = std::io::copy(&mut plain, &mut out);
+                    drop(plain);
+                    // What may follow the last chunk is hashed too (and then refused).
+                    copied.and_then(|n| std::io::copy(input, &mut std::io::sink()).map(|_| n))
+                } else {
+                    std::io::copy(input, &mut out)
+                };
+                let copied = copied.and_then(|n| out.flush().map(|()| n));
+                copied.map_err(|source| OpsError::from(StorageError::Body { source }))
             });
         (written, hashed)
     })
@@ -676,7 +765,7 @@ async fn download(args: DownloadArgs, storage: &dyn Storage) -> Result<ExitCode>
     bar.finish();
     // A failure drops the partial file, which removes it.
     let (written, hashed) = copied;
-    let done = written.map_err(|source| StorageError::Body { source })?;
+    let done = written?;
     let hashed = hashed.ok_or_else(|| StorageError::Body {
         source: std::io::Error::other("the download ended early"),
     })?;
@@ -684,8 +773,9 @@ async fn download(args: DownloadArgs, storage: &dyn Storage) -> Result<ExitCode>
     if let Some(temp) = &partial {
         keep(temp, &target)?;
         eprintln!(
-            "downloaded {} to {} ({}, sha256 verified: {})",
+            "downloaded {}{} to {} ({}, sha256 verified: {})",
             location,
+            if decrypt { " (decrypted)" } else { "" },
             target.display(),
             human_bytes(done),
             if expected.is_some() {
@@ -876,6 +966,7 @@ async fn restore(args: RestoreArgs, config: &Config) -> Result<ExitCode> {
         local_files: true,
     };
     let limits = Limits::from(args.limits);
+    let identities = args.decrypt.identities()?;
     let into = match (args.qdrant.api()?, &args.storage_path) {
         (Some(api), _) => RestoreInto::Qdrant(api),
         (None, Some(path)) => RestoreInto::Storage(path.clone()),
@@ -907,6 +998,7 @@ async fn restore(args: RestoreArgs, config: &Config) -> Result<ExitCode> {
                     checksum: None,
                     limits,
                     shard: args.shard,
+                    identities: identities.clone(),
                 };
                 let done = ops::restore_snapshot(opened, spec, bar.progress()).await;
                 bar.finish();

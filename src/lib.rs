@@ -19,6 +19,7 @@ pub mod catalog;
 pub mod cli;
 pub mod config;
 pub mod controller;
+pub mod crypt;
 pub mod engine;
 pub mod format;
 pub mod ops;

@@ -475,6 +475,9 @@ pub struct MoverReport {
     /// Snapshots: the files written to while they were read, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub changed: Option<String>,
+    /// A snapshot: the archive is stored encrypted.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub encrypted: bool,
 }
 
 /// The largest termination message Kubernetes keeps.

@@ -129,7 +129,7 @@ pub enum TarError {
 }
 
 impl TarError {
-    fn from_io(source: io::Error) -> Self {
+    pub(crate) fn from_io(source: io::Error) -> Self {
         if source.kind() == io::ErrorKind::UnexpectedEof {
             Self::Truncated
         } else {

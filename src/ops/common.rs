@@ -35,6 +35,8 @@ pub enum OpsError {
     Name(#[from] name::NameError),
     #[error(transparent)]
     Qdrant(#[from] crate::qdrant_api::ApiError),
+    #[error(transparent)]
+    Crypt(#[from] crate::crypt::CryptError),
     #[error("{0}")]
     Usage(String),
 }
@@ -56,6 +58,9 @@ pub struct Created {
     /// The snapshot Qdrant made, when made through its API (deleted from its disk since).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub qdrant_snapshot: Option<String>,
+    /// Whether it is stored encrypted (an age file).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub encrypted: bool,
 }
 
 /// The keys an archive of `collection` taken on `node` at `at` may be stored under: its

@@ -189,6 +189,8 @@ pub struct SnapshotRequest {
     pub identity: Option<SnapshotIdentity>,
     /// The archive's format (`None`: Qdrant's for a Qdrant storage directory, else files).
     pub format: Option<crate::engine::manifest::Format>,
+    /// Encrypt the archive to these (`None`: stored plain).
+    pub encrypt_to: Option<crate::crypt::Recipients>,
 }
 
 /// Creates a snapshot of `request` in `storage`.
@@ -211,13 +213,24 @@ pub async fn create_snapshot(
 
     let (writer, reader) = pipe(PIPE_SLOTS);
     let job_spec = spec.clone();
+    let encrypt_to = request.encrypt_to;
+    let encrypted = encrypt_to.is_some();
     let writer_task = tokio::task::spawn_blocking(move || {
         let mut writer = writer;
-        let archived =
-            archive::write_archive(&job_spec, &manifest, &mut writer, progress.as_ref())?;
-        writer
-            .finish()
-            .map_err(|source| CreateError::Write { source })?;
+        let write = |out: &mut dyn std::io::Write| {
+            archive::write_archive(&job_spec, &manifest, out, progress.as_ref())
+        };
+        let write_err = |source| CreateError::Write { source };
+        let archived = match &encrypt_to {
+            None => write(&mut writer)?,
+            Some(recipients) => {
+                let mut sealed = recipients.encrypt(&mut writer).map_err(write_err)?;
+                let archived = write(&mut sealed)?;
+                sealed.finish().map_err(write_err)?;
+                archived
+            }
+        };
+        writer.finish().map_err(write_err)?;
         Ok::<_, CreateError>(archived)
     });
     let stored = storage.put(&naming, Reader::Chunks(reader), None).await;
@@ -240,6 +253,7 @@ pub async fn create_snapshot(
         archive,
         content: Some(content),
         qdrant_snapshot: None,
+        encrypted,
     })
 }
 
@@ -313,6 +327,7 @@ async fn mover_snapshot(
         exclude: Vec::new(),
         identity: task.identity,
         format: task.format,
+        encrypt_to: crate::crypt::Recipients::from_env()?,
     };
     let created = create_snapshot(store.as_ref(), request, no_progress()).await?;
     Ok(created_report(created))
@@ -330,6 +345,7 @@ fn created_report(created: Created) -> MoverReport {
         location: Some(created.archive.location),
         size: Some(created.archive.size),
         checksum: created.archive.checksum,
+        encrypted: created.encrypted,
         ..MoverReport::default()
     }
 }
@@ -443,6 +459,7 @@ async fn mover_restore(
         checksum: None,
         limits: task.limits.into(),
         shard: task.shard,
+        identities: crate::crypt::Identities::from_env()?,
     };
     let restored = restore_snapshot(opened, spec, no_progress()).await?;
     let skipped: Vec<String> = restored

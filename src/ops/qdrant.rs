@@ -76,6 +76,7 @@ pub async fn snapshot_through_api(
         archive,
         content: None,
         qdrant_snapshot: Some(made.name),
+        encrypted: false,
     })
 }
 
@@ -167,6 +168,14 @@ pub async fn recover_through_api(
         .read_to_end(&mut head)
         .await
         .map_err(|source| crate::storage::StorageError::Body { source })?;
+    if crate::crypt::is_encrypted(&head) {
+        return Err(OpsError::Usage(format!(
+            "{} is encrypted: Qdrant cannot recover it as it is; restore it into the storage \
+             directory (method Volume, or --storage-path), which decrypts it, or decrypt it \
+             first (snapshot download --identity-file)",
+            opened.location
+        )));
+    }
     let start = match crate::engine::restore::describe(head.as_slice()) {
         Ok(start) => start,
         Err(_) if head.len() as u64 == FIRST_HEAD => {

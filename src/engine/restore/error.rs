@@ -18,6 +18,8 @@ pub enum RestoreError {
     Name(#[from] NameError),
     #[error(transparent)]
     Tar(#[from] TarError),
+    #[error(transparent)]
+    Crypt(#[from] crate::crypt::CryptError),
     #[error("the archive does not start with {MANIFEST_ENTRY}: it is not a snapshot archive")]
     NoManifest,
     #[error(

@@ -204,8 +204,15 @@ fn unpack(
     std::thread::scope(|scope| {
         let writers = Writers::start(scope, WRITERS, umask);
         let mut stager = Stager::new(spec.limits, staging, writers, umask, progress)?;
-        let input: &mut dyn Read = input;
-        let mut tar: Tar<'_> = TarReader::new(input);
+        let mut decoded = match spec.identities.plaintext(&mut *input) {
+            Ok(plain) => plain,
+            Err(e) => {
+                let _ = stager.finish();
+                return Err(e.into());
+            }
+        };
+        let plain: &mut dyn Read = &mut decoded;
+        let mut tar: Tar<'_> = TarReader::new(plain);
         let staged: Result<_, RestoreError> = (|| {
             let (manifest, first) = match read_first(&mut tar)? {
                 First::Manifest(manifest) => (Some(*manifest), None),
@@ -254,6 +261,11 @@ fn unpack(
         let (counts, dirs) = finished?;
         // What follows the end marker: a little zero padding at most (the checksum covers it).
         tar.finish()?;
+        drop(decoded);
+        // An encrypted archive's last chunk was authenticated: nothing may follow it.
+        if input.read(&mut [0u8; 1]).map_err(TarError::from_io)? != 0 {
+            return Err(TarError::Trailer.into());
+        }
         let restored = Restored {
             manifest,
             qdrant: None,

@@ -82,6 +82,8 @@ pub struct RestoreSpec {
     /// For a Qdrant shard snapshot: the shard of the collection it is restored as (default
     /// 0); other archives refuse it.
     pub shard: Option<u32>,
+    /// What reads an encrypted archive (none: only plain archives restore).
+    pub identities: crate::crypt::Identities,
 }
 
 /// The outcome for one collection on this node.
