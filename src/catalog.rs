@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use futures_util::StreamExt;
 
+use crate::crypt::Identities;
 use crate::engine::manifest::{Manifest, SnapshotIdentity};
 use crate::engine::name;
 use crate::storage::{ObjectInfo, Storage, StorageError};
@@ -37,9 +38,17 @@ pub struct Found {
 /// What earlier passes read of each archive, by location, kept while the listing shows the
 /// same object (size and time): its manifest (`None`: unreadable) and its checksum (read
 /// again while there is none). A storage is scanned again and again; an archive's first
-/// bytes and its sidecar are read once.
+/// bytes and its sidecar are read once. Encrypted archives are read with its identities
+/// (none: they are left out, with a warning).
 #[derive(Debug, Default)]
-pub struct Manifests(HashMap<String, Known>);
+pub struct Manifests(HashMap<String, Known>, Identities);
+
+impl Manifests {
+    /// None known yet; encrypted archives read with `identities`.
+    pub fn reading_with(identities: Identities) -> Self {
+        Self(HashMap::new(), identities)
+    }
+}
 
 #[derive(Debug, Clone)]
 struct Known {
@@ -82,8 +91,9 @@ pub async fn scan(
                     .filter(|k| k.size == info.size && k.modified == info.modified)
                     .cloned();
                 let folder = folder.as_ref();
+                let identities = &manifests.1;
                 async move {
-                    let known = read_archive(folder, &info, known).await?;
+                    let known = read_archive(folder, &info, known, identities).await?;
                     Ok::<_, StorageError>((info, known))
                 }
             })
@@ -128,10 +138,11 @@ async fn read_archive(
     storage: &dyn Storage,
     info: &ObjectInfo,
     known: Option<Known>,
+    identities: &Identities,
 ) -> Result<Known, StorageError> {
     let manifest = match known.as_ref() {
         Some(known) => known.manifest.clone(),
-        None => read_manifest(storage, info).await,
+        None => read_manifest(storage, info, identities).await,
     };
     let checksum = match known.and_then(|k| k.checksum) {
         Some(checksum) => Some(checksum),
@@ -147,13 +158,17 @@ async fn read_archive(
 
 /// The manifest of one archive, from its first [`MANIFEST_PREFIX`] bytes; `None` (with a
 /// warning) when it cannot be read.
-async fn read_manifest(storage: &dyn Storage, info: &ObjectInfo) -> Option<Manifest> {
-    let mut read = manifest_in_first(storage, info, MANIFEST_PREFIX).await;
+async fn read_manifest(
+    storage: &dyn Storage,
+    info: &ObjectInfo,
+    identities: &Identities,
+) -> Option<Manifest> {
+    let mut read = manifest_in_first(storage, info, MANIFEST_PREFIX, identities).await;
     // A manifest longer than the first read (thousands of collections): once more, as far
     // as the largest manifest a restore accepts.
     if read.is_err() && info.size > MANIFEST_PREFIX {
         let most = crate::engine::manifest::MAX_MANIFEST_BYTES + MANIFEST_PREFIX;
-        read = manifest_in_first(storage, info, most).await;
+        read = manifest_in_first(storage, info, most, identities).await;
     }
     read.inspect_err(|error| {
         tracing::warn!(location = %info.location, %error, "cannot read the archive's manifest");
@@ -165,13 +180,18 @@ async fn manifest_in_first(
     storage: &dyn Storage,
     info: &ObjectInfo,
     len: u64,
+    identities: &Identities,
 ) -> Result<Manifest, String> {
     let bytes = storage
         .read_start(&info.key, len)
         .await
         .map_err(|e| crate::format::render_error(&e))?;
-    crate::engine::restore::manifest_of(std::io::Cursor::new(bytes))
-        .map_err(|e| crate::format::render_error(&e))
+    // An encrypted archive's first chunk (64 KiB) authenticates only whole: the second read
+    // has it.
+    let plain = identities
+        .plaintext(std::io::Cursor::new(bytes))
+        .map_err(|e| crate::format::render_error(&e))?;
+    crate::engine::restore::manifest_of(plain).map_err(|e| crate::format::render_error(&e))
 }
 
 /// One node of an imported Snapshot: its archive, or why there is none to trust.

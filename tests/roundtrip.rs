@@ -457,6 +457,7 @@ fn round_trip(storage: &Path, archive: &Path, target: &Path, format: Format) -> 
         checksum: None,
         limits: Limits::default(),
         shard: None,
+        identities: Default::default(),
     };
     restore::restore(&spec, File::open(archive).unwrap(), &|_| {})
         .map(drop)

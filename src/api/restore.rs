@@ -90,6 +90,10 @@ pub struct SnapshotRestoreSpec {
     /// 6333 over http, no api-key).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub qdrant: Option<super::qdrant::QdrantApi>,
+    /// The Secret whose `identities` read encrypted archives (see the Snapshot's
+    /// `encryption`); default: the `snapshotRef` Snapshot's. Plain archives need none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<super::snapshot::Encryption>,
 }
 
 /// How a restore's archives get into the workload.

@@ -88,6 +88,44 @@ pub struct SnapshotSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 64))]
     pub ttl: Option<String>,
+    /// Encrypt the archives (the age format) to the recipients of a Secret: only the
+    /// encrypted bytes reach the storage, and restores read them with that Secret's
+    /// identities. Not with copyMethod QdrantAPI.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<Encryption>,
+}
+
+/// The age keys of a Secret in the resource's namespace: `recipients` (public keys, `age1…`,
+/// one per line) encrypt new archives and are all a Snapshot's movers get; `identities`
+/// (secret keys, an `age-keygen` file: `AGE-SECRET-KEY-1…`, one per line) read them, and are
+/// all a restore's movers get. To rotate, put the new key's public key in `recipients` and
+/// keep the old secret keys in `identities` with the new one.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Encryption {
+    /// The Secret's name.
+    #[schemars(length(min = 1, max = 253))]
+    pub secret_name: String,
+}
+
+impl Encryption {
+    /// A snapshot mover's environment: the recipients, from the Secret's `recipients` key.
+    pub fn recipients_env(&self) -> (String, crate::protocol::EnvValue) {
+        self.env(crate::crypt::RECIPIENTS_ENV, crate::crypt::RECIPIENTS_KEY)
+    }
+
+    /// A restore mover's environment: the identities, from the Secret's `identities` key.
+    pub fn identities_env(&self) -> (String, crate::protocol::EnvValue) {
+        self.env(crate::crypt::IDENTITIES_ENV, crate::crypt::IDENTITIES_KEY)
+    }
+
+    fn env(&self, var: &str, key: &str) -> (String, crate::protocol::EnvValue) {
+        let value = crate::protocol::EnvValue::SecretKey {
+            secret: self.secret_name.clone(),
+            key: key.to_owned(),
+        };
+        (var.to_owned(), value)
+    }
 }
 
 /// The user and groups of mover pods (VolSync's `moverSecurityContext`, limited to identity).

@@ -137,6 +137,8 @@ pub fn resource(set: &Imported) -> Result<Snapshot, String> {
             .map(|a| a.manifest.format),
         // Imported Snapshots never expire: their archives were there before them.
         ttl: None,
+        // Which Secret reads them is not recorded: a restore names it.
+        encryption: None,
     };
     snapshots::validate(&spec).map_err(|e| e.to_string())?;
     let mut snap = Snapshot::new(&set.name, spec);
@@ -392,7 +394,13 @@ pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
         }
     };
     let interval = Duration::from_secs(settings.interval_seconds.max(1));
-    let mut manifests = Manifests::default();
+    // The operator's own identities read encrypted archives' manifests.
+    let identities = crate::crypt::Identities::from_env().unwrap_or_else(|e| {
+        let error = crate::format::render_error(&e);
+        tracing::error!(%error, "catalog import: encrypted archives are left out");
+        crate::crypt::Identities::default()
+    });
+    let mut manifests = Manifests::reading_with(identities);
     loop {
         tokio::select! {
             done = pass(&ctx, &storage, &mut manifests) => match done {

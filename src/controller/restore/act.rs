@@ -6,7 +6,7 @@ use kube::{Resource, ResourceExt};
 use super::plan::{Assignment, RestorePlan};
 use super::status::next_node;
 use crate::api::restore::{NodePhase, NodeRestore, RestoreMethod, SnapshotRestore};
-use crate::api::snapshot::Storage;
+use crate::api::snapshot::{Encryption, Storage};
 use crate::controller::copy::Endpoint;
 use crate::controller::copy::qdrant::{endpoint, service_of};
 use crate::controller::jobs::{self, Mover};
@@ -68,6 +68,7 @@ pub async fn run_movers(
                 location,
                 checksum: checksum.as_deref(),
                 storage: plan.storage.as_ref(),
+                encryption: plan.encryption.as_ref(),
                 security: security.clone().unwrap_or_default(),
                 through,
             };
@@ -108,6 +109,8 @@ struct MoverSource<'a> {
     location: &'a str,
     checksum: Option<&'a str>,
     storage: Option<&'a Storage>,
+    /// The Secret whose identities read the archive.
+    encryption: Option<&'a Encryption>,
     /// The movers' pod security context.
     security: PodSecurityContext,
     /// The node's Qdrant API, when the archive is uploaded there.
@@ -125,7 +128,12 @@ async fn start_mover(
         Some(endpoint) => (api_task(restore, &source, endpoint), None, endpoint.env()),
         None => {
             let task = volume_task(restore, ctx, &source);
-            (task, Some((entry.claim.as_str(), false)), Vec::new())
+            let env = source.encryption.map(Encryption::identities_env);
+            (
+                task,
+                Some((entry.claim.as_str(), false)),
+                env.into_iter().collect(),
+            )
         }
     };
     let none = Storage::default();

@@ -208,6 +208,10 @@ async fn stopped_workload_gets_one_restore_mover_per_node_with_its_archive() {
                 env.contains("\"creds\"") && env.contains("S3_CONFIG__BUCKET"),
                 "{env}"
             );
+            // The Snapshot's Secret reads its encrypted archives: its identities alone.
+            let identities = r#"{"name":"SNAPSHOT_OPERATOR_AGE_IDENTITIES","valueFrom":{"secretKeyRef":{"key":"identities","name":"age","optional":false}}}"#;
+            assert!(env.contains(identities), "{env}");
+            assert!(!env.contains("AGE_RECIPIENTS"), "{env}");
         }),
         Expect::new(
             "PATCH",
@@ -231,7 +235,15 @@ async fn stopped_workload_gets_one_restore_mover_per_node_with_its_archive() {
         "restoreLimits": {"maxEntries": 5000, "maxBytes": 1073741824}}}))
     .unwrap();
     let r = SnapshotRestore::test().with_status(pending_nodes());
-    let (result, _) = scripted(config, source(), script, |ctx| {
+    let mut encrypted = snapshot("Succeeded");
+    encrypted["spec"]["encryption"] = json!({"secretName": "age"});
+    let encrypted = Cluster::of(
+        vec![],
+        vec![],
+        vec![serde_json::from_value(encrypted).unwrap()],
+        vec![],
+    );
+    let (result, _) = scripted(config, encrypted, script, |ctx| {
         super::super::reconcile(Arc::new(r), ctx)
     })
     .await;

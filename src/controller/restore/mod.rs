@@ -180,14 +180,15 @@ async fn resolve(restore: &SnapshotRestore, ctx: &Context) -> Result<Resolved, E
     {
         return Ok(Resolved::Invalid(why));
     }
-    let (archives, full, storage) = match archives(restore, ctx).await? {
+    let (archives, full, storage, encryption) = match archives(restore, ctx).await? {
         Ok(Sources::Found(found)) => {
             let Found {
                 archives,
                 full,
                 storage,
+                encryption,
             } = *found;
-            (archives, full, storage)
+            (archives, full, storage, encryption)
         }
         Ok(Sources::Waiting(what)) => return Ok(Resolved::Wait(what)),
         Err(why) => return Ok(Resolved::Invalid(why)),
@@ -196,6 +197,12 @@ async fn resolve(restore: &SnapshotRestore, ctx: &Context) -> Result<Resolved, E
         return Ok(Resolved::Invalid(Invalid::Needs {
             what: "method QdrantAPI",
             needs: "a collection snapshot (Qdrant recovers a full snapshot only at startup)",
+        }));
+    }
+    if encryption.is_some() && restore.spec.method == RestoreMethod::QdrantApi {
+        return Ok(Resolved::Invalid(Invalid::Needs {
+            what: "an encrypted archive",
+            needs: "method Volume (Qdrant cannot recover it as it is stored; the movers decrypt it)",
         }));
     }
     if full && !restore.spec.stop_workload && restore.spec.target.stateful_set.is_some() {
@@ -229,6 +236,7 @@ async fn resolve(restore: &SnapshotRestore, ctx: &Context) -> Result<Resolved, E
         entries,
         assignments,
         storage,
+        encryption,
         stopped_replicas: old.stopped_replicas,
     })))
 }

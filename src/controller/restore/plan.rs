@@ -3,7 +3,7 @@
 use k8s_openapi::api::core::v1::Pod;
 
 use crate::api::restore::{NodePhase, NodeRestore};
-use crate::api::snapshot::Storage;
+use crate::api::snapshot::{Encryption, Storage};
 use crate::controller::workload::{self, Node};
 
 /// One archive to restore on one node.
@@ -113,5 +113,7 @@ pub struct RestorePlan {
     pub entries: Vec<NodeRestore>,
     pub assignments: Vec<Assignment>,
     pub storage: Option<Storage>,
+    /// The Secret whose identities read the archives, when one is named.
+    pub encryption: Option<Encryption>,
     pub stopped_replicas: Option<i32>,
 }

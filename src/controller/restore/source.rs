@@ -10,7 +10,7 @@ use kube::runtime::reflector::ObjectRef;
 use super::plan::SourceArchive;
 use super::validate::{Origin, origin};
 use crate::api::restore::SnapshotRestore;
-use crate::api::snapshot::{ArchivePhase, Phase, Snapshot, Storage};
+use crate::api::snapshot::{ArchivePhase, Encryption, Phase, Snapshot, Storage};
 use crate::controller::kernel::{Admitted, Invalid, archive_key, effective_storage};
 use crate::controller::{Context, Error};
 
@@ -20,6 +20,8 @@ pub struct Found {
     pub archives: Vec<SourceArchive>,
     pub full: bool,
     pub storage: Option<Storage>,
+    /// The Secret whose identities read the archives, when one is named.
+    pub encryption: Option<Encryption>,
 }
 
 /// Where a restore's archives stand.
@@ -41,6 +43,7 @@ fn at_location(restore: &SnapshotRestore, location: &str, storage: Option<Storag
         archives: vec![archive],
         full: restore.spec.collection.is_none(),
         storage,
+        encryption: restore.spec.encryption.clone(),
     }
 }
 
@@ -111,9 +114,12 @@ pub async fn archives(
         .collect();
     let full = snap.spec.collection.is_none() && spec.collection.is_none();
     let storage = effective_storage(&snap, ctx.config.default_storage_for(&ns).as_ref());
+    // The restore's own Secret, else the one the Snapshot encrypted its archives to.
+    let encryption = (spec.encryption.clone()).or_else(|| snap.spec.encryption.clone());
     Ok(Ok(Sources::Found(Box::new(Found {
         archives,
         full,
         storage,
+        encryption,
     }))))
 }

@@ -82,6 +82,7 @@ fn spec() -> SnapshotRestoreSpec {
         mover_security_context: None,
         method: RestoreMethod::Volume,
         qdrant: None,
+        encryption: None,
     }
 }
 

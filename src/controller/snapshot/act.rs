@@ -6,7 +6,7 @@ use kube::api::{Api, ListParams};
 use kube::{Resource, ResourceExt};
 
 use super::status::{NodeStep, next_archive};
-use crate::api::snapshot::{ArchivePhase, ArchiveStatus, Snapshot, Storage};
+use crate::api::snapshot::{ArchivePhase, ArchiveStatus, Encryption, Snapshot, Storage};
 use crate::controller::copy::{self, Prepared, ReadFrom};
 use crate::controller::mover::{self, MoverJob};
 use crate::controller::{Context, Error, jobs, workload};
@@ -218,7 +218,8 @@ fn task(
             format: snap.spec.format,
             termination_log: TERMINATION_LOG.into(),
         });
-        return (task, Vec::new());
+        let env = snap.spec.encryption.iter().map(Encryption::recipients_env);
+        return (task, env.collect());
     };
     let task = MoverTask::ApiSnapshot(ApiSnapshotTask {
         qdrant: endpoint.task(),

@@ -126,6 +126,11 @@ async fn one_mover_per_pod_pinned_to_the_node_of_its_claim_then_running_status()
             assert_eq!(pod["volumes"][1]["persistentVolumeClaim"]["claimName"], "backups");
             assert_eq!(pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"][0]["matchFields"][0]["values"], json!(["worker-a"]));
             assert_eq!(pod["automountServiceAccountToken"], false);
+            // Encrypted to the Secret's recipients: the public keys alone.
+            let env = pod["containers"][0]["env"].to_string();
+            let recipients = r#"{"name":"SNAPSHOT_OPERATOR_AGE_RECIPIENTS","valueFrom":{"secretKeyRef":{"key":"recipients","name":"age","optional":false}}}"#;
+            assert!(env.contains(recipients), "{env}");
+            assert!(!env.contains("AGE_IDENTITIES"), "{env}");
             assert_eq!(job["metadata"]["ownerReferences"][0]["uid"], "uid-1");
             assert_eq!(job["metadata"]["ownerReferences"][0]["controller"], true);
         }),
@@ -148,7 +153,11 @@ async fn one_mover_per_pod_pinned_to_the_node_of_its_claim_then_running_status()
         }),
         event("Running"),
     ];
-    let (action, _) = reconcile_with(Snapshot::test().finalized(), nothing(), script).await;
+    let mut snap = Snapshot::test().finalized();
+    snap.spec.encryption = Some(crate::api::snapshot::Encryption {
+        secret_name: "age".into(),
+    });
+    let (action, _) = reconcile_with(snap, nothing(), script).await;
     assert_eq!(action.unwrap(), Action::requeue(RUNNING_RECHECK));
 }
 

@@ -46,6 +46,7 @@ fn snapshot_spec(collection: Option<&str>) -> SnapshotSpec {
         mover_security_context: None,
         format: None,
         ttl: None,
+        encryption: None,
     }
 }
 
@@ -96,6 +97,7 @@ fn specs_are_validated() {
         mover_security_context: None,
         format: None,
         ttl: None,
+        encryption: None,
     };
     assert_eq!(
         validate(&spec),
@@ -172,6 +174,20 @@ fn specs_are_validated() {
         })
     ));
     spec.format = None;
+    let age = crate::api::snapshot::Encryption {
+        secret_name: "age".into(),
+    };
+    spec.encryption = Some(age.clone());
+    let why = validate(&spec).unwrap_err().to_string();
+    assert!(
+        why.starts_with("encryption needs a copyMethod that reads"),
+        "{why}"
+    );
+    spec.copy_method = CopyMethod::Direct;
+    spec.qdrant = None;
+    assert!(validate(&spec).is_ok(), "encrypted, read from the volume");
+    spec.encryption = None;
+    spec.copy_method = CopyMethod::QdrantApi;
     spec.source = Workload {
         stateful_set: None,
         persistent_volume_claim: Some(ClaimRef {

@@ -39,6 +39,13 @@ pub fn validate(spec: &SnapshotSpec) -> Result<(), Invalid> {
             needs: "format qdrant (Qdrant's API makes Qdrant's own snapshots)",
         });
     }
+    if api && spec.encryption.is_some() {
+        return Err(Invalid::Needs {
+            what: "encryption",
+            needs: "a copyMethod that reads the volume (Direct, Stop, Clone or Snapshot): \
+                    Qdrant's API stores its snapshots as Qdrant made them",
+        });
+    }
     if !api && spec.qdrant.is_some() {
         return Err(Invalid::Needs {
             what: "qdrant",
