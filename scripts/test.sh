@@ -33,6 +33,13 @@ if [ -x "$QDRANT_SERVER" ]; then
   echo "Qdrant-server tier: $("$QDRANT_SERVER" --version 2>/dev/null | head -1) at $QDRANT_SERVER"
 fi
 
+# The age CLI (Debian's `age`) checks that encrypted archives are age files anyone can
+# read (tests/encryption.rs); without it that check says SKIPPED.
+if ! command -v age >/dev/null; then
+  DEBIAN_FRONTEND=noninteractive apt-get -y -q -o DPkg::Lock::Timeout=600 install age \
+    >/dev/null 2>&1 || echo "age CLI: not installed; its check in tests/encryption.rs is SKIPPED"
+fi
+
 # shellcheck source=scripts/s3-server.sh
 source scripts/s3-server.sh
 # shellcheck source=scripts/apiserver.sh
