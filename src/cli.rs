@@ -744,21 +744,9 @@ async fn download(args: DownloadArgs, storage: &dyn Storage) -> Result<ExitCode>
             done: 0,
             progress,
         };
-        let (written, hashed) =
-            readahead::with_read_ahead(reader.into_blocking(), u64::MAX, |input| {
-                let copied = if decrypt {
-                    let mut plain = identities.plaintext(&mut *input)?;
-                    let copied = std::io::copy(&mut plain, &mut out);
-                    drop(plain);
-                    // What may follow the last chunk is hashed too (and then refused).
-                    copied.and_then(|n| std::io::copy(input, &mut std::io::sink()).map(|_| n))
-                } else {
-                    std::io::copy(input, &mut out)
-                };
-                let copied = copied.and_then(|n| out.flush().map(|()| n));
-                copied.map_err(|source| OpsError::from(StorageError::Body { source }))
-            });
-        (written, hashed)
+        readahead::with_read_ahead(reader.into_blocking(), u64::MAX, |input| {
+            copy_out(input, &mut out, &identities)
+        })
     })
     .await
     .expect("the download does not panic");
@@ -789,6 +777,25 @@ async fn download(args: DownloadArgs, storage: &dyn Storage) -> Result<ExitCode>
 }
 
 /// Makes the verified download `temp` durable, renamed over `target`.
+/// Copies what `input` gives to `out`, decrypted with `identities` when there are any.
+fn copy_out(
+    input: &mut readahead::ChunkReader,
+    out: &mut ProgressWriter,
+    identities: &crate::crypt::Identities,
+) -> std::result::Result<u64, OpsError> {
+    let copied = if identities.is_empty() {
+        std::io::copy(input, out)
+    } else {
+        let mut plain = identities.plaintext(&mut *input)?;
+        let copied = std::io::copy(&mut plain, out);
+        drop(plain);
+        // Whatever follows the last chunk is read (and hashed) too.
+        copied.and_then(|n| std::io::copy(input, &mut std::io::sink()).map(|_| n))
+    };
+    let copied = copied.and_then(|n| out.flush().map(|()| n));
+    copied.map_err(|source| OpsError::from(StorageError::Body { source }))
+}
+
 fn keep(temp: &crate::safefs::TempFile, target: &Path) -> Result<()> {
     let file_name = target.file_name().unwrap_or_default();
     temp.file()

@@ -11,6 +11,7 @@
 use std::io::{self, Read, Write};
 use std::str::FromStr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// The environment variable the recipients (one per line) are read from: a mover's comes
 /// from a Secret's `recipients` key.
@@ -151,13 +152,48 @@ impl Identities {
         if self.0.is_empty() {
             return Err(CryptError::Locked);
         }
-        let decryptor = age::Decryptor::new(whole).map_err(header_error)?;
+        // The header is parsed line by line from a buffer, and bounded: age itself takes
+        // any length, parsing it again for every line.
+        let bounded = Arc::new(AtomicBool::new(true));
+        let input = HeaderBound {
+            inner: whole,
+            read: 0,
+            bounded: bounded.clone(),
+        };
+        let decryptor =
+            age::Decryptor::new_buffered(io::BufReader::new(input)).map_err(header_error)?;
+        bounded.store(false, Ordering::Relaxed);
         let identities = self.0.iter().map(|i| i as &dyn age::Identity);
         match decryptor.decrypt(identities) {
             Ok(reader) => Ok(Box::new(Authenticated(reader))),
             Err(age::DecryptError::NoMatchingKeys) => Err(CryptError::NoMatchingKey),
             Err(e) => Err(header_error(e)),
         }
+    }
+}
+
+/// The most an age header may take, with what its buffer reads ahead: 20 KiB (a header for
+/// 100 recipients is about 12 KiB).
+const MAX_HEADER: u64 = 20 << 10;
+
+/// Fails a read past [`MAX_HEADER`] bytes while the header is being parsed.
+struct HeaderBound<R> {
+    inner: R,
+    read: u64,
+    bounded: Arc<AtomicBool>,
+}
+
+impl<R: Read> Read for HeaderBound<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.read += n as u64;
+        if self.read > MAX_HEADER && self.bounded.load(Ordering::Relaxed) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("an age header longer than {MAX_HEADER} bytes"),
+            ));
+        }
+        Ok(n)
     }
 }
 
@@ -187,6 +223,9 @@ impl<R: Read> Read for Authenticated<R> {
 
 fn header_error(e: age::DecryptError) -> CryptError {
     match e {
+        age::DecryptError::Io(e) if e.kind() == io::ErrorKind::InvalidData => {
+            CryptError::Header { why: e.to_string() }
+        }
         age::DecryptError::Io(source) => CryptError::Io { source },
         other => CryptError::Header {
             why: other.to_string(),
@@ -320,6 +359,21 @@ mod tests {
             read_all(&ids, cut)
                 .unwrap_err()
                 .contains("does not authenticate")
+        );
+    }
+
+    #[test]
+    fn a_hostile_header_of_any_length_is_refused_at_its_bound() {
+        let (_, secret) = key();
+        let ids = Identities::parse("identities", &secret).unwrap();
+        let mut hostile = MAGIC.to_vec();
+        for _ in 0..200_000 {
+            hostile.extend_from_slice(b"-> a\n\n");
+        }
+        let err = read_all(&ids, &hostile).unwrap_err();
+        assert!(
+            err.contains("not valid (an age header longer than"),
+            "{err}"
         );
     }
 

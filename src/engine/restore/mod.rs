@@ -110,7 +110,12 @@ fn extract<R: Read + Send>(
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<Staged, RestoreError> {
     let (parsed, hashed) = readahead::with_read_ahead(reader, spec.limits.max_bytes, |input| {
-        unpack(spec, input, staging, progress)
+        let unpacked = unpack(spec, input, staging, progress)?;
+        // An encrypted archive ends with its last chunk, authenticated: nothing may follow.
+        if input.read(&mut [0u8; 1]).map_err(TarError::from_io)? != 0 {
+            return Err(TarError::Trailer.into());
+        }
+        Ok(unpacked)
     });
     let (mut restored, layout, mut dirs, deeper) = parsed.map_err(past_the_bound)?;
     let hashed = hashed.ok_or(RestoreError::Tar(TarError::Truncated))?;
@@ -202,15 +207,9 @@ fn unpack(
 ) -> Result<(Restored, Layout, StagedDirs, usize), RestoreError> {
     let umask = current_umask();
     std::thread::scope(|scope| {
+        let mut decoded = spec.identities.plaintext(input)?;
         let writers = Writers::start(scope, WRITERS, umask);
         let mut stager = Stager::new(spec.limits, staging, writers, umask, progress)?;
-        let mut decoded = match spec.identities.plaintext(&mut *input) {
-            Ok(plain) => plain,
-            Err(e) => {
-                let _ = stager.finish();
-                return Err(e.into());
-            }
-        };
         let plain: &mut dyn Read = &mut decoded;
         let mut tar: Tar<'_> = TarReader::new(plain);
         let staged: Result<_, RestoreError> = (|| {
@@ -261,11 +260,6 @@ fn unpack(
         let (counts, dirs) = finished?;
         // What follows the end marker: a little zero padding at most (the checksum covers it).
         tar.finish()?;
-        drop(decoded);
-        // An encrypted archive's last chunk was authenticated: nothing may follow it.
-        if input.read(&mut [0u8; 1]).map_err(TarError::from_io)? != 0 {
-            return Err(TarError::Trailer.into());
-        }
         let restored = Restored {
             manifest,
             qdrant: None,
