@@ -19,6 +19,9 @@ use crate::storage::{ObjectInfo, Storage, StorageError};
 /// manifest of ordinary size): a ranged read, the archive itself is not downloaded.
 /// `engine::restore::manifest_of` on them fails when they end inside the manifest.
 pub const MANIFEST_PREFIX: u64 = 64 << 10;
+/// The bytes of an archive read first: those that hold its first [`MANIFEST_PREFIX`] bytes
+/// in plain, encrypted or not.
+pub const FIRST_READ: u64 = crate::crypt::stored_prefix(MANIFEST_PREFIX);
 
 /// The most nodes an imported Snapshot may have: its status (one entry per node) must fit
 /// in one Kubernetes object, and a manifest claiming more is not to be believed.
@@ -163,11 +166,12 @@ async fn read_manifest(
     info: &ObjectInfo,
     identities: &Identities,
 ) -> Option<Manifest> {
-    let mut read = manifest_in_first(storage, info, MANIFEST_PREFIX, identities).await;
+    let mut read = manifest_in_first(storage, info, FIRST_READ, identities).await;
     // A manifest longer than the first read (thousands of collections): once more, as far
     // as the largest manifest a restore accepts.
-    if read.is_err() && info.size > MANIFEST_PREFIX {
+    if read.is_err() && info.size > FIRST_READ {
         let most = crate::engine::manifest::MAX_MANIFEST_BYTES + MANIFEST_PREFIX;
+        let most = crate::crypt::stored_prefix(most);
         read = manifest_in_first(storage, info, most, identities).await;
     }
     read.inspect_err(|error| {

@@ -159,7 +159,7 @@ impl EncryptArgs {
 /// Reading encrypted archives (the age format).
 #[derive(Debug, Args)]
 pub struct DecryptArgs {
-    /// Read encrypted archives with the age identities in FILE (secret keys, as
+    /// Read encrypted archives with the age identities in FILE (private keys, as
     /// `age-keygen` writes them); repeatable, and a file may hold several: after a key
     /// rotation, give the new key and the old ones. Default: those of
     /// $SNAPSHOT_OPERATOR_AGE_IDENTITIES (an identity file's text).
@@ -330,6 +330,10 @@ pub struct UploadArgs {
     /// The collection a collection or shard snapshot Qdrant made belongs to (ours say it).
     #[arg(long)]
     pub collection: Option<String>,
+    /// An encrypted archive is read with these to learn its collection (it is stored as it
+    /// is, encrypted).
+    #[command(flatten)]
+    pub decrypt: DecryptArgs,
     #[arg(long, short, value_enum, default_value_t)]
     pub output: Output,
 }
@@ -591,6 +595,7 @@ async fn create(args: CreateArgs, config: &Config, storage: &dyn Storage) -> Res
     let bar = ProgressBar::new(None, "archiving");
     let created = match (args.qdrant.api()?, args.storage_path) {
         (Some(api), _) => {
+            ops::plain_through_api(args.encrypt.recipients()?.as_ref())?;
             let request = ops::ApiSnapshot {
                 collection: args.collection,
                 node,
@@ -858,7 +863,10 @@ async fn upload(args: UploadArgs, storage: &dyn Storage) -> Result<ExitCode> {
                 source,
             })
         })?;
-        crate::engine::restore::describe(std::io::BufReader::new(file))?
+        // An encrypted archive says what it is once decrypted; it is uploaded as it is.
+        let identities = args.decrypt.identities()?;
+        let plain = identities.plaintext(std::io::BufReader::new(file))?;
+        crate::engine::restore::describe(plain)?
     };
     let collection = ops::upload_collection(&described, args.collection.as_deref())?;
     let opened = source::open_file(&args.file, args.checksum.as_deref()).await?;
@@ -973,7 +981,7 @@ async fn restore(args: RestoreArgs, config: &Config) -> Result<ExitCode> {
         local_files: true,
     };
     let limits = Limits::from(args.limits);
-    let identities = args.decrypt.identities()?;
+    let identities = args.decrypt.identities()?.requiring_encryption();
     let into = match (args.qdrant.api()?, &args.storage_path) {
         (Some(api), _) => RestoreInto::Qdrant(api),
         (None, Some(path)) => RestoreInto::Storage(path.clone()),

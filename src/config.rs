@@ -93,6 +93,18 @@ pub struct S3Config {
     /// 0 never aborts them). Keep it above the longest upload.
     #[serde(default)]
     pub abort_incomplete_uploads_after_secs: Option<u64>,
+    /// S3's server-side encryption of every object written: `AES256` (SSE-S3) or `aws:kms`
+    /// (SSE-KMS, with `sse_kms_key_id`, else the account's default key). Omit for the
+    /// bucket's default. Reads need nothing: S3 decrypts.
+    #[serde(default)]
+    pub server_side_encryption: Option<String>,
+    /// The KMS key of `server_side_encryption: aws:kms`.
+    #[serde(default)]
+    pub sse_kms_key_id: Option<String>,
+    /// SSE-C: a key of 32 bytes, base64, that S3 encrypts every object written with and needs
+    /// for every read of them (ranged reads included); S3 keeps only its MD5. Never printed.
+    #[serde(default)]
+    pub sse_customer_key: Option<Secret>,
 }
 
 /// A credential: never printed.

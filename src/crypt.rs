@@ -52,9 +52,21 @@ pub enum CryptError {
          identities along with the new one)"
     )]
     NoMatchingKey,
+    #[error(
+        "the archive is not encrypted, though identities were given to read it: it is not the \
+         archive meant (refused; restore it without identities if it is)"
+    )]
+    Plain,
+    #[error(
+        "{var} is not UTF-8 text: give the keys as age writes them (a Secret key's text, one \
+         key per line)"
+    )]
+    NotText { var: &'static str },
+    #[error("{what}: at most {MAX_RECIPIENTS} recipients")]
+    TooManyRecipients { what: &'static str },
     #[error("the archive's age header is not valid ({why})")]
     Header { why: String },
-    #[error("reading the encrypted archive failed")]
+    #[error("reading the archive failed")]
     Io { source: io::Error },
 }
 
@@ -71,7 +83,11 @@ impl std::fmt::Debug for Recipients {
 impl Recipients {
     /// Parses `text`: one `age1…` key per line, blank lines and `#` comments ignored.
     pub fn parse(what: &'static str, text: &str) -> Result<Self, CryptError> {
-        keys(what, text, age::x25519::Recipient::from_str).map(Self)
+        let found = keys(what, text, age::x25519::Recipient::from_str)?;
+        if found.len() > MAX_RECIPIENTS {
+            return Err(CryptError::TooManyRecipients { what });
+        }
+        Ok(Self(found))
     }
 
     /// Those of `texts` (each as [`Recipients::parse`] takes it), together.
@@ -80,15 +96,17 @@ impl Recipients {
         for text in texts {
             all.extend(Self::parse(what, text)?.0);
         }
+        if all.len() > MAX_RECIPIENTS {
+            return Err(CryptError::TooManyRecipients { what });
+        }
         Ok(Self(all))
     }
 
     /// The recipients of the environment ([`RECIPIENTS_ENV`]); `None` when it is unset.
     pub fn from_env() -> Result<Option<Self>, CryptError> {
-        match std::env::var(RECIPIENTS_ENV) {
-            Ok(text) => Self::parse(RECIPIENTS_ENV, &text).map(Some),
-            Err(_) => Ok(None),
-        }
+        env_text(RECIPIENTS_ENV)?
+            .map(|text| Self::parse(RECIPIENTS_ENV, &text))
+            .transpose()
     }
 
     /// Encrypts what is written to the returned writer into `output`; its `finish` ends
@@ -103,7 +121,7 @@ impl Recipients {
 
 /// Secret keys that read encrypted archives (none: only plain archives are read).
 #[derive(Clone, Default)]
-pub struct Identities(Arc<Vec<age::x25519::Identity>>);
+pub struct Identities(Arc<Vec<age::x25519::Identity>>, bool);
 
 impl std::fmt::Debug for Identities {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -115,7 +133,7 @@ impl Identities {
     /// Parses an identity file's text: one `AGE-SECRET-KEY-1…` per line, blank lines and
     /// `#` comments ignored.
     pub fn parse(what: &'static str, text: &str) -> Result<Self, CryptError> {
-        keys(what, text, age::x25519::Identity::from_str).map(|k| Self(Arc::new(k)))
+        keys(what, text, age::x25519::Identity::from_str).map(|k| Self(Arc::new(k), false))
     }
 
     /// Those of `texts` (each as [`Identities::parse`] takes it), together.
@@ -125,7 +143,7 @@ impl Identities {
             let parsed = Self::parse(what, text)?;
             all.extend(parsed.0.iter().cloned());
         }
-        Ok(Self(Arc::new(all)))
+        Ok(Self(Arc::new(all), false))
     }
 
     /// Whether there are none.
@@ -135,10 +153,15 @@ impl Identities {
 
     /// The identities of the environment ([`IDENTITIES_ENV`]); none when it is unset.
     pub fn from_env() -> Result<Self, CryptError> {
-        match std::env::var(IDENTITIES_ENV) {
-            Ok(text) => Self::parse(IDENTITIES_ENV, &text),
-            Err(_) => Ok(Self::default()),
-        }
+        let text = env_text(IDENTITIES_ENV)?;
+        text.map_or_else(|| Ok(Self::default()), |t| Self::parse(IDENTITIES_ENV, &t))
+    }
+
+    /// The same, refusing plain archives: where identities are given to restore, an archive
+    /// that is not encrypted is not the one meant (a plain one put in its place).
+    pub fn requiring_encryption(mut self) -> Self {
+        self.1 = !self.0.is_empty();
+        self
     }
 
     /// The archive read from `input`, in plain: decrypted when it is an age file (its
@@ -147,6 +170,9 @@ impl Identities {
         let (head, input) = sniff(input).map_err(|source| CryptError::Io { source })?;
         let whole = io::Cursor::new(head.clone()).chain(input);
         if head != MAGIC {
+            if self.1 {
+                return Err(CryptError::Plain);
+            }
             return Ok(Box::new(whole));
         }
         if self.0.is_empty() {
@@ -172,9 +198,22 @@ impl Identities {
     }
 }
 
-/// The most an age header may take, with what its buffer reads ahead: 20 KiB (a header for
-/// 100 recipients is about 12 KiB).
-const MAX_HEADER: u64 = 20 << 10;
+/// The most recipients an archive is encrypted to (its header stays below [`MAX_HEADER`]).
+pub const MAX_RECIPIENTS: usize = 100;
+/// The longest age header read (100 recipients take about 10 KiB).
+pub const MAX_HEADER: u64 = 16 << 10;
+/// The bytes read while the header is parsed: it, the magic read first, and what its buffer
+/// reads ahead.
+const MAX_HEADER_READ: u64 = MAX_HEADER + MAGIC.len() as u64 + (8 << 10);
+/// An age payload's chunk as stored: 64 KiB and its tag.
+const STORED_CHUNK: u64 = (64 << 10) + 16;
+
+/// How many stored bytes hold the first `plain` bytes of an archive, encrypted or not: what a
+/// reader of an archive's start (the catalog) reads, every chunk needed whole (pure).
+pub const fn stored_prefix(plain: u64) -> u64 {
+    let chunks = plain.div_ceil(64 << 10);
+    MAX_HEADER + 16 + if chunks == 0 { 1 } else { chunks } * STORED_CHUNK
+}
 
 /// Fails a read past [`MAX_HEADER`] bytes while the header is being parsed.
 struct HeaderBound<R> {
@@ -187,7 +226,7 @@ impl<R: Read> Read for HeaderBound<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
         self.read += n as u64;
-        if self.read > MAX_HEADER && self.bounded.load(Ordering::Relaxed) {
+        if self.read > MAX_HEADER_READ && self.bounded.load(Ordering::Relaxed) {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
                 format!("an age header longer than {MAX_HEADER} bytes"),
@@ -230,6 +269,15 @@ fn header_error(e: age::DecryptError) -> CryptError {
         other => CryptError::Header {
             why: other.to_string(),
         },
+    }
+}
+
+/// The text of the environment variable `var`, `None` when it is unset.
+fn env_text(var: &'static str) -> Result<Option<String>, CryptError> {
+    match std::env::var(var) {
+        Ok(text) => Ok(Some(text)),
+        Err(std::env::VarError::NotPresent) => Ok(None),
+        Err(std::env::VarError::NotUnicode(_)) => Err(CryptError::NotText { var }),
     }
 }
 
@@ -375,6 +423,45 @@ mod tests {
             err.contains("not valid (an age header longer than"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_hundred_recipients_read_and_more_are_refused() {
+        let keys: Vec<(String, String)> = (0..MAX_RECIPIENTS).map(|_| key()).collect();
+        let publics: Vec<String> = keys.iter().map(|(p, _)| p.clone()).collect();
+        let bytes = encrypted(&publics.join("\n"), b"many");
+        let last = Identities::parse("identities", &keys[MAX_RECIPIENTS - 1].1).unwrap();
+        assert_eq!(read_all(&last, &bytes).unwrap(), b"many");
+        let mut more = publics.clone();
+        more.push(key().0);
+        let err = Recipients::parse_all("recipients", &more).unwrap_err();
+        assert!(err.to_string().contains("at most 100"), "{err}");
+    }
+
+    #[test]
+    fn identities_given_to_restore_refuse_a_plain_archive() {
+        let (_, secret) = key();
+        let ids = Identities::parse("identities", &secret).unwrap();
+        let err = read_all(&ids.clone().requiring_encryption(), b"plain tar").unwrap_err();
+        assert!(err.contains("is not encrypted"), "{err}");
+        assert_eq!(read_all(&ids, b"plain tar").unwrap(), b"plain tar");
+        let none = Identities::default().requiring_encryption();
+        assert_eq!(read_all(&none, b"plain tar").unwrap(), b"plain tar");
+    }
+
+    #[test]
+    fn the_stored_prefix_holds_whole_chunks() {
+        let (public, secret) = key();
+        let ids = Identities::parse("identities", &secret).unwrap();
+        let plain: Vec<u8> = (0..300_000u32).map(|i| (i % 253) as u8).collect();
+        let bytes = encrypted(&public, &plain);
+        for want in [1u64, 65_536, 65_537, 200_000] {
+            let cut = &bytes[..(stored_prefix(want) as usize).min(bytes.len())];
+            let mut reader = ids.plaintext(cut).unwrap();
+            let mut got = vec![0; want as usize];
+            reader.read_exact(&mut got).unwrap();
+            assert_eq!(got, plain[..want as usize], "{want}");
+        }
     }
 
     #[test]

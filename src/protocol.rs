@@ -374,7 +374,18 @@ pub enum MoverStorage {
         endpoint_url: Option<String>,
         force_path_style: Option<bool>,
         credentials: Option<SecretKeys>,
+        sse: Box<MoverSse>,
     },
+}
+
+/// S3's server-side encryption of what a mover writes: a mode, or SSE-C's key in a Secret.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MoverSse {
+    /// `AES256` or `aws:kms`.
+    pub mode: Option<String>,
+    pub kms_key_id: Option<String>,
+    /// SSE-C: the Secret and its key holding the customer key (base64).
+    pub customer_key: Option<(String, String)>,
 }
 
 /// The Secret holding S3 credentials, and its keys.
@@ -415,6 +426,7 @@ impl MoverStorage {
                 endpoint_url,
                 force_path_style,
                 credentials,
+                sse,
             } => {
                 let mut vars = vec![
                     value(format!("{storage}SNAPSHOTS_PATH"), prefix),
@@ -429,6 +441,19 @@ impl MoverStorage {
                 }
                 if let Some(style) = force_path_style {
                     vars.push(value(format!("{s3}FORCE_PATH_STYLE"), &style.to_string()));
+                }
+                if let Some(mode) = &sse.mode {
+                    vars.push(value(format!("{s3}SERVER_SIDE_ENCRYPTION"), mode));
+                }
+                if let Some(key) = &sse.kms_key_id {
+                    vars.push(value(format!("{s3}SSE_KMS_KEY_ID"), key));
+                }
+                if let Some((secret, key)) = &sse.customer_key {
+                    let from = EnvValue::SecretKey {
+                        secret: secret.clone(),
+                        key: key.clone(),
+                    };
+                    vars.push((format!("{s3}SSE_CUSTOMER_KEY"), from));
                 }
                 if let Some(keys) = credentials {
                     let secret = |key: &str| EnvValue::SecretKey {
@@ -631,6 +656,11 @@ mod tests {
                 access_key_id_key: "id".into(),
                 secret_access_key_key: "secret".into(),
             }),
+            sse: Box::new(MoverSse {
+                mode: None,
+                kms_key_id: None,
+                customer_key: Some(("sse".into(), "key".into())),
+            }),
         };
         // The kubelet resolves Secret keys; here, into their key names.
         let resolved = |storage: &MoverStorage| {
@@ -658,6 +688,24 @@ mod tests {
         assert_eq!(c.force_path_style, Some(true));
         assert_eq!(c.access_key.unwrap().expose(), "s3:id");
         assert_eq!(c.secret_key.unwrap().expose(), "s3:secret");
+        assert_eq!(c.sse_customer_key.unwrap().expose(), "sse:key");
+        let kms = MoverStorage::S3 {
+            bucket: "snaps".into(),
+            prefix: String::new(),
+            region: None,
+            endpoint_url: None,
+            force_path_style: None,
+            credentials: None,
+            sse: Box::new(MoverSse {
+                mode: Some("aws:kms".into()),
+                kms_key_id: Some("k-1".into()),
+                customer_key: None,
+            }),
+        };
+        let config = Config::load_from(None, resolved(&kms)).unwrap().storage;
+        let c = config.snapshots_config.s3_config.unwrap();
+        assert_eq!(c.server_side_encryption.as_deref(), Some("aws:kms"));
+        assert_eq!(c.sse_kms_key_id.as_deref(), Some("k-1"));
 
         let local = MoverStorage::Local {
             snapshots_path: "/snapshots/backups".into(),

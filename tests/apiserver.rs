@@ -1263,6 +1263,7 @@ async fn import_scenario(client: &Client) {
             endpoint_url: Some(s3.endpoint.clone()),
             force_path_style: Some(true),
             credentials: None,
+            sse: Default::default(),
         };
         for (name, value) in storage.env() {
             if let snapshot_operator::protocol::EnvValue::Value(value) = value {

@@ -441,7 +441,7 @@ fn slow_s3_downloads_are_cut_by_the_minimum_rate_and_the_deadline() {
 /// the same answer from what is kept between passes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_catalog_scan_reads_each_namespace_folders_manifests() {
-    use snapshot_operator::catalog::{Found, MANIFEST_PREFIX, Manifests, scan};
+    use snapshot_operator::catalog::{FIRST_READ, Found, Manifests, scan};
     use snapshot_operator::storage::Reader;
     use std::collections::BTreeMap;
     let Some(env) = s3_env() else { return };
@@ -509,7 +509,7 @@ async fn the_catalog_scan_reads_each_namespace_folders_manifests() {
     let b = &first["team-b"][0];
     assert_eq!(b.manifest.collections.len(), 4000);
     assert!(
-        serde_json::to_vec(&b.manifest).unwrap().len() as u64 > MANIFEST_PREFIX,
+        serde_json::to_vec(&b.manifest).unwrap().len() as u64 > FIRST_READ,
         "the manifest is longer than the first read"
     );
     // (Compared whole, but not printed whole: 4000 collection names.)

@@ -60,6 +60,26 @@ fn an_encrypted_local_archive_restores_with_its_key_or_a_rotated_list_and_only_s
     let needle = b"segments";
     assert!(!stored.windows(needle.len()).any(|w| w == needle));
 
+    // Uploaded elsewhere as it is: its collection read from it with the key, or refused.
+    let elsewhere = cwd.join("elsewhere");
+    fs::create_dir(&elsewhere).unwrap();
+    let upload = || {
+        let mut cmd = bin(&elsewhere);
+        cmd.args(["snapshot", "upload"]).arg(cwd.join(&archive));
+        cmd
+    };
+    let err = fails(&mut upload());
+    assert!(err.contains("the archive is encrypted (age)"), "{err}");
+    ok(upload().args(identity_args(&[&old_key])));
+    let uploaded = elsewhere
+        .join("snapshots/products")
+        .join(archive.file_name().unwrap());
+    assert_eq!(
+        fs::read(uploaded).unwrap(),
+        stored,
+        "stored as it was, encrypted"
+    );
+
     // After a rotation: new archives go to the new key; both keys read.
     let mut create = create_cmd(cwd, &src, Some("products"));
     let recipients = cwd.join("recipients.txt");

@@ -247,6 +247,56 @@ pub struct S3Storage {
     /// environment (e.g. IRSA / workload identity).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials_secret: Option<CredentialsSecret>,
+    /// S3's server-side encryption of the archives the movers write: `AES256` (SSE-S3) or
+    /// `aws:kms` (SSE-KMS, with `kmsKeyId`, else the account's default key); omit for the
+    /// bucket's default. Reads need nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_side_encryption: Option<ServerSideEncryption>,
+    /// With `serverSideEncryption: aws:kms`: the KMS key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kms_key_id: Option<String>,
+    /// SSE-C: a Secret key in the same namespace holding a 32-byte key, base64, that S3
+    /// encrypts the archives with and needs for every read (movers get it as environment;
+    /// the operator never reads it). Excludes `serverSideEncryption`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub customer_key_secret: Option<CustomerKeySecret>,
+}
+
+/// S3's server-side encryption modes.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum ServerSideEncryption {
+    /// SSE-S3.
+    #[serde(rename = "AES256")]
+    Aes256,
+    /// SSE-KMS.
+    #[serde(rename = "aws:kms")]
+    AwsKms,
+}
+
+impl ServerSideEncryption {
+    /// As S3 (and the configuration) spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Aes256 => "AES256",
+            Self::AwsKms => "aws:kms",
+        }
+    }
+}
+
+/// Where SSE-C's key is.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CustomerKeySecret {
+    /// Secret name.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// The key (default `sse-customer-key`).
+    #[serde(default = "customer_key_key")]
+    pub key: String,
+}
+
+fn customer_key_key() -> String {
+    "sse-customer-key".into()
 }
 
 /// Where the S3 access key pair is. The operator never reads it: mover pods get it as

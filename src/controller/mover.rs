@@ -101,6 +101,12 @@ pub fn mover_storage(storage: &Storage) -> Option<MoverStorage> {
                 access_key_id_key: c.access_key_id_key.clone(),
                 secret_access_key_key: c.secret_access_key_key.clone(),
             }),
+            sse: Box::new(crate::protocol::MoverSse {
+                mode: s3.server_side_encryption.map(|m| m.name().to_owned()),
+                kms_key_id: s3.kms_key_id.clone(),
+                customer_key: (s3.customer_key_secret.as_ref())
+                    .map(|c| (c.name.clone(), c.key.clone())),
+            }),
         });
     }
     storage.local.as_ref().map(|local| MoverStorage::Local {
@@ -480,6 +486,12 @@ mod tests {
                     access_key_id_key: "id".into(),
                     secret_access_key_key: "secret".into(),
                 }),
+                server_side_encryption: None,
+                kms_key_id: None,
+                customer_key_secret: Some(crate::api::snapshot::CustomerKeySecret {
+                    name: "sse".into(),
+                    key: "k".into(),
+                }),
             }),
             local: None,
         }
@@ -539,6 +551,13 @@ mod tests {
         assert_eq!(
             (selector.name.as_str(), selector.key.as_str()),
             ("creds", "secret")
+        );
+        // SSE-C's key likewise.
+        let customer = find("__SSE_CUSTOMER_KEY").value_from.unwrap();
+        let selector = customer.secret_key_ref.unwrap();
+        assert_eq!(
+            (selector.name.as_str(), selector.key.as_str()),
+            ("sse", "k")
         );
         // Every name is one the engine's configuration accepts.
         let vars: Vec<(String, String)> = env

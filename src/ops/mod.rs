@@ -27,7 +27,7 @@ mod common;
 mod qdrant;
 
 pub use common::{Created, OpsError, Progress, archive_naming, no_progress};
-pub use qdrant::{ApiSnapshot, recover_through_api, snapshot_through_api};
+pub use qdrant::{ApiSnapshot, plain_through_api, recover_through_api, snapshot_through_api};
 
 /// Chunks in flight between the tar writer and the storage upload.
 const PIPE_SLOTS: usize = 4;
@@ -355,6 +355,7 @@ async fn mover_api_snapshot(
     storage: &StorageConfig,
 ) -> Result<MoverReport, OpsError> {
     let (store, _) = crate::storage::open(storage).await?;
+    plain_through_api(crate::crypt::Recipients::from_env()?.as_ref())?;
     let api = task.qdrant.connect()?;
     let request = ApiSnapshot {
         collection: task.collection,
@@ -459,7 +460,7 @@ async fn mover_restore(
         checksum: None,
         limits: task.limits.into(),
         shard: task.shard,
-        identities: crate::crypt::Identities::from_env()?,
+        identities: crate::crypt::Identities::from_env()?.requiring_encryption(),
     };
     let restored = restore_snapshot(opened, spec, no_progress()).await?;
     let skipped: Vec<String> = restored

@@ -141,6 +141,20 @@ fn counted(
     StreamReader::new(stream)
 }
 
+/// Refuses recipients for a snapshot through Qdrant's API, which stores Qdrant's snapshot as
+/// Qdrant made it: asked to encrypt, it never stores plain.
+pub fn plain_through_api(recipients: Option<&crate::crypt::Recipients>) -> Result<(), OpsError> {
+    match recipients {
+        None => Ok(()),
+        Some(_) => Err(OpsError::Usage(
+            "a snapshot through Qdrant's API is stored as Qdrant made it, not encrypted: \
+             snapshot the storage directory (--storage-path) to encrypt it, or give no \
+             recipients"
+                .into(),
+        )),
+    }
+}
+
 /// The start of an archive read to tell what it is: as much as the catalog reads, and when
 /// that is not enough, its manifest at most.
 const FIRST_HEAD: u64 = crate::catalog::MANIFEST_PREFIX;

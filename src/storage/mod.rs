@@ -8,6 +8,7 @@
 mod configured;
 pub mod local;
 pub mod s3;
+mod sse;
 
 pub use configured::open;
 

@@ -32,6 +32,7 @@ use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::task::JoinSet;
 
+use super::sse::Sse;
 use super::{
     Naming, ObjectInfo, Reader, Sidecar, Storage, StorageError, check_digest, is_archive_key,
     validate_archive_key, validate_folder, validate_key,
@@ -65,6 +66,8 @@ pub struct S3Storage {
     concurrency: usize,
     /// Multipart uploads older than this are aborted by the next put (`None`: never).
     stale_upload_age: Option<Duration>,
+    /// The server-side encryption of what it writes.
+    sse: Arc<Sse>,
 }
 
 /// The key prefix for a `snapshots_path`: `./snapshots` and `/snapshots/` give `snapshots/`.
@@ -132,6 +135,7 @@ async fn sdk_client(config: &S3Config) -> Result<Client, &'static str> {
                 .read_timeout(Duration::from_secs(120))
                 .build(),
         )
+        .interceptor(super::sse::OneOfRepeatedHeaders)
         .request_checksum_calculation(aws_sdk_s3::config::RequestChecksumCalculation::WhenRequired)
         .response_checksum_validation(aws_sdk_s3::config::ResponseChecksumValidation::WhenRequired);
     Ok(Client::from_conf(builder.build()))
@@ -211,6 +215,7 @@ impl S3Storage {
         if concurrency == 0 {
             return Err(invalid("upload_concurrency must be at least 1"));
         }
+        let sse = Sse::of(config).map_err(invalid)?;
         let client = sdk_client(config).await.map_err(invalid)?;
         Ok(Self {
             client,
@@ -224,6 +229,7 @@ impl S3Storage {
                 Some(0) => None,
                 Some(secs) => Some(Duration::from_secs(secs)),
             },
+            sse: Arc::new(sse),
         })
     }
 
@@ -305,11 +311,15 @@ impl S3Storage {
         &self,
         key: &str,
     ) -> Result<Option<(u64, Option<Timestamp>)>, StorageError> {
+        let c = self.sse.customer();
         match self
             .client
             .head_object()
             .bucket(&self.bucket)
             .key(self.object(key))
+            .set_sse_customer_algorithm(c.algorithm)
+            .set_sse_customer_key(c.key)
+            .set_sse_customer_key_md5(c.md5)
             .send()
             .await
         {
@@ -397,10 +407,14 @@ impl S3Storage {
         range: Option<(u64, u64)>,
         etag: Option<&str>,
     ) -> Result<aws_sdk_s3::operation::get_object::GetObjectOutput, StorageError> {
+        let c = self.sse.customer();
         self.client
             .get_object()
             .bucket(&self.bucket)
             .key(self.object(key))
+            .set_sse_customer_algorithm(c.algorithm)
+            .set_sse_customer_key(c.key)
+            .set_sse_customer_key_md5(c.md5)
             .set_range(range.map(|(start, len)| format!("bytes={start}-{}", start + len - 1)))
             .set_if_match(etag.map(str::to_owned))
             .send()
@@ -458,10 +472,7 @@ impl S3Storage {
     /// Writes one small object of the bucket (under the prefix), replacing it; `Storage::put`
     /// stores an archive with its sidecar.
     pub async fn put_object(&self, key: &str, data: Bytes) -> Result<(), StorageError> {
-        self.client
-            .put_object()
-            .bucket(&self.bucket)
-            .key(self.object(key))
+        self.put_request(key)
             .body(ByteStream::from(data))
             .send()
             .await
@@ -473,10 +484,7 @@ impl S3Storage {
     /// it does. Servers that ignore the condition overwrite (see the README).
     async fn create_small(&self, key: &str, data: Bytes) -> Result<bool, StorageError> {
         match self
-            .client
-            .put_object()
-            .bucket(&self.bucket)
-            .key(self.object(key))
+            .put_request(key)
             .if_none_match("*")
             .body(ByteStream::from(data))
             .send()
@@ -486,6 +494,24 @@ impl S3Storage {
             Err(e) if precondition_failed(&e) => Ok(false),
             Err(e) => Err(self.error("PutObject", key, e)),
         }
+    }
+
+    /// A PutObject of `key`, encrypted as configured.
+    fn put_request(
+        &self,
+        key: &str,
+    ) -> aws_sdk_s3::operation::put_object::builders::PutObjectFluentBuilder {
+        let (sse, kms_key) = self.sse.on_write();
+        let c = self.sse.customer();
+        self.client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(self.object(key))
+            .set_server_side_encryption(sse)
+            .set_ssekms_key_id(kms_key)
+            .set_sse_customer_algorithm(c.algorithm)
+            .set_sse_customer_key(c.key)
+            .set_sse_customer_key_md5(c.md5)
     }
 
     /// Deletes one object of the bucket (under the prefix), there or not; `Storage::delete`
@@ -514,11 +540,18 @@ impl S3Storage {
             if self.head_object(&key).await?.is_some() {
                 continue;
             }
+            let (sse, kms_key) = self.sse.on_write();
+            let c = self.sse.customer();
             let created = self
                 .client
                 .create_multipart_upload()
                 .bucket(&self.bucket)
                 .key(self.object(&key))
+                .set_server_side_encryption(sse)
+                .set_ssekms_key_id(kms_key)
+                .set_sse_customer_algorithm(c.algorithm)
+                .set_sse_customer_key(c.key)
+                .set_sse_customer_key_md5(c.md5)
                 .send()
                 .await
                 .map_err(|e| self.error("CreateMultipartUpload", &key, e))?;
@@ -758,11 +791,15 @@ impl S3Storage {
         number: i32,
         data: Bytes,
     ) -> Result<CompletedPart, StorageError> {
+        let c = self.sse.customer();
         let out = self
             .client
             .upload_part()
             .bucket(&self.bucket)
             .key(self.object(key))
+            .set_sse_customer_algorithm(c.algorithm)
+            .set_sse_customer_key(c.key)
+            .set_sse_customer_key_md5(c.md5)
             .upload_id(upload_id)
             .part_number(number)
             .body(ByteStream::from(data))

@@ -611,6 +611,7 @@ impl S3Env {
             part_size_mib: Some(5),
             upload_concurrency: Some(2),
             abort_incomplete_uploads_after_secs: None,
+            ..S3Config::default()
         }
     }
 

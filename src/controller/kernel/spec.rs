@@ -31,13 +31,31 @@ pub fn workload_shape<'a>(field: &'static str, workload: &'a Workload) -> Admitt
 pub fn validate_storage(storage: &Storage) -> Result<(), Invalid> {
     match (&storage.local, &storage.s3) {
         (Some(local), None) => inside_volume("storage.local.path", &local.path),
-        (None, Some(_)) => Ok(()),
+        (None, Some(s3)) => validate_sse(s3),
         _ => Err(Invalid::ExactlyOne {
             field: "storage",
             one: "local",
             other: "s3",
         }),
     }
+}
+
+/// S3's server-side encryption holds together (pure).
+fn validate_sse(s3: &crate::api::snapshot::S3Storage) -> Result<(), Invalid> {
+    use crate::api::snapshot::ServerSideEncryption::AwsKms;
+    if s3.customer_key_secret.is_some() && s3.server_side_encryption.is_some() {
+        return Err(Invalid::Needs {
+            what: "storage.s3.customerKeySecret (SSE-C)",
+            needs: "no serverSideEncryption (S3 encrypts with one or the other)",
+        });
+    }
+    if s3.kms_key_id.is_some() && s3.server_side_encryption != Some(AwsKms) {
+        return Err(Invalid::Needs {
+            what: "storage.s3.kmsKeyId",
+            needs: "serverSideEncryption aws:kms",
+        });
+    }
+    Ok(())
 }
 
 /// How Qdrant's API is reached holds together (pure): a CA is for https.

@@ -88,9 +88,28 @@ pub async fn act(
         }
         let mut entry = next_archive(archive, step, storage, false);
         entry.volume_snapshot = volume_snapshot;
+        refuse_plain(snap, step, &mut entry);
         next.push(entry);
     }
     Ok(next)
+}
+
+/// An archive stored plain for a Snapshot that asks for encryption (a mover image older
+/// than the operator) fails its node; its key stays recorded, so that deleting the Snapshot
+/// deletes it (pure).
+fn refuse_plain(snap: &Snapshot, step: &NodeStep, entry: &mut ArchiveStatus) {
+    if let NodeStep::Finished { report, .. } = step
+        && snap.spec.encryption.is_some()
+        && entry.phase == ArchivePhase::Succeeded
+        && !report.encrypted
+    {
+        entry.phase = ArchivePhase::Failed;
+        entry.message = Some(
+            "the mover stored the archive unencrypted, though encryption is set: check that \
+             mover.image is this operator's version; delete this Snapshot to delete the archive"
+                .into(),
+        );
+    }
 }
 
 /// What starting movers needs, read from the API server when the first one starts: the

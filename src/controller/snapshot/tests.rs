@@ -178,6 +178,28 @@ fn specs_are_validated() {
         secret_name: "age".into(),
     };
     spec.encryption = Some(age.clone());
+    let sse = |s3: serde_json::Value| crate::api::snapshot::Storage {
+        s3: Some(serde_json::from_value(s3).unwrap()),
+        local: None,
+    };
+    for (s3, says) in [
+        (
+            serde_json::json!({"bucket": "bkt", "serverSideEncryption": "AES256",
+                "customerKeySecret": {"name": "k"}}),
+            "customerKeySecret (SSE-C) needs no serverSideEncryption",
+        ),
+        (
+            serde_json::json!({"bucket": "bkt", "serverSideEncryption": "AES256", "kmsKeyId": "k"}),
+            "kmsKeyId needs serverSideEncryption aws:kms",
+        ),
+    ] {
+        let spec = SnapshotSpec {
+            storage: Some(sse(s3)),
+            ..spec.clone()
+        };
+        let why = validate(&spec).unwrap_err().to_string();
+        assert!(why.contains(says), "{why}");
+    }
     let why = validate(&spec).unwrap_err().to_string();
     assert!(
         why.starts_with("encryption needs a copyMethod that reads"),
@@ -260,6 +282,9 @@ fn reports_become_archives() {
             prefix: Some("ns".into()),
             force_path_style: None,
             credentials_secret: None,
+            server_side_encryption: None,
+            kms_key_id: None,
+            customer_key_secret: None,
         }),
         local: None,
     };
