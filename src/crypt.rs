@@ -284,15 +284,7 @@ fn env_text(var: &'static str) -> Result<Option<String>, CryptError> {
 /// The first bytes of `input` (as many as the age magic has, fewer at its end) and the rest.
 fn sniff<R: Read>(mut input: R) -> io::Result<(Vec<u8>, R)> {
     let mut head = vec![0; MAGIC.len()];
-    let mut got = 0;
-    while got < head.len() {
-        match input.read(&mut head[got..]) {
-            Ok(0) => break,
-            Ok(n) => got += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
+    let got = crate::engine::readahead::fill(&mut input, &mut head)?;
     head.truncate(got);
     Ok((head, input))
 }

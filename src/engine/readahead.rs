@@ -108,8 +108,8 @@ fn produce<R: Read>(
     }
 }
 
-/// Reads until `buf` is full or the input ends.
-fn fill<R: Read>(reader: &mut R, buf: &mut [u8]) -> io::Result<usize> {
+/// Reads until `buf` is full or the input ends; how many bytes it read.
+pub fn fill<R: Read>(reader: &mut R, buf: &mut [u8]) -> io::Result<usize> {
     let mut n = 0;
     while n < buf.len() {
         match reader.read(&mut buf[n..]) {

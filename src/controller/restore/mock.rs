@@ -8,8 +8,8 @@ use crate::controller::cluster::Cluster;
 use crate::controller::config::OperatorConfig;
 use crate::controller::mover;
 use crate::controller::testing::{
-    Expect, Fixture, event, list, mover_job, mover_pod, restore_report, scripted, statefulset,
-    workload_pod,
+    Expect, Fixture, conflict, event, list, mover_job, mover_pod, restore_report, scripted,
+    statefulset, workload_pod,
 };
 use crate::engine::restore::Outcome;
 use k8s_openapi::api::batch::v1::Job;
@@ -294,6 +294,52 @@ async fn finished_movers_restart_the_workload_then_report_each_node() {
         "{metrics}"
     );
     assert_eq!(action, Action::await_change());
+}
+
+/// Two passes that both read the restore before either wrote (two workers, or a pass and
+/// a retry) see the same finished movers: the second's status write is refused (409, the
+/// version it read is gone), and the movers count once.
+#[tokio::test]
+async fn finished_movers_seen_by_two_racing_passes_count_once() {
+    let running = json!({"stoppedReplicas": 2, "phase": "Running", "nodes": [
+        {"node": "qdrant-0", "claim": "data-qdrant-0", "phase": "Running"},
+        {"node": "qdrant-1", "claim": "data-qdrant-1", "phase": "Running"}]});
+    let (job0, pod0) = finished("qdrant-0", &restore_report(Outcome::Restored, 4096, None));
+    let (job1, pod1) = finished("qdrant-1", &restore_report(Outcome::Restored, 100, None));
+    let movers = cluster("Succeeded", vec![job0, job1], vec![pod0, pod1]);
+    let pass = |status: Option<u16>| {
+        let write = status_check(|s| assert_eq!(s["phase"], "Succeeded"));
+        let mut steps = vec![
+            Expect::new("GET", PODS, list("Pod", vec![])),
+            Expect::new("PATCH", format!("{STS}/scale"), scale(2)),
+        ];
+        match status {
+            None => steps.extend([write, event("Succeeded")]),
+            Some(code) => steps
+                .push(Expect::new("PATCH", format!("{RESTORES}/status"), conflict()).status(code)),
+        }
+        steps
+    };
+    let script: Vec<Expect> = [pass(None), pass(Some(409))]
+        .into_iter()
+        .flatten()
+        .collect();
+    let read = SnapshotRestore::test().with_status(running);
+    let (second, metrics) = scripted(OperatorConfig::default(), movers, script, |ctx| {
+        let read = Arc::new(read);
+        async move {
+            super::super::reconcile(read.clone(), ctx.clone()).await?;
+            super::super::reconcile(read, ctx).await
+        }
+    })
+    .await;
+    assert!(second.is_err(), "the stale write is refused: {second:?}");
+    let once = r#"snapshot_operator_mover_duration_seconds_count{operation="restore"} 2"#;
+    assert!(metrics.contains(once), "{metrics}");
+    assert!(
+        metrics.contains("snapshot_operator_restored_bytes_total 4196"),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]
