@@ -44,12 +44,18 @@ pub struct Found {
 /// bytes and its sidecar are read once. Encrypted archives are read with its identities
 /// (none: they are left out, with a warning).
 #[derive(Debug, Default)]
-pub struct Manifests(HashMap<String, Known>, Identities);
+pub struct Manifests {
+    known: HashMap<String, Known>,
+    identities: Identities,
+}
 
 impl Manifests {
     /// None known yet; encrypted archives read with `identities`.
     pub fn reading_with(identities: Identities) -> Self {
-        Self(HashMap::new(), identities)
+        Self {
+            known: HashMap::new(),
+            identities,
+        }
     }
 }
 
@@ -89,12 +95,12 @@ pub async fn scan(
         let read: Vec<(ObjectInfo, Known)> = futures_util::stream::iter(archives)
             .map(|info| {
                 let known = manifests
-                    .0
+                    .known
                     .get(&info.location)
                     .filter(|k| k.size == info.size && k.modified == info.modified)
                     .cloned();
                 let folder = folder.as_ref();
-                let identities = &manifests.1;
+                let identities = &manifests.identities;
                 async move {
                     let known = read_archive(folder, &info, known, identities).await?;
                     Ok::<_, StorageError>((info, known))
@@ -131,7 +137,7 @@ pub async fn scan(
         by_namespace.insert(namespace, found);
     }
     // Forget the manifests of archives that are gone.
-    manifests.0 = seen;
+    manifests.known = seen;
     Ok(by_namespace)
 }
 
@@ -190,8 +196,8 @@ async fn manifest_in_first(
         .read_start(&info.key, len)
         .await
         .map_err(|e| crate::format::render_error(&e))?;
-    // An encrypted archive's first chunk (64 KiB) authenticates only whole: the second read
-    // has it.
+    // `len` holds whole chunks of an encrypted archive (`crypt::stored_prefix`): a chunk
+    // authenticates only whole.
     let plain = identities
         .plaintext(std::io::Cursor::new(bytes))
         .map_err(|e| crate::format::render_error(&e))?;

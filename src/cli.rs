@@ -781,7 +781,6 @@ async fn download(args: DownloadArgs, storage: &dyn Storage) -> Result<ExitCode>
     Ok(ExitCode::SUCCESS)
 }
 
-/// Makes the verified download `temp` durable, renamed over `target`.
 /// Copies what `input` gives to `out`, decrypted with `identities` when there are any.
 fn copy_out(
     input: &mut readahead::ChunkReader,
@@ -801,6 +800,7 @@ fn copy_out(
     copied.map_err(|source| OpsError::from(StorageError::Body { source }))
 }
 
+/// Makes the verified download `temp` durable, renamed over `target`.
 fn keep(temp: &crate::safefs::TempFile, target: &Path) -> Result<()> {
     let file_name = target.file_name().unwrap_or_default();
     temp.file()

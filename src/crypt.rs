@@ -83,19 +83,12 @@ impl std::fmt::Debug for Recipients {
 impl Recipients {
     /// Parses `text`: one `age1…` key per line, blank lines and `#` comments ignored.
     pub fn parse(what: &'static str, text: &str) -> Result<Self, CryptError> {
-        let found = keys(what, text, age::x25519::Recipient::from_str)?;
-        if found.len() > MAX_RECIPIENTS {
-            return Err(CryptError::TooManyRecipients { what });
-        }
-        Ok(Self(found))
+        Self::parse_all(what, &[text])
     }
 
     /// Those of `texts` (each as [`Recipients::parse`] takes it), together.
-    pub fn parse_all(what: &'static str, texts: &[String]) -> Result<Self, CryptError> {
-        let mut all = Vec::new();
-        for text in texts {
-            all.extend(Self::parse(what, text)?.0);
-        }
+    pub fn parse_all(what: &'static str, texts: &[impl AsRef<str>]) -> Result<Self, CryptError> {
+        let all = keys_in(what, texts, age::x25519::Recipient::from_str)?;
         if all.len() > MAX_RECIPIENTS {
             return Err(CryptError::TooManyRecipients { what });
         }
@@ -121,11 +114,15 @@ impl Recipients {
 
 /// Secret keys that read encrypted archives (none: only plain archives are read).
 #[derive(Clone, Default)]
-pub struct Identities(Arc<Vec<age::x25519::Identity>>, bool);
+pub struct Identities {
+    keys: Arc<Vec<age::x25519::Identity>>,
+    /// Plain archives are refused (see [`Identities::requiring_encryption`]).
+    encrypted_only: bool,
+}
 
 impl std::fmt::Debug for Identities {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Identities({})", self.0.len())
+        write!(f, "Identities({})", self.keys.len())
     }
 }
 
@@ -133,22 +130,21 @@ impl Identities {
     /// Parses an identity file's text: one `AGE-SECRET-KEY-1…` per line, blank lines and
     /// `#` comments ignored.
     pub fn parse(what: &'static str, text: &str) -> Result<Self, CryptError> {
-        keys(what, text, age::x25519::Identity::from_str).map(|k| Self(Arc::new(k), false))
+        Self::parse_all(what, &[text])
     }
 
     /// Those of `texts` (each as [`Identities::parse`] takes it), together.
-    pub fn parse_all(what: &'static str, texts: &[String]) -> Result<Self, CryptError> {
-        let mut all = Vec::new();
-        for text in texts {
-            let parsed = Self::parse(what, text)?;
-            all.extend(parsed.0.iter().cloned());
-        }
-        Ok(Self(Arc::new(all), false))
+    pub fn parse_all(what: &'static str, texts: &[impl AsRef<str>]) -> Result<Self, CryptError> {
+        let keys = keys_in(what, texts, age::x25519::Identity::from_str)?;
+        Ok(Self {
+            keys: Arc::new(keys),
+            encrypted_only: false,
+        })
     }
 
     /// Whether there are none.
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.keys.is_empty()
     }
 
     /// The identities of the environment ([`IDENTITIES_ENV`]); none when it is unset.
@@ -160,7 +156,7 @@ impl Identities {
     /// The same, refusing plain archives: where identities are given to restore, an archive
     /// that is not encrypted is not the one meant (a plain one put in its place).
     pub fn requiring_encryption(mut self) -> Self {
-        self.1 = !self.0.is_empty();
+        self.encrypted_only = !self.keys.is_empty();
         self
     }
 
@@ -169,13 +165,13 @@ impl Identities {
     pub fn plaintext<'a, R: Read + 'a>(&self, input: R) -> Result<Box<dyn Read + 'a>, CryptError> {
         let (head, input) = sniff(input).map_err(|source| CryptError::Io { source })?;
         let whole = io::Cursor::new(head.clone()).chain(input);
-        if head != MAGIC {
-            if self.1 {
+        if !is_encrypted(&head) {
+            if self.encrypted_only {
                 return Err(CryptError::Plain);
             }
             return Ok(Box::new(whole));
         }
-        if self.0.is_empty() {
+        if self.keys.is_empty() {
             return Err(CryptError::Locked);
         }
         // The header is parsed line by line from a buffer, and bounded: age itself takes
@@ -189,7 +185,7 @@ impl Identities {
         let decryptor =
             age::Decryptor::new_buffered(io::BufReader::new(input)).map_err(header_error)?;
         bounded.store(false, Ordering::Relaxed);
-        let identities = self.0.iter().map(|i| i as &dyn age::Identity);
+        let identities = self.keys.iter().map(|i| i as &dyn age::Identity);
         match decryptor.decrypt(identities) {
             Ok(reader) => Ok(Box::new(Authenticated(reader))),
             Err(age::DecryptError::NoMatchingKeys) => Err(CryptError::NoMatchingKey),
@@ -289,11 +285,24 @@ fn sniff<R: Read>(mut input: R) -> io::Result<(Vec<u8>, R)> {
     Ok((head, input))
 }
 
+/// The keys of `texts`, each holding one or more (pure).
+fn keys_in<K>(
+    what: &'static str,
+    texts: &[impl AsRef<str>],
+    parse: impl Fn(&str) -> Result<K, &'static str>,
+) -> Result<Vec<K>, CryptError> {
+    let mut all = Vec::new();
+    for text in texts {
+        all.extend(keys(what, text.as_ref(), &parse)?);
+    }
+    Ok(all)
+}
+
 /// The keys of `text`, one per line (pure).
 fn keys<K>(
     what: &'static str,
     text: &str,
-    parse: impl Fn(&str) -> Result<K, &'static str>,
+    parse: &impl Fn(&str) -> Result<K, &'static str>,
 ) -> Result<Vec<K>, CryptError> {
     let mut found = Vec::new();
     for (i, line) in text.lines().enumerate() {

@@ -407,6 +407,16 @@ pub enum EnvValue {
     },
 }
 
+impl EnvValue {
+    /// The key `key` of the Secret `secret`.
+    pub fn secret(secret: &str, key: &str) -> Self {
+        Self::SecretKey {
+            secret: secret.to_owned(),
+            key: key.to_owned(),
+        }
+    }
+}
+
 impl MoverStorage {
     /// The environment variables that configure a mover's storage.
     pub fn env(&self) -> Vec<(String, EnvValue)> {
@@ -449,17 +459,11 @@ impl MoverStorage {
                     vars.push(value(format!("{s3}SSE_KMS_KEY_ID"), key));
                 }
                 if let Some((secret, key)) = &sse.customer_key {
-                    let from = EnvValue::SecretKey {
-                        secret: secret.clone(),
-                        key: key.clone(),
-                    };
+                    let from = EnvValue::secret(secret, key);
                     vars.push((format!("{s3}SSE_CUSTOMER_KEY"), from));
                 }
                 if let Some(keys) = credentials {
-                    let secret = |key: &str| EnvValue::SecretKey {
-                        secret: keys.secret.clone(),
-                        key: key.to_owned(),
-                    };
+                    let secret = |key: &str| EnvValue::secret(&keys.secret, key);
                     vars.push((format!("{s3}ACCESS_KEY"), secret(&keys.access_key_id_key)));
                     vars.push((
                         format!("{s3}SECRET_KEY"),

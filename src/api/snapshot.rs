@@ -120,10 +120,7 @@ impl Encryption {
     }
 
     fn env(&self, var: &str, key: &str) -> (String, crate::protocol::EnvValue) {
-        let value = crate::protocol::EnvValue::SecretKey {
-            secret: self.secret_name.clone(),
-            key: key.to_owned(),
-        };
+        let value = crate::protocol::EnvValue::secret(&self.secret_name, key);
         (var.to_owned(), value)
     }
 }

@@ -53,6 +53,28 @@ pub const DEFAULT_STALE_UPLOAD_AGE: Duration = Duration::from_secs(6 * 3600);
 /// How long an abort is retried while the server does not answer.
 const ABORT_PATIENCE: Duration = Duration::from_secs(120);
 
+/// `$request` (a request builder on an object) with the SSE-C headers of `$sse`: every
+/// request that reads or writes an object's data carries them.
+macro_rules! sse_c {
+    ($request:expr, $sse:expr) => {{
+        let c = $sse.customer();
+        $request
+            .set_sse_customer_algorithm(c.algorithm)
+            .set_sse_customer_key(c.key)
+            .set_sse_customer_key_md5(c.md5)
+    }};
+}
+
+/// `$request` (a write of an object) encrypted as `$sse` says: SSE-S3 or SSE-KMS, or SSE-C.
+macro_rules! sse_on_write {
+    ($request:expr, $sse:expr) => {{
+        let (mode, kms_key) = $sse.on_write();
+        sse_c!($request, $sse)
+            .set_server_side_encryption(mode)
+            .set_ssekms_key_id(kms_key)
+    }};
+}
+
 /// Archives in an S3 bucket.
 #[derive(Debug, Clone)]
 pub struct S3Storage {
@@ -311,18 +333,8 @@ impl S3Storage {
         &self,
         key: &str,
     ) -> Result<Option<(u64, Option<Timestamp>)>, StorageError> {
-        let c = self.sse.customer();
-        match self
-            .client
-            .head_object()
-            .bucket(&self.bucket)
-            .key(self.object(key))
-            .set_sse_customer_algorithm(c.algorithm)
-            .set_sse_customer_key(c.key)
-            .set_sse_customer_key_md5(c.md5)
-            .send()
-            .await
-        {
+        let head = self.client.head_object().bucket(&self.bucket);
+        match sse_c!(head.key(self.object(key)), self.sse).send().await {
             Ok(out) => Ok(Some((
                 u64::try_from(out.content_length().unwrap_or(0)).unwrap_or(0),
                 out.last_modified()
@@ -407,14 +419,8 @@ impl S3Storage {
         range: Option<(u64, u64)>,
         etag: Option<&str>,
     ) -> Result<aws_sdk_s3::operation::get_object::GetObjectOutput, StorageError> {
-        let c = self.sse.customer();
-        self.client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(self.object(key))
-            .set_sse_customer_algorithm(c.algorithm)
-            .set_sse_customer_key(c.key)
-            .set_sse_customer_key_md5(c.md5)
+        let get = self.client.get_object().bucket(&self.bucket);
+        sse_c!(get.key(self.object(key)), self.sse)
             .set_range(range.map(|(start, len)| format!("bytes={start}-{}", start + len - 1)))
             .set_if_match(etag.map(str::to_owned))
             .send()
@@ -501,17 +507,8 @@ impl S3Storage {
         &self,
         key: &str,
     ) -> aws_sdk_s3::operation::put_object::builders::PutObjectFluentBuilder {
-        let (sse, kms_key) = self.sse.on_write();
-        let c = self.sse.customer();
-        self.client
-            .put_object()
-            .bucket(&self.bucket)
-            .key(self.object(key))
-            .set_server_side_encryption(sse)
-            .set_ssekms_key_id(kms_key)
-            .set_sse_customer_algorithm(c.algorithm)
-            .set_sse_customer_key(c.key)
-            .set_sse_customer_key_md5(c.md5)
+        let put = self.client.put_object().bucket(&self.bucket);
+        sse_on_write!(put.key(self.object(key)), self.sse)
     }
 
     /// Deletes one object of the bucket (under the prefix), there or not; `Storage::delete`
@@ -540,18 +537,8 @@ impl S3Storage {
             if self.head_object(&key).await?.is_some() {
                 continue;
             }
-            let (sse, kms_key) = self.sse.on_write();
-            let c = self.sse.customer();
-            let created = self
-                .client
-                .create_multipart_upload()
-                .bucket(&self.bucket)
-                .key(self.object(&key))
-                .set_server_side_encryption(sse)
-                .set_ssekms_key_id(kms_key)
-                .set_sse_customer_algorithm(c.algorithm)
-                .set_sse_customer_key(c.key)
-                .set_sse_customer_key_md5(c.md5)
+            let create = self.client.create_multipart_upload().bucket(&self.bucket);
+            let created = sse_on_write!(create.key(self.object(&key)), self.sse)
                 .send()
                 .await
                 .map_err(|e| self.error("CreateMultipartUpload", &key, e))?;
@@ -791,15 +778,8 @@ impl S3Storage {
         number: i32,
         data: Bytes,
     ) -> Result<CompletedPart, StorageError> {
-        let c = self.sse.customer();
-        let out = self
-            .client
-            .upload_part()
-            .bucket(&self.bucket)
-            .key(self.object(key))
-            .set_sse_customer_algorithm(c.algorithm)
-            .set_sse_customer_key(c.key)
-            .set_sse_customer_key_md5(c.md5)
+        let part = self.client.upload_part().bucket(&self.bucket);
+        let out = sse_c!(part.key(self.object(key)), self.sse)
             .upload_id(upload_id)
             .part_number(number)
             .body(ByteStream::from(data))

@@ -32,8 +32,8 @@ impl std::fmt::Debug for Sse {
     }
 }
 
-/// The SSE-C headers of one request (all `None` without SSE-C).
-#[derive(Debug, Default)]
+/// The SSE-C headers of one request (all `None` without SSE-C). No `Debug`: it holds the key.
+#[derive(Default)]
 pub struct CustomerHeaders {
     pub algorithm: Option<String>,
     pub key: Option<String>,

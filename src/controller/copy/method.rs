@@ -53,13 +53,8 @@ impl Endpoint {
 
     /// The mover's environment: the api-key and the CAs from their Secrets.
     pub fn env(&self) -> Vec<(String, EnvValue)> {
-        let from = |var: &str, secret: &str, key: &str| {
-            let value = EnvValue::SecretKey {
-                secret: secret.to_owned(),
-                key: key.to_owned(),
-            };
-            (var.to_owned(), value)
-        };
+        let from =
+            |var: &str, secret: &str, key: &str| (var.to_owned(), EnvValue::secret(secret, key));
         let key = (self.api_key.iter()).map(|s| from(QDRANT_API_KEY_ENV, &s.name, &s.key));
         let ca = (self.ca.iter()).map(|s| from(QDRANT_CA_ENV, &s.name, &s.key));
         key.chain(ca).collect()
