@@ -534,6 +534,50 @@ impl MoverReport {
     }
 }
 
+/// How often a mover prints a [`ProgressLine`] (milliseconds; absent: never): set by the
+/// controller on every mover Job.
+pub const PROGRESS_EVERY_ENV: &str = "SNAPSHOT_OPERATOR_PROGRESS_EVERY_MS";
+
+/// The key of a progress line's one field: a line of the mover's log is a progress line
+/// only when it is a JSON object with this key.
+const PROGRESS_KEY: &str = "snapshotOperatorProgress";
+
+/// How far a mover is: printed on its standard output while it works, read from its log by
+/// the controller (movers have no API access).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProgressLine {
+    /// Bytes read (snapshots: of the files; restores: of the archive).
+    pub bytes_done: u64,
+    /// What `bytes_done` reaches at the end, when known (restores: the archive's size).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes_total: Option<u64>,
+    /// Bytes per second over the last few seconds.
+    pub bytes_per_second: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Tagged {
+    #[serde(rename = "snapshotOperatorProgress")]
+    progress: ProgressLine,
+}
+
+impl ProgressLine {
+    /// The line a mover prints (without its newline).
+    pub fn to_line(self) -> String {
+        serde_json::to_string(&Tagged { progress: self }).expect("progress lines serialise")
+    }
+
+    /// The last progress line in `log` (the end of a mover's log), if any (pure).
+    pub fn last_in(log: &str) -> Option<Self> {
+        log.lines()
+            .rev()
+            .filter(|line| line.contains(PROGRESS_KEY))
+            .find_map(|line| serde_json::from_str::<Tagged>(line.trim()).ok())
+            .map(|t| t.progress)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -551,6 +595,37 @@ mod tests {
             storage_path: "/data/qdrant/storage".into(),
             volume: volume.then(|| "/data".into()),
         }
+    }
+
+    #[test]
+    fn the_last_progress_line_of_a_log_is_found_among_other_lines() {
+        let line = |done| ProgressLine {
+            bytes_done: done,
+            bytes_total: Some(300),
+            bytes_per_second: 7,
+        };
+        let log = format!(
+            "{}\n2026-12-07T03:00:00Z WARN something\n{}\n{{\"name\":\"x\"}}\n",
+            line(100).to_line(),
+            line(200).to_line()
+        );
+        assert_eq!(ProgressLine::last_in(&log), Some(line(200)));
+        // A line cut by the log read's byte limit, or another JSON object, is not one.
+        let cut = &line(250).to_line()[..30];
+        assert_eq!(
+            ProgressLine::last_in(&format!("{}\n{cut}", line(100).to_line())),
+            Some(line(100))
+        );
+        assert_eq!(ProgressLine::last_in("no progress here\n{}"), None);
+        let unknown_total = ProgressLine {
+            bytes_total: None,
+            ..line(5)
+        };
+        assert!(!unknown_total.to_line().contains("bytesTotal"));
+        assert_eq!(
+            ProgressLine::last_in(&unknown_total.to_line()),
+            Some(unknown_total)
+        );
     }
 
     #[test]

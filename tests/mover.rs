@@ -155,3 +155,97 @@ fn movers_snapshot_restore_and_delete_reporting_in_the_termination_log() {
     assert!(!snapshots.join(&key).exists());
     assert_eq!(report(), serde_json::json!({}));
 }
+
+/// The progress lines a mover printed on its standard output, in order.
+fn progress_lines(stdout: &str) -> Vec<snapshot_operator::protocol::ProgressLine> {
+    stdout
+        .lines()
+        .filter_map(snapshot_operator::protocol::ProgressLine::last_in)
+        .collect()
+}
+
+#[test]
+fn a_mover_prints_its_progress_while_it_works_and_its_report_last() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    make_collection(&data, "products", "p1");
+    write(
+        &data.join("collections/products/0/segments/seg-b/big.bin"),
+        &binary(6 << 20, "big"),
+        0o644,
+    );
+    let snapshots = dir.path().join("snapshots");
+    let log = dir.path().join("termination-log");
+    let mover = |every: &str| {
+        let mut cmd = bin(dir.path());
+        cmd.env("SNAPSHOT_OPERATOR__STORAGE__SNAPSHOTS_PATH", &snapshots)
+            .env(snapshot_operator::protocol::PROGRESS_EVERY_ENV, every)
+            .args(["mover", "restore", "--termination-log"])
+            .arg(&log);
+        cmd
+    };
+    let mut create = bin(dir.path());
+    create
+        .env("SNAPSHOT_OPERATOR__STORAGE__SNAPSHOTS_PATH", &snapshots)
+        .args(["mover", "snapshot", "--termination-log"])
+        .arg(&log)
+        .args(["--collection", "products", "--node", "n", "--storage-path"])
+        .arg(&data);
+    ok(&mut create);
+    let created: serde_json::Value = serde_json::from_slice(&fs::read(&log).unwrap()).unwrap();
+    let archive = fs::read(snapshots.join(created["key"].as_str().unwrap())).unwrap();
+    let size = archive.len() as u64;
+    // Read at 3 MiB/s: a restore of about two seconds.
+    let server = serve(archive, false);
+    let slow = throttled_proxy(&server.base, 3 << 20);
+    let target = dir.path().join("target");
+    let location = format!("{slow}/good.snapshot");
+    let restore = |every: &str| {
+        let mut cmd = mover(every);
+        cmd.args(["--location", &location, "--collection", "products"])
+            .args(["--priority", "snapshot", "--storage-path"])
+            .arg(&target);
+        cmd
+    };
+    let stdout = ok(&mut restore("100"));
+    let lines = progress_lines(&stdout);
+    assert!(lines.len() >= 5, "{stdout}");
+    assert!(
+        lines.windows(2).all(|w| w[0].bytes_done <= w[1].bytes_done),
+        "{stdout}"
+    );
+    let moving: Vec<_> = lines
+        .iter()
+        .filter(|l| l.bytes_done > 0 && l.bytes_done < size)
+        .collect();
+    assert!(moving.len() >= 3, "seen between start and end: {stdout}");
+    // Known from the start of the restore on (the source's length).
+    let started = lines.iter().filter(|l| l.bytes_done > 0);
+    assert!(started.all(|l| l.bytes_total == Some(size)), "{stdout}");
+    // Over the last seconds, about the link's rate.
+    let rate = moving.last().unwrap().bytes_per_second;
+    assert!((1 << 20..=4 << 20).contains(&rate), "{rate} B/s");
+    // The report is the last line, as the termination message holds it.
+    let last = stdout.lines().last().unwrap();
+    assert_eq!(last, fs::read_to_string(&log).unwrap());
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(last).unwrap()["outcome"],
+        "Restored"
+    );
+
+    // Without the variable, no progress lines; a bad value is refused.
+    let mut quiet = restore("1");
+    quiet.env_remove(snapshot_operator::protocol::PROGRESS_EVERY_ENV);
+    let stdout = ok(&mut quiet);
+    assert!(progress_lines(&stdout).is_empty(), "{stdout}");
+    let err = fails(&mut restore("0"));
+    assert!(err.contains("SNAPSHOT_OPERATOR_PROGRESS_EVERY_MS"), "{err}");
+    let report: serde_json::Value = serde_json::from_slice(&fs::read(&log).unwrap()).unwrap();
+    assert!(
+        report["error"]
+            .as_str()
+            .unwrap()
+            .contains("positive number of milliseconds"),
+        "{report}"
+    );
+}

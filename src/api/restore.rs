@@ -6,7 +6,7 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::condition::conditions_schema;
+use super::condition::{Progress, conditions_schema};
 use super::snapshot::{MoverSecurityContext, Storage, Workload, root_path};
 pub use crate::engine::restore::Priority;
 
@@ -24,6 +24,7 @@ pub use crate::engine::restore::Priority;
     printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
     printcolumn = r#"{"name":"Collection","type":"string","jsonPath":".spec.collection"}"#,
     printcolumn = r#"{"name":"Priority","type":"string","jsonPath":".spec.priority"}"#,
+    printcolumn = r#"{"name":"Progress","type":"string","jsonPath":".status.conditions[?(@.type==\"Progressing\")].message"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
     doc = "Restores snapshot archives into the volumes of a workload, with a priority.",
     validation = Rule::new("self.spec == oldSelf.spec").message("spec is immutable: create a new SnapshotRestore")
@@ -223,4 +224,7 @@ pub struct NodeRestore {
     /// Why it was skipped or failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// While its mover runs: how far it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<Progress>,
 }

@@ -6,7 +6,7 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::condition::conditions_schema;
+use super::condition::{Progress, conditions_schema};
 pub use crate::engine::manifest::Format;
 
 /// A snapshot of a workload's data: one archive per node (pod of a StatefulSet, or the one
@@ -25,6 +25,7 @@ pub use crate::engine::manifest::Format;
     printcolumn = r#"{"name":"Collection","type":"string","jsonPath":".spec.collection"}"#,
     printcolumn = r#"{"name":"Nodes","type":"integer","jsonPath":".status.nodes"}"#,
     printcolumn = r#"{"name":"Size","type":"string","jsonPath":".status.size"}"#,
+    printcolumn = r#"{"name":"Progress","type":"string","jsonPath":".status.conditions[?(@.type==\"Progressing\")].message"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
     printcolumn = r#"{"name":"Expires","type":"string","jsonPath":".status.expiresAt"}"#,
     doc = "A snapshot of a workload's data: one archive per node, of one collection or of a whole storage directory.",
@@ -466,6 +467,9 @@ pub struct ArchiveStatus {
     /// once the archive is done).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub volume_snapshot: Option<String>,
+    /// While its mover runs: how far it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<Progress>,
 }
 
 /// The label of an imported Snapshot (`"true"`): its status comes from the storage, and no

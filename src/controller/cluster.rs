@@ -272,6 +272,7 @@ impl Cluster {
             job,
             pods,
             stuck: None,
+            progress: None,
         })
     }
 

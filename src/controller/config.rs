@@ -1,6 +1,7 @@
 //! The operator's own configuration (a YAML file the Helm chart renders from its values):
 //! default storage, the mover pods' image, resources and security, the concurrency cap.
 
+use std::num::{NonZeroU32, NonZeroU64};
 use std::path::Path;
 
 use k8s_openapi::api::core::v1::{PodSecurityContext, ResourceRequirements, SeccompProfile};
@@ -97,6 +98,47 @@ pub struct MoverConfig {
     /// security context's user.
     #[serde(default)]
     pub allow_root: bool,
+    /// How running movers' progress is read.
+    #[serde(default)]
+    pub progress: ProgressConfig,
+}
+
+/// How the progress of running movers is read (from their logs, through the API server).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ProgressConfig {
+    /// Milliseconds between two reads of one mover's progress (movers print it twice as
+    /// often).
+    #[serde(default = "default_progress_interval")]
+    pub interval_milliseconds: NonZeroU64,
+    /// Most reads of movers' progress per second, all movers together: with many movers,
+    /// each is read less often.
+    #[serde(default = "default_progress_reads")]
+    pub reads_per_second: NonZeroU32,
+}
+
+impl Default for ProgressConfig {
+    fn default() -> Self {
+        Self {
+            interval_milliseconds: default_progress_interval(),
+            reads_per_second: default_progress_reads(),
+        }
+    }
+}
+
+impl ProgressConfig {
+    /// The time between two reads of one mover's progress.
+    pub fn interval(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.interval_milliseconds.get())
+    }
+}
+
+fn default_progress_interval() -> NonZeroU64 {
+    NonZeroU64::new(10_000).expect("not zero")
+}
+
+fn default_progress_reads() -> NonZeroU32 {
+    NonZeroU32::new(5).expect("not zero")
 }
 
 impl Default for MoverConfig {
@@ -111,6 +153,7 @@ impl Default for MoverConfig {
             start_timeout_seconds: default_start_timeout(),
             restore_limits: LimitArgs::default(),
             allow_root: false,
+            progress: ProgressConfig::default(),
         }
     }
 }

@@ -17,6 +17,8 @@ pub struct Mover {
     pub pods: Vec<Arc<Pod>>,
     /// Why its pod never started, once it waited too long: the mover counts as failed.
     pub stuck: Option<String>,
+    /// How far it is, while it runs (its log, as last read).
+    pub progress: Option<crate::api::condition::Progress>,
 }
 
 impl Mover {
@@ -107,6 +109,14 @@ pub fn outcome(job: &Job) -> Option<bool> {
     } else {
         None
     }
+}
+
+/// The pod of a mover that runs on a node now (whose log can be read), if any (pure).
+pub fn running_pod(pods: &[Arc<Pod>]) -> Option<&Pod> {
+    pods.iter()
+        .map(AsRef::as_ref)
+        .filter(|p| p.spec.as_ref().is_some_and(|s| s.node_name.is_some()))
+        .find(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
 }
 
 /// Seconds from a Job's start to its completion (or now).
@@ -326,6 +336,7 @@ mod tests {
             job: Arc::new(job),
             pods: vec![],
             stuck: Some(none.clone()),
+            progress: None,
         };
         assert_eq!(mover.outcome(), Some(false));
         assert_eq!(mover.report().error, Some(none));

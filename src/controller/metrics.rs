@@ -43,6 +43,11 @@ struct ScheduleLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabel {
+    result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OperationLabel {
     operation: String,
 }
@@ -60,6 +65,7 @@ pub struct Metrics {
     restored: Counter,
     mover_duration: Histograms<OperationLabel>,
     watch_errors: Family<ResourceLabel, Counter>,
+    progress_reads: Family<ResultLabel, Counter>,
     imported: Counter,
     import_failures: Counter,
     missed_runs: Family<ScheduleLabels, Counter>,
@@ -106,6 +112,11 @@ impl Default for Metrics {
             "Failed list or watch requests (each retried with backoff), by resource",
             Family::default(),
         );
+        let progress_reads = reg.add(
+            "snapshot_operator_progress_reads",
+            "Reads of a running mover's log for its progress, by result (read, none, failed)",
+            Family::default(),
+        );
         let imported = reg.add(
             "snapshot_operator_imported_snapshots",
             "Snapshots created by the catalog import from the default storage",
@@ -135,6 +146,7 @@ impl Default for Metrics {
             restored,
             mover_duration,
             watch_errors,
+            progress_reads,
             imported,
             import_failures,
             missed_runs,
@@ -237,6 +249,16 @@ impl Metrics {
                 operation: operation.to_owned(),
             })
             .observe(seconds);
+    }
+
+    /// A mover's log was read for its progress: `read` (a progress line found), `none` or
+    /// `failed`.
+    pub fn progress_read(&self, result: &str) {
+        self.progress_reads
+            .get_or_create(&ResultLabel {
+                result: result.to_owned(),
+            })
+            .inc();
     }
 
     /// A schedule missed `count` runs.

@@ -22,7 +22,9 @@ use super::config::MoverConfig;
 use super::kernel::Invalid;
 use crate::api::snapshot::{LocalStorage, MoverSecurityContext, Storage};
 use crate::engine::name;
-use crate::protocol::{EnvValue, MoverStorage, MoverTask, SecretKeys, TERMINATION_LOG};
+use crate::protocol::{
+    EnvValue, MoverStorage, MoverTask, PROGRESS_EVERY_ENV, SecretKeys, TERMINATION_LOG,
+};
 
 /// Label on everything the operator creates.
 pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "snapshot-operator");
@@ -298,6 +300,12 @@ pub fn job(spec: &MoverJob<'_>, config: &MoverConfig) -> Job {
     let labels = labels(&spec.owner_uid, spec.task.operation(), spec.node);
     let (mut env, mut volumes, mut mounts) = storage_settings(spec.storage);
     env.extend(spec.env.iter().map(|(n, v)| env_var(n.clone(), v.clone())));
+    // Printed twice as often as read: what is read is at most half an interval old.
+    let every = (config.progress.interval_milliseconds.get() / 2).max(1);
+    env.push(env_var(
+        PROGRESS_EVERY_ENV.into(),
+        EnvValue::Value(every.to_string()),
+    ));
     if let Some((claim, read_only)) = spec.data {
         volumes.insert(0, claim_volume("data", claim, read_only));
         mounts.insert(

@@ -57,8 +57,8 @@ pub struct Expect {
     pub method: &'static str,
     /// The path and query must contain this.
     pub path: String,
-    /// The JSON answered (`Null`: the request body, as the API server echoes a write), with
-    /// `status`.
+    /// The JSON answered (`Null`: the request body, as the API server echoes a write; a
+    /// string: that text), with `status`.
     pub status: u16,
     pub reply: Value,
     /// Checks on the request body (JSON; `Null` when empty).
@@ -154,9 +154,14 @@ impl Verifier {
                 } else {
                     &expect.reply
                 };
+                // A string is answered as text (a pod's log).
+                let bytes = match reply {
+                    Value::String(text) => text.clone().into_bytes(),
+                    json => serde_json::to_vec(json).unwrap(),
+                };
                 let response = Response::builder()
                     .status(expect.status)
-                    .body(Body::from(serde_json::to_vec(reply).unwrap()))
+                    .body(Body::from(bytes))
                     .unwrap();
                 send.send_response(response);
             }

@@ -103,7 +103,6 @@ pub struct Stager<'a, 'w> {
     buf: Vec<u8>,
     umask: u32,
     counts: Counts,
-    progress: &'a (dyn Fn(u64) + Sync),
     /// How much deeper than staged entries end up once arranged ([`super::arrange`]).
     deeper: usize,
 }
@@ -114,7 +113,6 @@ impl<'a, 'w> Stager<'a, 'w> {
         staging: &'a Dir,
         writers: Writers<'w>,
         umask: u32,
-        progress: &'a (dyn Fn(u64) + Sync),
     ) -> Result<Self, RestoreError> {
         Ok(Self {
             limits,
@@ -127,7 +125,6 @@ impl<'a, 'w> Stager<'a, 'w> {
             buf: vec![0; COPY_BUF],
             umask,
             counts: Counts::default(),
-            progress,
             deeper: 0,
         })
     }
@@ -156,9 +153,6 @@ impl<'a, 'w> Stager<'a, 'w> {
                 },
             };
             self.entry(tar, &entry, scope, outer)?;
-            if outer {
-                (self.progress)(tar.position());
-            }
         }
     }
 

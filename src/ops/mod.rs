@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use jiff::Timestamp;
 use serde::Serialize;
@@ -26,7 +27,7 @@ use crate::storage::{ObjectInfo, Reader, Storage, StorageError};
 mod common;
 mod qdrant;
 
-pub use common::{Created, OpsError, Progress, archive_naming, no_progress};
+pub use common::{Created, Meter, OpsError, Progress, archive_naming, no_progress};
 pub use qdrant::{ApiSnapshot, plain_through_api, recover_through_api, snapshot_through_api};
 
 /// Chunks in flight between the tar writer and the storage upload.
@@ -279,12 +280,9 @@ pub async fn restore_snapshot(
 /// task's termination log (and standard output), and returns the task's result.
 pub async fn run_mover(task: MoverTask, storage: &StorageConfig) -> Result<(), OpsError> {
     let log = task.termination_log().to_owned();
-    let result = match task {
-        MoverTask::Snapshot(task) => mover_snapshot(task, storage).await,
-        MoverTask::Restore(task) => mover_restore(task, storage).await,
-        MoverTask::Delete(task) => mover_delete(task, storage).await,
-        MoverTask::ApiSnapshot(task) => mover_api_snapshot(task, storage).await,
-        MoverTask::ApiRestore(task) => mover_api_restore(task, storage).await,
+    let result = match progress_every() {
+        Ok(every) => run_task(task, storage, every).await,
+        Err(e) => Err(e),
     };
     let report = match &result {
         Ok(report) => report.clone(),
@@ -299,6 +297,41 @@ pub async fn run_mover(task: MoverTask, storage: &StorageConfig) -> Result<(), O
     }
     println!("{message}");
     result.map(|_| ())
+}
+
+/// Runs a mover's task, printing its progress every `every` meanwhile.
+async fn run_task(
+    task: MoverTask,
+    storage: &StorageConfig,
+    every: Option<Duration>,
+) -> Result<MoverReport, OpsError> {
+    let meter = Arc::new(Meter::default());
+    let _printing = every.map(|every| {
+        let printer = tokio::spawn(common::print_progress(meter.clone(), every));
+        tokio_util::task::AbortOnDropHandle::new(printer)
+    });
+    match task {
+        MoverTask::Snapshot(task) => mover_snapshot(task, storage, &meter).await,
+        MoverTask::Restore(task) => mover_restore(task, storage, &meter).await,
+        MoverTask::Delete(task) => mover_delete(task, storage).await,
+        MoverTask::ApiSnapshot(task) => mover_api_snapshot(task, storage, &meter).await,
+        MoverTask::ApiRestore(task) => mover_api_restore(task, storage, &meter).await,
+    }
+}
+
+/// How often the mover prints its progress, from [`crate::protocol::PROGRESS_EVERY_ENV`]
+/// (absent: never).
+fn progress_every() -> Result<Option<Duration>, OpsError> {
+    let name = crate::protocol::PROGRESS_EVERY_ENV;
+    let Some(value) = std::env::var_os(name) else {
+        return Ok(None);
+    };
+    match value.to_str().and_then(|v| v.parse::<u64>().ok()) {
+        Some(ms) if ms > 0 => Ok(Some(Duration::from_millis(ms))),
+        _ => Err(OpsError::Usage(format!(
+            "{name} must be a positive number of milliseconds, not {value:?}"
+        ))),
+    }
 }
 
 /// A mover's storage directory: beneath the workload's volume when its mount is given.
@@ -318,6 +351,7 @@ fn anchored(dir: StorageDir) -> Result<Anchored, OpsError> {
 async fn mover_snapshot(
     task: SnapshotTask,
     storage: &StorageConfig,
+    meter: &Arc<Meter>,
 ) -> Result<MoverReport, OpsError> {
     let (store, _) = crate::storage::open(storage).await?;
     let request = SnapshotRequest {
@@ -329,7 +363,7 @@ async fn mover_snapshot(
         format: task.format,
         encrypt_to: crate::crypt::Recipients::from_env()?,
     };
-    let created = create_snapshot(store.as_ref(), request, no_progress()).await?;
+    let created = create_snapshot(store.as_ref(), request, meter.progress()).await?;
     Ok(created_report(created))
 }
 
@@ -353,6 +387,7 @@ fn created_report(created: Created) -> MoverReport {
 async fn mover_api_snapshot(
     task: ApiSnapshotTask,
     storage: &StorageConfig,
+    meter: &Arc<Meter>,
 ) -> Result<MoverReport, OpsError> {
     let (store, _) = crate::storage::open(storage).await?;
     plain_through_api(crate::crypt::Recipients::from_env()?.as_ref())?;
@@ -362,27 +397,25 @@ async fn mover_api_snapshot(
         node: task.node,
         identity: task.identity,
     };
-    let created = snapshot_through_api(&api, store.as_ref(), request, no_progress()).await?;
+    let created = snapshot_through_api(&api, store.as_ref(), request, meter.progress()).await?;
     Ok(created_report(created))
 }
 
 async fn mover_api_restore(
     task: ApiRestoreTask,
     storage: &StorageConfig,
+    meter: &Arc<Meter>,
 ) -> Result<MoverReport, OpsError> {
     let api = task.qdrant.connect()?;
     let opened = mover_source(&task.location, task.checksum.as_deref(), storage).await?;
+    meter.set_total(opened.size);
     let from = opened.location.clone();
     let checksum = opened.checksum.clone();
     let scope = crate::qdrant_api::Scope::of(task.collection, task.shard);
-    let sent = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let counter = sent.clone();
-    let progress: Progress =
-        Arc::new(move |n| counter.store(n, std::sync::atomic::Ordering::Relaxed));
-    recover_through_api(&api, opened, &scope, Some(task.priority), progress).await?;
+    recover_through_api(&api, opened, &scope, Some(task.priority), meter.progress()).await?;
     Ok(MoverReport {
         location: Some(from),
-        size: Some(sent.load(std::sync::atomic::Ordering::Relaxed)),
+        size: Some(meter.done()),
         checksum,
         outcome: Some(Outcome::Restored),
         ..MoverReport::default()
@@ -443,8 +476,10 @@ async fn mover_source(
 async fn mover_restore(
     task: RestoreTask,
     storage: &StorageConfig,
+    meter: &Arc<Meter>,
 ) -> Result<MoverReport, OpsError> {
     let opened = mover_source(&task.location, task.checksum.as_deref(), storage).await?;
+    meter.set_total(opened.size);
     let from = opened.location.clone();
     let selection = match task.collection {
         Some(into) => Selection::Collection {
@@ -462,7 +497,7 @@ async fn mover_restore(
         shard: task.shard,
         identities: crate::crypt::Identities::from_env()?.requiring_encryption(),
     };
-    let restored = restore_snapshot(opened, spec, no_progress()).await?;
+    let restored = restore_snapshot(opened, spec, meter.progress()).await?;
     let skipped: Vec<String> = restored
         .collections
         .iter()

@@ -197,6 +197,7 @@ pub fn status(
             message: n.problem.clone(),
             read_from: None,
             volume_snapshot: None,
+            progress: None,
         }
     });
     let mut status = next_status(snap, nodes.collect(), storage, time(true));

@@ -21,6 +21,7 @@ use crate::controller::cluster::{self, Cluster};
 use crate::controller::config::OperatorConfig;
 use crate::controller::jobs::{self, Mover};
 use crate::controller::metrics::Metrics;
+use crate::controller::progress::ProgressReads;
 use crate::controller::slots::{Busy, Claimant, Kind, Limits, Queued, Slots};
 
 /// What every reconciliation shares.
@@ -37,6 +38,8 @@ pub struct Context {
     wake: Wake,
     /// The time (the system's; a test's own clock in tests).
     clock: Clock,
+    /// Running movers' progress, as last read from their logs.
+    pub progress: ProgressReads,
 }
 
 /// Where the reconcilers read the time.
@@ -64,6 +67,7 @@ impl Context {
         };
         Self {
             recorder: Recorder::new(client.clone(), reporter),
+            progress: ProgressReads::new(&config.mover.progress),
             client,
             config,
             metrics,
@@ -147,6 +151,11 @@ impl Context {
         // the controller's (which tests move ahead).
         let now = jiff::Timestamp::now();
         mover.stuck = jobs::stuck(&mover.job, &mover.pods, now, timeout);
+        if mover.outcome().is_none()
+            && let Some(pod) = jobs::running_pod(&mover.pods)
+        {
+            mover.progress = self.progress.of(&self.client, pod, &self.metrics).await;
+        }
         Ok(Some(mover))
     }
 

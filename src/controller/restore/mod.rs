@@ -154,8 +154,12 @@ async fn apply(restore: &SnapshotRestore, ctx: &Context) -> Result<Action, Error
         // Written on condition of the status read: counted once.
         count_finished(ctx, &plan.entries, &next, &movers);
     }
+    let running = next.iter().any(|n| n.phase == NodePhase::Running);
     Ok(if status.phase.is_some_and(RestorePhase::is_final) {
         Action::await_change()
+    } else if running {
+        // Its movers' progress read again then.
+        Action::requeue(RECHECK.min(ctx.progress.interval()))
     } else {
         Action::requeue(RECHECK)
     })

@@ -89,6 +89,7 @@ pub fn first_entries(assignments: &[Assignment]) -> Vec<NodeRestore> {
                 .location
                 .is_none()
                 .then(|| "no archive for this node in the snapshot".into()),
+            progress: None,
         })
         .collect()
 }

@@ -77,14 +77,25 @@ pub fn next_status(
             .completion_time
             .clone()
             .or_else(|| terminal.then(|| now.clone())),
-        conditions: vec![condition::ready(
-            ready,
-            why,
-            message,
-            restore.meta().generation,
-            &old.conditions,
-            now,
-        )],
+        conditions: vec![
+            condition::ready(
+                ready,
+                why,
+                message,
+                restore.meta().generation,
+                &old.conditions,
+                now.clone(),
+            ),
+            condition::progressing(
+                nodes
+                    .iter()
+                    .filter(|x| x.phase == NodePhase::Running)
+                    .map(|x| x.progress.as_ref()),
+                restore.meta().generation,
+                &old.conditions,
+                now,
+            ),
+        ],
         stopped_replicas,
         nodes,
     }
@@ -118,6 +129,13 @@ pub fn next_node(entry: &NodeRestore, mover: Option<&Mover>, started: bool) -> N
     if is_final(&n) {
         return n;
     }
+    let running = mover.is_some_and(|m| m.outcome().is_none());
+    // Kept as last read while it runs and a read brought nothing new.
+    n.progress = match mover.and_then(|m| m.progress.clone()) {
+        Some(progress) if running => Some(progress),
+        _ if running => n.progress,
+        _ => None,
+    };
     let Some(mover) = mover else {
         n.phase = if started {
             NodePhase::Running

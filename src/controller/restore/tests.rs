@@ -240,6 +240,7 @@ fn entry(phase: NodePhase) -> NodeRestore {
         phase,
         bytes: None,
         message: None,
+        progress: None,
     }
 }
 

@@ -158,7 +158,7 @@ async fn one_mover_per_pod_pinned_to_the_node_of_its_claim_then_running_status()
         secret_name: "age".into(),
     });
     let (action, _) = reconcile_with(snap, nothing(), script).await;
-    assert_eq!(action.unwrap(), Action::requeue(RUNNING_RECHECK));
+    assert_eq!(action.unwrap(), running_recheck());
 }
 
 #[tokio::test]
@@ -373,7 +373,101 @@ async fn requests_do_not_grow_with_unrelated_pods_and_jobs() {
         script,
     )
     .await;
-    assert_eq!(result.unwrap(), Action::requeue(RUNNING_RECHECK));
+    assert_eq!(result.unwrap(), running_recheck());
+}
+
+/// The mover of `node` running on the Kubernetes node `worker`.
+fn running_pod(node: &str) -> Pod {
+    let job = job(node, None);
+    serde_json::from_value(json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": format!("{}-x1", job.name_any()), "namespace": "ns", "uid": format!("pod-{node}"),
+            "labels": {"job-name": job.name_any()},
+            "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job",
+                "name": job.name_any(), "uid": job.uid().unwrap(), "controller": true}]},
+        "spec": {"nodeName": "worker", "containers": []}, "status": {"phase": "Running"}}))
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_running_mover_s_progress_is_read_from_its_log_into_the_status() {
+    let pod = running_pod("qdrant-0");
+    let line = |done: u64, rate: u64| {
+        let line = crate::protocol::ProgressLine {
+            bytes_done: done << 20,
+            bytes_total: None,
+            bytes_per_second: rate << 20,
+        };
+        line.to_line()
+    };
+    let log = format!(
+        "{}\n{}\n2026-12-07T03:00:00Z WARN a line of its own\n",
+        line(100, 90),
+        line(300, 100)
+    );
+    let script = vec![
+        Expect::new(
+            "GET",
+            format!(
+                "{PODS}/{}/log?&container=mover&limitBytes=4096&tailLines=10",
+                pod.name_any()
+            ),
+            Value::String(log),
+        ),
+        Expect::new("PATCH", format!("{SNAPS}/status"), stored()).check(|body| {
+            let status = &body["status"];
+            assert_eq!(
+                status["archives"][0]["progress"],
+                json!({"bytesDone": 300 << 20, "bytesPerSecond": 100 << 20})
+            );
+            // Its mover has no pod on a node yet: nothing to read.
+            assert!(status["archives"][1].get("progress").is_none(), "{status}");
+            let progressing = &status["conditions"][1];
+            assert_eq!(progressing["type"], "Progressing");
+            assert_eq!(progressing["status"], "True");
+            assert_eq!(progressing["reason"], "MoversRunning");
+            assert_eq!(progressing["message"], "2 movers: 300.0 MiB at 100.0 MiB/s");
+        }),
+    ];
+    let cluster = movers(
+        vec![job("qdrant-0", None), job("qdrant-1", None)],
+        vec![pod],
+    );
+    let snap = Snapshot::test().finalized().with_status(running_archives());
+    let (result, metrics) =
+        reconcile_with(snap, (OperatorConfig::default(), cluster), script).await;
+    assert_eq!(result.unwrap(), running_recheck());
+    assert!(
+        metrics.contains("snapshot_operator_progress_reads_total{result=\"read\"} 1"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn a_log_that_cannot_be_read_leaves_the_progress_as_it_was() {
+    let pod = running_pod("qdrant-0");
+    let mut status = running_archives();
+    let before = json!({"bytesDone": 7, "bytesTotal": 70, "bytesPerSecond": 1});
+    status["archives"][0]["progress"] = before.clone();
+    let script = vec![
+        Expect::new("GET", format!("{PODS}/{}/log", pod.name_any()), not_found()).status(404),
+        Expect::new("PATCH", format!("{SNAPS}/status"), stored()).check(move |body| {
+            let status = &body["status"];
+            assert_eq!(status["archives"][0]["progress"], before);
+            assert_eq!(status["conditions"][1]["message"], "2 movers: 7 B at 1 B/s");
+        }),
+    ];
+    let cluster = movers(
+        vec![job("qdrant-0", None), job("qdrant-1", None)],
+        vec![pod],
+    );
+    let snap = Snapshot::test().finalized().with_status(status);
+    let (result, metrics) =
+        reconcile_with(snap, (OperatorConfig::default(), cluster), script).await;
+    assert_eq!(result.unwrap(), running_recheck());
+    assert!(
+        metrics.contains("snapshot_operator_progress_reads_total{result=\"failed\"} 1"),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]
@@ -544,7 +638,7 @@ async fn movers_beyond_the_cap_wait_pending_and_foreign_jobs_hold_no_slot() {
         script,
     )
     .await;
-    assert_eq!(action.unwrap(), Action::requeue(RUNNING_RECHECK));
+    assert_eq!(action.unwrap(), running_recheck());
 }
 
 fn succeeded_archives() -> Value {
@@ -1456,4 +1550,11 @@ async fn a_snapshot_is_deleted_once_its_ttl_has_passed_unless_a_restore_still_re
         script,
     );
     assert_eq!(done.await.unwrap(), Action::await_change());
+}
+
+/// What a running Snapshot's reconcile asks: to be looked at again when its movers'
+/// progress is read next.
+fn running_recheck() -> Action {
+    let interval = crate::controller::config::ProgressConfig::default().interval();
+    Action::requeue(RUNNING_RECHECK.min(interval))
 }

@@ -120,7 +120,8 @@ async fn apply(snap: &Snapshot, ctx: &Context) -> Result<Action, Error> {
         count_finished(ctx, &archives, &steps, &movers);
     }
     Ok(match status.phase {
-        Some(Phase::Running) => Action::requeue(RUNNING_RECHECK),
+        // Its movers' progress read again then.
+        Some(Phase::Running) => Action::requeue(RUNNING_RECHECK.min(ctx.progress.interval())),
         Some(Phase::Pending) => Action::requeue(PENDING_RECHECK),
         _ => until_expiry(snap, ctx),
     })
@@ -236,6 +237,7 @@ fn pending_archive(node: workload::Node) -> ArchiveStatus {
         message: None,
         read_from: None,
         volume_snapshot: None,
+        progress: None,
     }
 }
 

@@ -3,7 +3,7 @@
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::Resource;
 
-use crate::api::condition::{self, reason};
+use crate::api::condition::{self, Progress, reason};
 use crate::api::snapshot::{ArchivePhase, ArchiveStatus, Phase, Snapshot, SnapshotStatus, Storage};
 use crate::controller::jobs::Mover;
 use crate::controller::kernel::Invalid;
@@ -17,8 +17,8 @@ pub enum NodeStep {
     Keep,
     /// No mover yet: start one.
     Start,
-    /// Its mover runs.
-    Running,
+    /// Its mover runs, this far as it last said.
+    Running(Option<Progress>),
     /// Its mover finished: record the report.
     Finished {
         succeeded: bool,
@@ -46,7 +46,7 @@ pub fn plan(archives: &[ArchiveStatus], movers: &[Option<Mover>]) -> Vec<NodeSte
             match mover {
                 None => NodeStep::Start,
                 Some(m) => match m.outcome() {
-                    None => NodeStep::Running,
+                    None => NodeStep::Running(m.progress.clone()),
                     Some(succeeded) => NodeStep::Finished {
                         succeeded,
                         report: Box::new(m.report()),
@@ -65,6 +65,9 @@ pub fn next_archive(
     started: bool,
 ) -> ArchiveStatus {
     let mut a = archive.clone();
+    if !matches!(step, NodeStep::Running(_)) {
+        a.progress = None;
+    }
     match step {
         NodeStep::Keep => {}
         NodeStep::Start if started => {
@@ -75,9 +78,13 @@ pub fn next_archive(
             a.phase = ArchivePhase::Pending;
             a.message = Some("waiting for a free mover slot".into());
         }
-        NodeStep::Running => {
+        NodeStep::Running(progress) => {
             a.phase = ArchivePhase::Running;
             a.message = None;
+            // Kept as last read when a read brought nothing new.
+            if progress.is_some() {
+                a.progress.clone_from(progress);
+            }
         }
         NodeStep::Finished {
             succeeded: true,
@@ -187,14 +194,25 @@ pub fn next_status(
             .completion_time
             .clone()
             .or_else(|| terminal.then(|| now.clone())),
-        conditions: vec![condition::ready(
-            ready,
-            why,
-            message,
-            snap.meta().generation,
-            &old.conditions,
-            now,
-        )],
+        conditions: vec![
+            condition::ready(
+                ready,
+                why,
+                message,
+                snap.meta().generation,
+                &old.conditions,
+                now.clone(),
+            ),
+            condition::progressing(
+                archives
+                    .iter()
+                    .filter(|x| x.phase == ArchivePhase::Running)
+                    .map(|x| x.progress.as_ref()),
+                snap.meta().generation,
+                &old.conditions,
+                now,
+            ),
+        ],
         nodes: Some(archives.len() as i32),
         size: (total_size > 0).then(|| crate::format::human_bytes(total_size as u64)),
         storage: Some(storage.clone()),

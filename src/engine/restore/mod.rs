@@ -198,6 +198,23 @@ enum Layout {
     Qdrant,
 }
 
+/// `inner`, telling `progress` how many bytes were read from it so far (the archive's, as
+/// stored: inside a nested tar or an encrypted archive too).
+struct Counted<'a, R> {
+    inner: R,
+    read: u64,
+    progress: &'a (dyn Fn(u64) + Sync),
+}
+
+impl<R: Read> Read for Counted<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.read += n as u64;
+        (self.progress)(self.read);
+        Ok(n)
+    }
+}
+
 /// Parses the archive from `input` into `staging`, then reads the input to its end.
 fn unpack(
     spec: &RestoreSpec,
@@ -207,9 +224,14 @@ fn unpack(
 ) -> Result<(Restored, Layout, StagedDirs, usize), RestoreError> {
     let umask = current_umask();
     std::thread::scope(|scope| {
-        let mut decoded = spec.identities.plaintext(input)?;
+        let mut counted = Counted {
+            inner: &mut *input,
+            read: 0,
+            progress,
+        };
+        let mut decoded = spec.identities.plaintext(&mut counted)?;
         let writers = Writers::start(scope, WRITERS, umask);
-        let mut stager = Stager::new(spec.limits, staging, writers, umask, progress)?;
+        let mut stager = Stager::new(spec.limits, staging, writers, umask)?;
         let plain: &mut dyn Read = &mut decoded;
         let mut tar: Tar<'_> = TarReader::new(plain);
         let staged: Result<_, RestoreError> = (|| {
