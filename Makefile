@@ -38,7 +38,8 @@ e2e:
 	  --namespace snapshot-system --create-namespace --wait \
 	  --set image.repository=$(firstword $(subst :, ,$(E2E_IMAGE))) \
 	  --set image.tag=$(lastword $(subst :, ,$(E2E_IMAGE))) --set image.pullPolicy=Never \
-	  --set replicaCount=2 --set-json 'allowedS3Endpoints=["http://s3:9000"]'
+	  --set replicaCount=2 --set-json 'allowedS3Endpoints=["http://s3:9000"]' \
+	  --set mover.progress.intervalMilliseconds=1000
 	E2E_IMAGE=$(E2E_IMAGE) E2E_REQUIRE_CSI=1 bash tests/e2e/run.sh
 
 # End-to-end tests on a real node built on this machine (kubelet, containerd, the image

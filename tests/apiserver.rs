@@ -4,6 +4,8 @@
 //! kube-apiserver + etcd. Against a full cluster use tests/e2e instead.
 
 mod common;
+#[path = "apiserver/progress.rs"]
+mod progress;
 
 use std::path::Path;
 use std::process::Command;
@@ -153,17 +155,25 @@ struct Running {
 impl Running {
     /// `None` without an API server (the tier is skipped, and says so).
     async fn start() -> Option<Self> {
+        Self::start_with(json!({})).await
+    }
+
+    /// With these settings over the tests' own.
+    async fn start_with(settings: serde_json::Value) -> Option<Self> {
         let client = client_or_skip().await?;
         let serial = serial().await;
         install_crds(&client).await;
         // Movers never finish here unless a test finishes them: no cap from earlier runs'
         // Jobs.
-        let config: OperatorConfig = serde_json::from_value(json!({
+        let mut config = json!({
             "defaultStorage": {"local": {"persistentVolumeClaim": {"claimName": "backups"}}},
             "maxConcurrentMovers": 1000,
             "maxConcurrentMoversPerNamespace": 2,
-        }))
-        .unwrap();
+        });
+        for (key, value) in settings.as_object().expect("settings are an object") {
+            config[key] = value.clone();
+        }
+        let config: OperatorConfig = serde_json::from_value(config).unwrap();
         if let Ok(filter) = std::env::var("RUST_LOG") {
             let _ = tracing_subscriber::fmt()
                 .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
@@ -1104,6 +1114,18 @@ async fn slots_scenario(client: &Client) {
 /// volume `/data` at `data`, with the Job's environment plus the S3 credentials a Secret would
 /// give it; returns its report (its termination message).
 fn run_mover_here(job: &Job, data: &Path, s3: &common::S3Env, work: &Path) -> String {
+    let (cmd, log) = mover_here(job, data, s3, work);
+    common::ok(&mut common::as_nobody(cmd, work));
+    std::fs::read_to_string(&log).unwrap()
+}
+
+/// The command [`run_mover_here`] runs, and where it writes its report.
+fn mover_here(
+    job: &Job,
+    data: &Path,
+    s3: &common::S3Env,
+    work: &Path,
+) -> (Command, std::path::PathBuf) {
     let pod = job.spec.clone().unwrap().template.spec.unwrap();
     let container = &pod.containers[0];
     let mut args: Vec<String> = container.args.clone().unwrap();
@@ -1124,8 +1146,7 @@ fn run_mover_here(job: &Job, data: &Path, s3: &common::S3Env, work: &Path) -> St
     }
     cmd.env("AWS_ACCESS_KEY_ID", &s3.access_key)
         .env("AWS_SECRET_ACCESS_KEY", &s3.secret_key);
-    common::ok(&mut common::as_nobody(cmd, work));
-    std::fs::read_to_string(&log).unwrap()
+    (cmd, log)
 }
 
 /// The mover Jobs of `owner` (by its UID), once there are `count`.

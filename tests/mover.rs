@@ -220,7 +220,7 @@ fn a_mover_prints_its_progress_while_it_works_and_its_report_last() {
         .collect();
     assert!(moving.len() >= 3, "seen between start and end: {stdout}");
     // Known from the start of the restore on (the source's length).
-    let started = lines.iter().filter(|l| l.bytes_done > 0);
+    let mut started = lines.iter().filter(|l| l.bytes_done > 0);
     assert!(started.all(|l| l.bytes_total == Some(size)), "{stdout}");
     // Over the last seconds, about the link's rate.
     let rate = moving.last().unwrap().bytes_per_second;

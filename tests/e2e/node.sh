@@ -27,7 +27,8 @@ kubectl apply --validate=false -f crds/ > /dev/null
 helm install snapshot-operator charts/snapshot-operator --namespace snapshot-system --skip-crds \
   --create-namespace --wait --timeout 300s \
   --set image.repository=snapshot-operator --set image.tag=e2e --set image.pullPolicy=Never \
-  --set replicaCount=2 --set-json 'allowedS3Endpoints=["http://s3:9000"]' > /dev/null
+  --set replicaCount=2 --set-json 'allowedS3Endpoints=["http://s3:9000"]' \
+  --set mover.progress.intervalMilliseconds=1000 > /dev/null
 kubectl -n snapshot-system get pods -o wide
 # The real Qdrant as a workload, where its image was built (scripts/node.sh).
 if [ -f "$NODE_DIR/images/qdrant.tar" ]; then

@@ -521,6 +521,40 @@ else
   echo "e2e: the real Qdrant as a workload: SKIPPED: no Qdrant image (build the Qdrant binary once with ../shared/tools/build-qdrant.sh)"
 fi
 
+# --- Progress: a 300 MB mover's bytes seen moving in the status ----------------------------
+# (The chart is installed with mover.progress.intervalMilliseconds=1000: read every second.)
+k apply -f - >/dev/null <<'YAML'
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {name: bulk}
+spec: {accessModes: [ReadWriteOnce], resources: {requests: {storage: 512Mi}}}
+YAML
+on_claim bulk fill-bulk "mkdir -p /s/data && head -c 314572800 /dev/urandom > /s/data/blob && echo filled" >/dev/null
+k apply -f - >/dev/null <<'YAML'
+apiVersion: snapshot-operator.dev/v1alpha1
+kind: Snapshot
+metadata: {name: bulk}
+spec:
+  source: {persistentVolumeClaim: {claimName: bulk}}
+  storage:
+    s3: {bucket: snapshots, endpointUrl: "http://s3:9000", prefix: e2e-bulk, credentialsSecret: {name: e2e-s3}}
+  deletionPolicy: Delete
+YAML
+seen="" deadline=$((SECONDS + 300))
+while [ "$SECONDS" -lt "$deadline" ]; do
+  done_bytes="$(jp snapshot/bulk '{.status.archives[0].progress.bytesDone}' 2>/dev/null || true)"
+  case " $seen " in *" $done_bytes "*) ;; *) [ -n "$done_bytes" ] && seen="$seen $done_bytes" ;; esac
+  [ "$(jp snapshot/bulk '{.status.phase}' 2>/dev/null)" = Succeeded ] && break
+  sleep 0.3
+done
+k wait --for=condition=Ready snapshot/bulk --timeout=10s >/dev/null || fail "bulk not Ready"
+[ -n "$seen" ] || fail "no progress of the bulk mover was seen in its status"
+[ -z "$(jp snapshot/bulk '{.status.archives[0].progress}')" ] || fail "progress left in a finished archive"
+reads="$(leader_metric 'snapshot_operator_progress_reads_total{result="read"}')"
+[ "$reads" -gt 0 ] || fail "the leader read no mover's progress"
+k delete snapshot bulk --wait=true >/dev/null
+pass "progress of a 300 MB mover seen in its status (bytesDone:$seen), from $reads log reads"
+
 if kubectl get storageclass csi-hostpath-sc >/dev/null 2>&1 \
   && kubectl get volumesnapshotclass csi-hostpath-snapclass >/dev/null 2>&1; then
   k apply -f manifests/csi.yaml >/dev/null

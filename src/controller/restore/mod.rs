@@ -154,15 +154,20 @@ async fn apply(restore: &SnapshotRestore, ctx: &Context) -> Result<Action, Error
         // Written on condition of the status read: counted once.
         count_finished(ctx, &plan.entries, &next, &movers);
     }
-    let running = next.iter().any(|n| n.phase == NodePhase::Running);
-    Ok(if status.phase.is_some_and(RestorePhase::is_final) {
+    Ok(next_look(&status, ctx))
+}
+
+/// When a restore is looked at again: while movers run, when their progress is read
+/// next.
+fn next_look(status: &SnapshotRestoreStatus, ctx: &Context) -> Action {
+    let running = status.nodes.iter().any(|n| n.phase == NodePhase::Running);
+    if status.phase.is_some_and(RestorePhase::is_final) {
         Action::await_change()
     } else if running {
-        // Its movers' progress read again then.
         Action::requeue(RECHECK.min(ctx.progress.interval()))
     } else {
         Action::requeue(RECHECK)
-    })
+    }
 }
 
 /// The outcome of resolving a restore.

@@ -35,39 +35,7 @@ pub fn next_status(
     } else {
         RestorePhase::Pending
     };
-    let count = |p: NodePhase| nodes.iter().filter(|n| n.phase == p).count();
-    let summary = format!(
-        "{} restored, {} skipped, {} failed of {}",
-        count(NodePhase::Restored),
-        count(NodePhase::Skipped),
-        count(NodePhase::Failed),
-        nodes.len()
-    );
-    let (ready, why, message) = match phase {
-        RestorePhase::Succeeded => (true, reason::SUCCEEDED, summary),
-        RestorePhase::Failed => {
-            let failures: Vec<String> = nodes
-                .iter()
-                .filter(|n| n.phase == NodePhase::Failed)
-                .map(|n| format!("{}: {}", n.node, n.message.as_deref().unwrap_or("failed")))
-                .collect();
-            (false, reason::FAILED, failures.join("; "))
-        }
-        RestorePhase::Running if finished => (
-            false,
-            reason::STOPPING_WORKLOAD,
-            "starting the workload again".into(),
-        ),
-        RestorePhase::Running => (false, reason::RUNNING, summary),
-        RestorePhase::Pending => match waiting {
-            Some(w) => (false, reason::STOPPING_WORKLOAD, w),
-            None => (
-                false,
-                reason::PENDING,
-                "waiting for a free mover slot".into(),
-            ),
-        },
-    };
+    let (ready, why, message) = ready_of(phase, &nodes, finished, waiting);
     let terminal = phase.is_final();
     SnapshotRestoreStatus {
         observed_generation: restore.meta().generation,
@@ -98,6 +66,48 @@ pub fn next_status(
         ],
         stopped_replicas,
         nodes,
+    }
+}
+
+/// The `Ready` condition's status, reason and message for `phase` (pure).
+fn ready_of(
+    phase: RestorePhase,
+    nodes: &[NodeRestore],
+    finished: bool,
+    waiting: Option<String>,
+) -> (bool, &'static str, String) {
+    let count = |p: NodePhase| nodes.iter().filter(|n| n.phase == p).count();
+    let summary = format!(
+        "{} restored, {} skipped, {} failed of {}",
+        count(NodePhase::Restored),
+        count(NodePhase::Skipped),
+        count(NodePhase::Failed),
+        nodes.len()
+    );
+    match phase {
+        RestorePhase::Succeeded => (true, reason::SUCCEEDED, summary),
+        RestorePhase::Failed => {
+            let failures: Vec<String> = nodes
+                .iter()
+                .filter(|n| n.phase == NodePhase::Failed)
+                .map(|n| format!("{}: {}", n.node, n.message.as_deref().unwrap_or("failed")))
+                .collect();
+            (false, reason::FAILED, failures.join("; "))
+        }
+        RestorePhase::Running if finished => (
+            false,
+            reason::STOPPING_WORKLOAD,
+            "starting the workload again".into(),
+        ),
+        RestorePhase::Running => (false, reason::RUNNING, summary),
+        RestorePhase::Pending => match waiting {
+            Some(w) => (false, reason::STOPPING_WORKLOAD, w),
+            None => (
+                false,
+                reason::PENDING,
+                "waiting for a free mover slot".into(),
+            ),
+        },
     }
 }
 
