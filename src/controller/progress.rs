@@ -21,6 +21,8 @@ use crate::protocol::ProgressLine;
 const TAIL_LINES: i64 = 10;
 /// Bytes read at most from them.
 const LIMIT_BYTES: i64 = 4096;
+/// How long a log read may take.
+const READ_TIMEOUT: Duration = Duration::from_secs(2);
 /// A pod's last progress is forgotten once not read for this long (it is gone).
 const FORGET_AFTER: Duration = Duration::from_secs(3600);
 
@@ -104,11 +106,18 @@ impl ProgressReads {
             limit_bytes: Some(LIMIT_BYTES),
             ..LogParams::default()
         };
-        let read = match api.logs(&pod.name_any(), &params).await {
-            Ok(log) => ProgressLine::last_in(&log).map(progress_of),
-            Err(e) => {
+        // A kubelet that does not answer holds a reconcile up for little time.
+        let name = pod.name_any();
+        let read = match tokio::time::timeout(READ_TIMEOUT, api.logs(&name, &params)).await {
+            Ok(Ok(log)) => ProgressLine::last_in(&log).map(progress_of),
+            Ok(Err(e)) => {
                 metrics.progress_read("failed");
-                tracing::debug!(pod = %pod.name_any(), error = %e, "could not read a mover's log");
+                tracing::debug!(pod = %name, error = %e, "could not read a mover's log");
+                return last;
+            }
+            Err(_) => {
+                metrics.progress_read("failed");
+                tracing::debug!(pod = %name, "a mover's log did not come in time");
                 return last;
             }
         };
