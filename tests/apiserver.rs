@@ -1208,6 +1208,7 @@ async fn import_scenario(client: &Client) {
         "defaultStorage": {"s3": {"bucket": s3.bucket, "endpointUrl": s3.endpoint,
             "prefix": prefix, "forcePathStyle": true}},
         "catalogImport": {"intervalSeconds": 1},
+        "deleteThroughOperator": true,
     });
     std::fs::write(&config, settings.to_string()).unwrap();
     let operator = Command::new(env!("CARGO_BIN_EXE_snapshot-operator"))
@@ -1406,9 +1407,65 @@ async fn import_scenario(client: &Client) {
     })
     .await;
 
+    deleted_through_the_operator(client, &b, (&s3, &prefix), work).await;
     stops_cleanly_on_sigterm(operator).await;
     ns_a.delete().await;
     ns_b.delete().await;
+}
+
+/// With `deleteThroughOperator`, a deleted Snapshot's archive in the default storage is
+/// deleted by the operator itself (with its own credentials): no delete mover is made.
+async fn deleted_through_the_operator(
+    client: &Client,
+    ns: &str,
+    (s3, prefix): (&common::S3Env, &str),
+    work: &Path,
+) {
+    let snapshots: Api<Snapshot> = Api::namespaced(client.clone(), ns);
+    let brief: Snapshot = serde_json::from_value(json!({
+        "apiVersion": "snapshot-operator.dev/v1alpha1", "kind": "Snapshot",
+        "metadata": {"name": "brief"},
+        "spec": {"source": {"persistentVolumeClaim": {"claimName": "data"}},
+                 "path": "/qdrant/storage", "collection": "products", "deletionPolicy": "Delete"}}))
+    .unwrap();
+    let uid = snapshots
+        .create(&PostParams::default(), &brief)
+        .await
+        .unwrap()
+        .uid()
+        .unwrap();
+    let jobs: Api<Job> = Api::namespaced(client.clone(), ns);
+    let data = work.join("brief");
+    common::make_collection(&data.join("qdrant/storage"), "products", "brief");
+    for job in movers_of(&jobs, &uid, 1).await {
+        let report = run_mover_here(&job, &data, s3, work);
+        finish_job(client, ns, &job, &report, true).await;
+    }
+    let key = ready(&snapshots, "brief").await.archives[0]
+        .key
+        .clone()
+        .unwrap();
+    let stored = || {
+        let mut list = common::bin(work);
+        s3.apply(&mut list, &format!("{prefix}/{ns}"));
+        let listed = common::ok(list.args(["snapshot", "list", "-o", "json"]));
+        let listed: Vec<serde_json::Value> = serde_json::from_str(&listed).unwrap();
+        listed.iter().any(|a| a["key"] == key.as_str())
+    };
+    assert!(stored(), "{key} is stored");
+    snapshots
+        .delete("brief", &DeleteParams::default())
+        .await
+        .unwrap();
+    gone(&snapshots, "brief").await;
+    assert!(!stored(), "{key} was deleted");
+    let made = jobs
+        .list(&ListParams::default().labels(&format!("{}={uid}", mover::OWNER_UID)))
+        .await
+        .unwrap()
+        .items;
+    let names: Vec<String> = made.iter().map(ResourceExt::name_any).collect();
+    assert!(names.iter().all(|n| !n.starts_with("del-")), "{names:?}");
 }
 
 /// A nightly schedule keeping the last two: three nights pass on the controller's clock

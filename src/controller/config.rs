@@ -35,6 +35,12 @@ pub struct OperatorConfig {
     /// Rebuilding the catalog from the default storage (when it is S3).
     #[serde(default)]
     pub catalog_import: CatalogImport,
+    /// The archives of a deleted Snapshot (`deletionPolicy: Delete`) in the default S3
+    /// storage are deleted by the operator itself, with its own credentials (see
+    /// `catalogImport`; they need delete rights): at once, with no delete mover and no slot.
+    /// Off: a delete mover does it with the namespace's Secret, as for any other storage.
+    #[serde(default)]
+    pub delete_through_operator: bool,
 }
 
 /// Snapshots imported from the archives in the default S3 storage: see `controller::import`.
@@ -167,6 +173,7 @@ impl Default for OperatorConfig {
             max_concurrent_movers_per_namespace: None,
             allowed_s3_endpoints: None,
             catalog_import: CatalogImport::default(),
+            delete_through_operator: false,
         }
     }
 }

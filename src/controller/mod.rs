@@ -10,6 +10,7 @@ pub mod kernel;
 pub mod leader;
 pub mod metrics;
 pub mod mover;
+pub mod own;
 pub mod progress;
 pub mod restore;
 pub mod schedule;

@@ -195,19 +195,25 @@ pub async fn scripted_at<F>(
 where
     F: Future<Output = Result<Action, Error>>,
 {
+    let context = move |client| {
+        let metrics = Arc::new(Metrics::default());
+        Context::new(client, config, metrics, "test", cluster, Wake::default())
+            .with_clock(Arc::new(move || now))
+    };
+    scripted_in(context, script, reconcile).await
+}
+
+/// [`scripted`] in the context `context` makes of the mock server's client.
+pub async fn scripted_in<F>(
+    context: impl FnOnce(Client) -> Context,
+    script: Vec<Expect>,
+    reconcile: impl FnOnce(Arc<Context>) -> F,
+) -> (Result<Action, Error>, String)
+where
+    F: Future<Output = Result<Action, Error>>,
+{
     let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-    let client = Client::new(service, "default");
-    let ctx = Arc::new(
-        Context::new(
-            client,
-            config,
-            Arc::new(Metrics::default()),
-            "test",
-            cluster,
-            Wake::default(),
-        )
-        .with_clock(Arc::new(move || now)),
-    );
+    let ctx = Arc::new(context(Client::new(service, "default")));
     let verifier = Verifier(handle).run(script);
     let result = reconcile(ctx.clone()).await;
     verifier.await.expect("every expected request was made");

@@ -445,13 +445,19 @@ pub fn changed_while_read(paths: &[String]) -> Option<String> {
 
 async fn mover_delete(task: DeleteTask, storage: &StorageConfig) -> Result<MoverReport, OpsError> {
     let (store, _) = crate::storage::open(storage).await?;
-    for key in &task.keys {
+    delete_archives(store.as_ref(), &task.keys).await?;
+    Ok(MoverReport::default())
+}
+
+/// Deletes the archives `keys` of `store` and their checksums; absent ones are fine.
+pub async fn delete_archives(store: &dyn Storage, keys: &[String]) -> Result<(), StorageError> {
+    for key in keys {
         match store.delete(key).await {
             Ok(()) | Err(StorageError::NotFound { .. }) => {}
-            Err(e) => return Err(e.into()),
+            Err(e) => return Err(e),
         }
     }
-    Ok(MoverReport::default())
+    Ok(())
 }
 
 /// Opens what a mover restores: a key of its storage, or a remote location (never a file

@@ -30,9 +30,7 @@ use crate::api::snapshot::{
 };
 use crate::api::snapshot::{IMPORTED, IMPORTED_UID};
 use crate::catalog::{self, Found, Imported, Manifests};
-use crate::config::S3Config;
-use crate::storage::s3::{S3Storage, prefix_of};
-use crate::storage::{self, StorageError};
+use crate::storage;
 
 /// What a pass does about one archive set, or one imported Snapshot.
 #[derive(Debug, Clone)]
@@ -346,21 +344,6 @@ fn default_storage(ctx: &Context, namespace: &str) -> Storage {
         .unwrap_or_default()
 }
 
-/// The default storage as the operator itself reads it: credentials from its own
-/// environment (the Deployment's), never from a Secret read through the API.
-async fn connect(ctx: &Context) -> Option<Result<S3Storage, StorageError>> {
-    let s3 = ctx.config.default_storage.as_ref()?.s3.as_ref()?;
-    let config = S3Config {
-        bucket: s3.bucket.clone(),
-        region: s3.region.clone(),
-        endpoint_url: s3.endpoint_url.clone(),
-        force_path_style: s3.force_path_style,
-        ..S3Config::default()
-    };
-    let prefix = prefix_of(s3.prefix.as_deref().unwrap_or_default());
-    Some(S3Storage::connect(&config, prefix).await)
-}
-
 /// One pass: the Snapshots, then the storage, then the plan carried out.
 pub async fn pass(
     ctx: &Context,
@@ -385,7 +368,7 @@ pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
     if !settings.enabled {
         return;
     }
-    let storage = match connect(&ctx).await {
+    let storage = match crate::controller::own::connect(&ctx.config, None).await {
         None => return,
         Some(Ok(storage)) => storage,
         Some(Err(e)) => {

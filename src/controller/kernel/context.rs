@@ -21,6 +21,7 @@ use crate::controller::cluster::{self, Cluster};
 use crate::controller::config::OperatorConfig;
 use crate::controller::jobs::{self, Mover};
 use crate::controller::metrics::Metrics;
+use crate::controller::own::{self, OwnStorage};
 use crate::controller::progress::ProgressReads;
 use crate::controller::slots::{Busy, Claimant, Kind, Limits, Queued, Slots};
 
@@ -40,6 +41,8 @@ pub struct Context {
     clock: Clock,
     /// Running movers' progress, as last read from their logs.
     pub progress: ProgressReads,
+    /// The default storage as the operator reaches it itself.
+    own_storage: OwnStorage,
 }
 
 /// Where the reconcilers read the time.
@@ -68,6 +71,7 @@ impl Context {
         Self {
             recorder: Recorder::new(client.clone(), reporter),
             progress: ProgressReads::new(&config.mover.progress),
+            own_storage: own::own_storage(&config),
             client,
             config,
             metrics,
@@ -86,6 +90,26 @@ impl Context {
     /// The time now.
     pub fn now(&self) -> jiff::Timestamp {
         (self.clock)()
+    }
+
+    /// The same context reaching the default storage through `own` (tests).
+    pub fn with_own_storage(self, own: OwnStorage) -> Self {
+        Self {
+            own_storage: own,
+            ..self
+        }
+    }
+
+    /// The default storage of `namespace` when the operator deletes its archives itself
+    /// (`deleteThroughOperator`, and it is S3), connected.
+    pub async fn deleting_storage(
+        &self,
+        namespace: &str,
+    ) -> Option<Result<Box<dyn crate::storage::Storage>, crate::storage::StorageError>> {
+        if !self.config.delete_through_operator {
+            return None;
+        }
+        (self.own_storage)(Some(namespace.to_owned())).await
     }
 
     fn limits(&self) -> Limits {

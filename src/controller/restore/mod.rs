@@ -114,13 +114,19 @@ async fn apply(restore: &SnapshotRestore, ctx: &Context) -> Result<Action, Error
         }
         Resolved::Invalid(why) => return invalid(restore, ctx, &why).await,
     };
-    let pods: Vec<Pod> = Api::<Pod>::namespaced(ctx.client.clone(), &plan.namespace)
-        .list(&ListParams::default())
-        .await?
-        .items;
     // Once every node's mover has started, the workload is stopped already (or being started
-    // again): never stopped a second time.
+    // again): never stopped a second time. The pods (which mount the claims) matter only
+    // before a mover starts: read then, from the API server, not from a cache that may lag
+    // behind a pod just started on a claim about to be written.
     let to_start = plan.entries.iter().any(|e| e.phase == NodePhase::Pending);
+    let pods: Vec<Pod> = if to_start {
+        Api::<Pod>::namespaced(ctx.client.clone(), &plan.namespace)
+            .list(&ListParams::default())
+            .await?
+            .items
+    } else {
+        Vec::new()
+    };
     match stop_workload_target(&restore.spec).filter(|_| to_start) {
         Some(sts) => {
             if let Some(action) = stop_workload(restore, ctx, sts, &plan, &pods).await? {

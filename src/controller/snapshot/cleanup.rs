@@ -11,6 +11,8 @@ use crate::api::snapshot::{ArchivePhase, DeletionPolicy, Phase, Snapshot, Storag
 use crate::controller::kernel::{archive_key, effective_storage};
 use crate::controller::mover::{self, MoverJob};
 use crate::controller::{Context, Error, copy, jobs, stop};
+use crate::format::render_error;
+use crate::ops;
 use crate::protocol::{DeleteTask, MoverTask, TERMINATION_LOG};
 
 /// The archives of a Snapshot whose namespace is being deleted, where no delete mover can
@@ -65,6 +67,17 @@ pub async fn cleanup(snap: &Snapshot, ctx: &Context) -> Result<Action, Error> {
         return Ok(Action::await_change());
     }
     let ns = snap.namespace().unwrap_or_default();
+    // In the default storage (as it is now), the operator may delete them itself: at once,
+    // with no mover and no slot, in a namespace being deleted too.
+    if ctx.config.default_storage_for(&ns).as_ref() == Some(&storage)
+        && let Some(own) = ctx.deleting_storage(&ns).await
+    {
+        let deleted = match own {
+            Ok(store) => ops::delete_archives(store.as_ref(), &keys).await,
+            Err(e) => Err(e),
+        };
+        return done(snap, ctx, deleted.map_err(|e| render_error(&e))).await;
+    }
     let uid = snap.uid().unwrap_or_default();
     let name = mover::job_name("del", &snap.name_any(), "all");
     let Some(m) = ctx.mover(&ns, &name, &uid).await? else {
@@ -82,31 +95,37 @@ pub async fn cleanup(snap: &Snapshot, ctx: &Context) -> Result<Action, Error> {
     };
     match m.outcome() {
         None => Err(Error::CleanupPending),
-        Some(true) => {
-            ctx.publish(
-                snap,
-                EventType::Normal,
-                "Deleted",
-                "archives and checksums deleted",
-                "Cleanup",
-            )
-            .await;
-            Ok(Action::await_change())
-        }
+        Some(true) => done(snap, ctx, Ok(())).await,
         Some(false) => {
             let message = m
                 .report()
                 .error
                 .unwrap_or_else(|| "the delete mover failed".into());
-            ctx.publish(
-                snap,
-                EventType::Warning,
-                "CleanupFailed",
-                format!("{message}; retrying"),
-                "Cleanup",
-            )
-            .await;
+            let failed = done(snap, ctx, Err(message)).await;
             jobs::delete(&ctx.client, &m.job).await?;
+            failed
+        }
+    }
+}
+
+/// Says how deleting the archives went: the finalizer goes once they are deleted; a failure
+/// is retried.
+async fn done(
+    snap: &Snapshot,
+    ctx: &Context,
+    deleted: Result<(), String>,
+) -> Result<Action, Error> {
+    match deleted {
+        Ok(()) => {
+            let note = "archives and checksums deleted";
+            ctx.publish(snap, EventType::Normal, "Deleted", note, "Cleanup")
+                .await;
+            Ok(Action::await_change())
+        }
+        Err(message) => {
+            let note = format!("{message}; retrying");
+            ctx.publish(snap, EventType::Warning, "CleanupFailed", note, "Cleanup")
+                .await;
             Err(Error::CleanupFailed(message))
         }
     }

@@ -8,7 +8,7 @@ use crate::controller::config::OperatorConfig;
 use crate::controller::mover;
 use crate::controller::testing::{
     Expect, Fixture, conflict, deleted, event, failed_report, list, mover_job, mover_pod, movers,
-    not_found, scripted, statefulset, stored_report, unowned, workload_pod,
+    not_found, scripted, scripted_in, statefulset, stored_report, unowned, workload_pod,
 };
 use k8s_openapi::api::batch::v1::Job;
 use serde_json::{Value, json};
@@ -735,6 +735,72 @@ async fn deletion_runs_a_delete_mover_then_removes_the_finalizer() {
         matches!(err.inner(), Error::CleanupFailed(m) if m == "access denied"),
         "{err}"
     );
+}
+
+/// A context whose default S3 storage the operator deletes from itself: `root/<namespace>`
+/// here, as the operator reaches it.
+fn deleting_itself(root: &std::path::Path) -> impl FnOnce(kube::Client) -> Context {
+    let config = serde_json::from_value(json!({
+        "defaultStorage": {"s3": {"bucket": "b", "prefix": "p"}}, "deleteThroughOperator": true}))
+    .unwrap();
+    let root = root.to_owned();
+    let own: crate::controller::own::OwnStorage = Arc::new(move |namespace| {
+        let dir = root.join(namespace.expect("a namespace's part"));
+        Box::pin(async move {
+            let local = crate::storage::local::LocalStorage::open(dir, None);
+            Some(local.map(|s| Box::new(s) as Box<dyn crate::storage::Storage>))
+        })
+    });
+    move |client| {
+        let metrics = Arc::new(crate::controller::metrics::Metrics::default());
+        let (cluster, wake) = (movers(vec![], vec![]), crate::controller::Wake::default());
+        Context::new(client, config, metrics, "test", cluster, wake).with_own_storage(own)
+    }
+}
+
+#[tokio::test]
+async fn with_delete_through_operator_the_operator_deletes_default_storage_archives_itself() {
+    let root = tempfile::tempdir().unwrap();
+    let archives = root.path().join("ns/products");
+    std::fs::create_dir_all(&archives).unwrap();
+    for file in ["a.snapshot", "a.snapshot.checksum", "other.snapshot"] {
+        std::fs::write(archives.join(file), file).unwrap();
+    }
+    let mut status = succeeded_archives();
+    status["storage"] = json!({"s3": {"bucket": "b", "prefix": "p/ns"}});
+    let snap = Snapshot::test()
+        .finalized()
+        .with_status(status.clone())
+        .deleting();
+    // No delete mover: the archive and its checksum deleted, then the finalizer removed.
+    let script = vec![
+        event("Deleted"),
+        Expect::new("PATCH", SNAPS, stored()).check(|body| {
+            assert!(body.to_string().contains("remove"), "{body}");
+        }),
+    ];
+    let (result, _) = scripted_in(deleting_itself(root.path()), script, |ctx| {
+        super::super::reconcile(Arc::new(snap), ctx)
+    })
+    .await;
+    assert_eq!(result.unwrap(), Action::await_change());
+    let left: Vec<_> = std::fs::read_dir(&archives)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(left, ["other.snapshot"]);
+
+    // A storage it cannot reach: the finalizer stays, an event says why.
+    let file = root.path().join("not-a-directory");
+    std::fs::write(&file, "").unwrap();
+    let snap = Snapshot::test().finalized().with_status(status).deleting();
+    let unreachable = deleting_itself(&file);
+    let (result, _) = scripted_in(unreachable, vec![event("CleanupFailed")], |ctx| {
+        super::super::reconcile(Arc::new(snap), ctx)
+    })
+    .await;
+    let err = result.unwrap_err();
+    assert!(matches!(err.inner(), Error::CleanupFailed(_)), "{err}");
 }
 
 #[tokio::test]
