@@ -1664,15 +1664,27 @@ async fn stop_scenario(client: &Client) {
 /// Plays the kubelet: a running pod of the mover `job`, mounting the claim of its node; its
 /// name.
 async fn mover_running(client: &Client, ns: &str, job: &Job) -> String {
-    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
-    let name = format!("{}-running", job.name_any());
     let claim = format!("data-{}", job.labels()[mover::NODE]);
+    let volumes = json!([{"name": "data", "persistentVolumeClaim": {"claimName": claim}}]);
+    pod_running(client, (ns, job, "running"), json!({"volumes": volumes})).await
+}
+
+/// Plays the kubelet: the running pod `<job>-<suffix>` of the mover `job`, its spec's
+/// container and `spec` (more fields); its name.
+async fn pod_running(
+    client: &Client,
+    (ns, job, suffix): (&str, &Job, &str),
+    mut spec: serde_json::Value,
+) -> String {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let name = format!("{}-{suffix}", job.name_any());
+    spec["restartPolicy"] = json!("Never");
+    spec["containers"] = json!([{"name": "mover", "image": "mover"}]);
     let pod: Pod = serde_json::from_value(json!({
         "metadata": {"name": name, "labels": job.labels(),
             "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job",
                 "name": job.name_any(), "uid": job.uid().unwrap(), "controller": true}]},
-        "spec": {"restartPolicy": "Never", "containers": [{"name": "mover", "image": "mover"}],
-            "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": claim}}]},
+        "spec": spec,
     }))
     .unwrap();
     pods.create(&PostParams::default(), &pod).await.unwrap();

@@ -118,6 +118,19 @@ pub struct Progress {
     pub bytes_per_second: i64,
 }
 
+/// A resource's conditions (pure): `Ready` (always first) as `ready` says (status, reason,
+/// message), then `Progressing` from the running movers' progress (see [`progressing`]).
+pub fn ready_and_progressing<'a>(
+    (status, reason, message): (bool, &str, String),
+    running: impl Iterator<Item = Option<&'a Progress>>,
+    generation: Option<i64>,
+    previous: &[Condition],
+    now: Time,
+) -> Vec<Condition> {
+    let first = ready(status, reason, message, generation, previous, now.clone());
+    vec![first, progressing(running, generation, previous, now)]
+}
+
 /// The `Progressing` condition (pure): True while movers run (`running`: each one's progress,
 /// if it reported any), saying how far they are in all and how fast; False when none runs.
 pub fn progressing<'a>(

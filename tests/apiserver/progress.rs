@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::json;
@@ -17,7 +17,9 @@ use snapshot_operator::api::Snapshot;
 use snapshot_operator::api::condition::Progress;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::{Running, TestNamespace, common, finish_job, mover_here, movers_of, ready};
+use super::{
+    Running, TestNamespace, common, finish_job, mover_here, movers_of, pod_running, ready,
+};
 
 /// What the log endpoint serves (the mover's standard output so far), and the paths it was
 /// asked for.
@@ -104,27 +106,6 @@ async fn node(client: &Client, name: &str, port: u16) -> Api<Node> {
         .await
         .unwrap();
     nodes
-}
-
-/// Plays the kubelet: the running pod of the mover `job`, on the node `node`.
-async fn running_on(client: &Client, ns: &str, job: &Job, node: &str) {
-    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
-    let name = format!("{}-progress", job.name_any());
-    let mut labels = job.labels().clone();
-    labels.insert("job-name".into(), job.name_any());
-    let pod = serde_json::from_value(json!({
-        "metadata": {"name": name, "labels": labels,
-            "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job",
-                "name": job.name_any(), "uid": job.uid().unwrap(), "controller": true}]},
-        "spec": {"nodeName": node, "restartPolicy": "Never",
-            "containers": [{"name": "mover", "image": "mover"}]},
-    }))
-    .unwrap();
-    pods.create(&PostParams::default(), &pod).await.unwrap();
-    let running = json!({"status": {"phase": "Running"}});
-    pods.patch_status(&name, &PatchParams::default(), &Patch::Merge(&running))
-        .await
-        .unwrap();
 }
 
 /// 300 MiB in three files below a Qdrant collection.
@@ -223,7 +204,8 @@ async fn a_running_mover_s_progress_shows_in_the_status() {
     let mut cmd = common::as_nobody(cmd, work.path());
 
     // Its log is read from the moment its pod runs.
-    running_on(client, &ns, &job, &node_name).await;
+    let spec = json!({"nodeName": node_name});
+    pod_running(client, (&ns, &job, "progress"), spec).await;
     let started = Instant::now();
     let mut child = cmd.stdout(Stdio::piped()).spawn().unwrap();
     let stdout = child.stdout.take().unwrap();

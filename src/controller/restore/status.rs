@@ -45,25 +45,16 @@ pub fn next_status(
             .completion_time
             .clone()
             .or_else(|| terminal.then(|| now.clone())),
-        conditions: vec![
-            condition::ready(
-                ready,
-                why,
-                message,
-                restore.meta().generation,
-                &old.conditions,
-                now.clone(),
-            ),
-            condition::progressing(
-                nodes
-                    .iter()
-                    .filter(|x| x.phase == NodePhase::Running)
-                    .map(|x| x.progress.as_ref()),
-                restore.meta().generation,
-                &old.conditions,
-                now,
-            ),
-        ],
+        conditions: condition::ready_and_progressing(
+            (ready, why, message),
+            nodes
+                .iter()
+                .filter(|x| x.phase == NodePhase::Running)
+                .map(|x| x.progress.as_ref()),
+            restore.meta().generation,
+            &old.conditions,
+            now,
+        ),
         stopped_replicas,
         nodes,
     }

@@ -194,25 +194,16 @@ pub fn next_status(
             .completion_time
             .clone()
             .or_else(|| terminal.then(|| now.clone())),
-        conditions: vec![
-            condition::ready(
-                ready,
-                why,
-                message,
-                snap.meta().generation,
-                &old.conditions,
-                now.clone(),
-            ),
-            condition::progressing(
-                archives
-                    .iter()
-                    .filter(|x| x.phase == ArchivePhase::Running)
-                    .map(|x| x.progress.as_ref()),
-                snap.meta().generation,
-                &old.conditions,
-                now,
-            ),
-        ],
+        conditions: condition::ready_and_progressing(
+            (ready, why, message),
+            archives
+                .iter()
+                .filter(|x| x.phase == ArchivePhase::Running)
+                .map(|x| x.progress.as_ref()),
+            snap.meta().generation,
+            &old.conditions,
+            now,
+        ),
         nodes: Some(archives.len() as i32),
         size: (total_size > 0).then(|| crate::format::human_bytes(total_size as u64)),
         storage: Some(storage.clone()),
