@@ -175,15 +175,11 @@ impl Context {
         // the controller's (which tests move ahead).
         let now = jiff::Timestamp::now();
         mover.stuck = jobs::stuck(&mover.job, &mover.pods, now, timeout);
-        if mover.outcome().is_none()
-            && let Some(pod) = jobs::running_pod(&mover.pods)
-        {
-            mover.progress = self.progress.of(&self.client, pod, &self.metrics).await;
-        }
         Ok(Some(mover))
     }
 
-    /// The mover Jobs `names` of `owner`, each with its pods, if it exists.
+    /// The mover Jobs `names` of `owner`, each with its pods and, while it runs, its
+    /// progress, if it exists.
     pub async fn movers_of<K: Resource<DynamicType = ()>>(
         &self,
         owner: &K,
@@ -194,7 +190,15 @@ impl Context {
         let uid = meta.uid.clone().unwrap_or_default();
         let mut movers = Vec::new();
         for name in names {
-            movers.push(self.mover(&ns, &name, &uid).await?);
+            let mut mover = self.mover(&ns, &name, &uid).await?;
+            // Their progress goes into the owner's status (a delete mover's goes nowhere).
+            if let Some(m) = mover.as_mut()
+                && m.outcome().is_none()
+                && let Some(pod) = jobs::running_pod(&m.pods)
+            {
+                m.progress = self.progress.of(&self.client, pod, &self.metrics).await;
+            }
+            movers.push(mover);
         }
         Ok(movers)
     }
