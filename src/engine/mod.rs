@@ -17,7 +17,6 @@ pub mod stage;
 pub mod tarwrite;
 pub mod untar;
 pub mod workspace;
-pub mod writers;
 
 /// Directory inside a storage directory reserved for restores in progress; never archived.
 pub const WORKSPACE_DIR: &str = ".snapshot-operator";

@@ -10,8 +10,10 @@ use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use super::flush::{Flusher, KICK_EVERY, start_writeback};
 use super::limits::{self, Limits};
@@ -19,8 +21,6 @@ use super::qdrant::{self, Place};
 use super::restore::error::{RestoreError, data_err, write_err};
 use super::restore::mapping::Mapping;
 use super::untar::{Entry, EntryType, SparseMap, TarReader};
-use super::writers::write_file;
-use super::writers::{SMALL_FILE, SmallFile, Writers};
 use crate::safefs::Dir;
 
 const COPY_BUF: usize = 1 << 20;
@@ -92,14 +92,13 @@ pub struct Counts {
 }
 
 /// Stages the entries of one archive (and of the tars inside it).
-pub struct Stager<'a, 'w> {
+pub struct Stager<'a> {
     limits: Limits,
     staging: &'a Dir,
     tree: StagingTree,
     dirs: StagedDirs,
     budget: Budget,
     flusher: Flusher,
-    writers: Writers<'w>,
     buf: Vec<u8>,
     umask: u32,
     counts: Counts,
@@ -107,13 +106,8 @@ pub struct Stager<'a, 'w> {
     deeper: usize,
 }
 
-impl<'a, 'w> Stager<'a, 'w> {
-    pub fn new(
-        limits: Limits,
-        staging: &'a Dir,
-        writers: Writers<'w>,
-        umask: u32,
-    ) -> Result<Self, RestoreError> {
+impl<'a> Stager<'a> {
+    pub fn new(limits: Limits, staging: &'a Dir, umask: u32) -> Result<Self, RestoreError> {
         Ok(Self {
             limits,
             staging,
@@ -121,7 +115,6 @@ impl<'a, 'w> Stager<'a, 'w> {
             dirs: StagedDirs::new(),
             budget: Budget::new(limits, staging)?,
             flusher: Flusher::start(staging),
-            writers,
             buf: vec![0; COPY_BUF],
             umask,
             counts: Counts::default(),
@@ -258,36 +251,27 @@ impl<'a, 'w> Stager<'a, 'w> {
         let path = self.staging.join(&rel);
         let perm = entry.mode & 0o777;
         let (umask, buf) = (self.umask, &mut self.buf);
-        if let Some(map) = &entry.sparse {
-            write_file(&dir, &name, &path, perm, entry.mtime, umask, |file| {
-                write_sparse(tar, file, map, buf, &path)
-            })?;
-        } else if size <= SMALL_FILE {
-            let mut data = vec![0; size as usize];
-            tar.read_exact(&mut data).map_err(data_err)?;
-            self.writers.write(SmallFile {
-                dir,
-                name,
-                path,
-                data,
-                perm,
-                mtime: entry.mtime,
-            })?;
-        } else {
-            write_file(&dir, &name, &path, perm, entry.mtime, umask, |file| {
-                copy(tar, file, buf, &path)
-            })?;
-        }
+        write_file(
+            &dir,
+            &name,
+            &path,
+            perm,
+            entry.mtime,
+            umask,
+            |file| match &entry.sparse {
+                Some(map) => write_sparse(tar, file, map, buf, &path),
+                None => copy(tar, file, buf, &path),
+            },
+        )?;
         self.counts.files += 1;
         self.counts.data_bytes += size;
         self.flusher.wrote(size);
         Ok(())
     }
 
-    /// Waits for the writers; what was staged, and the directories' modes and times.
-    pub fn finish(self) -> Result<(Counts, StagedDirs), RestoreError> {
-        self.writers.finish()?;
-        Ok((self.counts, self.dirs))
+    /// What was staged, and the directories' modes and times.
+    pub fn finish(self) -> (Counts, StagedDirs) {
+        (self.counts, self.dirs)
     }
 }
 
@@ -419,6 +403,42 @@ impl StagingTree {
             .last()
             .map_or_else(|| self.root.clone(), |(_, dir)| dir.clone()))
     }
+}
+
+/// A tar entry's modification time.
+fn to_time(secs: u64) -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_secs(secs)
+}
+
+/// Creates the file `name` in `dir` (`path` for messages) with permission bits `perm` and
+/// modification time `mtime`, its content written by `content`. The file must not exist:
+/// an archive that holds a path twice is refused.
+fn write_file(
+    dir: &Dir,
+    name: &OsStr,
+    path: &Path,
+    perm: u32,
+    mtime: u64,
+    umask: u32,
+    content: impl FnOnce(&mut File) -> Result<(), RestoreError>,
+) -> Result<(), RestoreError> {
+    let mut file = dir.create_file(name, perm).map_err(|e| {
+        if e.kind() == io::ErrorKind::AlreadyExists {
+            RestoreError::Hostile {
+                path: path.display().to_string(),
+                why: "given twice in the archive".into(),
+            }
+        } else {
+            write_err(path)(e)
+        }
+    })?;
+    content(&mut file)?;
+    // The umask may have taken bits away.
+    if perm & !umask != perm {
+        file.set_permissions(std::fs::Permissions::from_mode(perm))
+            .map_err(write_err(path))?;
+    }
+    file.set_modified(to_time(mtime)).map_err(write_err(path))
 }
 
 /// The process's umask (read by setting it and putting it back).

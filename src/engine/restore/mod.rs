@@ -37,11 +37,7 @@ use super::readahead::{self, ChunkReader};
 use super::stage::{Scope, StagedDirs, Stager, Tar, current_umask};
 use super::untar::{Entry, EntryType, TarError, TarReader};
 use super::workspace::Workspace;
-use super::writers::Writers;
 use crate::safefs::{self, Dir};
-
-/// Threads creating small files.
-const WRITERS: usize = 2;
 
 /// Restores the archive read from `reader` as `spec` says. `progress` is called with the
 /// number of archive bytes read so far.
@@ -223,76 +219,67 @@ fn unpack(
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<(Restored, Layout, StagedDirs, usize), RestoreError> {
     let umask = current_umask();
-    std::thread::scope(|scope| {
-        let mut counted = Counted {
-            inner: &mut *input,
-            read: 0,
-            progress,
-        };
-        let mut decoded = spec.identities.plaintext(&mut counted)?;
-        let writers = Writers::start(scope, WRITERS, umask);
-        let mut stager = Stager::new(spec.limits, staging, writers, umask)?;
-        let plain: &mut dyn Read = &mut decoded;
-        let mut tar: Tar<'_> = TarReader::new(plain);
-        let staged: Result<_, RestoreError> = (|| {
-            let (manifest, first) = match read_first(&mut tar)? {
-                First::Manifest(manifest) => (Some(*manifest), None),
-                First::Entry(entry) => (None, Some(entry)),
-            };
-            let layout = match manifest.as_ref().map(|m| m.format) {
-                Some(Format::Files) => {
-                    let manifest = manifest.as_ref().expect("a files manifest");
-                    Layout::Files(Mapping::new(manifest, &spec.selection)?)
-                }
-                Some(Format::Qdrant) | None => Layout::Qdrant,
-            };
-            // What Qdrant snapshot it is, as far as its start says: its paths are checked
-            // at the depth that kind puts them, and only a full snapshot holds collection
-            // snapshots at its top.
-            let known = match (&manifest, &first) {
-                (Some(manifest), _) => Some(match manifest.kind {
-                    Kind::Collection => qdrant::Kind::Collection,
-                    Kind::Full => qdrant::Kind::Full,
-                }),
-                (None, Some(entry)) => {
-                    let parts = limits::path_components(&entry.path).unwrap_or_default();
-                    qdrant::kind_from_first(&parts, entry.kind == EntryType::File)
-                }
-                (None, None) => None,
-            };
-            let scope = match &layout {
-                Layout::Files(mapping) => Scope::Files(mapping),
-                Layout::Qdrant => Scope::Qdrant {
-                    prefix: PathBuf::from(arrange::STAGED),
-                    top: known.is_none_or(|k| k == qdrant::Kind::Full),
-                },
-            };
-            let deeper = match &layout {
-                Layout::Files(_) => 0,
-                Layout::Qdrant if spec.shard.is_some() => arrange::deeper(None),
-                Layout::Qdrant => arrange::deeper(known),
-            };
-            stager.arranged_deeper(deeper);
-            stager.entries(&mut tar, first, &scope, true)?;
-            Ok((manifest, layout, deeper))
-        })();
-        // The writers finish (and say their first error) whatever happened.
-        let finished = stager.finish();
-        let (manifest, layout, deeper) = staged?;
-        let (counts, dirs) = finished?;
-        // What follows the end marker: a little zero padding at most (the checksum covers it).
-        tar.finish()?;
-        let restored = Restored {
-            manifest,
-            qdrant: None,
-            checksum: String::new(),
-            archive_bytes: 0,
-            data_bytes: counts.data_bytes,
-            files: counts.files,
-            collections: Vec::new(),
-        };
-        Ok((restored, layout, dirs, deeper))
-    })
+    let mut counted = Counted {
+        inner: &mut *input,
+        read: 0,
+        progress,
+    };
+    let mut decoded = spec.identities.plaintext(&mut counted)?;
+    let mut stager = Stager::new(spec.limits, staging, umask)?;
+    let plain: &mut dyn Read = &mut decoded;
+    let mut tar: Tar<'_> = TarReader::new(plain);
+    let (manifest, first) = match read_first(&mut tar)? {
+        First::Manifest(manifest) => (Some(*manifest), None),
+        First::Entry(entry) => (None, Some(entry)),
+    };
+    let layout = match manifest.as_ref().map(|m| m.format) {
+        Some(Format::Files) => {
+            let manifest = manifest.as_ref().expect("a files manifest");
+            Layout::Files(Mapping::new(manifest, &spec.selection)?)
+        }
+        Some(Format::Qdrant) | None => Layout::Qdrant,
+    };
+    // What Qdrant snapshot it is, as far as its start says: its paths are checked
+    // at the depth that kind puts them, and only a full snapshot holds collection
+    // snapshots at its top.
+    let known = match (&manifest, &first) {
+        (Some(manifest), _) => Some(match manifest.kind {
+            Kind::Collection => qdrant::Kind::Collection,
+            Kind::Full => qdrant::Kind::Full,
+        }),
+        (None, Some(entry)) => {
+            let parts = limits::path_components(&entry.path).unwrap_or_default();
+            qdrant::kind_from_first(&parts, entry.kind == EntryType::File)
+        }
+        (None, None) => None,
+    };
+    let scope = match &layout {
+        Layout::Files(mapping) => Scope::Files(mapping),
+        Layout::Qdrant => Scope::Qdrant {
+            prefix: PathBuf::from(arrange::STAGED),
+            top: known.is_none_or(|k| k == qdrant::Kind::Full),
+        },
+    };
+    let deeper = match &layout {
+        Layout::Files(_) => 0,
+        Layout::Qdrant if spec.shard.is_some() => arrange::deeper(None),
+        Layout::Qdrant => arrange::deeper(known),
+    };
+    stager.arranged_deeper(deeper);
+    stager.entries(&mut tar, first, &scope, true)?;
+    let (counts, dirs) = stager.finish();
+    // What follows the end marker: a little zero padding at most (the checksum covers it).
+    tar.finish()?;
+    let restored = Restored {
+        manifest,
+        qdrant: None,
+        checksum: String::new(),
+        archive_bytes: 0,
+        data_bytes: counts.data_bytes,
+        files: counts.files,
+        collections: Vec::new(),
+    };
+    Ok((restored, layout, dirs, deeper))
 }
 
 /// What an archive starts with: our manifest, or (a snapshot Qdrant made) its first entry.
