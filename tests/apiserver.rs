@@ -4,6 +4,8 @@
 //! kube-apiserver + etcd. Against a full cluster use tests/e2e instead.
 
 mod common;
+#[path = "apiserver/load.rs"]
+mod load;
 #[path = "apiserver/progress.rs"]
 mod progress;
 
@@ -377,6 +379,18 @@ async fn catalog_import_brings_back_snapshots_node_by_node() {
     let _serial = serial().await;
     install_crds(&client).await;
     import_scenario(&client).await;
+}
+
+/// The operator binary under load: what a mover slot costs beyond its mover, and deleting
+/// with delete movers against deleting through the operator.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forty_snapshots_share_four_slots_and_are_deleted_both_ways() {
+    let Some(client) = client_or_skip().await else {
+        return;
+    };
+    let _serial = serial().await;
+    install_crds(&client).await;
+    load::load_scenario(&client).await;
 }
 
 /// Two replicas: one leads, the other waits; when the leader releases the Lease (as it does
