@@ -520,6 +520,28 @@ async fn chart_account(admin: &Client) -> Option<(String, Vec<String>)> {
     ))
 }
 
+/// The operator binary with `settings`, as the chart's service account, its own S3
+/// credentials those of the test S3 server (written below `work`).
+async fn operator_binary(
+    client: &Client,
+    work: &Path,
+    s3: &common::S3Env,
+    settings: &serde_json::Value,
+) -> std::process::Child {
+    let config = work.join("operator.json");
+    std::fs::write(&config, settings.to_string()).unwrap();
+    Command::new(env!("CARGO_BIN_EXE_snapshot-operator"))
+        .args(["controller", "--metrics-address", "127.0.0.1:0"])
+        .args(["--leader-election", "false", "--operator-config"])
+        .arg(&config)
+        .env("KUBECONFIG", operator_kubeconfig(client, work).await)
+        .env("AWS_ACCESS_KEY_ID", &s3.access_key)
+        .env("AWS_SECRET_ACCESS_KEY", &s3.secret_key)
+        .env("SNAPSHOT_OPERATOR_LOG", "warn")
+        .spawn()
+        .unwrap()
+}
+
 /// Sends SIGTERM to the operator binary; it must exit with status 0.
 async fn stops_cleanly_on_sigterm(mut operator: std::process::Child) {
     rustix::process::kill_process(
@@ -1217,24 +1239,13 @@ async fn import_scenario(client: &Client) {
     let work = tempfile::tempdir().unwrap();
     let work = work.path();
     let prefix = common::unique_prefix("import-it");
-    let config = work.join("operator.yaml");
     let settings = json!({
         "defaultStorage": {"s3": {"bucket": s3.bucket, "endpointUrl": s3.endpoint,
             "prefix": prefix, "forcePathStyle": true}},
         "catalogImport": {"intervalSeconds": 1},
         "deleteThroughOperator": true,
     });
-    std::fs::write(&config, settings.to_string()).unwrap();
-    let operator = Command::new(env!("CARGO_BIN_EXE_snapshot-operator"))
-        .args(["controller", "--metrics-address", "127.0.0.1:0"])
-        .args(["--leader-election", "false", "--operator-config"])
-        .arg(&config)
-        .env("KUBECONFIG", operator_kubeconfig(client, work).await)
-        .env("AWS_ACCESS_KEY_ID", &s3.access_key)
-        .env("AWS_SECRET_ACCESS_KEY", &s3.secret_key)
-        .env("SNAPSHOT_OPERATOR_LOG", "warn")
-        .spawn()
-        .unwrap();
+    let operator = operator_binary(client, work, &s3, &settings).await;
 
     // Taken through the operator, Retain, in both namespaces under one name.
     let take = |ns: &str, source: serde_json::Value| {

@@ -6,8 +6,6 @@
 //! half of them each way, in the same run.
 
 use std::collections::BTreeMap;
-use std::path::Path;
-use std::process::{Child, Command};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -21,7 +19,7 @@ use snapshot_operator::api::Snapshot;
 use snapshot_operator::controller::mover;
 
 use super::{
-    TestNamespace, common, complete_job, eventually, operator_kubeconfig, run_pod,
+    TestNamespace, common, complete_job, eventually, operator_binary, run_pod,
     stops_cleanly_on_sigterm,
 };
 
@@ -118,27 +116,6 @@ fn watch_snapshots(
     })
 }
 
-/// The operator binary with these settings over the scenario's own.
-async fn operator(
-    client: &Client,
-    work: &Path,
-    s3: &common::S3Env,
-    settings: serde_json::Value,
-) -> Child {
-    let config = work.join("operator.json");
-    std::fs::write(&config, settings.to_string()).unwrap();
-    Command::new(env!("CARGO_BIN_EXE_snapshot-operator"))
-        .args(["controller", "--metrics-address", "127.0.0.1:0"])
-        .args(["--leader-election", "false", "--operator-config"])
-        .arg(&config)
-        .env("KUBECONFIG", operator_kubeconfig(client, work).await)
-        .env("AWS_ACCESS_KEY_ID", &s3.access_key)
-        .env("AWS_SECRET_ACCESS_KEY", &s3.secret_key)
-        .env("SNAPSHOT_OPERATOR_LOG", "warn")
-        .spawn()
-        .unwrap()
-}
-
 /// The median and the largest of `values` (pure).
 fn median_max(mut values: Vec<Duration>) -> (Duration, Duration) {
     values.sort();
@@ -187,7 +164,7 @@ pub async fn load_scenario(client: &Client) {
     let watched: Arc<Mutex<Watched>> = Arc::default();
     let kubelet = kubelet(client.clone(), ns.clone(), movers.clone());
     let watcher = watch_snapshots(client.clone(), ns.clone(), watched.clone());
-    let first = operator(client, work, &s3, settings(false)).await;
+    let first = operator_binary(client, work, &s3, &settings(false)).await;
 
     let snapshots: Api<Snapshot> = Api::namespaced(client.clone(), &ns);
     let started = Instant::now();
@@ -281,16 +258,14 @@ pub async fn load_scenario(client: &Client) {
             *names.iter().map(|n| &w.gone[n]).max().unwrap() - started
         }
     };
+    let delete_movers = || {
+        let movers = movers.lock().unwrap();
+        movers.values().filter(|m| m.operation == "delete").count()
+    };
     let with_movers = delete(names[..half].to_vec()).await;
-    let delete_movers = movers
-        .lock()
-        .unwrap()
-        .values()
-        .filter(|m| m.operation == "delete")
-        .count();
-    assert_eq!(delete_movers, half, "one delete mover per Snapshot");
+    assert_eq!(delete_movers(), half, "one delete mover per Snapshot");
     stops_cleanly_on_sigterm(first).await;
-    let second = operator(client, work, &s3, settings(true)).await;
+    let second = operator_binary(client, work, &s3, &settings(true)).await;
     let through = delete(names[half..].to_vec()).await;
     let delete_movers_after = movers
         .lock()
