@@ -110,6 +110,16 @@ async fn run_pod(
 
 /// Plays the Job controller: the Job finished.
 async fn complete_job(client: &Client, ns: &str, job: &Job, succeeded: bool) {
+    try_complete_job(client, ns, job, succeeded).await.unwrap();
+}
+
+/// [`complete_job`], which fails when the Job is gone.
+async fn try_complete_job(
+    client: &Client,
+    ns: &str,
+    job: &Job,
+    succeeded: bool,
+) -> kube::Result<Job> {
     let jobs: Api<Job> = Api::namespaced(client.clone(), ns);
     let now = jiff::Timestamp::now().to_string();
     let conditions = if succeeded {
@@ -132,7 +142,6 @@ async fn complete_job(client: &Client, ns: &str, job: &Job, succeeded: bool) {
         &Patch::Merge(&status),
     )
     .await
-    .unwrap();
 }
 
 /// One test at a time: each runs a controller (or the operator binary) that reconciles

@@ -276,6 +276,18 @@ impl Cluster {
         })
     }
 
+    /// The Job that controls `pod`, as the store holds it.
+    pub fn job_of(&self, pod: &Pod) -> Option<Arc<Job>> {
+        let owner = pod
+            .owner_references()
+            .iter()
+            .find(|o| o.controller == Some(true) && o.kind == "Job")?;
+        let ns = pod.namespace()?;
+        self.jobs
+            .get(&ObjectRef::new(&owner.name).within(&ns))
+            .filter(|j| j.uid().as_deref() == Some(owner.uid.as_str()))
+    }
+
     /// Whether the resource waiting for a slot still exists.
     pub fn exists(&self, who: &Claimant) -> bool {
         let (name, ns) = (who.name.as_str(), who.namespace.as_str());
@@ -305,10 +317,22 @@ impl Cluster {
     /// The movers that hold a slot: Jobs still running and controlled by an existing
     /// Snapshot or SnapshotRestore (a foreign Job carrying the operator's label holds none).
     pub fn busy_slots(&self) -> Vec<Busy> {
+        // A Job whose pod succeeded has finished, though the Job controller may not say so
+        // for another second (see [`jobs::settled`]).
+        let succeeded: BTreeSet<String> = self
+            .pods
+            .state()
+            .iter()
+            .filter(|p| jobs::succeeded(p))
+            .flat_map(|p| p.owner_references().iter())
+            .filter(|o| o.controller == Some(true))
+            .map(|o| o.uid.clone())
+            .collect();
         self.jobs
             .state()
             .iter()
             .filter(|j| jobs::outcome(j).is_none())
+            .filter(|j| j.uid().is_none_or(|uid| !succeeded.contains(&uid)))
             .filter(|j| {
                 j.owner_references()
                     .iter()

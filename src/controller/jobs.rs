@@ -27,7 +27,7 @@ impl Mover {
         if self.stuck.is_some() {
             return Some(false);
         }
-        outcome(&self.job)
+        settled(&self.job, &self.pods)
     }
 
     /// Its report (see [`report`]).
@@ -164,21 +164,39 @@ pub fn report(job: &Job, pods: &[Arc<Pod>]) -> MoverReport {
     }
 }
 
-/// The state of the pod whose report a finished Job's outcome calls for (see [`report`]).
+/// Whether a mover finished, and how (pure): its Job's conditions, or before them a pod of
+/// its own (`pods`: those the Job controls) that succeeded. The Job controller marks a Job
+/// complete a second or more after its pod ended (it batches pod events): waiting for that
+/// held every mover slot a second longer than its mover. A failed pod waits for the Job,
+/// which may still retry it.
+pub fn settled(job: &Job, pods: &[Arc<Pod>]) -> Option<bool> {
+    outcome(job).or_else(|| pods.iter().any(|p| succeeded(p)).then_some(true))
+}
+
+/// Whether a mover pod succeeded: its phase, and its mover container's exit (pure).
+pub fn succeeded(pod: &Pod) -> bool {
+    let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+    phase == Some("Succeeded") && terminated(pod).is_some_and(|t| t.exit_code == 0)
+}
+
+/// How the mover container of `pod` ended, if it did (pure).
+fn terminated(pod: &Pod) -> Option<&ContainerStateTerminated> {
+    pod.status
+        .as_ref()?
+        .container_statuses
+        .as_ref()?
+        .iter()
+        .find(|c| c.name == "mover")?
+        .state
+        .as_ref()?
+        .terminated
+        .as_ref()
+}
+
+/// The state of the pod whose report a finished mover's outcome calls for (see [`report`]).
 pub fn reporting<'a>(job: &Job, pods: &'a [Arc<Pod>]) -> Option<&'a ContainerStateTerminated> {
-    let finished = pods.iter().filter_map(|p| {
-        p.status
-            .as_ref()?
-            .container_statuses
-            .as_ref()?
-            .iter()
-            .find(|c| c.name == "mover")?
-            .state
-            .as_ref()?
-            .terminated
-            .as_ref()
-    });
-    match outcome(job)? {
+    let finished = pods.iter().filter_map(|p| terminated(p));
+    match settled(job, pods)? {
         true => finished.into_iter().find(|t| t.exit_code == 0),
         false => finished
             .filter(|t| t.exit_code != 0)
@@ -252,6 +270,39 @@ mod tests {
                 Some(false)
             );
         }
+    }
+
+    #[test]
+    fn a_mover_whose_pod_succeeded_has_finished_before_its_job_says_so() {
+        let job = mover_job("snap", OWNER, "n0", None);
+        let stored = r#"{"name":"a.snapshot","key":"a.snapshot"}"#;
+        let owner: crate::api::Snapshot = serde_json::from_value(serde_json::json!({
+            "apiVersion": "snapshot-operator.dev/v1alpha1", "kind": "Snapshot",
+            "metadata": {"name": OWNER.0, "namespace": "ns", "uid": OWNER.1},
+            "spec": {"source": {"persistentVolumeClaim": {"claimName": "d"}}}}))
+        .unwrap();
+        let with = |pods: Vec<Pod>| {
+            let cluster =
+                super::super::Cluster::of(vec![job.clone()], pods, vec![owner.clone()], vec![]);
+            let mover = cluster.mover("ns", &job.name_any(), OWNER.1).unwrap();
+            (mover, cluster.busy_slots().len())
+        };
+        let (mover, busy) = with(vec![mover_pod(&job, 0, stored, 2)]);
+        assert_eq!(mover.outcome(), Some(true));
+        assert_eq!(mover.report().name.as_deref(), Some("a.snapshot"));
+        assert_eq!(busy, 0, "its slot is free");
+        // A failed pod waits for the Job, which may retry it; so does a pod the Job does
+        // not control, whatever it says.
+        for pod in [
+            mover_pod(&job, 1, "disk full", 2),
+            unowned(mover_pod(&job, 0, stored, 2)),
+        ] {
+            let (mover, busy) = with(vec![pod]);
+            assert_eq!(mover.outcome(), None);
+            assert_eq!(busy, 1);
+        }
+        let (mover, busy) = with(vec![]);
+        assert_eq!((mover.outcome(), busy), (None, 1), "running");
     }
 
     #[test]

@@ -292,6 +292,7 @@ async fn follow_pods(
     events
         .for_each(move |event| {
             match event {
+                Ok(watcher::Event::Apply(pod)) => ctx.mover_pod_changed(&pod),
                 Ok(watcher::Event::InitDone) => {
                     listed.send_replace(true);
                 }

@@ -221,6 +221,17 @@ impl Context {
         self.wake_waiters();
     }
 
+    /// A mover pod changed: once it succeeded, its Job's owner and the waiters for a slot are
+    /// woken as for a change of the Job, which the Job controller makes a second or more
+    /// later (see [`jobs::settled`]).
+    pub(in crate::controller) fn mover_pod_changed(&self, pod: &Pod) {
+        if jobs::succeeded(pod)
+            && let Some(job) = self.cluster.job_of(pod)
+        {
+            self.mover_changed(&job);
+        }
+    }
+
     /// Deletes the mover Jobs `names` of `owner` whose results are recorded: finished Jobs
     /// would pile up, and one still running there was given up as stuck.
     pub async fn remove_recorded_movers<K: Resource<DynamicType = ()>>(

@@ -141,9 +141,11 @@ fn take_or_miss(
         || spec
             .starting_deadline_seconds
             .is_some_and(|d| now.duration_since(last).as_secs() > d);
+    // A Snapshot of this very run is not one still running from before: an earlier pass took
+    // it and did not get to write the status (the create that follows finds it there).
     let running = snapshots
         .iter()
-        .any(|s| active(s) && s.meta().deletion_timestamp.is_none());
+        .any(|s| active(s) && s.meta().deletion_timestamp.is_none() && run_time(s) != last);
     if late || (running && spec.concurrency_policy == ConcurrencyPolicy::Forbid) {
         missed.push(last);
         (None, missed)

@@ -125,6 +125,19 @@ fn runs_due_missed_and_next() {
             next: Some("2026-03-12T02:00:00Z"),
         },
         Case {
+            what: "Forbid: the run's own Snapshot, taken by a pass whose status write was lost",
+            spec: json!({}),
+            status: handled("2026-03-10T02:00:00Z", "0 2 * * * UTC"),
+            snapshots: vec![
+                snap("2026-03-10T02:00:00Z", Some("Succeeded")),
+                snap("2026-03-11T02:00:00Z", Some("Running")),
+            ],
+            now: "2026-03-11T02:00:01Z",
+            take: Some("2026-03-11T02:00:00Z"),
+            missed: vec![],
+            next: Some("2026-03-12T02:00:00Z"),
+        },
+        Case {
             what: "Allow: taken beside the running one",
             spec: json!({"concurrencyPolicy": "Allow"}),
             status: handled("2026-03-10T02:00:00Z", "0 2 * * * UTC"),

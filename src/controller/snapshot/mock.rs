@@ -582,6 +582,11 @@ async fn an_unknown_statefulset_is_an_invalid_spec() {
 /// One mover slot in all, held by a running mover of another Snapshot; `also`: more
 /// Jobs in the store.
 fn one_slot_held(also: Vec<Job>) -> (OperatorConfig, Cluster) {
+    one_slot_held_with(also, vec![])
+}
+
+/// [`one_slot_held`], the store holding `pods` too.
+fn one_slot_held_with(also: Vec<Job>, pods: Vec<Pod>) -> (OperatorConfig, Cluster) {
     let config = OperatorConfig {
         max_concurrent_movers: 1,
         ..OperatorConfig::default()
@@ -594,7 +599,7 @@ fn one_slot_held(also: Vec<Job>) -> (OperatorConfig, Cluster) {
     .unwrap();
     let mut jobs = vec![mover_job("snap", ("other", "uid-o"), "n", None)];
     jobs.extend(also);
-    (config, Cluster::of(jobs, vec![], vec![other], vec![]))
+    (config, Cluster::of(jobs, pods, vec![other], vec![]))
 }
 
 #[tokio::test]
@@ -639,6 +644,45 @@ async fn movers_beyond_the_cap_wait_pending_and_foreign_jobs_hold_no_slot() {
     )
     .await;
     assert_eq!(action.unwrap(), running_recheck());
+}
+
+#[tokio::test]
+async fn a_mover_whose_pod_succeeded_frees_its_slot_before_its_job_is_marked_complete() {
+    // The other Snapshot's mover ended well; the Job controller has not marked its Job
+    // complete yet (it batches pod events for a second): the one slot is free already.
+    let other = mover_job("snap", ("other", "uid-o"), "n", None);
+    let (config, cluster) = one_slot_held_with(vec![], vec![mover_pod(&other, 0, "{}", 1)]);
+    let script = vec![
+        Expect::new("GET", STS, statefulset(1)),
+        Expect::new("GET", PODS, list("Pod", vec![])),
+        Expect::new("GET", STS, statefulset(1)),
+        Expect::new(
+            "PATCH",
+            format!("{JOBS}/{}", mover::job_name("snap", "s", "qdrant-0")),
+            Value::Null,
+        ),
+        Expect::new("PATCH", format!("{SNAPS}/status"), stored()),
+        event("Running"),
+    ];
+    let (action, _) = reconcile_with(
+        Snapshot::test().finalized(),
+        (config.clone(), cluster),
+        script,
+    )
+    .await;
+    assert_eq!(action.unwrap(), running_recheck());
+
+    // Its pod failed instead: the Job may still retry it, and keeps the slot.
+    let (config, cluster) = one_slot_held_with(vec![], vec![mover_pod(&other, 1, "full", 1)]);
+    let script = vec![
+        Expect::new("GET", STS, statefulset(1)),
+        Expect::new("PATCH", format!("{SNAPS}/status"), stored()).check(|body| {
+            assert_eq!(body["status"]["phase"], "Pending");
+        }),
+        event("Pending"),
+    ];
+    let (action, _) = reconcile_with(Snapshot::test().finalized(), (config, cluster), script).await;
+    assert_eq!(action.unwrap(), Action::requeue(PENDING_RECHECK));
 }
 
 fn succeeded_archives() -> Value {
