@@ -108,9 +108,14 @@ async fn run_pod(
         .unwrap();
 }
 
-/// Plays the Job controller: the Job finished.
+/// Plays the Job controller: the Job finished. The operator may have deleted it already,
+/// its result taken from the pod.
 async fn complete_job(client: &Client, ns: &str, job: &Job, succeeded: bool) {
-    try_complete_job(client, ns, job, succeeded).await.unwrap();
+    match try_complete_job(client, ns, job, succeeded).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(e)) if e.code == 404 => {}
+        Err(e) => panic!("completing {}: {e}", job.name_any()),
+    }
 }
 
 /// [`complete_job`], which fails when the Job is gone.

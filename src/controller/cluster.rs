@@ -276,6 +276,13 @@ impl Cluster {
         })
     }
 
+    /// Whether the store holds the Job `name` of `namespace`, in any state.
+    pub fn has_job(&self, namespace: &str, name: &str) -> bool {
+        self.jobs
+            .get(&ObjectRef::new(name).within(namespace))
+            .is_some()
+    }
+
     /// The Job that controls `pod`, as the store holds it.
     pub fn job_of(&self, pod: &Pod) -> Option<Arc<Job>> {
         let owner = pod

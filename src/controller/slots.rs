@@ -121,6 +121,13 @@ impl Slots {
         }
     }
 
+    /// Forgets the Jobs recorded as started that the store shows now (`in_store`), running
+    /// or finished: from now on the store counts them. One that ended before any request
+    /// saw it running counted as busy until [`FORGET_AFTER`] otherwise.
+    pub fn shown(&mut self, in_store: impl Fn(&Busy) -> bool) {
+        self.started.retain(|(job, _)| !in_store(job));
+    }
+
     /// Records a mover Job just created, which the store may show only later.
     pub fn started(&mut self, job: Busy, now: Instant) {
         if !self.started.iter().any(|(started, _)| *started == job) {
@@ -239,6 +246,22 @@ mod tests {
         total: 2,
         per_namespace: 2,
     };
+
+    #[test]
+    fn a_started_job_that_ended_unseen_frees_its_slot_once_the_store_shows_it() {
+        let mut slots = Slots::default();
+        let t = Instant::now();
+        for n in ["s1/n0", "s1/n1"] {
+            assert!(slots.request(&who("a", n), &job("a", n), &[], TWO, t));
+            slots.started(job("a", n), t);
+        }
+        // s1/n0's mover ran and ended before any request saw it running: the store shows
+        // its Job, finished, and its slot is free at once, not after FORGET_AFTER.
+        let later = t + Duration::from_secs(2);
+        assert!(!slots.request(&who("a", "s2/n0"), &job("a", "s2/n0"), &[], TWO, later));
+        slots.shown(|b| *b == job("a", "s1/n0"));
+        assert!(slots.request(&who("a", "s2/n0"), &job("a", "s2/n0"), &[], TWO, later));
+    }
 
     #[test]
     fn the_cap_holds_and_counts_jobs_the_store_does_not_show_yet() {

@@ -139,6 +139,7 @@ impl Context {
         };
         let mut slots = self.slots.lock().expect("slots lock");
         let now = Instant::now();
+        slots.shown(|b| self.cluster.has_job(&b.namespace, &b.job));
         let granted = slots.request(&who, &job, &self.cluster.busy_slots(), self.limits(), now);
         if granted {
             // Counted until the store shows the Job.
@@ -291,6 +292,7 @@ impl Context {
         let next = {
             let mut slots = self.slots.lock().expect("slots lock");
             slots.retain(|who| self.cluster.exists(who));
+            slots.shown(|b| self.cluster.has_job(&b.namespace, &b.job));
             slots.next(&self.cluster.busy_slots(), self.limits(), Instant::now())
         };
         for who in next {
