@@ -12,7 +12,6 @@ use std::io::{self, Read, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Component, Path, PathBuf};
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use super::flush::{Flusher, KICK_EVERY, start_writeback};
@@ -184,7 +183,9 @@ impl<'a> Stager<'a> {
             }
             Target::Nested(nested) => {
                 if let Scope::Segment(dir) | Scope::Qdrant { prefix: dir, .. } = &nested {
-                    self.tree.dir(dir).map_err(self.twice(&hostile, dir))?;
+                    self.tree
+                        .dir(dir)
+                        .map_err(twice(&hostile, self.staging, dir))?;
                 }
                 let mut inner: Tar<'_> = TarReader::nested(tar as &mut dyn Read, entry.size);
                 self.entries(&mut inner, None, &nested, false)?;
@@ -192,21 +193,6 @@ impl<'a> Stager<'a> {
                 inner.finish()?;
                 Ok(())
             }
-        }
-    }
-
-    /// The error of creating `rel` when something is there already.
-    fn twice<'e>(
-        &self,
-        hostile: &'e dyn Fn(&str) -> RestoreError,
-        rel: &Path,
-    ) -> impl FnOnce(io::Error) -> RestoreError + 'e {
-        let path = self.staging.join(rel);
-        move |e: io::Error| match e.kind() {
-            io::ErrorKind::AlreadyExists | io::ErrorKind::NotADirectory => {
-                hostile("given twice in the archive (or as a file and as a directory)")
-            }
-            _ => write_err(&path)(e),
         }
     }
 
@@ -235,7 +221,9 @@ impl<'a> Stager<'a> {
         }
         self.budget.staged(entry)?;
         if is_dir {
-            self.tree.dir(&rel).map_err(self.twice(&hostile, &rel))?;
+            self.tree
+                .dir(&rel)
+                .map_err(twice(&hostile, self.staging, &rel))?;
             self.dirs.insert(rel, (entry.mode & 0o1777, entry.mtime));
             return Ok(());
         }
@@ -247,12 +235,12 @@ impl<'a> Stager<'a> {
         let dir = self
             .tree
             .dir(parent)
-            .map_err(self.twice(&hostile, parent))?;
+            .map_err(twice(&hostile, self.staging, parent))?;
         let path = self.staging.join(&rel);
         let perm = entry.mode & 0o777;
         let (umask, buf) = (self.umask, &mut self.buf);
         write_file(
-            &dir,
+            dir,
             &name,
             &path,
             perm,
@@ -360,14 +348,14 @@ impl Budget {
 /// without following links: consecutive entries of one directory cost no lookups, and
 /// nothing the workload swaps in below the staging root is followed.
 struct StagingTree {
-    root: Arc<Dir>,
-    chain: Vec<(OsString, Arc<Dir>)>,
+    root: Dir,
+    chain: Vec<(OsString, Dir)>,
 }
 
 impl StagingTree {
     fn new(root: &Dir) -> io::Result<Self> {
         Ok(Self {
-            root: Arc::new(root.try_clone()?),
+            root: root.try_clone()?,
             chain: Vec::new(),
         })
     }
@@ -375,7 +363,7 @@ impl StagingTree {
     /// The directory `rel` of the staging tree, created where missing with the default mode
     /// (`0777` through the umask, as `mkdir -p` and GNU tar do; an entry of the archive for
     /// it sets its mode later).
-    fn dir(&mut self, rel: &Path) -> io::Result<Arc<Dir>> {
+    fn dir(&mut self, rel: &Path) -> io::Result<&Dir> {
         let parts: Vec<&OsStr> = rel
             .components()
             .filter_map(|c| match c {
@@ -396,12 +384,24 @@ impl StagingTree {
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => parent.open_dir(part)?,
                 other => other?,
             };
-            self.chain.push(((*part).to_owned(), Arc::new(dir)));
+            self.chain.push(((*part).to_owned(), dir));
         }
-        Ok(self
-            .chain
-            .last()
-            .map_or_else(|| self.root.clone(), |(_, dir)| dir.clone()))
+        Ok(self.chain.last().map_or(&self.root, |(_, dir)| dir))
+    }
+}
+
+/// The error of creating `rel` of the staging directory when something is there already.
+fn twice<'e>(
+    hostile: &'e dyn Fn(&str) -> RestoreError,
+    staging: &Dir,
+    rel: &Path,
+) -> impl FnOnce(io::Error) -> RestoreError + 'e {
+    let path = staging.join(rel);
+    move |e: io::Error| match e.kind() {
+        io::ErrorKind::AlreadyExists | io::ErrorKind::NotADirectory => {
+            hostile("given twice in the archive (or as a file and as a directory)")
+        }
+        _ => write_err(&path)(e),
     }
 }
 
