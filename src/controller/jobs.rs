@@ -40,6 +40,18 @@ impl Mover {
             None => report(&self.job, &self.pods),
         }
     }
+
+    /// Seconds from its Job's start to its end: the Job's completion, else (settled by its
+    /// pod, before the Job controller marks it) the end of the pod it reports from, else now.
+    pub fn duration(&self) -> f64 {
+        let status = self.job.status.as_ref();
+        let start = status.and_then(|s| s.start_time.as_ref()).map(|t| t.0);
+        let end = status
+            .and_then(|s| s.completion_time.as_ref())
+            .or_else(|| reporting(&self.job, &self.pods)?.finished_at.as_ref())
+            .map_or_else(jiff::Timestamp::now, |t| t.0);
+        start.map_or(0.0, |s| (end - s).total(jiff::Unit::Second).unwrap_or(0.0))
+    }
 }
 
 /// Why a Job's mover has not started `timeout` after the Job was created, if so (pure): its
@@ -117,16 +129,6 @@ pub fn running_pod(pods: &[Arc<Pod>]) -> Option<&Pod> {
         .map(AsRef::as_ref)
         .filter(|p| p.spec.as_ref().is_some_and(|s| s.node_name.is_some()))
         .find(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
-}
-
-/// Seconds from a Job's start to its completion (or now).
-pub fn duration(job: &Job) -> f64 {
-    let status = job.status.as_ref();
-    let start = status.and_then(|s| s.start_time.as_ref()).map(|t| t.0);
-    let end = status
-        .and_then(|s| s.completion_time.as_ref())
-        .map_or_else(jiff::Timestamp::now, |t| t.0);
-    start.map_or(0.0, |s| (end - s).total(jiff::Unit::Second).unwrap_or(0.0))
 }
 
 /// The report of a finished Job: from the pod that succeeded when the Job did, else from the
@@ -274,7 +276,10 @@ mod tests {
 
     #[test]
     fn a_mover_whose_pod_succeeded_has_finished_before_its_job_says_so() {
-        let job = mover_job("snap", OWNER, "n0", None);
+        let mut job = mover_job("snap", OWNER, "n0", None);
+        job.status =
+            serde_json::from_value(serde_json::json!({"startTime": "2026-11-25T10:00:00Z"}))
+                .unwrap();
         let stored = r#"{"name":"a.snapshot","key":"a.snapshot"}"#;
         let owner: crate::api::Snapshot = serde_json::from_value(serde_json::json!({
             "apiVersion": "snapshot-operator.dev/v1alpha1", "kind": "Snapshot",
@@ -291,6 +296,7 @@ mod tests {
         assert_eq!(mover.outcome(), Some(true));
         assert_eq!(mover.report().name.as_deref(), Some("a.snapshot"));
         assert_eq!(busy, 0, "its slot is free");
+        assert_eq!(mover.duration(), 2.0, "it ended with its pod");
         // A failed pod waits for the Job, which may retry it; so does a pod the Job does
         // not control, whatever it says.
         for pod in [

@@ -20,7 +20,7 @@ use kube::api::{Api, ListParams};
 use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
 
-use super::jobs::{self, Mover};
+use super::jobs::Mover;
 use super::kernel::Invalid;
 use super::stop;
 use super::workload::{self, Node};
@@ -302,8 +302,7 @@ fn count_finished(
             && !is_final(entry)
             && is_final(updated)
         {
-            ctx.metrics
-                .mover_finished("restore", jobs::duration(&m.job));
+            ctx.metrics.mover_finished("restore", m.duration());
             if updated.phase == NodePhase::Restored {
                 ctx.metrics
                     .restored(updated.bytes.unwrap_or(0).max(0) as u64);

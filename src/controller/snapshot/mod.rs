@@ -21,7 +21,7 @@ use kube::api::{Api, ListParams};
 use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
 
-use super::jobs::{self, Mover};
+use super::jobs::Mover;
 use super::kernel::{Admitted, Invalid, effective_storage};
 use super::stop;
 use super::{Context, Error, Reconciled, reject, trusted, workload, write_status};
@@ -179,8 +179,7 @@ fn count_finished(
 ) {
     for ((archive, step), mover) in archives.iter().zip(steps).zip(movers) {
         if let (NodeStep::Finished { succeeded, report }, Some(m)) = (step, mover) {
-            ctx.metrics
-                .mover_finished("snapshot", jobs::duration(&m.job));
+            ctx.metrics.mover_finished("snapshot", m.duration());
             if *succeeded && report.key.is_some() {
                 ctx.metrics.archived(report.size.unwrap_or(0));
             }
