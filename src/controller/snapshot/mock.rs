@@ -602,6 +602,23 @@ fn one_slot_held_with(also: Vec<Job>, pods: Vec<Pod>) -> (OperatorConfig, Cluste
     (config, Cluster::of(jobs, pods, vec![other], vec![]))
 }
 
+/// The requests of a pass that finds a slot free and starts the one mover of a Snapshot
+/// of a one-pod StatefulSet.
+fn starts_its_mover() -> Vec<Expect> {
+    vec![
+        Expect::new("GET", STS, statefulset(1)),
+        Expect::new("GET", PODS, list("Pod", vec![])),
+        Expect::new("GET", STS, statefulset(1)),
+        Expect::new(
+            "PATCH",
+            format!("{JOBS}/{}", mover::job_name("snap", "s", "qdrant-0")),
+            Value::Null,
+        ),
+        Expect::new("PATCH", format!("{SNAPS}/status"), stored()),
+        event("Running"),
+    ]
+}
+
 #[tokio::test]
 async fn movers_beyond_the_cap_wait_pending_and_foreign_jobs_hold_no_slot() {
     // A running mover of another Snapshot holds the one slot; a Job that only carries
@@ -625,18 +642,7 @@ async fn movers_beyond_the_cap_wait_pending_and_foreign_jobs_hold_no_slot() {
     assert_eq!(action.unwrap(), Action::requeue(PENDING_RECHECK));
 
     // Only the foreign Job left: the slot is free.
-    let script = vec![
-        Expect::new("GET", STS, statefulset(1)),
-        Expect::new("GET", PODS, list("Pod", vec![])),
-        Expect::new("GET", STS, statefulset(1)),
-        Expect::new(
-            "PATCH",
-            format!("{JOBS}/{}", mover::job_name("snap", "s", "qdrant-0")),
-            Value::Null,
-        ),
-        Expect::new("PATCH", format!("{SNAPS}/status"), stored()),
-        event("Running"),
-    ];
+    let script = starts_its_mover();
     let (action, _) = reconcile_with(
         Snapshot::test().finalized(),
         (config, movers(vec![foreign], vec![])),
@@ -652,18 +658,7 @@ async fn a_mover_whose_pod_succeeded_frees_its_slot_before_its_job_is_marked_com
     // complete yet (it batches pod events for a second): the one slot is free already.
     let other = mover_job("snap", ("other", "uid-o"), "n", None);
     let (config, cluster) = one_slot_held_with(vec![], vec![mover_pod(&other, 0, "{}", 1)]);
-    let script = vec![
-        Expect::new("GET", STS, statefulset(1)),
-        Expect::new("GET", PODS, list("Pod", vec![])),
-        Expect::new("GET", STS, statefulset(1)),
-        Expect::new(
-            "PATCH",
-            format!("{JOBS}/{}", mover::job_name("snap", "s", "qdrant-0")),
-            Value::Null,
-        ),
-        Expect::new("PATCH", format!("{SNAPS}/status"), stored()),
-        event("Running"),
-    ];
+    let script = starts_its_mover();
     let (action, _) = reconcile_with(
         Snapshot::test().finalized(),
         (config.clone(), cluster),
