@@ -123,6 +123,14 @@ impl Context {
         }
     }
 
+    /// The mover slots, the Jobs recorded as started that the store shows now forgotten
+    /// (from then on the store counts them, running or finished).
+    fn slots(&self) -> std::sync::MutexGuard<'_, Slots> {
+        let mut slots = self.slots.lock().expect("slots lock");
+        slots.shown(|b| self.cluster.has_job(&b.namespace, &b.job));
+        slots
+    }
+
     /// Whether `who` gets a mover slot now (its turn, under both caps), for the Job `job`
     /// it then creates; otherwise `who` waits in line and is reconciled when its turn comes.
     pub fn take_slot<K: Queued>(&self, object: &K, node: &str, job: &str) -> bool {
@@ -137,9 +145,8 @@ impl Context {
             namespace: who.namespace.clone(),
             job: job.to_owned(),
         };
-        let mut slots = self.slots.lock().expect("slots lock");
+        let mut slots = self.slots();
         let now = Instant::now();
-        slots.shown(|b| self.cluster.has_job(&b.namespace, &b.job));
         let granted = slots.request(&who, &job, &self.cluster.busy_slots(), self.limits(), now);
         if granted {
             // Counted until the store shows the Job.
@@ -274,7 +281,7 @@ impl Context {
             namespace: object.meta().namespace.clone().unwrap_or_default(),
             job: job.to_owned(),
         };
-        self.slots.lock().expect("slots lock").unused(&job);
+        self.slots().unused(&job);
         self.wake_waiters();
     }
 
@@ -290,9 +297,8 @@ impl Context {
     /// After a mover finished: reconciles those next in line for the free slots.
     pub fn wake_waiters(&self) {
         let next = {
-            let mut slots = self.slots.lock().expect("slots lock");
+            let mut slots = self.slots();
             slots.retain(|who| self.cluster.exists(who));
-            slots.shown(|b| self.cluster.has_job(&b.namespace, &b.job));
             slots.next(&self.cluster.busy_slots(), self.limits(), Instant::now())
         };
         for who in next {
