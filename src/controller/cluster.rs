@@ -324,22 +324,26 @@ impl Cluster {
     /// The movers that hold a slot: Jobs still running and controlled by an existing
     /// Snapshot or SnapshotRestore (a foreign Job carrying the operator's label holds none).
     pub fn busy_slots(&self) -> Vec<Busy> {
-        // A Job whose pod succeeded has finished, though the Job controller may not say so
-        // for another second (see [`jobs::settled`]).
-        let succeeded: BTreeSet<String> = self
-            .pods
-            .state()
-            .iter()
-            .filter(|p| jobs::succeeded(p))
-            .flat_map(|p| p.owner_references().iter())
-            .filter(|o| o.controller == Some(true))
-            .map(|o| o.uid.clone())
-            .collect();
+        // Whether a Job has finished is its pods' word too (see [`jobs::settled`]): its own,
+        // found by the uid of their controller.
+        let mut pods: HashMap<String, Vec<Arc<Pod>>> = HashMap::new();
+        for pod in self.pods.state() {
+            if let Some(job) = pod
+                .owner_references()
+                .iter()
+                .find(|o| o.controller == Some(true))
+            {
+                pods.entry(job.uid.clone()).or_default().push(pod.clone());
+            }
+        }
+        let none = Vec::new();
         self.jobs
             .state()
             .iter()
-            .filter(|j| jobs::outcome(j).is_none())
-            .filter(|j| j.uid().is_none_or(|uid| !succeeded.contains(&uid)))
+            .filter(|j| {
+                let own = j.uid().and_then(|uid| pods.get(&uid)).unwrap_or(&none);
+                jobs::settled(j, own).is_none()
+            })
             .filter(|j| {
                 j.owner_references()
                     .iter()
