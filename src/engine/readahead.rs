@@ -249,14 +249,8 @@ mod tests {
         };
         let (read, hashed) = with_read_ahead(reader, u64::MAX, |r| {
             let mut out = Vec::new();
-            let mut chunk = vec![0; 4096];
-            loop {
-                let n = r.read(&mut chunk).unwrap();
-                if n == 0 {
-                    break out;
-                }
-                out.extend_from_slice(&chunk[..n]);
-            }
+            r.read_to_end(&mut out).unwrap();
+            out
         });
         assert_eq!(read, data);
         assert_eq!(hashed.map(|h| h.bytes), Some(data.len() as u64));
