@@ -19,6 +19,7 @@ use kube::{Resource, ResourceExt};
 use tokio::sync::watch;
 
 use super::jobs::{self, Mover};
+use super::mover;
 use super::slots::{Busy, Claimant, Kind};
 use crate::api::{Snapshot, SnapshotRestore};
 
@@ -265,15 +266,36 @@ impl Cluster {
         let job = self
             .jobs
             .get(&ObjectRef::new(name).within(namespace))
-            .filter(|j| controlled_by(j.meta(), owner_uid))?;
-        let uid = job.uid()?;
+            .filter(|j| controlled_by(j.meta(), owner_uid) && j.uid().is_some())?;
+        Some(self.with_pods(job))
+    }
+
+    /// The mover of `job`: with the pods it controls.
+    fn with_pods(&self, job: Arc<Job>) -> Mover {
+        let uid = job.uid().unwrap_or_default();
         let pods = self.pods.state_filter(|p| controlled_by(p.meta(), &uid));
-        Some(Mover {
+        Mover {
             job,
             pods,
             stuck: None,
             progress: None,
-        })
+        }
+    }
+
+    /// The delete movers of `namespace` that delete the archives of the Snapshot `uid`: those
+    /// it owns, controller or not (one mover deletes the archives of several Snapshots).
+    pub fn delete_movers_for(&self, namespace: &str, uid: &str) -> Vec<Mover> {
+        let deleting = |j: &Job| {
+            j.namespace().as_deref() == Some(namespace)
+                && j.labels().get(mover::OPERATION).map(String::as_str) == Some("delete")
+                && j.owner_references().iter().any(|o| o.uid == uid)
+        };
+        self.jobs
+            .state()
+            .into_iter()
+            .filter(|j| deleting(j))
+            .map(|job| self.with_pods(job))
+            .collect()
     }
 
     /// Whether the store holds the Job `name` of `namespace`, in any state.

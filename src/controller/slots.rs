@@ -58,6 +58,19 @@ pub struct Claimant {
     pub node: String,
 }
 
+impl Claimant {
+    /// The node `node` of `object`.
+    pub fn of<K: Queued>(object: &K, node: &str) -> Self {
+        let meta = object.meta();
+        Self {
+            namespace: meta.namespace.clone().unwrap_or_default(),
+            kind: K::KIND,
+            name: meta.name.clone().unwrap_or_default(),
+            node: node.to_owned(),
+        }
+    }
+}
+
 /// A running mover: its namespace and Job name.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Busy {
@@ -138,6 +151,11 @@ impl Slots {
     /// Gives back the slot granted for `job`, which will not start after all.
     pub fn unused(&mut self, job: &Busy) {
         self.started.retain(|(started, _)| started != job);
+    }
+
+    /// Takes `who` out of the line; whether it was in it.
+    pub fn leave(&mut self, who: &Claimant) -> bool {
+        self.waiting.remove(who).is_some()
     }
 
     /// Keeps only the waiters `keep` approves of (their resources still exist).

@@ -134,13 +134,7 @@ impl Context {
     /// Whether `who` gets a mover slot now (its turn, under both caps), for the Job `job`
     /// it then creates; otherwise `who` waits in line and is reconciled when its turn comes.
     pub fn take_slot<K: Queued>(&self, object: &K, node: &str, job: &str) -> bool {
-        let meta = object.meta();
-        let who = Claimant {
-            namespace: meta.namespace.clone().unwrap_or_default(),
-            kind: K::KIND,
-            name: meta.name.clone().unwrap_or_default(),
-            node: node.to_owned(),
-        };
+        let who = Claimant::of(object, node);
         let job = Busy {
             namespace: who.namespace.clone(),
             job: job.to_owned(),
@@ -215,11 +209,8 @@ impl Context {
     /// it freed goes to the next in line.
     pub(in crate::controller) fn mover_changed(&self, job: &Job) {
         let namespace = job.metadata.namespace.clone().unwrap_or_default();
-        for owner in job
-            .owner_references()
-            .iter()
-            .filter(|o| o.controller == Some(true))
-        {
+        // Every owner: a delete mover deletes the archives of several Snapshots.
+        for owner in job.owner_references() {
             let Some(kind) = Kind::of(&owner.kind) else {
                 continue;
             };
@@ -271,6 +262,15 @@ impl Context {
         match kind {
             Kind::Snapshot => send(self.wake.snapshots.as_ref(), namespace, name),
             Kind::SnapshotRestore => send(self.wake.restores.as_ref(), namespace, name),
+        }
+    }
+
+    /// `who` (its `node`) waits for a slot no more: another's mover does its work. It leaves
+    /// the line, which it would head for a while otherwise, and who is next is woken.
+    pub fn needs_no_slot<K: Queued>(&self, object: &K, node: &str) {
+        let who = Claimant::of(object, node);
+        if self.slots().leave(&who) {
+            self.wake_waiters();
         }
     }
 

@@ -776,6 +776,130 @@ async fn deletion_runs_a_delete_mover_then_removes_the_finalizer() {
     );
 }
 
+/// A Snapshot like [`Snapshot::test`], named `name`, being deleted after it succeeded with
+/// the archive `<name>.snapshot`.
+fn deleted_with_archive(name: &str) -> Snapshot {
+    let mut snap = Snapshot::test()
+        .finalized()
+        .with_status(json!({"phase": "Succeeded", "observedGeneration": 1,
+            "storage": {"local": {"persistentVolumeClaim": {"claimName": "backups"}, "path": "/"}},
+            "archives": [{"node": "qdrant-0", "claim": "data-qdrant-0", "phase": "Succeeded",
+                "name": format!("{name}.snapshot")}]}))
+        .deleting();
+    snap.metadata.name = Some(name.into());
+    snap.metadata.uid = Some(format!("uid-{name}"));
+    snap
+}
+
+#[tokio::test]
+async fn one_delete_mover_deletes_the_archives_of_the_snapshots_deleted_alike() {
+    // t is deleted alike; u keeps its archives elsewhere; v is not deleted; w's own delete
+    // mover runs already; x still runs (its archives may change).
+    let mut u = deleted_with_archive("u");
+    u.status.as_mut().unwrap().storage = None;
+    u.spec.storage = serde_json::from_value(
+        json!({"local": {"persistentVolumeClaim": {"claimName": "other"}, "path": "/"}}),
+    )
+    .unwrap();
+    let mut v = deleted_with_archive("v");
+    v.metadata.deletion_timestamp = None;
+    let mut x = deleted_with_archive("x");
+    x.status.as_mut().unwrap().phase = Some(crate::api::snapshot::Phase::Running);
+    let w_mover = mover_job("del", ("w", "uid-w"), "all", None);
+    let store: Vec<Snapshot> = [
+        deleted_with_archive("t"),
+        u,
+        v,
+        deleted_with_archive("w"),
+        x,
+    ]
+    .into_iter()
+    .collect();
+    let cluster = Cluster::of(vec![w_mover], vec![], store, vec![]);
+    let script = vec![
+        Expect::new("GET", STS, statefulset(2)),
+        Expect::new(
+            "PATCH",
+            format!("{JOBS}/{}", mover::job_name("del", "s", "all")),
+            Value::Null,
+        )
+        .check(|job| {
+            assert_eq!(
+                job["spec"]["template"]["spec"]["containers"][0]["args"],
+                json!([
+                    "mover",
+                    "delete",
+                    "--",
+                    "products/a.snapshot",
+                    "products/t.snapshot"
+                ])
+            );
+            let owners: Vec<(&str, bool)> = job["metadata"]["ownerReferences"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|o| (o["uid"].as_str().unwrap(), o["controller"] == true))
+                .collect();
+            assert_eq!(owners, [("uid-1", true), ("uid-t", false)]);
+        }),
+    ];
+    let snap = Snapshot::test()
+        .finalized()
+        .with_status(succeeded_archives())
+        .deleting();
+    let (result, _) = reconcile_with(snap, (OperatorConfig::default(), cluster), script).await;
+    let err = result.unwrap_err();
+    assert!(matches!(err.inner(), Error::CleanupPending), "{err}");
+}
+
+#[tokio::test]
+async fn a_snapshot_whose_archives_another_s_delete_mover_deletes_waits_for_it_and_no_slot() {
+    // t's delete mover deletes s's archives too; s has none of its own, and its slot is taken.
+    let config = OperatorConfig {
+        max_concurrent_movers: 1,
+        ..OperatorConfig::default()
+    };
+    let batch = |condition| {
+        let mut job = mover_job("del", ("t", "uid-t"), "all", condition);
+        let s = Snapshot::test().owner_ref(&()).unwrap();
+        job.metadata.owner_references.as_mut().unwrap().push(s);
+        job
+    };
+    let deleting = || {
+        Snapshot::test()
+            .finalized()
+            .with_status(succeeded_archives())
+            .deleting()
+    };
+    let store = || vec![deleted_with_archive("t")];
+    let cluster = Cluster::of(vec![batch(None)], vec![], store(), vec![]);
+    let (result, _) = reconcile_with(deleting(), (config.clone(), cluster), vec![]).await;
+    let err = result.unwrap_err();
+    assert!(matches!(err.inner(), Error::CleanupPending), "{err}");
+    // It ended well: s's archives are deleted, and its finalizer goes.
+    let cluster = Cluster::of(vec![batch(Some("Complete"))], vec![], store(), vec![]);
+    let script = vec![
+        event("Deleted"),
+        Expect::new("PATCH", SNAPS, stored()).check(|body| {
+            assert!(body.to_string().contains("remove"), "{body}");
+        }),
+    ];
+    let (result, _) = reconcile_with(deleting(), (config.clone(), cluster), script).await;
+    result.unwrap();
+    // It failed: s's own mover deletes them (t's retries its own).
+    let cluster = Cluster::of(vec![batch(Some("Failed"))], vec![], vec![], vec![]);
+    let script = vec![
+        Expect::new("GET", STS, statefulset(2)),
+        Expect::new(
+            "PATCH",
+            format!("{JOBS}/{}", mover::job_name("del", "s", "all")),
+            Value::Null,
+        ),
+    ];
+    let (result, _) = reconcile_with(deleting(), (config, cluster), script).await;
+    assert!(matches!(result.unwrap_err().inner(), Error::CleanupPending));
+}
+
 /// A context whose default S3 storage the operator deletes from itself: `root/<namespace>`
 /// here, as the operator reaches it.
 fn deleting_itself(root: &std::path::Path) -> impl FnOnce(kube::Client) -> Context {
