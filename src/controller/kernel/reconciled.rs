@@ -87,14 +87,21 @@ pub async fn reconcile<K: Reconciled>(object: Arc<K>, ctx: Arc<Context>) -> Resu
         ctx.client.clone(),
         object.meta().namespace.as_deref().unwrap_or_default(),
     );
-    finalizer(&api, FINALIZER, object, |event| async {
+    let result = finalizer(&api, FINALIZER, object, |event| async {
         match event {
             finalizer::Event::Apply(object) => object.apply(&ctx).await,
             finalizer::Event::Cleanup(object) => object.cleanup(&ctx).await,
         }
     })
-    .await
-    .map_err(|e| Error::Finalizer(Box::new(e)))
+    .await;
+    match result {
+        // A pass begun before the store showed the object gone (woken twice as its movers
+        // finished) cleaned up again: the finalizer an earlier pass removed is gone with it.
+        Err(finalizer::Error::RemoveFinalizer(kube::Error::Api(e))) if e.code == 404 => {
+            Ok(Action::await_change())
+        }
+        other => other.map_err(|e| Error::Finalizer(Box::new(e))),
+    }
 }
 
 /// The `resource` label of a kind in the metrics: `snapshot`, `snapshotrestore`.
