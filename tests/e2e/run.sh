@@ -555,6 +555,22 @@ reads="$(leader_metric 'snapshot_operator_progress_reads_total{result="read"}')"
 k delete snapshot bulk --wait=true >/dev/null
 pass "progress of a 300 MB mover seen in its status (bytesDone:$seen), from $reads log reads"
 
+# --- Mover slots: eight Snapshots at once through the chart's four slots, then deleted -----
+# slots.py prints where a slot-use goes (the Job controller, the kubelet, the mover, the
+# operator) and fails on more movers at once than slots, or a delete mover per Snapshot.
+k apply -f - >/dev/null <<'YAML'
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {name: tiny}
+spec: {accessModes: [ReadWriteOnce], resources: {requests: {storage: 16Mi}}}
+YAML
+on_claim tiny fill-tiny "echo hello > /s/hello && echo filled" >/dev/null
+slots="$(python3 slots.py "$NS" tiny 8 4 \
+  '{"s3": {"bucket": "snapshots", "endpointUrl": "http://s3:9000", "prefix": "e2e-slots", "credentialsSecret": {"name": "e2e-s3"}}}')" \
+  || fail "mover slots: $slots"
+echo "$slots"
+pass "mover slots: eight Snapshots through four slots, deleted by fewer delete movers"
+
 if kubectl get storageclass csi-hostpath-sc >/dev/null 2>&1 \
   && kubectl get volumesnapshotclass csi-hostpath-snapclass >/dev/null 2>&1; then
   k apply -f manifests/csi.yaml >/dev/null
