@@ -104,6 +104,15 @@ YAML
   k delete pod "$2" >/dev/null
 }
 
+# Makes a claim and fills it by a shell command in busybox (the claim at /s).
+filled_claim() { # name size command
+  k apply -f - >/dev/null <<YAML
+{"apiVersion":"v1","kind":"PersistentVolumeClaim","metadata":{"name":"$1"},
+ "spec":{"accessModes":["ReadWriteOnce"],"resources":{"requests":{"storage":"$2"}}}}
+YAML
+  on_claim "$1" "fill-$1" "$3" >/dev/null
+}
+
 echo "e2e: namespace $NS"
 kubectl create namespace "$NS" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
 k apply -f "${E2E_S3_MANIFEST:-manifests/s3.yaml}" >/dev/null
@@ -523,13 +532,7 @@ fi
 
 # --- Progress: a 300 MB mover's bytes seen moving in the status ----------------------------
 # (The chart is installed with mover.progress.intervalMilliseconds=1000: read every second.)
-k apply -f - >/dev/null <<'YAML'
-apiVersion: v1
-kind: PersistentVolumeClaim
-metadata: {name: bulk}
-spec: {accessModes: [ReadWriteOnce], resources: {requests: {storage: 512Mi}}}
-YAML
-on_claim bulk fill-bulk "mkdir -p /s/data && head -c 314572800 /dev/urandom > /s/data/blob && echo filled" >/dev/null
+filled_claim bulk 512Mi "mkdir -p /s/data && head -c 314572800 /dev/urandom > /s/data/blob"
 k apply -f - >/dev/null <<'YAML'
 apiVersion: snapshot-operator.dev/v1alpha1
 kind: Snapshot
@@ -558,13 +561,7 @@ pass "progress of a 300 MB mover seen in its status (bytesDone:$seen), from $rea
 # --- Mover slots: eight Snapshots at once through the chart's four slots, then deleted -----
 # slots.py prints where a slot-use goes (the Job controller, the kubelet, the mover, the
 # operator) and fails on more movers at once than slots, or a delete mover per Snapshot.
-k apply -f - >/dev/null <<'YAML'
-apiVersion: v1
-kind: PersistentVolumeClaim
-metadata: {name: tiny}
-spec: {accessModes: [ReadWriteOnce], resources: {requests: {storage: 16Mi}}}
-YAML
-on_claim tiny fill-tiny "echo hello > /s/hello && echo filled" >/dev/null
+filled_claim tiny 16Mi "echo hello > /s/hello"
 slots="$(python3 slots.py "$NS" tiny 8 4 \
   '{"s3": {"bucket": "snapshots", "endpointUrl": "http://s3:9000", "prefix": "e2e-slots", "credentialsSecret": {"name": "e2e-s3"}}}')" \
   || fail "mover slots: $slots"
