@@ -212,13 +212,11 @@ async fn delete_mover(
     let ns = snap.namespace().unwrap_or_default();
     let default = ctx.config.default_storage_for(&ns);
     let deleting = ctx.cluster.snapshots.state();
-    let covered = |other: &Snapshot| {
-        let movers = ctx
-            .cluster
-            .delete_movers_for(&ns, &other.uid().unwrap_or_default());
-        movers.iter().any(|m| m.outcome() != Some(false))
+    let is_covered = |other: &Snapshot| {
+        let uid = other.uid().unwrap_or_default();
+        covered(&ctx.cluster.delete_movers_for(&ns, &uid)).is_some()
     };
-    let others = batch(snap, storage, default.as_ref(), &deleting, covered);
+    let others = batch(snap, storage, default.as_ref(), &deleting, is_covered);
     let security = acting_as(ctx, snap).await?;
     let task = MoverTask::Delete(DeleteTask {
         keys: std::iter::once(snap)
