@@ -159,14 +159,15 @@ def main():
         pod = next((o["metadata"]["name"] for _, _, o in pod_events if owner(o) == job), None)
         if pod is None:
             sys.exit(f"slots: no pod of {job} was seen")
-        ended = next((o for _, _, o in pod_events if o["metadata"]["name"] == pod and "terminated" in mover_state(o)), None)
+        seen, ended = next(((t, o) for t, _, o in pod_events
+                            if o["metadata"]["name"] == pod and "terminated" in mover_state(o)), (None, None))
         if ended is None:
             sys.exit(f"slots: the end of pod {pod} was not seen")
         terminated = mover_state(ended)["terminated"]
         rows.append({
             "made": made,
             "pod": first(pod_events, pod, lambda o: True),
-            "ended": first(pod_events, pod, lambda o: "terminated" in mover_state(o)),
+            "ended": seen,
             "ready": first(snap_events, snapshot, ready),
             # The kubelet's own timestamps, in whole seconds.
             "created": stamp(ended["metadata"]["creationTimestamp"]),
